@@ -1,0 +1,61 @@
+// report.mjs - turns benchmark rounds (one JSON line per measurement) into a
+// table on stdout and bench/out/NAME.json: medians per case and ratios.
+//   node bench/lib/report.mjs NAME ROUNDS_FILE OUT_FILE
+import fs from "node:fs";
+import os from "node:os";
+
+const [name, roundsFile, outFile] = process.argv.slice(2);
+const rows = fs.readFileSync(roundsFile, "utf8").trim().split("\n").map((l) => JSON.parse(l));
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+const cases = {};
+for (const { case: c, r } of rows) (cases[c] ??= []).push(r);
+const summary = {};
+for (const [c, rs] of Object.entries(cases)) {
+  summary[c] = {
+    rounds: rs.length,
+    calls_per_s: median(rs.map((r) => r.calls_per_s)),
+    p50_us: median(rs.map((r) => r.p50_us)),
+    p99_us: median(rs.map((r) => r.p99_us)),
+    errors: rs.reduce((a, r) => a + (r.errors ?? 0), 0),
+    spread: rs[rs.length - 1].replicas?.map((x) => x.answered),
+  };
+}
+
+const ratios = {};
+if (name === "rpc") {
+  const z1 = summary.zmq_1, r1 = summary.rpc_1, z64 = summary.zmq_64, r64 = summary.rpc_64x3;
+  ratios.one_to_one_throughput = r1.calls_per_s / z1.calls_per_s;
+  ratios.one_to_one_p50_latency = r1.p50_us / z1.p50_us;
+  ratios.one_to_one_p99_latency = r1.p99_us / z1.p99_us;
+  ratios.many_throughput = r64.calls_per_s / z64.calls_per_s;
+  ratios.many_p99_latency = r64.p99_us / z64.p99_us;
+}
+
+const labels = {
+  zmq_1: "bare ZeroMQ REQ/REP, 1 client",
+  rpc_1: "farebox RPC, 1 client -> 1 replica",
+  zmq_64: "bare ZeroMQ REQ/REP, 64 clients -> 1 REP",
+  rpc_64x3: "farebox RPC, 64 in flight -> 3 replicas",
+};
+const pad = (s, n) => String(s).padEnd(n);
+console.log(`\n${name}: medians of ${Object.values(summary)[0].rounds} alternating rounds\n`);
+console.log(pad("case", 44) + pad("calls/s", 12) + pad("p50 us", 9) + pad("p99 us", 9) + "errors");
+for (const [c, s] of Object.entries(summary)) {
+  console.log(pad(labels[c] ?? c, 44) + pad(Math.round(s.calls_per_s), 12) + pad(s.p50_us, 9) + pad(s.p99_us, 9) + s.errors +
+    (s.spread ? `   spread ${s.spread.join("/")}` : ""));
+}
+console.log("\nratios (farebox / baseline)");
+for (const [k, v] of Object.entries(ratios)) console.log(`  ${pad(k, 28)} ${v.toFixed(3)}`);
+
+fs.writeFileSync(outFile, JSON.stringify({
+  benchmark: name,
+  when: new Date().toISOString(),
+  machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model, load: os.loadavg() },
+  cases: summary,
+  ratios,
+  rounds: rows,
+}, null, 2) + "\n");
+console.log(`\nwritten to ${outFile}`);

@@ -1,0 +1,56 @@
+/* fb_http - what the HTTP servers (the edge, the mock model) share on top of
+ * libh2o's libuv flavour: listeners with SO_REUSEPORT (one per worker thread),
+ * TLS contexts with ALPN h2/http1.1, JSON replies, and a guard that tells an
+ * asynchronous handler whether its request still exists. */
+#ifndef FB_HTTP_H
+#define FB_HTTP_H
+
+#include <h2o.h>
+#include <openssl/ssl.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <uv.h>
+
+/* fb_http_check_hostport - fb_config_check_fn for "HOST:PORT" listen
+ * addresses (IPv4, [IPv6] or a name; port 0 picks a free port). */
+int fb_http_check_hostport(const char *text, char *err, size_t errlen);
+
+/* fb_http_listen - listen on "HOST:PORT" and hand every connection to h2o with
+ * actx (which must outlive the listener). Returns the listener (caller owns it:
+ * close with fb_http_close), or NULL with a reason in err. *port_out gets the
+ * bound port when not NULL. */
+uv_tcp_t *fb_http_listen(uv_loop_t *loop, h2o_accept_ctx_t *actx, const char *hostport, int *port_out,
+                         char *err, size_t errlen);
+
+/* fb_http_close - stop listening and free the listener. Nulls *listener_p. */
+void fb_http_close(uv_tcp_t **listener_p);
+
+/* fb_http_tls_new - a server TLS context from PEM certificate chain and key
+ * files, offering h2 and http/1.1 by ALPN. Returns NULL with err filled. */
+SSL_CTX *fb_http_tls_new(const char *cert_file, const char *key_file, char *err, size_t errlen);
+
+/* fb_http_send - send a complete response: status, content type and body (the
+ * body is copied into the request's pool). */
+void fb_http_send(h2o_req_t *req, int status, const char *content_type, const char *body, size_t len);
+
+/* fb_http_header - the value of a request header (lower-case name), or a
+ * {NULL, 0} iovec when absent. */
+h2o_iovec_t fb_http_header(h2o_req_t *req, const char *name);
+
+/* fb_http_set_header - add a response header; name and value are copied. */
+void fb_http_set_header(h2o_req_t *req, const char *name, const char *value, size_t value_len);
+
+/* --- request guard ---------------------------------------------------------
+ * An asynchronous handler takes a guard on its request; the guard's req turns
+ * NULL when h2o disposes the request (client gone, connection closed), so that
+ * a late completion never touches freed memory. The guard itself is freed when
+ * both the request is gone and the handler released it. */
+typedef struct fb_http_guard_t {
+    h2o_req_t *req; /* the request, or NULL once disposed */
+    int refs;       /* the pool's reference + the handler's */
+} fb_http_guard_t;
+
+fb_http_guard_t *fb_http_guard_new(h2o_req_t *req);
+void fb_http_guard_release(fb_http_guard_t **guard_p);
+
+#endif

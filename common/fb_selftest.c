@@ -1,0 +1,66 @@
+/* fb_selftest - runs the x_test() of every class: all of them, or those named
+ * on the command line. ctest runs one class per test entry.
+ *
+ *   farebox-selftest [-v] [class ...]      farebox-selftest --list */
+#include "fb_config.h"
+#include "fb_curve.h"
+#include "fb_endpoint.h"
+#include "fb_log.h"
+#include "fb_msgpack.h"
+#include "fb_rpc_msg.h"
+#include "fb_util.h"
+
+#include "edge_routes.h"
+
+#include <czmq.h>
+#include <stdio.h>
+#include <string.h>
+
+typedef struct {
+    const char *name;
+    int (*test)(bool verbose);
+} s_test_t;
+
+static const s_test_t s_tests[] = {
+    {"fb_util", fb_util_test},       {"fb_log", fb_log_test},           {"fb_config", fb_config_test},
+    {"fb_msgpack", fb_msgpack_test}, {"fb_endpoint", fb_endpoint_test}, {"fb_curve", fb_curve_test},
+    {"fb_rpc_msg", fb_rpc_msg_test}, {"edge_routes", edge_routes_test},
+};
+
+int main(int argc, char **argv)
+{
+    bool verbose = false;
+    int first = 1;
+    if (argc > 1 && strcmp(argv[1], "-v") == 0) {
+        verbose = true;
+        first = 2;
+    }
+    if (argc > 1 && strcmp(argv[1], "--list") == 0) {
+        for (size_t i = 0; i < FB_ARRAY_SIZE(s_tests); i++)
+            printf("%s\n", s_tests[i].name);
+        return 0;
+    }
+    zsys_handler_set(NULL);
+    int ran = 0;
+    for (size_t i = 0; i < FB_ARRAY_SIZE(s_tests); i++) {
+        bool wanted = first >= argc;
+        for (int a = first; a < argc; a++)
+            wanted |= strcmp(argv[a], s_tests[i].name) == 0;
+        if (!wanted)
+            continue;
+        printf(" * %s: ", s_tests[i].name);
+        fflush(stdout);
+        if (s_tests[i].test(verbose) != 0) {
+            printf("FAILED\n");
+            return 1;
+        }
+        printf("OK\n");
+        ran++;
+    }
+    if (ran == 0) {
+        fprintf(stderr, "no such test\n");
+        return 2;
+    }
+    zsys_shutdown();
+    return 0;
+}

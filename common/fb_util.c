@@ -1,0 +1,203 @@
+/* fb_util - allocation, assert, clocks, constant-time compare, file reading. */
+#include "fb_util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+void fb_assert_fail(const char *expr, const char *file, int line)
+{
+    fprintf(stderr, "assertion failed: %s (%s:%d)\n", expr, file, line);
+    fflush(stderr);
+    abort();
+}
+
+static void s_out_of_memory(size_t size)
+{
+    fprintf(stderr, "out of memory allocating %zu bytes\n", size);
+    abort();
+}
+
+void *fb_malloc(size_t size)
+{
+    void *p = malloc(size ? size : 1);
+    if (p == NULL)
+        s_out_of_memory(size);
+    return p;
+}
+
+void *fb_calloc(size_t count, size_t size)
+{
+    void *p = calloc(count ? count : 1, size ? size : 1);
+    if (p == NULL)
+        s_out_of_memory(count * size);
+    return p;
+}
+
+void *fb_realloc(void *ptr, size_t size)
+{
+    void *p = realloc(ptr, size ? size : 1);
+    if (p == NULL)
+        s_out_of_memory(size);
+    return p;
+}
+
+char *fb_strdup(const char *s)
+{
+    return fb_strndup(s, strlen(s));
+}
+
+char *fb_strndup(const char *s, size_t len)
+{
+    char *p = fb_malloc(len + 1);
+    memcpy(p, s, len);
+    p[len] = '\0';
+    return p;
+}
+
+int64_t fb_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t fb_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t fb_mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+bool fb_memeq_ct(const void *a, const void *b, size_t len)
+{
+    const volatile unsigned char *x = a, *y = b;
+    unsigned char diff = 0;
+    for (size_t i = 0; i < len; i++)
+        diff |= x[i] ^ y[i];
+    return diff == 0;
+}
+
+bool fb_streq_n(const char *s, size_t len, const char *z)
+{
+    size_t zl = strlen(z);
+    return zl == len && (len == 0 || memcmp(s, z, len) == 0);
+}
+
+void fb_random_hex(char *out, size_t nbytes)
+{
+    static const char digits[] = "0123456789abcdef";
+    unsigned char buf[64];
+    FB_ASSERT(nbytes <= sizeof(buf));
+    size_t got = 0;
+    while (got < nbytes) {
+        ssize_t n = getrandom(buf + got, nbytes - got, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        FB_ASSERT(n > 0);
+        got += (size_t)n;
+    }
+    for (size_t i = 0; i < nbytes; i++) {
+        out[2 * i] = digits[buf[i] >> 4];
+        out[2 * i + 1] = digits[buf[i] & 15];
+    }
+    out[2 * nbytes] = '\0';
+}
+
+char *fb_read_file(const char *path, size_t max, size_t *len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return NULL;
+    }
+    if (st.st_size < 0 || (size_t)st.st_size > max) {
+        close(fd);
+        errno = EFBIG;
+        return NULL;
+    }
+    size_t cap = (size_t)st.st_size + 1, used = 0;
+    char *buf = fb_malloc(cap);
+    for (;;) {
+        if (used + 1 == cap) {
+            if (cap - 1 >= max) {
+                free(buf);
+                close(fd);
+                errno = EFBIG;
+                return NULL;
+            }
+            cap = cap * 2 > max + 1 ? max + 1 : cap * 2;
+            buf = fb_realloc(buf, cap);
+        }
+        ssize_t n = read(fd, buf + used, cap - 1 - used);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            int e = errno;
+            free(buf);
+            close(fd);
+            errno = e;
+            return NULL;
+        }
+        if (n == 0)
+            break;
+        used += (size_t)n;
+    }
+    close(fd);
+    buf[used] = '\0';
+    if (len)
+        *len = used;
+    return buf;
+}
+
+int fb_util_test(bool verbose)
+{
+    FB_UNUSED(verbose);
+    FB_ASSERT(fb_memeq_ct("abc", "abc", 3));
+    FB_ASSERT(!fb_memeq_ct("abc", "abd", 3));
+    FB_ASSERT(fb_memeq_ct("", "", 0));
+    FB_ASSERT(fb_streq_n("health", 6, "health"));
+    FB_ASSERT(!fb_streq_n("healt", 5, "health"));
+    FB_ASSERT(!fb_streq_n("healthy", 7, "health"));
+
+    char a[33], b[33];
+    fb_random_hex(a, 16);
+    fb_random_hex(b, 16);
+    FB_ASSERT(strlen(a) == 32 && strcmp(a, b) != 0);
+
+    int64_t m1 = fb_mono_ms(), m2 = fb_mono_ms();
+    FB_ASSERT(m2 >= m1);
+    FB_ASSERT(fb_now_ms() > 1600000000000LL);
+
+    char path[] = "/tmp/fb_util_testXXXXXX";
+    int fd = mkstemp(path);
+    FB_ASSERT(fd >= 0);
+    FB_ASSERT(write(fd, "hello\n", 6) == 6);
+    close(fd);
+    size_t len = 0;
+    char *text = fb_read_file(path, 100, &len);
+    FB_ASSERT(text && len == 6 && strcmp(text, "hello\n") == 0);
+    free(text);
+    FB_ASSERT(fb_read_file(path, 3, &len) == NULL && errno == EFBIG);
+    unlink(path);
+    FB_ASSERT(fb_read_file(path, 100, &len) == NULL && errno == ENOENT);
+    return 0;
+}

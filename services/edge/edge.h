@@ -1,0 +1,51 @@
+/* edge - shared definitions of the edge service: the configuration every
+ * worker reads and the worker type. */
+#ifndef EDGE_H
+#define EDGE_H
+
+#include "fb_config.h"
+#include "fb_rpc_client.h"
+#include "fb_service.h"
+
+#include <h2o.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+typedef struct edge_t edge_t;
+typedef struct edge_worker_t edge_worker_t;
+
+/* What all workers share; written before the workers start, read-only after. */
+struct edge_t {
+    fb_service_t *service;     /* configuration, main loop, RPC server */
+    h2o_globalconf_t h2o;      /* h2o configuration: hosts, paths, handler */
+    SSL_CTX *tls;              /* TLS context, or NULL when TLS is off */
+    const char *http_listen;   /* cleartext HTTP/1.1 and h2c listen address */
+    const char *https_listen;  /* TLS listen address (h2 and http/1.1 by ALPN) */
+    uint32_t ready_timeout_ms; /* /readyz deadline for the dependency checks */
+    uint32_t grace_ms;         /* how long a stop waits for requests in flight */
+    int worker_count;          /* worker threads, the first runs on the main loop */
+    edge_worker_t **workers;
+};
+
+/* One event loop with its own h2o context, listeners and RPC clients. */
+struct edge_worker_t {
+    edge_t *edge;       /* shared state */
+    int index;          /* 0 runs on the service's main loop */
+    uv_loop_t *loop;    /* the loop this worker runs */
+    uv_loop_t own_loop; /* storage for threads other than the first */
+    uv_thread_t thread; /* thread of workers other than the first */
+    uv_async_t wake;    /* tells a worker thread to stop */
+    uv_timer_t drain;   /* checks whether requests in flight are done */
+    h2o_context_t ctx;  /* h2o per-loop context */
+    h2o_accept_ctx_t accept_plain, accept_tls;
+    uv_tcp_t *listen_plain, *listen_tls;
+    fb_rpc_client_t *ledger; /* RPC clients owned by this worker */
+    fb_rpc_client_t *verifier;
+    uint64_t active_requests; /* requests received and not yet disposed */
+    int64_t stop_deadline;    /* monotonic ms when a stop gives up waiting */
+    bool stopping;
+    int http_port, https_port; /* ports actually bound */
+};
+
+#endif

@@ -1,0 +1,321 @@
+/* edge_routes - route table and handlers of the edge. */
+#include "edge_routes.h"
+#include "edge_worker.h"
+#include "fb_http.h"
+#include "fb_log.h"
+#include "fb_msgpack.h"
+#include "fb_util.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define REQUEST_ID_MAX 128
+
+typedef int(s_route_fn)(edge_worker_t *w, h2o_req_t *req, const char *rid);
+
+typedef struct {
+    const char *path;   /* exact path, or a prefix when it ends in '/' */
+    const char *method; /* "GET", "POST", or "*" for any */
+    s_route_fn *fn;     /* handler */
+} s_route_t;
+
+/* --- request ids and accounting ------------------------------------------------ */
+
+static char s_rid_prefix[17];
+static uv_once_t s_rid_once = UV_ONCE_INIT;
+static __thread uint64_t s_rid_counter;
+
+static void s_rid_init(void)
+{
+    fb_random_hex(s_rid_prefix, 6);
+}
+
+static bool s_request_id_ok(h2o_iovec_t v)
+{
+    if (v.base == NULL || v.len == 0 || v.len > REQUEST_ID_MAX)
+        return false;
+    for (size_t i = 0; i < v.len; i++) {
+        char c = v.base[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+              c == '_' || c == '.' || c == ':'))
+            return false;
+    }
+    return true;
+}
+
+/* A caller's well-formed X-Request-Id is kept; otherwise one is made from a
+ * random per-process prefix, the worker and a counter (no syscall per request). */
+static const char *s_request_id(edge_worker_t *w, h2o_req_t *req)
+{
+    h2o_iovec_t given = fb_http_header(req, "x-request-id");
+    char *rid;
+    if (s_request_id_ok(given)) {
+        rid = h2o_mem_alloc_pool(&req->pool, given.len + 1);
+        memcpy(rid, given.base, given.len);
+        rid[given.len] = '\0';
+    } else {
+        uv_once(&s_rid_once, s_rid_init);
+        rid = h2o_mem_alloc_pool(&req->pool, 64);
+        snprintf(rid, 64, "req_%s%02x%08" PRIx64, s_rid_prefix, (unsigned)w->index & 0xff, ++s_rid_counter);
+    }
+    fb_http_set_header(req, "x-request-id", rid, strlen(rid));
+    return rid;
+}
+
+/* Counts requests in flight per worker: the pool-linked marker is disposed when
+ * h2o is done with the request. */
+typedef struct {
+    edge_worker_t *worker;
+} s_active_t;
+
+static void s_active_dispose(void *p)
+{
+    ((s_active_t *)p)->worker->active_requests--;
+}
+
+static void s_track(edge_worker_t *w, h2o_req_t *req)
+{
+    s_active_t *a = h2o_mem_alloc_shared(&req->pool, sizeof(*a), s_active_dispose);
+    a->worker = w;
+    w->active_requests++;
+}
+
+/* --- JSON answers ---------------------------------------------------------------- */
+
+/* Writes s as a JSON string body (without quotes) into out; returns length. */
+static size_t s_json_escape(char *out, size_t cap, const char *s, size_t n)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n && o + 7 < cap; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)c;
+        } else if (c < 0x20) {
+            o += (size_t)snprintf(out + o, cap - o, "\\u%04x", c);
+        } else {
+            out[o++] = (char)c;
+        }
+    }
+    out[o] = '\0';
+    return o;
+}
+
+/* An error in the OpenAI envelope, which the public API uses on its default
+ * routes: {"error":{"message","type","code"}}. */
+static void s_send_error(h2o_req_t *req, int status, const char *type, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+static void s_send_error(h2o_req_t *req, int status, const char *type, const char *code, const char *fmt, ...)
+{
+    char msg[512], esc[1024], body[1400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    s_json_escape(esc, sizeof(esc), msg, strlen(msg));
+    int n = snprintf(body, sizeof(body), "{\"error\":{\"message\":\"%s\",\"type\":\"%s\",\"code\":\"%s\"}}",
+                     esc, type, code);
+    fb_http_send(req, status, "application/json", body, (size_t)n);
+}
+
+/* --- /healthz ------------------------------------------------------------------------ */
+
+static int s_healthz(edge_worker_t *w, h2o_req_t *req, const char *rid)
+{
+    FB_UNUSED(rid);
+    char body[256], esc[160];
+    const char *replica = fb_service_replica(w->edge->service);
+    s_json_escape(esc, sizeof(esc), replica, strlen(replica));
+    int n = snprintf(body, sizeof(body),
+                     "{\"status\":\"ok\",\"service\":\"edge\",\"replica\":\"%s\",\"version\":\"%s\"}", esc,
+                     FAREBOX_VERSION);
+    fb_http_send(req, 200, "application/json", body, (size_t)n);
+    return 0;
+}
+
+/* --- /readyz: the ledger and the verifier answer "health" within a deadline ---------- */
+
+typedef struct {
+    fb_http_guard_t *guard; /* the request, while it exists */
+    int waiting;            /* health calls not yet answered */
+    int64_t started_us;
+    struct {
+        bool ok;
+        char replica[128];
+        char error[256];
+        int64_t latency_us;
+    } check[2]; /* 0 ledger, 1 verifier */
+} s_ready_t;
+
+static void s_ready_finish(s_ready_t *r)
+{
+    h2o_req_t *req = r->guard->req;
+    if (req) {
+        static const char *names[] = {"ledger", "verifier"};
+        bool ready = r->check[0].ok && r->check[1].ok;
+        char body[2048];
+        size_t o =
+            (size_t)snprintf(body, sizeof(body), "{\"ready\":%s,\"checks\":{", ready ? "true" : "false");
+        for (int i = 0; i < 2; i++) {
+            char esc[300];
+            if (r->check[i].ok)
+                s_json_escape(esc, sizeof(esc), r->check[i].replica, strlen(r->check[i].replica));
+            else
+                s_json_escape(esc, sizeof(esc), r->check[i].error, strlen(r->check[i].error));
+            o += (size_t)snprintf(body + o, sizeof(body) - o,
+                                  "%s\"%s\":{\"ok\":%s,\"%s\":\"%s\",\"latency_ms\":%.3f}", i ? "," : "",
+                                  names[i], r->check[i].ok ? "true" : "false",
+                                  r->check[i].ok ? "replica" : "error", esc, r->check[i].latency_us / 1000.0);
+        }
+        o += (size_t)snprintf(body + o, sizeof(body) - o, "}}");
+        fb_http_send(req, ready ? 200 : 503, "application/json", body, o);
+    }
+    fb_http_guard_release(&r->guard);
+    free(r);
+}
+
+static void s_ready_done(s_ready_t *r, int which, const fb_rpc_reply_t *reply)
+{
+    r->check[which].ok = reply->ok;
+    r->check[which].latency_us = fb_mono_us() - r->started_us;
+    snprintf(r->check[which].replica, sizeof(r->check[which].replica), "%s", reply->replica);
+    snprintf(r->check[which].error, sizeof(r->check[which].error), "%s: %s", reply->code, reply->message);
+    if (--r->waiting == 0)
+        s_ready_finish(r);
+}
+
+static void s_ready_ledger(void *arg, const fb_rpc_reply_t *reply)
+{
+    s_ready_done(arg, 0, reply);
+}
+
+static void s_ready_verifier(void *arg, const fb_rpc_reply_t *reply)
+{
+    s_ready_done(arg, 1, reply);
+}
+
+static int s_readyz(edge_worker_t *w, h2o_req_t *req, const char *rid)
+{
+    s_ready_t *r = fb_calloc(1, sizeof(*r));
+    r->guard = fb_http_guard_new(req);
+    r->waiting = 2;
+    r->started_us = fb_mono_us();
+    uint32_t t = w->edge->ready_timeout_ms;
+    /* one attempt per replica set: the deadline is the readiness budget */
+    fb_rpc_call_opts_t opts = {.method = "health", .trace = rid, .deadline_ms = t, .attempt_ms = t};
+    fb_rpc_client_call(w->ledger, &opts, NULL, 0, s_ready_ledger, r);
+    fb_rpc_client_call(w->verifier, &opts, NULL, 0, s_ready_verifier, r);
+    return 0;
+}
+
+/* --- parts of the public API that later work builds ------------------------------------ */
+
+static int s_not_implemented(edge_worker_t *w, h2o_req_t *req, const char *rid)
+{
+    FB_UNUSED(w);
+    FB_UNUSED(rid);
+    s_send_error(
+        req, 501, "not_implemented", "not_implemented",
+        "%.*s %.*s is not implemented yet in this version of farebox (see README: what is not done yet)",
+        (int)req->method.len, req->method.base, (int)req->path_normalized.len, req->path_normalized.base);
+    return 0;
+}
+
+static const s_route_t s_routes[] = {
+    {"/healthz", "GET", s_healthz},
+    {"/readyz", "GET", s_readyz},
+    {"/v1/chat/completions", "POST", s_not_implemented},
+    {"/api/v1/chat/completions", "POST", s_not_implemented},
+    {"/v1/messages", "POST", s_not_implemented},
+    {"/v1/models", "GET", s_not_implemented},
+    {"/v1/pricing", "GET", s_not_implemented},
+    {"/api/v1/prompt", "POST", s_not_implemented},
+    {"/v1/topup", "POST", s_not_implemented},
+    {"/v1/balance", "GET", s_not_implemented},
+    {"/admin/", "*", s_not_implemented},
+    {"/facilitator/", "*", s_not_implemented},
+    {"/metrics", "GET", s_not_implemented},
+    {"/openapi.json", "GET", s_not_implemented},
+};
+
+static bool s_path_matches(const s_route_t *r, h2o_iovec_t path)
+{
+    size_t n = strlen(r->path);
+    if (r->path[n - 1] == '/')
+        return path.len >= n && memcmp(path.base, r->path, n) == 0;
+    return path.len == n && memcmp(path.base, r->path, n) == 0;
+}
+
+static bool s_method_matches(const s_route_t *r, h2o_iovec_t method)
+{
+    if (strcmp(r->method, "*") == 0)
+        return true;
+    if (method.len == 4 && memcmp(method.base, "HEAD", 4) == 0 && strcmp(r->method, "GET") == 0)
+        return true;
+    return fb_streq_n(method.base, method.len, r->method);
+}
+
+static int s_on_req(h2o_handler_t *handler, h2o_req_t *req)
+{
+    FB_UNUSED(handler);
+    edge_worker_t *w = edge_worker_of(req->conn->ctx);
+    s_track(w, req);
+    const char *rid = s_request_id(w, req);
+    h2o_iovec_t path = req->path_normalized;
+    const s_route_t *path_match = NULL;
+    for (size_t i = 0; i < FB_ARRAY_SIZE(s_routes); i++) {
+        const s_route_t *r = &s_routes[i];
+        if (!s_path_matches(r, path))
+            continue;
+        path_match = r;
+        if (s_method_matches(r, req->method))
+            return r->fn(w, req, rid);
+    }
+    if (path_match) {
+        fb_http_set_header(req, "allow", path_match->method, strlen(path_match->method));
+        s_send_error(req, 405, "invalid_request_error", "method_not_allowed",
+                     "%.*s is not allowed on %.*s (use %s)", (int)req->method.len, req->method.base,
+                     (int)path.len, path.base, path_match->method);
+        return 0;
+    }
+    s_send_error(req, 404, "invalid_request_error", "not_found", "no route for %.*s %.*s",
+                 (int)req->method.len, req->method.base, (int)path.len, path.base);
+    return 0;
+}
+
+void edge_routes_register(edge_t *edge)
+{
+    h2o_hostconf_t *host = h2o_config_register_host(&edge->h2o, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+    h2o_pathconf_t *path = h2o_config_register_path(host, "/", 0);
+    h2o_handler_t *h = h2o_create_handler(path, sizeof(*h));
+    h->on_req = s_on_req;
+}
+
+int edge_routes_test(bool verbose)
+{
+    FB_UNUSED(verbose);
+    FB_ASSERT(s_request_id_ok(h2o_iovec_init(H2O_STRLIT("abc-123_x.y:z"))));
+    FB_ASSERT(!s_request_id_ok(h2o_iovec_init(H2O_STRLIT("has space"))));
+    FB_ASSERT(!s_request_id_ok(h2o_iovec_init(H2O_STRLIT(""))));
+    char long_id[200];
+    memset(long_id, 'a', sizeof(long_id));
+    FB_ASSERT(!s_request_id_ok(h2o_iovec_init(long_id, sizeof(long_id))));
+    FB_ASSERT(s_request_id_ok(h2o_iovec_init(long_id, REQUEST_ID_MAX)));
+
+    s_route_t prefix = {"/admin/", "*", NULL}, exact = {"/readyz", "GET", NULL};
+    FB_ASSERT(s_path_matches(&prefix, h2o_iovec_init(H2O_STRLIT("/admin/keys"))));
+    FB_ASSERT(!s_path_matches(&prefix, h2o_iovec_init(H2O_STRLIT("/admin"))));
+    FB_ASSERT(s_path_matches(&exact, h2o_iovec_init(H2O_STRLIT("/readyz"))));
+    FB_ASSERT(!s_path_matches(&exact, h2o_iovec_init(H2O_STRLIT("/readyz/x"))));
+    FB_ASSERT(s_method_matches(&exact, h2o_iovec_init(H2O_STRLIT("HEAD"))));
+    FB_ASSERT(!s_method_matches(&exact, h2o_iovec_init(H2O_STRLIT("POST"))));
+
+    char out[64];
+    s_json_escape(out, sizeof(out), "a\"b\\c\n", 6);
+    FB_ASSERT(strcmp(out, "a\\\"b\\\\c\\u000a") == 0);
+    return 0;
+}

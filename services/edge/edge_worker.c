@@ -1,0 +1,137 @@
+/* edge_worker - per-loop HTTP serving and graceful stop. */
+#include "edge_worker.h"
+#include "fb_http.h"
+#include "fb_log.h"
+#include "fb_util.h"
+
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+edge_worker_t *edge_worker_of(h2o_context_t *ctx)
+{
+    return (edge_worker_t *)((char *)ctx - offsetof(edge_worker_t, ctx));
+}
+
+static void s_drain_check(uv_timer_t *t)
+{
+    edge_worker_t *self = t->data;
+    if (self->active_requests == 0 || fb_mono_ms() >= self->stop_deadline) {
+        if (self->active_requests)
+            fb_log(FB_LOG_WARN, NULL, "stop grace period over", "worker=%d requests_in_flight=%llu",
+                   self->index, (unsigned long long)self->active_requests);
+        uv_timer_stop(t);
+        if (self->index == 0)
+            fb_service_exit(self->edge->service, 0);
+        else
+            uv_stop(self->loop);
+    }
+}
+
+static void s_begin_stop(edge_worker_t *self)
+{
+    if (self->stopping)
+        return;
+    self->stopping = true;
+    fb_http_close(&self->listen_plain);
+    fb_http_close(&self->listen_tls);
+    self->stop_deadline = fb_mono_ms() + self->edge->grace_ms;
+    uv_timer_start(&self->drain, s_drain_check, 0, 20);
+}
+
+static void s_on_wake(uv_async_t *h)
+{
+    s_begin_stop(h->data);
+}
+
+edge_worker_t *edge_worker_new(edge_t *edge, int index, char *err, size_t errlen)
+{
+    edge_worker_t *self = fb_calloc(1, sizeof(*self));
+    self->edge = edge;
+    self->index = index;
+    if (index == 0) {
+        self->loop = fb_service_loop(edge->service);
+    } else {
+        FB_ASSERT(uv_loop_init(&self->own_loop) == 0);
+        self->loop = &self->own_loop;
+    }
+    uv_async_init(self->loop, &self->wake, s_on_wake);
+    self->wake.data = self;
+    uv_timer_init(self->loop, &self->drain);
+    self->drain.data = self;
+    h2o_context_init(&self->ctx, self->loop, &edge->h2o);
+    self->accept_plain.ctx = &self->ctx;
+    self->accept_plain.hosts = edge->h2o.hosts;
+    self->accept_tls = self->accept_plain;
+    self->accept_tls.ssl_ctx = edge->tls;
+
+    self->listen_plain =
+        fb_http_listen(self->loop, &self->accept_plain, edge->http_listen, &self->http_port, err, errlen);
+    if (!self->listen_plain)
+        return NULL;
+    if (edge->tls) {
+        self->listen_tls =
+            fb_http_listen(self->loop, &self->accept_tls, edge->https_listen, &self->https_port, err, errlen);
+        if (!self->listen_tls)
+            return NULL;
+    }
+    self->ledger = fb_service_client(edge->service, FB_PEER_LEDGER, self->loop);
+    self->verifier = fb_service_client(edge->service, FB_PEER_VERIFIER, self->loop);
+    return self;
+}
+
+static void s_thread_main(void *arg)
+{
+    edge_worker_t *self = arg;
+    uv_run(self->loop, UV_RUN_DEFAULT);
+}
+
+void edge_worker_start(edge_worker_t *self)
+{
+    FB_ASSERT(self->index > 0);
+    FB_ASSERT(uv_thread_create(&self->thread, s_thread_main, self) == 0);
+}
+
+void edge_worker_stop(edge_worker_t *self)
+{
+    if (self->index == 0)
+        s_begin_stop(self);
+    else
+        uv_async_send(&self->wake);
+}
+
+void edge_worker_join(edge_worker_t *self)
+{
+    if (self->index > 0)
+        uv_thread_join(&self->thread);
+}
+
+static void s_close_walk(uv_handle_t *h, void *arg)
+{
+    FB_UNUSED(arg);
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+void edge_worker_destroy(edge_worker_t **self_p)
+{
+    FB_ASSERT(self_p);
+    edge_worker_t *self = *self_p;
+    if (!self)
+        return;
+    fb_rpc_client_destroy(&self->ledger);
+    fb_rpc_client_destroy(&self->verifier);
+    fb_http_close(&self->listen_plain);
+    fb_http_close(&self->listen_tls);
+    uv_close((uv_handle_t *)&self->wake, NULL);
+    uv_close((uv_handle_t *)&self->drain, NULL);
+    uv_run(self->loop, UV_RUN_NOWAIT);
+    h2o_context_dispose(&self->ctx);
+    if (self->index > 0) {
+        uv_walk(self->loop, s_close_walk, NULL);
+        uv_run(self->loop, UV_RUN_DEFAULT);
+        uv_loop_close(self->loop);
+    }
+    free(self);
+    *self_p = NULL;
+}

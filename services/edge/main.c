@@ -1,0 +1,113 @@
+/* farebox-edge - the public HTTP API.
+ *
+ *   configuration  listen addresses, TLS files, worker threads, limits
+ *   h2o            HTTP/1.1, h2 over TLS (ALPN) and h2c with prior knowledge
+ *   routes         edge_routes.c: health, readiness, the paid API
+ *   workers        edge_worker.c: one loop per thread, each with RPC clients
+ *   stop           SIGTERM stops accepting, waits for requests in flight */
+#include "edge.h"
+#include "edge_routes.h"
+#include "edge_worker.h"
+#include "fb_http.h"
+#include "fb_log.h"
+#include "fb_util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+static const fb_config_var_t s_vars[] = {
+    {"FAREBOX_HTTP_LISTEN", FB_CFG_STRING, "127.0.0.1:8402", 0, 0, NULL, fb_http_check_hostport,
+     "cleartext listen address: HTTP/1.1, and HTTP/2 without TLS (prior knowledge or Upgrade: h2c)"},
+    {"FAREBOX_HTTPS_LISTEN", FB_CFG_STRING, "127.0.0.1:8443", 0, 0, NULL, fb_http_check_hostport,
+     "TLS listen address (h2 and http/1.1 by ALPN); used when a certificate is configured"},
+    {"FAREBOX_TLS_CERT_FILE", FB_CFG_STRING, "", 0, 0, NULL, NULL,
+     "PEM certificate chain for the TLS listener (unset: no TLS listener)"},
+    {"FAREBOX_TLS_KEY_FILE", FB_CFG_STRING, "", 0, 0, NULL, NULL, "PEM private key of the TLS certificate"},
+    {"FAREBOX_EDGE_THREADS", FB_CFG_INT, "1", 1, 64, NULL, NULL,
+     "HTTP worker threads (each has its own loop)"},
+    {"FAREBOX_HTTP_MAX_BODY", FB_CFG_INT, "1048576", 1024, 67108864, NULL, NULL,
+     "largest request body accepted, in bytes"},
+    {"FAREBOX_READY_TIMEOUT_MS", FB_CFG_INT, "1000", 10, 60000, NULL, NULL,
+     "/readyz waits this long for the ledger and verifier to answer"},
+    {"FAREBOX_STOP_GRACE_MS", FB_CFG_INT, "10000", 0, 600000, NULL, NULL,
+     "on SIGTERM, how long requests in flight may take to finish"},
+};
+
+static const fb_service_def_t s_def = {
+    .name = "edge",
+    .summary = "the public HTTP API of farebox",
+    .rpc_bind = "tcp://127.0.0.1:7100-7109",
+    .peers = FB_PEER_LEDGER | FB_PEER_VERIFIER,
+    .vars = s_vars,
+    .var_count = FB_ARRAY_SIZE(s_vars),
+};
+
+static void s_on_stop(void *arg)
+{
+    edge_t *edge = arg;
+    for (int i = 0; i < edge->worker_count; i++)
+        edge_worker_stop(edge->workers[i]);
+}
+
+int main(int argc, char **argv)
+{
+    edge_t edge = {0};
+    edge.service = fb_service_new(argc, argv, &s_def);
+    const fb_config_t *cfg = fb_service_config(edge.service);
+    char err[512];
+
+    h2o_config_init(&edge.h2o);
+    edge.h2o.max_request_entity_size = (size_t)fb_config_int(cfg, "FAREBOX_HTTP_MAX_BODY");
+    edge.h2o.server_name = h2o_iovec_init(H2O_STRLIT("farebox"));
+    edge_routes_register(&edge);
+
+    const char *cert = fb_config_str(cfg, "FAREBOX_TLS_CERT_FILE"),
+               *key = fb_config_str(cfg, "FAREBOX_TLS_KEY_FILE");
+    if (cert[0] || key[0]) {
+        if (!cert[0] || !key[0])
+            fb_service_fail_config(
+                "invalid configuration: FAREBOX_TLS_CERT_FILE and FAREBOX_TLS_KEY_FILE go together");
+        edge.tls = fb_http_tls_new(cert, key, err, sizeof(err));
+        if (!edge.tls) {
+            char line[700];
+            snprintf(line, sizeof(line), "invalid configuration: FAREBOX_TLS_CERT_FILE: %s", err);
+            fb_service_fail_config(line);
+        }
+    }
+    edge.http_listen = fb_config_str(cfg, "FAREBOX_HTTP_LISTEN");
+    edge.https_listen = fb_config_str(cfg, "FAREBOX_HTTPS_LISTEN");
+    edge.ready_timeout_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_READY_TIMEOUT_MS");
+    edge.grace_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_STOP_GRACE_MS");
+    edge.worker_count = (int)fb_config_int(cfg, "FAREBOX_EDGE_THREADS");
+    edge.workers = fb_calloc((size_t)edge.worker_count, sizeof(*edge.workers));
+    for (int i = 0; i < edge.worker_count; i++) {
+        edge.workers[i] = edge_worker_new(&edge, i, err, sizeof(err));
+        if (!edge.workers[i]) {
+            char line[700];
+            snprintf(line, sizeof(line),
+                     "invalid configuration: FAREBOX_HTTP_LISTEN/FAREBOX_HTTPS_LISTEN: %s", err);
+            fb_service_fail_config(line);
+        }
+    }
+    fb_log(FB_LOG_INFO, NULL, "http listening", "http=%s http_port=%d https=%s https_port=%d threads=%d",
+           edge.http_listen, edge.workers[0]->http_port, edge.tls ? edge.https_listen : "off",
+           edge.workers[0]->https_port, edge.worker_count);
+    for (int i = 1; i < edge.worker_count; i++)
+        edge_worker_start(edge.workers[i]);
+    fb_service_on_stop(edge.service, s_on_stop, &edge);
+
+    int code = fb_service_run(edge.service);
+
+    for (int i = 0; i < edge.worker_count; i++)
+        edge_worker_stop(edge.workers[i]);
+    for (int i = 1; i < edge.worker_count; i++)
+        edge_worker_join(edge.workers[i]);
+    for (int i = 0; i < edge.worker_count; i++)
+        edge_worker_destroy(&edge.workers[i]);
+    free(edge.workers);
+    if (edge.tls)
+        SSL_CTX_free(edge.tls);
+    h2o_config_dispose(&edge.h2o);
+    fb_service_destroy(&edge.service);
+    return code;
+}

@@ -1,0 +1,135 @@
+// http.test.mjs - the edge's transports and health: curl over HTTP/1.1, HTTP/2
+// over TLS (ALPN) and cleartext HTTP/2 with prior knowledge, nghttp, and
+// /readyz following the ledger as it stops and comes back.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import path from "node:path";
+import { freePort, startService, tmpDir, waitUntil, run } from "../lib/harness.mjs";
+import { startPostgres } from "../lib/pg.mjs";
+
+let pg, db, ledger, verifier, edge, dir, httpPort, httpsPort, ledgerBind;
+
+function curl(args) {
+  const r = spawnSync("curl", ["-sS", "--max-time", "10", ...args], { encoding: "utf8" });
+  return r;
+}
+
+function get(url, extra = []) {
+  const r = curl(["-i", ...extra, url]);
+  assert.equal(r.status, 0, r.stderr);
+  const [head, ...rest] = r.stdout.split(/\r?\n\r?\n/);
+  const lines = head.split(/\r?\n/);
+  const status = Number(lines[0].split(" ")[1]);
+  const headers = Object.fromEntries(lines.slice(1).map((l) => {
+    const i = l.indexOf(":");
+    return [l.slice(0, i).toLowerCase(), l.slice(i + 1).trim()];
+  }));
+  return { status, headers, body: rest.join("\n\n"), version: lines[0].split(" ")[0] };
+}
+
+before(async () => {
+  pg = await startPostgres();
+  db = pg.createDatabase("http");
+  dir = tmpDir("edge");
+  run("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+    "-keyout", path.join(dir, "key.pem"), "-out", path.join(dir, "cert.pem")], { stdio: "ignore" });
+  const lp = await freePort(), vp = await freePort();
+  ledgerBind = `tcp://127.0.0.1:${lp}`;
+  ledger = await startService("ledger", { FAREBOX_RPC_BIND: ledgerBind, FAREBOX_DATABASE_URL: db.url });
+  verifier = await startService("verifier", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${vp}`, FAREBOX_LEDGER_ENDPOINT: ledgerBind });
+  httpPort = await freePort();
+  httpsPort = await freePort();
+  edge = await startService("edge", {
+    FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`,
+    FAREBOX_HTTP_LISTEN: `127.0.0.1:${httpPort}`,
+    FAREBOX_HTTPS_LISTEN: `127.0.0.1:${httpsPort}`,
+    FAREBOX_TLS_CERT_FILE: path.join(dir, "cert.pem"),
+    FAREBOX_TLS_KEY_FILE: path.join(dir, "key.pem"),
+    FAREBOX_LEDGER_ENDPOINT: ledgerBind,
+    FAREBOX_VERIFIER_ENDPOINT: `tcp://127.0.0.1:${vp}`,
+    FAREBOX_READY_TIMEOUT_MS: "500",
+    FAREBOX_EDGE_THREADS: "2",
+  });
+});
+
+after(async () => {
+  for (const p of [edge, verifier, ledger]) if (p) {
+    const { code } = await p.stop();
+    assert.equal(code, 0, `${p.name} exited ${code}`);
+  }
+  if (pg) await pg.stop();
+});
+
+test("curl over HTTP/1.1 reaches /healthz, with a request id", () => {
+  const r = get(`http://127.0.0.1:${httpPort}/healthz`, ["--http1.1"]);
+  assert.equal(r.version, "HTTP/1.1");
+  assert.equal(r.status, 200);
+  assert.equal(JSON.parse(r.body).status, "ok");
+  assert.match(r.headers["x-request-id"], /^req_[0-9a-f]+$/);
+  const mine = get(`http://127.0.0.1:${httpPort}/healthz`, ["--http1.1", "-H", "X-Request-Id: my-trace.42"]);
+  assert.equal(mine.headers["x-request-id"], "my-trace.42");
+  const bad = get(`http://127.0.0.1:${httpPort}/healthz`, ["--http1.1", "-H", "X-Request-Id: has spaces in it"]);
+  assert.notEqual(bad.headers["x-request-id"], "has spaces in it");
+});
+
+test("curl --http2 over TLS negotiates h2 by ALPN", () => {
+  const r = get(`https://127.0.0.1:${httpsPort}/healthz`, ["--http2", "-k"]);
+  assert.equal(r.version, "HTTP/2");
+  assert.equal(r.status, 200);
+  const h1 = get(`https://127.0.0.1:${httpsPort}/healthz`, ["--http1.1", "-k"]);
+  assert.equal(h1.version, "HTTP/1.1");
+  assert.equal(h1.status, 200);
+});
+
+test("cleartext HTTP/2 with prior knowledge (h2c)", () => {
+  const r = get(`http://127.0.0.1:${httpPort}/healthz`, ["--http2-prior-knowledge"]);
+  assert.equal(r.version, "HTTP/2");
+  assert.equal(r.status, 200);
+});
+
+test("nghttp reaches /healthz over TLS and cleartext", () => {
+  for (const url of [`https://127.0.0.1:${httpsPort}/healthz`, `http://127.0.0.1:${httpPort}/healthz`]) {
+    const r = spawnSync("nghttp", ["-v", "-t", "10", url], { encoding: "utf8" });
+    assert.equal(r.status, 0, r.stderr + r.stdout);
+    assert.match(r.stdout, /:status: 200/);
+    assert.match(r.stdout, /"status":"ok"/);
+  }
+});
+
+test("unknown routes, wrong methods and unbuilt routes answer clear JSON errors", () => {
+  const nf = get(`http://127.0.0.1:${httpPort}/nope`);
+  assert.equal(nf.status, 404);
+  assert.equal(JSON.parse(nf.body).error.code, "not_found");
+  assert.equal(nf.headers["content-type"], "application/json");
+  const wm = get(`http://127.0.0.1:${httpPort}/healthz`, ["-X", "POST"]);
+  assert.equal(wm.status, 405);
+  assert.equal(wm.headers.allow, "GET");
+  const ni = get(`http://127.0.0.1:${httpPort}/v1/chat/completions`, ["-X", "POST", "-d", "{}"]);
+  assert.equal(ni.status, 501);
+  assert.equal(JSON.parse(ni.body).error.code, "not_implemented");
+});
+
+test("/readyz is ready with the ledger and verifier, unready without the ledger, ready again when it is back", async () => {
+  const url = `http://127.0.0.1:${httpPort}/readyz`;
+  await waitUntil(() => get(url).status === 200, { what: "ready", timeoutMs: 10000 });
+  const ok = JSON.parse(get(url).body);
+  assert.equal(ok.ready, true);
+  assert.equal(ok.checks.ledger.ok, true);
+  assert.equal(ok.checks.verifier.ok, true);
+
+  const { code } = await ledger.stop();
+  assert.equal(code, 0);
+  await waitUntil(() => get(url).status === 503, { what: "unready", timeoutMs: 10000 });
+  const down = JSON.parse(get(url).body);
+  assert.equal(down.ready, false);
+  assert.equal(down.checks.ledger.ok, false);
+  assert.equal(down.checks.verifier.ok, true);
+
+  ledger = await startService("ledger", { FAREBOX_RPC_BIND: ledgerBind, FAREBOX_DATABASE_URL: db.url });
+  await waitUntil(() => get(url).status === 200, { what: "ready again", timeoutMs: 10000 });
+  // over HTTP/2 as well
+  const h2 = get(url, ["--http2-prior-knowledge"]);
+  assert.equal(h2.status, 200);
+});

@@ -1,0 +1,32 @@
+# tests.cmake - every test ctest runs: the self-test of each class, then the
+# integration tests under tests/ (Node's test runner and shell), which start
+# their own peers. FAREBOX_BIN tells them which build to test.
+set(FAREBOX_SELFTESTS fb_util fb_log fb_config fb_msgpack fb_endpoint fb_curve fb_rpc_msg edge_routes)
+foreach (t ${FAREBOX_SELFTESTS})
+    add_test(NAME unit.${t} COMMAND farebox-selftest ${t})
+endforeach ()
+
+set(FAREBOX_TEST_ENV
+    "FAREBOX_BIN=${CMAKE_BINARY_DIR}/bin"
+    "FAREBOX_SOURCE=${CMAKE_SOURCE_DIR}"
+    "FAREBOX_TEST_TMP=${CMAKE_BINARY_DIR}/test-tmp")
+
+# Node integration tests: tests/integration/<name>.test.mjs
+file(GLOB FAREBOX_NODE_TESTS ${CMAKE_SOURCE_DIR}/tests/integration/*.test.mjs)
+foreach (f ${FAREBOX_NODE_TESTS})
+    get_filename_component(name ${f} NAME_WE)
+    add_test(NAME integration.${name}
+             COMMAND node --test --test-reporter=spec --test-timeout=600000 ${f}
+             WORKING_DIRECTORY ${CMAKE_SOURCE_DIR}/tests)
+    set_tests_properties(integration.${name} PROPERTIES ENVIRONMENT "${FAREBOX_TEST_ENV}" TIMEOUT 900)
+endforeach ()
+
+# The code follows .clang-format.
+add_test(NAME style.clang_format
+         COMMAND sh -c "find common services tools tests/support bench -name '*.[ch]' | xargs clang-format --dry-run --Werror"
+         WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+
+# The dev chains (anvil with the EIP-3009 test token, surfpool with a mint).
+add_test(NAME integration.devchain COMMAND node ${CMAKE_SOURCE_DIR}/tests/devchain/selftest.mjs
+         WORKING_DIRECTORY ${CMAKE_SOURCE_DIR}/tests)
+set_tests_properties(integration.devchain PROPERTIES TIMEOUT 300)
