@@ -390,6 +390,11 @@ void fb_rpc_server_on_health(fb_rpc_server_t *self, fb_rpc_health_fn *fn, void *
     self->health_arg = arg;
 }
 
+void fb_rpc_server_pause(fb_rpc_server_t *self)
+{
+    fb_zuv_destroy(&self->watch);
+}
+
 size_t fb_rpc_server_inflight(const fb_rpc_server_t *self)
 {
     return self->inflight;

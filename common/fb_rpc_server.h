@@ -59,6 +59,11 @@ void fb_rpc_server_handle(fb_rpc_server_t *self, const char *method, fb_rpc_hand
 void fb_rpc_server_on_batch(fb_rpc_server_t *self, fb_rpc_batch_fn *fn, void *arg);
 void fb_rpc_server_on_health(fb_rpc_server_t *self, fb_rpc_health_fn *fn, void *arg);
 
+/* fb_rpc_server_pause - stop taking new requests (for a graceful stop): calls
+ * already received can still be answered; what waits in the socket is left to
+ * the callers' retries on other replicas. */
+void fb_rpc_server_pause(fb_rpc_server_t *self);
+
 /* fb_rpc_server_inflight - calls received and not yet answered. */
 size_t fb_rpc_server_inflight(const fb_rpc_server_t *self);
 

@@ -11,6 +11,9 @@
 #include "fb_util.h"
 
 #include "edge_routes.h"
+#include "fb_apikey.h"
+#include "fb_codec.h"
+#include "ledger_rpc.h"
 
 #include <czmq.h>
 #include <stdio.h>
@@ -22,9 +25,10 @@ typedef struct {
 } s_test_t;
 
 static const s_test_t s_tests[] = {
-    {"fb_util", fb_util_test},       {"fb_log", fb_log_test},           {"fb_config", fb_config_test},
-    {"fb_msgpack", fb_msgpack_test}, {"fb_endpoint", fb_endpoint_test}, {"fb_curve", fb_curve_test},
-    {"fb_rpc_msg", fb_rpc_msg_test}, {"edge_routes", edge_routes_test},
+    {"fb_util", fb_util_test},         {"fb_log", fb_log_test},           {"fb_config", fb_config_test},
+    {"fb_msgpack", fb_msgpack_test},   {"fb_endpoint", fb_endpoint_test}, {"fb_curve", fb_curve_test},
+    {"fb_rpc_msg", fb_rpc_msg_test},   {"fb_codec", fb_codec_test},       {"fb_apikey", fb_apikey_test},
+    {"edge_routes", edge_routes_test}, {"ledger_rpc", ledger_rpc_test},
 };
 
 int main(int argc, char **argv)

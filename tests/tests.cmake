@@ -1,7 +1,8 @@
 # tests.cmake - every test ctest runs: the self-test of each class, then the
 # integration tests under tests/ (Node's test runner and shell), which start
 # their own peers. FAREBOX_BIN tells them which build to test.
-set(FAREBOX_SELFTESTS fb_util fb_log fb_config fb_msgpack fb_endpoint fb_curve fb_rpc_msg edge_routes)
+set(FAREBOX_SELFTESTS fb_util fb_log fb_config fb_msgpack fb_endpoint fb_curve fb_rpc_msg fb_codec fb_apikey
+    edge_routes ledger_rpc)
 foreach (t ${FAREBOX_SELFTESTS})
     add_test(NAME unit.${t} COMMAND farebox-selftest ${t})
 endforeach ()

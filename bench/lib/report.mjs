@@ -16,7 +16,7 @@ const summary = {};
 for (const [c, rs] of Object.entries(cases)) {
   summary[c] = {
     rounds: rs.length,
-    calls_per_s: median(rs.map((r) => r.calls_per_s)),
+    calls_per_s: median(rs.map((r) => r.calls_per_s ?? r.pairs_per_s)),
     p50_us: median(rs.map((r) => r.p50_us)),
     p99_us: median(rs.map((r) => r.p99_us)),
     errors: rs.reduce((a, r) => a + (r.errors ?? 0), 0),
@@ -34,7 +34,19 @@ if (name === "rpc") {
   ratios.many_p99_latency = r64.p99_us / z64.p99_us;
 }
 
+if (name === "ledger") {
+  const b = summary;
+  ratios.hot_account_throughput = b.batched_hot.calls_per_s / b.naive_hot.calls_per_s;
+  ratios.hot_account_p99_latency = b.batched_hot.p99_us / b.naive_hot.p99_us;
+  ratios.spread_throughput = b.batched_spread.calls_per_s / b.naive_spread.calls_per_s;
+  ratios.spread_p99_latency = b.batched_spread.p99_us / b.naive_spread.p99_us;
+}
+
 const labels = {
+  batched_hot: "ledger, group commit, 1 hot account",
+  naive_hot: "naive (1 tx per op), 1 hot account",
+  batched_spread: "ledger, group commit, 10,000 accounts",
+  naive_spread: "naive (1 tx per op), 10,000 accounts",
   zmq_1: "bare ZeroMQ REQ/REP, 1 client",
   rpc_1: "farebox RPC, 1 client -> 1 replica",
   zmq_64: "bare ZeroMQ REQ/REP, 64 clients -> 1 REP",
@@ -42,7 +54,7 @@ const labels = {
 };
 const pad = (s, n) => String(s).padEnd(n);
 console.log(`\n${name}: medians of ${Object.values(summary)[0].rounds} alternating rounds\n`);
-console.log(pad("case", 44) + pad("calls/s", 12) + pad("p50 us", 9) + pad("p99 us", 9) + "errors");
+console.log(pad("case", 44) + pad(name === "ledger" ? "pairs/s" : "calls/s", 12) + pad("p50 us", 9) + pad("p99 us", 9) + "errors");
 for (const [c, s] of Object.entries(summary)) {
   console.log(pad(labels[c] ?? c, 44) + pad(Math.round(s.calls_per_s), 12) + pad(s.p50_us, 9) + pad(s.p99_us, 9) + s.errors +
     (s.spread ? `   spread ${s.spread.join("/")}` : ""));

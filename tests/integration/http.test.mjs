@@ -9,6 +9,7 @@ import { freePort, startService, tmpDir, waitUntil, run } from "../lib/harness.m
 import { startPostgres } from "../lib/pg.mjs";
 
 let pg, db, ledger, verifier, edge, dir, httpPort, httpsPort, ledgerBind;
+const SECRET = "0123456789abcdef0123456789abcdef-http-test";
 
 function curl(args) {
   const r = spawnSync("curl", ["-sS", "--max-time", "10", ...args], { encoding: "utf8" });
@@ -37,7 +38,7 @@ before(async () => {
     "-keyout", path.join(dir, "key.pem"), "-out", path.join(dir, "cert.pem")], { stdio: "ignore" });
   const lp = await freePort(), vp = await freePort();
   ledgerBind = `tcp://127.0.0.1:${lp}`;
-  ledger = await startService("ledger", { FAREBOX_RPC_BIND: ledgerBind, FAREBOX_DATABASE_URL: db.url });
+  ledger = await startService("ledger", { FAREBOX_RPC_BIND: ledgerBind, FAREBOX_DATABASE_URL: db.url, FAREBOX_KEY_HMAC_SECRET: SECRET });
   verifier = await startService("verifier", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${vp}`, FAREBOX_LEDGER_ENDPOINT: ledgerBind });
   httpPort = await freePort();
   httpsPort = await freePort();
@@ -127,7 +128,7 @@ test("/readyz is ready with the ledger and verifier, unready without the ledger,
   assert.equal(down.checks.ledger.ok, false);
   assert.equal(down.checks.verifier.ok, true);
 
-  ledger = await startService("ledger", { FAREBOX_RPC_BIND: ledgerBind, FAREBOX_DATABASE_URL: db.url });
+  ledger = await startService("ledger", { FAREBOX_RPC_BIND: ledgerBind, FAREBOX_DATABASE_URL: db.url, FAREBOX_KEY_HMAC_SECRET: SECRET });
   await waitUntil(() => get(url).status === 200, { what: "ready again", timeoutMs: 10000 });
   // over HTTP/2 as well
   const h2 = get(url, ["--http2-prior-knowledge"]);

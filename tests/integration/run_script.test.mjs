@@ -69,7 +69,7 @@ test("./scripts/run starts everything, writes run.env, stops on SIGTERM and keep
   assert.ok((await code.json()).result.length > 100, "the token contract is deployed");
 
   // migrations were applied; leave a mark to find after the restart
-  assert.equal(psql(env.FAREBOX_DATABASE_URL, "SELECT max(version) FROM schema_migrations"), "1");
+  assert.equal(psql(env.FAREBOX_DATABASE_URL, "SELECT max(version) FROM schema_migrations"), "2");
   psql(env.FAREBOX_DATABASE_URL, "CREATE TABLE run_test_mark (v text); INSERT INTO run_test_mark VALUES ('kept')");
 
   first.signal("SIGTERM");

@@ -10,7 +10,8 @@ export class RpcClient {
    * @param {{serverKey:string, publicKey:string, secretKey:string}} [opts.curve]  Z85 keys
    */
   constructor(endpoints, opts = {}) {
-    this.sock = new Dealer({ linger: 0, heartbeatInterval: 500, heartbeatTimeout: 1500 });
+    // immediate: queue nothing for a replica that is not connected (proto/README.md, section 1)
+    this.sock = new Dealer({ linger: 0, immediate: true, heartbeatInterval: 500, heartbeatTimeout: 1500 });
     if (opts.curve) {
       this.sock.curveServerKey = opts.curve.serverKey;
       this.sock.curvePublicKey = opts.curve.publicKey;

@@ -1,0 +1,403 @@
+// ledger.test.mjs - the ledger against a real PostgreSQL, through its RPC, with
+// three replicas: every operation, its errors and idempotent retries, bad
+// input that changes nothing, races between replicas, the sweeper, a replica
+// killed in the middle of group commits. Every test ends with the audit.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import crypto from "node:crypto";
+import { freePort, sleep, startService } from "../lib/harness.mjs";
+import { startPostgres } from "../lib/pg.mjs";
+import { RpcClient } from "../lib/rpc.mjs";
+
+const SECRET = crypto.randomBytes(32).toString("hex");
+let pg, db, range, replicas = [], rpc;
+let seq = 0;
+const idem = (tag = "op") => `${tag}-${process.pid}-${++seq}`;
+
+function ledgerEnv(extra = {}) {
+  return { FAREBOX_RPC_BIND: range, FAREBOX_DATABASE_URL: db.url, FAREBOX_KEY_HMAC_SECRET: SECRET,
+    FAREBOX_LEDGER_SWEEP_MS: "200", ...extra };
+}
+
+async function call(method, body = {}, key = undefined, opts = {}) {
+  return rpc.call(method, body, { idem: key, deadlineMs: 10000, ...opts });
+}
+
+async function ok(method, body = {}, key = idem()) {
+  const r = await call(method, body, key);
+  assert.equal(r.status, "ok", `${method}: ${r.code}: ${r.message}`);
+  return r.body;
+}
+
+async function audit() {
+  const r = await call("ledger.audit", {});
+  assert.equal(r.status, "ok", JSON.stringify(r));
+  const failed = r.body.checks.filter((c) => !c.ok);
+  assert.equal(r.body.ok, true, `audit failed: ${JSON.stringify(failed)}`);
+  return r.body;
+}
+
+async function newAccount(micro = 0) {
+  const { account_id } = await ok("ledger.open_account", { label: "test" });
+  if (micro > 0) {
+    await ok("ledger.credit", { account_id, amount_micro: micro, kind: "adjustment",
+      source: { chain: "test", tx: `fund-${account_id}`, index: "0" } });
+  }
+  return account_id;
+}
+
+const hmac = (key) => crypto.createHmac("sha256", SECRET).update(key).digest("hex");
+
+before(async () => {
+  pg = await startPostgres();
+  db = pg.createDatabase("ledger");
+  const base = await freePort();
+  range = `tcp://127.0.0.1:${base}-${base + 9}`;
+  for (let i = 0; i < 3; i++) replicas.push(await startService("ledger", ledgerEnv({ FAREBOX_REPLICA: `ledger-${i}` })));
+  rpc = new RpcClient(replicas.map((r) => r.endpoint));
+});
+
+after(async () => {
+  rpc?.close();
+  for (const r of replicas) {
+    const { code } = await r.stop();
+    assert.equal(code, 0, `${r.name} exited ${code}\n${r.tail()}`);
+  }
+  await pg?.stop();
+});
+
+test("accounts and credits: idempotent by key and by source", async () => {
+  const k = idem("open");
+  const a = await call("ledger.open_account", { label: "alice" }, k);
+  const again = await call("ledger.open_account", { label: "alice" }, k);
+  assert.equal(again.status, "ok");
+  assert.equal(again.body.account_id, a.body.account_id);
+  assert.equal(again.body.replayed, true);
+  const conflict = await call("ledger.open_account", { label: "mallory" }, k);
+  assert.equal(conflict.code, "idempotency_conflict");
+  const account_id = a.body.account_id;
+
+  const src = { chain: "eip155:84532", tx: `0x${crypto.randomBytes(32).toString("hex")}`, index: "3" };
+  const c1 = await ok("ledger.credit", { account_id, amount_micro: 10_000_000, kind: "deposit", source: src });
+  assert.equal(c1.balance_micro, 10_000_000);
+  assert.equal(c1.duplicate, false);
+  // the same deposit again, even under another idempotency key: credited once
+  const c2 = await ok("ledger.credit", { account_id, amount_micro: 10_000_000, kind: "deposit", source: src });
+  assert.equal(c2.duplicate, true);
+  assert.equal(c2.credit_id, c1.credit_id);
+  const c3 = await call("ledger.credit", { account_id, amount_micro: 9_000_000, kind: "deposit", source: src }, idem());
+  assert.equal(c3.code, "idempotency_conflict");
+  const bal = await ok("ledger.balance", { account_id });
+  assert.equal(bal.balance_micro, 10_000_000);
+  assert.equal(bal.available_micro, 10_000_000);
+  await audit();
+});
+
+test("keys: minted once, looked up by HMAC, capped, restricted, revoked", async () => {
+  const account_id = await newAccount(5_000_000);
+  const k = idem("mint");
+  const minted = await ok("ledger.mint_key", { account_id, label: "ci", spend_cap_micro: 1_000_000, models: ["gpt-4o-mini"] }, k);
+  assert.match(minted.key, /^fbx_[1-9A-HJ-NP-Za-km-z]{40,}$/);
+  assert.equal(minted.prefix, minted.key.slice(0, 12));
+  assert.deepEqual(minted.models, ["gpt-4o-mini"]);
+  // a retry returns the same key id, but the key itself only once: only its HMAC is stored
+  const retry = await ok("ledger.mint_key", { account_id, label: "ci", spend_cap_micro: 1_000_000, models: ["gpt-4o-mini"] }, k);
+  assert.equal(retry.key_id, minted.key_id);
+  assert.equal(retry.key, undefined);
+  assert.equal(retry.replayed, true);
+  const dump = pg.psql(db.name, "SELECT encode(hmac, 'hex') || ' ' || prefix FROM api_keys");
+  assert.ok(!dump.includes(minted.key), "the key is not stored");
+  assert.ok(dump.includes(hmac(minted.key)), "its HMAC is");
+
+  const look = await ok("ledger.lookup_key", { hmac: hmac(minted.key) });
+  assert.equal(look.key_id, minted.key_id);
+  assert.equal(look.account_id, account_id);
+  assert.equal(look.status, "active");
+  assert.equal(look.available_micro, 5_000_000);
+  assert.equal((await call("ledger.lookup_key", { hmac: hmac("fbx_unknown") })).code, "key_not_found");
+  // binary HMACs are accepted too
+  const bin = await call("ledger.lookup_key", { hmac: Buffer.from(hmac(minted.key), "hex") });
+  assert.equal(bin.body.key_id, minted.key_id);
+
+  // the cap counts committed and held money
+  const h1 = await ok("ledger.hold", { account_id, key_id: minted.key_id, amount_micro: 600_000, expires_in_ms: 60000 });
+  const over = await call("ledger.hold", { account_id, key_id: minted.key_id, amount_micro: 600_000, expires_in_ms: 60000 }, idem());
+  assert.equal(over.code, "spend_limit_exceeded");
+  assert.equal(over.body.spend_cap_micro, 1_000_000);
+  assert.equal(over.body.held_micro, 600_000);
+  assert.equal(over.body.required_micro, 600_000);
+  assert.equal(over.body.remaining_micro, 400_000);
+  await ok("ledger.commit", { hold_id: h1.hold_id, amount_micro: 250_000 });
+  const after1 = await ok("ledger.lookup_key", { hmac: hmac(minted.key) });
+  assert.equal(after1.spent_micro, 250_000);
+  assert.equal(after1.held_micro, 0);
+
+  const upd = await ok("ledger.update_key", { key_id: minted.key_id, spend_cap_micro: null, models: null, label: "open" });
+  assert.equal(upd.spend_cap_micro, null);
+  assert.equal(upd.models, null);
+  assert.equal(upd.label, "open");
+
+  await ok("ledger.revoke_key", { key_id: minted.key_id });
+  assert.equal((await ok("ledger.lookup_key", { hmac: hmac(minted.key) })).status, "revoked");
+  const refused = await call("ledger.hold", { account_id, key_id: minted.key_id, amount_micro: 1, expires_in_ms: 60000 }, idem());
+  assert.equal(refused.code, "key_revoked");
+  const keys = await ok("ledger.keys", { account_id });
+  assert.equal(keys.keys.length, 1);
+  assert.equal(keys.keys[0].key, undefined);
+  await audit();
+});
+
+test("holds: commit charges exactly, the rest returns; void returns all; retries are answered, not repeated", async () => {
+  const account_id = await newAccount(3_000_000);
+  const h = await ok("ledger.hold", { account_id, amount_micro: 2_000_000, expires_in_ms: 60000, memo: "call 1" });
+  assert.equal(h.available_micro, 1_000_000);
+  const ck = idem("commit");
+  const c = await ok("ledger.commit", { hold_id: h.hold_id, amount_micro: 1_234_567 }, ck);
+  assert.equal(c.committed_micro, 1_234_567);
+  assert.equal(c.released_micro, 765_433);
+  assert.equal(c.balance_micro, 3_000_000 - 1_234_567);
+  const again = await ok("ledger.commit", { hold_id: h.hold_id, amount_micro: 1_234_567 }, ck);
+  assert.equal(again.transfer_id, c.transfer_id);
+  assert.equal(again.replayed, true);
+  const twice = await call("ledger.commit", { hold_id: h.hold_id, amount_micro: 1 }, idem());
+  assert.equal(twice.code, "hold_not_open");
+  assert.equal(twice.body.state, "committed");
+
+  const v = await ok("ledger.hold", { account_id, amount_micro: 500_000, expires_in_ms: 60000 });
+  const voided = await ok("ledger.void", { hold_id: v.hold_id });
+  assert.equal(voided.released_micro, 500_000);
+  assert.equal((await call("ledger.commit", { hold_id: v.hold_id, amount_micro: 1 }, idem())).code, "hold_not_open");
+
+  const zero = await ok("ledger.hold", { account_id, amount_micro: 100, expires_in_ms: 60000 });
+  const z = await ok("ledger.commit", { hold_id: zero.hold_id, amount_micro: 0 });
+  assert.equal(z.transfer_id, null);
+  assert.equal(z.released_micro, 100);
+
+  const bal = await ok("ledger.balance", { account_id });
+  assert.equal(bal.balance_micro, 3_000_000 - 1_234_567);
+  assert.equal(bal.held_micro, 0);
+  const holds = await ok("ledger.holds", { account_id });
+  assert.deepEqual(holds.holds.map((x) => x.state), ["committed", "voided", "committed"]);
+  const hist = await ok("ledger.history", { account_id });
+  assert.deepEqual(hist.postings.map((p) => p.amount_micro), [-1_234_567, 3_000_000]);
+  await audit();
+});
+
+test("an expired hold cannot be committed, and the sweeper releases it", async () => {
+  const account_id = await newAccount(1_000_000);
+  const h = await ok("ledger.hold", { account_id, amount_micro: 700_000, expires_in_ms: 1000 });
+  await sleep(1300);
+  const late = await call("ledger.commit", { hold_id: h.hold_id, amount_micro: 700_000 }, idem());
+  assert.equal(late.code, "hold_expired");
+  await sleep(600); // the sweeper runs every 200 ms in this test
+  const holds = await ok("ledger.holds", { account_id, state: "expired" });
+  assert.equal(holds.holds.length, 1);
+  const bal = await ok("ledger.balance", { account_id });
+  assert.equal(bal.held_micro, 0);
+  assert.equal(bal.balance_micro, 1_000_000);
+  await audit();
+});
+
+test("many short holds expire on every replica at once, each released exactly once", async () => {
+  const account_id = await newAccount(10_000_000);
+  await Promise.all(Array.from({ length: 120 }, () =>
+    ok("ledger.hold", { account_id, amount_micro: 50_000, expires_in_ms: 1000 })));
+  assert.equal((await ok("ledger.balance", { account_id })).held_micro, 6_000_000);
+  await sleep(2000);
+  const bal = await ok("ledger.balance", { account_id });
+  assert.equal(bal.held_micro, 0);
+  assert.equal(bal.available_micro, 10_000_000);
+  const expired = await ok("ledger.holds", { account_id, state: "expired", limit: 500 });
+  assert.equal(expired.holds.length, 120);
+  await audit();
+});
+
+test("x402 authorizations: accepted once, then served, settled or failed", async () => {
+  const nonce = `0x${crypto.randomBytes(32).toString("hex")}`;
+  const auth = { network: "eip155:84532", payer: "0x1111111111111111111111111111111111111111", nonce,
+    amount_micro: 10000, pay_to: "0x2222222222222222222222222222222222222222", resource: "/v1/chat/completions" };
+  const k = idem("auth");
+  const a = await ok("ledger.record_authorization", auth, k);
+  assert.equal(a.state, "accepted");
+  // the same call retried (same key) is answered again: the caller's reply may have been lost
+  assert.equal((await ok("ledger.record_authorization", auth, k)).authorization_id, a.authorization_id);
+  // a replay under another key is refused
+  const replay = await call("ledger.record_authorization", auth, idem());
+  assert.equal(replay.code, "authorization_used");
+  assert.equal(replay.body.authorization_id, a.authorization_id);
+
+  await ok("ledger.mark_served", { authorization_id: a.authorization_id });
+  const settled = await ok("ledger.mark_settled", { authorization_id: a.authorization_id, settlement_tx: "0xfeed" });
+  assert.equal(settled.state, "settled");
+  assert.equal(settled.settlement_tx, "0xfeed");
+  const bad = await call("ledger.mark_failed", { authorization_id: a.authorization_id, reason: "late" }, idem());
+  assert.equal(bad.code, "invalid_state");
+  const found = await ok("ledger.authorization", { network: auth.network, payer: auth.payer, nonce });
+  assert.equal(found.state, "settled");
+
+  const b = await ok("ledger.record_authorization", { ...auth, nonce: `${nonce}b` });
+  const failed = await ok("ledger.mark_failed", { authorization_id: b.authorization_id, reason: "transfer reverted" });
+  assert.equal(failed.state, "failed");
+  assert.equal(failed.reason, "transfer reverted");
+  await audit();
+});
+
+test("bad input answers a clear error and changes nothing", async () => {
+  const account_id = await newAccount(1_000_000);
+  const before = pg.psql(db.name, "SELECT (SELECT count(*) FROM postings) || '/' || (SELECT count(*) FROM holds) || '/' || (SELECT count(*) FROM operations) || '/' || (SELECT sum(balance) FROM accounts)");
+  const h = await ok("ledger.hold", { account_id, amount_micro: 100_000, expires_in_ms: 60000 });
+  const snapshot = pg.psql(db.name, "SELECT (SELECT count(*) FROM postings) || '/' || (SELECT count(*) FROM holds) || '/' || (SELECT count(*) FROM operations) || '/' || (SELECT sum(balance) FROM accounts) || '/' || (SELECT sum(held) FROM accounts)");
+  assert.notEqual(before, snapshot);
+  const cases = [
+    ["ledger.hold", { account_id, amount_micro: 0, expires_in_ms: 60000 }, "bad_request", /amount_micro/],
+    ["ledger.hold", { account_id, amount_micro: -5, expires_in_ms: 60000 }, "bad_request", /amount_micro/],
+    ["ledger.hold", { account_id, amount_micro: 2 ** 62, expires_in_ms: 60000 }, "bad_request", /amount_micro/],
+    ["ledger.hold", { account_id, amount_micro: 1.5, expires_in_ms: 60000 }, "bad_request", /integer/],
+    ["ledger.hold", { account_id, amount_micro: "100", expires_in_ms: 60000 }, "bad_request", /integer/],
+    ["ledger.hold", { account_id, amount_micro: 100 }, "bad_request", /expires_in_ms is required/],
+    ["ledger.hold", { account_id, amount_micro: 100, expires_in_ms: 10 }, "bad_request", /expires_in_ms/],
+    ["ledger.hold", { account_id: 999999999, amount_micro: 100, expires_in_ms: 60000 }, "account_not_found", /999999999/],
+    ["ledger.hold", { account_id: 1, amount_micro: 100, expires_in_ms: 60000 }, "account_not_found", /caller account/],
+    ["ledger.hold", { account_id, amount_micro: 5_000_000, expires_in_ms: 60000 }, "insufficient_balance", /available/],
+    ["ledger.hold", { account_id, amount_micro: 1, expires_in_ms: 60000, memo: "x".repeat(600) }, "bad_request", /memo/],
+    ["ledger.commit", { hold_id: h.hold_id, amount_micro: 100_001 }, "amount_exceeds_hold", /more than the hold/],
+    ["ledger.commit", { hold_id: h.hold_id, amount_micro: -1 }, "bad_request", /amount_micro/],
+    ["ledger.commit", { hold_id: 987654321, amount_micro: 1 }, "hold_not_found", /987654321/],
+    ["ledger.void", { hold_id: "one" }, "bad_request", /hold_id/],
+    ["ledger.credit", { account_id, amount_micro: 1, kind: "gift", source: { chain: "x", tx: "y", index: "0" } }, "bad_request", /kind/],
+    ["ledger.credit", { account_id, amount_micro: 1, kind: "deposit", source: { chain: "x" } }, "bad_request", /source/],
+    ["ledger.credit", { account_id, amount_micro: 2 ** 53, kind: "deposit", source: { chain: "x", tx: "y", index: "0" } }, "bad_request", /amount_micro/],
+    ["ledger.mint_key", { account_id, models: "all" }, "bad_request", /models/],
+    ["ledger.mint_key", { account_id, spend_cap_micro: -1 }, "bad_request", /spend_cap_micro/],
+    ["ledger.record_authorization", { network: "eip155:1", nonce: "n", amount_micro: 0 }, "bad_request", /amount_micro/],
+    ["ledger.mark_settled", { authorization_id: 1 }, "bad_request", /settlement_tx is required/],
+    ["ledger.lookup_key", { hmac: "abc" }, "bad_request", /hmac/],
+  ];
+  for (const [method, body, code, re] of cases) {
+    const r = await call(method, body, idem());
+    assert.equal(r.code, code, `${method} ${JSON.stringify(body).slice(0, 80)}: ${r.code} ${r.message}`);
+    assert.match(r.message, re);
+  }
+  // a write without an idempotency key is refused before it reaches the database
+  const noKey = await rpc.call("ledger.hold", { account_id, amount_micro: 1, expires_in_ms: 60000 });
+  assert.equal(noKey.code, "bad_request");
+  assert.match(noKey.message, /idempotency key/);
+  const unknown = await call("ledger.transfer_all_the_money", {}, idem());
+  assert.equal(unknown.code, "unknown_method");
+
+  const afterAll = pg.psql(db.name, "SELECT (SELECT count(*) FROM postings) || '/' || (SELECT count(*) FROM holds) || '/' || (SELECT count(*) FROM operations) || '/' || (SELECT sum(balance) FROM accounts) || '/' || (SELECT sum(held) FROM accounts)");
+  assert.equal(afterAll, snapshot, "refused operations changed nothing");
+  await ok("ledger.void", { hold_id: h.hold_id });
+  await audit();
+});
+
+test("postings and transfers cannot be changed, even by hand", () => {
+  for (const sql of ["UPDATE postings SET amount = amount + 1", "DELETE FROM postings", "DELETE FROM transfers",
+    "TRUNCATE postings CASCADE"]) {
+    assert.throws(() => pg.psql(db.name, sql), /immutable/);
+  }
+  assert.throws(() => pg.psql(db.name, "UPDATE accounts SET balance = -5 WHERE kind = 'caller'"), /available_not_negative/);
+});
+
+test("race: 200 concurrent holds on an account that covers 50, across 3 replicas: exactly 50 succeed", async () => {
+  const account_id = await newAccount(50 * 1000);
+  const results = await Promise.all(Array.from({ length: 200 }, () =>
+    call("ledger.hold", { account_id, amount_micro: 1000, expires_in_ms: 60000 }, idem("race"))));
+  const okCount = results.filter((r) => r.status === "ok").length;
+  const refused = results.filter((r) => r.code === "insufficient_balance");
+  assert.equal(okCount, 50);
+  assert.equal(refused.length, 150);
+  for (const r of refused) assert.equal(r.body.deficit_micro, 1000 - r.body.balance_micro);
+  const replicasUsed = new Set(results.map((r) => r.replica));
+  assert.equal(replicasUsed.size, 3, "the calls spread over the three replicas");
+  const bal = await ok("ledger.balance", { account_id });
+  assert.equal(bal.available_micro, 0);
+  assert.equal(bal.held_micro, 50_000);
+  await audit();
+});
+
+test("race: 100 concurrent record_authorization of one authorization across 3 replicas: exactly 1 succeeds", async () => {
+  const auth = { network: "eip155:84532", payer: "0x3333333333333333333333333333333333333333",
+    nonce: `0x${crypto.randomBytes(32).toString("hex")}`, amount_micro: 5000 };
+  const results = await Promise.all(Array.from({ length: 100 }, () => call("ledger.record_authorization", auth, idem("dup"))));
+  assert.equal(results.filter((r) => r.status === "ok").length, 1);
+  assert.equal(results.filter((r) => r.code === "authorization_used").length, 99);
+  assert.equal(new Set(results.map((r) => r.replica)).size, 3);
+  assert.equal(pg.psql(db.name, `SELECT count(*) FROM authorizations WHERE nonce = '${auth.nonce}'`), "1");
+  // 50 concurrent copies of one hold request (one idempotency key): one hold
+  const account_id = await newAccount(1_000_000);
+  const k = idem("same");
+  const copies = await Promise.all(Array.from({ length: 50 }, () =>
+    call("ledger.hold", { account_id, amount_micro: 10_000, expires_in_ms: 60000 }, k)));
+  assert.ok(copies.every((r) => r.status === "ok"), JSON.stringify(copies.find((r) => r.status !== "ok")));
+  assert.equal(new Set(copies.map((r) => r.body.hold_id)).size, 1);
+  assert.equal((await ok("ledger.balance", { account_id })).held_micro, 10_000);
+  await audit();
+});
+
+test("crash: kill -9 a replica in the middle of group commits; retries with the same keys apply everything once", async () => {
+  const accounts = [];
+  for (let i = 0; i < 16; i++) accounts.push(await newAccount());
+  const ops = []; // every operation, with its key, in the order each worker runs them
+  const acked = new Map();
+  let killed = false, cutOff = 0;
+  const runOp = async (op) => {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const r = await rpc.call(op.method, op.body(), { idem: op.key, deadlineMs: 1500, timeoutMs: 2000 });
+        if (r.status === "ok") {
+          acked.set(op.key, r.body);
+          return r.body;
+        }
+        if (r.code !== "unavailable" && r.code !== "deadline_exceeded") throw new Error(`${op.method}: ${r.code} ${r.message}`);
+      } catch (e) {
+        if (!/no reply/.test(e.message)) throw e;
+      }
+      if (attempt > 40) throw new Error(`${op.key} never answered`);
+      cutOff++;
+      await sleep(100);
+    }
+  };
+  // 16 workers, one per account: credit, hold, commit, over and over
+  const workers = accounts.map(async (account_id, w) => {
+    for (let i = 0; i < 25; i++) {
+      const credit = { method: "ledger.credit", key: `crash-c-${w}-${i}`,
+        body: () => ({ account_id, amount_micro: 1000 + i, kind: "deposit", source: { chain: "crash", tx: `${w}-${i}`, index: "0" } }) };
+      ops.push(credit);
+      await runOp(credit);
+      const hold = { method: "ledger.hold", key: `crash-h-${w}-${i}`, body: () => ({ account_id, amount_micro: 900, expires_in_ms: 120000 }) };
+      ops.push(hold);
+      const h = await runOp(hold);
+      const commit = { method: "ledger.commit", key: `crash-m-${w}-${i}`, body: () => ({ hold_id: h.hold_id, amount_micro: 700 }) };
+      ops.push(commit);
+      await runOp(commit);
+      if (w === 0 && i === 8 && !killed) {
+        killed = true;
+        replicas[1].signal("SIGKILL");
+      }
+    }
+  });
+  await Promise.all(workers);
+  assert.ok(killed);
+  assert.ok(cutOff > 0, "some calls were in flight on the killed replica");
+  await replicas[1].exited;
+  // the killed replica comes back; every operation is asked once more with its own key
+  replicas[1] = await startService("ledger", ledgerEnv({ FAREBOX_REPLICA: "ledger-1b" }));
+  for (const op of ops) {
+    const r = await rpc.call(op.method, op.body(), { idem: op.key, deadlineMs: 5000 });
+    assert.equal(r.status, "ok", `${op.key}: ${r.code} ${r.message}`);
+    assert.equal(r.body.replayed ?? r.body.duplicate, true, `${op.key} was applied again`);
+  }
+  // exactly once each: credits, holds, commits
+  for (const [w, account_id] of accounts.entries()) {
+    const bal = await ok("ledger.balance", { account_id });
+    let expect = 0;
+    for (let i = 0; i < 25; i++) expect += 1000 + i - 700;
+    assert.equal(bal.balance_micro, expect, `account of worker ${w}`);
+    assert.equal(bal.held_micro, 0);
+  }
+  assert.equal(pg.psql(db.name, "SELECT count(*) FROM credits WHERE source_chain = 'crash'"), "400");
+  assert.equal(pg.psql(db.name, "SELECT count(*) FROM operations WHERE idem_key LIKE 'crash-%'"), "1200");
+  assert.equal(pg.psql(db.name, "SELECT count(*) FROM holds h JOIN operations o ON o.idem_key LIKE 'crash-h-%' AND (o.result->'body'->>'hold_id')::bigint = h.id"), "400");
+  await audit();
+});
