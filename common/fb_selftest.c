@@ -13,6 +13,13 @@
 #include "edge_routes.h"
 #include "fb_apikey.h"
 #include "fb_codec.h"
+#include "fb_eip712.h"
+#include "fb_evm.h"
+#include "fb_keccak.h"
+#include "fb_ethtx.h"
+#include "fb_rlp.h"
+#include "fb_secp.h"
+#include "fb_solana.h"
 #include "ledger_rpc.h"
 
 #include <czmq.h>
@@ -24,12 +31,29 @@ typedef struct {
     int (*test)(bool verbose);
 } s_test_t;
 
+/* one entry per class; keep in step with FAREBOX_SELFTESTS in tests/tests.cmake */
+// clang-format off
 static const s_test_t s_tests[] = {
-    {"fb_util", fb_util_test},         {"fb_log", fb_log_test},           {"fb_config", fb_config_test},
-    {"fb_msgpack", fb_msgpack_test},   {"fb_endpoint", fb_endpoint_test}, {"fb_curve", fb_curve_test},
-    {"fb_rpc_msg", fb_rpc_msg_test},   {"fb_codec", fb_codec_test},       {"fb_apikey", fb_apikey_test},
-    {"edge_routes", edge_routes_test}, {"ledger_rpc", ledger_rpc_test},
+    {"fb_util", fb_util_test},
+    {"fb_log", fb_log_test},
+    {"fb_config", fb_config_test},
+    {"fb_msgpack", fb_msgpack_test},
+    {"fb_endpoint", fb_endpoint_test},
+    {"fb_curve", fb_curve_test},
+    {"fb_rpc_msg", fb_rpc_msg_test},
+    {"fb_codec", fb_codec_test},
+    {"fb_apikey", fb_apikey_test},
+    {"fb_keccak", fb_keccak_test},
+    {"fb_evm", fb_evm_test},
+    {"fb_secp", fb_secp_test},
+    {"fb_eip712", fb_eip712_test},
+    {"fb_rlp", fb_rlp_test},
+    {"fb_ethtx", fb_ethtx_test},
+    {"fb_solana", fb_solana_test},
+    {"edge_routes", edge_routes_test},
+    {"ledger_rpc", ledger_rpc_test},
 };
+// clang-format on
 
 int main(int argc, char **argv)
 {

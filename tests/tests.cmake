@@ -2,6 +2,7 @@
 # integration tests under tests/ (Node's test runner and shell), which start
 # their own peers. FAREBOX_BIN tells them which build to test.
 set(FAREBOX_SELFTESTS fb_util fb_log fb_config fb_msgpack fb_endpoint fb_curve fb_rpc_msg fb_codec fb_apikey
+    fb_keccak fb_evm fb_secp fb_eip712 fb_rlp fb_ethtx fb_solana
     edge_routes ledger_rpc)
 foreach (t ${FAREBOX_SELFTESTS})
     add_test(NAME unit.${t} COMMAND farebox-selftest ${t})
@@ -31,3 +32,6 @@ add_test(NAME style.clang_format
 add_test(NAME integration.devchain COMMAND node ${CMAKE_SOURCE_DIR}/tests/devchain/selftest.mjs
          WORKING_DIRECTORY ${CMAKE_SOURCE_DIR}/tests)
 set_tests_properties(integration.devchain PROPERTIES TIMEOUT 300)
+
+# Encodings and crypto against the official libraries' known answers.
+add_test(NAME unit.vectors COMMAND farebox-test-vectors ${CMAKE_SOURCE_DIR}/tests/vectors/vectors.json)

@@ -1,0 +1,516 @@
+/* fb_jsonrpc - JSON-RPC over libcurl multi in libuv, with failover.
+ *
+ * libcurl tells us which sockets to watch (CURLMOPT_SOCKETFUNCTION: a uv_poll_t
+ * each) and when to wake it up (CURLMOPT_TIMERFUNCTION: one uv_timer_t); we
+ * answer with curl_multi_socket_action and collect finished transfers with
+ * curl_multi_info_read. */
+#include "fb_jsonrpc.h"
+#include "fb_log.h"
+#include "fb_util.h"
+
+#include <curl/curl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define ENDPOINTS_MAX   8
+#define REST_MIN_MS     1000
+#define REST_MAX_MS     30000
+#define RETRY_AFTER_MAX 60000
+
+typedef struct {
+    char url[256];
+    int64_t rest_until; /* monotonic ms; 0 when healthy */
+    int64_t rest_ms;    /* next backoff */
+    uint64_t calls, failures;
+    int64_t last_latency_us;
+} s_endpoint_t;
+
+typedef struct s_request {
+    struct s_request *next; /* pending list */
+    struct fb_jsonrpc_t *client;
+    CURL *easy;
+    char *body; /* the JSON-RPC request */
+    char *method;
+    fb_jsonrpc_done_fn *done;
+    void *arg;
+    char *resp; /* the answer so far */
+    size_t resp_len, resp_cap;
+    bool too_large;
+    int64_t retry_after_ms; /* from a 429's Retry-After */
+    int endpoint;           /* index of the endpoint of this attempt */
+    uint32_t attempt;
+    uint32_t tried; /* bit per endpoint tried */
+    int64_t started_us;
+} s_request_t;
+
+typedef struct s_sock {
+    uv_poll_t poll;
+    curl_socket_t fd;
+    struct fb_jsonrpc_t *client;
+    struct s_sock *next;
+} s_sock_t;
+
+struct fb_jsonrpc_t {
+    uv_loop_t *loop;
+    CURLM *multi;
+    uv_timer_t timer;
+    char *chain;
+    s_endpoint_t endpoints[ENDPOINTS_MAX];
+    int nendpoints;
+    uint32_t timeout_ms, attempts;
+    size_t max_response;
+    struct curl_slist *headers;
+    s_request_t *requests; /* in flight */
+    s_sock_t *socks;       /* watched sockets */
+    uint64_t next_id;
+    int closing; /* handles to close before free */
+    bool dead;
+};
+
+static pthread_once_t s_curl_once = PTHREAD_ONCE_INIT;
+
+static void s_curl_init(void)
+{
+    FB_ASSERT(curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK);
+}
+
+/* --- endpoints ------------------------------------------------------------------- */
+
+static int s_parse_urls(const char *text, s_endpoint_t *out, char *err, size_t errlen)
+{
+    int n = 0;
+    const char *p = text;
+    while (*p) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        if (!*p)
+            break;
+        const char *end = p;
+        while (*end && *end != ',')
+            end++;
+        size_t len = (size_t)(end - p);
+        while (len > 0 && p[len - 1] == ' ')
+            len--;
+        if (n == ENDPOINTS_MAX) {
+            snprintf(err, errlen, "at most %d URLs", ENDPOINTS_MAX);
+            return -1;
+        }
+        if (len >= sizeof(out[0].url) || (strncmp(p, "http://", 7) != 0 && strncmp(p, "https://", 8) != 0)) {
+            snprintf(err, errlen,
+                     "each URL must start with http:// or https:// and be shorter than 256 characters");
+            return -1;
+        }
+        if (out) {
+            memset(&out[n], 0, sizeof(out[n]));
+            memcpy(out[n].url, p, len);
+            out[n].rest_ms = REST_MIN_MS;
+        }
+        n++;
+        p = end;
+    }
+    if (n == 0) {
+        snprintf(err, errlen, "no URL given");
+        return -1;
+    }
+    return n;
+}
+
+int fb_jsonrpc_check_urls(const char *text, char *err, size_t errlen)
+{
+    s_endpoint_t tmp[ENDPOINTS_MAX];
+    return s_parse_urls(text, tmp, err, errlen) > 0 ? 0 : -1;
+}
+
+/* The next endpoint for a request: healthy ones not tried yet, in order; if
+ * none, the one that comes out of rest first. */
+static int s_pick(fb_jsonrpc_t *self, s_request_t *r)
+{
+    int64_t now = fb_mono_ms();
+    int best = -1;
+    for (int i = 0; i < self->nendpoints; i++) {
+        if (r->tried & (1u << i))
+            continue;
+        if (self->endpoints[i].rest_until <= now)
+            return i;
+        if (best < 0 || self->endpoints[i].rest_until < self->endpoints[best].rest_until)
+            best = i;
+    }
+    if (best >= 0)
+        return best;
+    /* every endpoint tried once: start over with the least rested */
+    r->tried = 0;
+    for (int i = 0; i < self->nendpoints; i++)
+        if (best < 0 || self->endpoints[i].rest_until < self->endpoints[best].rest_until)
+            best = i;
+    return best;
+}
+
+static void s_rest(fb_jsonrpc_t *self, int i, int64_t retry_after_ms, const char *why)
+{
+    s_endpoint_t *e = &self->endpoints[i];
+    int64_t ms = retry_after_ms > 0 ? (retry_after_ms > RETRY_AFTER_MAX ? RETRY_AFTER_MAX : retry_after_ms)
+                                    : e->rest_ms;
+    e->rest_until = fb_mono_ms() + ms;
+    e->rest_ms = e->rest_ms * 2 > REST_MAX_MS ? REST_MAX_MS : e->rest_ms * 2;
+    e->failures++;
+    fb_log(FB_LOG_WARN, NULL, "chain endpoint failed", "chain=%s url=%s reason=%s rest_ms=%lld", self->chain,
+           e->url, why, (long long)ms);
+}
+
+static void s_healthy(fb_jsonrpc_t *self, int i)
+{
+    s_endpoint_t *e = &self->endpoints[i];
+    if (e->rest_until)
+        fb_log(FB_LOG_INFO, NULL, "chain endpoint back", "chain=%s url=%s", self->chain, e->url);
+    e->rest_until = 0;
+    e->rest_ms = REST_MIN_MS;
+}
+
+/* --- curl glue --------------------------------------------------------------------- */
+
+static void s_check_done(fb_jsonrpc_t *self);
+
+static void s_on_poll(uv_poll_t *h, int status, int events)
+{
+    s_sock_t *s = h->data;
+    int flags = 0;
+    if (status < 0)
+        flags = CURL_CSELECT_ERR;
+    else {
+        if (events & UV_READABLE)
+            flags |= CURL_CSELECT_IN;
+        if (events & UV_WRITABLE)
+            flags |= CURL_CSELECT_OUT;
+    }
+    int running;
+    fb_jsonrpc_t *self = s->client;
+    curl_multi_socket_action(self->multi, s->fd, flags, &running);
+    s_check_done(self);
+}
+
+static void s_sock_closed(uv_handle_t *h)
+{
+    s_sock_t *s = h->data;
+    fb_jsonrpc_t *self = s->client;
+    free(s);
+    if (self->dead && --self->closing == 0) {
+        free(self->chain);
+        free(self);
+    }
+}
+
+static void s_sock_forget(fb_jsonrpc_t *self, s_sock_t *s)
+{
+    for (s_sock_t **pp = &self->socks; *pp; pp = &(*pp)->next) {
+        if (*pp == s) {
+            *pp = s->next;
+            break;
+        }
+    }
+    uv_poll_stop(&s->poll);
+    if (self->dead)
+        self->closing++;
+    uv_close((uv_handle_t *)&s->poll, s_sock_closed);
+}
+
+static int s_on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
+{
+    FB_UNUSED(easy);
+    fb_jsonrpc_t *self = userp;
+    s_sock_t *s = socketp;
+    if (what == CURL_POLL_REMOVE) {
+        if (s) {
+            curl_multi_assign(self->multi, fd, NULL);
+            s_sock_forget(self, s);
+        }
+        return 0;
+    }
+    if (!s) {
+        s = fb_calloc(1, sizeof(*s));
+        s->fd = fd;
+        s->client = self;
+        FB_ASSERT(uv_poll_init_socket(self->loop, &s->poll, fd) == 0);
+        s->poll.data = s;
+        s->next = self->socks;
+        self->socks = s;
+        curl_multi_assign(self->multi, fd, s);
+    }
+    int events = 0;
+    if (what & CURL_POLL_IN)
+        events |= UV_READABLE;
+    if (what & CURL_POLL_OUT)
+        events |= UV_WRITABLE;
+    uv_poll_start(&s->poll, events, s_on_poll);
+    return 0;
+}
+
+static void s_on_timer(uv_timer_t *t)
+{
+    fb_jsonrpc_t *self = t->data;
+    int running;
+    curl_multi_socket_action(self->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    s_check_done(self);
+}
+
+static int s_on_curl_timer(CURLM *multi, long timeout_ms, void *userp)
+{
+    FB_UNUSED(multi);
+    fb_jsonrpc_t *self = userp;
+    if (timeout_ms < 0)
+        uv_timer_stop(&self->timer);
+    else
+        uv_timer_start(&self->timer, s_on_timer, (uint64_t)timeout_ms, 0);
+    return 0;
+}
+
+static size_t s_on_data(char *ptr, size_t size, size_t n, void *userdata)
+{
+    s_request_t *r = userdata;
+    size_t len = size * n;
+    if (r->resp_len + len > r->client->max_response) {
+        r->too_large = true;
+        return 0; /* abort the transfer */
+    }
+    if (r->resp_len + len + 1 > r->resp_cap) {
+        r->resp_cap = (r->resp_len + len + 1) * 2;
+        r->resp = fb_realloc(r->resp, r->resp_cap);
+    }
+    memcpy(r->resp + r->resp_len, ptr, len);
+    r->resp_len += len;
+    r->resp[r->resp_len] = '\0';
+    return len;
+}
+
+static size_t s_on_header(char *buf, size_t size, size_t n, void *userdata)
+{
+    s_request_t *r = userdata;
+    size_t len = size * n;
+    if (len > 12 && strncasecmp(buf, "retry-after:", 12) == 0) {
+        long secs = strtol(buf + 12, NULL, 10);
+        if (secs > 0 && secs < 3600)
+            r->retry_after_ms = secs * 1000;
+    }
+    return len;
+}
+
+/* Starts an attempt on the next endpoint. */
+static void s_attempt(fb_jsonrpc_t *self, s_request_t *r)
+{
+    r->endpoint = s_pick(self, r);
+    r->tried |= 1u << r->endpoint;
+    r->attempt++;
+    r->resp_len = 0;
+    r->too_large = false;
+    r->retry_after_ms = 0;
+    r->started_us = fb_mono_us();
+    if (r->resp)
+        r->resp[0] = '\0';
+    CURL *e = curl_easy_init();
+    FB_ASSERT(e);
+    r->easy = e;
+    curl_easy_setopt(e, CURLOPT_URL, self->endpoints[r->endpoint].url);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->body);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, self->headers);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)self->timeout_ms);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)self->timeout_ms);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, s_on_data);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, s_on_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, r);
+    self->endpoints[r->endpoint].calls++;
+    curl_multi_add_handle(self->multi, e);
+}
+
+static void s_unlink(fb_jsonrpc_t *self, s_request_t *r)
+{
+    for (s_request_t **pp = &self->requests; *pp; pp = &(*pp)->next) {
+        if (*pp == r) {
+            *pp = r->next;
+            return;
+        }
+    }
+}
+
+static void s_finish(fb_jsonrpc_t *self, s_request_t *r, json_t *result, const char *error, int64_t code,
+                     const char *message)
+{
+    s_unlink(self, r);
+    r->done(r->arg, result, error, code, message);
+    free(r->body);
+    free(r->method);
+    free(r->resp);
+    free(r);
+}
+
+/* One transfer ended: an answer, or a failure to try elsewhere. */
+static void s_transfer_done(fb_jsonrpc_t *self, s_request_t *r, CURLcode cc)
+{
+    long status = 0;
+    curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
+    curl_multi_remove_handle(self->multi, r->easy);
+    curl_easy_cleanup(r->easy);
+    r->easy = NULL;
+    char why[160] = "";
+    json_t *doc = NULL;
+    if (r->too_large)
+        snprintf(why, sizeof(why), "answer larger than %zu bytes", self->max_response);
+    else if (cc != CURLE_OK)
+        snprintf(why, sizeof(why), "%s", curl_easy_strerror(cc));
+    else if (status != 200)
+        snprintf(why, sizeof(why), "HTTP status %ld", status);
+    else {
+        json_error_t jerr;
+        doc = r->resp ? json_loadb(r->resp, r->resp_len, 0, &jerr) : NULL;
+        if (!doc || !json_is_object(doc)) {
+            snprintf(why, sizeof(why), "not a JSON-RPC answer");
+            json_decref(doc);
+            doc = NULL;
+        }
+    }
+    if (!doc) {
+        s_rest(self, r->endpoint, status == 429 ? (r->retry_after_ms ? r->retry_after_ms : REST_MIN_MS) : 0,
+               why);
+        if (r->attempt < self->attempts && !self->dead) {
+            s_attempt(self, r);
+            return;
+        }
+        s_finish(self, r, NULL, cc == CURLE_OPERATION_TIMEDOUT ? "timeout" : "unavailable", 0, why);
+        return;
+    }
+    s_endpoint_t *e = &self->endpoints[r->endpoint];
+    e->last_latency_us = fb_mono_us() - r->started_us;
+    s_healthy(self, r->endpoint);
+    json_t *err = json_object_get(doc, "error");
+    if (err && !json_is_null(err)) {
+        json_t *code = json_object_get(err, "code"), *msg = json_object_get(err, "message");
+        s_finish(self, r, NULL, "rpc_error", json_is_integer(code) ? (int64_t)json_integer_value(code) : 0,
+                 json_is_string(msg) ? json_string_value(msg) : "error");
+    } else {
+        json_t *result = json_object_get(doc, "result");
+        if (!result) {
+            s_finish(self, r, NULL, "unavailable", 0, "answer without a result");
+        } else {
+            s_finish(self, r, result, NULL, 0, NULL);
+        }
+    }
+    json_decref(doc);
+}
+
+static void s_check_done(fb_jsonrpc_t *self)
+{
+    CURLMsg *m;
+    int left;
+    while ((m = curl_multi_info_read(self->multi, &left))) {
+        if (m->msg != CURLMSG_DONE)
+            continue;
+        s_request_t *r = NULL;
+        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&r);
+        s_transfer_done(self, r, m->data.result);
+    }
+}
+
+/* --- public ------------------------------------------------------------------------- */
+
+fb_jsonrpc_t *fb_jsonrpc_new(uv_loop_t *loop, const fb_jsonrpc_config_t *config, char *err, size_t errlen)
+{
+    pthread_once(&s_curl_once, s_curl_init);
+    fb_jsonrpc_t *self = fb_calloc(1, sizeof(*self));
+    int n = s_parse_urls(config->urls, self->endpoints, err, errlen);
+    if (n < 0) {
+        free(self);
+        return NULL;
+    }
+    self->nendpoints = n;
+    self->loop = loop;
+    self->chain = fb_strdup(config->chain ? config->chain : "chain");
+    self->timeout_ms = config->timeout_ms ? config->timeout_ms : 5000;
+    self->attempts = config->attempts ? config->attempts : (uint32_t)n + 1;
+    self->max_response = config->max_response ? config->max_response : 16u << 20;
+    self->headers = curl_slist_append(NULL, "Content-Type: application/json");
+    self->multi = curl_multi_init();
+    FB_ASSERT(self->multi);
+    curl_multi_setopt(self->multi, CURLMOPT_SOCKETFUNCTION, s_on_socket);
+    curl_multi_setopt(self->multi, CURLMOPT_SOCKETDATA, self);
+    curl_multi_setopt(self->multi, CURLMOPT_TIMERFUNCTION, s_on_curl_timer);
+    curl_multi_setopt(self->multi, CURLMOPT_TIMERDATA, self);
+    uv_timer_init(loop, &self->timer);
+    self->timer.data = self;
+    return self;
+}
+
+void fb_jsonrpc_call(fb_jsonrpc_t *self, const char *method, json_t *params, fb_jsonrpc_done_fn *done,
+                     void *arg)
+{
+    FB_ASSERT(!self->dead && method && done);
+    s_request_t *r = fb_calloc(1, sizeof(*r));
+    r->client = self;
+    r->done = done;
+    r->arg = arg;
+    r->method = fb_strdup(method);
+    json_t *req = json_pack("{ss sI ss so}", "jsonrpc", "2.0", "id", (json_int_t)++self->next_id, "method",
+                            method, "params", params ? params : json_array());
+    r->body = json_dumps(req, JSON_COMPACT);
+    json_decref(req);
+    r->next = self->requests;
+    self->requests = r;
+    s_attempt(self, r);
+}
+
+static void s_timer_closed(uv_handle_t *h)
+{
+    fb_jsonrpc_t *self = h->data;
+    if (--self->closing == 0) {
+        free(self->chain);
+        free(self);
+    }
+}
+
+void fb_jsonrpc_destroy(fb_jsonrpc_t **self_p)
+{
+    FB_ASSERT(self_p);
+    fb_jsonrpc_t *self = *self_p;
+    if (!self)
+        return;
+    self->dead = true;
+    self->closing = 1; /* the timer; sockets add themselves as they close */
+    while (self->requests) {
+        s_request_t *r = self->requests;
+        if (r->easy) {
+            curl_multi_remove_handle(self->multi, r->easy);
+            curl_easy_cleanup(r->easy);
+            r->easy = NULL;
+        }
+        s_finish(self, r, NULL, "unavailable", 0, "the client is shutting down");
+    }
+    while (self->socks) {
+        /* detach first, so that curl_multi_cleanup cannot hand it back to us */
+        curl_multi_assign(self->multi, self->socks->fd, NULL);
+        s_sock_forget(self, self->socks);
+    }
+    curl_multi_cleanup(self->multi);
+    curl_slist_free_all(self->headers);
+    uv_close((uv_handle_t *)&self->timer, s_timer_closed);
+    *self_p = NULL;
+}
+
+size_t fb_jsonrpc_stats(const fb_jsonrpc_t *self, fb_jsonrpc_endpoint_stat_t *out, size_t max)
+{
+    size_t n = 0;
+    int64_t now = fb_mono_ms();
+    for (int i = 0; i < self->nendpoints && n < max; i++, n++) {
+        const s_endpoint_t *e = &self->endpoints[i];
+        snprintf(out[n].url, sizeof(out[n].url), "%s", e->url);
+        out[n].resting = e->rest_until > now;
+        out[n].calls = e->calls;
+        out[n].failures = e->failures;
+        out[n].last_latency_us = e->last_latency_us;
+    }
+    return n;
+}

@@ -1,0 +1,60 @@
+/* fb_jsonrpc - JSON-RPC 2.0 over HTTP to chain nodes (EVM, Solana), on
+ * libcurl's multi interface inside a libuv loop: no call ever blocks the loop.
+ *
+ * A client has several endpoints for one chain. A call goes to the healthiest
+ * endpoint; a transport failure, a timeout, an HTTP error status or an
+ * unreadable answer sends it to the next one (failover), and the failing
+ * endpoint rests for a while (backoff; an HTTP 429's Retry-After is obeyed)
+ * before it is tried again (return). A JSON-RPC error object is the node's
+ * answer: it is passed to the caller, not retried elsewhere. */
+#ifndef FB_JSONRPC_H
+#define FB_JSONRPC_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+typedef struct fb_jsonrpc_t fb_jsonrpc_t;
+
+/* Completion. On success result is the JSON-RPC "result" (borrowed: valid
+ * during the callback) and error is NULL. On failure result is NULL and error
+ * names it: "rpc_error" (the node answered an error object: code and message
+ * given), "unavailable" (no endpoint answered), "timeout". */
+typedef void(fb_jsonrpc_done_fn)(void *arg, json_t *result, const char *error, int64_t code,
+                                 const char *message);
+
+typedef struct {
+    const char *chain;   /* a name for logs: "eip155:84532" */
+    const char *urls;    /* comma-separated http(s) URLs, at most 8 */
+    uint32_t timeout_ms; /* per attempt */
+    uint32_t attempts;   /* attempts of one call over all endpoints */
+    size_t max_response; /* largest answer accepted, bytes */
+} fb_jsonrpc_config_t;
+
+typedef struct {
+    char url[256];
+    bool resting; /* in backoff now */
+    uint64_t calls, failures;
+    int64_t last_latency_us;
+} fb_jsonrpc_endpoint_stat_t;
+
+/* fb_jsonrpc_check_urls - fb_config_check_fn for an endpoint list. */
+int fb_jsonrpc_check_urls(const char *text, char *err, size_t errlen);
+
+/* fb_jsonrpc_new - Returns the client (caller owns it) or NULL with err. */
+fb_jsonrpc_t *fb_jsonrpc_new(uv_loop_t *loop, const fb_jsonrpc_config_t *config, char *err, size_t errlen);
+
+/* fb_jsonrpc_destroy - pending calls complete with "unavailable" first. */
+void fb_jsonrpc_destroy(fb_jsonrpc_t **self_p);
+
+/* fb_jsonrpc_call - call method with params (a JSON array; the reference is
+ * stolen). done runs exactly once, from the loop, never inside this call. */
+void fb_jsonrpc_call(fb_jsonrpc_t *self, const char *method, json_t *params, fb_jsonrpc_done_fn *done,
+                     void *arg);
+
+/* fb_jsonrpc_stats - per-endpoint figures; returns the count written. */
+size_t fb_jsonrpc_stats(const fb_jsonrpc_t *self, fb_jsonrpc_endpoint_stat_t *out, size_t max);
+
+#endif
