@@ -20,7 +20,9 @@
 #include "fb_rlp.h"
 #include "fb_secp.h"
 #include "fb_solana.h"
+#include "fb_x402.h"
 #include "ledger_rpc.h"
+#include "evm_exact.h"
 
 #include <czmq.h>
 #include <stdio.h>
@@ -50,8 +52,10 @@ static const s_test_t s_tests[] = {
     {"fb_rlp", fb_rlp_test},
     {"fb_ethtx", fb_ethtx_test},
     {"fb_solana", fb_solana_test},
+    {"fb_x402", fb_x402_test},
     {"edge_routes", edge_routes_test},
     {"ledger_rpc", ledger_rpc_test},
+    {"evm_exact", evm_exact_test},
 };
 // clang-format on
 

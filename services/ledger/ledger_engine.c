@@ -63,8 +63,8 @@ struct ledger_engine_t {
 static const fb_pg_statement_t s_statements[] = {
     {"apply", "SELECT ledger_apply($1, $2, $3::bytea, $4::jsonb)::text", 4},
     {"lock", "SELECT ledger_lock($1::bigint[], $2::bigint[], $3::bigint[], $4::text[])", 4},
-    {"read", "SELECT ledger_read($1, $2::jsonb)::text", 2},
-    {"audit", "SELECT ledger_audit()::text", 0},
+    {"read", "SELECT ledger_read_dispatch($1, $2::jsonb)::text", 2},
+    {"audit", "SELECT ledger_audit_all()::text", 0},
     {"sweep",
      "SELECT json_build_object('status', 'ok', 'body', json_build_object('expired', "
      "ledger_expire_holds($1::integer)))::text",

@@ -19,6 +19,7 @@ typedef enum {
     F_STR_LIST, /* list of strings, or nil */
     F_SOURCE,   /* {chain, tx, index[, block_hash]} */
     F_HMAC,     /* 32 bytes: binary, or 64 hex digits */
+    F_BOOL,     /* true or false */
 } s_type_t;
 
 typedef struct {
@@ -36,7 +37,7 @@ typedef struct {
     ledger_op_kind_t kind;
     s_lock_t lock;
     const char *lock_code; /* a system account the operation posts to */
-    s_field_t fields[8];
+    s_field_t fields[12];
 } s_method_t;
 
 #define END                                                                                                  \
@@ -140,6 +141,43 @@ static const s_method_t s_methods[] = {
       {"nonce", F_STR, false, 200},
       END}},
     {"ledger.audit", LEDGER_OP_AUDIT, L_NONE, NULL, {END}},
+    {"ledger.settlement_begin",
+     LEDGER_OP_WRITE,
+     L_NONE,
+     NULL,
+     {{"network", F_STR, true, 100},
+      {"payer", F_STR, false, 100},
+      {"nonce", F_STR, true, 200},
+      {"amount_micro", F_INT, true, 0},
+      {"pay_to", F_STR, false, 100},
+      {"resource", F_STR, false, 2000},
+      {"sender", F_STR, false, 100},
+      {"evm", F_BOOL, false, 0},
+      {"chain_nonce", F_INT, false, 0},
+      {"calldata", F_STR, false, 20000},
+      {"existing_only", F_BOOL, false, 0},
+      END}},
+    {"ledger.settlement_signed",
+     LEDGER_OP_WRITE,
+     L_NONE,
+     NULL,
+     {{"settlement_id", F_INT, true, 0}, {"tx_hash", F_STR, true, 200}, {"raw_tx", F_STR, true, 20000}, END}},
+    {"ledger.settlement_broadcast", LEDGER_OP_WRITE, L_NONE, NULL, {{"settlement_id", F_INT, true, 0}, END}},
+    {"ledger.settlement_result",
+     LEDGER_OP_WRITE,
+     L_NONE,
+     NULL,
+     {{"settlement_id", F_INT, true, 0}, {"state", F_STR, true, 20}, {"reason", F_STR, false, 500}, END}},
+    {"ledger.settlement",
+     LEDGER_OP_READ,
+     L_NONE,
+     NULL,
+     {{"settlement_id", F_INT, false, 0}, {"authorization_id", F_INT, false, 0}, END}},
+    {"ledger.open_settlements",
+     LEDGER_OP_READ,
+     L_NONE,
+     NULL,
+     {{"network", F_STR, false, 100}, {"older_than_ms", F_INT, false, 0}, {"limit", F_INT, false, 0}, END}},
 };
 
 #define METHOD_COUNT (sizeof(s_methods) / sizeof(s_methods[0]))
@@ -271,6 +309,15 @@ static json_t *s_args(const s_method_t *m, const msgpack_object *body, char *why
                 }
                 json_object_set_new(v, parts[k], s);
             }
+            break;
+        }
+        case F_BOOL: {
+            bool b;
+            if (!fb_mp_bool(o, &b)) {
+                snprintf(why, whylen, "%s must be true or false", f->name);
+                goto bad;
+            }
+            v = json_boolean(b);
             break;
         }
         case F_HMAC: {

@@ -1,36 +1,138 @@
 /* farebox-verifier - checks and settles x402 payments.
  *
- *   rpc    verify, settle, supported, verify_message (proto/README.md)
- *   state  none of its own; payments are recorded through the ledger
- *
- * Not built yet: every payment method answers "not_implemented" (README). */
+ *   configuration  networks, tokens, chain RPC endpoints, settlement keys
+ *   schemes        evm_exact.c + verifier_evm.c (EIP-3009), verifier_svm.c
+ *   rpc            verifier_rpc.c: verify, settle, supported
+ *   tracker        follows settlements left pending, in every replica
+ *   stop           SIGTERM: stop taking calls, exit */
+#include "fb_codec.h"
+#include "fb_jsonrpc.h"
 #include "fb_log.h"
+#include "fb_secp.h"
 #include "fb_service.h"
 #include "fb_util.h"
+#include "verifier.h"
+#include "verifier_internal.h"
+#include "verifier_rpc.h"
+
+#include <sodium.h>
+#include <stdio.h>
+#include <string.h>
+
+static int s_check_key_hex(const char *value, char *err, size_t errlen)
+{
+    uint8_t k[32];
+    if (fb_hex_decode(k, 32, value, strlen(value)) != 0) {
+        snprintf(err, errlen, "must be a 32-byte secp256k1 secret key in hex (0x optional)");
+        return -1;
+    }
+    fb_addr_t a;
+    int rc = fb_secp_address(&a, k);
+    sodium_memzero(k, sizeof(k));
+    if (rc != 0) {
+        snprintf(err, errlen, "is not a valid secp256k1 secret key");
+        return -1;
+    }
+    return 0;
+}
+
+static const fb_config_var_t s_vars[] = {
+    {"FAREBOX_EVM_NETWORK", FB_CFG_STRING, "eip155:84532", 0, 0, NULL, NULL,
+     "CAIP-2 id of the EVM chain served (\"\" turns EVM off)"},
+    {"FAREBOX_EVM_RPC_URLS", FB_CFG_STRING, "http://127.0.0.1:8545", 0, 0, NULL, fb_jsonrpc_check_urls,
+     "JSON-RPC endpoints of that chain, comma-separated, tried in order with failover"},
+    {"FAREBOX_EVM_TOKEN", FB_CFG_STRING, "0x036CbD53842c5426634e7929541eC2318f3dCF7e", 0, 0, NULL, NULL,
+     "the EIP-3009 token accepted (default: Base Sepolia USDC)"},
+    {"FAREBOX_EVM_TOKEN_NAME", FB_CFG_STRING, "USDC", 0, 0, NULL, NULL, "the token's EIP-712 domain name"},
+    {"FAREBOX_EVM_TOKEN_VERSION", FB_CFG_STRING, "2", 0, 0, NULL, NULL, "the token's EIP-712 domain version"},
+    {"FAREBOX_SETTLEMENT_KEY", FB_CFG_SECRET, "", 0, 0, NULL, s_check_key_hex,
+     "secret key (hex) of the wallet that submits settlements and pays their gas (unset: verify only)"},
+    {"FAREBOX_EVM_SETTLE_GAS", FB_CFG_INT, "150000", 50000, 2000000, NULL, NULL, "gas limit of a settlement"},
+    {"FAREBOX_EVM_VALID_BEFORE_MARGIN_S", FB_CFG_INT, "6", 0, 3600, NULL, NULL,
+     "an authorization must stay valid at least this many seconds after now"},
+    {"FAREBOX_VERIFY_CHAIN_CHECKS", FB_CFG_BOOL, "true", 0, 0, NULL, NULL,
+     "verify asks the chain: authorization state, balance, code, simulation"},
+    {"FAREBOX_SETTLE_WAIT_MS", FB_CFG_INT, "30000", 1000, 600000, NULL, NULL,
+     "settle waits this long for the receipt, then answers settlement_pending"},
+    {"FAREBOX_CHAIN_TIMEOUT_MS", FB_CFG_INT, "5000", 100, 120000, NULL, NULL,
+     "timeout of one chain JSON-RPC call"},
+};
 
 static const fb_service_def_t s_def = {
     .name = "verifier",
     .summary = "verification and on-chain settlement of x402 payments",
     .rpc_bind = "tcp://127.0.0.1:7120-7129",
     .peers = FB_PEER_LEDGER,
+    .vars = s_vars,
+    .var_count = FB_ARRAY_SIZE(s_vars),
 };
 
-static void s_not_implemented(void *arg, fb_rpc_call_t *call)
+static void s_on_tracker(uv_timer_t *t)
 {
-    const char *method = arg;
-    fb_rpc_call_error(&call, FB_RPC_E_NOT_IMPLEMENTED, NULL, 0, "verifier.%s is not implemented yet", method);
+    verifier_evm_track(t->data);
+}
+
+static void s_config_evm(verifier_t *v, const fb_config_t *cfg)
+{
+    verifier_evm_t *e = &v->evm;
+    const char *net = fb_config_str(cfg, "FAREBOX_EVM_NETWORK");
+    if (!net[0])
+        return;
+    fb_x402_network_t n;
+    if (fb_x402_network(net, &n) != 0 || n.family != FB_X402_EVM)
+        fb_service_fail_config("invalid configuration: FAREBOX_EVM_NETWORK must be eip155:<chain id>");
+    snprintf(e->caip2, sizeof(e->caip2), "%s", n.caip2);
+    e->chain_id = n.chain_id;
+    const char *token = fb_config_str(cfg, "FAREBOX_EVM_TOKEN");
+    if (fb_addr_parse(&e->token, token, strlen(token)) != 0)
+        fb_service_fail_config("invalid configuration: FAREBOX_EVM_TOKEN is not an EVM address");
+    fb_addr_checksum(e->token_text, &e->token);
+    snprintf(e->name, sizeof(e->name), "%s", fb_config_str(cfg, "FAREBOX_EVM_TOKEN_NAME"));
+    snprintf(e->version, sizeof(e->version), "%s", fb_config_str(cfg, "FAREBOX_EVM_TOKEN_VERSION"));
+    e->gas = (uint64_t)fb_config_int(cfg, "FAREBOX_EVM_SETTLE_GAS");
+    e->valid_before_margin_s = fb_config_int(cfg, "FAREBOX_EVM_VALID_BEFORE_MARGIN_S");
+    const char *key = fb_config_str(cfg, "FAREBOX_SETTLEMENT_KEY");
+    if (key[0]) {
+        FB_ASSERT(fb_hex_decode(e->key, 32, key, strlen(key)) == 0);
+        FB_ASSERT(fb_secp_address(&e->sender, e->key) == 0);
+        fb_addr_checksum(e->sender_text, &e->sender);
+        e->has_key = true;
+    }
+    fb_jsonrpc_config_t rc = {.chain = e->caip2,
+                              .urls = fb_config_str(cfg, "FAREBOX_EVM_RPC_URLS"),
+                              .timeout_ms = v->chain_timeout_ms};
+    char err[256];
+    e->rpc = fb_jsonrpc_new(v->loop, &rc, err, sizeof(err));
+    if (!e->rpc)
+        fb_service_fail_config("invalid configuration: FAREBOX_EVM_RPC_URLS");
+    fb_log(FB_LOG_INFO, NULL, "evm network served", "network=%s token=%s settlement_wallet=%s", e->caip2,
+           e->token_text, e->has_key ? e->sender_text : "none");
 }
 
 int main(int argc, char **argv)
 {
+    FB_ASSERT(sodium_init() >= 0);
     fb_service_t *svc = fb_service_new(argc, argv, &s_def);
-    static const char *methods[] = {"verify", "settle", "supported", "verify_message"};
-    char name[64];
-    for (size_t i = 0; i < FB_ARRAY_SIZE(methods); i++) {
-        snprintf(name, sizeof(name), "verifier.%s", methods[i]);
-        fb_rpc_server_handle(fb_service_rpc(svc), name, s_not_implemented, (void *)methods[i]);
-    }
+    const fb_config_t *cfg = fb_service_config(svc);
+    verifier_t v = {0};
+    v.loop = fb_service_loop(svc);
+    v.chain_checks = fb_config_bool(cfg, "FAREBOX_VERIFY_CHAIN_CHECKS");
+    v.settle_wait_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_SETTLE_WAIT_MS");
+    v.chain_timeout_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_CHAIN_TIMEOUT_MS");
+    v.ledger = fb_service_client(svc, FB_PEER_LEDGER, v.loop);
+    s_config_evm(&v, cfg);
+    verifier_rpc_register(fb_service_rpc(svc), &v);
+    uv_timer_init(v.loop, &v.tracker);
+    v.tracker.data = &v;
+    uv_timer_start(&v.tracker, s_on_tracker, 3000, 3000);
+
     int code = fb_service_run(svc);
+
+    uv_close((uv_handle_t *)&v.tracker, NULL);
+    fb_jsonrpc_destroy(&v.evm.rpc);
+    fb_rpc_client_destroy(&v.ledger);
+    sodium_memzero(v.evm.key, sizeof(v.evm.key));
+    sodium_memzero(v.svm.secret, sizeof(v.svm.secret));
     fb_service_destroy(&svc);
     return code;
 }

@@ -1,0 +1,47 @@
+/* verifier - entry points: parse the payment and its requirements once, then
+ * hand them to the scheme of their network family. */
+#include "verifier.h"
+#include "fb_util.h"
+#include "verifier_internal.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static void s_run(verifier_t *v, bool settle, json_t *payload, json_t *requirements, const char *trace,
+                  verifier_done_fn *done, void *arg)
+{
+    verifier_result_t res;
+    memset(&res, 0, sizeof(res));
+    fb_x402_payload_t p;
+    fb_x402_requirements_t r;
+    char why[256];
+    if (fb_x402_parse_payload(payload, &p, why, sizeof(why)) != 0) {
+        res.reason = "invalid_payload";
+        snprintf(res.message, sizeof(res.message), "%s", why);
+        done(arg, &res);
+        return;
+    }
+    snprintf(res.network, sizeof(res.network), "%s", p.network);
+    if (fb_x402_parse_requirements(requirements, p.version, &r, why, sizeof(why)) != 0) {
+        res.reason = "invalid_payment_requirements";
+        snprintf(res.message, sizeof(res.message), "%s", why);
+        done(arg, &res);
+        return;
+    }
+    if (r.net.family == FB_X402_EVM)
+        verifier_evm_run(v, settle, payload, requirements, &p, &r, trace, done, arg);
+    else
+        verifier_svm_run(v, settle, payload, requirements, &p, &r, trace, done, arg);
+}
+
+void verifier_verify(verifier_t *v, json_t *payload, json_t *requirements, const char *trace,
+                     verifier_done_fn *done, void *arg)
+{
+    s_run(v, false, payload, requirements, trace, done, arg);
+}
+
+void verifier_settle(verifier_t *v, json_t *payload, json_t *requirements, const char *trace,
+                     verifier_done_fn *done, void *arg)
+{
+    s_run(v, true, payload, requirements, trace, done, arg);
+}

@@ -1,0 +1,83 @@
+/* verifier - shared definitions of the verifier service: the networks it
+ * serves, its RPC clients, and the result of a verification or settlement.
+ *
+ * Reason strings follow the official x402 2.27.0 implementation where one
+ * exists (docs/x402-notes.md); farebox's own checks add a few, each listed in
+ * proto/README.md. */
+#ifndef VERIFIER_H
+#define VERIFIER_H
+
+#include "fb_eip712.h"
+#include "fb_evm.h"
+#include "fb_jsonrpc.h"
+#include "fb_rpc_client.h"
+#include "fb_solana.h"
+#include "fb_x402.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+/* An EVM network farebox verifies and settles on. */
+typedef struct {
+    char caip2[96]; /* "eip155:84532" */
+    uint64_t chain_id;
+    fb_addr_t token;            /* the USDC-like EIP-3009 token accepted */
+    char token_text[43];        /* its checksummed address */
+    char name[64], version[16]; /* its EIP-712 domain */
+    fb_jsonrpc_t *rpc;          /* chain JSON-RPC */
+    bool has_key;               /* a settlement key is configured */
+    uint8_t key[32];            /* settlement wallet secret key (wiped on exit) */
+    fb_addr_t sender;           /* its address */
+    char sender_text[43];
+    int64_t valid_before_margin_s; /* validBefore must be at least now + this */
+    uint64_t gas;                  /* gas limit of a settlement transaction */
+    bool code_checked;             /* eth_getCode(token) was non-empty once */
+} verifier_evm_t;
+
+/* A Solana cluster farebox verifies and settles on. */
+typedef struct {
+    char caip2[96];
+    fb_sol_key_t mint;
+    char mint_text[48];
+    fb_jsonrpc_t *rpc;
+    bool has_key;
+    uint8_t secret[64]; /* fee payer's ed25519 secret key (wiped on exit) */
+    fb_sol_key_t fee_payer;
+    char fee_payer_text[48];
+    uint64_t max_price_micro_lamports; /* compute unit price cap */
+} verifier_svm_t;
+
+typedef struct verifier_t {
+    uv_loop_t *loop;
+    fb_rpc_client_t *ledger;
+    verifier_evm_t evm;      /* configured when evm.caip2[0] */
+    verifier_svm_t svm;      /* configured when svm.caip2[0] */
+    bool chain_checks;       /* verify asks the chain (balance, nonce state, simulation) */
+    uint32_t settle_wait_ms; /* settle waits this long for a receipt before settlement_pending */
+    uint32_t chain_timeout_ms;
+    uv_timer_t tracker; /* follows settlements left pending */
+    bool tracking;
+} verifier_t;
+
+typedef struct {
+    bool ok;                /* verify: isValid; settle: success */
+    const char *reason;     /* x402 reason string when not ok */
+    const char *error_code; /* set when the question could not be answered ("unavailable") */
+    char message[512];      /* detail for people */
+    char payer[100];
+    char transaction[130]; /* settle: tx hash or signature ("" when none) */
+    char network[96];      /* as the payment named it */
+} verifier_result_t;
+
+typedef void(verifier_done_fn)(void *arg, const verifier_result_t *result);
+
+/* verifier_verify / verifier_settle - check (and settle) a payment against
+ * requirements. payload and requirements are borrowed JSON documents; done
+ * runs exactly once, from the loop or at once. */
+void verifier_verify(verifier_t *v, json_t *payload, json_t *requirements, const char *trace,
+                     verifier_done_fn *done, void *arg);
+void verifier_settle(verifier_t *v, json_t *payload, json_t *requirements, const char *trace,
+                     verifier_done_fn *done, void *arg);
+
+#endif

@@ -1,0 +1,906 @@
+/* verifier_evm - verification and settlement of EIP-3009 payments against a
+ * chain and the ledger.
+ *
+ * verify: the offline checks (evm_exact.c), then, in parallel, the ledger's
+ * record of the authorization (a replay), its state on chain
+ * (authorizationState), the payer's balance (balanceOf), code at the token,
+ * and a simulation of the transfer (eth_call).
+ *
+ * settle: the offline checks again, then the ledger's settlement of this
+ * authorization (created once, with an account nonce allocated for the
+ * settlement wallet), the transaction signed by farebox and recorded in the
+ * ledger before it is broadcast (a second settle of the same authorization,
+ * from any replica, broadcasts the recorded transaction again), then the
+ * receipt followed until it is final or the wait runs out (settlement_pending;
+ * the tracker keeps following it). */
+#include "evm_exact.h"
+#include "fb_codec.h"
+#include "fb_ethtx.h"
+#include "fb_log.h"
+#include "fb_msgpack.h"
+#include "fb_util.h"
+#include "verifier_internal.h"
+
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define RECEIPT_POLL_MS 200
+#define TRANSFER_TOPIC  "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
+
+typedef struct s_job {
+    verifier_t *v;
+    verifier_evm_t *net;
+    bool settle;
+    json_t *doc_payload, *doc_req; /* references held for the job */
+    fb_x402_payload_t p;
+    fb_x402_requirements_t r;
+    evm_check_t chk;
+    char trace[129];
+    verifier_done_fn *done;
+    void *arg;
+    verifier_result_t res;
+    int pending;                   /* outstanding calls of the current step */
+    void (*after)(struct s_job *); /* runs when they are all answered */
+    /* chain facts */
+    bool rpc_failed;
+    char rpc_error[200];
+    bool used_ledger, used_chain, code_empty, sim_failed, balance_known;
+    char sim_message[200];
+    fb_u256_t balance;
+    uint64_t chain_nonce;
+    fb_u256_t base_fee, priority;
+    /* settlement */
+    int64_t settlement_id;
+    uint64_t tx_nonce;
+    char tx_hash[67];
+    char *raw_hex;
+    uint8_t *calldata;
+    size_t calldata_len;
+    int64_t wait_until;
+    uv_timer_t poll;
+    bool poll_open;
+} s_job_t;
+
+static void s_finish(s_job_t *j);
+
+/* --- small helpers -------------------------------------------------------------------- */
+
+static char *s_hex0x(const uint8_t *b, size_t n)
+{
+    char *out = fb_malloc(2 * n + 3);
+    out[0] = '0';
+    out[1] = 'x';
+    fb_hex_encode(out + 2, b, n);
+    return out;
+}
+
+static void s_lower_addr(char out[43], const fb_addr_t *a)
+{
+    fb_addr_lower(out, a);
+}
+
+static void s_nonce_hex(char out[67], const uint8_t nonce[32])
+{
+    out[0] = '0';
+    out[1] = 'x';
+    fb_hex_encode(out + 2, nonce, 32);
+}
+
+static void s_fail(s_job_t *j, const char *reason, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void s_fail(s_job_t *j, const char *reason, const char *fmt, ...)
+{
+    j->res.ok = false;
+    j->res.reason = reason;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(j->res.message, sizeof(j->res.message), fmt, ap);
+    va_end(ap);
+    s_finish(j);
+}
+
+static void s_unavailable(s_job_t *j, const char *what)
+{
+    j->res.ok = false;
+    j->res.reason = NULL;
+    j->res.error_code = "unavailable";
+    snprintf(j->res.message, sizeof(j->res.message), "%s: %s", what,
+             j->rpc_error[0] ? j->rpc_error : "no answer");
+    s_finish(j);
+}
+
+static void s_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void s_finish(s_job_t *j)
+{
+    if (j->res.ok) {
+        j->res.reason = NULL;
+        j->res.message[0] = '\0';
+    }
+    j->done(j->arg, &j->res);
+    json_decref(j->doc_payload);
+    json_decref(j->doc_req);
+    free(j->raw_hex);
+    free(j->calldata);
+    if (j->poll_open) {
+        uv_timer_stop(&j->poll);
+        j->poll.data = j;
+        uv_close((uv_handle_t *)&j->poll, s_closed);
+    } else {
+        free(j);
+    }
+}
+
+/* eth_call to the token with calldata (from the settlement wallet when there
+ * is one: a simulation then runs as the settlement would). */
+static void s_eth_call(s_job_t *j, const uint8_t *data, size_t len, fb_jsonrpc_done_fn *cb)
+{
+    char *hex = s_hex0x(data, len);
+    json_t *call = json_pack("{ss ss}", "to", j->net->token_text, "data", hex);
+    if (j->net->has_key)
+        json_object_set_new(call, "from", json_string(j->net->sender_text));
+    free(hex);
+    fb_jsonrpc_call(j->net->rpc, "eth_call", json_pack("[o s]", call, "latest"), cb, j);
+}
+
+static void s_rpc_error(s_job_t *j, const char *error, const char *message)
+{
+    j->rpc_failed = true;
+    snprintf(j->rpc_error, sizeof(j->rpc_error), "%s: %s", error, message ? message : "");
+}
+
+/* A 32-byte word of an eth_call answer as uint256; false when unreadable. */
+static bool s_word(json_t *result, fb_u256_t *out)
+{
+    const char *s = json_string_value(result);
+    return s && strlen(s) == 66 && fb_u256_from_hex(out, s, 66) == 0;
+}
+
+/* --- verify -------------------------------------------------------------------------------- */
+
+static void s_verify_decide(s_job_t *j)
+{
+    if (j->used_ledger) {
+        s_fail(j, "invalid_exact_evm_nonce_already_used", "farebox has already accepted this authorization");
+        return;
+    }
+    if (j->rpc_failed) {
+        s_unavailable(j, "the chain could not be asked");
+        return;
+    }
+    if (j->used_chain) {
+        s_fail(j, "invalid_exact_evm_nonce_already_used",
+               "the token reports this authorization as used or canceled");
+        return;
+    }
+    if (j->balance_known && fb_u256_cmp(&j->balance, &j->chk.auth.value) < 0) {
+        char have[80];
+        fb_u256_to_dec(have, &j->balance);
+        s_fail(j, "invalid_exact_evm_insufficient_balance", "the payer holds %s, the payment is %s", have,
+               j->p.value);
+        return;
+    }
+    if (j->code_empty) {
+        s_fail(j, "asset_not_deployed_contract", "there is no contract at the asset address %s",
+               j->net->token_text);
+        return;
+    }
+    if (j->sim_failed) {
+        s_fail(j, "invalid_exact_evm_transaction_simulation_failed", "the transfer would fail: %s",
+               j->sim_message);
+        return;
+    }
+    j->res.ok = true;
+    s_finish(j);
+}
+
+static void s_step_done(s_job_t *j)
+{
+    if (--j->pending == 0)
+        j->after(j);
+}
+
+static void s_on_auth_state(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(code);
+    s_job_t *j = arg;
+    fb_u256_t w;
+    if (error)
+        s_rpc_error(j, error, message);
+    else if (!s_word(result, &w))
+        s_rpc_error(j, "bad answer", "authorizationState did not answer a word");
+    else
+        j->used_chain = w.b[31] != 0;
+    s_step_done(j);
+}
+
+static void s_on_balance(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(code);
+    s_job_t *j = arg;
+    if (error)
+        s_rpc_error(j, error, message);
+    else if (!s_word(result, &j->balance))
+        s_rpc_error(j, "bad answer", "balanceOf did not answer a word");
+    else
+        j->balance_known = true;
+    s_step_done(j);
+}
+
+static void s_on_code(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(code);
+    s_job_t *j = arg;
+    const char *s = json_string_value(result);
+    if (error)
+        s_rpc_error(j, error, message);
+    else if (!s || strlen(s) <= 2)
+        j->code_empty = true;
+    else
+        j->net->code_checked = true;
+    s_step_done(j);
+}
+
+static void s_on_simulation(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(result);
+    FB_UNUSED(code);
+    s_job_t *j = arg;
+    if (error && strcmp(error, "rpc_error") == 0) {
+        /* the node ran the call and it reverted */
+        j->sim_failed = true;
+        snprintf(j->sim_message, sizeof(j->sim_message), "%s", message ? message : "reverted");
+    } else if (error) {
+        s_rpc_error(j, error, message);
+    }
+    s_step_done(j);
+}
+
+static void s_on_ledger_auth(void *arg, const fb_rpc_reply_t *reply)
+{
+    s_job_t *j = arg;
+    if (reply->ok)
+        j->used_ledger = true;
+    else if (strcmp(reply->code, "authorization_not_found") != 0)
+        s_rpc_error(j, "ledger", reply->message);
+    s_step_done(j);
+}
+
+/* The ledger's key of an authorization: CAIP-2 network, lowercase payer,
+ * lowercase nonce. */
+static void s_auth_key(s_job_t *j, json_t *body)
+{
+    char payer[43], nonce[67];
+    s_lower_addr(payer, &j->chk.auth.from);
+    s_nonce_hex(nonce, j->chk.auth.nonce);
+    json_object_set_new(body, "network", json_string(j->net->caip2));
+    json_object_set_new(body, "payer", json_string(payer));
+    json_object_set_new(body, "nonce", json_string(nonce));
+}
+
+static void s_ledger_call(s_job_t *j, const char *method, json_t *body, bool write, fb_rpc_done_fn *cb)
+{
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    fb_mp_pack_json(&pk, body);
+    char idem[80] = "";
+    if (write) {
+        char rnd[33];
+        fb_random_hex(rnd, 16);
+        snprintf(idem, sizeof(idem), "verifier-%s", rnd);
+    }
+    fb_rpc_call_opts_t o = {.method = method,
+                            .idem = write ? idem : NULL,
+                            .trace = j->trace[0] ? j->trace : NULL,
+                            .deadline_ms = 10000};
+    fb_rpc_client_call(j->v->ledger, &o, sb.data, sb.size, cb, j);
+    msgpack_sbuffer_destroy(&sb);
+    json_decref(body);
+}
+
+/* The chain's view of the payment, in parallel: its state, the payer's
+ * balance, a simulation of the transfer, the token's code. */
+static void s_chain_checks(s_job_t *j)
+{
+    uint8_t *data;
+    size_t n;
+    n = fb_abi_authorization_state(&data, &j->chk.auth.from, j->chk.auth.nonce);
+    s_eth_call(j, data, n, s_on_auth_state);
+    free(data);
+    n = fb_abi_balance_of(&data, &j->chk.auth.from);
+    s_eth_call(j, data, n, s_on_balance);
+    free(data);
+    n = fb_abi_transfer_with_authorization(&data, &j->chk.auth, j->chk.sig);
+    s_eth_call(j, data, n, s_on_simulation);
+    free(data);
+    if (!j->net->code_checked) {
+        j->pending++;
+        fb_jsonrpc_call(j->net->rpc, "eth_getCode", json_pack("[s s]", j->net->token_text, "latest"),
+                        s_on_code, j);
+    }
+}
+
+static void s_verify_chain(s_job_t *j)
+{
+    j->pending = 4;
+    j->after = s_verify_decide;
+    json_t *key = json_object();
+    s_auth_key(j, key);
+    s_ledger_call(j, "ledger.authorization", key, false, s_on_ledger_auth);
+    s_chain_checks(j);
+}
+
+/* --- settle ------------------------------------------------------------------------------------ */
+
+static void s_settle_fail(s_job_t *j, const char *reason, const char *msg)
+{
+    s_fail(j, reason, "%s", msg);
+}
+
+static void s_on_result_recorded(void *arg, const fb_rpc_reply_t *reply)
+{
+    s_job_t *j = arg;
+    if (!reply->ok)
+        fb_log(FB_LOG_WARN, j->trace[0] ? j->trace : NULL, "settlement result not recorded",
+               "code=%s message=%s", reply->code, reply->message);
+    s_finish(j);
+}
+
+static void s_record_result(s_job_t *j, bool confirmed, const char *reason)
+{
+    json_t *body = json_pack("{sI ss ss}", "settlement_id", (json_int_t)j->settlement_id, "state",
+                             confirmed ? "confirmed" : "failed", "reason", reason ? reason : "");
+    s_ledger_call(j, "ledger.settlement_result", body, true, s_on_result_recorded);
+}
+
+static const char *s_jstr(json_t *v)
+{
+    const char *s = json_string_value(v);
+    return s ? s : "";
+}
+
+/* Does the receipt carry the token's Transfer(from, to, value)? */
+static bool s_transfer_logged(s_job_t *j, json_t *receipt)
+{
+    char from[67] = "0x000000000000000000000000", to[67] = "0x000000000000000000000000", token[43];
+    fb_hex_encode(from + 26, j->chk.auth.from.b, 20);
+    fb_hex_encode(to + 26, j->chk.auth.to.b, 20);
+    s_lower_addr(token, &j->net->token);
+    size_t i;
+    json_t *log;
+    json_array_foreach(json_object_get(receipt, "logs"), i, log)
+    {
+        json_t *topics = json_object_get(log, "topics");
+        const char *addr = json_string_value(json_object_get(log, "address"));
+        const char *data = json_string_value(json_object_get(log, "data"));
+        fb_u256_t v;
+        if (!addr || strcasecmp(addr, token) != 0 || json_array_size(topics) != 3 || !data)
+            continue;
+        if (strcasecmp(s_jstr(json_array_get(topics, 0)), TRANSFER_TOPIC) == 0 &&
+            strcasecmp(s_jstr(json_array_get(topics, 1)), from) == 0 &&
+            strcasecmp(s_jstr(json_array_get(topics, 2)), to) == 0 && strlen(data) == 66 &&
+            fb_u256_from_hex(&v, data, 66) == 0 && fb_u256_cmp(&v, &j->chk.auth.value) == 0)
+            return true;
+    }
+    return false;
+}
+
+static void s_on_poll_timer(uv_timer_t *t);
+
+static void s_on_receipt(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(code);
+    FB_UNUSED(message);
+    s_job_t *j = arg;
+    snprintf(j->res.transaction, sizeof(j->res.transaction), "%s", j->tx_hash);
+    if (!error && json_is_object(result)) {
+        const char *status = json_string_value(json_object_get(result, "status"));
+        if (status && strcmp(status, "0x1") == 0) {
+            if (!s_transfer_logged(j, result)) {
+                j->res.ok = false;
+                j->res.reason = "invalid_exact_evm_transfer_event_mismatch";
+                snprintf(j->res.message, sizeof(j->res.message),
+                         "the transaction did not log the expected Transfer");
+                s_record_result(j, false, j->res.reason);
+                return;
+            }
+            j->res.ok = true;
+            s_record_result(j, true, NULL);
+            return;
+        }
+        j->res.ok = false;
+        j->res.reason = "invalid_exact_evm_transaction_failed";
+        snprintf(j->res.message, sizeof(j->res.message), "the settlement transaction reverted");
+        s_record_result(j, false, j->res.reason);
+        return;
+    }
+    if (fb_mono_ms() >= j->wait_until) {
+        /* not final yet: the caller may ask again; the tracker follows it */
+        j->res.ok = false;
+        j->res.reason = "settlement_pending";
+        snprintf(j->res.message, sizeof(j->res.message), "the transaction is not confirmed yet");
+        s_finish(j);
+        return;
+    }
+    uv_timer_start(&j->poll, s_on_poll_timer, RECEIPT_POLL_MS, 0);
+}
+
+static void s_poll_receipt(s_job_t *j)
+{
+    fb_jsonrpc_call(j->net->rpc, "eth_getTransactionReceipt", json_pack("[s]", j->tx_hash), s_on_receipt, j);
+}
+
+static void s_on_poll_timer(uv_timer_t *t)
+{
+    s_poll_receipt(t->data);
+}
+
+static void s_on_broadcast(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(result);
+    FB_UNUSED(code);
+    s_job_t *j = arg;
+    if (error)
+        /* "already known", "nonce too low" (it was mined): the receipt decides */
+        fb_log(FB_LOG_INFO, j->trace[0] ? j->trace : NULL, "settlement broadcast answered an error",
+               "tx=%s reason=%s", j->tx_hash, message ? message : error);
+    uv_timer_init(j->v->loop, &j->poll);
+    j->poll.data = j;
+    j->poll_open = true;
+    uv_timer_start(&j->poll, s_on_poll_timer, 0, 0);
+}
+
+static void s_broadcast(s_job_t *j)
+{
+    fb_log(FB_LOG_INFO, j->trace[0] ? j->trace : NULL, "settlement broadcast", "network=%s tx=%s nonce=%llu",
+           j->net->caip2, j->tx_hash, (unsigned long long)j->tx_nonce);
+    fb_jsonrpc_call(j->net->rpc, "eth_sendRawTransaction", json_pack("[s]", j->raw_hex), s_on_broadcast, j);
+}
+
+static void s_on_signed(void *arg, const fb_rpc_reply_t *reply)
+{
+    s_job_t *j = arg;
+    if (!reply->ok) {
+        s_rpc_error(j, "ledger", reply->message);
+        s_unavailable(j, "the ledger did not record the settlement transaction");
+        return;
+    }
+    /* the recorded transaction wins: it may be another replica's */
+    const char *hash, *raw;
+    size_t hl, rl;
+    if (!fb_mp_get_str(reply->body, "tx_hash", &hash, &hl) ||
+        !fb_mp_get_str(reply->body, "raw_tx", &raw, &rl) || hl >= sizeof(j->tx_hash)) {
+        s_rpc_error(j, "ledger", "settlement without a transaction");
+        s_unavailable(j, "the ledger answered an incomplete settlement");
+        return;
+    }
+    memcpy(j->tx_hash, hash, hl);
+    j->tx_hash[hl] = '\0';
+    free(j->raw_hex);
+    j->raw_hex = fb_strndup(raw, rl);
+    s_broadcast(j);
+}
+
+/* Signs the settlement transaction for the allocated nonce. */
+static int s_sign(verifier_evm_t *net, uint64_t nonce, const fb_u256_t *base_fee, const fb_u256_t *priority,
+                  const uint8_t *calldata, size_t calldata_len, char tx_hash[67], char **raw_hex)
+{
+    fb_ethtx_t tx = {.chain_id = net->chain_id,
+                     .nonce = nonce,
+                     .gas = net->gas,
+                     .to = net->token,
+                     .data = calldata,
+                     .data_len = calldata_len};
+    tx.max_priority_fee = *priority;
+    /* max fee: three times the base fee plus the tip, generous enough to stay
+     * includable while the base fee rises */
+    uint64_t bf = 0, tip = 0;
+    if (!fb_u256_to_u64(base_fee, &bf) || !fb_u256_to_u64(priority, &tip) || bf > UINT64_MAX / 4 - tip)
+        return -1;
+    fb_u256_from_u64(&tx.max_fee, bf * 3 + tip);
+    uint8_t *raw, hash[32];
+    size_t rl;
+    if (fb_ethtx_sign(&tx, net->key, &raw, &rl, hash) != 0)
+        return -1;
+    tx_hash[0] = '0';
+    tx_hash[1] = 'x';
+    fb_hex_encode(tx_hash + 2, hash, 32);
+    *raw_hex = s_hex0x(raw, rl);
+    free(raw);
+    return 0;
+}
+
+/* The chain's objection to a new settlement, or NULL. */
+static const char *s_chain_objection(s_job_t *j, char *msg, size_t msglen)
+{
+    if (j->used_chain) {
+        snprintf(msg, msglen, "the token reports this authorization as used or canceled");
+        return "invalid_exact_evm_nonce_already_used";
+    }
+    if (j->balance_known && fb_u256_cmp(&j->balance, &j->chk.auth.value) < 0) {
+        snprintf(msg, msglen, "the payer's balance does not cover the payment");
+        return "invalid_exact_evm_insufficient_balance";
+    }
+    if (j->code_empty) {
+        snprintf(msg, msglen, "there is no contract at the asset address");
+        return "asset_not_deployed_contract";
+    }
+    if (j->sim_failed) {
+        snprintf(msg, msglen, "the transfer would fail: %s", j->sim_message);
+        return "invalid_exact_evm_transaction_simulation_failed";
+    }
+    return NULL;
+}
+
+static void s_on_begin(void *arg, const fb_rpc_reply_t *reply)
+{
+    s_job_t *j = arg;
+    if (!reply->ok) {
+        char msg[300];
+        const char *objection = s_chain_objection(j, msg, sizeof(msg));
+        if (objection && strcmp(reply->code, "settlement_not_found") == 0) {
+            s_settle_fail(j, objection, msg); /* nothing to follow, nothing sent */
+            return;
+        }
+        if (strcmp(reply->code, "invalid_state") == 0) {
+            s_settle_fail(j, "invalid_exact_evm_transaction_failed", reply->message);
+            return;
+        }
+        s_rpc_error(j, "ledger", reply->message);
+        s_unavailable(j, "the ledger did not begin the settlement");
+        return;
+    }
+    const char *state, *hash, *raw;
+    size_t sl, hl, rl;
+    int64_t nonce = 0;
+    fb_mp_get_int64(reply->body, "settlement_id", &j->settlement_id);
+    fb_mp_get_int64(reply->body, "nonce", &nonce);
+    j->tx_nonce = (uint64_t)nonce;
+    if (!fb_mp_get_str(reply->body, "state", &state, &sl)) {
+        s_unavailable(j, "the ledger answered a settlement without a state");
+        return;
+    }
+    bool has_tx = fb_mp_get_str(reply->body, "tx_hash", &hash, &hl) && hl < sizeof(j->tx_hash) &&
+                  fb_mp_get_str(reply->body, "raw_tx", &raw, &rl);
+    if (has_tx) {
+        memcpy(j->tx_hash, hash, hl);
+        j->tx_hash[hl] = '\0';
+        j->raw_hex = fb_strndup(raw, rl);
+        snprintf(j->res.transaction, sizeof(j->res.transaction), "%s", j->tx_hash);
+    }
+    if (fb_streq_n(state, sl, "confirmed")) {
+        j->res.ok = true; /* settled before: the same answer again */
+        s_finish(j);
+        return;
+    }
+    if (fb_streq_n(state, sl, "failed")) {
+        const char *why;
+        size_t wl;
+        char reason[120] = "invalid_exact_evm_transaction_failed";
+        if (fb_mp_get_str(reply->body, "reason", &why, &wl) && wl > 0 && wl < sizeof(reason))
+            snprintf(reason, sizeof(reason), "%.*s", (int)wl, why);
+        j->res.ok = false;
+        j->res.reason = strcmp(reason, "invalid_exact_evm_transfer_event_mismatch") == 0
+                            ? "invalid_exact_evm_transfer_event_mismatch"
+                            : "invalid_exact_evm_transaction_failed";
+        snprintf(j->res.message, sizeof(j->res.message), "this authorization's settlement failed before");
+        s_finish(j);
+        return;
+    }
+    if (has_tx) {
+        s_broadcast(j); /* recorded before: broadcast the same transaction again */
+        return;
+    }
+    char hex_hash[67];
+    char *raw_hex = NULL;
+    if (s_sign(j->net, j->tx_nonce, &j->base_fee, &j->priority, j->calldata, j->calldata_len, hex_hash,
+               &raw_hex) != 0) {
+        s_settle_fail(j, "invalid_exact_evm_transaction_failed",
+                      "the settlement transaction could not be signed");
+        return;
+    }
+    json_t *body = json_pack("{sI ss ss}", "settlement_id", (json_int_t)j->settlement_id, "tx_hash", hex_hash,
+                             "raw_tx", raw_hex);
+    free(raw_hex);
+    s_ledger_call(j, "ledger.settlement_signed", body, true, s_on_signed);
+}
+
+static void s_settle_begin(s_job_t *j)
+{
+    if (j->rpc_failed) {
+        s_unavailable(j, "the chain could not be asked");
+        return;
+    }
+    uint64_t amount;
+    if (!fb_u256_to_u64(&j->chk.auth.value, &amount) || amount > 1000000000000000ULL || amount == 0) {
+        s_settle_fail(j, "invalid_payment_requirements", "the amount is outside 1..10^15 atomic units");
+        return;
+    }
+    /* when the chain objects, only an existing settlement (a re-settle of a
+     * payment already settled) may go on; nothing new is sent */
+    char msg[300];
+    bool existing_only = s_chain_objection(j, msg, sizeof(msg)) != NULL;
+    char *calldata = s_hex0x(j->calldata, j->calldata_len);
+    json_t *body =
+        json_pack("{sI ss ss ss sb sI ss}", "amount_micro", (json_int_t)amount, "pay_to", j->r.pay_to,
+                  "resource", j->p.resource_url ? j->p.resource_url : (j->r.resource ? j->r.resource : ""),
+                  "sender", "", "evm", 1, "chain_nonce", (json_int_t)j->chain_nonce, "calldata", calldata);
+    free(calldata);
+    char sender[43];
+    s_lower_addr(sender, &j->net->sender);
+    json_object_set_new(body, "sender", json_string(sender));
+    json_object_set_new(body, "existing_only", json_boolean(existing_only));
+    s_auth_key(j, body);
+    s_ledger_call(j, "ledger.settlement_begin", body, true, s_on_begin);
+}
+
+static void s_settle_step(s_job_t *j)
+{
+    s_step_done(j);
+}
+
+static void s_on_tx_count(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(code);
+    s_job_t *j = arg;
+    fb_u256_t n;
+    const char *s = json_string_value(result);
+    if (error)
+        s_rpc_error(j, error, message);
+    else if (!s || fb_u256_from_hex(&n, s, strlen(s)) != 0 || !fb_u256_to_u64(&n, &j->chain_nonce))
+        s_rpc_error(j, "bad answer", "eth_getTransactionCount");
+    s_settle_step(j);
+}
+
+static void s_on_block(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(code);
+    s_job_t *j = arg;
+    const char *s = json_string_value(json_object_get(result, "baseFeePerGas"));
+    if (error)
+        s_rpc_error(j, error, message);
+    else if (!s || fb_u256_from_hex(&j->base_fee, s, strlen(s)) != 0)
+        s_rpc_error(j, "bad answer", "eth_getBlockByNumber without baseFeePerGas");
+    s_settle_step(j);
+}
+
+static void s_on_priority(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(code);
+    FB_UNUSED(message);
+    s_job_t *j = arg;
+    const char *s = json_string_value(result);
+    if (error || !s || fb_u256_from_hex(&j->priority, s, strlen(s)) != 0)
+        fb_u256_from_u64(&j->priority, 1000000); /* 0.001 gwei when the node has no opinion */
+    s_settle_step(j);
+}
+
+static void s_settle_chain(s_job_t *j)
+{
+    j->calldata_len = fb_abi_transfer_with_authorization(&j->calldata, &j->chk.auth, j->chk.sig);
+    j->pending = 6;
+    j->after = s_settle_begin;
+    s_chain_checks(j);
+    fb_jsonrpc_call(j->net->rpc, "eth_getTransactionCount",
+                    json_pack("[s s]", j->net->sender_text, "pending"), s_on_tx_count, j);
+    fb_jsonrpc_call(j->net->rpc, "eth_getBlockByNumber", json_pack("[s b]", "latest", 0), s_on_block, j);
+    fb_jsonrpc_call(j->net->rpc, "eth_maxPriorityFeePerGas", json_array(), s_on_priority, j);
+}
+
+/* --- entry ----------------------------------------------------------------------------------------- */
+
+void verifier_evm_run(verifier_t *v, bool settle, json_t *payload, json_t *requirements,
+                      const fb_x402_payload_t *p, const fb_x402_requirements_t *r, const char *trace,
+                      verifier_done_fn *done, void *arg)
+{
+    s_job_t *j = fb_calloc(1, sizeof(*j));
+    j->v = v;
+    j->net = &v->evm;
+    j->settle = settle;
+    j->doc_payload = json_incref(payload);
+    j->doc_req = json_incref(requirements);
+    j->p = *p;
+    j->r = *r;
+    j->done = done;
+    j->arg = arg;
+    snprintf(j->trace, sizeof(j->trace), "%s", trace ? trace : "");
+    snprintf(j->res.network, sizeof(j->res.network), "%s", p->network);
+    snprintf(j->res.payer, sizeof(j->res.payer), "%s", p->from ? p->from : "");
+
+    /* farebox serves its configured network only (decided first, as routing
+     * to a scheme is), then the scheme's own checks, then its token */
+    fb_x402_network_t n;
+    fb_x402_network(r->network, &n);
+    if (!v->evm.caip2[0] || strcmp(n.caip2, v->evm.caip2) != 0) {
+        s_fail(j, "invalid_network", "farebox does not serve %s", r->network);
+        return;
+    }
+    evm_exact_check(&j->p, &j->r, fb_now_ms() / 1000, v->evm.valid_before_margin_s, &j->chk);
+    if (j->chk.reason) {
+        s_fail(j, j->chk.reason, "%s", j->chk.message);
+        return;
+    }
+    if (!fb_addr_eq(&j->chk.asset, &v->evm.token)) {
+        s_fail(j, "invalid_exact_evm_asset_mismatch", "the asset must be %s on %s", v->evm.token_text,
+               v->evm.caip2);
+        return;
+    }
+    if (strcmp(r->extra_name, v->evm.name) != 0 || strcmp(r->extra_version, v->evm.version) != 0) {
+        s_fail(j, "invalid_exact_evm_token_name_mismatch",
+               "the token's EIP-712 domain is \"%s\", version \"%s\"", v->evm.name, v->evm.version);
+        return;
+    }
+    if (settle) {
+        if (!v->evm.has_key) {
+            s_fail(j, "settlement_not_configured", "no settlement key is configured for %s", v->evm.caip2);
+            return;
+        }
+        j->wait_until = fb_mono_ms() + v->settle_wait_ms;
+        s_settle_chain(j);
+        return;
+    }
+    if (!v->chain_checks) {
+        j->res.ok = true;
+        s_finish(j);
+        return;
+    }
+    s_verify_chain(j);
+}
+
+/* --- tracker: settlements left pending ------------------------------------------------------------------ */
+
+typedef struct {
+    verifier_t *v;
+    int64_t settlement_id;
+    char tx_hash[67];
+} s_track_t;
+
+static void s_track_recorded(void *arg, const fb_rpc_reply_t *reply)
+{
+    s_track_t *t = arg;
+    if (reply->ok)
+        fb_log(FB_LOG_INFO, NULL, "pending settlement resolved", "settlement_id=%lld tx=%s",
+               (long long)t->settlement_id, t->tx_hash);
+    free(t);
+}
+
+static void s_track_receipt(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(code);
+    FB_UNUSED(message);
+    s_track_t *t = arg;
+    if (error || !json_is_object(result)) {
+        free(t);
+        return;
+    }
+    const char *status = json_string_value(json_object_get(result, "status"));
+    bool ok = status && strcmp(status, "0x1") == 0;
+    json_t *body =
+        json_pack("{sI ss ss}", "settlement_id", (json_int_t)t->settlement_id, "state",
+                  ok ? "confirmed" : "failed", "reason", ok ? "" : "invalid_exact_evm_transaction_failed");
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    fb_mp_pack_json(&pk, body);
+    json_decref(body);
+    char idem[64];
+    snprintf(idem, sizeof(idem), "tracker-result-%lld", (long long)t->settlement_id);
+    fb_rpc_call_opts_t o = {.method = "ledger.settlement_result", .idem = idem, .deadline_ms = 10000};
+    fb_rpc_client_call(t->v->ledger, &o, sb.data, sb.size, s_track_recorded, t);
+    msgpack_sbuffer_destroy(&sb);
+}
+
+static void s_track_sent(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(result);
+    FB_UNUSED(error);
+    FB_UNUSED(code);
+    FB_UNUSED(message);
+    s_track_t *t = arg;
+    fb_jsonrpc_call(t->v->evm.rpc, "eth_getTransactionReceipt", json_pack("[s]", t->tx_hash), s_track_receipt,
+                    t);
+}
+
+/* One open settlement: rebroadcast its recorded transaction (harmless if it
+ * is known or mined) or, when it was never signed (its replica died), sign and
+ * record it now; then look for its receipt. */
+static void s_track_one(verifier_t *v, const msgpack_object *s)
+{
+    int64_t id = 0, nonce = 0;
+    const char *raw = NULL, *hash = NULL, *calldata = NULL;
+    size_t rl = 0, hl = 0, cl = 0;
+    fb_mp_get_int64(s, "settlement_id", &id);
+    fb_mp_get_int64(s, "nonce", &nonce);
+    bool has_tx = fb_mp_get_str(s, "raw_tx", &raw, &rl) && fb_mp_get_str(s, "tx_hash", &hash, &hl) && hl < 67;
+    if (!has_tx) {
+        if (!v->evm.has_key || !fb_mp_get_str(s, "calldata", &calldata, &cl) || cl < 4)
+            return;
+        fb_log(FB_LOG_WARN, NULL, "unsigned settlement found; its replica stopped before signing",
+               "settlement_id=%lld nonce=%lld", (long long)id, (long long)nonce);
+        /* signing needs fees: leave it to the settle path of the next call on
+         * this authorization, or sign with safe defaults here */
+        size_t bl = (cl - 2) / 2;
+        uint8_t *data = fb_malloc(bl + 1);
+        if (fb_hex_decode(data, bl, calldata, cl) != 0) {
+            free(data);
+            return;
+        }
+        fb_u256_t base_fee, tip;
+        fb_u256_from_u64(&base_fee, 2000000000ULL); /* 2 gwei */
+        fb_u256_from_u64(&tip, 1000000ULL);
+        char tx_hash[67];
+        char *raw_hex = NULL;
+        int rc = s_sign(&v->evm, (uint64_t)nonce, &base_fee, &tip, data, bl, tx_hash, &raw_hex);
+        free(data);
+        if (rc != 0)
+            return;
+        json_t *body =
+            json_pack("{sI ss ss}", "settlement_id", (json_int_t)id, "tx_hash", tx_hash, "raw_tx", raw_hex);
+        free(raw_hex);
+        msgpack_sbuffer sb;
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer pk;
+        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        fb_mp_pack_json(&pk, body);
+        json_decref(body);
+        char idem[64];
+        snprintf(idem, sizeof(idem), "tracker-sign-%lld", (long long)id);
+        fb_rpc_call_opts_t o = {.method = "ledger.settlement_signed", .idem = idem, .deadline_ms = 10000};
+        s_track_t *t = fb_calloc(1, sizeof(*t));
+        t->v = v;
+        t->settlement_id = id;
+        fb_rpc_client_call(v->ledger, &o, sb.data, sb.size, s_track_recorded, t);
+        msgpack_sbuffer_destroy(&sb);
+        return; /* broadcast on the next round, from the recorded transaction */
+    }
+    s_track_t *t = fb_calloc(1, sizeof(*t));
+    t->v = v;
+    t->settlement_id = id;
+    memcpy(t->tx_hash, hash, hl);
+    char *rawz = fb_strndup(raw, rl);
+    fb_jsonrpc_call(v->evm.rpc, "eth_sendRawTransaction", json_pack("[s]", rawz), s_track_sent, t);
+    free(rawz);
+}
+
+static void s_on_open(void *arg, const fb_rpc_reply_t *reply)
+{
+    verifier_t *v = arg;
+    v->tracking = false;
+    const msgpack_object *list = fb_mp_get(reply->body, "settlements");
+    if (!reply->ok || !list || list->type != MSGPACK_OBJECT_ARRAY)
+        return;
+    for (uint32_t i = 0; i < list->via.array.size; i++) {
+        const char *net;
+        size_t nl;
+        if (fb_mp_get_str(&list->via.array.ptr[i], "network", &net, &nl) && fb_streq_n(net, nl, v->evm.caip2))
+            s_track_one(v, &list->via.array.ptr[i]);
+    }
+}
+
+void verifier_evm_track(verifier_t *v)
+{
+    if (v->tracking || !v->evm.caip2[0] || !v->evm.has_key)
+        return;
+    v->tracking = true;
+    json_t *body = json_pack("{ss sI sI}", "network", v->evm.caip2, "older_than_ms",
+                             (json_int_t)v->settle_wait_ms + 3000, "limit", (json_int_t)20);
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    fb_mp_pack_json(&pk, body);
+    json_decref(body);
+    fb_rpc_call_opts_t o = {.method = "ledger.open_settlements", .deadline_ms = 5000};
+    fb_rpc_client_call(v->ledger, &o, sb.data, sb.size, s_on_open, v);
+    msgpack_sbuffer_destroy(&sb);
+}

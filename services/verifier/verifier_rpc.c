@@ -1,0 +1,166 @@
+/* verifier_rpc - RPC methods of the verifier. */
+#include "verifier_rpc.h"
+#include "fb_log.h"
+#include "fb_msgpack.h"
+#include "fb_util.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    fb_rpc_call_t *call;
+    bool settle;
+} s_pending_t;
+
+/* The payment and requirements of a request body, as JSON documents. */
+static int s_read(const msgpack_object *body, json_t **payload, json_t **req, char *err, size_t errlen)
+{
+    *payload = *req = NULL;
+    const msgpack_object *p = fb_mp_get(body, "payload"), *h = fb_mp_get(body, "header"),
+                         *r = fb_mp_get(body, "requirements");
+    const char *s;
+    size_t n;
+    if (p && p->type == MSGPACK_OBJECT_MAP) {
+        char *text = fb_mp_to_json(p);
+        json_error_t jerr;
+        *payload = json_loads(text, 0, &jerr);
+        free(text);
+    } else if (fb_mp_str(h, &s, &n)) {
+        *payload = fb_x402_decode_header(s, n, err, errlen);
+        if (!*payload)
+            return -1;
+    } else {
+        snprintf(err, errlen,
+                 "payload (a map) or header (the PAYMENT-SIGNATURE or X-PAYMENT value) is required");
+        return -1;
+    }
+    if (!r || r->type != MSGPACK_OBJECT_MAP) {
+        snprintf(err, errlen, "requirements (a map of PaymentRequirements) is required");
+        json_decref(*payload);
+        *payload = NULL;
+        return -1;
+    }
+    char *text = fb_mp_to_json(r);
+    json_error_t jerr;
+    *req = json_loads(text, 0, &jerr);
+    free(text);
+    if (!*payload || !*req) {
+        snprintf(err, errlen, "payload or requirements could not be read");
+        json_decref(*payload);
+        json_decref(*req);
+        return -1;
+    }
+    return 0;
+}
+
+static void s_done(void *arg, const verifier_result_t *r)
+{
+    s_pending_t *pend = arg;
+    if (r->error_code) {
+        fb_rpc_call_error(&pend->call, r->error_code, NULL, 0, "%s", r->message);
+        free(pend);
+        return;
+    }
+    json_t *out;
+    if (pend->settle) {
+        out = json_pack("{sb ss ss ss}", "success", r->ok, "transaction", r->transaction, "network",
+                        r->network, "payer", r->payer);
+        if (!r->ok) {
+            json_object_set_new(out, "errorReason",
+                                json_string(r->reason ? r->reason : "unexpected_settle_error"));
+            if (r->message[0])
+                json_object_set_new(out, "errorMessage", json_string(r->message));
+        }
+    } else {
+        out = json_pack("{sb ss ss}", "isValid", r->ok, "payer", r->payer, "network", r->network);
+        if (!r->ok) {
+            json_object_set_new(out, "invalidReason",
+                                json_string(r->reason ? r->reason : "unexpected_verify_error"));
+            if (r->message[0])
+                json_object_set_new(out, "invalidMessage", json_string(r->message));
+        }
+    }
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    fb_mp_pack_json(&pk, out);
+    json_decref(out);
+    fb_rpc_call_reply(&pend->call, sb.data, sb.size);
+    msgpack_sbuffer_destroy(&sb);
+    free(pend);
+}
+
+static void s_handle(verifier_t *v, fb_rpc_call_t *call, bool settle)
+{
+    json_t *payload, *req;
+    char err[300];
+    if (s_read(fb_rpc_call_request(call)->body, &payload, &req, err, sizeof(err)) != 0) {
+        fb_rpc_call_error(&call, FB_RPC_E_BAD_REQUEST, NULL, 0, "%s", err);
+        return;
+    }
+    s_pending_t *pend = fb_calloc(1, sizeof(*pend));
+    pend->call = call;
+    pend->settle = settle;
+    if (settle)
+        verifier_settle(v, payload, req, fb_rpc_call_trace(call), s_done, pend);
+    else
+        verifier_verify(v, payload, req, fb_rpc_call_trace(call), s_done, pend);
+    json_decref(payload);
+    json_decref(req);
+}
+
+static void s_verify(void *arg, fb_rpc_call_t *call)
+{
+    s_handle(arg, call, false);
+}
+
+static void s_settle(void *arg, fb_rpc_call_t *call)
+{
+    s_handle(arg, call, true);
+}
+
+/* The kinds this verifier serves: exact, v2 (CAIP-2) and v1 (names). */
+static void s_supported(void *arg, fb_rpc_call_t *call)
+{
+    verifier_t *v = arg;
+    json_t *kinds = json_array(), *signers = json_object();
+    if (v->evm.caip2[0]) {
+        json_array_append_new(
+            kinds, json_pack("{si ss ss}", "x402Version", 2, "scheme", "exact", "network", v->evm.caip2));
+        const char *v1 = fb_x402_v1_name(v->evm.caip2);
+        if (v1)
+            json_array_append_new(
+                kinds, json_pack("{si ss ss}", "x402Version", 1, "scheme", "exact", "network", v1));
+        if (v->evm.has_key)
+            json_object_set_new(signers, "eip155:*", json_pack("[s]", v->evm.sender_text));
+    }
+    if (v->svm.caip2[0]) {
+        json_t *extra = v->svm.has_key ? json_pack("{ss}", "feePayer", v->svm.fee_payer_text) : json_object();
+        json_array_append_new(kinds, json_pack("{si ss ss sO}", "x402Version", 2, "scheme", "exact",
+                                               "network", v->svm.caip2, "extra", extra));
+        const char *v1 = fb_x402_v1_name(v->svm.caip2);
+        if (v1)
+            json_array_append_new(kinds, json_pack("{si ss ss sO}", "x402Version", 1, "scheme", "exact",
+                                                   "network", v1, "extra", extra));
+        json_decref(extra);
+        if (v->svm.has_key)
+            json_object_set_new(signers, "solana:*", json_pack("[s]", v->svm.fee_payer_text));
+    }
+    json_t *out = json_pack("{so s[] so}", "kinds", kinds, "extensions", "signers", signers);
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    fb_mp_pack_json(&pk, out);
+    json_decref(out);
+    fb_rpc_call_reply(&call, sb.data, sb.size);
+    msgpack_sbuffer_destroy(&sb);
+}
+
+void verifier_rpc_register(fb_rpc_server_t *server, verifier_t *v)
+{
+    fb_rpc_server_handle(server, "verifier.verify", s_verify, v);
+    fb_rpc_server_handle(server, "verifier.settle", s_settle, v);
+    fb_rpc_server_handle(server, "verifier.supported", s_supported, v);
+}

@@ -1,0 +1,226 @@
+// verifier.test.mjs - EVM "exact" payments made by the official x402 client
+// (@x402/evm) and by viem, verified and settled by farebox's verifier on anvil
+// through its RPC: balances move on chain, AuthorizationUsed is emitted, every
+// bad payment gets its own reason and settles nothing, and 100 concurrent
+// settles of one authorization over 3 verifier replicas make one transaction.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import crypto from "node:crypto";
+import { createWalletClient, createPublicClient, http, keccak256, toHex, encodeFunctionData, parseAbi } from "viem";
+import { privateKeyToAccount } from "viem/accounts";
+import { x402Client, x402HTTPClient } from "@x402/core/client";
+import { registerExactEvmScheme } from "@x402/evm/exact/client";
+import { freePort, sleep, startService } from "../lib/harness.mjs";
+import { startPostgres } from "../lib/pg.mjs";
+import { startChains, ethRpc } from "../lib/chains.mjs";
+import { RpcClient } from "../lib/rpc.mjs";
+
+const SECRET = crypto.randomBytes(32).toString("hex");
+let pg, chains, ledger, verifiers = [], rpc, evm, treasury, tokenAbi;
+const NETWORK = "eip155:84532";
+const erc20 = parseAbi(["function balanceOf(address) view returns (uint256)",
+  "function authorizationState(address,bytes32) view returns (bool)"]);
+
+function requirements(over = {}) {
+  return { scheme: "exact", network: NETWORK, amount: "10000", asset: evm.token, payTo: treasury,
+    maxTimeoutSeconds: 60, extra: { name: "USDC", version: "2" }, ...over };
+}
+
+/** A PAYMENT-SIGNATURE header made by the official client for these requirements. */
+async function officialHeader(account, req = requirements()) {
+  const client = registerExactEvmScheme(new x402Client(), { signer: account });
+  client.setSpendControls(false);
+  const h = new x402HTTPClient(client);
+  const payload = await h.createPaymentPayload({ x402Version: 2, resource: { url: "http://farebox.test/r", description: "", mimeType: "" }, accepts: [req] });
+  return { header: h.encodePaymentSignatureHeader(payload)["PAYMENT-SIGNATURE"], payload };
+}
+
+/** A payload signed directly with viem's signTypedData, with any field overridden. */
+async function viemPayload(account, { req = requirements(), auth = {}, domain = {}, sigHook } = {}) {
+  const now = Math.floor(Date.now() / 1000);
+  const message = { from: account.address, to: req.payTo, value: BigInt(req.amount), validAfter: 0n,
+    validBefore: BigInt(now + 60), nonce: toHex(crypto.randomBytes(32)), ...auth };
+  let signature = await account.signTypedData({
+    domain: { name: req.extra.name, version: req.extra.version, chainId: 84532, verifyingContract: req.asset, ...domain },
+    types: { TransferWithAuthorization: [
+      { name: "from", type: "address" }, { name: "to", type: "address" }, { name: "value", type: "uint256" },
+      { name: "validAfter", type: "uint256" }, { name: "validBefore", type: "uint256" }, { name: "nonce", type: "bytes32" }] },
+    primaryType: "TransferWithAuthorization", message });
+  if (sigHook) signature = sigHook(signature);
+  return { x402Version: 2, resource: { url: "http://farebox.test/r" }, accepted: req, payload: { signature,
+    authorization: { from: message.from, to: message.to, value: message.value.toString(),
+      validAfter: message.validAfter.toString(), validBefore: message.validBefore.toString(), nonce: message.nonce } } };
+}
+
+const balance = (who) => ethRpc(evm.rpcUrl, "eth_call", [{ to: evm.token,
+  data: encodeFunctionData({ abi: erc20, functionName: "balanceOf", args: [who] }) }, "latest"]).then(BigInt);
+
+before(async () => {
+  pg = await startPostgres();
+  const db = pg.createDatabase("verifier");
+  chains = await startChains();
+  evm = chains.evm;
+  treasury = evm.accounts[8].address;
+  const lp = await freePort();
+  ledger = await startService("ledger", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${lp}`, FAREBOX_DATABASE_URL: db.url,
+    FAREBOX_KEY_HMAC_SECRET: SECRET });
+  const base = await freePort();
+  for (let i = 0; i < 3; i++) {
+    verifiers.push(await startService("verifier", {
+      FAREBOX_RPC_BIND: `tcp://127.0.0.1:${base}-${base + 9}`, FAREBOX_REPLICA: `verifier-${i}`,
+      FAREBOX_LEDGER_ENDPOINT: `tcp://127.0.0.1:${lp}`, FAREBOX_EVM_NETWORK: NETWORK,
+      FAREBOX_EVM_RPC_URLS: evm.rpcUrl, FAREBOX_EVM_TOKEN: evm.token,
+      FAREBOX_SETTLEMENT_KEY: evm.deployer.privateKey, FAREBOX_SETTLE_WAIT_MS: "15000" }));
+  }
+  rpc = new RpcClient(verifiers.map((v) => v.endpoint));
+});
+
+after(async () => {
+  rpc?.close();
+  for (const p of [...verifiers, ledger]) if (p) {
+    const { code } = await p.stop();
+    assert.equal(code, 0, `${p.name} exited ${code}\n${p.tail()}`);
+  }
+  await chains?.stop();
+  await pg?.stop();
+});
+
+async function verify(body) {
+  const r = await rpc.call("verifier.verify", body, { deadlineMs: 15000 });
+  assert.equal(r.status, "ok", `${r.code}: ${r.message}`);
+  return r.body;
+}
+
+async function settle(body) {
+  const r = await rpc.call("verifier.settle", body, { deadlineMs: 30000 });
+  assert.equal(r.status, "ok", `${r.code}: ${r.message}`);
+  return r.body;
+}
+
+async function ledgerAudit() {
+  const l = new RpcClient(ledger.endpoint);
+  const r = await l.call("ledger.audit", {});
+  l.close();
+  assert.equal(r.body.ok, true, JSON.stringify(r.body.checks.filter((c) => !c.ok)));
+}
+
+test("supported lists the configured network in v2 and v1 form, and the settlement wallet", async () => {
+  const r = await rpc.call("verifier.supported", {});
+  assert.deepEqual(r.body.kinds, [{ x402Version: 2, scheme: "exact", network: NETWORK },
+    { x402Version: 1, scheme: "exact", network: "base-sepolia" }]);
+  assert.deepEqual(r.body.signers["eip155:*"], [privateKeyToAccount(evm.deployer.privateKey).address]);
+});
+
+test("the official @x402/evm client's payment verifies, settles on anvil, and cannot be settled again", async () => {
+  const payer = privateKeyToAccount(evm.accounts[0].privateKey);
+  const { header, payload } = await officialHeader(payer);
+  const v = await verify({ header, requirements: requirements() });
+  assert.equal(v.isValid, true, JSON.stringify(v));
+  assert.equal(v.payer, payer.address);
+
+  const before = await balance(payer.address), tBefore = await balance(treasury);
+  const s = await settle({ header, requirements: requirements() });
+  assert.equal(s.success, true, JSON.stringify(s));
+  assert.match(s.transaction, /^0x[0-9a-f]{64}$/);
+  assert.equal(s.network, NETWORK);
+  assert.equal(await balance(payer.address), before - 10000n);
+  assert.equal(await balance(treasury), tBefore + 10000n);
+  const receipt = await ethRpc(evm.rpcUrl, "eth_getTransactionReceipt", [s.transaction]);
+  assert.equal(receipt.status, "0x1");
+  const usedTopic = keccak256(toHex("AuthorizationUsed(address,bytes32)"));
+  const nonce = payload.payload.authorization.nonce;
+  assert.ok(receipt.logs.some((l) => l.topics[0] === usedTopic && l.topics[2] === nonce), "AuthorizationUsed emitted");
+  assert.equal(receipt.from.toLowerCase(), privateKeyToAccount(evm.deployer.privateKey).address.toLowerCase());
+
+  // settling again answers the same transaction, and sends nothing new
+  const again = await settle({ header, requirements: requirements() });
+  assert.equal(again.success, true);
+  assert.equal(again.transaction, s.transaction);
+  assert.equal(await balance(payer.address), before - 10000n);
+  // and the authorization is now used: verify refuses it
+  const replay = await verify({ header, requirements: requirements() });
+  assert.equal(replay.isValid, false);
+  assert.equal(replay.invalidReason, "invalid_exact_evm_nonce_already_used");
+  await ledgerAudit();
+});
+
+test("a viem signTypedData payload (decoded, not as a header) verifies and settles", async () => {
+  const payer = privateKeyToAccount(evm.accounts[1].privateKey);
+  const p = await viemPayload(payer);
+  assert.equal((await verify({ payload: p, requirements: requirements() })).isValid, true);
+  const s = await settle({ payload: p, requirements: requirements() });
+  assert.equal(s.success, true, JSON.stringify(s));
+  await ledgerAudit();
+});
+
+test("every bad payment gets its own reason and settles nothing", async () => {
+  const payer = privateKeyToAccount(evm.accounts[2].privateKey);
+  const broke = privateKeyToAccount(toHex(crypto.randomBytes(32))); // holds no tokens
+  const now = Math.floor(Date.now() / 1000);
+  const before = await balance(payer.address);
+  const flipS = (sig) => {
+    // s' = n - s and v flipped: the same signature in its high-s form
+    const n = 0xfffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141n;
+    const r = sig.slice(2, 66), s = BigInt("0x" + sig.slice(66, 130)), v = parseInt(sig.slice(130), 16);
+    return "0x" + r + (n - s).toString(16).padStart(64, "0") + (v === 27 ? "1c" : "1b");
+  };
+  const cases = [
+    ["wrong chain", await viemPayload(payer, { req: requirements({ network: "eip155:8453" }) }), requirements({ network: "eip155:8453" }), "invalid_network"],
+    ["network differs from the requirements", await viemPayload(payer, { req: requirements({ network: "eip155:8453" }) }), requirements(), "invalid_exact_evm_network_mismatch"],
+    ["wrong domain name", await viemPayload(payer, { domain: { name: "USD Coin" } }), requirements(), "invalid_exact_evm_signature"],
+    ["wrong domain version", await viemPayload(payer, { domain: { version: "1" } }), requirements(), "invalid_exact_evm_signature"],
+    ["signed for another chain id", await viemPayload(payer, { domain: { chainId: 8453 } }), requirements(), "invalid_exact_evm_signature"],
+    ["expired", await viemPayload(payer, { auth: { validBefore: BigInt(now - 10) } }), requirements(), "invalid_exact_evm_payload_authorization_valid_before"],
+    ["expires within the margin", await viemPayload(payer, { auth: { validBefore: BigInt(now + 2) } }), requirements(), "invalid_exact_evm_payload_authorization_valid_before"],
+    ["not yet valid", await viemPayload(payer, { auth: { validAfter: BigInt(now + 600) } }), requirements(), "invalid_exact_evm_payload_authorization_valid_after"],
+    ["wrong recipient", await viemPayload(payer, { req: requirements({ payTo: evm.accounts[7].address }) }), requirements(), "invalid_exact_evm_recipient_mismatch"],
+    ["wrong amount", await viemPayload(payer, { req: requirements({ amount: "9999" }) }), requirements(), "invalid_exact_evm_payload_authorization_value_mismatch"],
+    ["high-s signature", await viemPayload(payer, { sigHook: flipS }), requirements(), "invalid_exact_evm_signature"],
+    ["signed by someone else", await viemPayload(broke, { auth: { from: payer.address } }), requirements(), "invalid_exact_evm_signature"],
+    ["another token", await viemPayload(payer, { req: requirements({ asset: evm.accounts[6].address }) }), requirements({ asset: evm.accounts[6].address }), "invalid_exact_evm_asset_mismatch"],
+    ["missing EIP-712 domain", await viemPayload(payer), requirements({ extra: {} }), "invalid_exact_evm_missing_eip712_domain"],
+    ["payer without funds", await viemPayload(broke), requirements(), "invalid_exact_evm_insufficient_balance"],
+    ["scheme is not exact", await viemPayload(payer, { req: requirements({ scheme: "upto" }) }), requirements({ scheme: "upto" }), "invalid_exact_evm_scheme"],
+  ];
+  for (const [name, payload, req, reason] of cases) {
+    const v = await verify({ payload, requirements: req });
+    assert.equal(v.isValid, false, `${name}: accepted`);
+    assert.equal(v.invalidReason, reason, `${name}: ${v.invalidReason} (${v.invalidMessage})`);
+    const s = await settle({ payload, requirements: req });
+    assert.equal(s.success, false, `${name}: settled`);
+    assert.equal(s.errorReason, reason, `${name} (settle): ${s.errorReason}`);
+    assert.equal(s.transaction, "");
+  }
+  assert.equal(await balance(payer.address), before, "nothing moved");
+
+  // undecodable input is refused before any check
+  for (const header of ["not base64!", Buffer.from("not json").toString("base64"),
+    Buffer.from(JSON.stringify({ x402Version: 2 })).toString("base64")]) {
+    const r = await rpc.call("verifier.verify", { header, requirements: requirements() });
+    if (r.status === "error") assert.equal(r.code, "bad_request");
+    else assert.equal(r.body.invalidReason, "invalid_payload", JSON.stringify(r.body));
+  }
+  const noReq = await rpc.call("verifier.verify", { header: "abc" });
+  assert.equal(noReq.code, "bad_request");
+  await ledgerAudit();
+});
+
+test("100 concurrent settles of one authorization across 3 verifier replicas make one transaction", async () => {
+  const payer = privateKeyToAccount(evm.accounts[3].privateKey);
+  const p = await viemPayload(payer);
+  const before = await balance(payer.address);
+  const sender = privateKeyToAccount(evm.deployer.privateKey).address;
+  const nonceBefore = BigInt(await ethRpc(evm.rpcUrl, "eth_getTransactionCount", [sender, "latest"]));
+  const results = await Promise.all(Array.from({ length: 100 }, () =>
+    rpc.call("verifier.settle", { payload: p, requirements: requirements() }, { deadlineMs: 30000 })));
+  for (const r of results) assert.equal(r.status, "ok", `${r.code}: ${r.message}`);
+  const hashes = new Set(results.map((r) => r.body.transaction));
+  assert.equal(hashes.size, 1, `transactions: ${[...hashes].join(" ")}`);
+  assert.ok(results.every((r) => r.body.success), JSON.stringify(results.find((r) => !r.body.success)?.body));
+  assert.equal(new Set(results.map((r) => r.replica)).size, 3, "all three replicas took part");
+  assert.equal(await balance(payer.address), before - 10000n, "paid once");
+  await sleep(300);
+  const nonceAfter = BigInt(await ethRpc(evm.rpcUrl, "eth_getTransactionCount", [sender, "latest"]));
+  assert.equal(nonceAfter - nonceBefore, 1n, "one transaction from the settlement wallet");
+  await ledgerAudit();
+});
