@@ -23,6 +23,7 @@
 #include "fb_x402.h"
 #include "ledger_rpc.h"
 #include "evm_exact.h"
+#include "svm_exact.h"
 
 #include <czmq.h>
 #include <stdio.h>
@@ -56,6 +57,7 @@ static const s_test_t s_tests[] = {
     {"edge_routes", edge_routes_test},
     {"ledger_rpc", ledger_rpc_test},
     {"evm_exact", evm_exact_test},
+    {"svm_exact", svm_exact_test},
 };
 // clang-format on
 

@@ -11,7 +11,7 @@ const char FB_SOL_TOKEN_PROGRAM[] = "TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA
 const char FB_SOL_TOKEN_2022_PROGRAM[] = "TokenzQdBNbLqP5VEhdkAS6EPFLC1PHnBqCXEpPxuEb";
 const char FB_SOL_ATA_PROGRAM[] = "ATokenGPvbdGVxr1b2hvZbsiqW5xWH25efTNsLJA8knL";
 const char FB_SOL_COMPUTE_BUDGET_PROGRAM[] = "ComputeBudget111111111111111111111111111111";
-const char FB_SOL_MEMO_PROGRAM[] = "MemoSq4gqABAXKb96qnH48FuiuXrg4tf3rCvvW9SyZP";
+const char FB_SOL_MEMO_PROGRAM[] = "MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr";
 
 typedef struct {
     const uint8_t *p, *end;

@@ -9,6 +9,7 @@
 #include "fb_jsonrpc.h"
 #include "fb_log.h"
 #include "fb_secp.h"
+#include "fb_solana.h"
 #include "fb_service.h"
 #include "fb_util.h"
 #include "verifier.h"
@@ -36,9 +37,43 @@ static int s_check_key_hex(const char *value, char *err, size_t errlen)
     return 0;
 }
 
+static int s_check_sol_key(const char *value, char *err, size_t errlen)
+{
+    fb_sol_key_t k;
+    if (fb_sol_key_parse(&k, value, strlen(value)) != 0) {
+        snprintf(err, errlen, "must be a base58 Solana address");
+        return -1;
+    }
+    return 0;
+}
+
+/* A Solana secret key: 64 bytes, the seed then the public key it derives. */
+static int s_sol_secret(const char *value, uint8_t secret[64], fb_sol_key_t *pub)
+{
+    uint8_t derived[32], sk[64];
+    if (fb_base58_decode(secret, 64, value, strlen(value)) != 64)
+        return -1;
+    crypto_sign_seed_keypair(derived, sk, secret);
+    int rc = sodium_memcmp(derived, secret + 32, 32) == 0 ? 0 : -1;
+    sodium_memzero(sk, sizeof(sk));
+    if (pub)
+        memcpy(pub->b, derived, 32);
+    return rc;
+}
+
+static int s_check_sol_secret(const char *value, char *err, size_t errlen)
+{
+    uint8_t secret[64];
+    int rc = s_sol_secret(value, secret, NULL);
+    sodium_memzero(secret, sizeof(secret));
+    if (rc != 0)
+        snprintf(err, errlen, "must be a base58 64-byte ed25519 secret key (seed then public key)");
+    return rc;
+}
+
 static const fb_config_var_t s_vars[] = {
     {"FAREBOX_EVM_NETWORK", FB_CFG_STRING, "eip155:84532", 0, 0, NULL, NULL,
-     "CAIP-2 id of the EVM chain served (\"\" turns EVM off)"},
+     "CAIP-2 id of the EVM chain served, or off"},
     {"FAREBOX_EVM_RPC_URLS", FB_CFG_STRING, "http://127.0.0.1:8545", 0, 0, NULL, fb_jsonrpc_check_urls,
      "JSON-RPC endpoints of that chain, comma-separated, tried in order with failover"},
     {"FAREBOX_EVM_TOKEN", FB_CFG_STRING, "0x036CbD53842c5426634e7929541eC2318f3dCF7e", 0, 0, NULL, NULL,
@@ -54,6 +89,17 @@ static const fb_config_var_t s_vars[] = {
      "verify asks the chain: authorization state, balance, code, simulation"},
     {"FAREBOX_SETTLE_WAIT_MS", FB_CFG_INT, "30000", 1000, 600000, NULL, NULL,
      "settle waits this long for the receipt, then answers settlement_pending"},
+    {"FAREBOX_SOLANA_NETWORK", FB_CFG_STRING, "off", 0, 0, NULL, NULL,
+     "CAIP-2 id of the Solana cluster served (devnet: solana:EtWTRABZaYq6iMfeYKouRu166VU2xqa1), or off"},
+    {"FAREBOX_SOLANA_RPC_URLS", FB_CFG_STRING, "http://127.0.0.1:8899", 0, 0, NULL, fb_jsonrpc_check_urls,
+     "Solana JSON-RPC endpoints, comma-separated, tried in order with failover"},
+    {"FAREBOX_SOLANA_MINT", FB_CFG_STRING, "4zMMC9srt5Ri5X14GAgXhaHii3GnPAEERYPJgZJDncDU", 0, 0, NULL,
+     s_check_sol_key, "the SPL mint accepted (default: devnet USDC)"},
+    {"FAREBOX_SOLANA_FEE_PAYER_KEY", FB_CFG_SECRET, "", 0, 0, NULL, s_check_sol_secret,
+     "base58 64-byte secret key of the fee payer that co-signs and pays for settlements (unset: verify "
+     "only)"},
+    {"FAREBOX_SOLANA_MAX_PRICE", FB_CFG_INT, "5000000", 0, 1000000000, NULL, NULL,
+     "highest compute unit price (micro-lamports) the fee payer accepts to pay"},
     {"FAREBOX_CHAIN_TIMEOUT_MS", FB_CFG_INT, "5000", 100, 120000, NULL, NULL,
      "timeout of one chain JSON-RPC call"},
 };
@@ -70,13 +116,14 @@ static const fb_service_def_t s_def = {
 static void s_on_tracker(uv_timer_t *t)
 {
     verifier_evm_track(t->data);
+    verifier_svm_track(t->data);
 }
 
 static void s_config_evm(verifier_t *v, const fb_config_t *cfg)
 {
     verifier_evm_t *e = &v->evm;
     const char *net = fb_config_str(cfg, "FAREBOX_EVM_NETWORK");
-    if (!net[0])
+    if (strcmp(net, "off") == 0)
         return;
     fb_x402_network_t n;
     if (fb_x402_network(net, &n) != 0 || n.family != FB_X402_EVM)
@@ -109,6 +156,38 @@ static void s_config_evm(verifier_t *v, const fb_config_t *cfg)
            e->token_text, e->has_key ? e->sender_text : "none");
 }
 
+static void s_config_svm(verifier_t *v, const fb_config_t *cfg)
+{
+    verifier_svm_t *s = &v->svm;
+    const char *net = fb_config_str(cfg, "FAREBOX_SOLANA_NETWORK");
+    if (strcmp(net, "off") == 0)
+        return;
+    fb_x402_network_t n;
+    if (fb_x402_network(net, &n) != 0 || n.family != FB_X402_SVM)
+        fb_service_fail_config(
+            "invalid configuration: FAREBOX_SOLANA_NETWORK must be solana:<genesis hash prefix>");
+    snprintf(s->caip2, sizeof(s->caip2), "%s", n.caip2);
+    const char *mint = fb_config_str(cfg, "FAREBOX_SOLANA_MINT");
+    FB_ASSERT(fb_sol_key_parse(&s->mint, mint, strlen(mint)) == 0);
+    fb_sol_key_format(s->mint_text, &s->mint);
+    s->max_price_micro_lamports = (uint64_t)fb_config_int(cfg, "FAREBOX_SOLANA_MAX_PRICE");
+    const char *key = fb_config_str(cfg, "FAREBOX_SOLANA_FEE_PAYER_KEY");
+    if (key[0]) {
+        FB_ASSERT(s_sol_secret(key, s->secret, &s->fee_payer) == 0);
+        fb_sol_key_format(s->fee_payer_text, &s->fee_payer);
+        s->has_key = true;
+    }
+    fb_jsonrpc_config_t rc = {.chain = s->caip2,
+                              .urls = fb_config_str(cfg, "FAREBOX_SOLANA_RPC_URLS"),
+                              .timeout_ms = v->chain_timeout_ms};
+    char err[256];
+    s->rpc = fb_jsonrpc_new(v->loop, &rc, err, sizeof(err));
+    if (!s->rpc)
+        fb_service_fail_config("invalid configuration: FAREBOX_SOLANA_RPC_URLS");
+    fb_log(FB_LOG_INFO, NULL, "solana network served", "network=%s mint=%s fee_payer=%s", s->caip2,
+           s->mint_text, s->has_key ? s->fee_payer_text : "none");
+}
+
 int main(int argc, char **argv)
 {
     FB_ASSERT(sodium_init() >= 0);
@@ -121,6 +200,7 @@ int main(int argc, char **argv)
     v.chain_timeout_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_CHAIN_TIMEOUT_MS");
     v.ledger = fb_service_client(svc, FB_PEER_LEDGER, v.loop);
     s_config_evm(&v, cfg);
+    s_config_svm(&v, cfg);
     verifier_rpc_register(fb_service_rpc(svc), &v);
     uv_timer_init(v.loop, &v.tracker);
     v.tracker.data = &v;
@@ -130,6 +210,7 @@ int main(int argc, char **argv)
 
     uv_close((uv_handle_t *)&v.tracker, NULL);
     fb_jsonrpc_destroy(&v.evm.rpc);
+    fb_jsonrpc_destroy(&v.svm.rpc);
     fb_rpc_client_destroy(&v.ledger);
     sodium_memzero(v.evm.key, sizeof(v.evm.key));
     sodium_memzero(v.svm.secret, sizeof(v.svm.secret));

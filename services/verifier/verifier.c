@@ -1,6 +1,7 @@
 /* verifier - entry points: parse the payment and its requirements once, then
  * hand them to the scheme of their network family. */
 #include "verifier.h"
+#include "fb_msgpack.h"
 #include "fb_util.h"
 #include "verifier_internal.h"
 
@@ -44,4 +45,27 @@ void verifier_settle(verifier_t *v, json_t *payload, json_t *requirements, const
                      verifier_done_fn *done, void *arg)
 {
     s_run(v, true, payload, requirements, trace, done, arg);
+}
+
+void verifier_ledger_call(verifier_t *v, const char *method, json_t *body, bool write, const char *trace,
+                          fb_rpc_done_fn *cb, void *arg)
+{
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    fb_mp_pack_json(&pk, body);
+    char idem[80] = "";
+    if (write) {
+        char rnd[33];
+        fb_random_hex(rnd, 16);
+        snprintf(idem, sizeof(idem), "verifier-%s", rnd);
+    }
+    fb_rpc_call_opts_t o = {.method = method,
+                            .idem = write ? idem : NULL,
+                            .trace = trace && trace[0] ? trace : NULL,
+                            .deadline_ms = 10000};
+    fb_rpc_client_call(v->ledger, &o, sb.data, sb.size, cb, arg);
+    msgpack_sbuffer_destroy(&sb);
+    json_decref(body);
 }

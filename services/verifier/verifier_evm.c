@@ -287,24 +287,7 @@ static void s_auth_key(s_job_t *j, json_t *body)
 
 static void s_ledger_call(s_job_t *j, const char *method, json_t *body, bool write, fb_rpc_done_fn *cb)
 {
-    msgpack_sbuffer sb;
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    fb_mp_pack_json(&pk, body);
-    char idem[80] = "";
-    if (write) {
-        char rnd[33];
-        fb_random_hex(rnd, 16);
-        snprintf(idem, sizeof(idem), "verifier-%s", rnd);
-    }
-    fb_rpc_call_opts_t o = {.method = method,
-                            .idem = write ? idem : NULL,
-                            .trace = j->trace[0] ? j->trace : NULL,
-                            .deadline_ms = 10000};
-    fb_rpc_client_call(j->v->ledger, &o, sb.data, sb.size, cb, j);
-    msgpack_sbuffer_destroy(&sb);
-    json_decref(body);
+    verifier_ledger_call(j->v, method, body, write, j->trace, cb, j);
 }
 
 /* The chain's view of the payment, in parallel: its state, the payer's

@@ -17,4 +17,13 @@ void verifier_svm_run(verifier_t *v, bool settle, json_t *payload, json_t *requi
                       const fb_x402_payload_t *p, const fb_x402_requirements_t *r, const char *trace,
                       verifier_done_fn *done, void *arg);
 
+/* verifier_ledger_call - call the ledger with a JSON body (the reference is
+ * stolen); writes get a fresh idempotency key (the operations themselves are
+ * idempotent by the authorization). */
+void verifier_ledger_call(verifier_t *v, const char *method, json_t *body, bool write, const char *trace,
+                          fb_rpc_done_fn *cb, void *arg);
+
+/* verifier_svm_track - one round of following Solana settlements left pending. */
+void verifier_svm_track(verifier_t *v);
+
 #endif

@@ -1,24 +1,588 @@
-/* verifier_svm - Solana exact scheme: not built yet (README: what is not done
- * yet). Every Solana payment is answered "not implemented", never accepted. */
+/* verifier_svm - verification and settlement of Solana "exact" payments.
+ *
+ * verify: the offline checks (svm_exact.c), then in parallel the ledger's
+ * record of this transaction (a replay), the blockhash's validity, and a
+ * simulation (sigVerify off: the fee payer has not signed yet).
+ *
+ * The transaction's id is the fee payer's signature over the message, and
+ * ed25519 signatures are deterministic: farebox knows it before it signs for
+ * real, and the ledger keys the authorization by it.
+ *
+ * settle: the checks again, the ledger's settlement of this transaction
+ * (created once), farebox's signature added in the fee payer's slot, the
+ * signed transaction recorded, sent (skipPreflight), and its status followed
+ * until confirmed, failed, or the wait runs out (settlement_pending). */
+#include "fb_codec.h"
+#include "fb_log.h"
+#include "fb_msgpack.h"
+#include "fb_util.h"
+#include "svm_exact.h"
 #include "verifier_internal.h"
 
+#include <sodium.h>
+#include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#define STATUS_POLL_MS 250
+
+typedef struct s_job {
+    verifier_t *v;
+    verifier_svm_t *net;
+    bool settle;
+    json_t *doc_payload, *doc_req;
+    fb_x402_payload_t p;
+    fb_x402_requirements_t r;
+    svm_check_t chk;
+    char trace[129];
+    verifier_done_fn *done;
+    void *arg;
+    verifier_result_t res;
+    int pending;
+    void (*after)(struct s_job *);
+    bool rpc_failed, used_ledger, blockhash_expired, sim_failed;
+    char rpc_error[200], sim_message[300];
+    char sig_text[100]; /* the transaction id: base58 of the fee payer's signature */
+    char *signed_b64;   /* the fully signed wire transaction */
+    int64_t settlement_id;
+    int64_t wait_until;
+    uv_timer_t poll;
+    bool poll_open;
+} s_job_t;
+
+static void s_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void s_finish(s_job_t *j)
+{
+    if (j->res.ok) {
+        j->res.reason = NULL;
+        j->res.message[0] = '\0';
+    }
+    j->done(j->arg, &j->res);
+    json_decref(j->doc_payload);
+    json_decref(j->doc_req);
+    svm_check_free(&j->chk);
+    free(j->signed_b64);
+    if (j->poll_open) {
+        uv_timer_stop(&j->poll);
+        j->poll.data = j;
+        uv_close((uv_handle_t *)&j->poll, s_closed);
+    } else {
+        free(j);
+    }
+}
+
+static void s_fail(s_job_t *j, const char *reason, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void s_fail(s_job_t *j, const char *reason, const char *fmt, ...)
+{
+    j->res.ok = false;
+    j->res.reason = reason;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(j->res.message, sizeof(j->res.message), fmt, ap);
+    va_end(ap);
+    s_finish(j);
+}
+
+static void s_unavailable(s_job_t *j, const char *what)
+{
+    j->res.ok = false;
+    j->res.error_code = "unavailable";
+    snprintf(j->res.message, sizeof(j->res.message), "%s: %s", what,
+             j->rpc_error[0] ? j->rpc_error : "no answer");
+    s_finish(j);
+}
+
+static void s_step_done(s_job_t *j)
+{
+    if (--j->pending == 0)
+        j->after(j);
+}
+
+/* The transaction with farebox's signature in the fee payer's slot, base64;
+ * and its id. */
+static void s_sign(s_job_t *j)
+{
+    uint8_t sig[64];
+    const fb_sol_tx_t *tx = &j->chk.tx;
+    crypto_sign_detached(sig, NULL, tx->message, tx->message_len, j->net->secret);
+    uint8_t *wire = fb_malloc(j->chk.wire_len);
+    memcpy(wire, j->chk.wire, j->chk.wire_len);
+    memcpy(wire + (tx->sigs - j->chk.wire), sig, 64);
+    size_t cap = sodium_base64_ENCODED_LEN(j->chk.wire_len, sodium_base64_VARIANT_ORIGINAL);
+    j->signed_b64 = fb_malloc(cap);
+    sodium_bin2base64(j->signed_b64, cap, wire, j->chk.wire_len, sodium_base64_VARIANT_ORIGINAL);
+    fb_base58_encode(j->sig_text, sizeof(j->sig_text), sig, 64);
+    free(wire);
+}
+
+static void s_auth_key(s_job_t *j, json_t *body)
+{
+    json_object_set_new(body, "network", json_string(j->net->caip2));
+    json_object_set_new(body, "payer", json_string(j->chk.authority_text));
+    json_object_set_new(body, "nonce", json_string(j->sig_text));
+}
+
+/* --- chain checks --------------------------------------------------------------------- */
+
+static void s_rpc_error(s_job_t *j, const char *error, const char *message)
+{
+    j->rpc_failed = true;
+    snprintf(j->rpc_error, sizeof(j->rpc_error), "%s: %s", error, message ? message : "");
+}
+
+static void s_on_ledger_auth(void *arg, const fb_rpc_reply_t *reply)
+{
+    s_job_t *j = arg;
+    if (reply->ok)
+        j->used_ledger = true;
+    else if (strcmp(reply->code, "authorization_not_found") != 0)
+        s_rpc_error(j, "ledger", reply->message);
+    s_step_done(j);
+}
+
+static void s_on_blockhash(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(code);
+    s_job_t *j = arg;
+    json_t *value = json_object_get(result, "value");
+    if (error)
+        s_rpc_error(j, error, message);
+    else if (json_is_false(value))
+        j->blockhash_expired = true;
+    s_step_done(j);
+}
+
+static void s_on_simulation(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(code);
+    s_job_t *j = arg;
+    json_t *err = json_object_get(json_object_get(result, "value"), "err");
+    if (error) {
+        s_rpc_error(j, error, message);
+    } else if (err && !json_is_null(err)) {
+        j->sim_failed = true;
+        char *text = json_dumps(err, JSON_COMPACT);
+        snprintf(j->sim_message, sizeof(j->sim_message), "%s", text ? text : "error");
+        free(text);
+    }
+    s_step_done(j);
+}
+
+static void s_chain_checks(s_job_t *j, bool with_ledger)
+{
+    char blockhash[48];
+    fb_sol_key_format(blockhash, &j->chk.tx.blockhash);
+    j->pending = with_ledger ? 3 : 2;
+    if (with_ledger) {
+        json_t *key = json_object();
+        s_auth_key(j, key);
+        verifier_ledger_call(j->v, "ledger.authorization", key, false, j->trace, s_on_ledger_auth, j);
+    }
+    fb_jsonrpc_call(j->net->rpc, "isBlockhashValid",
+                    json_pack("[s {ss}]", blockhash, "commitment", "processed"), s_on_blockhash, j);
+    fb_jsonrpc_call(j->net->rpc, "simulateTransaction",
+                    json_pack("[s {ss sb sb ss}]", j->p.transaction, "encoding", "base64", "sigVerify", 0,
+                              "replaceRecentBlockhash", 0, "commitment", "confirmed"),
+                    s_on_simulation, j);
+}
+
+static const char *s_objection(s_job_t *j, char *msg, size_t msglen)
+{
+    if (j->blockhash_expired) {
+        snprintf(msg, msglen, "the transaction's recent blockhash has expired");
+        return "invalid_exact_svm_blockhash_expired";
+    }
+    if (j->sim_failed) {
+        snprintf(msg, msglen, "Simulation failed: %s", j->sim_message);
+        return j->p.version == 1 ? "transaction_simulation_failed"
+                                 : "invalid_exact_svm_transaction_simulation_failed";
+    }
+    return NULL;
+}
+
+static void s_verify_decide(s_job_t *j)
+{
+    if (j->used_ledger) {
+        s_fail(j, "duplicate_settlement", "farebox has already accepted this transaction");
+        return;
+    }
+    if (j->rpc_failed) {
+        s_unavailable(j, "the chain could not be asked");
+        return;
+    }
+    char msg[400];
+    const char *objection = s_objection(j, msg, sizeof(msg));
+    if (objection) {
+        s_fail(j, objection, "%s", msg);
+        return;
+    }
+    j->res.ok = true;
+    s_finish(j);
+}
+
+/* --- settle ----------------------------------------------------------------------------- */
+
+static void s_on_result(void *arg, const fb_rpc_reply_t *reply)
+{
+    s_job_t *j = arg;
+    if (!reply->ok)
+        fb_log(FB_LOG_WARN, j->trace[0] ? j->trace : NULL, "settlement result not recorded", "code=%s",
+               reply->code);
+    s_finish(j);
+}
+
+static void s_record(s_job_t *j, bool confirmed)
+{
+    json_t *body = json_pack("{sI ss ss}", "settlement_id", (json_int_t)j->settlement_id, "state",
+                             confirmed ? "confirmed" : "failed", "reason", confirmed ? "" : j->res.reason);
+    verifier_ledger_call(j->v, "ledger.settlement_result", body, true, j->trace, s_on_result, j);
+}
+
+static void s_on_poll_timer(uv_timer_t *t);
+
+static void s_on_status(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(code);
+    FB_UNUSED(message);
+    s_job_t *j = arg;
+    json_t *st = json_array_get(json_object_get(result, "value"), 0);
+    if (!error && json_is_object(st)) {
+        json_t *err = json_object_get(st, "err");
+        const char *level = json_string_value(json_object_get(st, "confirmationStatus"));
+        if (err && !json_is_null(err)) {
+            j->res.ok = false;
+            j->res.reason = "invalid_exact_svm_transaction_failed";
+            char *text = json_dumps(err, JSON_COMPACT);
+            snprintf(j->res.message, sizeof(j->res.message), "Transaction failed onchain: %s",
+                     text ? text : "");
+            free(text);
+            s_record(j, false);
+            return;
+        }
+        if (level && (strcmp(level, "confirmed") == 0 || strcmp(level, "finalized") == 0)) {
+            j->res.ok = true;
+            s_record(j, true);
+            return;
+        }
+    }
+    if (fb_mono_ms() >= j->wait_until) {
+        j->res.ok = false;
+        j->res.reason = "settlement_pending";
+        snprintf(j->res.message, sizeof(j->res.message), "the transaction is not confirmed yet");
+        s_finish(j);
+        return;
+    }
+    uv_timer_start(&j->poll, s_on_poll_timer, STATUS_POLL_MS, 0);
+}
+
+static void s_on_poll_timer(uv_timer_t *t)
+{
+    s_job_t *j = t->data;
+    fb_jsonrpc_call(j->net->rpc, "getSignatureStatuses",
+                    json_pack("[[s] {sb}]", j->sig_text, "searchTransactionHistory", 1), s_on_status, j);
+}
+
+static void s_on_sent(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(result);
+    FB_UNUSED(code);
+    s_job_t *j = arg;
+    if (error)
+        fb_log(FB_LOG_INFO, j->trace[0] ? j->trace : NULL, "settlement send answered an error",
+               "tx=%s reason=%s", j->sig_text, message ? message : error);
+    uv_timer_init(j->v->loop, &j->poll);
+    j->poll.data = j;
+    j->poll_open = true;
+    uv_timer_start(&j->poll, s_on_poll_timer, 0, 0);
+}
+
+static void s_send(s_job_t *j)
+{
+    snprintf(j->res.transaction, sizeof(j->res.transaction), "%s", j->sig_text);
+    fb_log(FB_LOG_INFO, j->trace[0] ? j->trace : NULL, "settlement sent", "network=%s tx=%s", j->net->caip2,
+           j->sig_text);
+    fb_jsonrpc_call(j->net->rpc, "sendTransaction",
+                    json_pack("[s {ss sb ss}]", j->signed_b64, "encoding", "base64", "skipPreflight", 1,
+                              "preflightCommitment", "confirmed"),
+                    s_on_sent, j);
+}
+
+static void s_on_signed(void *arg, const fb_rpc_reply_t *reply)
+{
+    s_job_t *j = arg;
+    if (!reply->ok) {
+        s_rpc_error(j, "ledger", reply->message);
+        s_unavailable(j, "the ledger did not record the settlement transaction");
+        return;
+    }
+    s_send(j);
+}
+
+static void s_on_begin(void *arg, const fb_rpc_reply_t *reply)
+{
+    s_job_t *j = arg;
+    char msg[400];
+    const char *objection = s_objection(j, msg, sizeof(msg));
+    if (!reply->ok) {
+        if (objection && strcmp(reply->code, "settlement_not_found") == 0) {
+            s_fail(j, objection, "%s", msg);
+            return;
+        }
+        if (strcmp(reply->code, "invalid_state") == 0) {
+            s_fail(j, "invalid_exact_svm_transaction_failed", "%s", reply->message);
+            return;
+        }
+        s_rpc_error(j, "ledger", reply->message);
+        s_unavailable(j, "the ledger did not begin the settlement");
+        return;
+    }
+    const char *state;
+    size_t sl;
+    fb_mp_get_int64(reply->body, "settlement_id", &j->settlement_id);
+    if (!fb_mp_get_str(reply->body, "state", &state, &sl)) {
+        s_unavailable(j, "the ledger answered a settlement without a state");
+        return;
+    }
+    snprintf(j->res.transaction, sizeof(j->res.transaction), "%s", j->sig_text);
+    if (fb_streq_n(state, sl, "confirmed")) {
+        j->res.ok = true;
+        s_finish(j);
+        return;
+    }
+    if (fb_streq_n(state, sl, "failed")) {
+        s_fail(j, "invalid_exact_svm_transaction_failed", "this transaction's settlement failed before");
+        return;
+    }
+    if (fb_streq_n(state, sl, "signed")) {
+        s_send(j); /* the same signed transaction again */
+        return;
+    }
+    json_t *body = json_pack("{sI ss ss}", "settlement_id", (json_int_t)j->settlement_id, "tx_hash",
+                             j->sig_text, "raw_tx", j->signed_b64);
+    verifier_ledger_call(j->v, "ledger.settlement_signed", body, true, j->trace, s_on_signed, j);
+}
+
+static void s_settle_begin(s_job_t *j)
+{
+    if (j->rpc_failed) {
+        s_unavailable(j, "the chain could not be asked");
+        return;
+    }
+    char msg[400];
+    bool existing_only = s_objection(j, msg, sizeof(msg)) != NULL;
+    if (j->chk.amount == 0 || j->chk.amount > 1000000000000000ULL) {
+        s_fail(j, "invalid_payment_requirements", "the amount is outside 1..10^15 atomic units");
+        return;
+    }
+    json_t *body = json_pack("{sI ss ss ss sb sb}", "amount_micro", (json_int_t)j->chk.amount, "pay_to",
+                             j->r.pay_to, "resource", j->p.resource_url ? j->p.resource_url : "", "sender",
+                             j->net->fee_payer_text, "evm", 0, "existing_only", existing_only);
+    s_auth_key(j, body);
+    verifier_ledger_call(j->v, "ledger.settlement_begin", body, true, j->trace, s_on_begin, j);
+}
+
+/* --- entry --------------------------------------------------------------------------------- */
 
 void verifier_svm_run(verifier_t *v, bool settle, json_t *payload, json_t *requirements,
                       const fb_x402_payload_t *p, const fb_x402_requirements_t *r, const char *trace,
                       verifier_done_fn *done, void *arg)
 {
-    (void)v;
-    (void)settle;
-    (void)payload;
-    (void)requirements;
-    (void)r;
-    (void)trace;
-    verifier_result_t res;
-    memset(&res, 0, sizeof(res));
-    res.error_code = "not_implemented";
-    snprintf(res.network, sizeof(res.network), "%s", p->network);
-    snprintf(res.message, sizeof(res.message), "Solana payments are not implemented yet");
-    done(arg, &res);
+    s_job_t *j = fb_calloc(1, sizeof(*j));
+    j->v = v;
+    j->net = &v->svm;
+    j->settle = settle;
+    j->doc_payload = json_incref(payload);
+    j->doc_req = json_incref(requirements);
+    j->p = *p;
+    j->r = *r;
+    j->done = done;
+    j->arg = arg;
+    snprintf(j->trace, sizeof(j->trace), "%s", trace ? trace : "");
+    snprintf(j->res.network, sizeof(j->res.network), "%s", p->network);
+    if (!v->svm.caip2[0] || strcmp(r->net.caip2, v->svm.caip2) != 0) {
+        s_fail(j, "invalid_network", "farebox does not serve %s", r->network);
+        return;
+    }
+    svm_exact_check(&j->p, &j->r, v->svm.has_key ? &v->svm.fee_payer : NULL, v->svm.max_price_micro_lamports,
+                    &j->chk);
+    snprintf(j->res.payer, sizeof(j->res.payer), "%s", j->chk.authority_text);
+    if (j->chk.reason) {
+        s_fail(j, j->chk.reason, "%s", j->chk.message);
+        return;
+    }
+    if (!v->svm.has_key) {
+        s_fail(j, "settlement_not_configured", "no fee payer key is configured for %s", v->svm.caip2);
+        return;
+    }
+    if (!fb_sol_key_eq(&j->chk.mint, &v->svm.mint)) {
+        s_fail(j, "invalid_exact_svm_payload_mint_mismatch", "the mint must be %s", v->svm.mint_text);
+        return;
+    }
+    s_sign(j); /* deterministic: this is the transaction's id */
+    if (settle) {
+        j->wait_until = fb_mono_ms() + v->settle_wait_ms;
+        j->after = s_settle_begin;
+        s_chain_checks(j, false);
+        return;
+    }
+    if (!v->chain_checks) {
+        j->pending = 1;
+        j->after = s_verify_decide;
+        json_t *key = json_object();
+        s_auth_key(j, key);
+        verifier_ledger_call(v, "ledger.authorization", key, false, j->trace, s_on_ledger_auth, j);
+        return;
+    }
+    j->after = s_verify_decide;
+    s_chain_checks(j, true);
+}
+
+/* --- tracker ----------------------------------------------------------------------------------
+ *
+ * For each settlement signed but not resolved: is its blockhash still valid
+ * (asked first), then what is its status. Confirmed or failed on chain is
+ * recorded; no status while the blockhash is valid sends it again; no status
+ * after the blockhash expired means it can never land: recorded as failed. */
+
+typedef struct {
+    verifier_t *v;
+    int64_t id;
+    char sig[100];
+    char *raw;
+    bool expired;
+} s_track_t;
+
+static void s_track_free(s_track_t *t)
+{
+    free(t->raw);
+    free(t);
+}
+
+static void s_track_done(void *arg, const fb_rpc_reply_t *reply)
+{
+    s_track_t *t = arg;
+    if (!reply->ok)
+        fb_log(FB_LOG_WARN, NULL, "settlement result not recorded", "id=%lld code=%s", (long long)t->id,
+               reply->code);
+    s_track_free(t);
+}
+
+static void s_track_record(s_track_t *t, const char *state, const char *reason)
+{
+    fb_log(FB_LOG_INFO, NULL, "pending settlement resolved", "network=%s tx=%s state=%s", t->v->svm.caip2,
+           t->sig, state);
+    json_t *body =
+        json_pack("{sI ss ss}", "settlement_id", (json_int_t)t->id, "state", state, "reason", reason);
+    verifier_ledger_call(t->v, "ledger.settlement_result", body, true, NULL, s_track_done, t);
+}
+
+static void s_track_sent(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(result);
+    FB_UNUSED(error);
+    FB_UNUSED(code);
+    FB_UNUSED(message);
+    s_track_free(arg);
+}
+
+static void s_track_status(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(code);
+    FB_UNUSED(message);
+    s_track_t *t = arg;
+    if (error) {
+        s_track_free(t);
+        return;
+    }
+    json_t *st = json_array_get(json_object_get(result, "value"), 0);
+    if (json_is_object(st)) {
+        const char *level = json_string_value(json_object_get(st, "confirmationStatus"));
+        json_t *err = json_object_get(st, "err");
+        if (err && !json_is_null(err))
+            s_track_record(t, "failed", "invalid_exact_svm_transaction_failed");
+        else if (level && strcmp(level, "processed") != 0)
+            s_track_record(t, "confirmed", "");
+        else
+            s_track_free(t); /* processed: wait for confirmation */
+        return;
+    }
+    if (t->expired) {
+        s_track_record(t, "failed", "invalid_exact_svm_blockhash_expired");
+        return;
+    }
+    fb_jsonrpc_call(t->v->svm.rpc, "sendTransaction",
+                    json_pack("[s {ss sb}]", t->raw, "encoding", "base64", "skipPreflight", 1), s_track_sent,
+                    t);
+}
+
+static void s_track_blockhash(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(code);
+    FB_UNUSED(message);
+    s_track_t *t = arg;
+    if (error) {
+        s_track_free(t);
+        return;
+    }
+    t->expired = json_is_false(json_object_get(result, "value"));
+    fb_jsonrpc_call(t->v->svm.rpc, "getSignatureStatuses",
+                    json_pack("[[s] {sb}]", t->sig, "searchTransactionHistory", 1), s_track_status, t);
+}
+
+/* The blockhash of a signed transaction (base64 wire), as text. */
+static int s_raw_blockhash(const char *raw, size_t rl, char out[48])
+{
+    size_t cap = rl / 4 * 3 + 3, n = 0;
+    uint8_t *wire = fb_malloc(cap + 1);
+    fb_sol_tx_t tx;
+    const char *why;
+    int rc = -1;
+    if (sodium_base642bin(wire, cap, raw, rl, NULL, &n, NULL, sodium_base64_VARIANT_ORIGINAL) == 0 &&
+        fb_sol_tx_decode(&tx, wire, n, &why) == 0) {
+        fb_sol_key_format(out, &tx.blockhash);
+        rc = 0;
+    }
+    free(wire);
+    return rc;
+}
+
+static void s_on_open(void *arg, const fb_rpc_reply_t *reply)
+{
+    verifier_t *v = arg;
+    const msgpack_object *list = fb_mp_get(reply->body, "settlements");
+    if (!reply->ok || !list || list->type != MSGPACK_OBJECT_ARRAY)
+        return;
+    for (uint32_t i = 0; i < list->via.array.size; i++) {
+        const msgpack_object *s = &list->via.array.ptr[i];
+        const char *raw, *hash;
+        size_t rl, hl;
+        int64_t id;
+        char blockhash[48];
+        if (!fb_mp_get_str(s, "raw_tx", &raw, &rl) || !fb_mp_get_str(s, "tx_hash", &hash, &hl) || hl >= 100 ||
+            !fb_mp_get_int64(s, "settlement_id", &id) || s_raw_blockhash(raw, rl, blockhash) != 0)
+            continue;
+        s_track_t *t = fb_calloc(1, sizeof(*t));
+        t->v = v;
+        t->id = id;
+        memcpy(t->sig, hash, hl);
+        t->raw = fb_strndup(raw, rl);
+        fb_jsonrpc_call(v->svm.rpc, "isBlockhashValid",
+                        json_pack("[s {ss}]", blockhash, "commitment", "processed"), s_track_blockhash, t);
+    }
+}
+
+void verifier_svm_track(verifier_t *v)
+{
+    if (!v->svm.caip2[0] || !v->svm.has_key)
+        return;
+    json_t *body = json_pack("{ss sI sI}", "network", v->svm.caip2, "older_than_ms",
+                             (json_int_t)v->settle_wait_ms + 3000, "limit", (json_int_t)20);
+    verifier_ledger_call(v, "ledger.open_settlements", body, false, NULL, s_on_open, v);
 }

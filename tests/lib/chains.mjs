@@ -1,15 +1,16 @@
 // chains.mjs - the dev chains (tests/devchain/devchain.mjs) for one test file:
-// anvil with the EIP-3009 test token, and optionally surfpool with a mint.
+// anvil with the EIP-3009 test token (unless evm: false), and surfpool with a mint (solana: true).
 import fs from "node:fs";
 import path from "node:path";
 import { Proc, SOURCE, freePort, tmpDir } from "./harness.mjs";
 
 /** Starts the chains; resolves with the devchain JSON plus stop(). */
-export async function startChains({ solana = false } = {}) {
+export async function startChains({ solana = false, evm = true } = {}) {
   const dir = tmpDir("chains");
   const out = path.join(dir, "devchain.json");
-  const args = [path.join(SOURCE, "tests/devchain/devchain.mjs"), "--out", out, "--state-dir", dir,
-    "--anvil-port", String(await freePort())];
+  const args = [path.join(SOURCE, "tests/devchain/devchain.mjs"), "--out", out, "--state-dir", dir];
+  if (evm) args.push("--anvil-port", String(await freePort()));
+  else args.push("--no-anvil");
   if (!solana) args.push("--no-surfpool");
   const p = new Proc(process.execPath, args, { name: "devchain" });
   await p.waitFor((e) => e.line.startsWith("READY "), { timeoutMs: 120000, what: "the dev chains" });

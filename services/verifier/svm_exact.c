@@ -1,0 +1,262 @@
+/* svm_exact - offline verification of Solana x402 payments. */
+#include "svm_exact.h"
+#include "fb_util.h"
+
+#include <sodium.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define LIGHTHOUSE_PROGRAM "L2TExMFKdjpN9kozasaurPirfHy9P8sbXoAN1qA3S95"
+
+static void s_fail(svm_check_t *c, const char *reason, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void s_fail(svm_check_t *c, const char *reason, const char *fmt, ...)
+{
+    c->reason = reason;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->message, sizeof(c->message), fmt, ap);
+    va_end(ap);
+}
+
+static bool s_is(const fb_sol_key_t *k, const char *program)
+{
+    fb_sol_key_t p;
+    return fb_sol_key_parse(&p, program, strlen(program)) == 0 && fb_sol_key_eq(k, &p);
+}
+
+static uint64_t s_le64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+static int s_u64(const char *text, uint64_t *out)
+{
+    uint64_t v = 0;
+    if (!*text || strlen(text) > 20)
+        return -1;
+    for (const char *p = text; *p; p++) {
+        if (*p < '0' || *p > '9')
+            return -1;
+        uint64_t d = (uint64_t)(*p - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return -1;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return 0;
+}
+
+void svm_check_free(svm_check_t *c)
+{
+    free(c->wire);
+    c->wire = NULL;
+}
+
+void svm_exact_check(const fb_x402_payload_t *p, const fb_x402_requirements_t *r,
+                     const fb_sol_key_t *fee_payer, uint64_t max_price, svm_check_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    bool v1 = p->version == 1;
+    if (strcmp(p->scheme, "exact") != 0 || strcmp(r->scheme, "exact") != 0) {
+        s_fail(out, v1 ? "unsupported_scheme" : "invalid_exact_svm_unsupported_scheme",
+               "scheme must be \"exact\"");
+        return;
+    }
+    if (strcmp(p->network, r->network) != 0) {
+        s_fail(out, v1 ? "network_mismatch" : "invalid_exact_svm_network_mismatch",
+               "payment network %s, requirements %s", p->network, r->network);
+        return;
+    }
+    fb_sol_key_t fp;
+    if (!r->fee_payer || fb_sol_key_parse(&fp, r->fee_payer, strlen(r->fee_payer)) != 0) {
+        s_fail(out, "invalid_exact_svm_payload_missing_fee_payer", "requirements.extra.feePayer is required");
+        return;
+    }
+    if (fee_payer && !fb_sol_key_eq(&fp, fee_payer)) {
+        s_fail(out,
+               v1 ? "fee_payer_not_managed_by_facilitator"
+                  : "invalid_exact_svm_fee_payer_not_managed_by_facilitator",
+               "requirements.extra.feePayer is not this facilitator's fee payer");
+        return;
+    }
+    /* the transaction */
+    size_t tl = strlen(p->transaction), cap = tl / 4 * 3 + 3, n = 0;
+    out->wire = fb_malloc(cap + 1);
+    if (sodium_base642bin(out->wire, cap, p->transaction, tl, NULL, &n, NULL,
+                          sodium_base64_VARIANT_ORIGINAL) != 0) {
+        s_fail(out, "invalid_exact_svm_payload_transaction_could_not_be_decoded",
+               "transaction is not base64");
+        return;
+    }
+    out->wire_len = n;
+    const char *why = NULL;
+    fb_sol_tx_t *tx = &out->tx;
+    if (fb_sol_tx_decode(tx, out->wire, n, &why) != 0) {
+        s_fail(out, "invalid_exact_svm_payload_transaction_could_not_be_decoded", "transaction: %s", why);
+        return;
+    }
+    if (tx->nlookups > 0) {
+        s_fail(out, "invalid_exact_svm_payload_transaction_could_not_be_decoded",
+               "address lookup tables are not supported: every account must be in the message");
+        return;
+    }
+    out->decoded = true;
+    if (!fb_sol_key_eq(&tx->keys[0], &fp)) {
+        s_fail(out, "invalid_exact_svm_fee_payer_mismatch",
+               "the transaction's fee payer is not requirements.extra.feePayer");
+        return;
+    }
+    for (int i = 1; i < tx->num_required_signatures; i++) {
+        if (!fb_sol_sig_present(tx, i) || !fb_sol_sig_verify(tx, i)) {
+            s_fail(out, "invalid_exact_svm_payload_signature_invalid",
+                   "signature %d is missing or does not verify", i);
+            return;
+        }
+    }
+    int max_ix = v1 ? 6 : 7;
+    if (tx->nix < 3 || tx->nix > max_ix) {
+        s_fail(out, "invalid_exact_svm_payload_transaction_instructions_length",
+               "%d instructions, allowed 3..%d", tx->nix, max_ix);
+        return;
+    }
+    const fb_sol_ix_t *ix0 = &tx->ix[0], *ix1 = &tx->ix[1], *ix2 = &tx->ix[2];
+    if (!s_is(&tx->keys[ix0->program], FB_SOL_COMPUTE_BUDGET_PROGRAM) || ix0->data_len < 5 ||
+        ix0->data[0] != 2) {
+        s_fail(out, "invalid_exact_svm_payload_transaction_instructions_compute_limit_instruction",
+               "instruction 0 must set the compute unit limit");
+        return;
+    }
+    if (!s_is(&tx->keys[ix1->program], FB_SOL_COMPUTE_BUDGET_PROGRAM) || ix1->data_len < 9 ||
+        ix1->data[0] != 3) {
+        s_fail(out, "invalid_exact_svm_payload_transaction_instructions_compute_price_instruction",
+               "instruction 1 must set the compute unit price");
+        return;
+    }
+    out->price = s_le64(ix1->data + 1);
+    if (out->price > max_price) {
+        s_fail(out, "invalid_exact_svm_payload_transaction_instructions_compute_price_instruction_too_high",
+               "compute unit price %llu is above %llu micro-lamports", (unsigned long long)out->price,
+               (unsigned long long)max_price);
+        return;
+    }
+    out->token_program = tx->keys[ix2->program];
+    bool token = s_is(&out->token_program, FB_SOL_TOKEN_PROGRAM) ||
+                 s_is(&out->token_program, FB_SOL_TOKEN_2022_PROGRAM);
+    if (!token || ix2->naccounts < 4 || ix2->data_len < 10 || ix2->data[0] != 12) {
+        s_fail(out, "invalid_exact_svm_payload_no_transfer_instruction",
+               "instruction 2 must be a TransferChecked");
+        return;
+    }
+    /* accounts: source, mint, destination, authority (all in the message: no lookups) */
+    for (int k = 0; k < 4; k++) {
+        if (ix2->accounts[k] >= tx->nkeys) {
+            s_fail(out, "invalid_exact_svm_payload_no_transfer_instruction", "transfer account out of range");
+            return;
+        }
+    }
+    out->mint = tx->keys[ix2->accounts[1]];
+    out->destination = tx->keys[ix2->accounts[2]];
+    out->authority = tx->keys[ix2->accounts[3]];
+    fb_sol_key_format(out->authority_text, &out->authority);
+    out->amount = s_le64(ix2->data + 1);
+    if (fb_sol_key_eq(&out->authority, &fp)) {
+        s_fail(out, "invalid_exact_svm_payload_transaction_fee_payer_transferring_funds",
+               "the fee payer may not be the transfer's authority");
+        return;
+    }
+    fb_sol_key_t asset, pay_to, ata;
+    if (fb_sol_key_parse(&asset, r->asset, strlen(r->asset)) != 0 || !fb_sol_key_eq(&out->mint, &asset)) {
+        s_fail(out, "invalid_exact_svm_payload_mint_mismatch",
+               "the transfer's mint is not requirements.asset");
+        return;
+    }
+    if (fb_sol_key_parse(&pay_to, r->pay_to, strlen(r->pay_to)) != 0 ||
+        fb_sol_ata(&ata, &pay_to, &asset, &out->token_program) != 0 ||
+        !fb_sol_key_eq(&out->destination, &ata)) {
+        s_fail(out, "invalid_exact_svm_payload_recipient_mismatch",
+               "the destination is not payTo's associated token account for the mint");
+        return;
+    }
+    uint64_t want;
+    if (s_u64(r->amount, &want) != 0 || out->amount != want) {
+        s_fail(out, "invalid_exact_svm_payload_amount_mismatch", "transfer of %llu, required %s",
+               (unsigned long long)out->amount, r->amount);
+        return;
+    }
+    static const char *extra_reason[] = {"invalid_exact_svm_payload_unknown_fourth_instruction",
+                                         "invalid_exact_svm_payload_unknown_fifth_instruction",
+                                         "invalid_exact_svm_payload_unknown_sixth_instruction",
+                                         "invalid_exact_svm_payload_unknown_seventh_instruction"};
+    int memos = 0, memo_ix = -1;
+    for (int i = 3; i < tx->nix; i++) {
+        const fb_sol_key_t *prog = &tx->keys[tx->ix[i].program];
+        bool memo = s_is(prog, FB_SOL_MEMO_PROGRAM);
+        if (!memo && !s_is(prog, LIGHTHOUSE_PROGRAM)) {
+            s_fail(out, extra_reason[i - 3], "instruction %d may only be a Memo or Lighthouse instruction",
+                   i);
+            return;
+        }
+        if (memo) {
+            memos++;
+            memo_ix = i;
+        }
+    }
+    if (r->memo && r->memo[0]) {
+        if (memos != 1) {
+            s_fail(out, "invalid_exact_svm_payload_memo_count",
+                   "exactly one Memo instruction is required, found %d", memos);
+            return;
+        }
+        const fb_sol_ix_t *m = &tx->ix[memo_ix];
+        if (m->data_len != strlen(r->memo) || memcmp(m->data, r->memo, m->data_len) != 0) {
+            s_fail(out, "invalid_exact_svm_payload_memo_mismatch", "the memo is not requirements.extra.memo");
+            return;
+        }
+    }
+    /* farebox is stricter than the reference: the fee payer pays fees and
+     * nothing else, so no instruction may name it */
+    for (int i = 0; i < tx->nix; i++) {
+        for (int k = 0; k < tx->ix[i].naccounts; k++) {
+            if (tx->ix[i].accounts[k] == 0) {
+                s_fail(out, "invalid_exact_svm_fee_payer_not_isolated",
+                       "the fee payer appears in the accounts of instruction %d", i);
+                return;
+            }
+        }
+    }
+}
+
+int svm_exact_test(bool verbose)
+{
+    FB_UNUSED(verbose);
+    /* the requirement of a payload's own check: an undecodable transaction */
+    json_t *j = json_pack("{si s{ss ss ss ss ss si s{ss}} s{ss}}", "x402Version", 2, "accepted", "scheme",
+                          "exact", "network", "solana:EtWTRABZaYq6iMfeYKouRu166VU2xqa1", "amount", "10000",
+                          "asset", "4zMMC9srt5Ri5X14GAgXhaHii3GnPAEERYPJgZJDncDU", "payTo",
+                          "3JSLa22ucS3v7upZZVP6o6gWgfFzeQSkA9QYUuenjM4a", "maxTimeoutSeconds", 60, "extra",
+                          "feePayer", "8WwmAjk9cWEYRJkuweQaThCz6FMtELztsozE1bjsmuVh", "payload",
+                          "transaction", "AQID");
+    fb_x402_payload_t p;
+    char err[256];
+    FB_ASSERT(fb_x402_parse_payload(j, &p, err, sizeof(err)) == 0);
+    svm_check_t c;
+    svm_exact_check(&p, &p.accepted, NULL, 5000000, &c);
+    FB_ASSERT(c.reason &&
+              strcmp(c.reason, "invalid_exact_svm_payload_transaction_could_not_be_decoded") == 0);
+    svm_check_free(&c);
+    /* no fee payer in the requirements */
+    json_object_del(json_object_get(json_object_get(j, "accepted"), "extra"), "feePayer");
+    FB_ASSERT(fb_x402_parse_payload(j, &p, err, sizeof(err)) == 0);
+    svm_exact_check(&p, &p.accepted, NULL, 5000000, &c);
+    FB_ASSERT(c.reason && strcmp(c.reason, "invalid_exact_svm_payload_missing_fee_payer") == 0);
+    svm_check_free(&c);
+    json_decref(j);
+    return 0;
+}

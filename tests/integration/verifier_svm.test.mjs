@@ -1,0 +1,244 @@
+// verifier_svm.test.mjs - Solana "exact" payments made by the official x402
+// client (@x402/svm) and by @solana/kit, verified and settled by farebox's
+// verifier on surfpool through its RPC: tokens move on chain, farebox's fee
+// payer pays the fee, every bad payment gets its own reason and settles
+// nothing, and concurrent settles of one transaction over 3 replicas send it
+// once.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import crypto from "node:crypto";
+import {
+  address, appendTransactionMessageInstructions, createKeyPairSignerFromBytes, createSolanaRpc,
+  createTransactionMessage, getBase58Encoder, getBase64EncodedWireTransaction, getBase64Encoder,
+  getTransactionDecoder, getTransactionEncoder, partiallySignTransactionMessageWithSigners, pipe,
+  setTransactionMessageFeePayer, setTransactionMessageLifetimeUsingBlockhash, AccountRole,
+} from "@solana/kit";
+import { getSetComputeUnitLimitInstruction, getSetComputeUnitPriceInstruction } from "@solana-program/compute-budget";
+import { TOKEN_PROGRAM_ADDRESS, findAssociatedTokenPda, getTransferCheckedInstruction } from "@solana-program/token";
+import { x402Client, x402HTTPClient } from "@x402/core/client";
+import { ExactSvmScheme } from "@x402/svm/exact/client";
+import { freePort, startService } from "../lib/harness.mjs";
+import { startPostgres } from "../lib/pg.mjs";
+import { startChains } from "../lib/chains.mjs";
+import { RpcClient } from "../lib/rpc.mjs";
+
+const SECRET = crypto.randomBytes(32).toString("hex");
+const MEMO_PROGRAM = address("MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr");
+const SYSTEM_PROGRAM = address("11111111111111111111111111111111");
+let pg, chains, ledger, verifiers = [], rpc, sol, solRpc, NETWORK, treasury;
+
+function requirements(over = {}) {
+  return { scheme: "exact", network: NETWORK, amount: "10000", asset: sol.mint, payTo: treasury,
+    maxTimeoutSeconds: 60, extra: { feePayer: sol.payer.address }, ...over };
+}
+
+const signer = (wallet) => createKeyPairSignerFromBytes(getBase58Encoder().encode(wallet.secretKey));
+
+/** A PAYMENT-SIGNATURE header made by the official client for these requirements. */
+async function officialHeader(wallet, req = requirements()) {
+  const client = new x402Client();
+  client.register("solana:*", new ExactSvmScheme(await signer(wallet), { rpcUrl: sol.rpcUrl }));
+  client.setSpendControls(false);
+  const h = new x402HTTPClient(client);
+  const payload = await h.createPaymentPayload({ x402Version: 2, resource: { url: "http://farebox.test/r", description: "", mimeType: "" }, accepts: [req] });
+  return { header: h.encodePaymentSignatureHeader(payload)["PAYMENT-SIGNATURE"], payload };
+}
+
+/** A transaction built with @solana/kit the way the client builds it, with any part changed. */
+async function kitPayload(wallet, { req = requirements(), amount = BigInt(req.amount), price = 1n, feePayer = req.extra.feePayer,
+  blockhash, extra = [], memoAccounts = [], payTo = req.payTo, mint = req.asset, authority } = {}) {
+  const payer = await signer(wallet);
+  const [source] = await findAssociatedTokenPda({ mint: address(mint), owner: payer.address, tokenProgram: TOKEN_PROGRAM_ADDRESS });
+  const [destination] = await findAssociatedTokenPda({ mint: address(mint), owner: address(payTo), tokenProgram: TOKEN_PROGRAM_ADDRESS });
+  const latest = blockhash ? { blockhash, lastValidBlockHeight: 1000000n } : (await solRpc.getLatestBlockhash().send()).value;
+  const memo = { programAddress: MEMO_PROGRAM, accounts: memoAccounts, data: new TextEncoder().encode(crypto.randomBytes(16).toString("hex")) };
+  const msg = pipe(createTransactionMessage({ version: 0 }),
+    (m) => setTransactionMessageFeePayer(address(feePayer), m),
+    (m) => appendTransactionMessageInstructions([
+      getSetComputeUnitLimitInstruction({ units: 20000 }),
+      getSetComputeUnitPriceInstruction({ microLamports: price }),
+      getTransferCheckedInstruction({ source, mint: address(mint), destination, authority: authority ?? payer, amount, decimals: 6 },
+        { programAddress: TOKEN_PROGRAM_ADDRESS }),
+      memo, ...extra], m),
+    (m) => setTransactionMessageLifetimeUsingBlockhash(latest, m));
+  const tx = await partiallySignTransactionMessageWithSigners(msg);
+  return { x402Version: 2, resource: { url: "http://farebox.test/r" }, accepted: req,
+    payload: { transaction: getBase64EncodedWireTransaction(tx) } };
+}
+
+/** The same payload with one byte of the payer's signature flipped. */
+function tamper(payload) {
+  const tx = getTransactionDecoder().decode(getBase64Encoder().encode(payload.payload.transaction));
+  const sigs = { ...tx.signatures };
+  const [who] = Object.keys(sigs).filter((k) => sigs[k] && k !== payload.accepted.extra.feePayer);
+  const bad = Uint8Array.from(sigs[who]);
+  bad[5] ^= 1;
+  sigs[who] = bad;
+  const wire = getTransactionEncoder().encode({ ...tx, signatures: sigs });
+  return { ...payload, payload: { transaction: Buffer.from(wire).toString("base64") } };
+}
+
+const tokens = async (owner) => {
+  const [ata] = await findAssociatedTokenPda({ mint: address(sol.mint), owner: address(owner), tokenProgram: TOKEN_PROGRAM_ADDRESS });
+  return BigInt((await solRpc.getTokenAccountBalance(ata).send()).value.amount);
+};
+const lamports = async (who) => (await solRpc.getBalance(address(who)).send()).value;
+
+before(async () => {
+  pg = await startPostgres();
+  const db = pg.createDatabase("verifier_svm");
+  chains = await startChains({ solana: true, evm: false });
+  sol = chains.solana;
+  NETWORK = sol.x402Network; // surfpool answers for "devnet": the official client knows only real cluster ids
+  solRpc = createSolanaRpc(sol.rpcUrl);
+  treasury = sol.wallets[2].address; // an owner whose associated token account exists
+  const lp = await freePort();
+  ledger = await startService("ledger", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${lp}`, FAREBOX_DATABASE_URL: db.url,
+    FAREBOX_KEY_HMAC_SECRET: SECRET });
+  const base = await freePort();
+  for (let i = 0; i < 3; i++) {
+    verifiers.push(await startService("verifier", {
+      FAREBOX_RPC_BIND: `tcp://127.0.0.1:${base}-${base + 9}`, FAREBOX_REPLICA: `verifier-${i}`,
+      FAREBOX_LEDGER_ENDPOINT: `tcp://127.0.0.1:${lp}`, FAREBOX_EVM_NETWORK: "off",
+      FAREBOX_SOLANA_NETWORK: NETWORK, FAREBOX_SOLANA_RPC_URLS: sol.rpcUrl, FAREBOX_SOLANA_MINT: sol.mint,
+      FAREBOX_SOLANA_FEE_PAYER_KEY: sol.payer.secretKey, FAREBOX_SETTLE_WAIT_MS: "15000" }));
+  }
+  rpc = new RpcClient(verifiers.map((v) => v.endpoint));
+});
+
+after(async () => {
+  rpc?.close();
+  for (const p of [...verifiers, ledger]) if (p) {
+    const { code } = await p.stop();
+    assert.equal(code, 0, `${p.name} exited ${code}\n${p.tail()}`);
+  }
+  await chains?.stop();
+  await pg?.stop();
+});
+
+async function verify(body) {
+  const r = await rpc.call("verifier.verify", body, { deadlineMs: 15000 });
+  assert.equal(r.status, "ok", `${r.code}: ${r.message}`);
+  return r.body;
+}
+
+async function settle(body) {
+  const r = await rpc.call("verifier.settle", body, { deadlineMs: 30000 });
+  assert.equal(r.status, "ok", `${r.code}: ${r.message}`);
+  return r.body;
+}
+
+async function ledgerAudit() {
+  const l = new RpcClient(ledger.endpoint);
+  const r = await l.call("ledger.audit", {});
+  l.close();
+  assert.equal(r.body.ok, true, JSON.stringify(r.body.checks.filter((c) => !c.ok)));
+}
+
+test("supported lists the Solana network with farebox's fee payer", async () => {
+  const r = await rpc.call("verifier.supported", {});
+  const extra = { feePayer: sol.payer.address };
+  assert.deepEqual(r.body.kinds, [{ x402Version: 2, scheme: "exact", network: NETWORK, extra },
+    { x402Version: 1, scheme: "exact", network: "solana-devnet", extra }]);
+  assert.deepEqual(r.body.signers["solana:*"], [sol.payer.address]);
+});
+
+test("the official @x402/svm client's payment verifies, settles on surfpool, and cannot be used again", async () => {
+  const wallet = sol.wallets[0];
+  const { header } = await officialHeader(wallet);
+  const v = await verify({ header, requirements: requirements() });
+  assert.equal(v.isValid, true, JSON.stringify(v));
+  assert.equal(v.payer, wallet.address);
+
+  const before = await tokens(wallet.address), tBefore = await tokens(treasury);
+  const solBefore = await lamports(wallet.address), feeBefore = await lamports(sol.payer.address);
+  const s = await settle({ header, requirements: requirements() });
+  assert.equal(s.success, true, JSON.stringify(s));
+  assert.match(s.transaction, /^[1-9A-HJ-NP-Za-km-z]{64,88}$/);
+  assert.equal(s.network, NETWORK);
+  assert.equal(s.payer, wallet.address);
+  assert.equal(await tokens(wallet.address), before - 10000n);
+  assert.equal(await tokens(treasury), tBefore + 10000n);
+  assert.equal(await lamports(wallet.address), solBefore, "the payer pays no fee");
+  assert.ok(await lamports(sol.payer.address) < feeBefore, "farebox's fee payer paid the fee");
+  const st = (await solRpc.getSignatureStatuses([s.transaction], { searchTransactionHistory: true }).send()).value[0];
+  assert.equal(st.err, null);
+
+  // settling again answers the same transaction and moves nothing
+  const again = await settle({ header, requirements: requirements() });
+  assert.equal(again.success, true, JSON.stringify(again));
+  assert.equal(again.transaction, s.transaction);
+  assert.equal(await tokens(wallet.address), before - 10000n);
+  // verify knows it is used
+  const replay = await verify({ header, requirements: requirements() });
+  assert.equal(replay.isValid, false);
+  assert.equal(replay.invalidReason, "duplicate_settlement");
+  await ledgerAudit();
+});
+
+test("every bad payment gets its own reason and settles nothing", async () => {
+  const wallet = sol.wallets[1];
+  const broke = { secretKey: sol.mintAuthority.secretKey, address: sol.mintAuthority.address }; // holds no tokens
+  const before = await tokens(wallet.address), feeBefore = await lamports(sol.payer.address);
+  const stranger = address(sol.wallets[0].address);
+  const bigReq = requirements({ amount: "2000000000000" }); // more than the wallet holds
+  const cases = [
+    ["wrong amount", await kitPayload(wallet, { amount: 9999n }), requirements(), "invalid_exact_svm_payload_amount_mismatch"],
+    ["wrong recipient", await kitPayload(wallet, { payTo: sol.wallets[0].address }), requirements(), "invalid_exact_svm_payload_recipient_mismatch"],
+    ["another fee payer", await kitPayload(wallet, { req: requirements({ extra: { feePayer: stranger } }) }), requirements({ extra: { feePayer: stranger } }), "invalid_exact_svm_fee_payer_not_managed_by_facilitator"],
+    ["fee payer differs from the requirements", await kitPayload(wallet, { feePayer: stranger }), requirements(), "invalid_exact_svm_fee_payer_mismatch"],
+    ["tampered signature", tamper(await kitPayload(wallet)), requirements(), "invalid_exact_svm_payload_signature_invalid"],
+    ["compute price too high", await kitPayload(wallet, { price: 10_000_000n }), requirements(), "invalid_exact_svm_payload_transaction_instructions_compute_price_instruction_too_high"],
+    ["unknown extra instruction", await kitPayload(wallet, { extra: [{ programAddress: SYSTEM_PROGRAM, accounts: [], data: new Uint8Array([2, 0, 0, 0]) }] }), requirements(), "invalid_exact_svm_payload_unknown_fifth_instruction"],
+    ["fee payer named by an instruction", await kitPayload(wallet, { memoAccounts: [{ address: address(sol.payer.address), role: AccountRole.READONLY }] }), requirements(), "invalid_exact_svm_fee_payer_not_isolated"],
+    ["blockhash unknown to the chain", await kitPayload(wallet, { blockhash: "4uQeVj5tqViQh7yWWGStvkEG1Zmhx6uasJtWCJziofM" }), requirements(), "invalid_exact_svm_blockhash_expired"],
+    ["payer without the tokens", await kitPayload(wallet, { req: bigReq }), bigReq, "invalid_exact_svm_transaction_simulation_failed"],
+    ["payer without a token account", await kitPayload(broke), requirements(), "invalid_exact_svm_transaction_simulation_failed"],
+    ["another mint", await kitPayload(wallet), requirements({ asset: sol.wallets[0].address }), "invalid_exact_svm_payload_mint_mismatch"],
+    ["network differs from the requirements", await kitPayload(wallet), requirements({ network: "solana:5eykt4UsFv8P8NJdTREpY1vzqKqZKvdp" }), "invalid_network"],
+    ["no fee payer in the requirements", await kitPayload(wallet), requirements({ extra: {} }), "invalid_exact_svm_payload_missing_fee_payer"],
+  ];
+  for (const [name, payload, req, reason] of cases) {
+    const v = await verify({ payload, requirements: req });
+    assert.equal(v.isValid, false, `${name}: accepted`);
+    assert.equal(v.invalidReason, reason, `${name}: ${v.invalidReason} (${v.invalidMessage})`);
+    const s = await settle({ payload, requirements: req });
+    assert.equal(s.success, false, `${name}: settled`);
+    assert.equal(s.errorReason, reason, `${name} (settle): ${s.errorReason} (${s.errorMessage})`);
+    assert.equal(s.transaction, "");
+  }
+  // undecodable transactions
+  const good = await kitPayload(wallet);
+  for (const transaction of ["AQID", "!!!", good.payload.transaction.slice(0, 40)]) {
+    const v = await verify({ payload: { ...good, payload: { transaction } }, requirements: requirements() });
+    assert.equal(v.invalidReason, "invalid_exact_svm_payload_transaction_could_not_be_decoded", transaction);
+  }
+  assert.equal(await tokens(wallet.address), before, "nothing moved");
+  assert.equal(await lamports(sol.payer.address), feeBefore, "the fee payer paid nothing");
+  await ledgerAudit();
+});
+
+test("a seller memo is required exactly", async () => {
+  const wallet = sol.wallets[1];
+  const req = requirements({ extra: { feePayer: sol.payer.address, memo: "order-42" } });
+  const { header } = await officialHeader(wallet, req);
+  assert.equal((await verify({ header, requirements: req })).isValid, true);
+  const other = requirements({ extra: { feePayer: sol.payer.address, memo: "order-43" } });
+  const v = await verify({ header, requirements: other });
+  assert.equal(v.invalidReason, "invalid_exact_svm_payload_memo_mismatch");
+});
+
+test("30 concurrent settles of one transaction across 3 verifier replicas send it once", async () => {
+  const wallet = sol.wallets[1];
+  const p = await kitPayload(wallet);
+  const before = await tokens(wallet.address);
+  const results = await Promise.all(Array.from({ length: 30 }, () =>
+    rpc.call("verifier.settle", { payload: p, requirements: requirements() }, { deadlineMs: 30000 })));
+  for (const r of results) assert.equal(r.status, "ok", `${r.code}: ${r.message}`);
+  const sigs = new Set(results.map((r) => r.body.transaction));
+  assert.equal(sigs.size, 1, `transactions: ${[...sigs].join(" ")}`);
+  assert.ok(results.every((r) => r.body.success), JSON.stringify(results.find((r) => !r.body.success)?.body));
+  assert.equal(new Set(results.map((r) => r.replica)).size, 3, "all three replicas took part");
+  assert.equal(await tokens(wallet.address), before - 10000n, "paid once");
+  await ledgerAudit();
+});
