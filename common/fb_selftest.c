@@ -24,6 +24,7 @@
 #include "ledger_rpc.h"
 #include "evm_exact.h"
 #include "svm_exact.h"
+#include "message_proof.h"
 
 #include <czmq.h>
 #include <stdio.h>
@@ -58,6 +59,7 @@ static const s_test_t s_tests[] = {
     {"ledger_rpc", ledger_rpc_test},
     {"evm_exact", evm_exact_test},
     {"svm_exact", svm_exact_test},
+    {"message_proof", message_proof_test},
 };
 // clang-format on
 

@@ -2,7 +2,8 @@
  *
  *   configuration  networks, tokens, chain RPC endpoints, settlement keys
  *   schemes        evm_exact.c + verifier_evm.c (EIP-3009), verifier_svm.c
- *   rpc            verifier_rpc.c: verify, settle, supported
+ *   messages       message_proof.c + verifier_message.c: signed-message proofs
+ *   rpc            verifier_rpc.c: verify, settle, supported, verify_message
  *   tracker        follows settlements left pending, in every replica
  *   stop           SIGTERM: stop taking calls, exit */
 #include "fb_codec.h"
@@ -100,6 +101,10 @@ static const fb_config_var_t s_vars[] = {
      "only)"},
     {"FAREBOX_SOLANA_MAX_PRICE", FB_CFG_INT, "5000000", 0, 1000000000, NULL, NULL,
      "highest compute unit price (micro-lamports) the fee payer accepts to pay"},
+    {"FAREBOX_MESSAGE_MAX_AGE_S", FB_CFG_INT, "300", 1, 86400, NULL, NULL,
+     "signed-message proofs: the oldest timestamp accepted, in seconds before now"},
+    {"FAREBOX_MESSAGE_MAX_SKEW_S", FB_CFG_INT, "60", 0, 3600, NULL, NULL,
+     "signed-message proofs: how far ahead of this clock a timestamp may be"},
     {"FAREBOX_CHAIN_TIMEOUT_MS", FB_CFG_INT, "5000", 100, 120000, NULL, NULL,
      "timeout of one chain JSON-RPC call"},
 };
@@ -198,6 +203,8 @@ int main(int argc, char **argv)
     v.chain_checks = fb_config_bool(cfg, "FAREBOX_VERIFY_CHAIN_CHECKS");
     v.settle_wait_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_SETTLE_WAIT_MS");
     v.chain_timeout_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_CHAIN_TIMEOUT_MS");
+    v.message_max_age_ms = fb_config_int(cfg, "FAREBOX_MESSAGE_MAX_AGE_S") * 1000;
+    v.message_max_skew_ms = fb_config_int(cfg, "FAREBOX_MESSAGE_MAX_SKEW_S") * 1000;
     v.ledger = fb_service_client(svc, FB_PEER_LEDGER, v.loop);
     s_config_evm(&v, cfg);
     s_config_svm(&v, cfg);

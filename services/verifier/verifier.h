@@ -56,7 +56,9 @@ typedef struct verifier_t {
     bool chain_checks;       /* verify asks the chain (balance, nonce state, simulation) */
     uint32_t settle_wait_ms; /* settle waits this long for a receipt before settlement_pending */
     uint32_t chain_timeout_ms;
-    uv_timer_t tracker; /* follows settlements left pending */
+    int64_t message_max_age_ms;  /* signed-message proofs: oldest timestamp accepted */
+    int64_t message_max_skew_ms; /* ... and how far ahead of the clock */
+    uv_timer_t tracker;          /* follows settlements left pending */
     bool tracking;
 } verifier_t;
 

@@ -2,6 +2,7 @@
 #ifndef VERIFIER_INTERNAL_H
 #define VERIFIER_INTERNAL_H
 
+#include "message_proof.h"
 #include "verifier.h"
 
 /* verifier_evm_run - verify or settle a parsed EVM payment (verifier_evm.c). */
@@ -25,5 +26,15 @@ void verifier_ledger_call(verifier_t *v, const char *method, json_t *body, bool 
 
 /* verifier_svm_track - one round of following Solana settlements left pending. */
 void verifier_svm_track(verifier_t *v);
+
+/* verifier_verify_message - check a signed-message proof at the current
+ * time, then record its request id in the ledger (consume) or only ask
+ * whether it was used. done runs once with the proof's verdict (reason NULL:
+ * good), or with error_code "unavailable" when the ledger could not be asked;
+ * authorization_id is the ledger's record when one was made. */
+typedef void(verifier_message_done_fn)(void *arg, const msgproof_t *proof, const char *error_code,
+                                       int64_t authorization_id);
+void verifier_verify_message(verifier_t *v, const msgproof_t *proof, bool consume, const char *trace,
+                             verifier_message_done_fn *done, void *arg);
 
 #endif

@@ -3,6 +3,7 @@
 #include "fb_log.h"
 #include "fb_msgpack.h"
 #include "fb_util.h"
+#include "verifier_internal.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +12,18 @@ typedef struct {
     fb_rpc_call_t *call;
     bool settle;
 } s_pending_t;
+
+static void s_reply_json(fb_rpc_call_t **call, json_t *out)
+{
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    fb_mp_pack_json(&pk, out);
+    json_decref(out);
+    fb_rpc_call_reply(call, sb.data, sb.size);
+    msgpack_sbuffer_destroy(&sb);
+}
 
 /* The payment and requirements of a request body, as JSON documents. */
 static int s_read(const msgpack_object *body, json_t **payload, json_t **req, char *err, size_t errlen)
@@ -80,14 +93,7 @@ static void s_done(void *arg, const verifier_result_t *r)
                 json_object_set_new(out, "invalidMessage", json_string(r->message));
         }
     }
-    msgpack_sbuffer sb;
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    fb_mp_pack_json(&pk, out);
-    json_decref(out);
-    fb_rpc_call_reply(&pend->call, sb.data, sb.size);
-    msgpack_sbuffer_destroy(&sb);
+    s_reply_json(&pend->call, out);
     free(pend);
 }
 
@@ -148,14 +154,56 @@ static void s_supported(void *arg, fb_rpc_call_t *call)
             json_object_set_new(signers, "solana:*", json_pack("[s]", v->svm.fee_payer_text));
     }
     json_t *out = json_pack("{so s[] so}", "kinds", kinds, "extensions", "signers", signers);
-    msgpack_sbuffer sb;
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    fb_mp_pack_json(&pk, out);
-    json_decref(out);
-    fb_rpc_call_reply(&call, sb.data, sb.size);
-    msgpack_sbuffer_destroy(&sb);
+    s_reply_json(&call, out);
+}
+
+static void s_message_done(void *arg, const msgproof_t *m, const char *error_code, int64_t authorization_id)
+{
+    fb_rpc_call_t *call = arg;
+    if (error_code) {
+        fb_rpc_call_error(&call, error_code, NULL, 0, "%s", m->detail);
+        return;
+    }
+    json_t *out = json_pack("{sb ss ss ss ss sI}", "valid", m->reason == NULL, "from", m->from, "signer",
+                            m->signer, "network", m->network, "requestId", m->request_id, "amount_micro",
+                            (json_int_t)m->amount_micro);
+    if (m->reason) {
+        json_object_set_new(out, "reason", json_string(m->reason));
+        json_object_set_new(out, "message", json_string(m->detail));
+    }
+    if (authorization_id)
+        json_object_set_new(out, "authorization_id", json_integer(authorization_id));
+    s_reply_json(&call, out);
+}
+
+/* A signed-message proof: checked, and its request id used up. */
+static void s_verify_message(void *arg, fb_rpc_call_t *call)
+{
+    verifier_t *v = arg;
+    const msgpack_object *body = fb_rpc_call_request(call)->body;
+    if (!body || body->type != MSGPACK_OBJECT_MAP) {
+        fb_rpc_call_error(&call, FB_RPC_E_BAD_REQUEST, NULL, 0, "the body must be a map");
+        return;
+    }
+    char *text = fb_mp_to_json(body);
+    json_t *doc = json_loads(text, 0, NULL);
+    free(text);
+    msgproof_t m;
+    char err[300];
+    json_t *consume = json_object_get(doc, "consume");
+    if (consume && !json_is_boolean(consume)) {
+        json_decref(doc);
+        fb_rpc_call_error(&call, FB_RPC_E_BAD_REQUEST, NULL, 0, "consume must be a boolean");
+        return;
+    }
+    if (msgproof_parse(doc, &m, err, sizeof(err)) != 0) {
+        json_decref(doc);
+        fb_rpc_call_error(&call, FB_RPC_E_BAD_REQUEST, NULL, 0, "%s", err);
+        return;
+    }
+    bool use = !consume || json_is_true(consume);
+    json_decref(doc);
+    verifier_verify_message(v, &m, use, fb_rpc_call_trace(call), s_message_done, call);
 }
 
 void verifier_rpc_register(fb_rpc_server_t *server, verifier_t *v)
@@ -163,4 +211,5 @@ void verifier_rpc_register(fb_rpc_server_t *server, verifier_t *v)
     fb_rpc_server_handle(server, "verifier.verify", s_verify, v);
     fb_rpc_server_handle(server, "verifier.settle", s_settle, v);
     fb_rpc_server_handle(server, "verifier.supported", s_supported, v);
+    fb_rpc_server_handle(server, "verifier.verify_message", s_verify_message, v);
 }

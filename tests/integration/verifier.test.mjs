@@ -224,3 +224,69 @@ test("100 concurrent settles of one authorization across 3 verifier replicas mak
   assert.equal(nonceAfter - nonceBefore, 1n, "one transaction from the settlement wallet");
   await ledgerAudit();
 });
+
+/** A Chat402-style signed-message proof made with viem's signMessage (EIP-191 personal_sign). */
+async function messageProof(account, { requestId = `req_${crypto.randomUUID()}`, amount = 1000, timestamp = Date.now(), sign } = {}) {
+  const signed = { requestId, amount, timestamp, ...sign };
+  const message = `PromptPort Payment\nRequest ID: ${signed.requestId}\nAmount: ${signed.amount} USDC cents\nTimestamp: ${signed.timestamp}`;
+  const signature = await account.signMessage({ message });
+  return { from: account.address, amount, signature, timestamp, requestId, network: "ethereum" };
+}
+
+test("signed-message proofs (EIP-191): verified, stale or reused ones refused, each request id used once", async () => {
+  const wallet = privateKeyToAccount(evm.accounts[4].privateKey);
+  const other = privateKeyToAccount(evm.accounts[5].privateKey);
+  const call = async (body) => {
+    const r = await rpc.call("verifier.verify_message", body, { deadlineMs: 10000 });
+    assert.equal(r.status, "ok", `${r.code}: ${r.message}`);
+    return r.body;
+  };
+  const proof = await messageProof(wallet);
+  const first = await call(proof);
+  assert.equal(first.valid, true, JSON.stringify(first));
+  assert.equal(first.signer, wallet.address);
+  assert.equal(first.amount_micro, 10_000_000);
+  assert.ok(first.authorization_id > 0);
+  const again = await call(proof);
+  assert.equal(again.valid, false);
+  assert.equal(again.reason, "request_id_used");
+  // request ids are per wallet: another wallet may use the same id
+  assert.equal((await call(await messageProof(other, { requestId: proof.requestId }))).valid, true);
+
+  const cases = [
+    ["stale", await messageProof(wallet, { timestamp: Date.now() - 600_000 }), "message_expired"],
+    ["from the future", await messageProof(wallet, { timestamp: Date.now() + 600_000 }), "message_from_future"],
+    ["signed for another amount", await messageProof(wallet, { sign: { amount: 1 } }), "message_signer_mismatch"],
+    ["signed by another wallet", { ...(await messageProof(other)), from: wallet.address }, "message_signer_mismatch"],
+    ["garbled signature", { ...(await messageProof(wallet)), signature: "0x1234" }, "invalid_message_signature"],
+    ["text sent differs", { ...(await messageProof(wallet)), message: "PromptPort Payment" }, "message_mismatch"],
+  ];
+  for (const [name, body, reason] of cases) {
+    const r = await call(body);
+    assert.equal(r.valid, false, `${name}: accepted`);
+    assert.equal(r.reason, reason, `${name}: ${r.reason} (${r.message})`);
+  }
+  // a refused proof used nothing up: the same request id, signed properly, still works
+  const fresh = await messageProof(wallet, { requestId: cases[0][1].requestId });
+  assert.equal((await call(fresh)).valid, true);
+
+  // consume: false checks without using the request id
+  const peek = await messageProof(wallet);
+  for (let i = 0; i < 2; i++) assert.equal((await call({ ...peek, consume: false })).valid, true);
+  assert.equal((await call(peek)).valid, true);
+  assert.equal((await call({ ...peek, consume: false })).reason, "request_id_used");
+
+  // malformed proofs are bad requests
+  for (const bad of [{ ...proof, requestId: "a\nAmount: 1" }, { ...proof, amount: -1 }, { ...proof, network: "dogecoin" },
+    { ...proof, from: "0x12" }, { ...proof, timestamp: "soon" }, { ...proof, consume: "yes" }, {}]) {
+    const r = await rpc.call("verifier.verify_message", bad);
+    assert.equal(r.code, "bad_request", JSON.stringify(bad));
+  }
+
+  // 30 concurrent proofs with one request id over 3 replicas: one is accepted
+  const race = await messageProof(wallet);
+  const results = await Promise.all(Array.from({ length: 30 }, () => call(race)));
+  assert.equal(results.filter((r) => r.valid).length, 1);
+  assert.ok(results.filter((r) => !r.valid).every((r) => r.reason === "request_id_used"));
+  await ledgerAudit();
+});

@@ -8,8 +8,8 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import crypto from "node:crypto";
 import {
-  address, appendTransactionMessageInstructions, createKeyPairSignerFromBytes, createSolanaRpc,
-  createTransactionMessage, getBase58Encoder, getBase64EncodedWireTransaction, getBase64Encoder,
+  address, appendTransactionMessageInstructions, createKeyPairFromBytes, createKeyPairSignerFromBytes, signBytes, createSolanaRpc,
+  createTransactionMessage, getBase58Decoder, getBase58Encoder, getBase64EncodedWireTransaction, getBase64Encoder,
   getTransactionDecoder, getTransactionEncoder, partiallySignTransactionMessageWithSigners, pipe,
   setTransactionMessageFeePayer, setTransactionMessageLifetimeUsingBlockhash, AccountRole,
 } from "@solana/kit";
@@ -240,5 +240,29 @@ test("30 concurrent settles of one transaction across 3 verifier replicas send i
   assert.ok(results.every((r) => r.body.success), JSON.stringify(results.find((r) => !r.body.success)?.body));
   assert.equal(new Set(results.map((r) => r.replica)).size, 3, "all three replicas took part");
   assert.equal(await tokens(wallet.address), before - 10000n, "paid once");
+  await ledgerAudit();
+});
+
+test("signed-message proofs (ed25519): a Solana wallet's proof verifies once, in base58 or base64", async () => {
+  const wallet = sol.wallets[0];
+  const keys = await createKeyPairFromBytes(getBase58Encoder().encode(wallet.secretKey));
+  const proof = async (encoding, over = {}) => {
+    const p = { from: wallet.address, amount: 250, timestamp: Date.now(), requestId: `req_${crypto.randomUUID()}`, network: "solana", ...over };
+    const text = `PromptPort Payment\nRequest ID: ${p.requestId}\nAmount: ${p.amount} USDC cents\nTimestamp: ${p.timestamp}`;
+    const sig = new Uint8Array(await signBytes(keys.privateKey, new TextEncoder().encode(text)));
+    return { ...p, signature: encoding === "base58" ? getBase58Decoder().decode(sig) : Buffer.from(sig).toString("base64") };
+  };
+  const call = async (body) => (await rpc.call("verifier.verify_message", body, { deadlineMs: 10000 })).body;
+  for (const encoding of ["base58", "base64"]) {
+    const p = await proof(encoding);
+    const r = await call(p);
+    assert.equal(r.valid, true, JSON.stringify(r));
+    assert.equal(r.signer, wallet.address);
+    assert.equal(r.amount_micro, 2_500_000);
+    assert.equal((await call(p)).reason, "request_id_used");
+  }
+  assert.equal((await call({ ...(await proof("base58")), from: sol.wallets[1].address })).reason, "message_signer_mismatch");
+  assert.equal((await call({ ...(await proof("base58")), amount: 251 })).reason, "message_signer_mismatch");
+  assert.equal((await call(await proof("base58", { timestamp: Date.now() - 3_600_000 }))).reason, "message_expired");
   await ledgerAudit();
 });
