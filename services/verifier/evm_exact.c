@@ -25,17 +25,23 @@ static int s_u256(fb_u256_t *out, const char *text)
     return fb_u256_from_dec(out, text, strlen(text));
 }
 
+const char *const evm_exact_checks[] = {"scheme",        "eip712_domain", "network",
+                                        "authorization", "signature",     "recipient",
+                                        "time_window",   "amount",        NULL};
+
 void evm_exact_check(const fb_x402_payload_t *p, const fb_x402_requirements_t *r, int64_t now,
                      int64_t margin_s, evm_check_t *out)
 {
     memset(out, 0, sizeof(*out));
     /* 1. scheme, on both sides */
+    out->stage = 0;
     if (strcmp(p->scheme, "exact") != 0 || strcmp(r->scheme, "exact") != 0) {
         s_fail(out, "invalid_exact_evm_scheme", "scheme must be \"exact\" (payment: %s, requirements: %s)",
                p->scheme, r->scheme);
         return;
     }
     /* 2. the token's EIP-712 domain */
+    out->stage = 1;
     if (!r->extra_name || !r->extra_name[0] || !r->extra_version || !r->extra_version[0]) {
         s_fail(out, "invalid_exact_evm_missing_eip712_domain",
                "requirements.extra.name and extra.version are required");
@@ -50,6 +56,7 @@ void evm_exact_check(const fb_x402_payload_t *p, const fb_x402_requirements_t *r
         return;
     }
     /* 3. network: the payment's equals the requirements' (and is EVM) */
+    out->stage = 2;
     fb_x402_network_t pn;
     if (strcmp(p->network, r->network) != 0 || fb_x402_network(p->network, &pn) != 0 ||
         pn.family != FB_X402_EVM) {
@@ -59,6 +66,7 @@ void evm_exact_check(const fb_x402_payload_t *p, const fb_x402_requirements_t *r
     }
     out->chain_id = pn.chain_id;
     /* 4. the authorization, as the EIP-712 message */
+    out->stage = 3;
     fb_eip3009_t *a = &out->auth;
     if (fb_addr_parse(&a->from, p->from, strlen(p->from)) != 0 ||
         fb_addr_parse(&a->to, p->to, strlen(p->to)) != 0) {
@@ -89,6 +97,7 @@ void evm_exact_check(const fb_x402_payload_t *p, const fb_x402_requirements_t *r
     fb_eip712_digest(out->digest, out->domain_separator, sh);
     out->digest_known = true;
     /* 5. the signature: 65 bytes, low s, recovering to from (EOA wallets) */
+    out->stage = 4;
     size_t sl = strlen(p->signature);
     if (sl != 132 || fb_hex_decode(out->sig, 65, p->signature, sl) != 0) {
         s_fail(
@@ -109,11 +118,13 @@ void evm_exact_check(const fb_x402_payload_t *p, const fb_x402_requirements_t *r
         return;
     }
     /* 6. recipient */
+    out->stage = 5;
     if (!fb_addr_eq(&a->to, &out->pay_to)) {
         s_fail(out, "invalid_exact_evm_recipient_mismatch", "authorization.to is not requirements.payTo");
         return;
     }
     /* 7. time window: validBefore at least now + margin, validAfter not later than now */
+    out->stage = 6;
     fb_u256_t limit;
     fb_u256_from_u64(&limit, (uint64_t)(now + margin_s));
     if (fb_u256_cmp(&a->valid_before, &limit) < 0) {
@@ -130,6 +141,7 @@ void evm_exact_check(const fb_x402_payload_t *p, const fb_x402_requirements_t *r
         return;
     }
     /* 8. amount: exactly what was asked */
+    out->stage = 7;
     fb_u256_t want;
     if (s_u256(&want, r->amount) != 0) {
         s_fail(out, "invalid_payment_requirements", "requirements amount is not a decimal integer");
@@ -142,6 +154,7 @@ void evm_exact_check(const fb_x402_payload_t *p, const fb_x402_requirements_t *r
                "authorization.value %s is not the required amount %s", p->value, r->amount);
         return;
     }
+    out->stage = 8;
 }
 
 int evm_exact_test(bool verbose)

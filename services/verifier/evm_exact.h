@@ -28,7 +28,11 @@ typedef struct {
     fb_addr_t signer;
     fb_addr_t asset, pay_to;
     uint64_t chain_id;
+    int stage; /* index in evm_exact_checks of the check that failed; all passed: their count */
 } evm_check_t;
+
+/* The offline checks in the order they run (NULL-terminated). */
+extern const char *const evm_exact_checks[];
 
 /* evm_exact_check - run the offline checks at time now (Unix seconds), with
  * validBefore required to be at least now + margin_s. */

@@ -53,6 +53,19 @@ static int s_u64(const char *text, uint64_t *out)
     return 0;
 }
 
+const char *const svm_exact_checks[] = {"scheme",
+                                        "network",
+                                        "fee_payer",
+                                        "transaction",
+                                        "transaction_fee_payer",
+                                        "signatures",
+                                        "instruction_layout",
+                                        "compute_price",
+                                        "transfer",
+                                        "other_instructions",
+                                        "fee_payer_isolated",
+                                        NULL};
+
 void svm_check_free(svm_check_t *c)
 {
     free(c->wire);
@@ -64,16 +77,19 @@ void svm_exact_check(const fb_x402_payload_t *p, const fb_x402_requirements_t *r
 {
     memset(out, 0, sizeof(*out));
     bool v1 = p->version == 1;
+    out->stage = 0;
     if (strcmp(p->scheme, "exact") != 0 || strcmp(r->scheme, "exact") != 0) {
         s_fail(out, v1 ? "unsupported_scheme" : "invalid_exact_svm_unsupported_scheme",
                "scheme must be \"exact\"");
         return;
     }
+    out->stage = 1;
     if (strcmp(p->network, r->network) != 0) {
         s_fail(out, v1 ? "network_mismatch" : "invalid_exact_svm_network_mismatch",
                "payment network %s, requirements %s", p->network, r->network);
         return;
     }
+    out->stage = 2;
     fb_sol_key_t fp;
     if (!r->fee_payer || fb_sol_key_parse(&fp, r->fee_payer, strlen(r->fee_payer)) != 0) {
         s_fail(out, "invalid_exact_svm_payload_missing_fee_payer", "requirements.extra.feePayer is required");
@@ -87,6 +103,7 @@ void svm_exact_check(const fb_x402_payload_t *p, const fb_x402_requirements_t *r
         return;
     }
     /* the transaction */
+    out->stage = 3;
     size_t tl = strlen(p->transaction), cap = tl / 4 * 3 + 3, n = 0;
     out->wire = fb_malloc(cap + 1);
     if (sodium_base642bin(out->wire, cap, p->transaction, tl, NULL, &n, NULL,
@@ -108,11 +125,13 @@ void svm_exact_check(const fb_x402_payload_t *p, const fb_x402_requirements_t *r
         return;
     }
     out->decoded = true;
+    out->stage = 4;
     if (!fb_sol_key_eq(&tx->keys[0], &fp)) {
         s_fail(out, "invalid_exact_svm_fee_payer_mismatch",
                "the transaction's fee payer is not requirements.extra.feePayer");
         return;
     }
+    out->stage = 5;
     for (int i = 1; i < tx->num_required_signatures; i++) {
         if (!fb_sol_sig_present(tx, i) || !fb_sol_sig_verify(tx, i)) {
             s_fail(out, "invalid_exact_svm_payload_signature_invalid",
@@ -120,6 +139,7 @@ void svm_exact_check(const fb_x402_payload_t *p, const fb_x402_requirements_t *r
             return;
         }
     }
+    out->stage = 6;
     int max_ix = v1 ? 6 : 7;
     if (tx->nix < 3 || tx->nix > max_ix) {
         s_fail(out, "invalid_exact_svm_payload_transaction_instructions_length",
@@ -139,6 +159,7 @@ void svm_exact_check(const fb_x402_payload_t *p, const fb_x402_requirements_t *r
                "instruction 1 must set the compute unit price");
         return;
     }
+    out->stage = 7;
     out->price = s_le64(ix1->data + 1);
     if (out->price > max_price) {
         s_fail(out, "invalid_exact_svm_payload_transaction_instructions_compute_price_instruction_too_high",
@@ -146,6 +167,7 @@ void svm_exact_check(const fb_x402_payload_t *p, const fb_x402_requirements_t *r
                (unsigned long long)max_price);
         return;
     }
+    out->stage = 8;
     out->token_program = tx->keys[ix2->program];
     bool token = s_is(&out->token_program, FB_SOL_TOKEN_PROGRAM) ||
                  s_is(&out->token_program, FB_SOL_TOKEN_2022_PROGRAM);
@@ -194,6 +216,7 @@ void svm_exact_check(const fb_x402_payload_t *p, const fb_x402_requirements_t *r
                                          "invalid_exact_svm_payload_unknown_fifth_instruction",
                                          "invalid_exact_svm_payload_unknown_sixth_instruction",
                                          "invalid_exact_svm_payload_unknown_seventh_instruction"};
+    out->stage = 9;
     int memos = 0, memo_ix = -1;
     for (int i = 3; i < tx->nix; i++) {
         const fb_sol_key_t *prog = &tx->keys[tx->ix[i].program];
@@ -222,6 +245,7 @@ void svm_exact_check(const fb_x402_payload_t *p, const fb_x402_requirements_t *r
     }
     /* farebox is stricter than the reference: the fee payer pays fees and
      * nothing else, so no instruction may name it */
+    out->stage = 10;
     for (int i = 0; i < tx->nix; i++) {
         for (int k = 0; k < tx->ix[i].naccounts; k++) {
             if (tx->ix[i].accounts[k] == 0) {
@@ -231,6 +255,7 @@ void svm_exact_check(const fb_x402_payload_t *p, const fb_x402_requirements_t *r
             }
         }
     }
+    out->stage = 11;
 }
 
 int svm_exact_test(bool verbose)

@@ -30,7 +30,11 @@ typedef struct {
     uint64_t amount;
     uint64_t price; /* compute unit price, micro-lamports */
     fb_sol_key_t mint, destination, token_program;
+    int stage; /* index in svm_exact_checks of the check that failed; all passed: their count */
 } svm_check_t;
+
+/* The offline checks in the order they run (NULL-terminated). */
+extern const char *const svm_exact_checks[];
 
 /* svm_exact_check - run the offline checks. fee_payer is the facilitator's
  * key (NULL: only "present" is checked, as farebox-inspect does);
