@@ -46,23 +46,70 @@ int fb_http_check_hostport(const char *text, char *err, size_t errlen)
     return 0;
 }
 
+/* A listener: the libuv handle first (freed as one block), then where its
+ * connections go. */
+typedef struct {
+    uv_tcp_t tcp;
+    h2o_accept_ctx_t *actx;
+    fb_http_conns_t *conns; /* or NULL */
+} s_listener_t;
+
+/* An accepted connection, linked into its registry while open. */
+typedef struct {
+    uv_tcp_t tcp;
+    h2o_linklist_t link;
+    fb_http_conns_t *owner;
+} s_conn_t;
+
+static void s_conn_closed(uv_handle_t *h)
+{
+    s_conn_t *c = (s_conn_t *)h;
+    if (c->owner) {
+        h2o_linklist_unlink(&c->link);
+        c->owner->count--;
+    }
+    free(c);
+}
+
 static void s_on_accept(uv_stream_t *listener, int status)
 {
     if (status != 0)
         return;
-    uv_tcp_t *conn = fb_malloc(sizeof(*conn));
-    uv_tcp_init(listener->loop, conn);
-    if (uv_accept(listener, (uv_stream_t *)conn) != 0) {
-        uv_close((uv_handle_t *)conn, (uv_close_cb)free);
+    s_listener_t *l = (s_listener_t *)listener;
+    s_conn_t *conn = fb_calloc(1, sizeof(*conn));
+    uv_tcp_init(listener->loop, &conn->tcp);
+    if (uv_accept(listener, (uv_stream_t *)&conn->tcp) != 0) {
+        uv_close((uv_handle_t *)&conn->tcp, s_conn_closed);
         return;
     }
-    uv_tcp_nodelay(conn, 1);
-    h2o_socket_t *sock = h2o_uv_socket_create((uv_stream_t *)conn, (uv_close_cb)free);
-    h2o_accept(listener->data, sock);
+    if (l->conns) {
+        conn->owner = l->conns;
+        h2o_linklist_insert(&l->conns->list, &conn->link);
+        l->conns->count++;
+    }
+    uv_tcp_nodelay(&conn->tcp, 1);
+    h2o_socket_t *sock = h2o_uv_socket_create((uv_stream_t *)&conn->tcp, s_conn_closed);
+    h2o_accept(l->actx, sock);
 }
 
-uv_tcp_t *fb_http_listen(uv_loop_t *loop, h2o_accept_ctx_t *actx, const char *hostport, int *port_out,
-                         char *err, size_t errlen)
+void fb_http_conns_init(fb_http_conns_t *conns)
+{
+    h2o_linklist_init_anchor(&conns->list);
+    conns->count = 0;
+}
+
+void fb_http_conns_shutdown(fb_http_conns_t *conns)
+{
+    for (h2o_linklist_t *n = conns->list.next; n != &conns->list; n = n->next) {
+        s_conn_t *c = H2O_STRUCT_FROM_MEMBER(s_conn_t, link, n);
+        uv_os_fd_t fd;
+        if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)
+            shutdown(fd, SHUT_RDWR);
+    }
+}
+
+uv_tcp_t *fb_http_listen(uv_loop_t *loop, h2o_accept_ctx_t *actx, fb_http_conns_t *conns,
+                         const char *hostport, int *port_out, char *err, size_t errlen)
 {
     char host[256], port[8];
     if (s_split(hostport, host, sizeof(host), port, sizeof(port)) != 0) {
@@ -98,15 +145,16 @@ uv_tcp_t *fb_http_listen(uv_loop_t *loop, h2o_accept_ctx_t *actx, const char *ho
         *port_out = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
                                                    : ((struct sockaddr_in *)&ss)->sin_port);
     }
-    uv_tcp_t *listener = fb_malloc(sizeof(*listener));
-    uv_tcp_init(loop, listener);
-    if (uv_tcp_open(listener, fd) != 0 || uv_listen((uv_stream_t *)listener, 4096, s_on_accept) != 0) {
+    s_listener_t *l = fb_calloc(1, sizeof(*l));
+    l->actx = actx;
+    l->conns = conns;
+    uv_tcp_init(loop, &l->tcp);
+    if (uv_tcp_open(&l->tcp, fd) != 0 || uv_listen((uv_stream_t *)&l->tcp, 4096, s_on_accept) != 0) {
         snprintf(err, errlen, "could not listen on %s", hostport);
-        uv_close((uv_handle_t *)listener, (uv_close_cb)free);
+        uv_close((uv_handle_t *)&l->tcp, (uv_close_cb)free);
         return NULL;
     }
-    listener->data = actx;
-    return listener;
+    return &l->tcp;
 }
 
 void fb_http_close(uv_tcp_t **listener_p)

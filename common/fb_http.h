@@ -15,12 +15,27 @@
  * addresses (IPv4, [IPv6] or a name; port 0 picks a free port). */
 int fb_http_check_hostport(const char *text, char *err, size_t errlen);
 
+/* The connections a server has open, so that a stop can end idle keep-alive
+ * ones (h2o 2.2 has no way to close HTTP/1 connections it is not using). */
+typedef struct {
+    h2o_linklist_t list; /* open connections */
+    size_t count;
+} fb_http_conns_t;
+
+void fb_http_conns_init(fb_http_conns_t *conns);
+
+/* fb_http_conns_shutdown - shut every open connection down in both
+ * directions: h2o reads the end of the stream and closes each connection
+ * itself (disposing any request still on it). count drops as they close. */
+void fb_http_conns_shutdown(fb_http_conns_t *conns);
+
 /* fb_http_listen - listen on "HOST:PORT" and hand every connection to h2o with
- * actx (which must outlive the listener). Returns the listener (caller owns it:
- * close with fb_http_close), or NULL with a reason in err. *port_out gets the
- * bound port when not NULL. */
-uv_tcp_t *fb_http_listen(uv_loop_t *loop, h2o_accept_ctx_t *actx, const char *hostport, int *port_out,
-                         char *err, size_t errlen);
+ * actx (which must outlive the listener); connections are tracked in conns
+ * when it is not NULL. Returns the listener (caller owns it: close with
+ * fb_http_close), or NULL with a reason in err. *port_out gets the bound port
+ * when not NULL. */
+uv_tcp_t *fb_http_listen(uv_loop_t *loop, h2o_accept_ctx_t *actx, fb_http_conns_t *conns,
+                         const char *hostport, int *port_out, char *err, size_t errlen);
 
 /* fb_http_close - stop listening and free the listener. Nulls *listener_p. */
 void fb_http_close(uv_tcp_t **listener_p);

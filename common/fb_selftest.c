@@ -11,6 +11,7 @@
 #include "fb_util.h"
 
 #include "edge_routes.h"
+#include "edge_facilitator.h"
 #include "fb_apikey.h"
 #include "fb_codec.h"
 #include "fb_eip712.h"
@@ -56,6 +57,7 @@ static const s_test_t s_tests[] = {
     {"fb_solana", fb_solana_test},
     {"fb_x402", fb_x402_test},
     {"edge_routes", edge_routes_test},
+    {"edge_facilitator", edge_facilitator_test},
     {"ledger_rpc", ledger_rpc_test},
     {"evm_exact", evm_exact_test},
     {"svm_exact", svm_exact_test},

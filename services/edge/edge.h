@@ -4,6 +4,7 @@
 #define EDGE_H
 
 #include "fb_config.h"
+#include "fb_http.h"
 #include "fb_rpc_client.h"
 #include "fb_service.h"
 
@@ -25,6 +26,9 @@ struct edge_t {
     uint32_t ready_timeout_ms; /* /readyz deadline for the dependency checks */
     uint32_t grace_ms;         /* how long a stop waits for requests in flight */
     int worker_count;          /* worker threads, the first runs on the main loop */
+    bool facilitator_open;     /* /facilitator/verify and /settle need no token */
+    bool facilitator_token_set;
+    uint8_t facilitator_token_sha256[32]; /* SHA-256 of FAREBOX_FACILITATOR_TOKEN */
     edge_worker_t **workers;
 };
 
@@ -45,6 +49,8 @@ struct edge_worker_t {
     uint64_t active_requests; /* requests received and not yet disposed */
     int64_t stop_deadline;    /* monotonic ms when a stop gives up waiting */
     bool stopping;
+    bool conns_closing;        /* a stop has shut the remaining connections down */
+    fb_http_conns_t conns;     /* connections open on this worker's listeners */
     int http_port, https_port; /* ports actually bound */
 };
 

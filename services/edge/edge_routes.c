@@ -1,5 +1,6 @@
 /* edge_routes - route table and handlers of the edge. */
 #include "edge_routes.h"
+#include "edge_facilitator.h"
 #include "edge_worker.h"
 #include "fb_http.h"
 #include "fb_log.h"
@@ -237,7 +238,9 @@ static const s_route_t s_routes[] = {
     {"/v1/topup", "POST", s_not_implemented},
     {"/v1/balance", "GET", s_not_implemented},
     {"/admin/", "*", s_not_implemented},
-    {"/facilitator/", "*", s_not_implemented},
+    {"/facilitator/verify", "POST", edge_facilitator_verify},
+    {"/facilitator/settle", "POST", edge_facilitator_settle},
+    {"/facilitator/supported", "GET", edge_facilitator_supported},
     {"/metrics", "GET", s_not_implemented},
     {"/openapi.json", "GET", s_not_implemented},
 };

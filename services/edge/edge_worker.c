@@ -13,19 +13,34 @@ edge_worker_t *edge_worker_of(h2o_context_t *ctx)
     return (edge_worker_t *)((char *)ctx - offsetof(edge_worker_t, ctx));
 }
 
+#define CONNS_CLOSE_MS 2000 /* after the requests, how long connections get to close */
+
+/* A stop runs in two steps: the requests in flight finish (up to the grace
+ * period), then every connection still open is shut down and closes. */
 static void s_drain_check(uv_timer_t *t)
 {
     edge_worker_t *self = t->data;
-    if (self->active_requests == 0 || fb_mono_ms() >= self->stop_deadline) {
+    int64_t now = fb_mono_ms();
+    if (!self->conns_closing) {
+        if (self->active_requests > 0 && now < self->stop_deadline)
+            return;
         if (self->active_requests)
             fb_log(FB_LOG_WARN, NULL, "stop grace period over", "worker=%d requests_in_flight=%llu",
                    self->index, (unsigned long long)self->active_requests);
-        uv_timer_stop(t);
-        if (self->index == 0)
-            fb_service_exit(self->edge->service, 0);
-        else
-            uv_stop(self->loop);
+        self->conns_closing = true;
+        self->stop_deadline = now + CONNS_CLOSE_MS;
+        fb_http_conns_shutdown(&self->conns);
     }
+    if (self->conns.count > 0 && now < self->stop_deadline)
+        return;
+    if (self->conns.count > 0)
+        fb_log(FB_LOG_WARN, NULL, "connections still open at exit", "worker=%d connections=%zu", self->index,
+               self->conns.count);
+    uv_timer_stop(t);
+    if (self->index == 0)
+        fb_service_exit(self->edge->service, 0);
+    else
+        uv_stop(self->loop);
 }
 
 static void s_begin_stop(edge_worker_t *self)
@@ -35,6 +50,7 @@ static void s_begin_stop(edge_worker_t *self)
     self->stopping = true;
     fb_http_close(&self->listen_plain);
     fb_http_close(&self->listen_tls);
+    h2o_context_request_shutdown(&self->ctx); /* GOAWAY on HTTP/2, no more keep-alive on HTTP/1 */
     self->stop_deadline = fb_mono_ms() + self->edge->grace_ms;
     uv_timer_start(&self->drain, s_drain_check, 0, 20);
 }
@@ -60,18 +76,19 @@ edge_worker_t *edge_worker_new(edge_t *edge, int index, char *err, size_t errlen
     uv_timer_init(self->loop, &self->drain);
     self->drain.data = self;
     h2o_context_init(&self->ctx, self->loop, &edge->h2o);
+    fb_http_conns_init(&self->conns);
     self->accept_plain.ctx = &self->ctx;
     self->accept_plain.hosts = edge->h2o.hosts;
     self->accept_tls = self->accept_plain;
     self->accept_tls.ssl_ctx = edge->tls;
 
-    self->listen_plain =
-        fb_http_listen(self->loop, &self->accept_plain, edge->http_listen, &self->http_port, err, errlen);
+    self->listen_plain = fb_http_listen(self->loop, &self->accept_plain, &self->conns, edge->http_listen,
+                                        &self->http_port, err, errlen);
     if (!self->listen_plain)
         return NULL;
     if (edge->tls) {
-        self->listen_tls =
-            fb_http_listen(self->loop, &self->accept_tls, edge->https_listen, &self->https_port, err, errlen);
+        self->listen_tls = fb_http_listen(self->loop, &self->accept_tls, &self->conns, edge->https_listen,
+                                          &self->https_port, err, errlen);
         if (!self->listen_tls)
             return NULL;
     }
@@ -126,7 +143,15 @@ void edge_worker_destroy(edge_worker_t **self_p)
     uv_close((uv_handle_t *)&self->wake, NULL);
     uv_close((uv_handle_t *)&self->drain, NULL);
     uv_run(self->loop, UV_RUN_NOWAIT);
-    h2o_context_dispose(&self->ctx);
+    /* h2o cannot dispose a context with connections still open: this happens
+     * only when one outlived the stop (logged), just before the process ends */
+    if (self->conns.count == 0) {
+        /* h2o_context_request_shutdown armed a one-second GOAWAY resend (h2o
+         * 2.2 links it even with no HTTP/2 connection): disarm it first */
+        if (h2o_timeout_is_linked(&self->ctx.http2._graceful_shutdown_timeout))
+            h2o_timeout_unlink(&self->ctx.http2._graceful_shutdown_timeout);
+        h2o_context_dispose(&self->ctx);
+    }
     if (self->index > 0) {
         uv_walk(self->loop, s_close_walk, NULL);
         uv_run(self->loop, UV_RUN_DEFAULT);

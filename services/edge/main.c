@@ -3,6 +3,7 @@
  *   configuration  listen addresses, TLS files, worker threads, limits
  *   h2o            HTTP/1.1, h2 over TLS (ALPN) and h2c with prior knowledge
  *   routes         edge_routes.c: health, readiness, the paid API
+ *   facilitator    edge_facilitator.c: the x402 facilitator API, answered by the verifier
  *   workers        edge_worker.c: one loop per thread, each with RPC clients
  *   stop           SIGTERM stops accepting, waits for requests in flight */
 #include "edge.h"
@@ -12,8 +13,10 @@
 #include "fb_log.h"
 #include "fb_util.h"
 
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 static const fb_config_var_t s_vars[] = {
     {"FAREBOX_HTTP_LISTEN", FB_CFG_STRING, "127.0.0.1:8402", 0, 0, NULL, fb_http_check_hostport,
@@ -29,6 +32,11 @@ static const fb_config_var_t s_vars[] = {
      "largest request body accepted, in bytes"},
     {"FAREBOX_READY_TIMEOUT_MS", FB_CFG_INT, "1000", 10, 60000, NULL, NULL,
      "/readyz waits this long for the ledger and verifier to answer"},
+    {"FAREBOX_FACILITATOR_TOKEN", FB_CFG_SECRET, "", 0, 0, NULL, NULL,
+     "bearer token that /facilitator/verify and /settle require (unset: they answer 403 unless open)"},
+    {"FAREBOX_FACILITATOR_OPEN", FB_CFG_BOOL, "false", 0, 0, NULL, NULL,
+     "serve /facilitator/verify and /settle to anyone, like a public facilitator (settlements spend your "
+     "gas)"},
     {"FAREBOX_STOP_GRACE_MS", FB_CFG_INT, "10000", 0, 600000, NULL, NULL,
      "on SIGTERM, how long requests in flight may take to finish"},
 };
@@ -51,6 +59,7 @@ static void s_on_stop(void *arg)
 
 int main(int argc, char **argv)
 {
+    FB_ASSERT(sodium_init() >= 0);
     edge_t edge = {0};
     edge.service = fb_service_new(argc, argv, &s_def);
     const fb_config_t *cfg = fb_service_config(edge.service);
@@ -79,6 +88,15 @@ int main(int argc, char **argv)
     edge.ready_timeout_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_READY_TIMEOUT_MS");
     edge.grace_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_STOP_GRACE_MS");
     edge.worker_count = (int)fb_config_int(cfg, "FAREBOX_EDGE_THREADS");
+    edge.facilitator_open = fb_config_bool(cfg, "FAREBOX_FACILITATOR_OPEN");
+    const char *token = fb_config_str(cfg, "FAREBOX_FACILITATOR_TOKEN");
+    if (token[0]) {
+        if (strlen(token) < 16)
+            fb_service_fail_config(
+                "invalid configuration: FAREBOX_FACILITATOR_TOKEN must be at least 16 characters");
+        crypto_hash_sha256(edge.facilitator_token_sha256, (const uint8_t *)token, strlen(token));
+        edge.facilitator_token_set = true;
+    }
     edge.workers = fb_calloc((size_t)edge.worker_count, sizeof(*edge.workers));
     for (int i = 0; i < edge.worker_count; i++) {
         edge.workers[i] = edge_worker_new(&edge, i, err, sizeof(err));

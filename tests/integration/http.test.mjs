@@ -58,7 +58,7 @@ before(async () => {
 after(async () => {
   for (const p of [edge, verifier, ledger]) if (p) {
     const { code } = await p.stop();
-    assert.equal(code, 0, `${p.name} exited ${code}`);
+    assert.equal(code, 0, `${p.name} exited ${code}\n${p.tail()}`);
   }
   if (pg) await pg.stop();
 });

@@ -65,6 +65,15 @@ test("./scripts/run starts everything, writes run.env, stops on SIGTERM and keep
   assert.equal(ready.status, 200);
   assert.equal((await ready.json()).ready, true);
 
+  // the facilitator serves both dev chains, and wants run.env's token for settle
+  const supported = await (await fetch(`${env.FAREBOX_FACILITATOR_URL}/supported`)).json();
+  assert.deepEqual(supported.kinds.map((k) => k.network).filter((n) => !/^[a-z-]+$/.test(n)),
+    ["eip155:84532", "solana:EtWTRABZaYq6iMfeYKouRu166VU2xqa1"]);
+  const settle = (token) => fetch(`${env.FAREBOX_FACILITATOR_URL}/settle`, { method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${token}` }, body: "{}" });
+  assert.equal((await settle("wrong")).status, 401);
+  assert.equal((await settle(env.FAREBOX_FACILITATOR_TOKEN)).status, 400);
+
   // the dev chains answer, with the test token deployed
   const code = await fetch(env.FAREBOX_EVM_RPC_URL, { method: "POST", headers: { "content-type": "application/json" },
     body: JSON.stringify({ jsonrpc: "2.0", id: 1, method: "eth_getCode", params: [env.FAREBOX_EVM_TOKEN, "latest"] }) });

@@ -469,7 +469,7 @@ int main(int argc, char **argv)
     s_mock.accept.ctx = &s_mock.ctx;
     s_mock.accept.hosts = s_mock.h2o.hosts;
     int port = 0;
-    uv_tcp_t *listener = fb_http_listen(s_mock.loop, &s_mock.accept,
+    uv_tcp_t *listener = fb_http_listen(s_mock.loop, &s_mock.accept, NULL,
                                         fb_config_str(cfg, "FAREBOX_MOCK_LISTEN"), &port, err, sizeof(err));
     if (!listener) {
         fprintf(stderr, "invalid configuration: FAREBOX_MOCK_LISTEN: %s\n", err);

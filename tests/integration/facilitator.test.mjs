@@ -1,0 +1,182 @@
+// facilitator.test.mjs - farebox as an x402 facilitator over HTTP: a real
+// @x402/express server whose HTTPFacilitatorClient points at the edge's
+// /facilitator accepts a payment made by @x402/fetch, settled on anvil; the
+// facilitator's own answers (supported, refusals, auth, bad bodies) over
+// HTTP/1.1 and h2c.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import crypto from "node:crypto";
+import { spawnSync } from "node:child_process";
+import express from "express";
+import { encodeFunctionData, parseAbi, toHex } from "viem";
+import { privateKeyToAccount } from "viem/accounts";
+import { paymentMiddleware, x402ResourceServer } from "@x402/express";
+import { HTTPFacilitatorClient } from "@x402/core/server";
+import { ExactEvmScheme } from "@x402/evm/exact/server";
+import { registerExactEvmScheme } from "@x402/evm/exact/client";
+import { wrapFetchWithPayment, x402Client } from "@x402/fetch";
+import { freePort, startService } from "../lib/harness.mjs";
+import { startPostgres } from "../lib/pg.mjs";
+import { startChains, ethRpc } from "../lib/chains.mjs";
+import { RpcClient } from "../lib/rpc.mjs";
+
+const NETWORK = "eip155:84532";
+const TOKEN_SECRET = crypto.randomBytes(24).toString("hex");
+let pg, chains, evm, ledger, verifier, edge, closedEdge, app, appServer, base, closedBase, treasury;
+const erc20 = parseAbi(["function balanceOf(address) view returns (uint256)"]);
+const balance = (who) => ethRpc(evm.rpcUrl, "eth_call", [{ to: evm.token,
+  data: encodeFunctionData({ abi: erc20, functionName: "balanceOf", args: [who] }) }, "latest"]).then(BigInt);
+const auth = { authorization: `Bearer ${TOKEN_SECRET}` };
+
+async function startEdge(lp, vp, env) {
+  const port = await freePort();
+  const p = await startService("edge", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`,
+    FAREBOX_HTTP_LISTEN: `127.0.0.1:${port}`, FAREBOX_LEDGER_ENDPOINT: `tcp://127.0.0.1:${lp}`,
+    FAREBOX_VERIFIER_ENDPOINT: `tcp://127.0.0.1:${vp}`, ...env });
+  p.url = `http://127.0.0.1:${port}`;
+  return p;
+}
+
+before(async () => {
+  pg = await startPostgres();
+  const db = pg.createDatabase("facilitator");
+  chains = await startChains();
+  evm = chains.evm;
+  treasury = evm.accounts[8].address;
+  const lp = await freePort(), vp = await freePort();
+  ledger = await startService("ledger", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${lp}`, FAREBOX_DATABASE_URL: db.url,
+    FAREBOX_KEY_HMAC_SECRET: crypto.randomBytes(32).toString("hex") });
+  verifier = await startService("verifier", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${vp}`,
+    FAREBOX_LEDGER_ENDPOINT: `tcp://127.0.0.1:${lp}`, FAREBOX_EVM_NETWORK: NETWORK, FAREBOX_EVM_RPC_URLS: evm.rpcUrl,
+    FAREBOX_EVM_TOKEN: evm.token, FAREBOX_SETTLEMENT_KEY: evm.deployer.privateKey });
+  edge = await startEdge(lp, vp, { FAREBOX_FACILITATOR_TOKEN: TOKEN_SECRET });
+  closedEdge = await startEdge(lp, vp, {});
+  base = `${edge.url}/facilitator`;
+  closedBase = `${closedEdge.url}/facilitator`;
+
+  // the resource server: @x402/express with farebox as its facilitator
+  const facilitator = new HTTPFacilitatorClient({ url: base,
+    createAuthHeaders: async () => ({ verify: auth, settle: auth, supported: {} }) });
+  const server = new x402ResourceServer(facilitator).register(NETWORK, new ExactEvmScheme());
+  app = express();
+  app.use(paymentMiddleware({
+    "GET /weather": { accepts: { scheme: "exact", network: NETWORK, payTo: treasury,
+      price: { amount: "10000", asset: evm.token, extra: { name: "USDC", version: "2" } } }, description: "weather" },
+  }, server));
+  app.get("/weather", (req, res) => res.json({ weather: "sunny" }));
+  const port = await freePort();
+  await new Promise((resolve) => { appServer = app.listen(port, "127.0.0.1", resolve); });
+  app.url = `http://127.0.0.1:${port}`;
+});
+
+after(async () => {
+  await new Promise((resolve) => appServer ? appServer.close(resolve) : resolve());
+  for (const p of [edge, closedEdge, verifier, ledger]) if (p) {
+    const { code } = await p.stop();
+    assert.equal(code, 0, `${p.name} exited ${code}\n${p.tail()}`);
+  }
+  await chains?.stop();
+  await pg?.stop();
+});
+
+test("an @x402/express server using farebox as facilitator is paid by @x402/fetch, settled on anvil", async () => {
+  const payer = privateKeyToAccount(evm.accounts[0].privateKey);
+  const before = await balance(payer.address), tBefore = await balance(treasury);
+
+  const unpaid = await fetch(`${app.url}/weather`);
+  assert.equal(unpaid.status, 402);
+  const required = JSON.parse(Buffer.from(unpaid.headers.get("payment-required"), "base64").toString());
+  assert.equal(required.accepts[0].network, NETWORK);
+  assert.equal(required.accepts[0].asset, evm.token);
+
+  const client = registerExactEvmScheme(new x402Client(), { signer: payer });
+  client.setSpendControls(false);
+  const paidFetch = wrapFetchWithPayment(fetch, client);
+  const r = await paidFetch(`${app.url}/weather`);
+  assert.equal(r.status, 200, await r.clone().text());
+  assert.deepEqual(await r.json(), { weather: "sunny" });
+  const receipt = JSON.parse(Buffer.from(r.headers.get("payment-response"), "base64").toString());
+  assert.equal(receipt.success, true);
+  assert.equal(receipt.network, NETWORK);
+  assert.equal(receipt.payer, payer.address);
+  assert.match(receipt.transaction, /^0x[0-9a-f]{64}$/);
+  assert.equal((await ethRpc(evm.rpcUrl, "eth_getTransactionReceipt", [receipt.transaction])).status, "0x1");
+  assert.equal(await balance(payer.address), before - 10000n);
+  assert.equal(await balance(treasury), tBefore + 10000n);
+
+  const l = new RpcClient(ledger.endpoint);
+  const audit = await l.call("ledger.audit", {});
+  l.close();
+  assert.equal(audit.body.ok, true, JSON.stringify(audit.body.checks.filter((c) => !c.ok)));
+});
+
+test("supported is public and lists the network; verify and settle need the token", async () => {
+  const s = await fetch(`${base}/supported`);
+  assert.equal(s.status, 200);
+  const body = await s.json();
+  assert.deepEqual(body.kinds[0], { x402Version: 2, scheme: "exact", network: NETWORK });
+  assert.deepEqual(body.signers["eip155:*"], [privateKeyToAccount(evm.deployer.privateKey).address]);
+  assert.ok(s.headers.get("x-request-id"));
+
+  const post = (url, headers, body) => fetch(url, { method: "POST", headers: { "content-type": "application/json", ...headers }, body });
+  const anyBody = JSON.stringify({ x402Version: 2, paymentPayload: {}, paymentRequirements: {} });
+  for (const headers of [{}, { authorization: "Bearer wrong-token-wrong-token" }, { authorization: TOKEN_SECRET }]) {
+    for (const op of ["verify", "settle"]) {
+      const r = await post(`${base}/${op}`, headers, anyBody);
+      assert.equal(r.status, 401, `${op} ${JSON.stringify(headers)}`);
+      assert.equal(r.headers.get("www-authenticate"), "Bearer");
+      assert.match((await r.json()).error, /token/);
+    }
+  }
+  // an edge without a token does not act as a facilitator at all
+  const closed = await post(`${closedBase}/settle`, auth, anyBody);
+  assert.equal(closed.status, 403);
+  assert.equal((await fetch(`${closedBase}/supported`)).status, 200);
+  // wrong methods
+  assert.equal((await fetch(`${base}/verify`)).status, 405);
+  assert.equal((await post(`${base}/supported`, {}, "{}")).status, 405);
+});
+
+test("bad bodies are 400 and refused payments are 200 with their reason, over HTTP/1.1 and h2c", async () => {
+  const post = (op, body) => fetch(`${base}/${op}`, { method: "POST", headers: { "content-type": "application/json", ...auth }, body });
+  for (const body of ["", "not json", "[]", JSON.stringify({ paymentPayload: {} }), JSON.stringify({ paymentRequirements: {} })]) {
+    const r = await post("verify", body);
+    assert.equal(r.status, 400, body);
+    assert.ok((await r.json()).error);
+  }
+  const big = await post("verify", JSON.stringify({ paymentPayload: { pad: "x".repeat(70000) }, paymentRequirements: {} }));
+  assert.equal(big.status, 413);
+
+  // a payment signed by someone else than its from: isValid false, 200, nothing settled
+  const payer = privateKeyToAccount(evm.accounts[2].privateKey), other = privateKeyToAccount(toHex(crypto.randomBytes(32)));
+  const requirements = { scheme: "exact", network: NETWORK, amount: "10000", asset: evm.token, payTo: treasury,
+    maxTimeoutSeconds: 60, extra: { name: "USDC", version: "2" } };
+  const now = Math.floor(Date.now() / 1000);
+  const message = { from: payer.address, to: treasury, value: 10000n, validAfter: 0n, validBefore: BigInt(now + 60), nonce: toHex(crypto.randomBytes(32)) };
+  const signature = await other.signTypedData({ domain: { name: "USDC", version: "2", chainId: 84532, verifyingContract: evm.token },
+    types: { TransferWithAuthorization: [{ name: "from", type: "address" }, { name: "to", type: "address" },
+      { name: "value", type: "uint256" }, { name: "validAfter", type: "uint256" }, { name: "validBefore", type: "uint256" },
+      { name: "nonce", type: "bytes32" }] }, primaryType: "TransferWithAuthorization", message });
+  const paymentPayload = { x402Version: 2, resource: { url: "http://x/r" }, accepted: requirements, payload: { signature,
+    authorization: { ...message, value: "10000", validAfter: "0", validBefore: String(now + 60) } } };
+  const body = JSON.stringify({ x402Version: 2, paymentPayload, paymentRequirements: requirements });
+  const v = await post("verify", body);
+  assert.equal(v.status, 200);
+  const vb = await v.json();
+  assert.equal(vb.isValid, false);
+  assert.equal(vb.invalidReason, "invalid_exact_evm_signature");
+  const s = await post("settle", body);
+  assert.equal(s.status, 200);
+  const sb = await s.json();
+  assert.equal(sb.success, false);
+  assert.equal(sb.errorReason, "invalid_exact_evm_signature");
+  assert.equal(sb.transaction, "");
+  assert.equal(sb.network, NETWORK);
+
+  // the same over cleartext HTTP/2
+  const h2 = spawnSync("curl", ["-sS", "--http2-prior-knowledge", "-H", "content-type: application/json", "-H",
+    `authorization: Bearer ${TOKEN_SECRET}`, "--data-binary", body, "-w", "\n%{http_version} %{http_code}", `${base}/verify`], { encoding: "utf8" });
+  const [json, status] = h2.stdout.trim().split("\n");
+  assert.equal(status, "2 200");
+  assert.equal(JSON.parse(json).invalidReason, "invalid_exact_evm_signature");
+});
