@@ -1,4 +1,4 @@
-/* fb_codec - hex and base58 (Bitcoin alphabet, as Solana uses it).
+/* fb_codec - hex, base58 (Bitcoin alphabet, as Solana uses it) and base64.
  *
  * Decoders take input from outside: they check every character and every
  * length and never write past the output buffer. */
@@ -26,6 +26,13 @@ size_t fb_base58_encode(char *out, size_t outcap, const uint8_t *in, size_t len)
  * Returns the number of bytes, or -1 for a character outside the alphabet or
  * a result longer than outcap. */
 int fb_base58_decode(uint8_t *out, size_t outcap, const char *text, size_t textlen);
+
+/* fb_base64_decode - decode standard base64 (RFC 4648 alphabet, "=" padding
+ * optional, no whitespace; the bits left over must be zero). For public data
+ * only (payments, transactions): it is not constant-time, unlike libsodium's.
+ * Returns the number of bytes, or -1 for bad input or a result longer than
+ * outcap. */
+int fb_base64_decode(uint8_t *out, size_t outcap, const char *text, size_t textlen);
 
 int fb_codec_test(bool verbose);
 

@@ -83,6 +83,16 @@ int fb_u256_from_dec(fb_u256_t *out, const char *text, size_t len)
     memset(out, 0, sizeof(*out));
     if (len == 0 || len > 78)
         return -1;
+    if (len <= 19) { /* below 10^19: fits 64 bits, the usual case (amounts, times) */
+        uint64_t v = 0;
+        for (size_t i = 0; i < len; i++) {
+            if (text[i] < '0' || text[i] > '9')
+                return -1;
+            v = v * 10 + (uint64_t)(text[i] - '0');
+        }
+        fb_u256_from_u64(out, v);
+        return 0;
+    }
     for (size_t i = 0; i < len; i++) {
         if (text[i] < '0' || text[i] > '9')
             return -1;

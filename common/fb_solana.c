@@ -12,6 +12,27 @@ const char FB_SOL_TOKEN_2022_PROGRAM[] = "TokenzQdBNbLqP5VEhdkAS6EPFLC1PHnBqCXEp
 const char FB_SOL_ATA_PROGRAM[] = "ATokenGPvbdGVxr1b2hvZbsiqW5xWH25efTNsLJA8knL";
 const char FB_SOL_COMPUTE_BUDGET_PROGRAM[] = "ComputeBudget111111111111111111111111111111";
 const char FB_SOL_MEMO_PROGRAM[] = "MemoSq4gqABAXKb96qnH8TysNcWxMyWCqXgDLGmfcHr";
+const char FB_SOL_LIGHTHOUSE_PROGRAM[] = "L2TExMFKdjpN9kozasaurPirfHy9P8sbXoAN1qA3S95";
+
+/* the same programs decoded (fb_solana_test checks them against the text) */
+const fb_sol_key_t fb_sol_token_program = {{0x06, 0xdd, 0xf6, 0xe1, 0xd7, 0x65, 0xa1, 0x93, 0xd9, 0xcb, 0xe1,
+                                            0x46, 0xce, 0xeb, 0x79, 0xac, 0x1c, 0xb4, 0x85, 0xed, 0x5f, 0x5b,
+                                            0x37, 0x91, 0x3a, 0x8c, 0xf5, 0x85, 0x7e, 0xff, 0x00, 0xa9}};
+const fb_sol_key_t fb_sol_token_2022_program = {
+    {0x06, 0xdd, 0xf6, 0xe1, 0xee, 0x75, 0x8f, 0xde, 0x18, 0x42, 0x5d, 0xbc, 0xe4, 0x6c, 0xcd, 0xda,
+     0xb6, 0x1a, 0xfc, 0x4d, 0x83, 0xb9, 0x0d, 0x27, 0xfe, 0xbd, 0xf9, 0x28, 0xd8, 0xa1, 0x8b, 0xfc}};
+const fb_sol_key_t fb_sol_ata_program = {{0x8c, 0x97, 0x25, 0x8f, 0x4e, 0x24, 0x89, 0xf1, 0xbb, 0x3d, 0x10,
+                                          0x29, 0x14, 0x8e, 0x0d, 0x83, 0x0b, 0x5a, 0x13, 0x99, 0xda, 0xff,
+                                          0x10, 0x84, 0x04, 0x8e, 0x7b, 0xd8, 0xdb, 0xe9, 0xf8, 0x59}};
+const fb_sol_key_t fb_sol_compute_budget_program = {
+    {0x03, 0x06, 0x46, 0x6f, 0xe5, 0x21, 0x17, 0x32, 0xff, 0xec, 0xad, 0xba, 0x72, 0xc3, 0x9b, 0xe7,
+     0xbc, 0x8c, 0xe5, 0xbb, 0xc5, 0xf7, 0x12, 0x6b, 0x2c, 0x43, 0x9b, 0x3a, 0x40, 0x00, 0x00, 0x00}};
+const fb_sol_key_t fb_sol_memo_program = {{0x05, 0x4a, 0x53, 0x5a, 0x99, 0x29, 0x21, 0x06, 0x4d, 0x24, 0xe8,
+                                           0x71, 0x60, 0xda, 0x38, 0x7c, 0x7c, 0x35, 0xb5, 0xdd, 0xbc, 0x92,
+                                           0xbb, 0x81, 0xe4, 0x1f, 0xa8, 0x40, 0x41, 0x05, 0x44, 0x8d}};
+const fb_sol_key_t fb_sol_lighthouse_program = {
+    {0x04, 0xdf, 0xad, 0x79, 0x62, 0xff, 0xb1, 0xdd, 0x92, 0x5d, 0x0a, 0x9f, 0xb5, 0xe6, 0xd0, 0x0c,
+     0xe6, 0x19, 0x5b, 0xa8, 0xbb, 0x3a, 0x91, 0xfd, 0x07, 0xef, 0x98, 0x60, 0xc5, 0xe9, 0x7b, 0xb8}};
 
 typedef struct {
     const uint8_t *p, *end;
@@ -256,12 +277,10 @@ int fb_sol_pda(fb_sol_key_t *out, uint8_t *bump, const uint8_t *const *seeds, co
 int fb_sol_ata(fb_sol_key_t *out, const fb_sol_key_t *owner, const fb_sol_key_t *mint,
                const fb_sol_key_t *token_program)
 {
-    fb_sol_key_t ata_program;
-    FB_ASSERT(fb_sol_key_parse(&ata_program, FB_SOL_ATA_PROGRAM, strlen(FB_SOL_ATA_PROGRAM)) == 0);
     const uint8_t *seeds[3] = {owner->b, token_program->b, mint->b};
     const size_t lens[3] = {32, 32, 32};
     uint8_t bump;
-    return fb_sol_pda(out, &bump, seeds, lens, 3, &ata_program);
+    return fb_sol_pda(out, &bump, seeds, lens, 3, &fb_sol_ata_program);
 }
 
 int fb_sol_key_parse(fb_sol_key_t *out, const char *text, size_t len)
@@ -285,6 +304,20 @@ bool fb_sol_key_eq(const fb_sol_key_t *a, const fb_sol_key_t *b)
 
 int fb_solana_test(bool verbose)
 {
+    const struct {
+        const char *text;
+        const fb_sol_key_t *key;
+    } programs[] = {{FB_SOL_TOKEN_PROGRAM, &fb_sol_token_program},
+                    {FB_SOL_TOKEN_2022_PROGRAM, &fb_sol_token_2022_program},
+                    {FB_SOL_ATA_PROGRAM, &fb_sol_ata_program},
+                    {FB_SOL_COMPUTE_BUDGET_PROGRAM, &fb_sol_compute_budget_program},
+                    {FB_SOL_MEMO_PROGRAM, &fb_sol_memo_program},
+                    {FB_SOL_LIGHTHOUSE_PROGRAM, &fb_sol_lighthouse_program}};
+    for (size_t i = 0; i < FB_ARRAY_SIZE(programs); i++) {
+        fb_sol_key_t k;
+        FB_ASSERT(fb_sol_key_parse(&k, programs[i].text, strlen(programs[i].text)) == 0);
+        FB_ASSERT(fb_sol_key_eq(&k, programs[i].key));
+    }
     FB_UNUSED(verbose);
     FB_ASSERT(sodium_init() >= 0);
     fb_sol_key_t k;

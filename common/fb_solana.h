@@ -98,6 +98,11 @@ extern const char FB_SOL_TOKEN_2022_PROGRAM[];
 extern const char FB_SOL_ATA_PROGRAM[];
 extern const char FB_SOL_COMPUTE_BUDGET_PROGRAM[];
 extern const char FB_SOL_MEMO_PROGRAM[];
+extern const char FB_SOL_LIGHTHOUSE_PROGRAM[];
+
+/* The same program ids, decoded. */
+extern const fb_sol_key_t fb_sol_token_program, fb_sol_token_2022_program, fb_sol_ata_program,
+    fb_sol_compute_budget_program, fb_sol_memo_program, fb_sol_lighthouse_program;
 
 int fb_solana_test(bool verbose);
 

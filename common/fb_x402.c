@@ -1,5 +1,6 @@
 /* fb_x402 - parsing and encoding of x402 messages. */
 #include "fb_x402.h"
+#include "fb_codec.h"
 #include "fb_util.h"
 
 #include <sodium.h>
@@ -120,33 +121,15 @@ json_t *fb_x402_decode_header(const char *value, size_t len, char *err, size_t e
         return NULL;
     }
     /* the reference accepts ^[A-Za-z0-9+/]*={0,2}$ and nothing else */
-    size_t pad = 0;
-    for (size_t i = 0; i < len; i++) {
-        char c = value[i];
-        bool b64 = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' ||
-                   c == '/';
-        if (c == '=') {
-            pad++;
-            continue;
-        }
-        if (!b64 || pad) {
-            snprintf(err, errlen, "header value is not standard base64");
-            return NULL;
-        }
-    }
-    if (pad > 2) {
-        snprintf(err, errlen, "header value is not standard base64");
-        return NULL;
-    }
-    size_t cap = len / 4 * 3 + 3, out_len = 0;
+    size_t cap = len / 4 * 3 + 3;
     unsigned char *bin = fb_malloc(cap + 1);
-    int rc = sodium_base642bin(bin, cap, value, len - pad, NULL, &out_len, NULL,
-                               sodium_base64_VARIANT_ORIGINAL_NO_PADDING);
-    if (rc != 0) {
+    int got = fb_base64_decode(bin, cap, value, len);
+    if (got < 0) {
         free(bin);
         snprintf(err, errlen, "header value is not standard base64");
         return NULL;
     }
+    size_t out_len = (size_t)got;
     json_error_t jerr;
     json_t *j = json_loadb((const char *)bin, out_len, JSON_REJECT_DUPLICATES, &jerr);
     free(bin);

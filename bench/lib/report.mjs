@@ -21,6 +21,7 @@ for (const [c, rs] of Object.entries(cases)) {
     p99_us: median(rs.map((r) => r.p99_us)),
     errors: rs.reduce((a, r) => a + (r.errors ?? 0), 0),
     spread: rs[rs.length - 1].replicas?.map((x) => x.answered),
+    ...(rs[0].us_per_call != null && { us_per_call: median(rs.map((r) => r.us_per_call)) }),
   };
 }
 
@@ -42,6 +43,16 @@ if (name === "ledger") {
   ratios.spread_p99_latency = b.batched_spread.p99_us / b.naive_spread.p99_us;
 }
 
+if (name === "verify") {
+  const v = summary;
+  // calls/s against calls/s: the goals are evm_farebox_vs_raw and svm_farebox_vs_raw >= 0.9
+  ratios.evm_farebox_vs_raw = v.evm_farebox.calls_per_s / v.evm_raw.calls_per_s;
+  ratios.evm_farebox_header_vs_raw = v.evm_farebox_header.calls_per_s / v.evm_raw.calls_per_s;
+  ratios.svm_farebox_vs_raw = v.svm_farebox.calls_per_s / v.svm_raw.calls_per_s;
+  ratios.evm_viem_vs_raw = v.evm_viem.calls_per_s / v.evm_raw.calls_per_s;
+  ratios.evm_farebox_vs_viem = v.evm_farebox.calls_per_s / v.evm_viem.calls_per_s;
+}
+
 const labels = {
   batched_hot: "ledger, group commit, 1 hot account",
   naive_hot: "naive (1 tx per op), 1 hot account",
@@ -51,13 +62,27 @@ const labels = {
   rpc_1: "farebox RPC, 1 client -> 1 replica",
   zmq_64: "bare ZeroMQ REQ/REP, 64 clients -> 1 REP",
   rpc_64x3: "farebox RPC, 64 in flight -> 3 replicas",
+  evm_raw: "raw secp256k1 parse + recover",
+  evm_farebox: "farebox evm_exact_check, parsed payload",
+  evm_farebox_header: "farebox evm_exact_check from the header",
+  evm_viem: "viem verifyTypedData (Node)",
+  evm_viem_recover: "viem recoverTypedDataAddress (Node)",
+  svm_raw: "raw libsodium ed25519 verify",
+  svm_farebox: "farebox svm_exact_check, parsed payload",
 };
 const pad = (s, n) => String(s).padEnd(n);
 console.log(`\n${name}: medians of ${Object.values(summary)[0].rounds} alternating rounds\n`);
-console.log(pad("case", 44) + pad(name === "ledger" ? "pairs/s" : "calls/s", 12) + pad("p50 us", 9) + pad("p99 us", 9) + "errors");
-for (const [c, s] of Object.entries(summary)) {
-  console.log(pad(labels[c] ?? c, 44) + pad(Math.round(s.calls_per_s), 12) + pad(s.p50_us, 9) + pad(s.p99_us, 9) + s.errors +
-    (s.spread ? `   spread ${s.spread.join("/")}` : ""));
+if (name === "verify") {
+  // one thread, one call at a time: a call's time is 1 / rate, no latency spread
+  console.log(pad("case", 44) + pad("calls/s", 12) + pad("us/call", 10) + "errors");
+  for (const [c, s] of Object.entries(summary))
+    console.log(pad(labels[c] ?? c, 44) + pad(Math.round(s.calls_per_s), 12) + pad(s.us_per_call.toFixed(1), 10) + s.errors);
+} else {
+  console.log(pad("case", 44) + pad(name === "ledger" ? "pairs/s" : "calls/s", 12) + pad("p50 us", 9) + pad("p99 us", 9) + "errors");
+  for (const [c, s] of Object.entries(summary)) {
+    console.log(pad(labels[c] ?? c, 44) + pad(Math.round(s.calls_per_s), 12) + pad(s.p50_us, 9) + pad(s.p99_us, 9) + s.errors +
+      (s.spread ? `   spread ${s.spread.join("/")}` : ""));
+  }
 }
 console.log("\nratios (farebox / baseline)");
 for (const [k, v] of Object.entries(ratios)) console.log(`  ${pad(k, 28)} ${v.toFixed(3)}`);

@@ -29,6 +29,63 @@ const char *const evm_exact_checks[] = {"scheme",        "eip712_domain", "netwo
                                         "authorization", "signature",     "recipient",
                                         "time_window",   "amount",        NULL};
 
+/* --- the requirements, parsed once -----------------------------------------------------
+ * A verifier sees the same few requirements (one per price) over and over:
+ * their addresses (EIP-55 checks cost a Keccak each) and the token's EIP-712
+ * domain separator (five) are kept per thread, keyed by the texts they come
+ * from. */
+
+#define REQ_CACHE   8
+#define REQ_KEY_MAX 320
+
+typedef struct {
+    size_t key_len; /* 0: unused */
+    char key[REQ_KEY_MAX];
+    bool asset_ok, pay_to_ok;
+    fb_addr_t asset, pay_to;
+    bool network_ok;
+    uint64_t chain_id;
+    uint8_t domain_separator[32];
+} s_req_t;
+
+static _Thread_local s_req_t s_reqs[REQ_CACHE];
+static _Thread_local unsigned s_req_next;
+
+static s_req_t *s_requirements(const fb_x402_requirements_t *r, s_req_t *scratch)
+{
+    char key[REQ_KEY_MAX];
+    int n = snprintf(key, sizeof(key), "%s%c%s%c%s%c%s%c%s", r->asset, 0, r->pay_to, 0, r->extra_name, 0,
+                     r->extra_version, 0, r->network);
+    bool cacheable = n > 0 && (size_t)n < sizeof(key);
+    if (cacheable) {
+        for (int i = 0; i < REQ_CACHE; i++) {
+            if (s_reqs[i].key_len == (size_t)n && memcmp(s_reqs[i].key, key, (size_t)n) == 0)
+                return &s_reqs[i];
+        }
+    }
+    s_req_t *e = cacheable ? &s_reqs[s_req_next++ % REQ_CACHE] : scratch;
+    memset(e, 0, sizeof(*e));
+    e->asset_ok = fb_addr_parse(&e->asset, r->asset, strlen(r->asset)) == 0;
+    e->pay_to_ok = fb_addr_parse(&e->pay_to, r->pay_to, strlen(r->pay_to)) == 0;
+    fb_x402_network_t net;
+    e->network_ok = fb_x402_network(r->network, &net) == 0 && net.family == FB_X402_EVM;
+    if (e->network_ok && e->asset_ok) {
+        e->chain_id = net.chain_id;
+        fb_eip712_domain_t d = {.name = r->extra_name,
+                                .name_len = strlen(r->extra_name),
+                                .version = r->extra_version,
+                                .version_len = strlen(r->extra_version),
+                                .chain_id = net.chain_id,
+                                .verifying_contract = e->asset};
+        fb_eip712_domain_separator(e->domain_separator, &d);
+    }
+    if (cacheable) {
+        memcpy(e->key, key, (size_t)n);
+        e->key_len = (size_t)n;
+    }
+    return e;
+}
+
 void evm_exact_check(const fb_x402_payload_t *p, const fb_x402_requirements_t *r, int64_t now,
                      int64_t margin_s, evm_check_t *out)
 {
@@ -47,29 +104,33 @@ void evm_exact_check(const fb_x402_payload_t *p, const fb_x402_requirements_t *r
                "requirements.extra.name and extra.version are required");
         return;
     }
-    if (fb_addr_parse(&out->asset, r->asset, strlen(r->asset)) != 0) {
+    s_req_t scratch, *req = s_requirements(r, &scratch);
+    if (!req->asset_ok) {
         s_fail(out, "invalid_payment_requirements", "requirements.asset is not an EVM address");
         return;
     }
-    if (fb_addr_parse(&out->pay_to, r->pay_to, strlen(r->pay_to)) != 0) {
+    if (!req->pay_to_ok) {
         s_fail(out, "invalid_payment_requirements", "requirements.payTo is not an EVM address");
         return;
     }
+    out->asset = req->asset;
+    out->pay_to = req->pay_to;
     /* 3. network: the payment's equals the requirements' (and is EVM) */
     out->stage = 2;
-    fb_x402_network_t pn;
-    if (strcmp(p->network, r->network) != 0 || fb_x402_network(p->network, &pn) != 0 ||
-        pn.family != FB_X402_EVM) {
+    if (strcmp(p->network, r->network) != 0 || !req->network_ok) {
         s_fail(out, "invalid_exact_evm_network_mismatch", "payment network %s, requirements network %s",
                p->network, r->network);
         return;
     }
-    out->chain_id = pn.chain_id;
+    out->chain_id = req->chain_id;
     /* 4. the authorization, as the EIP-712 message */
     out->stage = 3;
     fb_eip3009_t *a = &out->auth;
+    bool to_is_pay_to = strcmp(p->to, r->pay_to) == 0; /* the usual case: payTo's parse is cached */
+    if (to_is_pay_to)
+        a->to = req->pay_to;
     if (fb_addr_parse(&a->from, p->from, strlen(p->from)) != 0 ||
-        fb_addr_parse(&a->to, p->to, strlen(p->to)) != 0) {
+        (!to_is_pay_to && fb_addr_parse(&a->to, p->to, strlen(p->to)) != 0)) {
         s_fail(out, "invalid_exact_evm_signature",
                "authorization.from and .to must be addresses (EIP-55 when mixed case)");
         return;
@@ -85,14 +146,8 @@ void evm_exact_check(const fb_x402_payload_t *p, const fb_x402_requirements_t *r
         return;
     }
     out->parsed = true;
-    fb_eip712_domain_t d = {.name = r->extra_name,
-                            .name_len = strlen(r->extra_name),
-                            .version = r->extra_version,
-                            .version_len = strlen(r->extra_version),
-                            .chain_id = pn.chain_id,
-                            .verifying_contract = out->asset};
     uint8_t sh[32];
-    fb_eip712_domain_separator(out->domain_separator, &d);
+    memcpy(out->domain_separator, req->domain_separator, 32);
     fb_eip3009_struct_hash(sh, a);
     fb_eip712_digest(out->digest, out->domain_separator, sh);
     out->digest_known = true;

@@ -1,5 +1,6 @@
 /* svm_exact - offline verification of Solana x402 payments. */
 #include "svm_exact.h"
+#include "fb_codec.h"
 #include "fb_util.h"
 
 #include <sodium.h>
@@ -7,8 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define LIGHTHOUSE_PROGRAM "L2TExMFKdjpN9kozasaurPirfHy9P8sbXoAN1qA3S95"
 
 static void s_fail(svm_check_t *c, const char *reason, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -22,10 +21,73 @@ static void s_fail(svm_check_t *c, const char *reason, const char *fmt, ...)
     va_end(ap);
 }
 
-static bool s_is(const fb_sol_key_t *k, const char *program)
+/* --- the requirements' keys, parsed once ------------------------------------------------
+ * A verifier sees the same few requirements (one per price) over and over:
+ * their base58 keys and payTo's associated token account (a PDA search, one
+ * SHA-256 and point decompression per bump tried) are kept per thread. */
+
+#define REQ_CACHE 8
+#define KEY_TEXT  48
+
+typedef struct {
+    bool used;
+    char fee_payer_text[KEY_TEXT], asset_text[KEY_TEXT], pay_to_text[KEY_TEXT];
+    bool fee_payer_ok, asset_ok, pay_to_ok;
+    fb_sol_key_t fee_payer, asset, pay_to;
+    bool ata_known, ata_ok;
+    fb_sol_key_t ata_program, ata; /* payTo's token account for the asset, under ata_program */
+} s_req_t;
+
+static _Thread_local s_req_t s_reqs[REQ_CACHE];
+static _Thread_local unsigned s_req_next;
+
+static bool s_fits(const char *t)
 {
-    fb_sol_key_t p;
-    return fb_sol_key_parse(&p, program, strlen(program)) == 0 && fb_sol_key_eq(k, &p);
+    return t && strlen(t) < KEY_TEXT;
+}
+
+static bool s_parse_key(fb_sol_key_t *k, const char *t)
+{
+    return t && fb_sol_key_parse(k, t, strlen(t)) == 0;
+}
+
+/* The cache entry of these requirements, filled on first sight. */
+static s_req_t *s_requirements(const fb_x402_requirements_t *r, s_req_t *scratch)
+{
+    const char *fp = r->fee_payer ? r->fee_payer : "";
+    bool cacheable = s_fits(fp) && s_fits(r->asset) && s_fits(r->pay_to);
+    if (cacheable) {
+        for (int i = 0; i < REQ_CACHE; i++) {
+            s_req_t *e = &s_reqs[i];
+            if (e->used && strcmp(e->fee_payer_text, fp) == 0 && strcmp(e->asset_text, r->asset) == 0 &&
+                strcmp(e->pay_to_text, r->pay_to) == 0)
+                return e;
+        }
+    }
+    s_req_t *e = cacheable ? &s_reqs[s_req_next++ % REQ_CACHE] : scratch;
+    memset(e, 0, sizeof(*e));
+    e->fee_payer_ok = r->fee_payer && s_parse_key(&e->fee_payer, r->fee_payer);
+    e->asset_ok = s_parse_key(&e->asset, r->asset);
+    e->pay_to_ok = s_parse_key(&e->pay_to, r->pay_to);
+    if (cacheable) {
+        snprintf(e->fee_payer_text, KEY_TEXT, "%s", fp);
+        snprintf(e->asset_text, KEY_TEXT, "%s", r->asset);
+        snprintf(e->pay_to_text, KEY_TEXT, "%s", r->pay_to);
+        e->used = true;
+    }
+    return e;
+}
+
+/* payTo's associated token account for the asset under program. */
+static bool s_ata(s_req_t *e, const fb_sol_key_t *program, fb_sol_key_t *out)
+{
+    if (!e->ata_known || !fb_sol_key_eq(&e->ata_program, program)) {
+        e->ata_program = *program;
+        e->ata_ok = fb_sol_ata(&e->ata, &e->pay_to, &e->asset, program) == 0;
+        e->ata_known = true;
+    }
+    *out = e->ata;
+    return e->ata_ok;
 }
 
 static uint64_t s_le64(const uint8_t *p)
@@ -90,8 +152,9 @@ void svm_exact_check(const fb_x402_payload_t *p, const fb_x402_requirements_t *r
         return;
     }
     out->stage = 2;
-    fb_sol_key_t fp;
-    if (!r->fee_payer || fb_sol_key_parse(&fp, r->fee_payer, strlen(r->fee_payer)) != 0) {
+    s_req_t scratch, *req = s_requirements(r, &scratch);
+    const fb_sol_key_t fp = req->fee_payer;
+    if (!req->fee_payer_ok) {
         s_fail(out, "invalid_exact_svm_payload_missing_fee_payer", "requirements.extra.feePayer is required");
         return;
     }
@@ -104,14 +167,14 @@ void svm_exact_check(const fb_x402_payload_t *p, const fb_x402_requirements_t *r
     }
     /* the transaction */
     out->stage = 3;
-    size_t tl = strlen(p->transaction), cap = tl / 4 * 3 + 3, n = 0;
-    out->wire = fb_malloc(cap + 1);
-    if (sodium_base642bin(out->wire, cap, p->transaction, tl, NULL, &n, NULL,
-                          sodium_base64_VARIANT_ORIGINAL) != 0) {
+    out->wire = fb_malloc(FB_SOL_TX_MAX);
+    int got = fb_base64_decode(out->wire, FB_SOL_TX_MAX, p->transaction, strlen(p->transaction));
+    if (got < 0) {
         s_fail(out, "invalid_exact_svm_payload_transaction_could_not_be_decoded",
-               "transaction is not base64");
+               "transaction is not base64 of at most %d bytes", FB_SOL_TX_MAX);
         return;
     }
+    size_t n = (size_t)got;
     out->wire_len = n;
     const char *why = NULL;
     fb_sol_tx_t *tx = &out->tx;
@@ -147,13 +210,13 @@ void svm_exact_check(const fb_x402_payload_t *p, const fb_x402_requirements_t *r
         return;
     }
     const fb_sol_ix_t *ix0 = &tx->ix[0], *ix1 = &tx->ix[1], *ix2 = &tx->ix[2];
-    if (!s_is(&tx->keys[ix0->program], FB_SOL_COMPUTE_BUDGET_PROGRAM) || ix0->data_len < 5 ||
+    if (!fb_sol_key_eq(&tx->keys[ix0->program], &fb_sol_compute_budget_program) || ix0->data_len < 5 ||
         ix0->data[0] != 2) {
         s_fail(out, "invalid_exact_svm_payload_transaction_instructions_compute_limit_instruction",
                "instruction 0 must set the compute unit limit");
         return;
     }
-    if (!s_is(&tx->keys[ix1->program], FB_SOL_COMPUTE_BUDGET_PROGRAM) || ix1->data_len < 9 ||
+    if (!fb_sol_key_eq(&tx->keys[ix1->program], &fb_sol_compute_budget_program) || ix1->data_len < 9 ||
         ix1->data[0] != 3) {
         s_fail(out, "invalid_exact_svm_payload_transaction_instructions_compute_price_instruction",
                "instruction 1 must set the compute unit price");
@@ -169,8 +232,8 @@ void svm_exact_check(const fb_x402_payload_t *p, const fb_x402_requirements_t *r
     }
     out->stage = 8;
     out->token_program = tx->keys[ix2->program];
-    bool token = s_is(&out->token_program, FB_SOL_TOKEN_PROGRAM) ||
-                 s_is(&out->token_program, FB_SOL_TOKEN_2022_PROGRAM);
+    bool token = fb_sol_key_eq(&out->token_program, &fb_sol_token_program) ||
+                 fb_sol_key_eq(&out->token_program, &fb_sol_token_2022_program);
     if (!token || ix2->naccounts < 4 || ix2->data_len < 10 || ix2->data[0] != 12) {
         s_fail(out, "invalid_exact_svm_payload_no_transfer_instruction",
                "instruction 2 must be a TransferChecked");
@@ -193,14 +256,13 @@ void svm_exact_check(const fb_x402_payload_t *p, const fb_x402_requirements_t *r
                "the fee payer may not be the transfer's authority");
         return;
     }
-    fb_sol_key_t asset, pay_to, ata;
-    if (fb_sol_key_parse(&asset, r->asset, strlen(r->asset)) != 0 || !fb_sol_key_eq(&out->mint, &asset)) {
+    fb_sol_key_t ata;
+    if (!req->asset_ok || !fb_sol_key_eq(&out->mint, &req->asset)) {
         s_fail(out, "invalid_exact_svm_payload_mint_mismatch",
                "the transfer's mint is not requirements.asset");
         return;
     }
-    if (fb_sol_key_parse(&pay_to, r->pay_to, strlen(r->pay_to)) != 0 ||
-        fb_sol_ata(&ata, &pay_to, &asset, &out->token_program) != 0 ||
+    if (!req->pay_to_ok || !s_ata(req, &out->token_program, &ata) ||
         !fb_sol_key_eq(&out->destination, &ata)) {
         s_fail(out, "invalid_exact_svm_payload_recipient_mismatch",
                "the destination is not payTo's associated token account for the mint");
@@ -220,8 +282,8 @@ void svm_exact_check(const fb_x402_payload_t *p, const fb_x402_requirements_t *r
     int memos = 0, memo_ix = -1;
     for (int i = 3; i < tx->nix; i++) {
         const fb_sol_key_t *prog = &tx->keys[tx->ix[i].program];
-        bool memo = s_is(prog, FB_SOL_MEMO_PROGRAM);
-        if (!memo && !s_is(prog, LIGHTHOUSE_PROGRAM)) {
+        bool memo = fb_sol_key_eq(prog, &fb_sol_memo_program);
+        if (!memo && !fb_sol_key_eq(prog, &fb_sol_lighthouse_program)) {
             s_fail(out, extra_reason[i - 3], "instruction %d may only be a Memo or Lighthouse instruction",
                    i);
             return;

@@ -539,13 +539,11 @@ static void s_track_blockhash(void *arg, json_t *result, const char *error, int6
 /* The blockhash of a signed transaction (base64 wire), as text. */
 static int s_raw_blockhash(const char *raw, size_t rl, char out[48])
 {
-    size_t cap = rl / 4 * 3 + 3, n = 0;
-    uint8_t *wire = fb_malloc(cap + 1);
+    uint8_t *wire = fb_malloc(FB_SOL_TX_MAX);
     fb_sol_tx_t tx;
     const char *why;
-    int rc = -1;
-    if (sodium_base642bin(wire, cap, raw, rl, NULL, &n, NULL, sodium_base64_VARIANT_ORIGINAL) == 0 &&
-        fb_sol_tx_decode(&tx, wire, n, &why) == 0) {
+    int rc = -1, n = fb_base64_decode(wire, FB_SOL_TX_MAX, raw, rl);
+    if (n >= 0 && fb_sol_tx_decode(&tx, wire, (size_t)n, &why) == 0) {
         fb_sol_key_format(out, &tx.blockhash);
         rc = 0;
     }
