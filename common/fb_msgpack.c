@@ -3,6 +3,7 @@
 #include "fb_util.h"
 
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -366,7 +367,13 @@ static void s_to_json(s_sb_t *b, const msgpack_object *o)
         break;
     case MSGPACK_OBJECT_FLOAT32:
     case MSGPACK_OBJECT_FLOAT64:
+        if (!isfinite(o->via.f64)) { /* JSON has no NaN or infinity */
+            s_sb_put(b, "null", 4);
+            break;
+        }
         snprintf(num, sizeof(num), "%.17g", o->via.f64);
+        if (!strpbrk(num, ".e")) /* a float stays a float: 2.0, not the integer 2 */
+            strcat(num, ".0");
         s_sb_put(b, num, strlen(num));
         break;
     case MSGPACK_OBJECT_STR:
@@ -504,6 +511,20 @@ int fb_msgpack_test(bool verbose)
     FB_ASSERT(fb_mp_unpack(sb.data, sb.size, &zone, &o) == 0);
     json = fb_mp_to_json(&o);
     FB_ASSERT(strcmp(json, "{\"a\":[1,-2,9007199254740993],\"b\":{\"c\":null,\"d\":\"x\"},\"e\":true}") == 0);
+    free(json);
+
+    /* floats: exact digits, and still floats when whole; NaN and infinities (no JSON for them) become null */
+    msgpack_sbuffer_clear(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 5);
+    msgpack_pack_double(&pk, 0.1);
+    msgpack_pack_double(&pk, -2.0);
+    msgpack_pack_double(&pk, NAN);
+    msgpack_pack_double(&pk, -INFINITY);
+    msgpack_pack_float(&pk, 1.5f);
+    FB_ASSERT(fb_mp_unpack(sb.data, sb.size, &zone, &o) == 0);
+    json = fb_mp_to_json(&o);
+    FB_ASSERT(strcmp(json, "[0.10000000000000001,-2.0,null,null,1.5]") == 0);
     free(json);
 
     msgpack_zone_destroy(&zone);

@@ -25,7 +25,7 @@ endforeach ()
 
 # The code follows .clang-format.
 add_test(NAME style.clang_format
-         COMMAND sh -c "find common services tools tests/support bench -name '*.[ch]' | xargs clang-format --dry-run --Werror"
+         COMMAND sh -c "find common services tools tests/support tests/fuzz bench -name '*.[ch]' | xargs clang-format --dry-run --Werror"
          WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
 
 # The dev chains (anvil with the EIP-3009 test token, surfpool with a mint).
@@ -35,3 +35,17 @@ set_tests_properties(integration.devchain PROPERTIES TIMEOUT 300)
 
 # Encodings and crypto against the official libraries' known answers.
 add_test(NAME unit.vectors COMMAND farebox-test-vectors ${CMAKE_SOURCE_DIR}/tests/vectors/vectors.json)
+
+# Each fuzz driver over its seed corpus and past findings (the fuzzing itself runs in the fuzz
+# build: tests/fuzz/fuzz.cmake).
+foreach (f ${FAREBOX_FUZZERS})
+    set(dirs ${CMAKE_SOURCE_DIR}/tests/fuzz/seeds/${f})
+    if (EXISTS ${CMAKE_SOURCE_DIR}/tests/fuzz/regressions/${f})
+        list(APPEND dirs ${CMAKE_SOURCE_DIR}/tests/fuzz/regressions/${f})
+    endif ()
+    add_test(NAME fuzz.replay.${f} COMMAND farebox-fuzz-${f} ${dirs})
+endforeach ()
+# the seeds of payments reach the end of the checks, where the properties are
+foreach (f x402_header x402_json solana_tx)
+    set_tests_properties(fuzz.replay.${f} PROPERTIES PASS_REGULAR_EXPRESSION " [1-9][0-9]* passed every")
+endforeach ()
