@@ -11,7 +11,11 @@
 #include "fb_util.h"
 
 #include "edge_routes.h"
+#include "edge_admin.h"
+#include "edge_auth.h"
+#include "edge_catalog.h"
 #include "edge_facilitator.h"
+#include "edge_reply.h"
 #include "fb_apikey.h"
 #include "fb_codec.h"
 #include "fb_eip712.h"
@@ -58,6 +62,10 @@ static const s_test_t s_tests[] = {
     {"fb_x402", fb_x402_test},
     {"edge_routes", edge_routes_test},
     {"edge_facilitator", edge_facilitator_test},
+    {"edge_reply", edge_reply_test},
+    {"edge_catalog", edge_catalog_test},
+    {"edge_auth", edge_auth_test},
+    {"edge_admin", edge_admin_test},
     {"ledger_rpc", ledger_rpc_test},
     {"evm_exact", evm_exact_test},
     {"svm_exact", svm_exact_test},

@@ -29,6 +29,10 @@ struct edge_t {
     bool facilitator_open;     /* /facilitator/verify and /settle need no token */
     bool facilitator_token_set;
     uint8_t facilitator_token_sha256[32]; /* SHA-256 of FAREBOX_FACILITATOR_TOKEN */
+    bool admin_token_set;
+    uint8_t admin_token_sha256[32]; /* SHA-256 of FAREBOX_ADMIN_TOKEN */
+    const char *key_hmac_secret;    /* FAREBOX_KEY_HMAC_SECRET, or NULL: API keys are off */
+    struct edge_catalog_t *catalog; /* the models and prices */
     edge_worker_t **workers;
 };
 

@@ -1,5 +1,6 @@
 /* edge_facilitator - the x402 facilitator HTTP API, answered by the verifier. */
 #include "edge_facilitator.h"
+#include "edge_auth.h"
 #include "fb_http.h"
 #include "fb_log.h"
 #include "fb_msgpack.h"
@@ -32,14 +33,7 @@ static void s_error(h2o_req_t *req, int status, const char *message)
 
 bool edge_facilitator_token_ok(const edge_t *edge, h2o_req_t *req)
 {
-    if (!edge->facilitator_token_set)
-        return false;
-    h2o_iovec_t auth = fb_http_header(req, "authorization");
-    if (auth.len < 8 || auth.len > 1024 || strncasecmp(auth.base, "bearer ", 7) != 0)
-        return false;
-    uint8_t digest[crypto_hash_sha256_BYTES];
-    crypto_hash_sha256(digest, (const uint8_t *)auth.base + 7, auth.len - 7);
-    return sodium_memcmp(digest, edge->facilitator_token_sha256, sizeof(digest)) == 0;
+    return edge->facilitator_token_set && edge_bearer_matches(req, edge->facilitator_token_sha256);
 }
 
 static void s_on_reply(void *arg, const fb_rpc_reply_t *reply)

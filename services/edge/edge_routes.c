@@ -1,6 +1,10 @@
 /* edge_routes - route table and handlers of the edge. */
 #include "edge_routes.h"
+#include "edge_admin.h"
+#include "edge_auth.h"
+#include "edge_catalog.h"
 #include "edge_facilitator.h"
+#include "edge_reply.h"
 #include "edge_worker.h"
 #include "fb_http.h"
 #include "fb_log.h"
@@ -86,43 +90,6 @@ static void s_track(edge_worker_t *w, h2o_req_t *req)
 
 /* --- JSON answers ---------------------------------------------------------------- */
 
-/* Writes s as a JSON string body (without quotes) into out; returns length. */
-static size_t s_json_escape(char *out, size_t cap, const char *s, size_t n)
-{
-    size_t o = 0;
-    for (size_t i = 0; i < n && o + 7 < cap; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') {
-            out[o++] = '\\';
-            out[o++] = (char)c;
-        } else if (c < 0x20) {
-            o += (size_t)snprintf(out + o, cap - o, "\\u%04x", c);
-        } else {
-            out[o++] = (char)c;
-        }
-    }
-    out[o] = '\0';
-    return o;
-}
-
-/* An error in the OpenAI envelope, which the public API uses on its default
- * routes: {"error":{"message","type","code"}}. */
-static void s_send_error(h2o_req_t *req, int status, const char *type, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-
-static void s_send_error(h2o_req_t *req, int status, const char *type, const char *code, const char *fmt, ...)
-{
-    char msg[512], esc[1024], body[1400];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    s_json_escape(esc, sizeof(esc), msg, strlen(msg));
-    int n = snprintf(body, sizeof(body), "{\"error\":{\"message\":\"%s\",\"type\":\"%s\",\"code\":\"%s\"}}",
-                     esc, type, code);
-    fb_http_send(req, status, "application/json", body, (size_t)n);
-}
-
 /* --- /healthz ------------------------------------------------------------------------ */
 
 static int s_healthz(edge_worker_t *w, h2o_req_t *req, const char *rid)
@@ -130,7 +97,7 @@ static int s_healthz(edge_worker_t *w, h2o_req_t *req, const char *rid)
     FB_UNUSED(rid);
     char body[256], esc[160];
     const char *replica = fb_service_replica(w->edge->service);
-    s_json_escape(esc, sizeof(esc), replica, strlen(replica));
+    edge_json_escape(esc, sizeof(esc), replica, strlen(replica));
     int n = snprintf(body, sizeof(body),
                      "{\"status\":\"ok\",\"service\":\"edge\",\"replica\":\"%s\",\"version\":\"%s\"}", esc,
                      FAREBOX_VERSION);
@@ -164,9 +131,9 @@ static void s_ready_finish(s_ready_t *r)
         for (int i = 0; i < 2; i++) {
             char esc[300];
             if (r->check[i].ok)
-                s_json_escape(esc, sizeof(esc), r->check[i].replica, strlen(r->check[i].replica));
+                edge_json_escape(esc, sizeof(esc), r->check[i].replica, strlen(r->check[i].replica));
             else
-                s_json_escape(esc, sizeof(esc), r->check[i].error, strlen(r->check[i].error));
+                edge_json_escape(esc, sizeof(esc), r->check[i].error, strlen(r->check[i].error));
             o += (size_t)snprintf(body + o, sizeof(body) - o,
                                   "%s\"%s\":{\"ok\":%s,\"%s\":\"%s\",\"latency_ms\":%.3f}", i ? "," : "",
                                   names[i], r->check[i].ok ? "true" : "false",
@@ -213,14 +180,37 @@ static int s_readyz(edge_worker_t *w, h2o_req_t *req, const char *rid)
     return 0;
 }
 
+/* --- the catalog: /v1/models (OpenAI's list, or Anthropic's for callers that
+ * send anthropic-version) and /v1/pricing, public, made once at start ------------- */
+
+static int s_models(edge_worker_t *w, h2o_req_t *req, const char *rid)
+{
+    FB_UNUSED(rid);
+    size_t n;
+    const char *body = fb_http_header(req, "anthropic-version").base
+                           ? edge_catalog_models_anthropic(w->edge->catalog, &n)
+                           : edge_catalog_models_openai(w->edge->catalog, &n);
+    fb_http_send(req, 200, "application/json", body, n);
+    return 0;
+}
+
+static int s_pricing(edge_worker_t *w, h2o_req_t *req, const char *rid)
+{
+    FB_UNUSED(rid);
+    size_t n;
+    const char *body = edge_catalog_pricing(w->edge->catalog, &n);
+    fb_http_send(req, 200, "application/json", body, n);
+    return 0;
+}
+
 /* --- parts of the public API that later work builds ------------------------------------ */
 
 static int s_not_implemented(edge_worker_t *w, h2o_req_t *req, const char *rid)
 {
     FB_UNUSED(w);
     FB_UNUSED(rid);
-    s_send_error(
-        req, 501, "not_implemented", "not_implemented",
+    edge_error(
+        req, EDGE_OPENAI, 501, "not_implemented", NULL,
         "%.*s %.*s is not implemented yet in this version of farebox (see README: what is not done yet)",
         (int)req->method.len, req->method.base, (int)req->path_normalized.len, req->path_normalized.base);
     return 0;
@@ -232,12 +222,12 @@ static const s_route_t s_routes[] = {
     {"/v1/chat/completions", "POST", s_not_implemented},
     {"/api/v1/chat/completions", "POST", s_not_implemented},
     {"/v1/messages", "POST", s_not_implemented},
-    {"/v1/models", "GET", s_not_implemented},
-    {"/v1/pricing", "GET", s_not_implemented},
+    {"/v1/models", "GET", s_models},
+    {"/v1/pricing", "GET", s_pricing},
     {"/api/v1/prompt", "POST", s_not_implemented},
     {"/v1/topup", "POST", s_not_implemented},
-    {"/v1/balance", "GET", s_not_implemented},
-    {"/admin/", "*", s_not_implemented},
+    {"/v1/balance", "GET", edge_balance},
+    {"/admin/", "*", edge_admin},
     {"/facilitator/verify", "POST", edge_facilitator_verify},
     {"/facilitator/settle", "POST", edge_facilitator_settle},
     {"/facilitator/supported", "GET", edge_facilitator_supported},
@@ -280,13 +270,12 @@ static int s_on_req(h2o_handler_t *handler, h2o_req_t *req)
     }
     if (path_match) {
         fb_http_set_header(req, "allow", path_match->method, strlen(path_match->method));
-        s_send_error(req, 405, "invalid_request_error", "method_not_allowed",
-                     "%.*s is not allowed on %.*s (use %s)", (int)req->method.len, req->method.base,
-                     (int)path.len, path.base, path_match->method);
+        edge_error(req, EDGE_OPENAI, 405, "method_not_allowed", NULL, "%.*s is not allowed on %.*s (use %s)",
+                   (int)req->method.len, req->method.base, (int)path.len, path.base, path_match->method);
         return 0;
     }
-    s_send_error(req, 404, "invalid_request_error", "not_found", "no route for %.*s %.*s",
-                 (int)req->method.len, req->method.base, (int)path.len, path.base);
+    edge_error(req, EDGE_OPENAI, 404, "not_found", NULL, "no route for %.*s %.*s", (int)req->method.len,
+               req->method.base, (int)path.len, path.base);
     return 0;
 }
 
@@ -317,8 +306,5 @@ int edge_routes_test(bool verbose)
     FB_ASSERT(s_method_matches(&exact, h2o_iovec_init(H2O_STRLIT("HEAD"))));
     FB_ASSERT(!s_method_matches(&exact, h2o_iovec_init(H2O_STRLIT("POST"))));
 
-    char out[64];
-    s_json_escape(out, sizeof(out), "a\"b\\c\n", 6);
-    FB_ASSERT(strcmp(out, "a\\\"b\\\\c\\u000a") == 0);
     return 0;
 }

@@ -3,12 +3,17 @@
  *   configuration  listen addresses, TLS files, worker threads, limits
  *   h2o            HTTP/1.1, h2 over TLS (ALPN) and h2c with prior knowledge
  *   routes         edge_routes.c: health, readiness, the paid API
+ *   catalog        edge_catalog.c: the models and prices (/v1/models, /v1/pricing)
+ *   keys           edge_auth.c: API keys through the ledger, /v1/balance
+ *   admin          edge_admin.c: the operator's API under /admin/, answered by the ledger
  *   facilitator    edge_facilitator.c: the x402 facilitator API, answered by the verifier
  *   workers        edge_worker.c: one loop per thread, each with RPC clients
  *   stop           SIGTERM stops accepting, waits for requests in flight */
 #include "edge.h"
+#include "edge_catalog.h"
 #include "edge_routes.h"
 #include "edge_worker.h"
+#include "fb_apikey.h"
 #include "fb_http.h"
 #include "fb_log.h"
 #include "fb_util.h"
@@ -37,6 +42,12 @@ static const fb_config_var_t s_vars[] = {
     {"FAREBOX_FACILITATOR_OPEN", FB_CFG_BOOL, "false", 0, 0, NULL, NULL,
      "serve /facilitator/verify and /settle to anyone, like a public facilitator (settlements spend your "
      "gas)"},
+    {"FAREBOX_ADMIN_TOKEN", FB_CFG_SECRET, "", 0, 0, NULL, NULL,
+     "bearer token of the admin API under /admin/ (unset: the admin API answers 403)"},
+    {"FAREBOX_KEY_HMAC_SECRET", FB_CFG_SECRET, "", 0, 0, NULL, NULL,
+     "the ledger's secret keying the HMAC of API keys (unset: API keys are refused with 503)"},
+    {"FAREBOX_CATALOG_FILE", FB_CFG_STRING, "", 0, 0, NULL, NULL,
+     "the model catalog, JSON (README: Models and prices; unset: the built-in catalog)"},
     {"FAREBOX_STOP_GRACE_MS", FB_CFG_INT, "10000", 0, 600000, NULL, NULL,
      "on SIGTERM, how long requests in flight may take to finish"},
 };
@@ -97,6 +108,31 @@ int main(int argc, char **argv)
         crypto_hash_sha256(edge.facilitator_token_sha256, (const uint8_t *)token, strlen(token));
         edge.facilitator_token_set = true;
     }
+    const char *admin = fb_config_str(cfg, "FAREBOX_ADMIN_TOKEN");
+    if (admin[0]) {
+        if (strlen(admin) < 16)
+            fb_service_fail_config(
+                "invalid configuration: FAREBOX_ADMIN_TOKEN must be at least 16 characters");
+        crypto_hash_sha256(edge.admin_token_sha256, (const uint8_t *)admin, strlen(admin));
+        edge.admin_token_set = true;
+    }
+    const char *hmac_secret = fb_config_str(cfg, "FAREBOX_KEY_HMAC_SECRET");
+    if (hmac_secret[0]) {
+        if (fb_apikey_check_secret(hmac_secret, err, sizeof(err)) != 0) {
+            char line[700];
+            snprintf(line, sizeof(line), "invalid configuration: FAREBOX_KEY_HMAC_SECRET: %s", err);
+            fb_service_fail_config(line);
+        }
+        edge.key_hmac_secret = hmac_secret;
+    } else {
+        fb_log(FB_LOG_WARN, NULL, "API keys are off: FAREBOX_KEY_HMAC_SECRET is not set", NULL);
+    }
+    edge.catalog = edge_catalog_load(fb_config_str(cfg, "FAREBOX_CATALOG_FILE"), err, sizeof(err));
+    if (!edge.catalog) {
+        char line[700];
+        snprintf(line, sizeof(line), "invalid configuration: FAREBOX_CATALOG_FILE: %s", err);
+        fb_service_fail_config(line);
+    }
     edge.workers = fb_calloc((size_t)edge.worker_count, sizeof(*edge.workers));
     for (int i = 0; i < edge.worker_count; i++) {
         edge.workers[i] = edge_worker_new(&edge, i, err, sizeof(err));
@@ -126,6 +162,7 @@ int main(int argc, char **argv)
     if (edge.tls)
         SSL_CTX_free(edge.tls);
     h2o_config_dispose(&edge.h2o);
+    edge_catalog_free(&edge.catalog);
     fb_service_destroy(&edge.service);
     return code;
 }

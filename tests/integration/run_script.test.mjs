@@ -74,6 +74,16 @@ test("./scripts/run starts everything, writes run.env, stops on SIGTERM and keep
   assert.equal((await settle("wrong")).status, 401);
   assert.equal((await settle(env.FAREBOX_FACILITATOR_TOKEN)).status, 400);
 
+  // run.env's admin token opens the admin API, and a minted key reads its balance
+  const adminHeaders = { authorization: `Bearer ${env.FAREBOX_ADMIN_TOKEN}`, "content-type": "application/json" };
+  const acct = await (await fetch(`${env.FAREBOX_URL}/admin/accounts`, { method: "POST", headers: adminHeaders,
+    body: JSON.stringify({ label: "run" }) })).json();
+  const minted = await (await fetch(`${env.FAREBOX_URL}/admin/accounts/${acct.account_id}/keys`, { method: "POST",
+    headers: adminHeaders, body: "{}" })).json();
+  const bal = await fetch(`${env.FAREBOX_URL}/v1/balance`, { headers: { authorization: `Bearer ${minted.key}` } });
+  assert.equal(bal.status, 200);
+  assert.equal((await bal.json()).available_micro, 0);
+
   // the dev chains answer, with the test token deployed
   const code = await fetch(env.FAREBOX_EVM_RPC_URL, { method: "POST", headers: { "content-type": "application/json" },
     body: JSON.stringify({ jsonrpc: "2.0", id: 1, method: "eth_getCode", params: [env.FAREBOX_EVM_TOKEN, "latest"] }) });

@@ -1,0 +1,41 @@
+/* edge_auth - API keys on the public API: the key comes in
+ * "Authorization: Bearer <key>" or "x-api-key: <key>" (one code path), is
+ * turned into its HMAC (FAREBOX_KEY_HMAC_SECRET) and looked up in the ledger
+ * in one round trip: the key's state and limits and its account's balance.
+ * Also GET /v1/balance, which is just that answer. */
+#ifndef EDGE_AUTH_H
+#define EDGE_AUTH_H
+
+#include "edge.h"
+
+#include <jansson.h>
+
+typedef struct {
+    int status;       /* 200 when the key is good and active */
+    const char *code; /* NULL, or invalid_key, key_revoked, unavailable */
+    char message[256];
+    json_t *view; /* the ledger's key view and balances (valid during the callback) */
+    int64_t key_id, account_id;
+} edge_key_t;
+
+typedef void(edge_key_fn)(void *arg, const edge_key_t *key);
+
+/* edge_request_key - the API key the request carries. Returns 1 with key
+ * set, 0 when it carries none. */
+int edge_request_key(h2o_req_t *req, h2o_iovec_t *key);
+
+/* edge_auth_key - authenticate the request's key; done is called exactly
+ * once, perhaps before this returns (a missing or malformed key is refused
+ * without a round trip). */
+void edge_auth_key(edge_worker_t *w, h2o_req_t *req, const char *rid, edge_key_fn *done, void *arg);
+
+/* edge_bearer_matches - "Authorization: Bearer <token>" whose SHA-256 is
+ * token_sha256 (compared in constant time). */
+bool edge_bearer_matches(h2o_req_t *req, const uint8_t token_sha256[32]);
+
+/* GET /v1/balance */
+int edge_balance(edge_worker_t *w, h2o_req_t *req, const char *rid);
+
+int edge_auth_test(bool verbose);
+
+#endif

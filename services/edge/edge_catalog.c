@@ -1,0 +1,470 @@
+/* edge_catalog - the model catalog: parsing, lookup, prepared answers. */
+#include "edge_catalog.h"
+#include "fb_util.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The built-in catalog: list prices of the providers' models (micro-USDC per
+ * million tokens). Served by the mock model until a provider key is set. */
+static const char s_builtin[] =
+    "{\"models\":["
+    "{\"id\":\"gpt-4o-mini\",\"provider\":\"openai\",\"display_name\":\"GPT-4o mini\","
+    "\"aliases\":[\"openai/gpt-4o-mini\"],\"input_price\":150000,\"output_price\":600000,"
+    "\"context_tokens\":128000,\"max_output_tokens\":16384},"
+    "{\"id\":\"gpt-4o\",\"provider\":\"openai\",\"display_name\":\"GPT-4o\","
+    "\"aliases\":[\"openai/gpt-4o\"],\"input_price\":2500000,\"output_price\":10000000,"
+    "\"context_tokens\":128000,\"max_output_tokens\":16384},"
+    "{\"id\":\"gpt-4.1-mini\",\"provider\":\"openai\",\"display_name\":\"GPT-4.1 mini\","
+    "\"aliases\":[\"openai/gpt-4.1-mini\"],\"input_price\":400000,\"output_price\":1600000,"
+    "\"context_tokens\":1047576,\"max_output_tokens\":32768},"
+    "{\"id\":\"claude-3-5-haiku-20241022\",\"provider\":\"anthropic\",\"display_name\":\"Claude Haiku 3.5\","
+    "\"aliases\":[\"claude-3-5-haiku-latest\",\"anthropic/claude-3.5-haiku\"],\"input_price\":800000,"
+    "\"output_price\":4000000,\"context_tokens\":200000,\"max_output_tokens\":8192},"
+    "{\"id\":\"claude-sonnet-4-20250514\",\"provider\":\"anthropic\",\"display_name\":\"Claude Sonnet 4\","
+    "\"aliases\":[\"claude-sonnet-4-0\",\"anthropic/claude-sonnet-4\"],\"input_price\":3000000,"
+    "\"output_price\":15000000,\"context_tokens\":200000,\"max_output_tokens\":64000}"
+    "]}";
+
+typedef struct {
+    const char *name; /* an id or an alias, in the model */
+    size_t len;
+    const edge_model_t *model;
+} s_name_t;
+
+struct edge_catalog_t {
+    edge_model_t *models;
+    size_t count;
+    s_name_t *names; /* sorted by (len, bytes) for bsearch */
+    size_t nnames;
+    char *models_openai, *models_anthropic, *pricing;
+    size_t models_openai_len, models_anthropic_len, pricing_len;
+};
+
+static int s_fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static int s_fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* ids and aliases: 1..128 of [A-Za-z0-9._:/@-] */
+static bool s_name_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > EDGE_MODEL_NAME_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+              c == '_' || c == ':' || c == '/' || c == '@' || c == '-'))
+            return false;
+    }
+    return true;
+}
+
+static int s_int_field(json_t *m, const char *key, int64_t min, int64_t max, bool required, int64_t *out,
+                       const char *id, char *err, size_t errlen)
+{
+    json_t *v = json_object_get(m, key);
+    if (!v) {
+        if (required)
+            return s_fail(err, errlen, "model \"%s\": %s is required", id, key);
+        return 0;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max)
+        return s_fail(err, errlen, "model \"%s\": %s must be an integer in %" PRId64 "..%" PRId64, id, key,
+                      min, max);
+    *out = json_integer_value(v);
+    return 0;
+}
+
+static int s_str_field(json_t *m, const char *key, char *out, size_t cap, const char *id, char *err,
+                       size_t errlen)
+{
+    json_t *v = json_object_get(m, key);
+    if (!v)
+        return 0;
+    if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) >= cap)
+        return s_fail(err, errlen, "model \"%s\": %s must be a string of 1..%zu characters", id, key,
+                      cap - 1);
+    memcpy(out, json_string_value(v), json_string_length(v) + 1);
+    return 0;
+}
+
+static int s_parse_model(json_t *m, size_t index, edge_model_t *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof(*out));
+    if (!json_is_object(m))
+        return s_fail(err, errlen, "models[%zu] must be an object", index);
+    static const char *known[] = {"id",           "provider",       "upstream",
+                                  "display_name", "aliases",        "input_price",
+                                  "output_price", "context_tokens", "max_output_tokens"};
+    const char *key;
+    json_t *v;
+    json_object_foreach(m, key, v)
+    {
+        bool ok = false;
+        for (size_t i = 0; i < FB_ARRAY_SIZE(known); i++)
+            ok = ok || strcmp(key, known[i]) == 0;
+        if (!ok)
+            return s_fail(err, errlen, "models[%zu]: unknown field \"%.64s\"", index, key);
+    }
+    json_t *id = json_object_get(m, "id");
+    if (!json_is_string(id) || !s_name_ok(json_string_value(id)))
+        return s_fail(err, errlen, "models[%zu]: id must be 1..%d characters of A-Z a-z 0-9 . _ : / @ -",
+                      index, EDGE_MODEL_NAME_MAX);
+    snprintf(out->id, sizeof(out->id), "%s", json_string_value(id));
+    const char *provider = json_string_value(json_object_get(m, "provider"));
+    if (provider && strcmp(provider, "openai") == 0)
+        out->provider = EDGE_PROVIDER_OPENAI;
+    else if (provider && strcmp(provider, "anthropic") == 0)
+        out->provider = EDGE_PROVIDER_ANTHROPIC;
+    else
+        return s_fail(err, errlen, "model \"%s\": provider must be \"openai\" or \"anthropic\"", out->id);
+    snprintf(out->upstream, sizeof(out->upstream), "%s", out->id);
+    snprintf(out->display_name, sizeof(out->display_name), "%s", out->id);
+    if (s_str_field(m, "upstream", out->upstream, sizeof(out->upstream), out->id, err, errlen) != 0 ||
+        s_str_field(m, "display_name", out->display_name, sizeof(out->display_name), out->id, err, errlen) !=
+            0 ||
+        s_int_field(m, "input_price", 0, EDGE_PRICE_MAX, true, &out->input_price, out->id, err, errlen) !=
+            0 ||
+        s_int_field(m, "output_price", 0, EDGE_PRICE_MAX, true, &out->output_price, out->id, err, errlen) !=
+            0 ||
+        s_int_field(m, "context_tokens", 1, EDGE_TOKENS_MAX, true, &out->context_tokens, out->id, err,
+                    errlen) != 0 ||
+        s_int_field(m, "max_output_tokens", 1, EDGE_TOKENS_MAX, true, &out->max_output_tokens, out->id, err,
+                    errlen) != 0)
+        return -1;
+    if (!s_name_ok(out->upstream))
+        return s_fail(err, errlen, "model \"%s\": upstream has characters outside A-Z a-z 0-9 . _ : / @ -",
+                      out->id);
+    if (out->max_output_tokens > out->context_tokens)
+        return s_fail(err, errlen, "model \"%s\": max_output_tokens is above context_tokens", out->id);
+    json_t *aliases = json_object_get(m, "aliases");
+    if (aliases && (!json_is_array(aliases) || json_array_size(aliases) > EDGE_MODEL_ALIASES))
+        return s_fail(err, errlen, "model \"%s\": aliases must be a list of at most %d names", out->id,
+                      EDGE_MODEL_ALIASES);
+    size_t i;
+    json_array_foreach(aliases, i, v)
+    {
+        if (!json_is_string(v) || !s_name_ok(json_string_value(v)))
+            return s_fail(err, errlen,
+                          "model \"%s\": aliases[%zu] must be 1..%d characters of A-Z a-z 0-9 . _ : / @ -",
+                          out->id, i, EDGE_MODEL_NAME_MAX);
+        snprintf(out->aliases[out->naliases++], EDGE_MODEL_NAME_MAX + 1, "%s", json_string_value(v));
+    }
+    return 0;
+}
+
+static int s_name_cmp(const void *a, const void *b)
+{
+    const s_name_t *x = a, *y = b;
+    if (x->len != y->len)
+        return x->len < y->len ? -1 : 1;
+    return memcmp(x->name, y->name, x->len);
+}
+
+void edge_usd_text(char out[32], int64_t micro)
+{
+    if (micro < 0)
+        micro = 0;
+    int n = snprintf(out, 32, "%" PRId64 ".%06" PRId64, micro / 1000000, micro % 1000000);
+    while (n > 0 && out[n - 1] == '0')
+        out[--n] = '\0';
+    if (n > 0 && out[n - 1] == '.')
+        out[--n] = '\0';
+}
+
+int64_t edge_cost_micro(int64_t tokens, int64_t price)
+{
+    if (tokens <= 0 || price <= 0)
+        return 0;
+    unsigned __int128 p = (unsigned __int128)tokens * (unsigned __int128)price;
+    unsigned __int128 c = (p + 999999) / 1000000;
+    return c > (unsigned __int128)INT64_MAX ? INT64_MAX : (int64_t)c;
+}
+
+static json_t *s_price_json(const edge_model_t *m)
+{
+    char in[32], outp[32];
+    edge_usd_text(in, m->input_price);
+    edge_usd_text(outp, m->output_price);
+    return json_pack("{sI sI ss ss}", "input_micro_per_mtok", (json_int_t)m->input_price,
+                     "output_micro_per_mtok", (json_int_t)m->output_price, "input_usd_per_mtok", in,
+                     "output_usd_per_mtok", outp);
+}
+
+static json_t *s_aliases_json(const edge_model_t *m)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; i < m->naliases; i++)
+        json_array_append_new(a, json_string(m->aliases[i]));
+    return a;
+}
+
+static const char *s_provider_name(edge_provider_t p)
+{
+    return p == EDGE_PROVIDER_ANTHROPIC ? "anthropic" : "openai";
+}
+
+static char *s_dump(json_t *doc, size_t *len)
+{
+    char *text = json_dumps(doc, JSON_COMPACT);
+    FB_ASSERT(text);
+    json_decref(doc);
+    *len = strlen(text);
+    return text;
+}
+
+static void s_prepare(edge_catalog_t *c)
+{
+    json_t *openai = json_array(), *anthropic = json_array(), *pricing = json_array();
+    for (size_t i = 0; i < c->count; i++) {
+        const edge_model_t *m = &c->models[i];
+        json_array_append_new(openai,
+                              json_pack("{ss ss si ss ss so sI sI so}", "id", m->id, "object", "model",
+                                        "created", 0, "owned_by", s_provider_name(m->provider),
+                                        "display_name", m->display_name, "aliases", s_aliases_json(m),
+                                        "context_length", (json_int_t)m->context_tokens, "max_output_tokens",
+                                        (json_int_t)m->max_output_tokens, "pricing", s_price_json(m)));
+        json_array_append_new(anthropic,
+                              json_pack("{ss ss ss ss}", "type", "model", "id", m->id, "display_name",
+                                        m->display_name, "created_at", "1970-01-01T00:00:00Z"));
+        json_t *p = s_price_json(m);
+        json_object_update_new(
+            p, json_pack("{ss ss so sI sI sI}", "id", m->id, "provider", s_provider_name(m->provider),
+                         "aliases", s_aliases_json(m), "context_tokens", (json_int_t)m->context_tokens,
+                         "max_output_tokens", (json_int_t)m->max_output_tokens, "max_output_cost_micro",
+                         (json_int_t)edge_cost_micro(m->max_output_tokens, m->output_price)));
+        json_array_append_new(pricing, p);
+    }
+    c->models_openai = s_dump(json_pack("{ss so}", "object", "list", "data", openai), &c->models_openai_len);
+    c->models_anthropic = s_dump(json_pack("{so sb ss? ss?}", "data", anthropic, "has_more", 0, "first_id",
+                                           c->count ? c->models[0].id : NULL, "last_id",
+                                           c->count ? c->models[c->count - 1].id : NULL),
+                                 &c->models_anthropic_len);
+    c->pricing = s_dump(
+        json_pack(
+            "{ss ss si ss ss so}", "object", "pricing", "currency", "USDC", "decimals", 6, "unit",
+            "micro-USDC per million tokens, costs rounded up to a whole micro-USDC", "quote",
+            "a call holds (or, paid with x402, is quoted) ceil(request body bytes x input price / 10^6) + "
+            "ceil(max_tokens x output price / 10^6), max_tokens being the model's max_output_tokens when the "
+            "request sets none; it is charged ceil(input tokens x input price / 10^6) + ceil(output tokens x "
+            "output price / 10^6) from the usage the provider reports, never more than the hold or quote",
+            "models", pricing),
+        &c->pricing_len);
+}
+
+edge_catalog_t *edge_catalog_parse(const char *text, size_t len, char *err, size_t errlen)
+{
+    json_error_t jerr;
+    json_t *doc = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!doc) {
+        s_fail(err, errlen, "not valid JSON (line %d: %s)", jerr.line, jerr.text);
+        return NULL;
+    }
+    edge_catalog_t *c = fb_calloc(1, sizeof(*c));
+    json_t *models = json_object_get(doc, "models");
+    if (!json_is_object(doc) || json_object_size(doc) != 1 || !json_is_array(models) ||
+        json_array_size(models) == 0 || json_array_size(models) > EDGE_CATALOG_MODELS) {
+        s_fail(err, errlen, "the catalog must be {\"models\": [1..%d models]}", EDGE_CATALOG_MODELS);
+        goto fail;
+    }
+    c->count = json_array_size(models);
+    c->models = fb_calloc(c->count, sizeof(*c->models));
+    size_t i;
+    json_t *m;
+    json_array_foreach(models, i, m)
+    {
+        if (s_parse_model(m, i, &c->models[i], err, errlen) != 0)
+            goto fail;
+        c->nnames += 1 + c->models[i].naliases;
+    }
+    c->names = fb_calloc(c->nnames, sizeof(*c->names));
+    size_t k = 0;
+    for (i = 0; i < c->count; i++) {
+        const edge_model_t *md = &c->models[i];
+        c->names[k++] = (s_name_t){md->id, strlen(md->id), md};
+        for (size_t a = 0; a < md->naliases; a++)
+            c->names[k++] = (s_name_t){md->aliases[a], strlen(md->aliases[a]), md};
+    }
+    qsort(c->names, c->nnames, sizeof(*c->names), s_name_cmp);
+    for (k = 1; k < c->nnames; k++) {
+        if (s_name_cmp(&c->names[k - 1], &c->names[k]) == 0) {
+            s_fail(err, errlen, "the name \"%s\" is used twice (ids and aliases are unique together)",
+                   c->names[k].name);
+            goto fail;
+        }
+    }
+    json_decref(doc);
+    s_prepare(c);
+    return c;
+fail:
+    json_decref(doc);
+    edge_catalog_free(&c);
+    return NULL;
+}
+
+edge_catalog_t *edge_catalog_load(const char *path, char *err, size_t errlen)
+{
+    if (!path || !path[0])
+        return edge_catalog_parse(s_builtin, sizeof(s_builtin) - 1, err, errlen);
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        s_fail(err, errlen, "cannot read %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    char *buf = fb_malloc(EDGE_CATALOG_FILE_MAX + 1);
+    size_t n = fread(buf, 1, EDGE_CATALOG_FILE_MAX + 1, f);
+    fclose(f);
+    edge_catalog_t *c = NULL;
+    if (n > EDGE_CATALOG_FILE_MAX) {
+        s_fail(err, errlen, "%s is larger than %d bytes", path, EDGE_CATALOG_FILE_MAX);
+    } else {
+        char why[400];
+        c = edge_catalog_parse(buf, n, why, sizeof(why));
+        if (!c)
+            s_fail(err, errlen, "%s: %s", path, why);
+    }
+    free(buf);
+    return c;
+}
+
+void edge_catalog_free(edge_catalog_t **self_p)
+{
+    edge_catalog_t *c = *self_p;
+    if (!c)
+        return;
+    free(c->models);
+    free(c->names);
+    free(c->models_openai);
+    free(c->models_anthropic);
+    free(c->pricing);
+    free(c);
+    *self_p = NULL;
+}
+
+const edge_model_t *edge_catalog_find(const edge_catalog_t *self, const char *name, size_t len)
+{
+    s_name_t key = {name, len, NULL};
+    const s_name_t *hit = bsearch(&key, self->names, self->nnames, sizeof(*self->names), s_name_cmp);
+    return hit ? hit->model : NULL;
+}
+
+size_t edge_catalog_count(const edge_catalog_t *self)
+{
+    return self->count;
+}
+
+const char *edge_catalog_models_openai(const edge_catalog_t *self, size_t *len)
+{
+    *len = self->models_openai_len;
+    return self->models_openai;
+}
+
+const char *edge_catalog_models_anthropic(const edge_catalog_t *self, size_t *len)
+{
+    *len = self->models_anthropic_len;
+    return self->models_anthropic;
+}
+
+const char *edge_catalog_pricing(const edge_catalog_t *self, size_t *len)
+{
+    *len = self->pricing_len;
+    return self->pricing;
+}
+
+int edge_catalog_test(bool verbose)
+{
+    FB_UNUSED(verbose);
+    char err[400];
+    edge_catalog_t *c = edge_catalog_load(NULL, err, sizeof(err));
+    FB_ASSERT(c && edge_catalog_count(c) == 5);
+    const edge_model_t *m = edge_catalog_find(c, "openai/gpt-4o-mini", 18);
+    FB_ASSERT(m && strcmp(m->id, "gpt-4o-mini") == 0 && m->input_price == 150000);
+    FB_ASSERT(edge_catalog_find(c, "gpt-4o-mini", 11) == m);
+    FB_ASSERT(edge_catalog_find(c, "gpt-4o-min", 10) == NULL);
+    FB_ASSERT(edge_catalog_find(c, "", 0) == NULL);
+    m = edge_catalog_find(c, "claude-3-5-haiku-latest", 23);
+    FB_ASSERT(m && m->provider == EDGE_PROVIDER_ANTHROPIC && m->max_output_tokens == 8192);
+    size_t n;
+    const char *text = edge_catalog_models_openai(c, &n);
+    json_t *doc = json_loadb(text, n, 0, NULL);
+    FB_ASSERT(doc && json_array_size(json_object_get(doc, "data")) == 5);
+    json_t *first = json_array_get(json_object_get(doc, "data"), 0);
+    FB_ASSERT(
+        strcmp(json_string_value(json_object_get(json_object_get(first, "pricing"), "input_usd_per_mtok")),
+               "0.15") == 0);
+    json_decref(doc);
+    text = edge_catalog_pricing(c, &n);
+    doc = json_loadb(text, n, 0, NULL);
+    FB_ASSERT(doc && json_integer_value(json_object_get(json_array_get(json_object_get(doc, "models"), 0),
+                                                        "max_output_cost_micro")) == 9831); /* 16384 x 0.6 */
+    json_decref(doc);
+    edge_catalog_free(&c);
+    FB_ASSERT(c == NULL);
+
+    /* costs: rounded up, exact, saturating */
+    FB_ASSERT(edge_cost_micro(1, 150000) == 1); /* 0.15 rounds up to 1 */
+    FB_ASSERT(edge_cost_micro(1000000, 150000) == 150000);
+    FB_ASSERT(edge_cost_micro(1000001, 150000) == 150001); /* 150000.15 */
+    FB_ASSERT(edge_cost_micro(0, 150000) == 0 && edge_cost_micro(-5, 150000) == 0);
+    FB_ASSERT(edge_cost_micro(INT64_MAX, EDGE_PRICE_MAX) == INT64_MAX);
+    char usd[32];
+    edge_usd_text(usd, 150000);
+    FB_ASSERT(strcmp(usd, "0.15") == 0);
+    edge_usd_text(usd, 10000000);
+    FB_ASSERT(strcmp(usd, "10") == 0);
+    edge_usd_text(usd, 1);
+    FB_ASSERT(strcmp(usd, "0.000001") == 0);
+    edge_usd_text(usd, 0);
+    FB_ASSERT(strcmp(usd, "0") == 0);
+
+    /* bad catalogs name what is wrong */
+    static const struct {
+        const char *text, *want;
+    } bad[] = {
+        {"{\"models\":[]}", "1..1000 models"},
+        {"[1]", "must be {"},
+        {"{\"models\":[{\"id\":\"a\",\"provider\":\"openai\",\"input_price\":1,\"output_price\":1,"
+         "\"context_tokens\":10,\"max_output_tokens\":5,\"colour\":1}]}",
+         "unknown field \"colour\""},
+        {"{\"models\":[{\"id\":\"a b\",\"provider\":\"openai\"}]}", "id must be"},
+        {"{\"models\":[{\"id\":\"a\",\"provider\":\"google\"}]}", "provider must be"},
+        {"{\"models\":[{\"id\":\"a\",\"provider\":\"openai\",\"input_price\":-1}]}", "input_price must be"},
+        {"{\"models\":[{\"id\":\"a\",\"provider\":\"openai\",\"input_price\":1.5}]}", "input_price must be"},
+        {"{\"models\":[{\"id\":\"a\",\"provider\":\"openai\",\"input_price\":1,\"output_price\":1,"
+         "\"context_tokens\":10,\"max_output_tokens\":50}]}",
+         "above context_tokens"},
+        {"{\"models\":[{\"id\":\"a\",\"provider\":\"openai\",\"input_price\":1,\"output_price\":1,"
+         "\"context_tokens\":10,\"max_output_tokens\":5,\"aliases\":[\"b\"]},"
+         "{\"id\":\"b\",\"provider\":\"openai\",\"input_price\":1,\"output_price\":1,"
+         "\"context_tokens\":10,\"max_output_tokens\":5}]}",
+         "\"b\" is used twice"},
+        {"{\"models\":[{\"id\":\"a\",\"provider\":\"openai\",\"input_price\":1,\"output_price\":1,"
+         "\"context_tokens\":10,\"max_output_tokens\":5,\"aliases\":[\"ok\",7]}]}",
+         "aliases[1]"},
+        {"{\"models\":", "not valid JSON"},
+    };
+    for (size_t i = 0; i < FB_ARRAY_SIZE(bad); i++) {
+        err[0] = '\0';
+        FB_ASSERT(edge_catalog_parse(bad[i].text, strlen(bad[i].text), err, sizeof(err)) == NULL);
+        if (!strstr(err, bad[i].want)) {
+            fprintf(stderr, "catalog case %zu: \"%s\" lacks \"%s\"\n", i, err, bad[i].want);
+            FB_ASSERT(0);
+        }
+    }
+    FB_ASSERT(edge_catalog_load("/nonexistent/catalog.json", err, sizeof(err)) == NULL &&
+              strstr(err, "cannot read"));
+    return 0;
+}

@@ -1,0 +1,147 @@
+/* edge_reply - JSON answers and errors in the caller's dialect. */
+#include "edge_reply.h"
+#include "fb_http.h"
+#include "fb_msgpack.h"
+#include "fb_util.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void edge_send_json(h2o_req_t *req, int status, json_t *doc)
+{
+    char *text = json_dumps(doc, JSON_COMPACT);
+    FB_ASSERT(text);
+    fb_http_send(req, status, "application/json", text, strlen(text));
+    free(text);
+    json_decref(doc);
+}
+
+/* OpenAI's error types by status */
+static const char *s_openai_type(int status)
+{
+    switch (status) {
+    case 401:
+        return "authentication_error";
+    case 402:
+        return "payment_required";
+    case 403:
+        return "permission_error";
+    case 404:
+        return "not_found_error";
+    case 429:
+        return "rate_limit_error";
+    default:
+        return status >= 500 ? "api_error" : "invalid_request_error";
+    }
+}
+
+/* Anthropic's error types by status */
+static const char *s_anthropic_type(int status)
+{
+    switch (status) {
+    case 401:
+        return "authentication_error";
+    case 402:
+        return "billing_error";
+    case 403:
+        return "permission_error";
+    case 404:
+        return "not_found_error";
+    case 413:
+        return "request_too_large";
+    case 429:
+        return "rate_limit_error";
+    case 503:
+    case 529:
+        return "overloaded_error";
+    default:
+        return status >= 500 ? "api_error" : "invalid_request_error";
+    }
+}
+
+void edge_error(h2o_req_t *req, edge_dialect_t dialect, int status, const char *code, json_t *details,
+                const char *fmt, ...)
+{
+    char msg[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    json_t *doc;
+    if (dialect == EDGE_CHAT402) {
+        doc = json_pack("{sb ss ss}", "success", 0, "error", msg, "code", code);
+        if (details)
+            json_object_set_new(doc, "details", details);
+    } else {
+        json_t *err = json_pack("{ss ss ss}", "message", msg, "type",
+                                dialect == EDGE_ANTHROPIC ? s_anthropic_type(status) : s_openai_type(status),
+                                "code", code);
+        if (details) {
+            json_object_update_missing(err, details);
+            json_decref(details);
+        }
+        if (dialect == EDGE_ANTHROPIC)
+            doc = json_pack("{ss so}", "type", "error", "error", err);
+        else
+            doc = json_pack("{so}", "error", err);
+    }
+    FB_ASSERT(doc);
+    edge_send_json(req, status, doc);
+}
+
+size_t edge_json_escape(char *out, size_t cap, const char *s, size_t n)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n && o + 7 < cap; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)c;
+        } else if (c < 0x20) {
+            o += (size_t)snprintf(out + o, cap - o, "\\u%04x", c);
+        } else {
+            out[o++] = (char)c;
+        }
+    }
+    out[o] = '\0';
+    return o;
+}
+
+void edge_rpc_json(fb_rpc_client_t *client, const char *method, json_t *doc, const char *idem,
+                   const char *trace, uint32_t deadline_ms, fb_rpc_done_fn *done, void *arg)
+{
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    if (doc) {
+        msgpack_packer pk;
+        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        FB_ASSERT(fb_mp_pack_json(&pk, doc) == 0);
+        json_decref(doc);
+    }
+    fb_rpc_call_opts_t o = {.method = method, .idem = idem, .trace = trace, .deadline_ms = deadline_ms};
+    fb_rpc_client_call(client, &o, sb.data, sb.size, done, arg);
+    msgpack_sbuffer_destroy(&sb);
+}
+
+json_t *edge_reply_json(const fb_rpc_reply_t *reply)
+{
+    char *text = fb_mp_to_json(reply->body);
+    json_t *doc = json_loads(text, 0, NULL);
+    free(text);
+    return doc ? doc : json_object();
+}
+
+int edge_reply_test(bool verbose)
+{
+    FB_UNUSED(verbose);
+    char out[64];
+    edge_json_escape(out, sizeof(out), "a\"b\\c\n", 6);
+    FB_ASSERT(strcmp(out, "a\\\"b\\\\c\\u000a") == 0);
+    FB_ASSERT(strcmp(s_openai_type(402), "payment_required") == 0);
+    FB_ASSERT(strcmp(s_openai_type(502), "api_error") == 0);
+    FB_ASSERT(strcmp(s_anthropic_type(413), "request_too_large") == 0);
+    FB_ASSERT(strcmp(s_anthropic_type(400), "invalid_request_error") == 0);
+    return 0;
+}

@@ -1,0 +1,40 @@
+/* edge_reply - answers of the public API: JSON bodies, and errors in the
+ * caller's dialect (PRODUCT.md, Errors): OpenAI's envelope on OpenAI routes,
+ * Anthropic's on /v1/messages, Chat402's on /api/v1/prompt. Every error has
+ * a farebox code (invalid_request, invalid_key, insufficient_balance, ...)
+ * and may carry details (required_micro, balance_micro, ...). */
+#ifndef EDGE_REPLY_H
+#define EDGE_REPLY_H
+
+#include "fb_rpc_client.h"
+
+#include <h2o.h>
+#include <jansson.h>
+#include <stddef.h>
+
+typedef enum { EDGE_OPENAI = 0, EDGE_ANTHROPIC, EDGE_CHAT402 } edge_dialect_t;
+
+/* edge_send_json - send doc (stolen) with status as compact JSON. */
+void edge_send_json(h2o_req_t *req, int status, json_t *doc);
+
+/* edge_error - send an error. details (stolen, may be NULL) is an object whose
+ * members join the error: OpenAI and Anthropic put them inside "error",
+ * Chat402 under "details". */
+void edge_error(h2o_req_t *req, edge_dialect_t dialect, int status, const char *code, json_t *details,
+                const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+
+/* edge_json_escape - s (n bytes) as the inside of a JSON string into out
+ * (cap bytes, NUL-terminated, cut short when full). Returns the length. */
+size_t edge_json_escape(char *out, size_t cap, const char *s, size_t n);
+
+/* edge_rpc_json - call method on an RPC client with doc (stolen, may be NULL
+ * for an empty body) packed as msgpack. idem and trace may be NULL. */
+void edge_rpc_json(fb_rpc_client_t *client, const char *method, json_t *doc, const char *idem,
+                   const char *trace, uint32_t deadline_ms, fb_rpc_done_fn *done, void *arg);
+
+/* edge_reply_json - a reply body as a JSON document (caller owns it). */
+json_t *edge_reply_json(const fb_rpc_reply_t *reply);
+
+int edge_reply_test(bool verbose);
+
+#endif

@@ -1,0 +1,244 @@
+// edge_api.test.mjs - the edge's catalog (/v1/models, /v1/pricing) read by the
+// official openai and @anthropic-ai/sdk clients; the admin API (accounts,
+// keys shown once, manual credits applied once, updates, revocation, history,
+// audit) and its refusals; API keys on /v1/balance (Bearer and x-api-key, over
+// HTTP/1.1 and h2c), revoked at once; a custom catalog file and bad ones.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import crypto from "node:crypto";
+import fs from "node:fs";
+import path from "node:path";
+import { spawnSync } from "node:child_process";
+import OpenAI from "openai";
+import Anthropic from "@anthropic-ai/sdk";
+import { bin, freePort, startService, tmpDir } from "../lib/harness.mjs";
+import { startPostgres } from "../lib/pg.mjs";
+import { RpcClient } from "../lib/rpc.mjs";
+
+const ADMIN = crypto.randomBytes(24).toString("hex");
+const HMAC = crypto.randomBytes(32).toString("hex");
+let pg, ledger, verifier, edge, bare, custom, url, lp, vp, revokedKey;
+const admin = { authorization: `Bearer ${ADMIN}`, "content-type": "application/json" };
+
+async function startEdge(env) {
+  const port = await freePort();
+  const p = await startService("edge", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`,
+    FAREBOX_HTTP_LISTEN: `127.0.0.1:${port}`, FAREBOX_LEDGER_ENDPOINT: `tcp://127.0.0.1:${lp}`,
+    FAREBOX_VERIFIER_ENDPOINT: `tcp://127.0.0.1:${vp}`, ...env });
+  p.url = `http://127.0.0.1:${port}`;
+  return p;
+}
+
+async function call(method, p, body, headers = admin) {
+  const r = await fetch(`${url}${p}`, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const text = await r.text();
+  return { status: r.status, body: text ? JSON.parse(text) : null, headers: r.headers };
+}
+
+async function audit() {
+  const l = new RpcClient(ledger.endpoint);
+  const a = await l.call("ledger.audit", {});
+  l.close();
+  assert.equal(a.body.ok, true, JSON.stringify(a.body.checks.filter((c) => !c.ok)));
+}
+
+before(async () => {
+  pg = await startPostgres();
+  const db = pg.createDatabase("edge_api");
+  lp = await freePort();
+  vp = await freePort();
+  ledger = await startService("ledger", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${lp}`, FAREBOX_DATABASE_URL: db.url,
+    FAREBOX_KEY_HMAC_SECRET: HMAC });
+  verifier = await startService("verifier", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${vp}`,
+    FAREBOX_LEDGER_ENDPOINT: `tcp://127.0.0.1:${lp}`, FAREBOX_EVM_NETWORK: "off", FAREBOX_SOLANA_NETWORK: "off" });
+  edge = await startEdge({ FAREBOX_ADMIN_TOKEN: ADMIN, FAREBOX_KEY_HMAC_SECRET: HMAC });
+  bare = await startEdge({});
+  url = edge.url;
+});
+
+after(async () => {
+  for (const p of [edge, bare, custom, verifier, ledger]) if (p) {
+    const { code } = await p.stop();
+    assert.equal(code, 0, `${p.name} exited ${code}\n${p.tail()}`);
+  }
+  await pg?.stop();
+});
+
+test("the catalog through the official clients: /v1/models in both dialects, /v1/pricing", async () => {
+  const openai = new OpenAI({ baseURL: `${url}/v1`, apiKey: "fbx_unused" });
+  const ids = [];
+  for await (const m of openai.models.list()) ids.push(m.id);
+  assert.deepEqual(ids, ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "claude-3-5-haiku-20241022", "claude-sonnet-4-20250514"]);
+  const mini = (await openai.models.list()).data[0];
+  assert.equal(mini.owned_by, "openai");
+  assert.deepEqual(mini.aliases, ["openai/gpt-4o-mini"]);
+  assert.deepEqual(mini.pricing, { input_micro_per_mtok: 150000, output_micro_per_mtok: 600000,
+    input_usd_per_mtok: "0.15", output_usd_per_mtok: "0.6" });
+
+  const anthropic = new Anthropic({ baseURL: url, apiKey: "fbx_unused" });
+  const page = await anthropic.models.list();
+  assert.deepEqual(page.data.map((m) => m.id), ids);
+  assert.equal(page.data[3].display_name, "Claude Haiku 3.5");
+  assert.equal(page.data[0].type, "model");
+
+  const pricing = await (await fetch(`${url}/v1/pricing`)).json();
+  assert.equal(pricing.currency, "USDC");
+  assert.equal(pricing.decimals, 6);
+  const sonnet = pricing.models.find((m) => m.id === "claude-sonnet-4-20250514");
+  assert.equal(sonnet.output_micro_per_mtok, 15000000);
+  assert.equal(sonnet.max_output_cost_micro, 960000); // 64000 tokens at $15 per million
+  assert.equal(sonnet.provider, "anthropic");
+});
+
+test("admin API: accounts, keys shown once, credits applied once, balance through the key, revocation", async () => {
+  const acct = await call("POST", "/admin/accounts", { label: "acme" });
+  assert.equal(acct.status, 201, JSON.stringify(acct.body));
+  const id = acct.body.account_id;
+  assert.equal(acct.body.label, "acme");
+
+  const minted = await call("POST", `/admin/accounts/${id}/keys`, { label: "ci", spend_cap_micro: 5000000,
+    models: ["gpt-4o-mini"] });
+  assert.equal(minted.status, 201, JSON.stringify(minted.body));
+  const key = minted.body.key;
+  assert.match(key, /^fbx_[1-9A-HJ-NP-Za-km-z]{40,}$/);
+  revokedKey = key;
+  const keys = await call("GET", `/admin/accounts/${id}/keys`);
+  assert.equal(keys.status, 200);
+  assert.equal(keys.body.keys.length, 1);
+  assert.equal(keys.body.keys[0].key, undefined, "a key is shown once");
+  assert.equal(keys.body.keys[0].prefix, key.slice(0, 12));
+  assert.equal(JSON.stringify(keys.body).includes(key), false);
+
+  // a manual credit, once per reference, and once per Idempotency-Key
+  const credit = await call("POST", `/admin/accounts/${id}/credits`, { amount_micro: 2500000, reference: "wire-42" },
+    { ...admin, "idempotency-key": "credit-wire-42" });
+  assert.equal(credit.status, 201, JSON.stringify(credit.body));
+  assert.equal(credit.body.balance_micro, 2500000);
+  const again = await call("POST", `/admin/accounts/${id}/credits`, { amount_micro: 2500000, reference: "wire-42" });
+  assert.equal(again.status, 201);
+  assert.equal(again.body.duplicate, true);
+  const retry = await call("POST", `/admin/accounts/${id}/credits`, { amount_micro: 2500000, reference: "wire-42" },
+    { ...admin, "idempotency-key": "credit-wire-42" });
+  assert.equal(retry.body.replayed, true);
+  const conflict = await call("POST", `/admin/accounts/${id}/credits`, { amount_micro: 7, reference: "wire-42" });
+  assert.equal(conflict.status, 409);
+  assert.equal(conflict.body.error.code, "idempotency_conflict");
+  const acctView = await call("GET", `/admin/accounts/${id}`);
+  assert.equal(acctView.body.balance_micro, 2500000);
+  assert.equal(acctView.body.available_micro, 2500000);
+
+  // the key's balance: Bearer and x-api-key, HTTP/1.1 and h2c
+  for (const headers of [{ authorization: `Bearer ${key}` }, { "x-api-key": key }]) {
+    const b = await fetch(`${url}/v1/balance`, { headers });
+    assert.equal(b.status, 200);
+    const j = await b.json();
+    assert.equal(j.account_id, id);
+    assert.equal(j.balance_micro, 2500000);
+    assert.equal(j.available_micro, 2500000);
+    assert.equal(j.available_usd, "2.5");
+    assert.equal(j.spend_cap_micro, 5000000);
+    assert.deepEqual(j.models, ["gpt-4o-mini"]);
+    assert.match(b.headers.get("x-request-id"), /^req_/);
+  }
+  const h2 = spawnSync("curl", ["-sS", "--http2-prior-knowledge", "-H", `authorization: Bearer ${key}`,
+    "-w", "\n%{http_version} %{http_code}", `${url}/v1/balance`], { encoding: "utf8" });
+  const [h2body, h2status] = h2.stdout.trim().split("\n");
+  assert.equal(h2status, "2 200");
+  assert.equal(JSON.parse(h2body).balance_micro, 2500000);
+
+  // history and holds, with query parameters
+  const hist = await call("GET", `/admin/accounts/${id}/history?limit=10`);
+  assert.equal(hist.status, 200);
+  assert.equal(hist.body.postings.length, 1);
+  assert.equal(hist.body.postings[0].amount_micro, 2500000);
+  const holds = await call("GET", `/admin/accounts/${id}/holds?state=open&limit=5`);
+  assert.equal(holds.status, 200);
+  assert.deepEqual(holds.body.holds, []);
+
+  // update, then revoke: the key stops at once
+  const upd = await call("PATCH", `/admin/keys/${minted.body.key_id}`, { spend_cap_micro: null, label: "ci-2" });
+  assert.equal(upd.status, 200, JSON.stringify(upd.body));
+  assert.equal(upd.body.spend_cap_micro, null);
+  assert.equal(upd.body.label, "ci-2");
+  const rev = await call("DELETE", `/admin/keys/${minted.body.key_id}`);
+  assert.equal(rev.status, 200);
+  assert.equal(rev.body.status, "revoked");
+  const gone = await fetch(`${url}/v1/balance`, { headers: { authorization: `Bearer ${key}` } });
+  assert.equal(gone.status, 401);
+  assert.equal((await gone.json()).error.code, "key_revoked");
+  await audit();
+});
+
+test("refusals: no token, wrong token, admin off, bad ids, bodies and queries, unknown keys", async () => {
+  const none = await call("POST", "/admin/accounts", {}, { "content-type": "application/json" });
+  assert.equal(none.status, 401);
+  assert.equal(none.body.error.code, "invalid_admin_token");
+  assert.equal(none.headers.get("www-authenticate"), "Bearer");
+  const wrong = await call("GET", "/admin/audit", undefined, { authorization: `Bearer ${ADMIN}x` });
+  assert.equal(wrong.status, 401);
+  const off = await fetch(`${bare.url}/admin/audit`, { headers: admin });
+  assert.equal(off.status, 403);
+  assert.equal((await off.json()).error.code, "admin_disabled");
+
+  const cases = [
+    ["GET", "/admin/accounts/0", undefined, 404, "not_found"],
+    ["GET", "/admin/accounts/abc", undefined, 404, "not_found"],
+    ["GET", "/admin/accounts/999999", undefined, 404, "account_not_found"],
+    ["GET", "/admin/nothing", undefined, 404, "not_found"],
+    ["PUT", "/admin/accounts", undefined, 405, "method_not_allowed"],
+    ["POST", "/admin/accounts", { colour: "red" }, 400, "invalid_request"],
+    ["POST", "/admin/accounts", [1, 2], 400, "invalid_request"],
+    ["POST", "/admin/accounts", { label: 7 }, 400, "invalid_request"],
+    ["GET", "/admin/accounts/1/history?limit=abc", undefined, 400, "invalid_request"],
+    ["GET", "/admin/accounts/1/history?colour=red", undefined, 400, "invalid_request"],
+    ["POST", "/admin/accounts/1/credits", { amount_micro: 5 }, 400, "invalid_request"],
+    ["POST", "/admin/accounts/1/credits", { amount_micro: -5, reference: "neg" }, 400, "invalid_request"],
+  ];
+  for (const [method, p, body, status, code] of cases) {
+    const r = await call(method, p, body);
+    assert.equal(r.status, status, `${method} ${p}: ${JSON.stringify(r.body)}`);
+    assert.equal(r.body.error.code, code, `${method} ${p}`);
+  }
+  const raw = await fetch(`${url}/admin/accounts`, { method: "POST", headers: admin, body: "{nope" });
+  assert.equal(raw.status, 400);
+  const badIdem = await call("POST", "/admin/accounts", {}, { ...admin, "idempotency-key": "has space" });
+  assert.equal(badIdem.status, 400);
+
+  // a well-formed key that was never minted: one character changed
+  const unknown = revokedKey.slice(0, -1) + (revokedKey.endsWith("z") ? "y" : "z");
+  for (const headers of [{}, { authorization: "Bearer nope" }, { "x-api-key": unknown }]) {
+    const r = await fetch(`${url}/v1/balance`, { headers });
+    assert.equal(r.status, 401);
+    assert.equal((await r.json()).error.code, "invalid_key");
+  }
+  const noSecret = await fetch(`${bare.url}/v1/balance`, { headers: { "x-api-key": unknown } });
+  assert.equal(noSecret.status, 503);
+  await audit();
+});
+
+test("a catalog file replaces the built-in one; a bad one stops the edge with one line", async () => {
+  const dir = tmpDir("catalog");
+  const file = path.join(dir, "catalog.json");
+  fs.writeFileSync(file, JSON.stringify({ models: [{ id: "house-model", provider: "openai", upstream: "gpt-4o-mini",
+    aliases: ["acme/house"], input_price: 1, output_price: 3, context_tokens: 1000, max_output_tokens: 100 }] }));
+  custom = await startEdge({ FAREBOX_CATALOG_FILE: file });
+  const models = await (await fetch(`${custom.url}/v1/models`)).json();
+  assert.deepEqual(models.data.map((m) => m.id), ["house-model"]);
+  assert.deepEqual(models.data[0].pricing, { input_micro_per_mtok: 1, output_micro_per_mtok: 3,
+    input_usd_per_mtok: "0.000001", output_usd_per_mtok: "0.000003" });
+
+  fs.writeFileSync(file, JSON.stringify({ models: [{ id: "x", provider: "openai", input_price: 1.5 }] }));
+  for (const [value, re] of [[file, /FAREBOX_CATALOG_FILE: .*model "x": input_price must be an integer/],
+    [path.join(dir, "missing.json"), /FAREBOX_CATALOG_FILE: cannot read/]]) {
+    const r = spawnSync(bin("farebox-edge"), [], { encoding: "utf8",
+      env: { ...process.env, FAREBOX_CATALOG_FILE: value, FAREBOX_HTTP_LISTEN: "127.0.0.1:0" } });
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, re);
+    assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+  }
+  const short = spawnSync(bin("farebox-edge"), [], { encoding: "utf8",
+    env: { ...process.env, FAREBOX_ADMIN_TOKEN: "tooshort" } });
+  assert.equal(short.status, 2);
+  assert.match(short.stderr, /FAREBOX_ADMIN_TOKEN must be at least 16/);
+  assert.doesNotMatch(short.stderr, /tooshort/);
+});
