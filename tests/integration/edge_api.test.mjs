@@ -2,7 +2,8 @@
 // official openai and @anthropic-ai/sdk clients; the admin API (accounts,
 // keys shown once, manual credits applied once, updates, revocation, history,
 // audit) and its refusals; API keys on /v1/balance (Bearer and x-api-key, over
-// HTTP/1.1 and h2c), revoked at once; a custom catalog file and bad ones.
+// HTTP/1.1 and h2c), revoked at once; a custom catalog file and bad ones;
+// fareboxctl over the same admin API.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import crypto from "node:crypto";
@@ -241,4 +242,41 @@ test("a catalog file replaces the built-in one; a bad one stops the edge with on
   assert.equal(short.status, 2);
   assert.match(short.stderr, /FAREBOX_ADMIN_TOKEN must be at least 16/);
   assert.doesNotMatch(short.stderr, /tooshort/);
+});
+
+test("fareboxctl drives the admin API with run.env's variables", () => {
+  const ctl = (args, env = { FAREBOX_URL: url, FAREBOX_ADMIN_TOKEN: ADMIN }) => {
+    const r = spawnSync(bin("fareboxctl"), args, { encoding: "utf8", env: { ...process.env, ...env } });
+    return { status: r.status, json: r.stdout.trim() ? JSON.parse(r.stdout) : null, stderr: r.stderr };
+  };
+  const acct = ctl(["account", "create", "ops"]);
+  assert.equal(acct.status, 0, acct.stderr);
+  const id = String(acct.json.account_id);
+  const key = ctl(["key", "mint", id, "--label", "cli", "--cap", "900", "--models", "gpt-4o-mini,gpt-4o"]);
+  assert.equal(key.status, 0, key.stderr);
+  assert.match(key.json.key, /^fbx_/);
+  assert.deepEqual(key.json.models, ["gpt-4o", "gpt-4o-mini"]); // the ledger keeps the allowlist sorted
+  assert.equal(key.json.spend_cap_micro, 900);
+  assert.equal(ctl(["credit", id, "1500", "cli-ref-1"]).json.balance_micro, 1500);
+  assert.equal(ctl(["account", "show", id]).json.available_micro, 1500);
+  assert.equal(ctl(["account", "history", id, "5"]).json.postings.length, 1);
+  assert.deepEqual(ctl(["account", "holds", id, "open"]).json.holds, []);
+  const kid = String(key.json.key_id);
+  assert.equal(ctl(["key", "cap", kid, "none"]).json.spend_cap_micro, null);
+  assert.equal(ctl(["key", "models", kid, "all"]).json.models, null);
+  assert.equal(ctl(["key", "list", id]).json.keys.length, 1);
+  assert.equal(ctl(["key", "revoke", kid]).json.status, "revoked");
+  assert.equal(ctl(["audit"]).json.ok, true);
+
+  const missing = ctl(["account", "show", "999999"]);
+  assert.equal(missing.status, 1);
+  assert.equal(missing.json.error.code, "account_not_found");
+  assert.equal(ctl(["key", "cap", kid, "lots"]).status, 2);
+  assert.equal(ctl(["nonsense"]).status, 2);
+  const noEnv = ctl(["audit"], { FAREBOX_URL: "", FAREBOX_ADMIN_TOKEN: "" });
+  assert.equal(noEnv.status, 2);
+  assert.match(noEnv.stderr, /FAREBOX_URL and FAREBOX_ADMIN_TOKEN are required/);
+  const file = path.join(tmpDir("ctl"), "token");
+  fs.writeFileSync(file, `${ADMIN}\n`);
+  assert.equal(ctl(["audit"], { FAREBOX_URL: url, FAREBOX_ADMIN_TOKEN: "", FAREBOX_ADMIN_TOKEN_FILE: file }).status, 0);
 });

@@ -1,0 +1,250 @@
+/* fareboxctl - the operator's command line for the admin API of a running
+ * farebox (README: Admin API). Reads FAREBOX_URL and FAREBOX_ADMIN_TOKEN (or
+ * FAREBOX_ADMIN_TOKEN_FILE) from the environment, as .farebox/run.env sets
+ * them; prints the answer's JSON on stdout. Exit 0 on success, 1 when the
+ * edge refuses (its error JSON is printed), 2 on a usage or transport error.
+ *
+ *   fareboxctl account create [LABEL]
+ *   fareboxctl account show ACCOUNT
+ *   fareboxctl account history ACCOUNT [LIMIT]
+ *   fareboxctl account holds ACCOUNT [STATE]
+ *   fareboxctl credit ACCOUNT AMOUNT_MICRO REFERENCE
+ *   fareboxctl key mint ACCOUNT [--label L] [--cap MICRO] [--models a,b]
+ *   fareboxctl key list ACCOUNT
+ *   fareboxctl key cap KEY MICRO|none
+ *   fareboxctl key models KEY a,b|all
+ *   fareboxctl key revoke KEY
+ *   fareboxctl audit */
+#include "fb_util.h"
+
+#include <curl/curl.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ANSWER_MAX (16 << 20)
+
+typedef struct {
+    char *buf;
+    size_t len;
+} s_buf_t;
+
+static size_t s_write(char *p, size_t size, size_t n, void *arg)
+{
+    s_buf_t *b = arg;
+    size_t add = size * n;
+    if (b->len + add > ANSWER_MAX)
+        return 0;
+    b->buf = fb_realloc(b->buf, b->len + add + 1);
+    memcpy(b->buf + b->len, p, add);
+    b->len += add;
+    b->buf[b->len] = '\0';
+    return add;
+}
+
+static int s_usage(void)
+{
+    fprintf(stderr,
+            "usage: fareboxctl account create [LABEL] | account show ACCOUNT | account history ACCOUNT "
+            "[LIMIT]\n"
+            "                  | account holds ACCOUNT [STATE] | credit ACCOUNT AMOUNT_MICRO REFERENCE\n"
+            "                  | key mint ACCOUNT [--label L] [--cap MICRO] [--models a,b] | key list "
+            "ACCOUNT\n"
+            "                  | key cap KEY MICRO|none | key models KEY a,b|all | key revoke KEY | audit\n"
+            "environment: FAREBOX_URL, FAREBOX_ADMIN_TOKEN (or FAREBOX_ADMIN_TOKEN_FILE)\n");
+    return 2;
+}
+
+/* The admin token: the variable, or the first line of the file it names. */
+static char *s_token(void)
+{
+    const char *t = getenv("FAREBOX_ADMIN_TOKEN");
+    if (t && t[0])
+        return strdup(t);
+    const char *f = getenv("FAREBOX_ADMIN_TOKEN_FILE");
+    if (!f || !f[0])
+        return NULL;
+    FILE *fp = fopen(f, "r");
+    if (!fp)
+        return NULL;
+    char line[512] = "";
+    char *got = fgets(line, sizeof(line), fp);
+    fclose(fp);
+    if (!got)
+        return NULL;
+    line[strcspn(line, "\r\n")] = '\0';
+    return line[0] ? strdup(line) : NULL;
+}
+
+/* A digits-only id or amount. */
+static bool s_digits(const char *s)
+{
+    if (!s || !s[0] || strlen(s) > 18)
+        return false;
+    for (const char *p = s; *p; p++)
+        if (*p < '0' || *p > '9')
+            return false;
+    return true;
+}
+
+static json_t *s_models(const char *list)
+{
+    if (strcmp(list, "all") == 0)
+        return json_null();
+    json_t *a = json_array();
+    char *copy = strdup(list), *save = NULL;
+    for (char *m = strtok_r(copy, ",", &save); m; m = strtok_r(NULL, ",", &save))
+        json_array_append_new(a, json_string(m));
+    free(copy);
+    return a;
+}
+
+/* One admin call; prints the answer. */
+static int s_call(const char *method, const char *path, json_t *body)
+{
+    const char *url = getenv("FAREBOX_URL");
+    char *token = s_token();
+    if (!url || !url[0] || !token) {
+        fprintf(stderr,
+                "fareboxctl: FAREBOX_URL and FAREBOX_ADMIN_TOKEN are required (. .farebox/run.env)\n");
+        free(token);
+        json_decref(body);
+        return 2;
+    }
+    char full[2048], auth[600];
+    snprintf(full, sizeof(full), "%s%s", url, path);
+    snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token);
+    free(token);
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+    CURL *c = curl_easy_init();
+    struct curl_slist *h = curl_slist_append(NULL, auth);
+    h = curl_slist_append(h, "Content-Type: application/json");
+    s_buf_t answer = {0};
+    curl_easy_setopt(c, CURLOPT_URL, full);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, s_write);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &answer);
+    if (text)
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, text);
+    CURLcode rc = curl_easy_perform(c);
+    long status = 0;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    curl_slist_free_all(h);
+    curl_easy_cleanup(c);
+    free(text);
+    int exit_code;
+    if (rc != CURLE_OK) {
+        fprintf(stderr, "fareboxctl: %s %s: %s\n", method, full, curl_easy_strerror(rc));
+        exit_code = 2;
+    } else {
+        printf("%s\n", answer.buf ? answer.buf : "");
+        exit_code = status >= 200 && status < 300 ? 0 : 1;
+    }
+    free(answer.buf);
+    return exit_code;
+}
+
+static int s_account(int argc, char **argv)
+{
+    char path[256];
+    if (argc >= 1 && strcmp(argv[0], "create") == 0 && argc <= 2)
+        return s_call("POST", "/admin/accounts",
+                      argc == 2 ? json_pack("{ss}", "label", argv[1]) : json_object());
+    if (argc < 2 || !s_digits(argv[1]))
+        return s_usage();
+    if (strcmp(argv[0], "show") == 0 && argc == 2) {
+        snprintf(path, sizeof(path), "/admin/accounts/%s", argv[1]);
+        return s_call("GET", path, NULL);
+    }
+    if (strcmp(argv[0], "history") == 0 && argc <= 3) {
+        if (argc == 3 && !s_digits(argv[2]))
+            return s_usage();
+        snprintf(path, sizeof(path), "/admin/accounts/%s/history%s%s", argv[1], argc == 3 ? "?limit=" : "",
+                 argc == 3 ? argv[2] : "");
+        return s_call("GET", path, NULL);
+    }
+    if (strcmp(argv[0], "holds") == 0 && argc <= 3) {
+        if (argc == 3 && strspn(argv[2], "abcdefghijklmnopqrstuvwxyz") != strlen(argv[2]))
+            return s_usage();
+        snprintf(path, sizeof(path), "/admin/accounts/%s/holds%s%.16s", argv[1], argc == 3 ? "?state=" : "",
+                 argc == 3 ? argv[2] : "");
+        return s_call("GET", path, NULL);
+    }
+    return s_usage();
+}
+
+static int s_key(int argc, char **argv)
+{
+    char path[256];
+    if (argc < 2 || !s_digits(argv[1]))
+        return s_usage();
+    if (strcmp(argv[0], "mint") == 0) {
+        json_t *body = json_object();
+        for (int i = 2; i < argc; i += 2) {
+            if (i + 1 >= argc) {
+                json_decref(body);
+                return s_usage();
+            }
+            if (strcmp(argv[i], "--label") == 0) {
+                json_object_set_new(body, "label", json_string(argv[i + 1]));
+            } else if (strcmp(argv[i], "--cap") == 0 && s_digits(argv[i + 1])) {
+                json_object_set_new(body, "spend_cap_micro", json_integer(strtoll(argv[i + 1], NULL, 10)));
+            } else if (strcmp(argv[i], "--models") == 0) {
+                json_object_set_new(body, "models", s_models(argv[i + 1]));
+            } else {
+                json_decref(body);
+                return s_usage();
+            }
+        }
+        snprintf(path, sizeof(path), "/admin/accounts/%s/keys", argv[1]);
+        return s_call("POST", path, body);
+    }
+    if (strcmp(argv[0], "list") == 0 && argc == 2) {
+        snprintf(path, sizeof(path), "/admin/accounts/%s/keys", argv[1]);
+        return s_call("GET", path, NULL);
+    }
+    snprintf(path, sizeof(path), "/admin/keys/%s", argv[1]);
+    if (strcmp(argv[0], "revoke") == 0 && argc == 2)
+        return s_call("DELETE", path, NULL);
+    if (strcmp(argv[0], "cap") == 0 && argc == 3) {
+        if (strcmp(argv[2], "none") == 0)
+            return s_call("PATCH", path, json_pack("{sn}", "spend_cap_micro"));
+        if (!s_digits(argv[2]))
+            return s_usage();
+        return s_call("PATCH", path,
+                      json_pack("{sI}", "spend_cap_micro", (json_int_t)strtoll(argv[2], NULL, 10)));
+    }
+    if (strcmp(argv[0], "models") == 0 && argc == 3)
+        return s_call("PATCH", path, json_pack("{so}", "models", s_models(argv[2])));
+    return s_usage();
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2)
+        return s_usage();
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    int rc;
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "account") == 0 && argc >= 3) {
+        rc = s_account(argc - 2, argv + 2);
+    } else if (strcmp(cmd, "key") == 0 && argc >= 3) {
+        rc = s_key(argc - 2, argv + 2);
+    } else if (strcmp(cmd, "credit") == 0 && argc == 5 && s_digits(argv[2]) && s_digits(argv[3])) {
+        char path[256];
+        snprintf(path, sizeof(path), "/admin/accounts/%s/credits", argv[2]);
+        rc = s_call("POST", path,
+                    json_pack("{sI ss}", "amount_micro", (json_int_t)strtoll(argv[3], NULL, 10), "reference",
+                              argv[4]));
+    } else if (strcmp(cmd, "audit") == 0 && argc == 2) {
+        rc = s_call("GET", "/admin/audit", NULL);
+    } else {
+        rc = s_usage();
+    }
+    curl_global_cleanup();
+    return rc;
+}
