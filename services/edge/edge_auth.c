@@ -3,6 +3,7 @@
 #include "edge_catalog.h"
 #include "edge_reply.h"
 #include "fb_apikey.h"
+#include "fb_codec.h"
 #include "fb_log.h"
 #include "fb_util.h"
 
@@ -99,8 +100,7 @@ void edge_auth_key(edge_worker_t *w, h2o_req_t *req, const char *rid, edge_key_f
     uint8_t mac[32];
     fb_apikey_hmac(mac, edge->key_hmac_secret, strlen(edge->key_hmac_secret), key.base, key.len);
     char hex[65];
-    for (int i = 0; i < 32; i++)
-        snprintf(hex + 2 * i, 3, "%02x", mac[i]);
+    fb_hex_encode(hex, mac, sizeof(mac));
     s_lookup_t *l = fb_calloc(1, sizeof(*l));
     l->done = done;
     l->arg = arg;

@@ -109,6 +109,19 @@ size_t edge_json_escape(char *out, size_t cap, const char *s, size_t n)
     return o;
 }
 
+bool edge_id_text_ok(h2o_iovec_t v)
+{
+    if (v.base == NULL || v.len == 0 || v.len > EDGE_ID_TEXT_MAX)
+        return false;
+    for (size_t i = 0; i < v.len; i++) {
+        char c = v.base[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+              c == '_' || c == '.' || c == ':'))
+            return false;
+    }
+    return true;
+}
+
 void edge_rpc_json(fb_rpc_client_t *client, const char *method, json_t *doc, const char *idem,
                    const char *trace, uint32_t deadline_ms, fb_rpc_done_fn *done, void *arg)
 {
@@ -143,5 +156,12 @@ int edge_reply_test(bool verbose)
     FB_ASSERT(strcmp(s_openai_type(502), "api_error") == 0);
     FB_ASSERT(strcmp(s_anthropic_type(413), "request_too_large") == 0);
     FB_ASSERT(strcmp(s_anthropic_type(400), "invalid_request_error") == 0);
+    FB_ASSERT(edge_id_text_ok(h2o_iovec_init(H2O_STRLIT("abc-123_x.y:z"))));
+    FB_ASSERT(!edge_id_text_ok(h2o_iovec_init(H2O_STRLIT("has space"))));
+    FB_ASSERT(!edge_id_text_ok(h2o_iovec_init(H2O_STRLIT(""))));
+    char long_id[EDGE_ID_TEXT_MAX + 1];
+    memset(long_id, 'a', sizeof(long_id));
+    FB_ASSERT(!edge_id_text_ok(h2o_iovec_init(long_id, sizeof(long_id))));
+    FB_ASSERT(edge_id_text_ok(h2o_iovec_init(long_id, EDGE_ID_TEXT_MAX)));
     return 0;
 }

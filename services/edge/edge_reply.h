@@ -27,6 +27,11 @@ void edge_error(h2o_req_t *req, edge_dialect_t dialect, int status, const char *
  * (cap bytes, NUL-terminated, cut short when full). Returns the length. */
 size_t edge_json_escape(char *out, size_t cap, const char *s, size_t n);
 
+/* edge_id_text_ok - v is 1..128 characters of A-Z a-z 0-9 - _ . : (what the
+ * edge accepts as a caller's X-Request-Id or Idempotency-Key). */
+#define EDGE_ID_TEXT_MAX 128
+bool edge_id_text_ok(h2o_iovec_t v);
+
 /* edge_rpc_json - call method on an RPC client with doc (stolen, may be NULL
  * for an empty body) packed as msgpack. idem and trace may be NULL. */
 void edge_rpc_json(fb_rpc_client_t *client, const char *method, json_t *doc, const char *idem,
