@@ -1,15 +1,11 @@
-/* fb_jsonrpc - JSON-RPC over libcurl multi in libuv, with failover.
- *
- * libcurl tells us which sockets to watch (CURLMOPT_SOCKETFUNCTION: a uv_poll_t
- * each) and when to wake it up (CURLMOPT_TIMERFUNCTION: one uv_timer_t); we
- * answer with curl_multi_socket_action and collect finished transfers with
- * curl_multi_info_read. */
+/* fb_jsonrpc - JSON-RPC over libcurl multi in libuv (fb_curlm), with
+ * failover. */
 #include "fb_jsonrpc.h"
+#include "fb_curlm.h"
 #include "fb_log.h"
 #include "fb_util.h"
 
 #include <curl/curl.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,17 +42,8 @@ typedef struct s_request {
     int64_t started_us;
 } s_request_t;
 
-typedef struct s_sock {
-    uv_poll_t poll;
-    curl_socket_t fd;
-    struct fb_jsonrpc_t *client;
-    struct s_sock *next;
-} s_sock_t;
-
 struct fb_jsonrpc_t {
-    uv_loop_t *loop;
-    CURLM *multi;
-    uv_timer_t timer;
+    fb_curlm_t *curlm; /* the transfers, on the loop */
     char *chain;
     s_endpoint_t endpoints[ENDPOINTS_MAX];
     int nendpoints;
@@ -64,18 +51,9 @@ struct fb_jsonrpc_t {
     size_t max_response;
     struct curl_slist *headers;
     s_request_t *requests; /* in flight */
-    s_sock_t *socks;       /* watched sockets */
     uint64_t next_id;
-    int closing; /* handles to close before free */
     bool dead;
 };
-
-static pthread_once_t s_curl_once = PTHREAD_ONCE_INIT;
-
-static void s_curl_init(void)
-{
-    FB_ASSERT(curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK);
-}
 
 /* --- endpoints ------------------------------------------------------------------- */
 
@@ -169,102 +147,7 @@ static void s_healthy(fb_jsonrpc_t *self, int i)
     e->rest_ms = REST_MIN_MS;
 }
 
-/* --- curl glue --------------------------------------------------------------------- */
-
-static void s_check_done(fb_jsonrpc_t *self);
-
-static void s_on_poll(uv_poll_t *h, int status, int events)
-{
-    s_sock_t *s = h->data;
-    int flags = 0;
-    if (status < 0)
-        flags = CURL_CSELECT_ERR;
-    else {
-        if (events & UV_READABLE)
-            flags |= CURL_CSELECT_IN;
-        if (events & UV_WRITABLE)
-            flags |= CURL_CSELECT_OUT;
-    }
-    int running;
-    fb_jsonrpc_t *self = s->client;
-    curl_multi_socket_action(self->multi, s->fd, flags, &running);
-    s_check_done(self);
-}
-
-static void s_sock_closed(uv_handle_t *h)
-{
-    s_sock_t *s = h->data;
-    fb_jsonrpc_t *self = s->client;
-    free(s);
-    if (self->dead && --self->closing == 0) {
-        free(self->chain);
-        free(self);
-    }
-}
-
-static void s_sock_forget(fb_jsonrpc_t *self, s_sock_t *s)
-{
-    for (s_sock_t **pp = &self->socks; *pp; pp = &(*pp)->next) {
-        if (*pp == s) {
-            *pp = s->next;
-            break;
-        }
-    }
-    uv_poll_stop(&s->poll);
-    if (self->dead)
-        self->closing++;
-    uv_close((uv_handle_t *)&s->poll, s_sock_closed);
-}
-
-static int s_on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
-{
-    FB_UNUSED(easy);
-    fb_jsonrpc_t *self = userp;
-    s_sock_t *s = socketp;
-    if (what == CURL_POLL_REMOVE) {
-        if (s) {
-            curl_multi_assign(self->multi, fd, NULL);
-            s_sock_forget(self, s);
-        }
-        return 0;
-    }
-    if (!s) {
-        s = fb_calloc(1, sizeof(*s));
-        s->fd = fd;
-        s->client = self;
-        FB_ASSERT(uv_poll_init_socket(self->loop, &s->poll, fd) == 0);
-        s->poll.data = s;
-        s->next = self->socks;
-        self->socks = s;
-        curl_multi_assign(self->multi, fd, s);
-    }
-    int events = 0;
-    if (what & CURL_POLL_IN)
-        events |= UV_READABLE;
-    if (what & CURL_POLL_OUT)
-        events |= UV_WRITABLE;
-    uv_poll_start(&s->poll, events, s_on_poll);
-    return 0;
-}
-
-static void s_on_timer(uv_timer_t *t)
-{
-    fb_jsonrpc_t *self = t->data;
-    int running;
-    curl_multi_socket_action(self->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-    s_check_done(self);
-}
-
-static int s_on_curl_timer(CURLM *multi, long timeout_ms, void *userp)
-{
-    FB_UNUSED(multi);
-    fb_jsonrpc_t *self = userp;
-    if (timeout_ms < 0)
-        uv_timer_stop(&self->timer);
-    else
-        uv_timer_start(&self->timer, s_on_timer, (uint64_t)timeout_ms, 0);
-    return 0;
-}
+/* --- transfers -------------------------------------------------------------------- */
 
 static size_t s_on_data(char *ptr, size_t size, size_t n, void *userdata)
 {
@@ -296,6 +179,8 @@ static size_t s_on_header(char *buf, size_t size, size_t n, void *userdata)
     return len;
 }
 
+static void s_transfer_done(void *arg, CURL *easy, CURLcode cc);
+
 /* Starts an attempt on the next endpoint. */
 static void s_attempt(fb_jsonrpc_t *self, s_request_t *r)
 {
@@ -323,9 +208,8 @@ static void s_attempt(fb_jsonrpc_t *self, s_request_t *r)
     curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, s_on_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
-    curl_easy_setopt(e, CURLOPT_PRIVATE, r);
     self->endpoints[r->endpoint].calls++;
-    curl_multi_add_handle(self->multi, e);
+    fb_curlm_add(self->curlm, e, s_transfer_done, r);
 }
 
 static void s_unlink(fb_jsonrpc_t *self, s_request_t *r)
@@ -350,12 +234,13 @@ static void s_finish(fb_jsonrpc_t *self, s_request_t *r, json_t *result, const c
 }
 
 /* One transfer ended: an answer, or a failure to try elsewhere. */
-static void s_transfer_done(fb_jsonrpc_t *self, s_request_t *r, CURLcode cc)
+static void s_transfer_done(void *arg, CURL *easy, CURLcode cc)
 {
+    s_request_t *r = arg;
+    fb_jsonrpc_t *self = r->client;
     long status = 0;
-    curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
-    curl_multi_remove_handle(self->multi, r->easy);
-    curl_easy_cleanup(r->easy);
+    curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_cleanup(easy);
     r->easy = NULL;
     char why[160] = "";
     json_t *doc = NULL;
@@ -403,24 +288,10 @@ static void s_transfer_done(fb_jsonrpc_t *self, s_request_t *r, CURLcode cc)
     json_decref(doc);
 }
 
-static void s_check_done(fb_jsonrpc_t *self)
-{
-    CURLMsg *m;
-    int left;
-    while ((m = curl_multi_info_read(self->multi, &left))) {
-        if (m->msg != CURLMSG_DONE)
-            continue;
-        s_request_t *r = NULL;
-        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&r);
-        s_transfer_done(self, r, m->data.result);
-    }
-}
-
 /* --- public ------------------------------------------------------------------------- */
 
 fb_jsonrpc_t *fb_jsonrpc_new(uv_loop_t *loop, const fb_jsonrpc_config_t *config, char *err, size_t errlen)
 {
-    pthread_once(&s_curl_once, s_curl_init);
     fb_jsonrpc_t *self = fb_calloc(1, sizeof(*self));
     int n = s_parse_urls(config->urls, self->endpoints, err, errlen);
     if (n < 0) {
@@ -428,20 +299,12 @@ fb_jsonrpc_t *fb_jsonrpc_new(uv_loop_t *loop, const fb_jsonrpc_config_t *config,
         return NULL;
     }
     self->nendpoints = n;
-    self->loop = loop;
     self->chain = fb_strdup(config->chain ? config->chain : "chain");
     self->timeout_ms = config->timeout_ms ? config->timeout_ms : 5000;
     self->attempts = config->attempts ? config->attempts : (uint32_t)n + 1;
     self->max_response = config->max_response ? config->max_response : 16u << 20;
     self->headers = curl_slist_append(NULL, "Content-Type: application/json");
-    self->multi = curl_multi_init();
-    FB_ASSERT(self->multi);
-    curl_multi_setopt(self->multi, CURLMOPT_SOCKETFUNCTION, s_on_socket);
-    curl_multi_setopt(self->multi, CURLMOPT_SOCKETDATA, self);
-    curl_multi_setopt(self->multi, CURLMOPT_TIMERFUNCTION, s_on_curl_timer);
-    curl_multi_setopt(self->multi, CURLMOPT_TIMERDATA, self);
-    uv_timer_init(loop, &self->timer);
-    self->timer.data = self;
+    self->curlm = fb_curlm_new(loop);
     return self;
 }
 
@@ -463,15 +326,6 @@ void fb_jsonrpc_call(fb_jsonrpc_t *self, const char *method, json_t *params, fb_
     s_attempt(self, r);
 }
 
-static void s_timer_closed(uv_handle_t *h)
-{
-    fb_jsonrpc_t *self = h->data;
-    if (--self->closing == 0) {
-        free(self->chain);
-        free(self);
-    }
-}
-
 void fb_jsonrpc_destroy(fb_jsonrpc_t **self_p)
 {
     FB_ASSERT(self_p);
@@ -479,24 +333,19 @@ void fb_jsonrpc_destroy(fb_jsonrpc_t **self_p)
     if (!self)
         return;
     self->dead = true;
-    self->closing = 1; /* the timer; sockets add themselves as they close */
     while (self->requests) {
         s_request_t *r = self->requests;
         if (r->easy) {
-            curl_multi_remove_handle(self->multi, r->easy);
+            fb_curlm_remove(self->curlm, r->easy);
             curl_easy_cleanup(r->easy);
             r->easy = NULL;
         }
         s_finish(self, r, NULL, "unavailable", 0, "the client is shutting down");
     }
-    while (self->socks) {
-        /* detach first, so that curl_multi_cleanup cannot hand it back to us */
-        curl_multi_assign(self->multi, self->socks->fd, NULL);
-        s_sock_forget(self, self->socks);
-    }
-    curl_multi_cleanup(self->multi);
+    fb_curlm_destroy(&self->curlm);
     curl_slist_free_all(self->headers);
-    uv_close((uv_handle_t *)&self->timer, s_timer_closed);
+    free(self->chain);
+    free(self);
     *self_p = NULL;
 }
 

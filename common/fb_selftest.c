@@ -14,6 +14,10 @@
 #include "edge_admin.h"
 #include "edge_auth.h"
 #include "edge_catalog.h"
+#include "edge_chat.h"
+#include "edge_sse.h"
+#include "edge_translate.h"
+#include "edge_upstream.h"
 #include "edge_facilitator.h"
 #include "edge_reply.h"
 #include "fb_apikey.h"
@@ -66,6 +70,10 @@ static const s_test_t s_tests[] = {
     {"edge_catalog", edge_catalog_test},
     {"edge_auth", edge_auth_test},
     {"edge_admin", edge_admin_test},
+    {"edge_sse", edge_sse_test},
+    {"edge_translate", edge_translate_test},
+    {"edge_chat", edge_chat_test},
+    {"edge_upstream", edge_upstream_test},
     {"ledger_rpc", ledger_rpc_test},
     {"evm_exact", evm_exact_test},
     {"svm_exact", svm_exact_test},

@@ -168,8 +168,64 @@ char *fb_read_file(const char *path, size_t max, size_t *len)
     return buf;
 }
 
+void fb_buf_append(fb_buf_t *b, const void *data, size_t len)
+{
+    if (b->len + len + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + len + 1)
+            cap *= 2;
+        b->data = fb_realloc(b->data, cap);
+        b->cap = cap;
+    }
+    if (len)
+        memcpy(b->data + b->len, data, len);
+    b->len += len;
+    b->data[b->len] = '\0';
+}
+
+void fb_buf_append_str(fb_buf_t *b, const char *s)
+{
+    fb_buf_append(b, s, strlen(s));
+}
+
+void fb_buf_consume(fb_buf_t *b, size_t n)
+{
+    FB_ASSERT(n <= b->len);
+    if (n == 0)
+        return;
+    memmove(b->data, b->data + n, b->len - n);
+    b->len -= n;
+    b->data[b->len] = '\0';
+}
+
+void fb_buf_reset(fb_buf_t *b)
+{
+    b->len = 0;
+    if (b->data)
+        b->data[0] = '\0';
+}
+
+void fb_buf_free(fb_buf_t *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
 int fb_util_test(bool verbose)
 {
+    {
+        fb_buf_t b = {0};
+        for (int i = 0; i < 100; i++)
+            fb_buf_append_str(&b, "abcdefghij");
+        FB_ASSERT(b.len == 1000 && b.data[1000] == '\0');
+        fb_buf_consume(&b, 995);
+        FB_ASSERT(b.len == 5 && strcmp(b.data, "fghij") == 0);
+        fb_buf_reset(&b);
+        FB_ASSERT(b.len == 0 && b.data[0] == '\0');
+        fb_buf_free(&b);
+        FB_ASSERT(!b.data && b.cap == 0);
+    }
     FB_UNUSED(verbose);
     FB_ASSERT(fb_memeq_ct("abc", "abc", 3));
     FB_ASSERT(!fb_memeq_ct("abc", "abd", 3));

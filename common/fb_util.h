@@ -53,6 +53,20 @@ void fb_random_hex(char *out, size_t nbytes);
  * or NULL with errno set when the file cannot be read or is larger than max. */
 char *fb_read_file(const char *path, size_t max, size_t *len);
 
+/* fb_buf_t - a growable byte buffer, always NUL-terminated after len bytes
+ * once anything was appended. Zero-initialised is empty; fb_buf_free releases. */
+typedef struct {
+    char *data;
+    size_t len, cap;
+} fb_buf_t;
+
+void fb_buf_append(fb_buf_t *b, const void *data, size_t len);
+void fb_buf_append_str(fb_buf_t *b, const char *s);
+/* fb_buf_consume - drop the first n bytes (n <= len). */
+void fb_buf_consume(fb_buf_t *b, size_t n);
+void fb_buf_reset(fb_buf_t *b);
+void fb_buf_free(fb_buf_t *b);
+
 int fb_util_test(bool verbose);
 
 #endif

@@ -14,6 +14,13 @@
 #include <uv.h>
 
 typedef struct edge_t edge_t;
+
+/* Where one provider's calls go: its base URL and key, or the mock model. */
+typedef struct {
+    const char *base_url; /* "https://api.openai.com", or the mock model's URL */
+    const char *api_key;  /* NULL for the mock model */
+    bool mock;
+} edge_upstream_conf_t;
 typedef struct edge_worker_t edge_worker_t;
 
 /* What all workers share; written before the workers start, read-only after. */
@@ -30,9 +37,12 @@ struct edge_t {
     bool facilitator_token_set;
     uint8_t facilitator_token_sha256[32]; /* SHA-256 of FAREBOX_FACILITATOR_TOKEN */
     bool admin_token_set;
-    uint8_t admin_token_sha256[32]; /* SHA-256 of FAREBOX_ADMIN_TOKEN */
-    const char *key_hmac_secret;    /* FAREBOX_KEY_HMAC_SECRET, or NULL: API keys are off */
-    struct edge_catalog_t *catalog; /* the models and prices */
+    uint8_t admin_token_sha256[32];   /* SHA-256 of FAREBOX_ADMIN_TOKEN */
+    const char *key_hmac_secret;      /* FAREBOX_KEY_HMAC_SECRET, or NULL: API keys are off */
+    struct edge_catalog_t *catalog;   /* the models and prices */
+    edge_upstream_conf_t upstream[2]; /* by edge_provider_t: OpenAI, Anthropic */
+    uint32_t upstream_timeout_ms;     /* a whole provider call, streams included */
+    uint32_t upstream_connect_ms;     /* connecting to a provider */
     edge_worker_t **workers;
 };
 
@@ -50,6 +60,7 @@ struct edge_worker_t {
     uv_tcp_t *listen_plain, *listen_tls;
     fb_rpc_client_t *ledger; /* RPC clients owned by this worker */
     fb_rpc_client_t *verifier;
+    struct fb_curlm_t *curlm; /* provider calls on this loop */
     uint64_t active_requests; /* requests received and not yet disposed */
     int64_t stop_deadline;    /* monotonic ms when a stop gives up waiting */
     bool stopping;

@@ -3,6 +3,7 @@
 #include "edge_admin.h"
 #include "edge_auth.h"
 #include "edge_catalog.h"
+#include "edge_chat.h"
 #include "edge_facilitator.h"
 #include "edge_reply.h"
 #include "edge_worker.h"
@@ -204,12 +205,12 @@ static int s_not_implemented(edge_worker_t *w, h2o_req_t *req, const char *rid)
 static const s_route_t s_routes[] = {
     {"/healthz", "GET", s_healthz},
     {"/readyz", "GET", s_readyz},
-    {"/v1/chat/completions", "POST", s_not_implemented},
-    {"/api/v1/chat/completions", "POST", s_not_implemented},
-    {"/v1/messages", "POST", s_not_implemented},
+    {"/v1/chat/completions", "POST", edge_chat_completions},
+    {"/api/v1/chat/completions", "POST", edge_chat_completions},
+    {"/v1/messages", "POST", edge_chat_messages},
     {"/v1/models", "GET", s_models},
     {"/v1/pricing", "GET", s_pricing},
-    {"/api/v1/prompt", "POST", s_not_implemented},
+    {"/api/v1/prompt", "POST", edge_chat_prompt},
     {"/v1/topup", "POST", s_not_implemented},
     {"/v1/balance", "GET", edge_balance},
     {"/admin/", "*", edge_admin},

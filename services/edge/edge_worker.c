@@ -1,5 +1,6 @@
 /* edge_worker - per-loop HTTP serving and graceful stop. */
 #include "edge_worker.h"
+#include "fb_curlm.h"
 #include "fb_http.h"
 #include "fb_log.h"
 #include "fb_util.h"
@@ -31,7 +32,8 @@ static void s_drain_check(uv_timer_t *t)
         self->stop_deadline = now + CONNS_CLOSE_MS;
         fb_http_conns_shutdown(&self->conns);
     }
-    if (self->conns.count > 0 && now < self->stop_deadline)
+    /* ... and the money of requests whose client left (commits, voids) */
+    if ((self->conns.count > 0 || self->active_requests > 0) && now < self->stop_deadline)
         return;
     if (self->conns.count > 0)
         fb_log(FB_LOG_WARN, NULL, "connections still open at exit", "worker=%d connections=%zu", self->index,
@@ -94,6 +96,7 @@ edge_worker_t *edge_worker_new(edge_t *edge, int index, char *err, size_t errlen
     }
     self->ledger = fb_service_client(edge->service, FB_PEER_LEDGER, self->loop);
     self->verifier = fb_service_client(edge->service, FB_PEER_VERIFIER, self->loop);
+    self->curlm = fb_curlm_new(self->loop);
     return self;
 }
 
@@ -138,6 +141,7 @@ void edge_worker_destroy(edge_worker_t **self_p)
         return;
     fb_rpc_client_destroy(&self->ledger);
     fb_rpc_client_destroy(&self->verifier);
+    fb_curlm_destroy(&self->curlm);
     fb_http_close(&self->listen_plain);
     fb_http_close(&self->listen_tls);
     uv_close((uv_handle_t *)&self->wake, NULL);

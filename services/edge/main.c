@@ -6,6 +6,8 @@
  *   catalog        edge_catalog.c: the models and prices (/v1/models, /v1/pricing)
  *   keys           edge_auth.c: API keys through the ledger, /v1/balance
  *   admin          edge_admin.c: the operator's API under /admin/, answered by the ledger
+ *   paid calls     edge_chat.c: chat completions, messages, prompt: key, hold, provider, commit
+ *   providers      edge_upstream.c (libcurl on the loop), edge_sse.c, edge_translate.c
  *   facilitator    edge_facilitator.c: the x402 facilitator API, answered by the verifier
  *   workers        edge_worker.c: one loop per thread, each with RPC clients
  *   stop           SIGTERM stops accepting, waits for requests in flight */
@@ -22,6 +24,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* A provider base URL: http(s), no trailing slash, short enough to extend. */
+static int s_check_url(const char *text, char *err, size_t errlen)
+{
+    size_t n = strlen(text);
+    if ((strncmp(text, "http://", 7) != 0 && strncmp(text, "https://", 8) != 0) || n > 200 ||
+        text[n - 1] == '/') {
+        snprintf(err, errlen,
+                 "must be an http:// or https:// URL of at most 200 characters without a trailing /");
+        return -1;
+    }
+    return 0;
+}
 
 static const fb_config_var_t s_vars[] = {
     {"FAREBOX_HTTP_LISTEN", FB_CFG_STRING, "127.0.0.1:8402", 0, 0, NULL, fb_http_check_hostport,
@@ -48,6 +63,20 @@ static const fb_config_var_t s_vars[] = {
      "the ledger's secret keying the HMAC of API keys (unset: API keys are refused with 503)"},
     {"FAREBOX_CATALOG_FILE", FB_CFG_STRING, "", 0, 0, NULL, NULL,
      "the model catalog, JSON (README: Models and prices; unset: the built-in catalog)"},
+    {"FAREBOX_OPENAI_API_KEY", FB_CFG_SECRET, "", 0, 0, NULL, NULL,
+     "OpenAI API key (unset: OpenAI models are answered by the mock model)"},
+    {"FAREBOX_OPENAI_BASE_URL", FB_CFG_STRING, "https://api.openai.com", 0, 0, NULL, s_check_url,
+     "where OpenAI calls go (/v1/chat/completions is appended)"},
+    {"FAREBOX_ANTHROPIC_API_KEY", FB_CFG_SECRET, "", 0, 0, NULL, NULL,
+     "Anthropic API key (unset: Anthropic models are answered by the mock model)"},
+    {"FAREBOX_ANTHROPIC_BASE_URL", FB_CFG_STRING, "https://api.anthropic.com", 0, 0, NULL, s_check_url,
+     "where Anthropic calls go (/v1/messages is appended)"},
+    {"FAREBOX_MOCK_MODEL_URL", FB_CFG_STRING, "http://127.0.0.1:8404", 0, 0, NULL, s_check_url,
+     "the built-in mock model (farebox-mock-model), for providers without a key"},
+    {"FAREBOX_UPSTREAM_TIMEOUT_MS", FB_CFG_INT, "240000", 1000, 3600000, NULL, NULL,
+     "wall-clock limit of one provider call, streams included"},
+    {"FAREBOX_UPSTREAM_CONNECT_MS", FB_CFG_INT, "10000", 100, 600000, NULL, NULL,
+     "limit on connecting to a provider"},
     {"FAREBOX_STOP_GRACE_MS", FB_CFG_INT, "10000", 0, 600000, NULL, NULL,
      "on SIGTERM, how long requests in flight may take to finish"},
 };
@@ -133,6 +162,25 @@ int main(int argc, char **argv)
         snprintf(line, sizeof(line), "invalid configuration: FAREBOX_CATALOG_FILE: %s", err);
         fb_service_fail_config(line);
     }
+    static const char *const names[] = {"OPENAI", "ANTHROPIC"};
+    for (int p = 0; p < 2; p++) {
+        char var[64];
+        snprintf(var, sizeof(var), "FAREBOX_%s_API_KEY", names[p]);
+        const char *api_key = fb_config_str(cfg, var);
+        edge_upstream_conf_t *up = &edge.upstream[p];
+        if (api_key[0]) {
+            snprintf(var, sizeof(var), "FAREBOX_%s_BASE_URL", names[p]);
+            up->base_url = fb_config_str(cfg, var);
+            up->api_key = api_key;
+        } else {
+            up->base_url = fb_config_str(cfg, "FAREBOX_MOCK_MODEL_URL");
+            up->mock = true;
+        }
+    }
+    edge.upstream_timeout_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_UPSTREAM_TIMEOUT_MS");
+    edge.upstream_connect_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_UPSTREAM_CONNECT_MS");
+    fb_log(FB_LOG_INFO, NULL, "providers", "openai=%s anthropic=%s", edge.upstream[0].base_url,
+           edge.upstream[1].base_url);
     edge.workers = fb_calloc((size_t)edge.worker_count, sizeof(*edge.workers));
     for (int i = 0; i < edge.worker_count; i++) {
         edge.workers[i] = edge_worker_new(&edge, i, err, sizeof(err));

@@ -47,6 +47,18 @@ void verifier_settle(verifier_t *v, json_t *payload, json_t *requirements, const
     s_run(v, true, payload, requirements, trace, done, arg);
 }
 
+void verifier_result_key(verifier_result_t *res, json_t *key, int64_t amount_micro, const char *pay_to)
+{
+    const char *n = json_string_value(json_object_get(key, "network")),
+               *p = json_string_value(json_object_get(key, "payer")),
+               *o = json_string_value(json_object_get(key, "nonce"));
+    snprintf(res->auth_network, sizeof(res->auth_network), "%s", n ? n : "");
+    snprintf(res->auth_payer, sizeof(res->auth_payer), "%s", p ? p : "");
+    snprintf(res->auth_nonce, sizeof(res->auth_nonce), "%s", o ? o : "");
+    snprintf(res->pay_to, sizeof(res->pay_to), "%s", pay_to ? pay_to : "");
+    res->amount_micro = amount_micro;
+}
+
 void verifier_ledger_call(verifier_t *v, const char *method, json_t *body, bool write, const char *trace,
                           fb_rpc_done_fn *cb, void *arg)
 {

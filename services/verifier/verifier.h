@@ -70,9 +70,17 @@ typedef struct {
     char payer[100];
     char transaction[130]; /* settle: tx hash or signature ("" when none) */
     char network[96];      /* as the payment named it */
+    /* a valid verify: the authorization's key in the ledger, and its terms */
+    char auth_network[96], auth_payer[100], auth_nonce[130], pay_to[100];
+    int64_t amount_micro;
+    int64_t authorization_id; /* verify with record: the ledger's id */
 } verifier_result_t;
 
 typedef void(verifier_done_fn)(void *arg, const verifier_result_t *result);
+
+/* verifier_result_key - note a valid payment's ledger key (network, payer,
+ * nonce: a map as the ledger takes it, borrowed) and terms in res. */
+void verifier_result_key(verifier_result_t *res, json_t *key, int64_t amount_micro, const char *pay_to);
 
 /* verifier_verify / verifier_settle - check (and settle) a payment against
  * requirements. payload and requirements are borrowed JSON documents; done

@@ -165,6 +165,8 @@ static bool s_word(json_t *result, fb_u256_t *out)
 
 /* --- verify -------------------------------------------------------------------------------- */
 
+static void s_auth_key(s_job_t *j, json_t *body);
+
 static void s_verify_decide(s_job_t *j)
 {
     if (j->used_ledger) {
@@ -197,6 +199,12 @@ static void s_verify_decide(s_job_t *j)
                j->sim_message);
         return;
     }
+    uint64_t amount = 0;
+    fb_u256_to_u64(&j->chk.auth.value, &amount);
+    json_t *key = json_object();
+    s_auth_key(j, key);
+    verifier_result_key(&j->res, key, amount > INT64_MAX ? INT64_MAX : (int64_t)amount, j->r.pay_to);
+    json_decref(key);
     j->res.ok = true;
     s_finish(j);
 }

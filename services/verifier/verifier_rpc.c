@@ -10,7 +10,11 @@
 
 typedef struct {
     fb_rpc_call_t *call;
+    verifier_t *v;
     bool settle;
+    bool record; /* verify: record a valid payment's authorization in the ledger */
+    char resource[512];
+    verifier_result_t res; /* a valid verify, while it is recorded */
 } s_pending_t;
 
 static void s_reply_json(fb_rpc_call_t **call, json_t *out)
@@ -66,9 +70,47 @@ static int s_read(const msgpack_object *body, json_t **payload, json_t **req, ch
     return 0;
 }
 
+static void s_answer(s_pending_t *pend, const verifier_result_t *r);
+
+/* The ledger recorded (or refused) a valid payment's authorization: accepted
+ * once, whatever races it, so that one payment buys one call. */
+static void s_on_recorded(void *arg, const fb_rpc_reply_t *reply)
+{
+    s_pending_t *pend = arg;
+    verifier_result_t *r = &pend->res;
+    if (reply->ok) {
+        const msgpack_object *id = fb_mp_get(reply->body, "authorization_id");
+        r->authorization_id = id && id->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? (int64_t)id->via.u64 : 0;
+    } else if (strcmp(reply->code, "authorization_used") == 0) {
+        r->ok = false;
+        r->reason = strncmp(r->auth_network, "solana:", 7) == 0 ? "duplicate_settlement"
+                                                                : "invalid_exact_evm_nonce_already_used";
+        snprintf(r->message, sizeof(r->message), "farebox has already accepted this payment");
+    } else {
+        r->error_code = FB_RPC_E_UNAVAILABLE;
+        snprintf(r->message, sizeof(r->message), "the ledger could not record the payment: %s",
+                 reply->message);
+    }
+    s_answer(pend, r);
+}
+
 static void s_done(void *arg, const verifier_result_t *r)
 {
     s_pending_t *pend = arg;
+    if (!pend->settle && pend->record && r->ok && !r->error_code) {
+        pend->res = *r;
+        json_t *body = json_pack("{ss ss sI ss ss ss}", "network", r->auth_network, "nonce", r->auth_nonce,
+                                 "amount_micro", (json_int_t)r->amount_micro, "payer", r->auth_payer,
+                                 "pay_to", r->pay_to, "resource", pend->resource);
+        verifier_ledger_call(pend->v, "ledger.record_authorization", body, true,
+                             fb_rpc_call_trace(pend->call), s_on_recorded, pend);
+        return;
+    }
+    s_answer(pend, r);
+}
+
+static void s_answer(s_pending_t *pend, const verifier_result_t *r)
+{
     if (r->error_code) {
         fb_rpc_call_error(&pend->call, r->error_code, NULL, 0, "%s", r->message);
         free(pend);
@@ -86,6 +128,8 @@ static void s_done(void *arg, const verifier_result_t *r)
         }
     } else {
         out = json_pack("{sb ss ss}", "isValid", r->ok, "payer", r->payer, "network", r->network);
+        if (r->ok && pend->record)
+            json_object_set_new(out, "authorizationId", json_integer(r->authorization_id));
         if (!r->ok) {
             json_object_set_new(out, "invalidReason",
                                 json_string(r->reason ? r->reason : "unexpected_verify_error"));
@@ -107,7 +151,15 @@ static void s_handle(verifier_t *v, fb_rpc_call_t *call, bool settle)
     }
     s_pending_t *pend = fb_calloc(1, sizeof(*pend));
     pend->call = call;
+    pend->v = v;
     pend->settle = settle;
+    const msgpack_object *body = fb_rpc_call_request(call)->body;
+    const msgpack_object *record = fb_mp_get(body, "record");
+    pend->record = record && record->type == MSGPACK_OBJECT_BOOLEAN && record->via.boolean;
+    const char *res;
+    size_t n;
+    if (fb_mp_str(fb_mp_get(body, "resource"), &res, &n) && n < sizeof(pend->resource))
+        memcpy(pend->resource, res, n);
     if (settle)
         verifier_settle(v, payload, req, fb_rpc_call_trace(call), s_done, pend);
     else

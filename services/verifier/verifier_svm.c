@@ -223,6 +223,10 @@ static void s_verify_decide(s_job_t *j)
         s_fail(j, objection, "%s", msg);
         return;
     }
+    json_t *key = json_object();
+    s_auth_key(j, key);
+    verifier_result_key(&j->res, key, (int64_t)j->chk.amount, j->r.pay_to);
+    json_decref(key);
     j->res.ok = true;
     s_finish(j);
 }

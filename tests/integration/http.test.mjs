@@ -107,7 +107,10 @@ test("unknown routes, wrong methods and unbuilt routes answer clear JSON errors"
   const wm = get(`http://127.0.0.1:${httpPort}/healthz`, ["-X", "POST"]);
   assert.equal(wm.status, 405);
   assert.equal(wm.headers.allow, "GET");
-  const ni = get(`http://127.0.0.1:${httpPort}/v1/chat/completions`, ["-X", "POST", "-d", "{}"]);
+  const bad = get(`http://127.0.0.1:${httpPort}/v1/chat/completions`, ["-X", "POST", "-d", "{}"]);
+  assert.equal(bad.status, 400);
+  assert.equal(JSON.parse(bad.body).error.code, "invalid_request");
+  const ni = get(`http://127.0.0.1:${httpPort}/v1/topup`, ["-X", "POST", "-d", "{}"]);
   assert.equal(ni.status, 501);
   assert.equal(JSON.parse(ni.body).error.code, "not_implemented");
 });

@@ -17,6 +17,9 @@
  *   [mock:cut=N]      stream N tokens, then drop the connection (no usage)
  *   [mock:nousage]    stream without a usage event
  *   [mock:delay=MS]   wait MS before the first byte
+ *   [mock:rate=N]     stream N tokens per second
+ *   [mock:tool=NAME]  call tool NAME with {"city":"Paris"} (the request must
+ *                     offer it first in tools, in its own dialect's shape)
  *
  * Configuration: FAREBOX_MOCK_LISTEN (127.0.0.1:8404), FAREBOX_MOCK_TOKENS_PER_S
  * (0: all at once), FAREBOX_MOCK_LATENCY_MS (before the first token),
@@ -65,6 +68,8 @@ typedef struct {
     bool stream, usage, sending, started, finished;
     int64_t tokens, sent, cut_after;
     int64_t input_tokens;
+    int64_t rate;  /* tokens per second, 0: all at once */
+    char tool[64]; /* the tool to call, or "" */
     char model[128];
     char id[40];
     uv_timer_t timer; /* first token delay, token pacing */
@@ -85,6 +90,23 @@ static int64_t s_directive(const char *text, const char *name, int64_t dflt)
     if (*p == '=')
         return strtoll(p + 1, NULL, 10);
     return dflt;
+}
+
+/* The text value of [mock:NAME=VALUE] into out ("" when absent). */
+static void s_directive_text(const char *text, const char *name, char *out, size_t cap)
+{
+    char key[64];
+    snprintf(key, sizeof(key), "[mock:%s=", name);
+    const char *p = text ? strstr(text, key) : NULL;
+    out[0] = '\0';
+    if (!p)
+        return;
+    p += strlen(key);
+    size_t n = 0;
+    while (p[n] && p[n] != ']' && n + 1 < cap)
+        n++;
+    memcpy(out, p, n);
+    out[n] = '\0';
 }
 
 /* Total text length of messages (and system prompt) and the last message text. */
@@ -154,13 +176,26 @@ static void s_send_whole(s_call_t *c, h2o_req_t *req)
         len += wl;
     }
     json_t *j;
-    if (c->dialect == DIALECT_OPENAI) {
-        j = json_pack("{ss ss sI ss s[{sI s{ss ss} s* ss}] so}", "id", c->id, "object", "chat.completion",
+    if (c->tool[0] && c->dialect == DIALECT_OPENAI) {
+        j = json_pack("{ss ss sI ss s[{sI s{ss so s[{ss ss s{ss ss}}]} so ss}] so}", "id", c->id, "object",
+                      "chat.completion", "created", (json_int_t)(fb_now_ms() / 1000), "model", c->model,
+                      "choices", "index", (json_int_t)0, "message", "role", "assistant", "content",
+                      json_null(), "tool_calls", "id", "call_mock1", "type", "function", "function", "name",
+                      c->tool, "arguments", "{\"city\":\"Paris\"}", "logprobs", json_null(), "finish_reason",
+                      "tool_calls", "usage", s_usage_openai(c, c->tokens));
+    } else if (c->tool[0]) {
+        j = json_pack("{ss ss ss ss s[{ss ss ss s{ss}}] ss so s{sI sI}}", "id", c->id, "type", "message",
+                      "role", "assistant", "model", c->model, "content", "type", "tool_use", "id",
+                      "toolu_mock1", "name", c->tool, "input", "city", "Paris", "stop_reason", "tool_use",
+                      "stop_sequence", json_null(), "usage", "input_tokens", (json_int_t)c->input_tokens,
+                      "output_tokens", (json_int_t)c->tokens);
+    } else if (c->dialect == DIALECT_OPENAI) {
+        j = json_pack("{ss ss sI ss s[{sI s{ss ss} so ss}] so}", "id", c->id, "object", "chat.completion",
                       "created", (json_int_t)(fb_now_ms() / 1000), "model", c->model, "choices", "index",
                       (json_int_t)0, "message", "role", "assistant", "content", text, "logprobs", json_null(),
                       "finish_reason", "length", "usage", s_usage_openai(c, c->tokens));
     } else {
-        j = json_pack("{ss ss ss ss s[{ss ss}] ss s* s{sI sI}}", "id", c->id, "type", "message", "role",
+        j = json_pack("{ss ss ss ss s[{ss ss}] ss so s{sI sI}}", "id", c->id, "type", "message", "role",
                       "assistant", "model", c->model, "content", "type", "text", "text", text, "stop_reason",
                       "max_tokens", "stop_sequence", json_null(), "usage", "input_tokens",
                       (json_int_t)c->input_tokens, "output_tokens", (json_int_t)c->tokens);
@@ -203,7 +238,7 @@ static void s_stream_step(s_call_t *c)
         c->started = true;
         if (c->dialect == DIALECT_ANTHROPIC) {
             bufs[n++] = s_event(req, "message_start",
-                                json_pack("{ss s{ss ss ss ss s[] s* s* s{sI sI}}}", "type", "message_start",
+                                json_pack("{ss s{ss ss ss ss s[] so so s{sI sI}}}", "type", "message_start",
                                           "message", "id", c->id, "type", "message", "role", "assistant",
                                           "model", c->model, "content", "stop_reason", json_null(),
                                           "stop_sequence", json_null(), "usage", "input_tokens",
@@ -214,7 +249,7 @@ static void s_stream_step(s_call_t *c)
         } else {
             bufs[n++] =
                 s_event(req, NULL,
-                        json_pack("{ss ss sI ss s[{sI s{ss ss} s*}]}", "id", c->id, "object",
+                        json_pack("{ss ss sI ss s[{sI s{ss ss} so}]}", "id", c->id, "object",
                                   "chat.completion.chunk", "created", (json_int_t)(fb_now_ms() / 1000),
                                   "model", c->model, "choices", "index", (json_int_t)0, "delta", "role",
                                   "assistant", "content", "", "finish_reason", json_null()));
@@ -227,6 +262,28 @@ static void s_stream_step(s_call_t *c)
         h2o_iovec_t none = {NULL, 0};
         h2o_send(r, &none, 0, H2O_SEND_STATE_ERROR);
         return;
+    } else if (c->tool[0] && c->sent < c->tokens) {
+        c->sent = c->tokens;
+        if (c->dialect == DIALECT_ANTHROPIC) {
+            bufs[n++] = s_event(req, "content_block_stop",
+                                json_pack("{ss sI}", "type", "content_block_stop", "index", (json_int_t)0));
+            bufs[n++] = s_event(req, "content_block_start",
+                                json_pack("{ss sI s{ss ss ss s{}}}", "type", "content_block_start", "index",
+                                          (json_int_t)1, "content_block", "type", "tool_use", "id",
+                                          "toolu_mock1", "name", c->tool, "input"));
+            bufs[n++] = s_event(req, "content_block_delta",
+                                json_pack("{ss sI s{ss ss}}", "type", "content_block_delta", "index",
+                                          (json_int_t)1, "delta", "type", "input_json_delta", "partial_json",
+                                          "{\"city\":\"Paris\"}"));
+        } else {
+            bufs[n++] = s_event(
+                req, NULL,
+                json_pack("{ss ss sI ss s[{sI s{s[{sI ss ss s{ss ss}}]} so}]}", "id", c->id, "object",
+                          "chat.completion.chunk", "created", (json_int_t)(fb_now_ms() / 1000), "model",
+                          c->model, "choices", "index", (json_int_t)0, "delta", "tool_calls", "index",
+                          (json_int_t)0, "id", "call_mock1", "type", "function", "function", "name", c->tool,
+                          "arguments", "{\"city\":\"Paris\"}", "finish_reason", json_null()));
+        }
     } else if (c->sent < c->tokens) {
         const char *w = s_token(c->sent++);
         if (c->dialect == DIALECT_ANTHROPIC)
@@ -236,7 +293,7 @@ static void s_stream_step(s_call_t *c)
         else
             bufs[n++] = s_event(
                 req, NULL,
-                json_pack("{ss ss sI ss s[{sI s{ss} s*}]}", "id", c->id, "object", "chat.completion.chunk",
+                json_pack("{ss ss sI ss s[{sI s{ss} so}]}", "id", c->id, "object", "chat.completion.chunk",
                           "created", (json_int_t)(fb_now_ms() / 1000), "model", c->model, "choices", "index",
                           (json_int_t)0, "delta", "content", w, "finish_reason", json_null()));
     } else {
@@ -244,19 +301,20 @@ static void s_stream_step(s_call_t *c)
         c->finished = true;
         if (c->dialect == DIALECT_ANTHROPIC) {
             bufs[n++] = s_event(req, "content_block_stop",
-                                json_pack("{ss sI}", "type", "content_block_stop", "index", (json_int_t)0));
-            json_t *delta = json_pack("{ss s{ss s*}}", "type", "message_delta", "delta", "stop_reason",
-                                      "max_tokens", "stop_sequence", json_null());
+                                json_pack("{ss sI}", "type", "content_block_stop", "index",
+                                          (json_int_t)(c->tool[0] ? 1 : 0)));
+            json_t *delta = json_pack("{ss s{ss so}}", "type", "message_delta", "delta", "stop_reason",
+                                      c->tool[0] ? "tool_use" : "max_tokens", "stop_sequence", json_null());
             if (c->usage)
                 json_object_set_new(delta, "usage", json_pack("{sI}", "output_tokens", (json_int_t)c->sent));
             bufs[n++] = s_event(req, "message_delta", delta);
             bufs[n++] = s_event(req, "message_stop", json_pack("{ss}", "type", "message_stop"));
         } else {
-            bufs[n++] = s_event(req, NULL,
-                                json_pack("{ss ss sI ss s[{sI s{} ss}]}", "id", c->id, "object",
-                                          "chat.completion.chunk", "created",
-                                          (json_int_t)(fb_now_ms() / 1000), "model", c->model, "choices",
-                                          "index", (json_int_t)0, "delta", "finish_reason", "length"));
+            bufs[n++] = s_event(
+                req, NULL,
+                json_pack("{ss ss sI ss s[{sI s{} ss}]}", "id", c->id, "object", "chat.completion.chunk",
+                          "created", (json_int_t)(fb_now_ms() / 1000), "model", c->model, "choices", "index",
+                          (json_int_t)0, "delta", "finish_reason", c->tool[0] ? "tool_calls" : "length"));
             if (c->usage)
                 bufs[n++] =
                     s_event(req, NULL,
@@ -291,8 +349,8 @@ static void s_on_proceed(h2o_generator_t *gen, h2o_req_t *req)
     c->sending = false;
     if (c->finished)
         return;
-    if (s_mock.tokens_per_s > 0 && c->sent > 0) {
-        uint64_t gap = (uint64_t)(1000 / s_mock.tokens_per_s);
+    if (c->rate > 0 && c->sent > 0) {
+        uint64_t gap = (uint64_t)(1000 / c->rate);
         uv_timer_start(&c->timer, s_on_timer, gap, 0);
     } else {
         s_stream_step(c);
@@ -329,7 +387,7 @@ static void s_error(h2o_req_t *req, s_dialect_t d, int status, const char *msg)
 {
     json_t *j = d == DIALECT_ANTHROPIC ? json_pack("{ss s{ss ss}}", "type", "error", "error", "type",
                                                    "api_error", "message", msg)
-                                       : json_pack("{s{ss ss s*}}", "error", "message", msg, "type",
+                                       : json_pack("{s{ss ss so}}", "error", "message", msg, "type",
                                                    "server_error", "code", json_null());
     s_send_json(req, status, j);
 }
@@ -380,6 +438,20 @@ static int s_chat(h2o_req_t *req, s_dialect_t dialect)
     if (json_is_integer(mt) && json_integer_value(mt) < c->tokens)
         c->tokens = json_integer_value(mt) > 0 ? json_integer_value(mt) : 1;
     c->cut_after = s_directive(last, "cut", -1);
+    c->rate = s_directive(last, "rate", s_mock.tokens_per_s);
+    s_directive_text(last, "tool", c->tool, sizeof(c->tool));
+    if (c->tool[0]) {
+        json_t *t0 = json_array_get(json_object_get(body, "tools"), 0);
+        const char *offered = json_string_value(
+            json_object_get(dialect == DIALECT_ANTHROPIC ? t0 : json_object_get(t0, "function"), "name"));
+        if (!offered || strcmp(offered, c->tool) != 0) {
+            s_error(req, dialect, 400, "the tool to call was not offered first in tools");
+            json_decref(body);
+            free(c);
+            return 0;
+        }
+        c->tokens = 8;
+    }
     int64_t delay = s_directive(last, "delay", s_mock.latency_ms);
     bool hang = s_directive(last, "hang", 0) != 0;
     json_decref(body);

@@ -1,0 +1,244 @@
+/* fb_curlm - libcurl multi on a libuv loop.
+ *
+ * CURLMOPT_SOCKETFUNCTION tells which sockets to watch: each gets a uv_poll_t,
+ * attached to the socket with curl_multi_assign. CURLMOPT_TIMERFUNCTION asks
+ * for one wake-up: a uv_timer_t. Both answer with curl_multi_socket_action;
+ * finished transfers are collected with curl_multi_info_read. */
+#include "fb_curlm.h"
+#include "fb_util.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+
+/* One transfer in flight, reached through the easy handle's CURLOPT_PRIVATE. */
+typedef struct s_xfer {
+    struct s_xfer *prev, *next;
+    CURL *easy;
+    fb_curlm_done_fn *done;
+    void *arg;
+} s_xfer_t;
+
+typedef struct s_sock {
+    uv_poll_t poll;
+    curl_socket_t fd;
+    struct fb_curlm_t *owner;
+    struct s_sock *prev, *next;
+} s_sock_t;
+
+struct fb_curlm_t {
+    uv_loop_t *loop;
+    CURLM *multi;
+    uv_timer_t timer;
+    s_xfer_t *xfers; /* transfers in flight */
+    s_sock_t *socks; /* watched sockets */
+    size_t running;
+    int closing; /* handles still closing after destroy */
+    bool dead;
+};
+
+static pthread_once_t s_curl_once = PTHREAD_ONCE_INIT;
+
+static void s_curl_init(void)
+{
+    FB_ASSERT(curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK);
+}
+
+static void s_check_done(fb_curlm_t *self)
+{
+    CURLMsg *m;
+    int left;
+    while ((m = curl_multi_info_read(self->multi, &left))) {
+        if (m->msg != CURLMSG_DONE)
+            continue;
+        CURL *easy = m->easy_handle;
+        CURLcode result = m->data.result;
+        s_xfer_t *x = NULL;
+        curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&x);
+        FB_ASSERT(x);
+        fb_curlm_done_fn *done = x->done;
+        void *arg = x->arg;
+        fb_curlm_remove(self, easy);
+        done(arg, easy, result);
+    }
+}
+
+static void s_on_poll(uv_poll_t *h, int status, int events)
+{
+    s_sock_t *s = h->data;
+    int flags = 0;
+    if (status < 0)
+        flags = CURL_CSELECT_ERR;
+    else {
+        if (events & UV_READABLE)
+            flags |= CURL_CSELECT_IN;
+        if (events & UV_WRITABLE)
+            flags |= CURL_CSELECT_OUT;
+    }
+    fb_curlm_t *self = s->owner;
+    int running;
+    curl_multi_socket_action(self->multi, s->fd, flags, &running);
+    s_check_done(self);
+}
+
+static void s_free_if_closed(fb_curlm_t *self)
+{
+    if (self->dead && self->closing == 0)
+        free(self);
+}
+
+static void s_sock_closed(uv_handle_t *h)
+{
+    s_sock_t *s = h->data;
+    fb_curlm_t *self = s->owner;
+    free(s);
+    self->closing--;
+    s_free_if_closed(self);
+}
+
+static void s_sock_forget(fb_curlm_t *self, s_sock_t *s)
+{
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        self->socks = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    uv_poll_stop(&s->poll);
+    self->closing++;
+    uv_close((uv_handle_t *)&s->poll, s_sock_closed);
+}
+
+static int s_on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
+{
+    FB_UNUSED(easy);
+    fb_curlm_t *self = userp;
+    s_sock_t *s = socketp;
+    if (what != CURL_POLL_REMOVE && self->dead)
+        return 0;
+    if (what == CURL_POLL_REMOVE) {
+        if (s) {
+            curl_multi_assign(self->multi, fd, NULL);
+            s_sock_forget(self, s);
+        }
+        return 0;
+    }
+    if (!s) {
+        s = fb_calloc(1, sizeof(*s));
+        s->fd = fd;
+        s->owner = self;
+        FB_ASSERT(uv_poll_init_socket(self->loop, &s->poll, fd) == 0);
+        s->poll.data = s;
+        s->next = self->socks;
+        if (s->next)
+            s->next->prev = s;
+        self->socks = s;
+        curl_multi_assign(self->multi, fd, s);
+    }
+    int events = 0;
+    if (what & CURL_POLL_IN)
+        events |= UV_READABLE;
+    if (what & CURL_POLL_OUT)
+        events |= UV_WRITABLE;
+    uv_poll_start(&s->poll, events, s_on_poll);
+    return 0;
+}
+
+static void s_on_timer(uv_timer_t *t)
+{
+    fb_curlm_t *self = t->data;
+    int running;
+    curl_multi_socket_action(self->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    s_check_done(self);
+}
+
+static int s_on_curl_timer(CURLM *multi, long timeout_ms, void *userp)
+{
+    FB_UNUSED(multi);
+    fb_curlm_t *self = userp;
+    if (timeout_ms < 0)
+        uv_timer_stop(&self->timer);
+    else
+        uv_timer_start(&self->timer, s_on_timer, (uint64_t)timeout_ms, 0);
+    return 0;
+}
+
+fb_curlm_t *fb_curlm_new(uv_loop_t *loop)
+{
+    pthread_once(&s_curl_once, s_curl_init);
+    fb_curlm_t *self = fb_calloc(1, sizeof(*self));
+    self->loop = loop;
+    self->multi = curl_multi_init();
+    FB_ASSERT(self->multi);
+    curl_multi_setopt(self->multi, CURLMOPT_SOCKETFUNCTION, s_on_socket);
+    curl_multi_setopt(self->multi, CURLMOPT_SOCKETDATA, self);
+    curl_multi_setopt(self->multi, CURLMOPT_TIMERFUNCTION, s_on_curl_timer);
+    curl_multi_setopt(self->multi, CURLMOPT_TIMERDATA, self);
+    uv_timer_init(loop, &self->timer);
+    self->timer.data = self;
+    return self;
+}
+
+void fb_curlm_add(fb_curlm_t *self, CURL *easy, fb_curlm_done_fn *done, void *arg)
+{
+    FB_ASSERT(self && !self->dead && easy && done);
+    s_xfer_t *x = fb_calloc(1, sizeof(*x));
+    x->easy = easy;
+    x->done = done;
+    x->arg = arg;
+    x->next = self->xfers;
+    if (x->next)
+        x->next->prev = x;
+    self->xfers = x;
+    self->running++;
+    curl_easy_setopt(easy, CURLOPT_PRIVATE, x);
+    FB_ASSERT(curl_multi_add_handle(self->multi, easy) == CURLM_OK);
+}
+
+void fb_curlm_remove(fb_curlm_t *self, CURL *easy)
+{
+    s_xfer_t *x = NULL;
+    curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&x);
+    FB_ASSERT(x && x->easy == easy);
+    curl_multi_remove_handle(self->multi, easy);
+    curl_easy_setopt(easy, CURLOPT_PRIVATE, NULL);
+    if (x->prev)
+        x->prev->next = x->next;
+    else
+        self->xfers = x->next;
+    if (x->next)
+        x->next->prev = x->prev;
+    self->running--;
+    free(x);
+}
+
+size_t fb_curlm_running(const fb_curlm_t *self)
+{
+    return self->running;
+}
+
+static void s_timer_closed(uv_handle_t *h)
+{
+    fb_curlm_t *self = h->data;
+    self->closing--;
+    s_free_if_closed(self);
+}
+
+void fb_curlm_destroy(fb_curlm_t **self_p)
+{
+    FB_ASSERT(self_p);
+    fb_curlm_t *self = *self_p;
+    if (!self)
+        return;
+    self->dead = true;
+    while (self->xfers)
+        fb_curlm_remove(self, self->xfers->easy);
+    while (self->socks) {
+        /* detach first, so that curl_multi_cleanup cannot hand it back to us */
+        curl_multi_assign(self->multi, self->socks->fd, NULL);
+        s_sock_forget(self, self->socks);
+    }
+    curl_multi_cleanup(self->multi);
+    self->closing++;
+    uv_close((uv_handle_t *)&self->timer, s_timer_closed);
+    *self_p = NULL;
+}

@@ -1,0 +1,986 @@
+/* edge_chat - the paid routes: read, key, hold, upstream, commit. */
+#include "edge_chat.h"
+#include "edge_auth.h"
+#include "edge_catalog.h"
+#include "edge_reply.h"
+#include "edge_sse.h"
+#include "edge_translate.h"
+#include "edge_upstream.h"
+#include "fb_log.h"
+#include "fb_util.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define HOLD_MARGIN_MS    60000      /* a hold outlives the longest provider call by this much */
+#define MONEY_DEADLINE_MS 10000      /* ledger calls of one request, retries included */
+#define ERROR_BODY_MAX    (64 << 10) /* bytes of a provider's error answer kept */
+#define ANSWER_MAX        (32 << 20) /* bytes of a provider's whole answer */
+#define OUT_BACKLOG_MAX   (16 << 20) /* bytes waiting for a slow client */
+
+typedef enum { ROUTE_CHAT, ROUTE_MESSAGES, ROUTE_PROMPT } s_route_t;
+
+typedef struct s_chat s_chat_t;
+typedef void(s_then_fn)(s_chat_t *c);
+
+/* One paid call, from the request to the resolved hold. It outlives the
+ * request when money is still moving (the commit after a client left). */
+struct s_chat {
+    h2o_generator_t super; /* first: h2o calls proceed/stop with it */
+    edge_worker_t *w;
+    h2o_req_t *req; /* NULL once h2o disposed the request */
+    char rid[EDGE_ID_TEXT_MAX + 1];
+    s_route_t route;
+    edge_dialect_t dialect; /* of the caller's answers and errors */
+    const edge_model_t *model;
+    char requested[EDGE_MODEL_NAME_MAX + 1]; /* the model name the caller used */
+    bool stream;                             /* the caller asked for a stream */
+    bool caller_usage;                       /* ... with the usage chunk (OpenAI's stream_options) */
+    bool translate;                          /* OpenAI caller, Anthropic provider */
+    char *up_body;                           /* the provider's request */
+    size_t up_len;
+    char *anthropic_version, *anthropic_beta; /* passed to Anthropic, or NULL */
+    /* money */
+    int64_t input_estimate; /* tokens: the caller's body bytes */
+    int64_t max_output;     /* tokens: the caller's max, or the model's cap */
+    int64_t hold_micro, account_id, key_id, hold_id;
+    int64_t charged_micro; /* what the commit took */
+    bool money_done;       /* commit or void asked */
+    s_then_fn *then;       /* what to do once the money is resolved */
+    /* the provider's answer */
+    edge_call_t *call;
+    long up_status;
+    fb_buf_t answer; /* a whole answer, or an error body */
+    edge_sse_t sse;
+    edge_tr_stream_t tr;
+    bool up_ended;      /* [DONE] or message_stop seen */
+    char up_error[256]; /* why the stream ended badly, for the caller */
+    int64_t in_tokens, out_tokens;
+    bool in_seen, out_seen;
+    int64_t out_events, out_bytes; /* content delivered, for a stream without usage */
+    /* our answer */
+    int err_status;
+    const char *err_code;
+    char err_msg[400];
+    json_t *err_details;
+    bool started, sending, final_queued, final_sent;
+    fb_buf_t out, flight; /* stream bytes waiting, and on their way */
+    int pending;          /* ledger calls in flight */
+};
+
+/* --- lifetime ------------------------------------------------------------------------ */
+
+static void s_maybe_free(s_chat_t *c)
+{
+    if (c->req || c->call || c->pending)
+        return;
+    c->w->active_requests--;
+    free(c->up_body);
+    free(c->anthropic_version);
+    free(c->anthropic_beta);
+    fb_buf_free(&c->answer);
+    fb_buf_free(&c->out);
+    fb_buf_free(&c->flight);
+    edge_sse_free(&c->sse);
+    json_decref(c->err_details);
+    free(c);
+}
+
+static void s_resolve(s_chat_t *c, int64_t cost, s_then_fn *then);
+static int64_t s_cost(s_chat_t *c);
+
+typedef struct {
+    s_chat_t *chat;
+} s_link_t;
+
+/* h2o disposed the request: the client is gone or the answer is complete.
+ * A provider call still running is cancelled, and the input plus the output
+ * produced so far is charged. */
+static void s_req_gone(void *p)
+{
+    s_chat_t *c = ((s_link_t *)p)->chat;
+    c->req = NULL;
+    if (c->call) {
+        edge_call_cancel(&c->call);
+        fb_log(FB_LOG_INFO, c->rid, "client left during the provider call", "model=%s events=%" PRId64,
+               c->model->id, c->out_events);
+        if (!c->out_seen && c->out_events == 0) {
+            c->out_tokens = 0; /* nothing produced yet: the input only */
+            c->out_seen = true;
+        }
+        if (!c->money_done)
+            s_resolve(c, s_cost(c), NULL);
+    }
+    s_maybe_free(c);
+}
+
+/* --- answering --------------------------------------------------------------------------- */
+
+static void s_set_error(s_chat_t *c, int status, const char *code, json_t *details, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+static void s_set_error(s_chat_t *c, int status, const char *code, json_t *details, const char *fmt, ...)
+{
+    c->err_status = status;
+    c->err_code = code;
+    json_decref(c->err_details);
+    c->err_details = details;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->err_msg, sizeof(c->err_msg), fmt, ap);
+    va_end(ap);
+}
+
+static void s_send_error(s_chat_t *c)
+{
+    if (!c->req)
+        return;
+    json_t *details = c->err_details;
+    c->err_details = NULL;
+    edge_error(c->req, c->dialect, c->err_status, c->err_code, details, "%s", c->err_msg);
+}
+
+/* Refuse the call before anything was held. */
+static int s_refuse(s_chat_t *c, int status, const char *code, json_t *details, const char *msg)
+{
+    s_set_error(c, status, code, details, "%s", msg);
+    s_send_error(c);
+    return 0;
+}
+
+static void s_flush(s_chat_t *c)
+{
+    if (!c->req || !c->started || c->sending || c->final_sent)
+        return;
+    if (c->out.len == 0 && !c->final_queued)
+        return;
+    fb_buf_t t = c->flight;
+    c->flight = c->out;
+    c->out = t;
+    fb_buf_reset(&c->out);
+    h2o_iovec_t iov = h2o_iovec_init(c->flight.data, c->flight.len);
+    c->final_sent = c->final_queued;
+    c->sending = true;
+    h2o_send(c->req, &iov, iov.len ? 1 : 0,
+             c->final_sent ? H2O_SEND_STATE_FINAL : H2O_SEND_STATE_IN_PROGRESS);
+}
+
+static void s_on_proceed(h2o_generator_t *g, h2o_req_t *req)
+{
+    FB_UNUSED(req);
+    s_chat_t *c = (s_chat_t *)g;
+    c->sending = false;
+    fb_buf_reset(&c->flight);
+    s_flush(c);
+}
+
+static void s_on_stop(h2o_generator_t *g, h2o_req_t *req)
+{
+    FB_UNUSED(g);
+    FB_UNUSED(req); /* the request's disposal follows: s_req_gone */
+}
+
+static void s_start_stream(s_chat_t *c)
+{
+    if (c->started || !c->req)
+        return;
+    h2o_req_t *req = c->req;
+    req->res.status = 200;
+    req->res.reason = "OK";
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
+                   H2O_STRLIT("text/event-stream"));
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-cache"));
+    c->started = true;
+    h2o_start_response(req, &c->super);
+}
+
+/* The end of a stream we started: an error event when it ended badly, then
+ * the end of the response. */
+static void s_close_stream(s_chat_t *c)
+{
+    if (c->up_error[0]) {
+        char esc[600];
+        edge_json_escape(esc, sizeof(esc), c->up_error, strlen(c->up_error));
+        char ev[800];
+        int n = c->dialect == EDGE_ANTHROPIC
+                    ? snprintf(ev, sizeof(ev),
+                               "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\","
+                               "\"message\":\"%s\"}}\n\n",
+                               esc)
+                    : snprintf(ev, sizeof(ev),
+                               "data: {\"error\":{\"message\":\"%s\",\"type\":\"api_error\",\"code\":"
+                               "\"upstream_error\"}}\n\n",
+                               esc);
+        fb_buf_append(&c->out, ev, (size_t)n);
+    }
+    c->final_queued = true;
+    s_flush(c);
+}
+
+/* --- money ------------------------------------------------------------------------------ */
+
+int64_t edge_chat_output_estimate(int64_t events, int64_t bytes)
+{
+    int64_t by_bytes = bytes / 3 + (bytes % 3 != 0);
+    int64_t n = events > by_bytes ? events : by_bytes;
+    return n > 0 ? n : 1;
+}
+
+/* What the call costs: the reported usage, or the conservative counts where a
+ * figure is missing; never more than the hold. */
+static int64_t s_cost(s_chat_t *c)
+{
+    int64_t in = c->in_seen ? c->in_tokens : c->input_estimate;
+    int64_t out = c->out_seen ? c->out_tokens : edge_chat_output_estimate(c->out_events, c->out_bytes);
+    int64_t a = edge_cost_micro(in, c->model->input_price), b = edge_cost_micro(out, c->model->output_price);
+    int64_t cost = a > INT64_MAX - b ? INT64_MAX : a + b;
+    return cost > c->hold_micro ? c->hold_micro : cost;
+}
+
+static void s_on_money(void *arg, const fb_rpc_reply_t *reply)
+{
+    s_chat_t *c = arg;
+    c->pending--;
+    if (!reply->ok) {
+        fb_log(FB_LOG_ERROR, c->rid, "could not resolve the hold; it will expire and be released",
+               "hold_id=%" PRId64 " code=%s message=%s", c->hold_id, reply->code, reply->message);
+    } else if (c->charged_micro > 0) {
+        fb_log(FB_LOG_DEBUG, c->rid, "charged", "hold_id=%" PRId64 " amount_micro=%" PRId64, c->hold_id,
+               c->charged_micro);
+    }
+    if (c->then && c->req)
+        c->then(c);
+    s_maybe_free(c);
+}
+
+/* Resolve the hold: commit cost (0..hold), or void it when cost < 0; then
+ * runs after the ledger answered (also when it failed: the hold expires). */
+static void s_resolve(s_chat_t *c, int64_t cost, s_then_fn *then)
+{
+    FB_ASSERT(!c->money_done);
+    c->money_done = true;
+    c->then = then;
+    if (!c->hold_id) {
+        if (then && c->req)
+            then(c);
+        return;
+    }
+    char idem[64];
+    json_t *body;
+    if (cost < 0) {
+        snprintf(idem, sizeof(idem), "void:%" PRId64, c->hold_id);
+        body = json_pack("{sI}", "hold_id", (json_int_t)c->hold_id);
+    } else {
+        c->charged_micro = cost;
+        snprintf(idem, sizeof(idem), "commit:%" PRId64, c->hold_id);
+        body = json_pack("{sI sI}", "hold_id", (json_int_t)c->hold_id, "amount_micro", (json_int_t)cost);
+    }
+    c->pending++;
+    edge_rpc_json(c->w->ledger, cost < 0 ? "ledger.void" : "ledger.commit", body, idem, c->rid,
+                  MONEY_DEADLINE_MS, s_on_money, c);
+}
+
+/* --- the provider's answer ------------------------------------------------------------- */
+
+static void s_count_text(s_chat_t *c, json_t *text)
+{
+    if (json_is_string(text) && json_string_length(text) > 0) {
+        c->out_events++;
+        c->out_bytes += (int64_t)json_string_length(text);
+    }
+}
+
+static void s_openai_usage(s_chat_t *c, json_t *usage)
+{
+    json_t *p = json_object_get(usage, "prompt_tokens"), *o = json_object_get(usage, "completion_tokens");
+    if (json_is_integer(p) && json_integer_value(p) >= 0) {
+        c->in_tokens = json_integer_value(p);
+        c->in_seen = true;
+    }
+    if (json_is_integer(o) && json_integer_value(o) >= 0) {
+        c->out_tokens = json_integer_value(o);
+        c->out_seen = true;
+    }
+}
+
+/* What an OpenAI chunk delivers: content and tool call arguments. */
+static void s_openai_delta(s_chat_t *c, json_t *chunk)
+{
+    size_t i;
+    json_t *choice;
+    json_array_foreach(json_object_get(chunk, "choices"), i, choice)
+    {
+        json_t *delta = json_object_get(choice, "delta");
+        s_count_text(c, json_object_get(delta, "content"));
+        s_count_text(c, json_object_get(delta, "refusal"));
+        size_t k;
+        json_t *call;
+        json_array_foreach(json_object_get(delta, "tool_calls"), k, call)
+        {
+            s_count_text(c, json_object_get(json_object_get(call, "function"), "arguments"));
+            s_count_text(c, json_object_get(json_object_get(call, "function"), "name"));
+        }
+    }
+}
+
+/* What an Anthropic event tells: usage, delivered content, errors, the end. */
+static void s_anthropic_event(s_chat_t *c, json_t *d)
+{
+    const char *type = json_string_value(json_object_get(d, "type"));
+    if (!type)
+        return;
+    if (strcmp(type, "message_start") == 0) {
+        int64_t in, out;
+        json_t *usage = json_object_get(json_object_get(d, "message"), "usage");
+        if (json_is_integer(json_object_get(usage, "input_tokens"))) {
+            json_t *u = json_deep_copy(usage);
+            if (!json_is_integer(json_object_get(u, "output_tokens")))
+                json_object_set_new(u, "output_tokens", json_integer(0));
+            if (edge_tr_usage(u, &in, &out) == 0) {
+                c->in_tokens = in;
+                c->in_seen = true;
+            }
+            json_decref(u);
+        }
+    } else if (strcmp(type, "content_block_delta") == 0) {
+        json_t *delta = json_object_get(d, "delta");
+        s_count_text(c, json_object_get(delta, "text"));
+        s_count_text(c, json_object_get(delta, "partial_json"));
+        s_count_text(c, json_object_get(delta, "thinking"));
+    } else if (strcmp(type, "content_block_start") == 0) {
+        json_t *block = json_object_get(d, "content_block");
+        s_count_text(c, json_object_get(block, "text"));
+        s_count_text(c, json_object_get(block, "name"));
+    } else if (strcmp(type, "message_delta") == 0) {
+        json_t *o = json_object_get(json_object_get(d, "usage"), "output_tokens");
+        if (json_is_integer(o) && json_integer_value(o) >= 0) {
+            c->out_tokens = json_integer_value(o);
+            c->out_seen = true;
+        }
+    } else if (strcmp(type, "message_stop") == 0) {
+        c->up_ended = true;
+    } else if (strcmp(type, "error") == 0) {
+        const char *msg = json_string_value(json_object_get(json_object_get(d, "error"), "message"));
+        snprintf(c->up_error, sizeof(c->up_error), "the provider failed mid-stream: %s", msg ? msg : "error");
+    }
+}
+
+static int s_on_event(void *arg, const edge_sse_event_t *ev)
+{
+    s_chat_t *c = arg;
+    if (c->up_ended)
+        return 0;
+    json_error_t jerr;
+    if (c->model->provider == EDGE_PROVIDER_OPENAI) {
+        if (strcmp(ev->data, "[DONE]") == 0) {
+            c->up_ended = true;
+            fb_buf_append(&c->out, ev->raw, ev->raw_len);
+            return 0;
+        }
+        json_t *d = json_loadb(ev->data, ev->data_len, 0, &jerr);
+        bool forward = true;
+        if (json_is_object(d)) {
+            json_t *usage = json_object_get(d, "usage");
+            if (json_is_object(usage)) {
+                s_openai_usage(c, usage);
+                /* the usage chunk farebox asked for and the caller did not */
+                if (!c->caller_usage && json_array_size(json_object_get(d, "choices")) == 0)
+                    forward = false;
+            }
+            s_openai_delta(c, d);
+            json_t *e = json_object_get(d, "error");
+            if (e && !json_is_null(e)) {
+                const char *msg = json_string_value(json_object_get(e, "message"));
+                snprintf(c->up_error, sizeof(c->up_error), "the provider failed mid-stream: %s",
+                         msg ? msg : "error");
+                forward = false;
+            }
+        }
+        json_decref(d);
+        if (forward)
+            fb_buf_append(&c->out, ev->raw, ev->raw_len);
+        return 0;
+    }
+    json_t *d = json_loadb(ev->data, ev->data_len, 0, &jerr);
+    if (json_is_object(d)) {
+        s_anthropic_event(c, d);
+        if (c->translate) {
+            /* errors are ours to write at the end */
+            const char *type = json_string_value(json_object_get(d, "type"));
+            if (!type || strcmp(type, "error") != 0)
+                edge_tr_stream_event(&c->tr, ev->name, d, &c->out);
+        } else if (strcmp(ev->name, "error") != 0) {
+            fb_buf_append(&c->out, ev->raw, ev->raw_len);
+        }
+    }
+    json_decref(d);
+    return 0;
+}
+
+static int s_on_data(void *arg, long status, const char *data, size_t len)
+{
+    s_chat_t *c = arg;
+    c->up_status = status;
+    if (status < 200 || status > 299 || !c->stream) {
+        size_t cap = status >= 200 && status <= 299 ? ANSWER_MAX : ERROR_BODY_MAX;
+        if (c->answer.len + len > cap) {
+            if (status >= 200 && status <= 299)
+                return -1;
+            len = cap - c->answer.len;
+        }
+        fb_buf_append(&c->answer, data, len);
+        return 0;
+    }
+    if (edge_sse_feed(&c->sse, data, len, s_on_event, c) != 0)
+        return -1;
+    if (c->out.len > OUT_BACKLOG_MAX)
+        return -1;
+    if (c->out.len > 0) {
+        s_start_stream(c);
+        s_flush(c);
+    }
+    return 0;
+}
+
+/* The provider's error message, from either dialect's envelope. */
+static void s_upstream_message(s_chat_t *c, char *out, size_t cap)
+{
+    json_error_t jerr;
+    json_t *d = json_loadb(c->answer.data ? c->answer.data : "", c->answer.len, 0, &jerr);
+    const char *msg = json_string_value(json_object_get(json_object_get(d, "error"), "message"));
+    snprintf(out, cap, "%s", msg ? msg : "no message");
+    json_decref(d);
+}
+
+/* --- whole answers --------------------------------------------------------------------- */
+
+static void s_send_answer(s_chat_t *c)
+{
+    fb_http_send(c->req, 200, "application/json", c->answer.data, c->answer.len);
+}
+
+/* Chat402's answer of /api/v1/prompt. Costs are dollars written from the
+ * integer micro-USDC (no floating point), as numbers like Chat402's. */
+static void s_prompt_answer(s_chat_t *c, const char *text, size_t text_len)
+{
+    int64_t in = c->in_seen ? c->in_tokens : c->input_estimate;
+    int64_t out = c->out_seen ? c->out_tokens : edge_chat_output_estimate(c->out_events, c->out_bytes);
+    int64_t in_cost = edge_cost_micro(in, c->model->input_price);
+    int64_t total = s_cost(c);
+    int64_t out_cost = total - in_cost > 0 ? total - in_cost : 0;
+    if (in_cost > total)
+        in_cost = total;
+    json_t *doc = json_pack("{sb ss% ss s{sI sI sI}}", "success", 1, "text", text, text_len, "model",
+                            c->requested, "usage", "inputTokens", (json_int_t)in, "outputTokens",
+                            (json_int_t)out, "totalTokens", (json_int_t)(in + out));
+    char *head = json_dumps(doc, JSON_COMPACT);
+    json_decref(doc);
+    char a[32], b[32], t[32], rid[300];
+    edge_usd_text(a, in_cost);
+    edge_usd_text(b, out_cost);
+    edge_usd_text(t, total);
+    edge_json_escape(rid, sizeof(rid), c->rid, strlen(c->rid));
+    fb_buf_reset(&c->answer);
+    fb_buf_append(&c->answer, head, strlen(head) - 1); /* without the closing brace */
+    char tail[600];
+    int n =
+        snprintf(tail, sizeof(tail),
+                 ",\"cost\":{\"inputCost\":%s,\"outputCost\":%s,\"totalCost\":%s,\"inputCostMicro\":%" PRId64
+                 ",\"outputCostMicro\":%" PRId64 ",\"totalCostMicro\":%" PRId64 "},\"requestId\":\"%s\"}",
+                 a, b, t, in_cost, out_cost, total, rid);
+    fb_buf_append(&c->answer, tail, (size_t)n);
+    free(head);
+}
+
+/* A complete 2xx answer: usage read, translated or passed on unchanged. */
+static void s_whole_answer(s_chat_t *c)
+{
+    json_error_t jerr;
+    json_t *d = json_loadb(c->answer.data ? c->answer.data : "", c->answer.len, 0, &jerr);
+    if (!json_is_object(d)) {
+        json_decref(d);
+        s_set_error(c, 502, "upstream_error", NULL,
+                    "the provider's answer was not JSON; nothing was charged");
+        s_resolve(c, -1, s_send_error);
+        return;
+    }
+    fb_buf_t text = {0};
+    if (c->model->provider == EDGE_PROVIDER_OPENAI) {
+        s_openai_usage(c, json_object_get(d, "usage"));
+        json_t *msg = json_object_get(json_array_get(json_object_get(d, "choices"), 0), "message");
+        json_t *content = json_object_get(msg, "content");
+        if (json_is_string(content))
+            fb_buf_append(&text, json_string_value(content), json_string_length(content));
+        json_t *as_chunk = json_pack("{s[{sO}]}", "choices", "delta", msg ? msg : json_null());
+        s_openai_delta(c, as_chunk);
+        json_decref(as_chunk);
+    } else {
+        int64_t in, out;
+        if (edge_tr_usage(json_object_get(d, "usage"), &in, &out) == 0) {
+            c->in_tokens = in;
+            c->out_tokens = out;
+            c->in_seen = c->out_seen = true;
+        }
+        size_t i;
+        json_t *b;
+        json_array_foreach(json_object_get(d, "content"), i, b)
+        {
+            json_t *t = json_object_get(b, "text");
+            if (json_is_string(t))
+                fb_buf_append(&text, json_string_value(t), json_string_length(t));
+            s_count_text(c, t);
+            if (json_object_get(b, "input")) {
+                char *args = json_dumps(json_object_get(b, "input"), JSON_COMPACT | JSON_ENCODE_ANY);
+                c->out_events++;
+                c->out_bytes += args ? (int64_t)strlen(args) : 0;
+                free(args);
+            }
+        }
+    }
+    if (c->route == ROUTE_PROMPT) {
+        s_prompt_answer(c, text.data ? text.data : "", text.len);
+    } else if (c->translate) {
+        json_t *o = edge_tr_response(d, c->requested);
+        char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        json_decref(o);
+        fb_buf_reset(&c->answer);
+        if (s)
+            fb_buf_append_str(&c->answer, s);
+        free(s);
+    }
+    fb_buf_free(&text);
+    json_decref(d);
+    if (c->answer.len == 0) {
+        s_set_error(c, 502, "upstream_error", NULL,
+                    "the provider's answer could not be read; nothing was charged");
+        s_resolve(c, -1, s_send_error);
+        return;
+    }
+    s_resolve(c, s_cost(c), s_send_answer);
+}
+
+/* A provider that failed before any output: the hold is voided. */
+static void s_upstream_failed(s_chat_t *c, edge_call_result_t result, long status, const char *why)
+{
+    char msg[300];
+    if (result == EDGE_CALL_TIMEOUT) {
+        s_set_error(c, 504, "upstream_timeout", NULL,
+                    "the provider did not answer in time (%s); nothing was charged", why);
+    } else if (result != EDGE_CALL_OK) {
+        s_set_error(c, 502, "upstream_error", NULL,
+                    "the provider could not be reached (%s); nothing was charged", why);
+    } else if (status == 400 || status == 404 || status == 413 || status == 422) {
+        s_upstream_message(c, msg, sizeof(msg));
+        s_set_error(c, 400, "invalid_request", NULL, "the provider refused the request: %s", msg);
+    } else if (status == 408 || status == 504) {
+        s_set_error(c, 504, "upstream_timeout", NULL,
+                    "the provider timed out (status %ld); nothing was charged", status);
+    } else {
+        s_upstream_message(c, msg, sizeof(msg));
+        s_set_error(c, 502, "upstream_error", NULL,
+                    "the provider answered status %ld: %s; nothing was charged", status, msg);
+    }
+    fb_log(FB_LOG_WARN, c->rid, "provider call failed", "model=%s status=%ld reason=%s", c->model->id, status,
+           why && why[0] ? why : c->err_msg);
+    s_resolve(c, -1, s_send_error);
+}
+
+static void s_on_call_done(void *arg, edge_call_result_t result, long status, const char *why)
+{
+    s_chat_t *c = arg;
+    c->call = NULL;
+    if (!c->req) { /* cannot happen: a gone client cancels the call */
+        s_maybe_free(c);
+        return;
+    }
+    if (c->started) {
+        /* output was delivered: charge it, whatever happened after */
+        if (result != EDGE_CALL_OK && !c->up_error[0])
+            snprintf(c->up_error, sizeof(c->up_error), "the provider's stream broke off: %s", why);
+        else if (result == EDGE_CALL_OK && !c->up_ended && !c->up_error[0])
+            snprintf(c->up_error, sizeof(c->up_error), "the provider's stream ended early");
+        s_resolve(c, s_cost(c), s_close_stream);
+        return;
+    }
+    if (result != EDGE_CALL_OK || status < 200 || status > 299) {
+        s_upstream_failed(c, result, status, why);
+        return;
+    }
+    if (c->stream) {
+        s_set_error(c, 502, "upstream_error", NULL,
+                    "the provider's stream ended without output; nothing was charged");
+        s_resolve(c, -1, s_send_error);
+        return;
+    }
+    s_whole_answer(c);
+}
+
+static void s_call_upstream(s_chat_t *c)
+{
+    static const edge_call_fn_t fn = {s_on_data, s_on_call_done};
+    c->call = edge_call_start(c->w, c->model->provider, c->up_body, c->up_len, c->anthropic_version,
+                              c->anthropic_beta, &fn, c);
+}
+
+/* --- key and hold ------------------------------------------------------------------------ */
+
+static json_t *s_pick(json_t *body, const char *const *names, size_t n)
+{
+    json_t *d = json_object();
+    for (size_t i = 0; i < n; i++) {
+        json_t *v = json_object_get(body, names[i]);
+        if (v)
+            json_object_set(d, names[i], v);
+    }
+    return d;
+}
+
+static void s_on_hold(void *arg, const fb_rpc_reply_t *reply)
+{
+    s_chat_t *c = arg;
+    c->pending--;
+    json_t *body = edge_reply_json(reply);
+    if (reply->ok) {
+        c->hold_id = json_integer_value(json_object_get(body, "hold_id"));
+        json_decref(body);
+        if (!c->req) {
+            s_resolve(c, -1, NULL); /* the client left while the hold was made */
+        } else if (c->hold_id <= 0) {
+            s_set_error(c, 503, "unavailable", NULL, "the ledger's answer had no hold; nothing was charged");
+            s_send_error(c);
+        } else {
+            s_call_upstream(c);
+        }
+        s_maybe_free(c);
+        return;
+    }
+    if (c->req) {
+        static const char *const bal[] = {"required_micro", "balance_micro", "deficit_micro"};
+        static const char *const cap[] = {"spend_cap_micro", "spent_micro", "held_micro", "required_micro",
+                                          "remaining_micro"};
+        if (strcmp(reply->code, "insufficient_balance") == 0)
+            s_refuse(c, 402, "insufficient_balance", s_pick(body, bal, FB_ARRAY_SIZE(bal)),
+                     "the balance does not cover this call's hold");
+        else if (strcmp(reply->code, "spend_limit_exceeded") == 0)
+            s_refuse(c, 403, "spend_limit_exceeded", s_pick(body, cap, FB_ARRAY_SIZE(cap)),
+                     "this call's hold would pass the key's spend cap");
+        else if (strcmp(reply->code, "key_revoked") == 0)
+            s_refuse(c, 401, "key_revoked", NULL, "the API key was revoked");
+        else if (strcmp(reply->code, "key_not_found") == 0 || strcmp(reply->code, "account_not_found") == 0)
+            s_refuse(c, 401, "invalid_key", NULL, "the API key is not valid");
+        else
+            s_refuse(c, 503, "unavailable", NULL, "the ledger cannot be reached; nothing was charged");
+    }
+    json_decref(body);
+    s_maybe_free(c);
+}
+
+static void s_hold(s_chat_t *c)
+{
+    char memo[300], idem[40] = "hold:";
+    snprintf(memo, sizeof(memo), "%s %s", c->model->id, c->rid);
+    fb_random_hex(idem + 5, 16);
+    json_t *body = json_pack("{sI sI sI sI ss}", "account_id", (json_int_t)c->account_id, "amount_micro",
+                             (json_int_t)c->hold_micro, "expires_in_ms",
+                             (json_int_t)(c->w->edge->upstream_timeout_ms + HOLD_MARGIN_MS), "key_id",
+                             (json_int_t)c->key_id, "memo", memo);
+    c->pending++;
+    edge_rpc_json(c->w->ledger, "ledger.hold", body, idem, c->rid, MONEY_DEADLINE_MS, s_on_hold, c);
+}
+
+static bool s_model_allowed(s_chat_t *c, json_t *models)
+{
+    if (!json_is_array(models))
+        return true; /* nil: every model */
+    size_t i;
+    json_t *m;
+    json_array_foreach(models, i, m)
+    {
+        const char *name = json_string_value(m);
+        if (name && (strcmp(name, c->model->id) == 0 || strcmp(name, c->requested) == 0))
+            return true;
+    }
+    return false;
+}
+
+static void s_on_key(void *arg, const edge_key_t *k)
+{
+    s_chat_t *c = arg;
+    c->pending--;
+    if (!c->req) {
+        s_maybe_free(c);
+        return;
+    }
+    if (k->status != 200) {
+        s_refuse(c, k->status, k->code, NULL, k->message);
+    } else if (!s_model_allowed(c, json_object_get(k->view, "models"))) {
+        s_set_error(c, 403, "model_not_allowed", json_pack("{ss}", "model", c->model->id),
+                    "this API key may not use model %s", c->model->id);
+        s_send_error(c);
+    } else {
+        c->account_id = k->account_id;
+        c->key_id = k->key_id;
+        s_hold(c);
+    }
+    s_maybe_free(c);
+}
+
+/* --- reading the request --------------------------------------------------------------- */
+
+/* The caller's max output tokens (field, if present) checked against the
+ * model's cap; the cap when absent. Returns 0, or -1 with the error set. */
+static int s_max_tokens(s_chat_t *c, json_t *v, const char *field, bool required)
+{
+    if (!v || json_is_null(v)) {
+        if (required) {
+            s_set_error(c, 400, "invalid_request", NULL, "%s is required", field);
+            return -1;
+        }
+        c->max_output = c->model->max_output_tokens;
+        return 0;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) < 1 ||
+        json_integer_value(v) > c->model->max_output_tokens) {
+        s_set_error(c, 400, "invalid_request", NULL,
+                    "%s must be an integer from 1 to %" PRId64 " for model %s", field,
+                    c->model->max_output_tokens, c->model->id);
+        return -1;
+    }
+    c->max_output = json_integer_value(v);
+    return 0;
+}
+
+static char *s_dump(json_t *doc, size_t *len)
+{
+    char *s = json_dumps(doc, JSON_COMPACT);
+    FB_ASSERT(s);
+    *len = strlen(s);
+    return s;
+}
+
+static int s_read_chat(s_chat_t *c, json_t *body)
+{
+    if (!json_is_array(json_object_get(body, "messages")) ||
+        json_array_size(json_object_get(body, "messages")) == 0) {
+        s_set_error(c, 400, "invalid_request", NULL, "messages must be a non-empty array");
+        return -1;
+    }
+    json_t *stream = json_object_get(body, "stream");
+    if (stream && !json_is_boolean(stream) && !json_is_null(stream)) {
+        s_set_error(c, 400, "invalid_request", NULL, "stream must be true or false");
+        return -1;
+    }
+    c->stream = json_is_true(stream);
+    c->caller_usage = json_is_true(json_object_get(json_object_get(body, "stream_options"), "include_usage"));
+    json_t *mct = json_object_get(body, "max_completion_tokens");
+    const char *field = mct && !json_is_null(mct) ? "max_completion_tokens" : "max_tokens";
+    if (s_max_tokens(c, json_object_get(body, field), field, false) != 0)
+        return -1;
+    if (c->model->provider == EDGE_PROVIDER_ANTHROPIC) {
+        char err[300];
+        json_t *up = edge_tr_request(body, c->model->upstream, c->max_output, err, sizeof(err));
+        if (!up) {
+            s_set_error(c, 400, "invalid_request", NULL, "%s", err);
+            return -1;
+        }
+        c->translate = true;
+        edge_tr_stream_init(&c->tr, c->requested, c->caller_usage);
+        c->up_body = s_dump(up, &c->up_len);
+        json_decref(up);
+        return 0;
+    }
+    json_object_set_new(body, "model", json_string(c->model->upstream));
+    if (c->stream) {
+        /* the usage chunk is how a stream's cost is known */
+        json_t *so = json_object_get(body, "stream_options");
+        if (!json_is_object(so)) {
+            so = json_object();
+            json_object_set_new(body, "stream_options", so);
+        }
+        json_object_set_new(so, "include_usage", json_true());
+    }
+    c->up_body = s_dump(body, &c->up_len);
+    return 0;
+}
+
+static int s_read_messages(s_chat_t *c, json_t *body)
+{
+    if (c->model->provider != EDGE_PROVIDER_ANTHROPIC) {
+        s_set_error(c, 400, "invalid_request", NULL,
+                    "model %s is an OpenAI model: call it through /v1/chat/completions", c->model->id);
+        return -1;
+    }
+    if (!json_is_array(json_object_get(body, "messages")) ||
+        json_array_size(json_object_get(body, "messages")) == 0) {
+        s_set_error(c, 400, "invalid_request", NULL, "messages must be a non-empty array");
+        return -1;
+    }
+    json_t *stream = json_object_get(body, "stream");
+    if (stream && !json_is_boolean(stream)) {
+        s_set_error(c, 400, "invalid_request", NULL, "stream must be true or false");
+        return -1;
+    }
+    c->stream = json_is_true(stream);
+    if (s_max_tokens(c, json_object_get(body, "max_tokens"), "max_tokens", true) != 0)
+        return -1;
+    json_object_set_new(body, "model", json_string(c->model->upstream));
+    c->up_body = s_dump(body, &c->up_len);
+    return 0;
+}
+
+static int s_read_prompt(s_chat_t *c, json_t *body)
+{
+    static const char *const known[] = {"model", "prompt", "system", "max_tokens", "temperature", "payment"};
+    const char *key;
+    json_t *v;
+    json_object_foreach(body, key, v)
+    {
+        bool ok = false;
+        for (size_t i = 0; i < FB_ARRAY_SIZE(known); i++)
+            ok = ok || strcmp(key, known[i]) == 0;
+        if (!ok) {
+            s_set_error(c, 400, "invalid_request", NULL, "unknown field %.100s", key);
+            return -1;
+        }
+    }
+    if (json_object_get(body, "payment")) {
+        s_set_error(
+            c, 501, "not_implemented", NULL,
+            "the payment proof of /api/v1/prompt is not implemented yet; pay with an API key or x402");
+        return -1;
+    }
+    json_t *prompt = json_object_get(body, "prompt"), *sys = json_object_get(body, "system"),
+           *temp = json_object_get(body, "temperature");
+    if (!json_is_string(prompt) || json_string_length(prompt) == 0) {
+        s_set_error(c, 400, "invalid_request", NULL, "prompt must be a non-empty string");
+        return -1;
+    }
+    if ((sys && !json_is_string(sys)) || (temp && !json_is_number(temp))) {
+        s_set_error(c, 400, "invalid_request", NULL, "system must be a string and temperature a number");
+        return -1;
+    }
+    json_t *mt = json_object_get(body, "max_tokens");
+    if (s_max_tokens(c, mt, "max_tokens", false) != 0)
+        return -1;
+    json_t *up = json_pack("{ss}", "model", c->model->upstream), *msgs = json_array();
+    if (c->model->provider == EDGE_PROVIDER_ANTHROPIC) {
+        json_object_set_new(up, "max_tokens", json_integer(c->max_output));
+        if (sys)
+            json_object_set(up, "system", sys);
+    } else {
+        if (mt)
+            json_object_set(up, "max_tokens", mt);
+        if (sys)
+            json_array_append_new(msgs, json_pack("{ss sO}", "role", "system", "content", sys));
+    }
+    json_array_append_new(msgs, json_pack("{ss sO}", "role", "user", "content", prompt));
+    json_object_set_new(up, "messages", msgs);
+    if (temp)
+        json_object_set(up, "temperature", temp);
+    c->up_body = s_dump(up, &c->up_len);
+    json_decref(up);
+    return 0;
+}
+
+static char *s_header_copy(h2o_req_t *req, const char *name, size_t max)
+{
+    h2o_iovec_t v = fb_http_header(req, name);
+    return v.base && v.len <= max ? fb_strndup(v.base, v.len) : NULL;
+}
+
+static int s_begin(edge_worker_t *w, h2o_req_t *req, const char *rid, s_route_t route)
+{
+    edge_dialect_t dialect = route == ROUTE_MESSAGES ? EDGE_ANTHROPIC
+                             : route == ROUTE_PROMPT ? EDGE_CHAT402
+                                                     : EDGE_OPENAI;
+    if (route == ROUTE_MESSAGES && !fb_http_header(req, "anthropic-version").base) {
+        edge_error(req, dialect, 400, "invalid_request", NULL, "the anthropic-version header is required");
+        return 0;
+    }
+    json_error_t jerr;
+    json_t *body =
+        json_loadb(req->entity.base ? req->entity.base : "", req->entity.len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!json_is_object(body)) {
+        edge_error(req, dialect, 400, "invalid_request", NULL, "the body must be a JSON object%s%s",
+                   body ? "" : ": ", body ? "" : jerr.text);
+        json_decref(body);
+        return 0;
+    }
+    json_t *model = json_object_get(body, "model");
+    if (!json_is_string(model) || json_string_length(model) == 0) {
+        edge_error(req, dialect, 400, "invalid_request", NULL, "model must be a non-empty string");
+        json_decref(body);
+        return 0;
+    }
+    const edge_model_t *m =
+        edge_catalog_find(w->edge->catalog, json_string_value(model), json_string_length(model));
+    if (!m) {
+        edge_error(req, dialect, 404, "model_not_found", NULL,
+                   "model %.128s is not served here (GET /v1/models)", json_string_value(model));
+        json_decref(body);
+        return 0;
+    }
+    s_chat_t *c = fb_calloc(1, sizeof(*c));
+    c->super.proceed = s_on_proceed;
+    c->super.stop = s_on_stop;
+    c->w = w;
+    c->req = req;
+    w->active_requests++;
+    snprintf(c->rid, sizeof(c->rid), "%s", rid);
+    c->route = route;
+    c->dialect = dialect;
+    c->model = m;
+    snprintf(c->requested, sizeof(c->requested), "%s", json_string_value(model));
+    s_link_t *link = h2o_mem_alloc_shared(&req->pool, sizeof(*link), s_req_gone);
+    link->chat = c;
+
+    int rc = route == ROUTE_CHAT       ? s_read_chat(c, body)
+             : route == ROUTE_MESSAGES ? s_read_messages(c, body)
+                                       : s_read_prompt(c, body);
+    json_decref(body);
+    if (rc != 0) {
+        s_send_error(c);
+        return 0;
+    }
+    if (route == ROUTE_MESSAGES) {
+        c->anthropic_version = s_header_copy(req, "anthropic-version", 64);
+        c->anthropic_beta = s_header_copy(req, "anthropic-beta", 512);
+    }
+    c->input_estimate = (int64_t)req->entity.len;
+    int64_t a = edge_cost_micro(c->input_estimate, m->input_price),
+            b = edge_cost_micro(c->max_output, m->output_price);
+    c->hold_micro = a > INT64_MAX - b ? INT64_MAX : a + b;
+    if (c->hold_micro < 1)
+        c->hold_micro = 1; /* a free model still holds the smallest unit: the ledger's amounts start at 1 */
+    c->pending++;
+    edge_auth_key(w, req, rid, s_on_key, c);
+    return 0;
+}
+
+int edge_chat_completions(edge_worker_t *w, h2o_req_t *req, const char *rid)
+{
+    return s_begin(w, req, rid, ROUTE_CHAT);
+}
+
+int edge_chat_messages(edge_worker_t *w, h2o_req_t *req, const char *rid)
+{
+    return s_begin(w, req, rid, ROUTE_MESSAGES);
+}
+
+int edge_chat_prompt(edge_worker_t *w, h2o_req_t *req, const char *rid)
+{
+    return s_begin(w, req, rid, ROUTE_PROMPT);
+}
+
+int edge_chat_test(bool verbose)
+{
+    FB_UNUSED(verbose);
+    FB_ASSERT(edge_chat_output_estimate(0, 0) == 1);
+    FB_ASSERT(edge_chat_output_estimate(5, 9) == 5);
+    FB_ASSERT(edge_chat_output_estimate(2, 10) == 4);
+    FB_ASSERT(edge_chat_output_estimate(0, 1) == 1);
+    return 0;
+}

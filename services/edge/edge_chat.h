@@ -1,0 +1,37 @@
+/* edge_chat - the paid routes: POST /v1/chat/completions (also
+ * /api/v1/chat/completions), POST /v1/messages and POST /api/v1/prompt.
+ *
+ * One call, prepaid with an API key:
+ *   read     the body is checked and the provider's request made first, so
+ *            that bad input is refused before anything is held
+ *   key      the key is looked up in the ledger (state, allowlist)
+ *   hold     the worst case is held: ceil(body bytes x input price / 10^6) +
+ *            ceil(max tokens x output price / 10^6) (the model's output cap
+ *            when the caller gives none); the ledger checks revocation, the
+ *            key's cap and the balance
+ *   upstream the provider is called on the loop; streams are passed on as
+ *            their events arrive (translated for Anthropic models on the
+ *            OpenAI route)
+ *   commit   the cost of the reported usage (input and output each rounded
+ *            up, never more than the hold) is committed, the rest released;
+ *            a provider failure before any output voids the hold; a client
+ *            that leaves mid-call has the provider call cancelled and pays
+ *            the input plus the output produced; a stream without usage is
+ *            charged from a conservative count of what was delivered. */
+#ifndef EDGE_CHAT_H
+#define EDGE_CHAT_H
+
+#include "edge.h"
+
+int edge_chat_completions(edge_worker_t *w, h2o_req_t *req, const char *rid);
+int edge_chat_messages(edge_worker_t *w, h2o_req_t *req, const char *rid);
+int edge_chat_prompt(edge_worker_t *w, h2o_req_t *req, const char *rid);
+
+/* edge_chat_output_estimate - the conservative output token count of a
+ * stream that reported no usage: the larger of the content events delivered
+ * and a third of the text bytes (rounded up), and at least 1. */
+int64_t edge_chat_output_estimate(int64_t events, int64_t bytes);
+
+int edge_chat_test(bool verbose);
+
+#endif

@@ -1,0 +1,149 @@
+/* edge_upstream - provider calls on libcurl multi. */
+#include "edge_upstream.h"
+#include "fb_curlm.h"
+#include "fb_util.h"
+
+#include <curl/curl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct edge_call_t {
+    edge_worker_t *w;
+    CURL *easy;
+    struct curl_slist *headers;
+    char *body;
+    edge_call_fn_t fn;
+    void *arg;
+    long status;
+    bool aborted; /* on_data asked to stop */
+};
+
+const char *edge_upstream_describe(const edge_t *edge, edge_provider_t provider)
+{
+    return edge->upstream[provider].base_url;
+}
+
+static size_t s_on_write(char *ptr, size_t size, size_t n, void *userdata)
+{
+    edge_call_t *c = userdata;
+    size_t len = size * n;
+    if (!c->status)
+        curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &c->status);
+    if (c->fn.on_data(c->arg, c->status, ptr, len) != 0) {
+        c->aborted = true;
+        return 0;
+    }
+    return len;
+}
+
+static void s_free(edge_call_t *c)
+{
+    curl_easy_cleanup(c->easy);
+    curl_slist_free_all(c->headers);
+    free(c->body);
+    free(c);
+}
+
+static void s_on_done(void *arg, CURL *easy, CURLcode cc)
+{
+    edge_call_t *c = arg;
+    long status = 0;
+    curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
+    edge_call_result_t result = EDGE_CALL_OK;
+    char why[160] = "";
+    if (c->aborted) {
+        result = EDGE_CALL_ABORTED;
+        snprintf(why, sizeof(why), "aborted");
+    } else if (cc == CURLE_OPERATION_TIMEDOUT) {
+        result = EDGE_CALL_TIMEOUT;
+        snprintf(why, sizeof(why), "%s", curl_easy_strerror(cc));
+    } else if (cc != CURLE_OK) {
+        result = EDGE_CALL_FAILED;
+        snprintf(why, sizeof(why), "%s", curl_easy_strerror(cc));
+    }
+    edge_call_fn_t fn = c->fn;
+    void *fn_arg = c->arg;
+    s_free(c);
+    fn.on_done(fn_arg, result, status, why);
+}
+
+static struct curl_slist *s_header(struct curl_slist *list, const char *name, const char *value)
+{
+    char line[1024];
+    snprintf(line, sizeof(line), "%s: %s", name, value);
+    struct curl_slist *l = curl_slist_append(list, line);
+    FB_ASSERT(l);
+    return l;
+}
+
+edge_call_t *edge_call_start(edge_worker_t *w, edge_provider_t provider, const char *body, size_t len,
+                             const char *anthropic_version, const char *anthropic_beta,
+                             const edge_call_fn_t *fn, void *arg)
+{
+    const edge_upstream_conf_t *up = &w->edge->upstream[provider];
+    edge_call_t *c = fb_calloc(1, sizeof(*c));
+    c->w = w;
+    c->fn = *fn;
+    c->arg = arg;
+    c->body = fb_malloc(len + 1);
+    memcpy(c->body, body, len);
+    c->body[len] = '\0';
+    char url[400];
+    snprintf(url, sizeof(url), "%s%s", up->base_url,
+             provider == EDGE_PROVIDER_ANTHROPIC ? "/v1/messages" : "/v1/chat/completions");
+    c->headers = s_header(NULL, "Content-Type", "application/json");
+    c->headers = s_header(c->headers, "Expect", ""); /* no 100-continue round trip */
+    if (provider == EDGE_PROVIDER_ANTHROPIC) {
+        c->headers =
+            s_header(c->headers, "anthropic-version", anthropic_version ? anthropic_version : "2023-06-01");
+        if (anthropic_beta)
+            c->headers = s_header(c->headers, "anthropic-beta", anthropic_beta);
+        if (up->api_key)
+            c->headers = s_header(c->headers, "x-api-key", up->api_key);
+    } else if (up->api_key) {
+        char bearer[600];
+        snprintf(bearer, sizeof(bearer), "Bearer %s", up->api_key);
+        c->headers = s_header(c->headers, "Authorization", bearer);
+    }
+    CURL *e = curl_easy_init();
+    FB_ASSERT(e);
+    c->easy = e;
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_POST, 1L);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, c->body);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, c->headers);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)w->edge->upstream_timeout_ms);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)w->edge->upstream_connect_ms);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, ""); /* what libcurl can decode */
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, s_on_write);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, c);
+    fb_curlm_add(w->curlm, e, s_on_done, c);
+    return c;
+}
+
+void edge_call_cancel(edge_call_t **call_p)
+{
+    FB_ASSERT(call_p);
+    edge_call_t *c = *call_p;
+    if (!c)
+        return;
+    fb_curlm_remove(c->w->curlm, c->easy);
+    s_free(c);
+    *call_p = NULL;
+}
+
+int edge_upstream_test(bool verbose)
+{
+    FB_UNUSED(verbose);
+    struct curl_slist *l = s_header(NULL, "x-api-key", "k");
+    FB_ASSERT(strcmp(l->data, "x-api-key: k") == 0);
+    curl_slist_free_all(l);
+    return 0;
+}

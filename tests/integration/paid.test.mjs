@@ -1,0 +1,396 @@
+// paid.test.mjs - the paid routes with prepaid API keys, through the official
+// openai and @anthropic-ai/sdk clients against the edge and the mock model:
+// non-stream and stream, an Anthropic model through the OpenAI client, tool
+// calls both ways, /api/v1/prompt; every charge equals price x reported usage
+// (each part rounded up), or the documented conservative count when a stream
+// reports none; a client leaving mid-stream pays the input and what was
+// produced; every refused or failed call charges nothing and surfaces as the
+// SDK's own exception; the same calls over HTTP/2 (h2c). Ends with the
+// ledger's audit.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import crypto from "node:crypto";
+import http2 from "node:http2";
+import OpenAI from "openai";
+import Anthropic from "@anthropic-ai/sdk";
+import { Proc, bin, freePort, startService, waitUntil } from "../lib/harness.mjs";
+import { startPostgres } from "../lib/pg.mjs";
+import { RpcClient } from "../lib/rpc.mjs";
+
+const ADMIN = crypto.randomBytes(24).toString("hex");
+const HMAC = crypto.randomBytes(32).toString("hex");
+const PRICES = { // micro-USDC per million tokens, as the built-in catalog says
+  "gpt-4o-mini": [150000, 600000],
+  "claude-3-5-haiku-20241022": [800000, 4000000],
+};
+let pg, ledger, verifier, edge, mock, url, ledgerRpc;
+const admin = { authorization: `Bearer ${ADMIN}`, "content-type": "application/json" };
+
+async function call(method, p, body, headers = admin) {
+  const r = await fetch(`${url}${p}`, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const text = await r.text();
+  let json = null;
+  try {
+    json = JSON.parse(text);
+  } catch {}
+  return { status: r.status, body: json, text, headers: r.headers };
+}
+
+const ceilDiv = (a, b) => (a + b - 1n) / b;
+function cost(model, input, output) {
+  const [pi, po] = PRICES[model].map(BigInt);
+  return Number(ceilDiv(BigInt(input) * pi, 1000000n) + ceilDiv(BigInt(output) * po, 1000000n));
+}
+/** The edge's count for a stream without usage: max(events, ceil(bytes / 3)), at least 1. */
+function outputEstimate(events, bytes) {
+  return Math.max(events, Math.ceil(bytes / 3), 1);
+}
+
+/** A funded account with a key; options go to the key. */
+async function account(micro, keyOptions = {}) {
+  const a = await call("POST", "/admin/accounts", { label: "paid" });
+  assert.equal(a.status, 201);
+  const id = a.body.account_id;
+  if (micro > 0) {
+    const c = await call("POST", `/admin/accounts/${id}/credits`, { amount_micro: micro, reference: `fund-${id}` });
+    assert.equal(c.status, 201, JSON.stringify(c.body));
+  }
+  const k = await call("POST", `/admin/accounts/${id}/keys`, { label: "t", ...keyOptions });
+  assert.equal(k.status, 201, JSON.stringify(k.body));
+  return { id, key: k.body.key, keyId: k.body.key_id };
+}
+
+async function holds(id) {
+  const h = await call("GET", `/admin/accounts/${id}/holds`);
+  assert.equal(h.status, 200);
+  return h.body.holds;
+}
+
+/** The account's holds once none is open: newest first. */
+async function settled(id) {
+  let list;
+  await waitUntil(async () => {
+    list = await holds(id);
+    return list.every((h) => h.state !== "open");
+  }, { what: "every hold resolved" });
+  return list;
+}
+
+async function available(id) {
+  return (await call("GET", `/admin/accounts/${id}`)).body.available_micro;
+}
+
+async function audit() {
+  const a = await ledgerRpc.call("ledger.audit", {});
+  assert.equal(a.body.ok, true, JSON.stringify(a.body.checks.filter((c) => !c.ok)));
+}
+
+before(async () => {
+  pg = await startPostgres();
+  const db = pg.createDatabase("paid");
+  const lp = await freePort(), vp = await freePort(), mp = await freePort(), hp = await freePort();
+  mock = new Proc(bin("farebox-mock-model"), [], { env: { FAREBOX_MOCK_LISTEN: `127.0.0.1:${mp}` }, name: "mock" });
+  await mock.waitForMsg("mock model listening");
+  ledger = await startService("ledger", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${lp}`, FAREBOX_DATABASE_URL: db.url,
+    FAREBOX_KEY_HMAC_SECRET: HMAC });
+  verifier = await startService("verifier", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${vp}`,
+    FAREBOX_LEDGER_ENDPOINT: `tcp://127.0.0.1:${lp}`, FAREBOX_EVM_NETWORK: "off", FAREBOX_SOLANA_NETWORK: "off" });
+  edge = await startService("edge", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`,
+    FAREBOX_HTTP_LISTEN: `127.0.0.1:${hp}`, FAREBOX_LEDGER_ENDPOINT: `tcp://127.0.0.1:${lp}`,
+    FAREBOX_VERIFIER_ENDPOINT: `tcp://127.0.0.1:${vp}`, FAREBOX_ADMIN_TOKEN: ADMIN, FAREBOX_KEY_HMAC_SECRET: HMAC,
+    FAREBOX_MOCK_MODEL_URL: `http://127.0.0.1:${mp}`, FAREBOX_UPSTREAM_TIMEOUT_MS: "5000" });
+  url = `http://127.0.0.1:${hp}`;
+  ledgerRpc = new RpcClient(ledger.endpoint);
+});
+
+after(async () => {
+  ledgerRpc?.close();
+  for (const p of [edge, verifier, ledger, mock]) if (p) {
+    const { code } = await p.stop();
+    assert.equal(code, 0, `${p.name} exited ${code}\n${p.tail()}`);
+  }
+  await pg?.stop();
+});
+
+test("OpenAI client, non-stream and stream: the charge is the price of the reported usage", async () => {
+  const { id, key } = await account(10_000_000);
+  const openai = new OpenAI({ baseURL: `${url}/v1`, apiKey: key, maxRetries: 0 });
+  const before = await available(id);
+
+  const r = await openai.chat.completions.create({ model: "gpt-4o-mini", max_tokens: 12,
+    messages: [{ role: "user", content: "hello there, model" }] });
+  assert.equal(r.choices[0].message.role, "assistant");
+  assert.match(r.choices[0].message.content, /^The mock model says/);
+  assert.equal(r.usage.completion_tokens, 12);
+  const first = cost("gpt-4o-mini", r.usage.prompt_tokens, r.usage.completion_tokens);
+  let list = await settled(id);
+  assert.equal(list[0].state, "committed");
+  assert.equal(list[0].committed_micro, first);
+  assert.ok(list[0].amount_micro > first, "the hold covered the worst case");
+  assert.equal(await available(id), before - first);
+
+  // a stream asking for usage gets the usage chunk; the charge is the same rule
+  const chunks = [];
+  const stream = await openai.chat.completions.create({ model: "openai/gpt-4o-mini", stream: true,
+    stream_options: { include_usage: true }, messages: [{ role: "user", content: "stream [mock:tokens=7]" }] });
+  for await (const c of stream) chunks.push(c);
+  const text = chunks.map((c) => c.choices[0]?.delta?.content ?? "").join("");
+  assert.equal(text, "The mock model says hello from farebox. ");
+  const usage = chunks.at(-1).usage;
+  assert.equal(usage.completion_tokens, 7);
+  list = await settled(id);
+  assert.equal(list[0].committed_micro, cost("gpt-4o-mini", usage.prompt_tokens, 7));
+
+  // a stream without stream_options: no usage chunk for the caller, but farebox
+  // asked the provider for it and charges from it
+  const plain = [];
+  for await (const c of await openai.chat.completions.create({ model: "gpt-4o-mini", stream: true,
+    messages: [{ role: "user", content: "abcd [mock:tokens=5]" }] })) plain.push(c);
+  assert.ok(plain.every((c) => !c.usage), "no usage chunk unless asked");
+  assert.ok(plain.every((c) => c.choices.length === 1));
+  list = await settled(id);
+  // the mock counts a token per 4 bytes of message text
+  const promptTokens = Math.ceil("abcd [mock:tokens=5]".length / 4);
+  assert.equal(list[0].committed_micro, cost("gpt-4o-mini", promptTokens, 5));
+  assert.equal(await available(id), before - list.reduce((s, h) => s + h.committed_micro, 0));
+  await audit();
+});
+
+test("an Anthropic model through the OpenAI client, and through the Anthropic client", async () => {
+  const { id, key } = await account(10_000_000);
+  const model = "claude-3-5-haiku-20241022";
+  const openai = new OpenAI({ baseURL: `${url}/v1`, apiKey: key, maxRetries: 0 });
+  const r = await openai.chat.completions.create({ model, max_completion_tokens: 6,
+    messages: [{ role: "system", content: "be brief" }, { role: "user", content: "hi" }] });
+  assert.equal(r.object, "chat.completion");
+  assert.equal(r.model, model);
+  assert.equal(r.choices[0].finish_reason, "length");
+  assert.equal(r.choices[0].message.content, "The mock model says hello from ");
+  assert.equal(r.usage.completion_tokens, 6);
+  let list = await settled(id);
+  assert.equal(list[0].committed_micro, cost(model, r.usage.prompt_tokens, 6));
+
+  const chunks = [];
+  for await (const c of await openai.chat.completions.create({ model, stream: true, max_tokens: 4,
+    stream_options: { include_usage: true }, messages: [{ role: "user", content: "hi" }] })) chunks.push(c);
+  assert.equal(chunks.map((c) => c.choices[0]?.delta?.content ?? "").join(""), "The mock model says ");
+  assert.equal(chunks.find((c) => c.choices[0]?.finish_reason)?.choices[0].finish_reason, "length");
+  const usage = chunks.at(-1).usage;
+  assert.equal(usage.completion_tokens, 4);
+  list = await settled(id);
+  assert.equal(list[0].committed_micro, cost(model, usage.prompt_tokens, 4));
+
+  const anthropic = new Anthropic({ baseURL: url, apiKey: key, maxRetries: 0 });
+  const m = await anthropic.messages.create({ model, max_tokens: 3, messages: [{ role: "user", content: "yo" }] });
+  assert.equal(m.type, "message");
+  assert.equal(m.content[0].text, "The mock model ");
+  list = await settled(id);
+  assert.equal(list[0].committed_micro, cost(model, m.usage.input_tokens, m.usage.output_tokens));
+
+  const s = anthropic.messages.stream({ model, max_tokens: 5, messages: [{ role: "user", content: "stream" }] });
+  let streamed = "";
+  s.on("text", (t) => (streamed += t));
+  const final = await s.finalMessage();
+  assert.equal(streamed, "The mock model says hello ");
+  assert.equal(final.usage.output_tokens, 5);
+  list = await settled(id);
+  assert.equal(list[0].committed_micro, cost(model, final.usage.input_tokens, 5));
+  await audit();
+});
+
+test("tool calls pass through both ways, translated for Anthropic models", async () => {
+  const { key } = await account(10_000_000);
+  const openai = new OpenAI({ baseURL: `${url}/v1`, apiKey: key, maxRetries: 0 });
+  const tools = [{ type: "function", function: { name: "get_weather", description: "weather",
+    parameters: { type: "object", properties: { city: { type: "string" } } } } }];
+  for (const model of ["gpt-4o-mini", "claude-3-5-haiku-20241022"]) {
+    const r = await openai.chat.completions.create({ model, tools, tool_choice: "auto",
+      messages: [{ role: "user", content: "weather? [mock:tool=get_weather]" }] });
+    assert.equal(r.choices[0].finish_reason, "tool_calls", model);
+    const tc = r.choices[0].message.tool_calls[0];
+    assert.equal(tc.function.name, "get_weather");
+    assert.deepEqual(JSON.parse(tc.function.arguments), { city: "Paris" });
+
+    // the result goes back: an assistant tool call and a tool message
+    const again = await openai.chat.completions.create({ model, tools, messages: [
+      { role: "user", content: "weather?" },
+      { role: "assistant", content: null, tool_calls: [tc] },
+      { role: "tool", tool_call_id: tc.id, content: "sunny" },
+    ] });
+    assert.ok(again.choices[0].message.content.length > 0);
+
+    const chunks = [];
+    for await (const c of await openai.chat.completions.create({ model, tools, stream: true,
+      messages: [{ role: "user", content: "[mock:tool=get_weather]" }] })) chunks.push(c);
+    const calls = chunks.flatMap((c) => c.choices[0]?.delta?.tool_calls ?? []);
+    assert.equal(calls[0].function.name, "get_weather", model);
+    assert.deepEqual(JSON.parse(calls.map((c) => c.function.arguments ?? "").join("")), { city: "Paris" });
+    assert.equal(chunks.find((c) => c.choices[0]?.finish_reason)?.choices[0].finish_reason, "tool_calls");
+  }
+  const anthropic = new Anthropic({ baseURL: url, apiKey: key, maxRetries: 0 });
+  const m = await anthropic.messages.create({ model: "claude-3-5-haiku-20241022", max_tokens: 50,
+    tools: [{ name: "get_weather", input_schema: { type: "object" } }],
+    messages: [{ role: "user", content: "[mock:tool=get_weather]" }] });
+  assert.equal(m.stop_reason, "tool_use");
+  assert.deepEqual(m.content[0].input, { city: "Paris" });
+  await audit();
+});
+
+test("/api/v1/prompt answers in Chat402's shape with exact costs", async () => {
+  const { id, key } = await account(10_000_000);
+  const r = await call("POST", "/api/v1/prompt", { model: "gpt-4o-mini", prompt: "Explain [mock:tokens=9]" },
+    { authorization: `Bearer ${key}`, "content-type": "application/json" });
+  assert.equal(r.status, 200, r.text);
+  assert.equal(r.body.success, true);
+  assert.equal(r.body.text, "The mock model says hello from farebox. The mock ");
+  assert.equal(r.body.usage.outputTokens, 9);
+  const total = cost("gpt-4o-mini", r.body.usage.inputTokens, 9);
+  assert.equal(r.body.cost.totalCostMicro, total);
+  assert.equal(r.body.cost.totalCost, total / 1e6);
+  assert.equal(r.body.requestId, r.headers.get("x-request-id"));
+  assert.equal((await settled(id))[0].committed_micro, total);
+
+  const bad = await call("POST", "/api/v1/prompt", { model: "gpt-4o-mini", prompt: "x", colour: 1 },
+    { authorization: `Bearer ${key}`, "content-type": "application/json" });
+  assert.equal(bad.status, 400);
+  assert.equal(bad.body.code, "invalid_request");
+  await audit();
+});
+
+test("streams that break: no usage, cut mid-stream, a client that leaves", async () => {
+  const { id, key } = await account(10_000_000);
+  const openai = new OpenAI({ baseURL: `${url}/v1`, apiKey: key, maxRetries: 0 });
+  const body = (content) => JSON.stringify({ model: "gpt-4o-mini", stream: true, messages: [{ role: "user", content }] });
+
+  // no usage from the provider: charged from the conservative count, never zero
+  let text = "";
+  for await (const c of await openai.chat.completions.create({ model: "gpt-4o-mini", stream: true,
+    messages: [{ role: "user", content: "[mock:nousage][mock:tokens=6]" }] })) text += c.choices[0]?.delta?.content ?? "";
+  let list = await settled(id);
+  const nousageBody = body("[mock:nousage][mock:tokens=6]");
+  assert.equal(list[0].committed_micro,
+    cost("gpt-4o-mini", Buffer.byteLength(nousageBody), outputEstimate(6, Buffer.byteLength(text))));
+
+  // the provider drops the connection after 5 tokens: the caller gets an error
+  // at the end of what was delivered, and pays for what was delivered
+  let cut = "";
+  await assert.rejects(async () => {
+    for await (const c of await openai.chat.completions.create({ model: "gpt-4o-mini", stream: true,
+      messages: [{ role: "user", content: "[mock:cut=5][mock:tokens=20]" }] })) cut += c.choices[0]?.delta?.content ?? "";
+  }, (e) => /broke off|ended early/.test(e.message));
+  assert.equal(cut, "The mock model says hello ");
+  list = await settled(id);
+  assert.equal(list[0].committed_micro, cost("gpt-4o-mini", Buffer.byteLength(body("[mock:cut=5][mock:tokens=20]")),
+    outputEstimate(5, Buffer.byteLength(cut))));
+
+  // the client leaves after a few tokens of a slow stream: the provider call is
+  // cancelled, the input and the output produced are charged, the rest released
+  const slow = await openai.chat.completions.create({ model: "gpt-4o-mini", stream: true, max_tokens: 200,
+    messages: [{ role: "user", content: "[mock:tokens=200][mock:rate=50]" }] });
+  let seen = 0;
+  for await (const c of slow) if (c.choices[0]?.delta?.content && ++seen === 3) break; // the SDK aborts the request
+  assert.equal(seen, 3);
+  list = await settled(id);
+  const h = list[0];
+  assert.equal(h.state, "committed");
+  const inputCost = cost("gpt-4o-mini", Buffer.byteLength(JSON.stringify({ model: "gpt-4o-mini", stream: true,
+    max_tokens: 200, messages: [{ role: "user", content: "[mock:tokens=200][mock:rate=50]" }] })), 0);
+  assert.ok(h.committed_micro >= inputCost + cost("gpt-4o-mini", 0, 3), `charged ${h.committed_micro}`);
+  assert.ok(h.committed_micro < h.amount_micro - cost("gpt-4o-mini", 0, 100), "the unproduced output was released");
+  await audit();
+});
+
+test("refused and failed calls charge nothing and surface as the SDK's exceptions", async () => {
+  const { id, key, keyId } = await account(10_000_000, { models: ["gpt-4o-mini"] });
+  const openai = new OpenAI({ baseURL: `${url}/v1`, apiKey: key, maxRetries: 0 });
+  const msgs = (content) => [{ role: "user", content }];
+  const before = await available(id);
+  const cases = [
+    [() => new OpenAI({ baseURL: `${url}/v1`, apiKey: "fbx_" + "a".repeat(43), maxRetries: 0 }).chat.completions
+      .create({ model: "gpt-4o-mini", messages: msgs("x") }), OpenAI.AuthenticationError, "invalid_key"],
+    [() => openai.chat.completions.create({ model: "no-such-model", messages: msgs("x") }), OpenAI.NotFoundError,
+      "model_not_found"],
+    [() => openai.chat.completions.create({ model: "gpt-4o", messages: msgs("x") }), OpenAI.PermissionDeniedError,
+      "model_not_allowed"],
+    [() => openai.chat.completions.create({ model: "gpt-4o-mini", max_tokens: 10 ** 7, messages: msgs("x") }),
+      OpenAI.BadRequestError, "invalid_request"],
+    [() => openai.chat.completions.create({ model: "gpt-4o-mini", messages: [] }), OpenAI.BadRequestError,
+      "invalid_request"],
+    [() => openai.chat.completions.create({ model: "gpt-4o-mini", messages: msgs("[mock:fail=500]") }),
+      OpenAI.InternalServerError, "upstream_error"],
+    [() => openai.chat.completions.create({ model: "gpt-4o-mini", messages: msgs("[mock:fail=400]") }),
+      OpenAI.BadRequestError, "invalid_request"],
+    [() => openai.chat.completions.create({ model: "gpt-4o-mini", stream: true, messages: msgs("[mock:fail=503]") }),
+      OpenAI.InternalServerError, "upstream_error"],
+    [() => openai.chat.completions.create({ model: "gpt-4o-mini", messages: msgs("[mock:hang]") }),
+      OpenAI.APIError, "upstream_timeout"],
+  ];
+  for (const [fn, cls, code] of cases) {
+    await assert.rejects(fn, (e) => {
+      assert.ok(e instanceof cls, `${code}: got ${e.constructor.name} ${e.status} ${e.message}`);
+      assert.equal(e.code ?? e.error?.code, code);
+      return true;
+    });
+  }
+  // the Anthropic client on /v1/messages: its own exceptions
+  const anthropic = new Anthropic({ baseURL: url, apiKey: key, maxRetries: 0 });
+  await assert.rejects(anthropic.messages.create({ model: "claude-3-5-haiku-20241022", max_tokens: 5,
+    messages: msgs("x") }), Anthropic.PermissionDeniedError);
+  await assert.rejects(anthropic.messages.create({ model: "gpt-4o-mini", max_tokens: 5, messages: msgs("x") }),
+    Anthropic.BadRequestError);
+
+  // not enough money: 402 with the figures
+  const poor = await account(10);
+  const r = await call("POST", "/v1/chat/completions", { model: "gpt-4o-mini", messages: msgs("x") },
+    { authorization: `Bearer ${poor.key}`, "content-type": "application/json" });
+  assert.equal(r.status, 402);
+  assert.equal(r.body.error.code, "insufficient_balance");
+  assert.equal(r.body.error.balance_micro, 10);
+  assert.equal(r.body.error.deficit_micro, r.body.error.required_micro - 10);
+
+  // a spend cap below the hold, then a revoked key
+  const capped = await account(10_000_000, { spend_cap_micro: 100 });
+  const rc = await call("POST", "/v1/chat/completions", { model: "gpt-4o-mini", messages: msgs("x") },
+    { authorization: `Bearer ${capped.key}`, "content-type": "application/json" });
+  assert.equal(rc.status, 403);
+  assert.equal(rc.body.error.code, "spend_limit_exceeded");
+  assert.equal((await call("POST", `/admin/keys/${keyId}/revoke`)).status, 200);
+  await assert.rejects(openai.chat.completions.create({ model: "gpt-4o-mini", messages: msgs("x") }),
+    (e) => e instanceof OpenAI.AuthenticationError && e.code === "key_revoked");
+
+  const list = await settled(id);
+  assert.ok(list.every((h) => h.state === "voided" && !h.committed_micro), JSON.stringify(list));
+  assert.equal(await available(id), before);
+  assert.equal(await available(poor.id), 10);
+  await audit();
+});
+
+test("HTTP/2 (h2c): the same paid calls, whole and streamed", async () => {
+  const { id, key } = await account(10_000_000);
+  const session = http2.connect(url);
+  const post = (body) => new Promise((resolve, reject) => {
+    const s = session.request({ ":method": "POST", ":path": "/v1/chat/completions", authorization: `Bearer ${key}`,
+      "content-type": "application/json" });
+    let data = "", headers;
+    s.on("response", (h) => (headers = h));
+    s.on("data", (d) => (data += d));
+    s.on("end", () => resolve({ headers, data }));
+    s.on("error", reject);
+    s.end(JSON.stringify(body));
+  });
+  const whole = await post({ model: "gpt-4o-mini", max_tokens: 3, messages: [{ role: "user", content: "h2" }] });
+  assert.equal(whole.headers[":status"], 200);
+  const doc = JSON.parse(whole.data);
+  assert.equal(doc.usage.completion_tokens, 3);
+  const streamed = await post({ model: "claude-3-5-haiku-20241022", max_tokens: 4, stream: true,
+    stream_options: { include_usage: true }, messages: [{ role: "user", content: "h2" }] });
+  assert.equal(streamed.headers["content-type"], "text/event-stream");
+  const events = streamed.data.split("\n\n").filter(Boolean);
+  assert.equal(events.at(-1), "data: [DONE]");
+  const usage = JSON.parse(events.at(-2).slice(6)).usage;
+  session.close();
+  const list = await settled(id);
+  assert.equal(list[1].committed_micro, cost("gpt-4o-mini", doc.usage.prompt_tokens, 3));
+  assert.equal(list[0].committed_micro, cost("claude-3-5-haiku-20241022", usage.prompt_tokens, 4));
+  await audit();
+});
