@@ -18,6 +18,7 @@
 #include "edge_sse.h"
 #include "edge_translate.h"
 #include "edge_upstream.h"
+#include "edge_x402.h"
 #include "edge_facilitator.h"
 #include "edge_reply.h"
 #include "fb_apikey.h"
@@ -74,6 +75,7 @@ static const s_test_t s_tests[] = {
     {"edge_translate", edge_translate_test},
     {"edge_chat", edge_chat_test},
     {"edge_upstream", edge_upstream_test},
+    {"edge_x402", edge_x402_test},
     {"ledger_rpc", ledger_rpc_test},
     {"evm_exact", evm_exact_test},
     {"svm_exact", svm_exact_test},

@@ -43,6 +43,9 @@ struct edge_t {
     edge_upstream_conf_t upstream[2]; /* by edge_provider_t: OpenAI, Anthropic */
     uint32_t upstream_timeout_ms;     /* a whole provider call, streams included */
     uint32_t upstream_connect_ms;     /* connecting to a provider */
+    char pay_to_evm[64];              /* x402 payTo on EVM networks, or "" */
+    char pay_to_solana[64];           /* ... on Solana, or "" */
+    int64_t x402_timeout_s;           /* maxTimeoutSeconds of a quote */
     edge_worker_t **workers;
 };
 
@@ -61,6 +64,7 @@ struct edge_worker_t {
     fb_rpc_client_t *ledger; /* RPC clients owned by this worker */
     fb_rpc_client_t *verifier;
     struct fb_curlm_t *curlm; /* provider calls on this loop */
+    struct edge_x402_t *x402; /* x402 networks known to this worker */
     uint64_t active_requests; /* requests received and not yet disposed */
     int64_t stop_deadline;    /* monotonic ms when a stop gives up waiting */
     bool stopping;

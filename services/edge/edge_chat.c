@@ -6,8 +6,10 @@
 #include "edge_sse.h"
 #include "edge_translate.h"
 #include "edge_upstream.h"
+#include "edge_x402.h"
 #include "fb_log.h"
 #include "fb_util.h"
+#include "fb_x402.h"
 
 #include <inttypes.h>
 #include <stdarg.h>
@@ -15,11 +17,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define HOLD_MARGIN_MS    60000      /* a hold outlives the longest provider call by this much */
-#define MONEY_DEADLINE_MS 10000      /* ledger calls of one request, retries included */
-#define ERROR_BODY_MAX    (64 << 10) /* bytes of a provider's error answer kept */
-#define ANSWER_MAX        (32 << 20) /* bytes of a provider's whole answer */
-#define OUT_BACKLOG_MAX   (16 << 20) /* bytes waiting for a slow client */
+#define HOLD_MARGIN_MS     60000      /* a hold outlives the longest provider call by this much */
+#define MONEY_DEADLINE_MS  10000      /* ledger calls of one request, retries included */
+#define ERROR_BODY_MAX     (64 << 10) /* bytes of a provider's error answer kept */
+#define ANSWER_MAX         (32 << 20) /* bytes of a provider's whole answer */
+#define OUT_BACKLOG_MAX    (16 << 20) /* bytes waiting for a slow client */
+#define SETTLE_DEADLINE_MS 60000      /* an x402 settlement, receipt included */
+#define VERIFY_DEADLINE_MS 10000
 
 typedef enum { ROUTE_CHAT, ROUTE_MESSAGES, ROUTE_PROMPT } s_route_t;
 
@@ -49,7 +53,17 @@ struct s_chat {
     int64_t hold_micro, account_id, key_id, hold_id;
     int64_t charged_micro; /* what the commit took */
     bool money_done;       /* commit or void asked */
-    s_then_fn *then;       /* what to do once the money is resolved */
+    /* x402 pay-per-call (no key): the payment, checked, recorded, settled at the first output */
+    bool x402;
+    char *pay_header;   /* PAYMENT-SIGNATURE or X-PAYMENT */
+    int pay_version;    /* 1 or 2 */
+    json_t *pay_req;    /* the requirements it meets */
+    char *resource_url; /* this call's URL, for the quote */
+    int64_t authorization_id;
+    bool settling, settled;
+    char *pay_response;   /* the PAYMENT-RESPONSE value */
+    s_then_fn *gate_then; /* what waits for the settlement */
+    s_then_fn *then;      /* what to do once the money is resolved */
     /* the provider's answer */
     edge_call_t *call;
     long up_status;
@@ -66,6 +80,7 @@ struct s_chat {
     const char *err_code;
     char err_msg[400];
     json_t *err_details;
+    bool produced; /* output reached our side (a stream's first event, a whole answer) */
     bool started, sending, final_queued, final_sent;
     fb_buf_t out, flight; /* stream bytes waiting, and on their way */
     int pending;          /* ledger calls in flight */
@@ -86,11 +101,18 @@ static void s_maybe_free(s_chat_t *c)
     fb_buf_free(&c->flight);
     edge_sse_free(&c->sse);
     json_decref(c->err_details);
+    free(c->pay_header);
+    json_decref(c->pay_req);
+    free(c->resource_url);
+    free(c->pay_response);
     free(c);
 }
 
 static void s_resolve(s_chat_t *c, int64_t cost, s_then_fn *then);
 static int64_t s_cost(s_chat_t *c);
+static void s_mark_failed(s_chat_t *c, const char *reason);
+static void s_gate(s_chat_t *c, s_then_fn *then);
+static void s_set_pay_response(s_chat_t *c);
 
 typedef struct {
     s_chat_t *chat;
@@ -113,6 +135,9 @@ static void s_req_gone(void *p)
         }
         if (!c->money_done)
             s_resolve(c, s_cost(c), NULL);
+    } else if (c->x402 && !c->money_done && !c->settled && !c->settling && c->authorization_id) {
+        c->money_done = true;
+        s_mark_failed(c, "not served: the client left");
     }
     s_maybe_free(c);
 }
@@ -193,6 +218,7 @@ static void s_start_stream(s_chat_t *c)
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
                    H2O_STRLIT("text/event-stream"));
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-cache"));
+    s_set_pay_response(c);
     c->started = true;
     h2o_start_response(req, &c->super);
 }
@@ -201,6 +227,13 @@ static void s_start_stream(s_chat_t *c)
  * the end of the response. */
 static void s_close_stream(s_chat_t *c)
 {
+    if (!c->started) {
+        if (c->x402 && !c->settled) {
+            s_gate(c, s_close_stream);
+            return;
+        }
+        s_start_stream(c);
+    }
     if (c->up_error[0]) {
         char esc[600];
         edge_json_escape(esc, sizeof(esc), c->up_error, strlen(c->up_error));
@@ -256,6 +289,100 @@ static void s_on_money(void *arg, const fb_rpc_reply_t *reply)
     s_maybe_free(c);
 }
 
+static void s_on_marked(void *arg, const fb_rpc_reply_t *reply)
+{
+    s_chat_t *c = arg;
+    c->pending--;
+    if (!reply->ok)
+        fb_log(FB_LOG_ERROR, c->rid, "could not mark the x402 authorization failed",
+               "authorization_id=%" PRId64 " code=%s message=%s", c->authorization_id, reply->code,
+               reply->message);
+    s_maybe_free(c);
+}
+
+/* An x402 payment that will not be settled: the ledger marks its
+ * authorization failed (it can then never be settled or used again). */
+static void s_mark_failed(s_chat_t *c, const char *reason)
+{
+    if (!c->authorization_id)
+        return;
+    char idem[64];
+    snprintf(idem, sizeof(idem), "x402-failed:%" PRId64, c->authorization_id);
+    c->pending++;
+    edge_rpc_json(c->w->ledger, "ledger.mark_failed",
+                  json_pack("{sI ss}", "authorization_id", (json_int_t)c->authorization_id, "reason", reason),
+                  idem, c->rid, MONEY_DEADLINE_MS, s_on_marked, c);
+}
+
+/* --- the x402 settlement gate: nothing goes out before the payment settled ---------- */
+
+static void s_on_settled(void *arg, const fb_rpc_reply_t *reply)
+{
+    s_chat_t *c = arg;
+    c->pending--;
+    c->settling = false;
+    json_t *b = edge_reply_json(reply);
+    const char *tx = json_string_value(json_object_get(b, "transaction"));
+    const char *reason = json_string_value(json_object_get(b, "errorReason"));
+    const char *network = json_string_value(json_object_get(b, "network"));
+    const char *payer = json_string_value(json_object_get(b, "payer"));
+    /* a transaction sent whose receipt is late is followed by the verifier's tracker */
+    bool ok = reply->ok && (json_is_true(json_object_get(b, "success")) ||
+                            (reason && strcmp(reason, "settlement_pending") == 0 && tx && tx[0]));
+    if (ok) {
+        c->settled = true;
+        json_t *resp = json_pack("{sb ss ss ss}", "success", 1, "transaction", tx ? tx : "", "network",
+                                 network ? network : "", "payer", payer ? payer : "");
+        c->pay_response = fb_x402_encode_header(resp);
+        json_decref(resp);
+        fb_log(FB_LOG_INFO, c->rid, "x402 payment settled", "network=%s transaction=%s amount_micro=%" PRId64,
+               network ? network : "", tx ? tx : "", c->hold_micro);
+        if (c->req && c->gate_then)
+            c->gate_then(c);
+    } else {
+        const char *why = reply->ok ? (reason ? reason : "settlement_failed") : reply->code;
+        const char *msg = reply->ok ? json_string_value(json_object_get(b, "errorMessage")) : reply->message;
+        fb_log(FB_LOG_WARN, c->rid, "x402 settlement failed: the call is not served", "reason=%s", why);
+        if (c->call)
+            edge_call_cancel(&c->call);
+        s_mark_failed(c, "not served: the settlement failed");
+        if (c->req && !c->started) {
+            s_set_error(c, reply->ok ? 402 : 503, reply->ok ? "payment_invalid" : "unavailable",
+                        json_pack("{ss}", "reason", why),
+                        "the payment could not be settled (%s): %s; nothing was served", why, msg ? msg : "");
+            s_send_error(c);
+        }
+    }
+    json_decref(b);
+    s_maybe_free(c);
+}
+
+/* Run then once the x402 payment is settled (at once for prepaid calls). */
+static void s_gate(s_chat_t *c, s_then_fn *then)
+{
+    if (!c->x402 || c->settled) {
+        then(c);
+        return;
+    }
+    c->gate_then = then;
+    if (c->settling)
+        return;
+    c->settling = true;
+    c->pending++;
+    char idem[64];
+    snprintf(idem, sizeof(idem), "x402-settle:%" PRId64, c->authorization_id);
+    edge_rpc_json(c->w->verifier, "verifier.settle",
+                  json_pack("{ss sO}", "header", c->pay_header, "requirements", c->pay_req), idem, c->rid,
+                  SETTLE_DEADLINE_MS, s_on_settled, c);
+}
+
+static void s_set_pay_response(s_chat_t *c)
+{
+    if (c->pay_response)
+        fb_http_set_header(c->req, c->pay_version == 1 ? "x-payment-response" : "payment-response",
+                           c->pay_response, strlen(c->pay_response));
+}
+
 /* Resolve the hold: commit cost (0..hold), or void it when cost < 0; then
  * runs after the ledger answered (also when it failed: the hold expires). */
 static void s_resolve(s_chat_t *c, int64_t cost, s_then_fn *then)
@@ -263,6 +390,15 @@ static void s_resolve(s_chat_t *c, int64_t cost, s_then_fn *then)
     FB_ASSERT(!c->money_done);
     c->money_done = true;
     c->then = then;
+    if (c->x402) {
+        /* the payment is the quote, settled at the first output: a call that
+         * ends unserved has its authorization marked failed, so it never settles */
+        if ((cost < 0 || !c->req) && !c->settled && !c->settling)
+            s_mark_failed(c, cost < 0 ? "not served: the call failed" : "not served: the client left");
+        if (then && c->req)
+            then(c);
+        return;
+    }
     if (!c->hold_id) {
         if (then && c->req)
             then(c);
@@ -420,6 +556,12 @@ static int s_on_event(void *arg, const edge_sse_event_t *ev)
     return 0;
 }
 
+static void s_begin_output(s_chat_t *c)
+{
+    s_start_stream(c);
+    s_flush(c);
+}
+
 static int s_on_data(void *arg, long status, const char *data, size_t len)
 {
     s_chat_t *c = arg;
@@ -439,8 +581,8 @@ static int s_on_data(void *arg, long status, const char *data, size_t len)
     if (c->out.len > OUT_BACKLOG_MAX)
         return -1;
     if (c->out.len > 0) {
-        s_start_stream(c);
-        s_flush(c);
+        c->produced = true;
+        s_gate(c, s_begin_output);
     }
     return 0;
 }
@@ -459,6 +601,11 @@ static void s_upstream_message(s_chat_t *c, char *out, size_t cap)
 
 static void s_send_answer(s_chat_t *c)
 {
+    if (c->x402 && !c->settled) {
+        s_gate(c, s_send_answer);
+        return;
+    }
+    s_set_pay_response(c);
     fb_http_send(c->req, 200, "application/json", c->answer.data, c->answer.len);
 }
 
@@ -596,7 +743,7 @@ static void s_on_call_done(void *arg, edge_call_result_t result, long status, co
         s_maybe_free(c);
         return;
     }
-    if (c->started) {
+    if (c->produced) {
         /* output was delivered: charge it, whatever happened after */
         if (result != EDGE_CALL_OK && !c->up_error[0])
             snprintf(c->up_error, sizeof(c->up_error), "the provider's stream broke off: %s", why);
@@ -726,6 +873,128 @@ static void s_on_key(void *arg, const edge_key_t *k)
         s_hold(c);
     }
     s_maybe_free(c);
+}
+
+/* --- x402: quote, verify and record ------------------------------------------------------ */
+
+/* 402 with a quote: PAYMENT-REQUIRED, and the same document in the error. */
+static void s_quote(s_chat_t *c, const char *code, const char *reason, const char *message)
+{
+    char desc[200];
+    snprintf(desc, sizeof(desc), "%s call", c->model->id);
+    json_t *q = edge_x402_quote(c->w->x402, c->hold_micro, c->resource_url, desc,
+                                reason ? reason : "payment required");
+    if (!q) {
+        s_refuse(c, 503, "unavailable", NULL,
+                 "no payment network can be quoted now (the verifier settles none)");
+        return;
+    }
+    h2o_iovec_t v = edge_x402_header_value(c->req, q);
+    h2o_add_header_by_str(&c->req->pool, &c->req->res.headers, H2O_STRLIT("payment-required"), 0, NULL,
+                          v.base, v.len);
+    json_t *details = json_pack("{sO sO sO}", "x402Version", json_object_get(q, "x402Version"), "resource",
+                                json_object_get(q, "resource"), "accepts", json_object_get(q, "accepts"));
+    if (reason)
+        json_object_set_new(details, "reason", json_string(reason));
+    json_decref(q);
+    s_refuse(c, 402, code, details, message);
+}
+
+static void s_on_verified(void *arg, const fb_rpc_reply_t *reply)
+{
+    s_chat_t *c = arg;
+    c->pending--;
+    json_t *b = edge_reply_json(reply);
+    if (!reply->ok) {
+        if (c->req)
+            s_refuse(c, 503, "unavailable", NULL,
+                     "the payment could not be checked now; nothing was charged");
+    } else if (!json_is_true(json_object_get(b, "isValid"))) {
+        if (c->req) {
+            const char *reason = json_string_value(json_object_get(b, "invalidReason"));
+            const char *msg = json_string_value(json_object_get(b, "invalidMessage"));
+            char text[400];
+            snprintf(text, sizeof(text), "the payment was refused: %s%s%s", reason ? reason : "invalid",
+                     msg ? ": " : "", msg ? msg : "");
+            s_quote(c, "payment_invalid", reason ? reason : "invalid_payment", text);
+        }
+    } else {
+        c->authorization_id = json_integer_value(json_object_get(b, "authorizationId"));
+        if (!c->req) {
+            c->money_done = true;
+            s_mark_failed(c, "not served: the client left");
+        } else {
+            s_call_upstream(c);
+        }
+    }
+    json_decref(b);
+    s_maybe_free(c);
+}
+
+/* The networks are known: quote, or check the payment the call carries. */
+static void s_on_x402_ready(void *arg, const char *error)
+{
+    s_chat_t *c = arg;
+    c->pending--;
+    if (!c->req) {
+        s_maybe_free(c);
+        return;
+    }
+    if (error) {
+        s_set_error(c, 503, "unavailable", NULL, "payments cannot be quoted now: %s", error);
+        s_send_error(c);
+    } else if (!c->pay_header) {
+        s_quote(c, "payment_required", NULL,
+                "this call costs at most the quoted amount: pay it with x402 (PAYMENT-SIGNATURE) or use an "
+                "API key");
+    } else {
+        char err[300], desc[200];
+        snprintf(desc, sizeof(desc), "%s call", c->model->id);
+        c->pay_req = edge_x402_requirements(c->w->x402, c->pay_header, strlen(c->pay_header), c->hold_micro,
+                                            c->resource_url, desc, &c->pay_version, err, sizeof(err));
+        if (!c->pay_req) {
+            char text[400];
+            snprintf(text, sizeof(text), "the payment header cannot be used: %s", err);
+            s_quote(c, "payment_invalid", "invalid_payload", text);
+        } else {
+            c->pending++;
+            edge_rpc_json(c->w->verifier, "verifier.verify",
+                          json_pack("{ss sO sb ss}", "header", c->pay_header, "requirements", c->pay_req,
+                                    "record", 1, "resource", c->resource_url),
+                          NULL, c->rid, VERIFY_DEADLINE_MS, s_on_verified, c);
+        }
+    }
+    s_maybe_free(c);
+}
+
+/* How the call is paid: an API key, or x402 (a payment header, or a quote). */
+static void s_pay(s_chat_t *c)
+{
+    h2o_req_t *req = c->req;
+    h2o_iovec_t key;
+    const edge_t *edge = c->w->edge;
+    if (edge_request_key(req, &key) || !edge_x402_enabled(edge)) {
+        c->pending++;
+        edge_auth_key(c->w, req, c->rid, s_on_key, c);
+        return;
+    }
+    h2o_iovec_t pay = fb_http_header(req, "payment-signature");
+    if (!pay.base)
+        pay = fb_http_header(req, "x-payment");
+    if (pay.base && (pay.len == 0 || pay.len > FB_X402_HEADER_MAX)) {
+        s_refuse(c, 400, "invalid_request", NULL, "the payment header is empty or too large");
+        return;
+    }
+    c->x402 = true;
+    if (pay.base)
+        c->pay_header = fb_strndup(pay.base, pay.len);
+    char url[700];
+    snprintf(url, sizeof(url), "%.*s://%.*s%.*s", (int)req->scheme->name.len, req->scheme->name.base,
+             (int)(req->authority.len > 200 ? 200 : req->authority.len), req->authority.base,
+             (int)(req->path.len > 400 ? 400 : req->path.len), req->path.base);
+    c->resource_url = fb_strdup(url);
+    c->pending++;
+    edge_x402_when_ready(c->w->x402, s_on_x402_ready, c);
 }
 
 /* --- reading the request --------------------------------------------------------------- */
@@ -955,8 +1224,7 @@ static int s_begin(edge_worker_t *w, h2o_req_t *req, const char *rid, s_route_t 
     c->hold_micro = a > INT64_MAX - b ? INT64_MAX : a + b;
     if (c->hold_micro < 1)
         c->hold_micro = 1; /* a free model still holds the smallest unit: the ledger's amounts start at 1 */
-    c->pending++;
-    edge_auth_key(w, req, rid, s_on_key, c);
+    s_pay(c);
     return 0;
 }
 

@@ -19,11 +19,6 @@ struct edge_call_t {
     bool aborted; /* on_data asked to stop */
 };
 
-const char *edge_upstream_describe(const edge_t *edge, edge_provider_t provider)
-{
-    return edge->upstream[provider].base_url;
-}
-
 static size_t s_on_write(char *ptr, size_t size, size_t n, void *userdata)
 {
     edge_call_t *c = userdata;

@@ -43,9 +43,6 @@ edge_call_t *edge_call_start(edge_worker_t *w, edge_provider_t provider, const c
  * and free it. Not from inside its on_data (return -1 there). Nulls *call_p. */
 void edge_call_cancel(edge_call_t **call_p);
 
-/* edge_upstream_describe - for logs and README: where provider's calls go. */
-const char *edge_upstream_describe(const edge_t *edge, edge_provider_t provider);
-
 int edge_upstream_test(bool verbose);
 
 #endif

@@ -1,5 +1,6 @@
 /* edge_worker - per-loop HTTP serving and graceful stop. */
 #include "edge_worker.h"
+#include "edge_x402.h"
 #include "fb_curlm.h"
 #include "fb_http.h"
 #include "fb_log.h"
@@ -97,6 +98,7 @@ edge_worker_t *edge_worker_new(edge_t *edge, int index, char *err, size_t errlen
     self->ledger = fb_service_client(edge->service, FB_PEER_LEDGER, self->loop);
     self->verifier = fb_service_client(edge->service, FB_PEER_VERIFIER, self->loop);
     self->curlm = fb_curlm_new(self->loop);
+    self->x402 = edge_x402_new(self);
     return self;
 }
 
@@ -139,6 +141,7 @@ void edge_worker_destroy(edge_worker_t **self_p)
     edge_worker_t *self = *self_p;
     if (!self)
         return;
+    edge_x402_destroy(&self->x402);
     fb_rpc_client_destroy(&self->ledger);
     fb_rpc_client_destroy(&self->verifier);
     fb_curlm_destroy(&self->curlm);

@@ -16,6 +16,8 @@
 #include "edge_routes.h"
 #include "edge_worker.h"
 #include "fb_apikey.h"
+#include "fb_evm.h"
+#include "fb_solana.h"
 #include "fb_http.h"
 #include "fb_log.h"
 #include "fb_util.h"
@@ -33,6 +35,26 @@ static int s_check_url(const char *text, char *err, size_t errlen)
         text[n - 1] == '/') {
         snprintf(err, errlen,
                  "must be an http:// or https:// URL of at most 200 characters without a trailing /");
+        return -1;
+    }
+    return 0;
+}
+
+static int s_check_evm_address(const char *text, char *err, size_t errlen)
+{
+    fb_addr_t a;
+    if (text[0] && fb_addr_parse(&a, text, strlen(text)) != 0) {
+        snprintf(err, errlen, "must be 0x and 40 hex digits (a valid EIP-55 checksum when mixed case)");
+        return -1;
+    }
+    return 0;
+}
+
+static int s_check_solana_address(const char *text, char *err, size_t errlen)
+{
+    fb_sol_key_t k;
+    if (text[0] && fb_sol_key_parse(&k, text, strlen(text)) != 0) {
+        snprintf(err, errlen, "must be a base58 Solana address");
         return -1;
     }
     return 0;
@@ -77,6 +99,12 @@ static const fb_config_var_t s_vars[] = {
      "wall-clock limit of one provider call, streams included"},
     {"FAREBOX_UPSTREAM_CONNECT_MS", FB_CFG_INT, "10000", 100, 600000, NULL, NULL,
      "limit on connecting to a provider"},
+    {"FAREBOX_PAY_TO_EVM", FB_CFG_STRING, "", 0, 0, NULL, s_check_evm_address,
+     "x402: the address EVM payments go to (unset: EVM networks are not quoted)"},
+    {"FAREBOX_PAY_TO_SOLANA", FB_CFG_STRING, "", 0, 0, NULL, s_check_solana_address,
+     "x402: the wallet Solana payments go to (its USDC account receives them; unset: not quoted)"},
+    {"FAREBOX_X402_TIMEOUT_S", FB_CFG_INT, "300", 10, 3600, NULL, NULL,
+     "x402: maxTimeoutSeconds of a quote (how long a signed payment may take to arrive)"},
     {"FAREBOX_STOP_GRACE_MS", FB_CFG_INT, "10000", 0, 600000, NULL, NULL,
      "on SIGTERM, how long requests in flight may take to finish"},
 };
@@ -177,6 +205,15 @@ int main(int argc, char **argv)
             up->mock = true;
         }
     }
+    const char *pay_evm = fb_config_str(cfg, "FAREBOX_PAY_TO_EVM");
+    if (pay_evm[0]) {
+        fb_addr_t a;
+        fb_addr_parse(&a, pay_evm, strlen(pay_evm));
+        fb_addr_checksum(edge.pay_to_evm, &a);
+    }
+    snprintf(edge.pay_to_solana, sizeof(edge.pay_to_solana), "%s",
+             fb_config_str(cfg, "FAREBOX_PAY_TO_SOLANA"));
+    edge.x402_timeout_s = fb_config_int(cfg, "FAREBOX_X402_TIMEOUT_S");
     edge.upstream_timeout_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_UPSTREAM_TIMEOUT_MS");
     edge.upstream_connect_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_UPSTREAM_CONNECT_MS");
     fb_log(FB_LOG_INFO, NULL, "providers", "openai=%s anthropic=%s", edge.upstream[0].base_url,

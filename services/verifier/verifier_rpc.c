@@ -178,6 +178,25 @@ static void s_settle(void *arg, fb_rpc_call_t *call)
     s_handle(arg, call, true);
 }
 
+/* The networks this verifier serves with their assets and scheme extras:
+ * what a resource server (the edge) needs to quote a price. */
+static void s_networks(void *arg, fb_rpc_call_t *call)
+{
+    verifier_t *v = arg;
+    json_t *nets = json_array();
+    if (v->evm.caip2[0])
+        json_array_append_new(nets, json_pack("{ss ss ss sb s{ss ss}}", "network", v->evm.caip2, "family",
+                                              "evm", "asset", v->evm.token_text, "settles", v->evm.has_key,
+                                              "extra", "name", v->evm.name, "version", v->evm.version));
+    if (v->svm.caip2[0]) {
+        json_t *extra = v->svm.has_key ? json_pack("{ss}", "feePayer", v->svm.fee_payer_text) : json_object();
+        json_array_append_new(nets, json_pack("{ss ss ss sb so}", "network", v->svm.caip2, "family", "solana",
+                                              "asset", v->svm.mint_text, "settles", v->svm.has_key, "extra",
+                                              extra));
+    }
+    s_reply_json(&call, json_pack("{so}", "networks", nets));
+}
+
 /* The kinds this verifier serves: exact, v2 (CAIP-2) and v1 (names). */
 static void s_supported(void *arg, fb_rpc_call_t *call)
 {
@@ -261,6 +280,7 @@ static void s_verify_message(void *arg, fb_rpc_call_t *call)
 void verifier_rpc_register(fb_rpc_server_t *server, verifier_t *v)
 {
     fb_rpc_server_handle(server, "verifier.verify", s_verify, v);
+    fb_rpc_server_handle(server, "verifier.networks", s_networks, v);
     fb_rpc_server_handle(server, "verifier.settle", s_settle, v);
     fb_rpc_server_handle(server, "verifier.supported", s_supported, v);
     fb_rpc_server_handle(server, "verifier.verify_message", s_verify_message, v);

@@ -1,0 +1,216 @@
+// x402_paid.test.mjs - pay-per-call on the paid routes with x402: a call
+// without credentials gets 402 and a PAYMENT-REQUIRED quote for both
+// networks (the call's ceiling); the official @x402/fetch client with
+// @x402/evm pays a chat completion on anvil and with @x402/svm one on
+// surfpool: 200, PAYMENT-RESPONSE, the tokens moved on chain by exactly the
+// quote. A stream carries PAYMENT-RESPONSE in its headers. The same payment
+// header replayed, and 50 concurrent copies of a fresh one: one call served,
+// one transfer. A call whose provider fails is not settled. Ends with the
+// ledger's audit.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import crypto from "node:crypto";
+import { encodeFunctionData, parseAbi } from "viem";
+import { privateKeyToAccount } from "viem/accounts";
+import { address, createKeyPairSignerFromBytes, createSolanaRpc, getBase58Encoder } from "@solana/kit";
+import { TOKEN_PROGRAM_ADDRESS, findAssociatedTokenPda } from "@solana-program/token";
+import { x402Client, x402HTTPClient } from "@x402/core/client";
+import { registerExactEvmScheme } from "@x402/evm/exact/client";
+import { ExactSvmScheme } from "@x402/svm/exact/client";
+import { wrapFetchWithPayment } from "@x402/fetch";
+import { Proc, bin, freePort, startService } from "../lib/harness.mjs";
+import { startPostgres } from "../lib/pg.mjs";
+import { startChains, ethRpc } from "../lib/chains.mjs";
+import { RpcClient } from "../lib/rpc.mjs";
+
+let pg, chains, evm, sol, solRpc, ledger, verifier, edge, mock, url, ledgerRpc, evmTreasury, solTreasury;
+const erc20 = parseAbi(["function balanceOf(address) view returns (uint256)"]);
+const balance = (who) => ethRpc(evm.rpcUrl, "eth_call", [{ to: evm.token,
+  data: encodeFunctionData({ abi: erc20, functionName: "balanceOf", args: [who] }) }, "latest"]).then(BigInt);
+const tokens = async (owner) => {
+  const [ata] = await findAssociatedTokenPda({ mint: address(sol.mint), owner: address(owner), tokenProgram: TOKEN_PROGRAM_ADDRESS });
+  return BigInt((await solRpc.getTokenAccountBalance(ata).send()).value.amount);
+};
+const json = { "content-type": "application/json" };
+const chat = (content, extra = {}) => JSON.stringify({ model: "gpt-4o-mini", max_tokens: 8,
+  messages: [{ role: "user", content }], ...extra });
+
+function evmClient(i) {
+  const client = registerExactEvmScheme(new x402Client(), { signer: privateKeyToAccount(evm.accounts[i].privateKey) });
+  client.setSpendControls(false);
+  return client;
+}
+
+async function quoteOf(body) {
+  const r = await fetch(`${url}/v1/chat/completions`, { method: "POST", headers: json, body });
+  assert.equal(r.status, 402);
+  return { r, required: JSON.parse(Buffer.from(r.headers.get("payment-required"), "base64").toString()),
+    body: await r.json() };
+}
+
+/** A PAYMENT-SIGNATURE header made by the official client for this call's quote. */
+async function paymentHeader(client, body) {
+  const { required } = await quoteOf(body);
+  const h = new x402HTTPClient(client);
+  const payload = await h.createPaymentPayload(required);
+  return h.encodePaymentSignatureHeader(payload)["PAYMENT-SIGNATURE"];
+}
+
+async function audit() {
+  const a = await ledgerRpc.call("ledger.audit", {});
+  assert.equal(a.body.ok, true, JSON.stringify(a.body.checks.filter((c) => !c.ok)));
+}
+
+before(async () => {
+  pg = await startPostgres();
+  const db = pg.createDatabase("x402_paid");
+  chains = await startChains({ solana: true });
+  evm = chains.evm;
+  sol = chains.solana;
+  solRpc = createSolanaRpc(sol.rpcUrl);
+  evmTreasury = evm.accounts[8].address;
+  solTreasury = sol.wallets[2].address; // an owner whose associated token account exists
+  const lp = await freePort(), vp = await freePort(), mp = await freePort(), hp = await freePort();
+  mock = new Proc(bin("farebox-mock-model"), [], { env: { FAREBOX_MOCK_LISTEN: `127.0.0.1:${mp}` }, name: "mock" });
+  await mock.waitForMsg("mock model listening");
+  ledger = await startService("ledger", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${lp}`, FAREBOX_DATABASE_URL: db.url,
+    FAREBOX_KEY_HMAC_SECRET: crypto.randomBytes(32).toString("hex") });
+  verifier = await startService("verifier", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${vp}`,
+    FAREBOX_LEDGER_ENDPOINT: `tcp://127.0.0.1:${lp}`, FAREBOX_EVM_NETWORK: evm.network, FAREBOX_EVM_RPC_URLS: evm.rpcUrl,
+    FAREBOX_EVM_TOKEN: evm.token, FAREBOX_SETTLEMENT_KEY: evm.deployer.privateKey,
+    FAREBOX_SOLANA_NETWORK: sol.x402Network, FAREBOX_SOLANA_RPC_URLS: sol.rpcUrl, FAREBOX_SOLANA_MINT: sol.mint,
+    FAREBOX_SOLANA_FEE_PAYER_KEY: sol.payer.secretKey, FAREBOX_SETTLE_WAIT_MS: "15000" });
+  edge = await startService("edge", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`,
+    FAREBOX_HTTP_LISTEN: `127.0.0.1:${hp}`, FAREBOX_LEDGER_ENDPOINT: `tcp://127.0.0.1:${lp}`,
+    FAREBOX_VERIFIER_ENDPOINT: `tcp://127.0.0.1:${vp}`, FAREBOX_MOCK_MODEL_URL: `http://127.0.0.1:${mp}`,
+    FAREBOX_PAY_TO_EVM: evmTreasury, FAREBOX_PAY_TO_SOLANA: solTreasury });
+  url = `http://127.0.0.1:${hp}`;
+  ledgerRpc = new RpcClient(ledger.endpoint);
+});
+
+after(async () => {
+  ledgerRpc?.close();
+  for (const p of [edge, verifier, ledger, mock]) if (p) {
+    const { code } = await p.stop();
+    assert.equal(code, 0, `${p.name} exited ${code}\n${p.tail()}`);
+  }
+  await chains?.stop();
+  await pg?.stop();
+});
+
+test("no credentials: 402 with a quote for both networks, the call's ceiling", async () => {
+  const body = chat("quote me");
+  const { required, body: err } = await quoteOf(body);
+  assert.equal(required.x402Version, 2);
+  assert.equal(required.resource.url, `${url}/v1/chat/completions`);
+  assert.deepEqual(required.accepts.map((a) => a.network).sort(), [evm.network, sol.x402Network].sort());
+  // ceil(body bytes x 0.15 USD/Mtok) + ceil(8 tokens x 0.60 USD/Mtok), in micro-USDC
+  const ceiling = Math.ceil(Buffer.byteLength(body) * 150000 / 1e6) + Math.ceil(8 * 600000 / 1e6);
+  for (const a of required.accepts) assert.equal(a.amount, String(ceiling));
+  const e = required.accepts.find((a) => a.network === evm.network);
+  assert.equal(e.payTo, evmTreasury);
+  assert.equal(e.asset, evm.token);
+  assert.deepEqual(e.extra, { name: "USDC", version: "2" });
+  const s = required.accepts.find((a) => a.network === sol.x402Network);
+  assert.equal(s.payTo, solTreasury);
+  assert.equal(s.extra.feePayer, sol.payer.address);
+  assert.equal(err.error.code, "payment_required");
+  assert.equal(err.error.accepts.length, 2);
+});
+
+test("@x402/fetch with @x402/evm pays a chat completion on anvil, and a stream", async () => {
+  const payer = privateKeyToAccount(evm.accounts[0].privateKey);
+  const paidFetch = wrapFetchWithPayment(fetch, evmClient(0));
+  const body = chat("pay me [mock:tokens=5]");
+  const { required } = await quoteOf(body);
+  const amount = BigInt(required.accepts[0].amount);
+  const before = await balance(payer.address), tBefore = await balance(evmTreasury);
+  const r = await paidFetch(`${url}/v1/chat/completions`, { method: "POST", headers: json, body });
+  assert.equal(r.status, 200, await r.clone().text());
+  const doc = await r.json();
+  assert.equal(doc.choices[0].message.content, "The mock model says hello ");
+  const receipt = JSON.parse(Buffer.from(r.headers.get("payment-response"), "base64").toString());
+  assert.equal(receipt.success, true);
+  assert.equal(receipt.network, evm.network);
+  assert.equal(receipt.payer, payer.address);
+  assert.equal((await ethRpc(evm.rpcUrl, "eth_getTransactionReceipt", [receipt.transaction])).status, "0x1");
+  assert.equal(await balance(payer.address), before - amount);
+  assert.equal(await balance(evmTreasury), tBefore + amount);
+
+  const sbody = chat("stream [mock:tokens=3]", { stream: true });
+  const s = await paidFetch(`${url}/v1/chat/completions`, { method: "POST", headers: json, body: sbody });
+  assert.equal(s.status, 200);
+  assert.equal(s.headers.get("content-type"), "text/event-stream");
+  assert.equal(JSON.parse(Buffer.from(s.headers.get("payment-response"), "base64").toString()).success, true);
+  const text = await s.text();
+  assert.match(text, /"content":"The "/);
+  assert.ok(text.trimEnd().endsWith("data: [DONE]"));
+  await audit();
+});
+
+test("one payment buys one call: a replay, and 50 concurrent copies of a fresh header", async () => {
+  const payer = privateKeyToAccount(evm.accounts[1].privateKey);
+  const body = chat("once");
+  const header = await paymentHeader(evmClient(1), body);
+  const before = await balance(payer.address);
+  const send = () => fetch(`${url}/v1/chat/completions`, { method: "POST",
+    headers: { ...json, "payment-signature": header }, body });
+  const first = await send();
+  assert.equal(first.status, 200, await first.clone().text());
+  const amount = before - await balance(payer.address);
+  assert.ok(amount > 0n);
+  const replay = await send();
+  assert.equal(replay.status, 402);
+  assert.equal((await replay.json()).error.code, "payment_invalid");
+  assert.ok(replay.headers.get("payment-required"), "a refused payment gets a fresh quote");
+
+  const fresh = await paymentHeader(evmClient(1), body);
+  const mid = await balance(payer.address);
+  const results = await Promise.all(Array.from({ length: 50 }, () => fetch(`${url}/v1/chat/completions`,
+    { method: "POST", headers: { ...json, "payment-signature": fresh }, body })));
+  const statuses = results.map((r) => r.status);
+  assert.equal(statuses.filter((s) => s === 200).length, 1, JSON.stringify(statuses));
+  assert.equal(statuses.filter((s) => s === 402).length, 49);
+  assert.equal(await balance(payer.address), mid - amount, "one transfer");
+  await audit();
+});
+
+test("@x402/fetch with @x402/svm pays a chat completion on surfpool", async () => {
+  const wallet = sol.wallets[0];
+  const signer = await createKeyPairSignerFromBytes(getBase58Encoder().encode(wallet.secretKey));
+  const client = new x402Client();
+  client.register("solana:*", new ExactSvmScheme(signer, { rpcUrl: sol.rpcUrl }));
+  client.setSpendControls(false);
+  const paidFetch = wrapFetchWithPayment(fetch, client);
+  const body = chat("solana [mock:tokens=2]");
+  const { required } = await quoteOf(body);
+  const amount = BigInt(required.accepts[0].amount);
+  const before = await tokens(wallet.address), tBefore = await tokens(solTreasury);
+  const r = await paidFetch(`${url}/v1/chat/completions`, { method: "POST", headers: json, body });
+  assert.equal(r.status, 200, await r.clone().text());
+  assert.equal((await r.json()).choices[0].message.content, "The mock ");
+  const receipt = JSON.parse(Buffer.from(r.headers.get("payment-response"), "base64").toString());
+  assert.equal(receipt.network, sol.x402Network);
+  assert.equal(receipt.payer, wallet.address);
+  assert.equal(await tokens(wallet.address), before - amount);
+  assert.equal(await tokens(solTreasury), tBefore + amount);
+  await audit();
+});
+
+test("a call whose provider fails is not settled, and its payment cannot be used again", async () => {
+  const payer = privateKeyToAccount(evm.accounts[2].privateKey);
+  const body = chat("[mock:fail=500]");
+  const header = await paymentHeader(evmClient(2), body);
+  const before = await balance(payer.address);
+  const r = await fetch(`${url}/v1/chat/completions`, { method: "POST", headers: { ...json, "payment-signature": header }, body });
+  assert.equal(r.status, 502);
+  assert.equal((await r.json()).error.code, "upstream_error");
+  assert.equal(await balance(payer.address), before, "nothing moved");
+  const again = await fetch(`${url}/v1/chat/completions`, { method: "POST", headers: { ...json, "payment-signature": header }, body });
+  assert.equal(again.status, 402);
+  // a header that is not a payment
+  const junk = await fetch(`${url}/v1/chat/completions`, { method: "POST", headers: { ...json, "payment-signature": "bm90IGpzb24=" }, body });
+  assert.equal(junk.status, 402);
+  assert.equal((await junk.json()).error.code, "payment_invalid");
+  await audit();
+});
