@@ -882,22 +882,8 @@ static void s_quote(s_chat_t *c, const char *code, const char *reason, const cha
 {
     char desc[200];
     snprintf(desc, sizeof(desc), "%s call", c->model->id);
-    json_t *q = edge_x402_quote(c->w->x402, c->hold_micro, c->resource_url, desc,
-                                reason ? reason : "payment required");
-    if (!q) {
-        s_refuse(c, 503, "unavailable", NULL,
-                 "no payment network can be quoted now (the verifier settles none)");
-        return;
-    }
-    h2o_iovec_t v = edge_x402_header_value(c->req, q);
-    h2o_add_header_by_str(&c->req->pool, &c->req->res.headers, H2O_STRLIT("payment-required"), 0, NULL,
-                          v.base, v.len);
-    json_t *details = json_pack("{sO sO sO}", "x402Version", json_object_get(q, "x402Version"), "resource",
-                                json_object_get(q, "resource"), "accepts", json_object_get(q, "accepts"));
-    if (reason)
-        json_object_set_new(details, "reason", json_string(reason));
-    json_decref(q);
-    s_refuse(c, 402, code, details, message);
+    edge_x402_send_quote(c->w->x402, c->req, c->dialect, c->hold_micro, c->resource_url, desc, code, reason,
+                         message);
 }
 
 static void s_on_verified(void *arg, const fb_rpc_reply_t *reply)
@@ -988,11 +974,7 @@ static void s_pay(s_chat_t *c)
     c->x402 = true;
     if (pay.base)
         c->pay_header = fb_strndup(pay.base, pay.len);
-    char url[700];
-    snprintf(url, sizeof(url), "%.*s://%.*s%.*s", (int)req->scheme->name.len, req->scheme->name.base,
-             (int)(req->authority.len > 200 ? 200 : req->authority.len), req->authority.base,
-             (int)(req->path.len > 400 ? 400 : req->path.len), req->path.base);
-    c->resource_url = fb_strdup(url);
+    c->resource_url = edge_x402_resource_url(req);
     c->pending++;
     edge_x402_when_ready(c->w->x402, s_on_x402_ready, c);
 }

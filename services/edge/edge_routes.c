@@ -4,6 +4,7 @@
 #include "edge_auth.h"
 #include "edge_catalog.h"
 #include "edge_chat.h"
+#include "edge_topup.h"
 #include "edge_facilitator.h"
 #include "edge_reply.h"
 #include "edge_worker.h"
@@ -211,7 +212,7 @@ static const s_route_t s_routes[] = {
     {"/v1/models", "GET", s_models},
     {"/v1/pricing", "GET", s_pricing},
     {"/api/v1/prompt", "POST", edge_chat_prompt},
-    {"/v1/topup", "POST", s_not_implemented},
+    {"/v1/topup", "POST", edge_topup},
     {"/v1/balance", "GET", edge_balance},
     {"/admin/", "*", edge_admin},
     {"/facilitator/verify", "POST", edge_facilitator_verify},

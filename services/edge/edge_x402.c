@@ -218,6 +218,35 @@ json_t *edge_x402_requirements(edge_x402_t *self, const char *header, size_t len
     return out;
 }
 
+void edge_x402_send_quote(edge_x402_t *self, h2o_req_t *req, int dialect, int64_t amount, const char *url,
+                          const char *description, const char *code, const char *reason, const char *message)
+{
+    json_t *q = edge_x402_quote(self, amount, url, description, reason ? reason : "payment required");
+    if (!q) {
+        edge_error(req, (edge_dialect_t)dialect, 503, "unavailable", NULL,
+                   "no payment network can be quoted now (the verifier settles none)");
+        return;
+    }
+    h2o_iovec_t v = edge_x402_header_value(req, q);
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("payment-required"), 0, NULL, v.base,
+                          v.len);
+    json_t *details = json_pack("{sO sO sO}", "x402Version", json_object_get(q, "x402Version"), "resource",
+                                json_object_get(q, "resource"), "accepts", json_object_get(q, "accepts"));
+    if (reason)
+        json_object_set_new(details, "reason", json_string(reason));
+    json_decref(q);
+    edge_error(req, (edge_dialect_t)dialect, 402, code, details, "%s", message);
+}
+
+char *edge_x402_resource_url(h2o_req_t *req)
+{
+    char url[700];
+    snprintf(url, sizeof(url), "%.*s://%.*s%.*s", (int)req->scheme->name.len, req->scheme->name.base,
+             (int)(req->authority.len > 200 ? 200 : req->authority.len), req->authority.base,
+             (int)(req->path.len > 400 ? 400 : req->path.len), req->path.base);
+    return fb_strdup(url);
+}
+
 h2o_iovec_t edge_x402_header_value(h2o_req_t *req, const json_t *doc)
 {
     char *b64 = fb_x402_encode_header(doc);

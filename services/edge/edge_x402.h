@@ -49,6 +49,17 @@ json_t *edge_x402_requirements(edge_x402_t *self, const char *header, size_t len
                                const char *url, const char *description, int *version, char *err,
                                size_t errlen);
 
+/* edge_x402_send_quote - answer 402 with code (payment_required,
+ * payment_invalid) and message in the caller's dialect, a PAYMENT-REQUIRED
+ * quote for amount, and the quote's fields in the error (reason, when given,
+ * too). Answers 503 when no network can be quoted. */
+void edge_x402_send_quote(edge_x402_t *self, h2o_req_t *req, int dialect, int64_t amount, const char *url,
+                          const char *description, const char *code, const char *reason, const char *message);
+
+/* edge_x402_resource_url - the URL a quote names for this request:
+ * scheme://authority/path (caller frees). */
+char *edge_x402_resource_url(h2o_req_t *req);
+
 /* edge_x402_header_value - base64 of doc's compact JSON, copied into the
  * request's pool. */
 h2o_iovec_t edge_x402_header_value(h2o_req_t *req, const json_t *doc);

@@ -7,6 +7,8 @@
  *   keys           edge_auth.c: API keys through the ledger, /v1/balance
  *   admin          edge_admin.c: the operator's API under /admin/, answered by the ledger
  *   paid calls     edge_chat.c: chat completions, messages, prompt: key, hold, provider, commit
+ *   x402           edge_x402.c: quotes, requirements (pay-per-call and topups)
+ *   topups         edge_topup.c: POST /v1/topup credits an account from an x402 payment
  *   providers      edge_upstream.c (libcurl on the loop), edge_sse.c, edge_translate.c
  *   facilitator    edge_facilitator.c: the x402 facilitator API, answered by the verifier
  *   workers        edge_worker.c: one loop per thread, each with RPC clients

@@ -59,6 +59,19 @@ void verifier_result_key(verifier_result_t *res, json_t *key, int64_t amount_mic
     res->amount_micro = amount_micro;
 }
 
+void verifier_result_recorded(verifier_result_t *res, const msgpack_object *view)
+{
+    const msgpack_object *id = fb_mp_get(view, "authorization_id");
+    if (id && id->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+        res->authorization_id = (int64_t)id->via.u64;
+    const char *r;
+    size_t n;
+    if (fb_mp_str(fb_mp_get(view, "resource"), &r, &n) && n < sizeof(res->recorded_resource)) {
+        memcpy(res->recorded_resource, r, n);
+        res->recorded_resource[n] = '\0';
+    }
+}
+
 void verifier_ledger_call(verifier_t *v, const char *method, json_t *body, bool write, const char *trace,
                           fb_rpc_done_fn *cb, void *arg)
 {

@@ -73,7 +73,8 @@ typedef struct {
     /* a valid verify: the authorization's key in the ledger, and its terms */
     char auth_network[96], auth_payer[100], auth_nonce[130], pay_to[100];
     int64_t amount_micro;
-    int64_t authorization_id; /* verify with record: the ledger's id */
+    int64_t authorization_id;    /* verify with record: the ledger's id; or the earlier record's */
+    char recorded_resource[256]; /* refused as already accepted: what the earlier record was for */
 } verifier_result_t;
 
 typedef void(verifier_done_fn)(void *arg, const verifier_result_t *result);
@@ -81,6 +82,10 @@ typedef void(verifier_done_fn)(void *arg, const verifier_result_t *result);
 /* verifier_result_key - note a valid payment's ledger key (network, payer,
  * nonce: a map as the ledger takes it, borrowed) and terms in res. */
 void verifier_result_key(verifier_result_t *res, json_t *key, int64_t amount_micro, const char *pay_to);
+
+/* verifier_result_recorded - note the ledger's earlier record of a payment
+ * (an authorization view: authorization_id, resource) in res. */
+void verifier_result_recorded(verifier_result_t *res, const msgpack_object *view);
 
 /* verifier_verify / verifier_settle - check (and settle) a payment against
  * requirements. payload and requirements are borrowed JSON documents; done

@@ -274,9 +274,10 @@ static void s_on_simulation(void *arg, json_t *result, const char *error, int64_
 static void s_on_ledger_auth(void *arg, const fb_rpc_reply_t *reply)
 {
     s_job_t *j = arg;
-    if (reply->ok)
+    if (reply->ok) {
         j->used_ledger = true;
-    else if (strcmp(reply->code, "authorization_not_found") != 0)
+        verifier_result_recorded(&j->res, reply->body);
+    } else if (strcmp(reply->code, "authorization_not_found") != 0)
         s_rpc_error(j, "ledger", reply->message);
     s_step_done(j);
 }

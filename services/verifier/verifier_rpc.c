@@ -83,6 +83,7 @@ static void s_on_recorded(void *arg, const fb_rpc_reply_t *reply)
         r->authorization_id = id && id->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? (int64_t)id->via.u64 : 0;
     } else if (strcmp(reply->code, "authorization_used") == 0) {
         r->ok = false;
+        verifier_result_recorded(r, reply->body);
         r->reason = strncmp(r->auth_network, "solana:", 7) == 0 ? "duplicate_settlement"
                                                                 : "invalid_exact_evm_nonce_already_used";
         snprintf(r->message, sizeof(r->message), "farebox has already accepted this payment");
@@ -130,6 +131,11 @@ static void s_answer(s_pending_t *pend, const verifier_result_t *r)
         out = json_pack("{sb ss ss}", "isValid", r->ok, "payer", r->payer, "network", r->network);
         if (r->ok && pend->record)
             json_object_set_new(out, "authorizationId", json_integer(r->authorization_id));
+        if (!r->ok && pend->record && r->authorization_id) {
+            /* refused as already accepted: which record, for what */
+            json_object_set_new(out, "authorizationId", json_integer(r->authorization_id));
+            json_object_set_new(out, "authorizationResource", json_string(r->recorded_resource));
+        }
         if (!r->ok) {
             json_object_set_new(out, "invalidReason",
                                 json_string(r->reason ? r->reason : "unexpected_verify_error"));

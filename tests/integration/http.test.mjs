@@ -110,9 +110,9 @@ test("unknown routes, wrong methods and unbuilt routes answer clear JSON errors"
   const bad = get(`http://127.0.0.1:${httpPort}/v1/chat/completions`, ["-X", "POST", "-d", "{}"]);
   assert.equal(bad.status, 400);
   assert.equal(JSON.parse(bad.body).error.code, "invalid_request");
-  const ni = get(`http://127.0.0.1:${httpPort}/v1/topup`, ["-X", "POST", "-d", "{}"]);
-  assert.equal(ni.status, 501);
-  assert.equal(JSON.parse(ni.body).error.code, "not_implemented");
+  const off = get(`http://127.0.0.1:${httpPort}/v1/topup`, ["-X", "POST", "-d", "{}"]);
+  assert.equal(off.status, 503, "no treasury configured: topups are off");
+  assert.equal(JSON.parse(off.body).error.code, "unavailable");
 });
 
 test("/readyz is ready with the ledger and verifier, unready without the ledger, ready again when it is back", async () => {

@@ -84,6 +84,23 @@ test("./scripts/run starts everything, writes run.env, stops on SIGTERM and keep
   assert.equal(bal.status, 200);
   assert.equal((await bal.json()).available_micro, 0);
 
+  // the demo key was funded through a topup and pays a call, as the banner prints it
+  assert.match(env.FAREBOX_DEMO_KEY, /^fbx_/);
+  assert.match(env.FAREBOX_DEMO_PAYER_KEY, /^0x[0-9a-f]{64}$/);
+  const demoAuth = { authorization: `Bearer ${env.FAREBOX_DEMO_KEY}`, "content-type": "application/json" };
+  const demoBal = await (await fetch(`${env.FAREBOX_URL}/v1/balance`, { headers: demoAuth })).json();
+  assert.equal(demoBal.available_micro, 5000000);
+  const banner = first.lines.map((e) => e.line).join("\n");
+  assert.ok(banner.includes(env.FAREBOX_DEMO_KEY), "the banner prints the demo key");
+  const demoCall = spawnSync("curl", ["-sS", `${env.FAREBOX_URL}/v1/chat/completions`, "-H", `Authorization: Bearer ${env.FAREBOX_DEMO_KEY}`,
+    "-H", "content-type: application/json", "-d", '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello"}]}'],
+    { encoding: "utf8" });
+  assert.match(JSON.parse(demoCall.stdout).choices[0].message.content, /mock model/);
+  const unpaid = await fetch(`${env.FAREBOX_URL}/v1/chat/completions`, { method: "POST",
+    headers: { "content-type": "application/json" }, body: '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}' });
+  assert.equal(unpaid.status, 402);
+  assert.ok(unpaid.headers.get("payment-required"));
+
   // the dev chains answer, with the test token deployed
   const code = await fetch(env.FAREBOX_EVM_RPC_URL, { method: "POST", headers: { "content-type": "application/json" },
     body: JSON.stringify({ jsonrpc: "2.0", id: 1, method: "eth_getCode", params: [env.FAREBOX_EVM_TOKEN, "latest"] }) });
@@ -124,6 +141,7 @@ test("./scripts/run starts everything, writes run.env, stops on SIGTERM and keep
     const again = readEnv(path.join(state, "run.env"));
     assert.equal(again.FAREBOX_ADMIN_TOKEN, env.FAREBOX_ADMIN_TOKEN, "dev secrets are kept");
     assert.equal(again.FAREBOX_EVM_TOKEN, env.FAREBOX_EVM_TOKEN);
+    assert.equal(again.FAREBOX_DEMO_KEY, env.FAREBOX_DEMO_KEY, "the demo key is kept");
     second.signal("SIGTERM");
     const r = await second.exited;
     assert.equal(r.code, 0);

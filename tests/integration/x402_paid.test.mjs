@@ -5,8 +5,10 @@
 // surfpool: 200, PAYMENT-RESPONSE, the tokens moved on chain by exactly the
 // quote. A stream carries PAYMENT-RESPONSE in its headers. The same payment
 // header replayed, and 50 concurrent copies of a fresh one: one call served,
-// one transfer. A call whose provider fails is not settled. Ends with the
-// ledger's audit.
+// one transfer. A call whose provider fails is not settled. /v1/topup: an
+// x402 payment credits the key's account once (a retry answers the same
+// credit; a call's payment cannot be reused), and the key then pays calls.
+// Ends with the ledger's audit.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import crypto from "node:crypto";
@@ -23,6 +25,8 @@ import { startPostgres } from "../lib/pg.mjs";
 import { startChains, ethRpc } from "../lib/chains.mjs";
 import { RpcClient } from "../lib/rpc.mjs";
 
+const ADMIN = crypto.randomBytes(24).toString("hex");
+const HMAC = crypto.randomBytes(32).toString("hex");
 let pg, chains, evm, sol, solRpc, ledger, verifier, edge, mock, url, ledgerRpc, evmTreasury, solTreasury;
 const erc20 = parseAbi(["function balanceOf(address) view returns (uint256)"]);
 const balance = (who) => ethRpc(evm.rpcUrl, "eth_call", [{ to: evm.token,
@@ -74,7 +78,7 @@ before(async () => {
   mock = new Proc(bin("farebox-mock-model"), [], { env: { FAREBOX_MOCK_LISTEN: `127.0.0.1:${mp}` }, name: "mock" });
   await mock.waitForMsg("mock model listening");
   ledger = await startService("ledger", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${lp}`, FAREBOX_DATABASE_URL: db.url,
-    FAREBOX_KEY_HMAC_SECRET: crypto.randomBytes(32).toString("hex") });
+    FAREBOX_KEY_HMAC_SECRET: HMAC });
   verifier = await startService("verifier", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${vp}`,
     FAREBOX_LEDGER_ENDPOINT: `tcp://127.0.0.1:${lp}`, FAREBOX_EVM_NETWORK: evm.network, FAREBOX_EVM_RPC_URLS: evm.rpcUrl,
     FAREBOX_EVM_TOKEN: evm.token, FAREBOX_SETTLEMENT_KEY: evm.deployer.privateKey,
@@ -83,7 +87,8 @@ before(async () => {
   edge = await startService("edge", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`,
     FAREBOX_HTTP_LISTEN: `127.0.0.1:${hp}`, FAREBOX_LEDGER_ENDPOINT: `tcp://127.0.0.1:${lp}`,
     FAREBOX_VERIFIER_ENDPOINT: `tcp://127.0.0.1:${vp}`, FAREBOX_MOCK_MODEL_URL: `http://127.0.0.1:${mp}`,
-    FAREBOX_PAY_TO_EVM: evmTreasury, FAREBOX_PAY_TO_SOLANA: solTreasury });
+    FAREBOX_PAY_TO_EVM: evmTreasury, FAREBOX_PAY_TO_SOLANA: solTreasury, FAREBOX_ADMIN_TOKEN: ADMIN,
+    FAREBOX_KEY_HMAC_SECRET: HMAC });
   url = `http://127.0.0.1:${hp}`;
   ledgerRpc = new RpcClient(ledger.endpoint);
 });
@@ -212,5 +217,61 @@ test("a call whose provider fails is not settled, and its payment cannot be used
   const junk = await fetch(`${url}/v1/chat/completions`, { method: "POST", headers: { ...json, "payment-signature": "bm90IGpzb24=" }, body });
   assert.equal(junk.status, 402);
   assert.equal((await junk.json()).error.code, "payment_invalid");
+  await audit();
+});
+
+test("/v1/topup: an x402 payment credits the key's account once; the key then pays calls", async () => {
+  const admin = { authorization: `Bearer ${ADMIN}`, ...json };
+  const acct = await (await fetch(`${url}/admin/accounts`, { method: "POST", headers: admin, body: "{}" })).json();
+  const minted = await (await fetch(`${url}/admin/accounts/${acct.account_id}/keys`, { method: "POST", headers: admin,
+    body: "{}" })).json();
+  const auth = { authorization: `Bearer ${minted.key}`, ...json };
+  const body = JSON.stringify({ amount_micro: 250000 });
+  const topup = (headers) => fetch(`${url}/v1/topup`, { method: "POST", headers: { ...auth, ...headers }, body });
+
+  const unpaid = await topup({});
+  assert.equal(unpaid.status, 402);
+  const required = JSON.parse(Buffer.from(unpaid.headers.get("payment-required"), "base64").toString());
+  assert.ok(required.accepts.every((a) => a.amount === "250000"));
+  assert.equal((await topup({ "content-type": "text/plain" }).then((r) => r.status)), 402);
+  const bad = await fetch(`${url}/v1/topup`, { method: "POST", headers: auth, body: JSON.stringify({ amount_micro: 0 }) });
+  assert.equal(bad.status, 400);
+
+  // the official client pays the quote; the account is credited once
+  const payer = privateKeyToAccount(evm.accounts[3].privateKey);
+  const before = await balance(payer.address);
+  const h = new x402HTTPClient(evmClient(3));
+  const header = h.encodePaymentSignatureHeader(await h.createPaymentPayload(required))["PAYMENT-SIGNATURE"];
+  const r = await topup({ "payment-signature": header });
+  assert.equal(r.status, 200, await r.clone().text());
+  const credited = await r.json();
+  assert.equal(credited.amount_micro, 250000);
+  assert.equal(credited.duplicate, false);
+  assert.equal(credited.available_micro, 250000);
+  assert.equal(JSON.parse(Buffer.from(r.headers.get("payment-response"), "base64").toString()).success, true);
+  assert.equal(await balance(payer.address), before - 250000n);
+  // the same request again (a lost answer): the same credit, nothing moves
+  const again = await topup({ "payment-signature": header });
+  assert.equal(again.status, 200);
+  assert.equal((await again.json()).duplicate, true);
+  assert.equal(await balance(payer.address), before - 250000n);
+  const bal = await (await fetch(`${url}/v1/balance`, { headers: auth })).json();
+  assert.equal(bal.available_micro, 250000);
+
+  // a payment made for a call cannot top up
+  const callBody = chat("for a call");
+  const callHeader = await paymentHeader(evmClient(4), callBody);
+  assert.equal((await fetch(`${url}/v1/chat/completions`, { method: "POST",
+    headers: { ...json, "payment-signature": callHeader }, body: callBody })).status, 200);
+  const reuse = await fetch(`${url}/v1/topup`, { method: "POST", headers: { ...auth, "payment-signature": callHeader },
+    body: JSON.stringify({ amount_micro: Number(JSON.parse(Buffer.from(callHeader, "base64").toString()).accepted.amount) }) });
+  assert.equal(reuse.status, 402);
+  assert.equal((await reuse.json()).error.code, "payment_invalid");
+
+  // the topped-up key pays a call from its balance
+  const paid = await fetch(`${url}/v1/chat/completions`, { method: "POST", headers: auth, body: chat("on balance") });
+  assert.equal(paid.status, 200);
+  const after = await (await fetch(`${url}/v1/balance`, { headers: auth })).json();
+  assert.ok(after.available_micro < 250000 && after.available_micro > 0);
   await audit();
 });
