@@ -46,6 +46,8 @@ struct edge_t {
     char pay_to_evm[64];              /* x402 payTo on EVM networks, or "" */
     char pay_to_solana[64];           /* ... on Solana, or "" */
     int64_t x402_timeout_s;           /* maxTimeoutSeconds of a quote */
+    struct edge_limit_t *limits;      /* rate limits and in-flight caps, shared by the workers */
+    int64_t key_concurrency;          /* the in-flight cap per key (0: none) */
     edge_worker_t **workers;
 };
 

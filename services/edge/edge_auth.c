@@ -1,6 +1,7 @@
 /* edge_auth - API key authentication through the ledger, and /v1/balance. */
 #include "edge_auth.h"
 #include "edge_catalog.h"
+#include "edge_limit.h"
 #include "edge_reply.h"
 #include "fb_apikey.h"
 #include "fb_codec.h"
@@ -43,7 +44,22 @@ bool edge_bearer_matches(h2o_req_t *req, const uint8_t token_sha256[32])
 typedef struct {
     edge_key_fn *done;
     void *arg;
+    edge_limit_t *limits;
 } s_lookup_t;
+
+void edge_retry_after(h2o_req_t *req, int64_t ms)
+{
+    char v[24];
+    int n = snprintf(v, sizeof(v), "%lld", (long long)(ms <= 0 ? 1 : (ms + 999) / 1000));
+    fb_http_set_header(req, "retry-after", v, (size_t)n);
+}
+
+void edge_key_error(h2o_req_t *req, int dialect, const edge_key_t *k)
+{
+    if (k->status == 429)
+        edge_retry_after(req, k->retry_after_ms);
+    edge_error(req, (edge_dialect_t)dialect, k->status, k->code, NULL, "%s", k->message);
+}
 
 static void s_refuse(edge_key_fn *done, void *arg, int status, const char *code, const char *message)
 {
@@ -57,6 +73,7 @@ static void s_on_lookup(void *arg, const fb_rpc_reply_t *reply)
     s_lookup_t *l = arg;
     edge_key_fn *done = l->done;
     void *darg = l->arg;
+    edge_limit_t *limits = l->limits;
     free(l);
     if (!reply->ok) {
         if (strcmp(reply->code, "key_not_found") == 0)
@@ -74,6 +91,15 @@ static void s_on_lookup(void *arg, const fb_rpc_reply_t *reply)
         k.status = 401;
         k.code = "key_revoked";
         snprintf(k.message, sizeof(k.message), "the API key was revoked");
+    } else if (limits) {
+        int64_t wait = edge_limit_take(limits, 1, &k.key_id, sizeof(k.key_id), fb_mono_ms());
+        if (wait > 0) {
+            k.status = 429;
+            k.code = "rate_limited";
+            k.retry_after_ms = wait;
+            snprintf(k.message, sizeof(k.message),
+                     "this API key is sending too many requests; retry in %lld ms", (long long)wait);
+        }
     }
     done(darg, &k);
     json_decref(k.view);
@@ -104,6 +130,7 @@ void edge_auth_key(edge_worker_t *w, h2o_req_t *req, const char *rid, edge_key_f
     s_lookup_t *l = fb_calloc(1, sizeof(*l));
     l->done = done;
     l->arg = arg;
+    l->limits = edge->limits;
     edge_rpc_json(w->ledger, "ledger.lookup_key", json_pack("{ss}", "hmac", hex), NULL, rid,
                   LOOKUP_DEADLINE_MS, s_on_lookup, l);
 }
@@ -116,7 +143,7 @@ static void s_balance_done(void *arg, const edge_key_t *k)
     h2o_req_t *req = guard->req;
     if (req) {
         if (k->status != 200) {
-            edge_error(req, EDGE_OPENAI, k->status, k->code, NULL, "%s", k->message);
+            edge_key_error(req, EDGE_OPENAI, k);
         } else {
             json_t *v = k->view;
             json_t *doc = json_pack(

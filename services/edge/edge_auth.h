@@ -16,6 +16,7 @@ typedef struct {
     char message[256];
     json_t *view; /* the ledger's key view and balances (valid during the callback) */
     int64_t key_id, account_id;
+    int64_t retry_after_ms; /* 429 rate_limited: when the key may call again */
 } edge_key_t;
 
 typedef void(edge_key_fn)(void *arg, const edge_key_t *key);
@@ -28,6 +29,13 @@ int edge_request_key(h2o_req_t *req, h2o_iovec_t *key);
  * once, perhaps before this returns (a missing or malformed key is refused
  * without a round trip). */
 void edge_auth_key(edge_worker_t *w, h2o_req_t *req, const char *rid, edge_key_fn *done, void *arg);
+
+/* edge_key_error - answer a refused key (k->status != 200) in dialect, with
+ * Retry-After when it was rate limited. */
+void edge_key_error(h2o_req_t *req, int dialect, const edge_key_t *k);
+
+/* edge_retry_after - set Retry-After to ms rounded up to whole seconds. */
+void edge_retry_after(h2o_req_t *req, int64_t ms);
 
 /* edge_bearer_matches - "Authorization: Bearer <token>" whose SHA-256 is
  * token_sha256 (compared in constant time). */

@@ -2,6 +2,7 @@
 #include "edge_chat.h"
 #include "edge_auth.h"
 #include "edge_catalog.h"
+#include "edge_limit.h"
 #include "edge_reply.h"
 #include "edge_sse.h"
 #include "edge_translate.h"
@@ -84,6 +85,7 @@ struct s_chat {
     bool started, sending, final_queued, final_sent;
     fb_buf_t out, flight; /* stream bytes waiting, and on their way */
     int pending;          /* ledger calls in flight */
+    bool entered;         /* counted in the key's calls in flight */
 };
 
 /* --- lifetime ------------------------------------------------------------------------ */
@@ -93,6 +95,8 @@ static void s_maybe_free(s_chat_t *c)
     if (c->req || c->call || c->pending)
         return;
     c->w->active_requests--;
+    if (c->entered)
+        edge_limit_leave(c->w->edge->limits, c->key_id);
     free(c->up_body);
     free(c->anthropic_version);
     free(c->anthropic_beta);
@@ -862,12 +866,19 @@ static void s_on_key(void *arg, const edge_key_t *k)
         return;
     }
     if (k->status != 200) {
-        s_refuse(c, k->status, k->code, NULL, k->message);
+        edge_key_error(c->req, c->dialect, k);
     } else if (!s_model_allowed(c, json_object_get(k->view, "models"))) {
         s_set_error(c, 403, "model_not_allowed", json_pack("{ss}", "model", c->model->id),
                     "this API key may not use model %s", c->model->id);
         s_send_error(c);
+    } else if (!edge_limit_enter(c->w->edge->limits, k->key_id)) {
+        edge_retry_after(c->req, 1000);
+        s_set_error(c, 429, "rate_limited", NULL,
+                    "this API key has %lld calls in flight, its limit; retry shortly",
+                    (long long)c->w->edge->key_concurrency);
+        s_send_error(c);
     } else {
+        c->entered = true;
         c->account_id = k->account_id;
         c->key_id = k->key_id;
         s_hold(c);

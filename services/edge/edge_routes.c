@@ -4,6 +4,7 @@
 #include "edge_auth.h"
 #include "edge_catalog.h"
 #include "edge_chat.h"
+#include "edge_limit.h"
 #include "edge_topup.h"
 #include "edge_facilitator.h"
 #include "edge_reply.h"
@@ -239,6 +240,39 @@ static bool s_method_matches(const s_route_t *r, h2o_iovec_t method)
     return fb_streq_n(method.base, method.len, r->method);
 }
 
+/* The client IP's token bucket; health checks and metrics are not counted.
+ * Returns true when the request may go on (else 429 was answered). */
+static bool s_ip_allowed(edge_worker_t *w, h2o_req_t *req, h2o_iovec_t path)
+{
+    if (h2o_memis(path.base, path.len, H2O_STRLIT("/healthz")) ||
+        h2o_memis(path.base, path.len, H2O_STRLIT("/readyz")) ||
+        h2o_memis(path.base, path.len, H2O_STRLIT("/metrics")))
+        return true;
+    struct sockaddr_storage sa;
+    socklen_t salen = req->conn->callbacks->get_peername(req->conn, (struct sockaddr *)&sa);
+    const void *ip = NULL;
+    size_t iplen = 0;
+    if (sa.ss_family == AF_INET && salen >= sizeof(struct sockaddr_in)) {
+        ip = &((struct sockaddr_in *)&sa)->sin_addr;
+        iplen = 4;
+    } else if (sa.ss_family == AF_INET6 && salen >= sizeof(struct sockaddr_in6)) {
+        ip = &((struct sockaddr_in6 *)&sa)->sin6_addr;
+        iplen = 16;
+    }
+    if (!ip)
+        return true;
+    int64_t wait = edge_limit_take(w->edge->limits, 0, ip, iplen, fb_mono_ms());
+    if (wait == 0)
+        return true;
+    edge_retry_after(req, wait);
+    edge_dialect_t d = h2o_memis(path.base, path.len, H2O_STRLIT("/v1/messages"))     ? EDGE_ANTHROPIC
+                       : h2o_memis(path.base, path.len, H2O_STRLIT("/api/v1/prompt")) ? EDGE_CHAT402
+                                                                                      : EDGE_OPENAI;
+    edge_error(req, d, 429, "rate_limited", NULL, "too many requests from this address; retry in %lld ms",
+               (long long)wait);
+    return false;
+}
+
 static int s_on_req(h2o_handler_t *handler, h2o_req_t *req)
 {
     FB_UNUSED(handler);
@@ -246,6 +280,8 @@ static int s_on_req(h2o_handler_t *handler, h2o_req_t *req)
     s_track(w, req);
     const char *rid = s_request_id(w, req);
     h2o_iovec_t path = req->path_normalized;
+    if (!s_ip_allowed(w, req, path))
+        return 0;
     const s_route_t *path_match = NULL;
     for (size_t i = 0; i < FB_ARRAY_SIZE(s_routes); i++) {
         const s_route_t *r = &s_routes[i];

@@ -216,7 +216,7 @@ static void s_on_key(void *arg, const edge_key_t *k)
     if (!req) {
         s_free(t);
     } else if (k->status != 200) {
-        edge_error(req, EDGE_OPENAI, k->status, k->code, NULL, "%s", k->message);
+        edge_key_error(req, EDGE_OPENAI, k);
         s_free(t);
     } else {
         t->account_id = k->account_id;

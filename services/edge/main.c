@@ -9,12 +9,14 @@
  *   paid calls     edge_chat.c: chat completions, messages, prompt: key, hold, provider, commit
  *   x402           edge_x402.c: quotes, requirements (pay-per-call and topups)
  *   topups         edge_topup.c: POST /v1/topup credits an account from an x402 payment
+ *   limits         edge_limit.c: token buckets per IP and per key, in-flight calls per key
  *   providers      edge_upstream.c (libcurl on the loop), edge_sse.c, edge_translate.c
  *   facilitator    edge_facilitator.c: the x402 facilitator API, answered by the verifier
  *   workers        edge_worker.c: one loop per thread, each with RPC clients
  *   stop           SIGTERM stops accepting, waits for requests in flight */
 #include "edge.h"
 #include "edge_catalog.h"
+#include "edge_limit.h"
 #include "edge_routes.h"
 #include "edge_worker.h"
 #include "fb_apikey.h"
@@ -107,6 +109,14 @@ static const fb_config_var_t s_vars[] = {
      "x402: the wallet Solana payments go to (its USDC account receives them; unset: not quoted)"},
     {"FAREBOX_X402_TIMEOUT_S", FB_CFG_INT, "300", 10, 3600, NULL, NULL,
      "x402: maxTimeoutSeconds of a quote (how long a signed payment may take to arrive)"},
+    {"FAREBOX_RATE_IP_PER_S", FB_CFG_INT, "100", 0, 1000000, NULL, NULL,
+     "requests per second one client IP may make, sustained (0: no limit)"},
+    {"FAREBOX_RATE_IP_BURST", FB_CFG_INT, "200", 1, 10000000, NULL, NULL, "... and in a burst"},
+    {"FAREBOX_RATE_KEY_PER_S", FB_CFG_INT, "50", 0, 1000000, NULL, NULL,
+     "requests per second one API key may make, sustained (0: no limit)"},
+    {"FAREBOX_RATE_KEY_BURST", FB_CFG_INT, "100", 1, 10000000, NULL, NULL, "... and in a burst"},
+    {"FAREBOX_KEY_CONCURRENCY", FB_CFG_INT, "64", 0, 1000000, NULL, NULL,
+     "paid calls one API key may have in flight at once (0: no cap)"},
     {"FAREBOX_STOP_GRACE_MS", FB_CFG_INT, "10000", 0, 600000, NULL, NULL,
      "on SIGTERM, how long requests in flight may take to finish"},
 };
@@ -216,6 +226,12 @@ int main(int argc, char **argv)
     snprintf(edge.pay_to_solana, sizeof(edge.pay_to_solana), "%s",
              fb_config_str(cfg, "FAREBOX_PAY_TO_SOLANA"));
     edge.x402_timeout_s = fb_config_int(cfg, "FAREBOX_X402_TIMEOUT_S");
+    edge.key_concurrency = fb_config_int(cfg, "FAREBOX_KEY_CONCURRENCY");
+    edge.limits = edge_limit_new((edge_bucket_conf_t){fb_config_int(cfg, "FAREBOX_RATE_IP_PER_S"),
+                                                      fb_config_int(cfg, "FAREBOX_RATE_IP_BURST")},
+                                 (edge_bucket_conf_t){fb_config_int(cfg, "FAREBOX_RATE_KEY_PER_S"),
+                                                      fb_config_int(cfg, "FAREBOX_RATE_KEY_BURST")},
+                                 edge.key_concurrency);
     edge.upstream_timeout_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_UPSTREAM_TIMEOUT_MS");
     edge.upstream_connect_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_UPSTREAM_CONNECT_MS");
     fb_log(FB_LOG_INFO, NULL, "providers", "openai=%s anthropic=%s", edge.upstream[0].base_url,
@@ -250,6 +266,7 @@ int main(int argc, char **argv)
         SSL_CTX_free(edge.tls);
     h2o_config_dispose(&edge.h2o);
     edge_catalog_free(&edge.catalog);
+    edge_limit_destroy(&edge.limits);
     fb_service_destroy(&edge.service);
     return code;
 }

@@ -5,8 +5,9 @@
 // (each part rounded up), or the documented conservative count when a stream
 // reports none; a client leaving mid-stream pays the input and what was
 // produced; every refused or failed call charges nothing and surfaces as the
-// SDK's own exception; the same calls over HTTP/2 (h2c). Ends with the
-// ledger's audit.
+// SDK's own exception; rate limits per IP and per key and the in-flight cap
+// per key answer 429 with Retry-After; the same calls over HTTP/2 (h2c). Ends
+// with the ledger's audit.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import crypto from "node:crypto";
@@ -23,7 +24,8 @@ const PRICES = { // micro-USDC per million tokens, as the built-in catalog says
   "gpt-4o-mini": [150000, 600000],
   "claude-3-5-haiku-20241022": [800000, 4000000],
 };
-let pg, ledger, verifier, edge, mock, url, ledgerRpc;
+let pg, ledger, verifier, edge, mock, url, ledgerRpc, lp, vp, mp;
+const extraEdges = [];
 const admin = { authorization: `Bearer ${ADMIN}`, "content-type": "application/json" };
 
 async function call(method, p, body, headers = admin) {
@@ -88,7 +90,10 @@ async function audit() {
 before(async () => {
   pg = await startPostgres();
   const db = pg.createDatabase("paid");
-  const lp = await freePort(), vp = await freePort(), mp = await freePort(), hp = await freePort();
+  lp = await freePort();
+  vp = await freePort();
+  mp = await freePort();
+  const hp = await freePort();
   mock = new Proc(bin("farebox-mock-model"), [], { env: { FAREBOX_MOCK_LISTEN: `127.0.0.1:${mp}` }, name: "mock" });
   await mock.waitForMsg("mock model listening");
   ledger = await startService("ledger", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${lp}`, FAREBOX_DATABASE_URL: db.url,
@@ -105,7 +110,7 @@ before(async () => {
 
 after(async () => {
   ledgerRpc?.close();
-  for (const p of [edge, verifier, ledger, mock]) if (p) {
+  for (const p of [...extraEdges, edge, verifier, ledger, mock]) if (p) {
     const { code } = await p.stop();
     assert.equal(code, 0, `${p.name} exited ${code}\n${p.tail()}`);
   }
@@ -392,5 +397,54 @@ test("HTTP/2 (h2c): the same paid calls, whole and streamed", async () => {
   const list = await settled(id);
   assert.equal(list[1].committed_micro, cost("gpt-4o-mini", doc.usage.prompt_tokens, 3));
   assert.equal(list[0].committed_micro, cost("claude-3-5-haiku-20241022", usage.prompt_tokens, 4));
+  await audit();
+});
+
+async function startEdge(env) {
+  const port = await freePort();
+  const p = await startService("edge", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`,
+    FAREBOX_HTTP_LISTEN: `127.0.0.1:${port}`, FAREBOX_LEDGER_ENDPOINT: `tcp://127.0.0.1:${lp}`,
+    FAREBOX_VERIFIER_ENDPOINT: `tcp://127.0.0.1:${vp}`, FAREBOX_ADMIN_TOKEN: ADMIN, FAREBOX_KEY_HMAC_SECRET: HMAC,
+    FAREBOX_MOCK_MODEL_URL: `http://127.0.0.1:${mp}`, ...env });
+  extraEdges.push(p);
+  return `http://127.0.0.1:${port}`;
+}
+
+test("rate limits per IP and per key, and the in-flight cap per key: 429 with Retry-After, nothing charged", async () => {
+  // per IP: a burst of 2, then one a second; health checks are not counted
+  const ipEdge = await startEdge({ FAREBOX_RATE_IP_PER_S: "1", FAREBOX_RATE_IP_BURST: "2" });
+  const codes = [];
+  for (let i = 0; i < 3; i++) codes.push((await fetch(`${ipEdge}/v1/models`)).status);
+  assert.deepEqual(codes, [200, 200, 429]);
+  const limited = await fetch(`${ipEdge}/v1/models`);
+  assert.equal(limited.status, 429);
+  assert.ok(Number(limited.headers.get("retry-after")) >= 1);
+  assert.equal((await limited.json()).error.code, "rate_limited");
+  assert.equal((await fetch(`${ipEdge}/healthz`)).status, 200);
+  const anthropicShape = await fetch(`${ipEdge}/v1/messages`, { method: "POST", body: "{}" });
+  assert.equal((await anthropicShape.json()).error.type, "rate_limit_error");
+
+  // per key: one call in flight at once, and a bucket of 3
+  const { id, key } = await account(10_000_000);
+  const keyEdge = await startEdge({ FAREBOX_RATE_IP_PER_S: "0", FAREBOX_RATE_KEY_PER_S: "1", FAREBOX_RATE_KEY_BURST: "3",
+    FAREBOX_KEY_CONCURRENCY: "1" });
+  const openai = new OpenAI({ baseURL: `${keyEdge}/v1`, apiKey: key, maxRetries: 0 });
+  const slow = await openai.chat.completions.create({ model: "gpt-4o-mini", stream: true, max_tokens: 100,
+    messages: [{ role: "user", content: "[mock:tokens=100][mock:rate=20]" }] });
+  const it = slow[Symbol.asyncIterator]();
+  await it.next();
+  await assert.rejects(openai.chat.completions.create({ model: "gpt-4o-mini", messages: [{ role: "user", content: "x" }] }),
+    (e) => e instanceof OpenAI.RateLimitError && e.code === "rate_limited" && Number(e.headers.get("retry-after")) >= 1);
+  await it.return();
+  // the bucket: 3 requests, then 429 until a token comes back
+  let refused;
+  for (let i = 0; i < 4 && !refused; i++) {
+    const r = await fetch(`${keyEdge}/v1/balance`, { headers: { authorization: `Bearer ${key}` } });
+    if (r.status === 429) refused = r;
+  }
+  assert.ok(refused, "the key's bucket ran out");
+  assert.ok(Number(refused.headers.get("retry-after")) >= 1);
+  const list = await settled(id);
+  assert.equal(list.length, 1, "only the call that ran held money");
   await audit();
 });

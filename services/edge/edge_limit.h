@@ -1,0 +1,41 @@
+/* edge_limit - the edge's limits on callers, shared by every worker thread:
+ * token buckets per client IP and per API key (a refused request answers 429
+ * rate_limited with Retry-After), and a cap on the paid calls one key has in
+ * flight at once.
+ *
+ * Buckets live in a fixed table of slots keyed by a hash of the caller
+ * (an IP address, or a key id); a slot is reused by another caller once its
+ * bucket has refilled completely, so the memory is bounded whatever the
+ * number of callers. Slots are guarded by striped mutexes. */
+#ifndef EDGE_LIMIT_H
+#define EDGE_LIMIT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct edge_limit_t edge_limit_t;
+
+typedef struct {
+    int64_t per_s; /* tokens added per second; 0 turns the bucket off */
+    int64_t burst; /* bucket size */
+} edge_bucket_conf_t;
+
+/* edge_limit_new - Returns the limits (caller owns them). key_concurrency 0
+ * turns the in-flight cap off. */
+edge_limit_t *edge_limit_new(edge_bucket_conf_t ip, edge_bucket_conf_t key, int64_t key_concurrency);
+void edge_limit_destroy(edge_limit_t **self_p);
+
+/* edge_limit_take - take one token from the bucket of who (len bytes; kind 0
+ * for an IP address, 1 for a key) at now_ms. Returns 0 when allowed, or the
+ * milliseconds until a token will be there. */
+int64_t edge_limit_take(edge_limit_t *self, int kind, const void *who, size_t len, int64_t now_ms);
+
+/* edge_limit_enter - count one more call in flight for key_id. Returns true
+ * when under the cap (then edge_limit_leave must follow), false when full. */
+bool edge_limit_enter(edge_limit_t *self, int64_t key_id);
+void edge_limit_leave(edge_limit_t *self, int64_t key_id);
+
+int edge_limit_test(bool verbose);
+
+#endif
