@@ -3,6 +3,7 @@
 #include "edge_auth.h"
 #include "edge_catalog.h"
 #include "edge_limit.h"
+#include "edge_metrics.h"
 #include "edge_reply.h"
 #include "edge_sse.h"
 #include "edge_translate.h"
@@ -97,6 +98,8 @@ static void s_maybe_free(s_chat_t *c)
     c->w->active_requests--;
     if (c->entered)
         edge_limit_leave(c->w->edge->limits, c->key_id);
+    if (c->started)
+        edge_metrics_streams(-1);
     free(c->up_body);
     free(c->anthropic_version);
     free(c->anthropic_beta);
@@ -224,6 +227,7 @@ static void s_start_stream(s_chat_t *c)
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-cache"));
     s_set_pay_response(c);
     c->started = true;
+    edge_metrics_streams(1);
     h2o_start_response(req, &c->super);
 }
 
@@ -284,7 +288,11 @@ static void s_on_money(void *arg, const fb_rpc_reply_t *reply)
     if (!reply->ok) {
         fb_log(FB_LOG_ERROR, c->rid, "could not resolve the hold; it will expire and be released",
                "hold_id=%" PRId64 " code=%s message=%s", c->hold_id, reply->code, reply->message);
-    } else if (c->charged_micro > 0) {
+    } else {
+        edge_metrics_money(EDGE_MONEY_COMMITTED, c->charged_micro);
+        edge_metrics_money(EDGE_MONEY_RELEASED, c->hold_micro - c->charged_micro);
+    }
+    if (reply->ok && c->charged_micro > 0) {
         fb_log(FB_LOG_DEBUG, c->rid, "charged", "hold_id=%" PRId64 " amount_micro=%" PRId64, c->hold_id,
                c->charged_micro);
     }
@@ -335,6 +343,7 @@ static void s_on_settled(void *arg, const fb_rpc_reply_t *reply)
                             (reason && strcmp(reason, "settlement_pending") == 0 && tx && tx[0]));
     if (ok) {
         c->settled = true;
+        edge_metrics_money(EDGE_MONEY_X402, c->hold_micro);
         json_t *resp = json_pack("{sb ss ss ss}", "success", 1, "transaction", tx ? tx : "", "network",
                                  network ? network : "", "payer", payer ? payer : "");
         c->pay_response = fb_x402_encode_header(resp);
@@ -797,6 +806,7 @@ static void s_on_hold(void *arg, const fb_rpc_reply_t *reply)
     if (reply->ok) {
         c->hold_id = json_integer_value(json_object_get(body, "hold_id"));
         json_decref(body);
+        edge_metrics_money(EDGE_MONEY_HELD, c->hold_micro);
         if (!c->req) {
             s_resolve(c, -1, NULL); /* the client left while the hold was made */
         } else if (c->hold_id <= 0) {

@@ -1,5 +1,6 @@
 /* edge_reply - JSON answers and errors in the caller's dialect. */
 #include "edge_reply.h"
+#include "edge_metrics.h"
 #include "fb_http.h"
 #include "fb_msgpack.h"
 #include "fb_util.h"
@@ -122,9 +123,27 @@ bool edge_id_text_ok(h2o_iovec_t v)
     return true;
 }
 
+/* A call in flight, timed for the metrics. */
+typedef struct {
+    fb_rpc_done_fn *done;
+    void *arg;
+    const void *client;
+    int64_t t0_us;
+} s_timed_t;
+
+static void s_timed_done(void *arg, const fb_rpc_reply_t *reply)
+{
+    s_timed_t t = *(s_timed_t *)arg;
+    free(arg);
+    edge_metrics_rpc(t.client, fb_mono_us() - t.t0_us);
+    t.done(t.arg, reply);
+}
+
 void edge_rpc_json(fb_rpc_client_t *client, const char *method, json_t *doc, const char *idem,
                    const char *trace, uint32_t deadline_ms, fb_rpc_done_fn *done, void *arg)
 {
+    s_timed_t *t = fb_malloc(sizeof(*t));
+    *t = (s_timed_t){done, arg, client, fb_mono_us()};
     msgpack_sbuffer sb;
     msgpack_sbuffer_init(&sb);
     if (doc) {
@@ -134,7 +153,7 @@ void edge_rpc_json(fb_rpc_client_t *client, const char *method, json_t *doc, con
         json_decref(doc);
     }
     fb_rpc_call_opts_t o = {.method = method, .idem = idem, .trace = trace, .deadline_ms = deadline_ms};
-    fb_rpc_client_call(client, &o, sb.data, sb.size, done, arg);
+    fb_rpc_client_call(client, &o, sb.data, sb.size, s_timed_done, t);
     msgpack_sbuffer_destroy(&sb);
 }
 

@@ -5,6 +5,7 @@
 #include "edge_catalog.h"
 #include "edge_chat.h"
 #include "edge_limit.h"
+#include "edge_metrics.h"
 #include "edge_topup.h"
 #include "edge_facilitator.h"
 #include "edge_reply.h"
@@ -62,18 +63,27 @@ static const char *s_request_id(edge_worker_t *w, h2o_req_t *req)
  * h2o is done with the request. */
 typedef struct {
     edge_worker_t *worker;
+    h2o_req_t *req;
+    int route; /* index in s_routes, -1 for none */
+    int64_t t0_us;
 } s_active_t;
 
 static void s_active_dispose(void *p)
 {
-    ((s_active_t *)p)->worker->active_requests--;
+    s_active_t *a = p;
+    a->worker->active_requests--;
+    edge_metrics_request(a->route, a->req->res.status, fb_mono_us() - a->t0_us);
 }
 
-static void s_track(edge_worker_t *w, h2o_req_t *req)
+static s_active_t *s_track(edge_worker_t *w, h2o_req_t *req)
 {
     s_active_t *a = h2o_mem_alloc_shared(&req->pool, sizeof(*a), s_active_dispose);
     a->worker = w;
+    a->req = req;
+    a->route = -1;
+    a->t0_us = fb_mono_us();
     w->active_requests++;
+    return a;
 }
 
 /* --- JSON answers ---------------------------------------------------------------- */
@@ -219,7 +229,7 @@ static const s_route_t s_routes[] = {
     {"/facilitator/verify", "POST", edge_facilitator_verify},
     {"/facilitator/settle", "POST", edge_facilitator_settle},
     {"/facilitator/supported", "GET", edge_facilitator_supported},
-    {"/metrics", "GET", s_not_implemented},
+    {"/metrics", "GET", edge_metrics_serve},
     {"/openapi.json", "GET", s_not_implemented},
 };
 
@@ -277,7 +287,7 @@ static int s_on_req(h2o_handler_t *handler, h2o_req_t *req)
 {
     FB_UNUSED(handler);
     edge_worker_t *w = edge_worker_of(req->conn->ctx);
-    s_track(w, req);
+    s_active_t *active = s_track(w, req);
     const char *rid = s_request_id(w, req);
     h2o_iovec_t path = req->path_normalized;
     if (!s_ip_allowed(w, req, path))
@@ -288,6 +298,7 @@ static int s_on_req(h2o_handler_t *handler, h2o_req_t *req)
         if (!s_path_matches(r, path))
             continue;
         path_match = r;
+        active->route = (int)i;
         if (s_method_matches(r, req->method))
             return r->fn(w, req, rid);
     }
@@ -304,6 +315,10 @@ static int s_on_req(h2o_handler_t *handler, h2o_req_t *req)
 
 void edge_routes_register(edge_t *edge)
 {
+    const char *names[FB_ARRAY_SIZE(s_routes)];
+    for (size_t i = 0; i < FB_ARRAY_SIZE(s_routes); i++)
+        names[i] = s_routes[i].path;
+    edge_metrics_routes(names, (int)FB_ARRAY_SIZE(s_routes));
     h2o_hostconf_t *host = h2o_config_register_host(&edge->h2o, h2o_iovec_init(H2O_STRLIT("default")), 65535);
     h2o_pathconf_t *path = h2o_config_register_path(host, "/", 0);
     h2o_handler_t *h = h2o_create_handler(path, sizeof(*h));

@@ -17,6 +17,7 @@
  * while the transfer was pending, just retries. */
 #include "edge_topup.h"
 #include "edge_auth.h"
+#include "edge_metrics.h"
 #include "edge_reply.h"
 #include "edge_x402.h"
 #include "fb_log.h"

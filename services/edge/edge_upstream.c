@@ -1,5 +1,6 @@
 /* edge_upstream - provider calls on libcurl multi. */
 #include "edge_upstream.h"
+#include "edge_metrics.h"
 #include "fb_curlm.h"
 #include "fb_util.h"
 
@@ -17,6 +18,8 @@ struct edge_call_t {
     void *arg;
     long status;
     bool aborted; /* on_data asked to stop */
+    edge_provider_t provider;
+    int64_t t0_us;
 };
 
 static size_t s_on_write(char *ptr, size_t size, size_t n, void *userdata)
@@ -57,6 +60,8 @@ static void s_on_done(void *arg, CURL *easy, CURLcode cc)
         result = EDGE_CALL_FAILED;
         snprintf(why, sizeof(why), "%s", curl_easy_strerror(cc));
     }
+    edge_metrics_upstream(c->provider, fb_mono_us() - c->t0_us,
+                          result == EDGE_CALL_OK && status >= 200 && status <= 299);
     edge_call_fn_t fn = c->fn;
     void *fn_arg = c->arg;
     s_free(c);
@@ -79,6 +84,8 @@ edge_call_t *edge_call_start(edge_worker_t *w, edge_provider_t provider, const c
     const edge_upstream_conf_t *up = &w->edge->upstream[provider];
     edge_call_t *c = fb_calloc(1, sizeof(*c));
     c->w = w;
+    c->provider = provider;
+    c->t0_us = fb_mono_us();
     c->fn = *fn;
     c->arg = arg;
     c->body = fb_malloc(len + 1);

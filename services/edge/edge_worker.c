@@ -1,5 +1,6 @@
 /* edge_worker - per-loop HTTP serving and graceful stop. */
 #include "edge_worker.h"
+#include "edge_metrics.h"
 #include "edge_x402.h"
 #include "fb_curlm.h"
 #include "fb_http.h"
@@ -99,12 +100,16 @@ edge_worker_t *edge_worker_new(edge_t *edge, int index, char *err, size_t errlen
     self->verifier = fb_service_client(edge->service, FB_PEER_VERIFIER, self->loop);
     self->curlm = fb_curlm_new(self->loop);
     self->x402 = edge_x402_new(self);
+    self->metrics = edge_metrics_new(self->ledger, self->verifier);
+    if (index == 0)
+        edge_metrics_bind(self->metrics); /* the first worker runs on the main thread */
     return self;
 }
 
 static void s_thread_main(void *arg)
 {
     edge_worker_t *self = arg;
+    edge_metrics_bind(self->metrics);
     uv_run(self->loop, UV_RUN_DEFAULT);
 }
 
@@ -142,6 +147,7 @@ void edge_worker_destroy(edge_worker_t **self_p)
     if (!self)
         return;
     edge_x402_destroy(&self->x402);
+    edge_metrics_destroy(&self->metrics);
     fb_rpc_client_destroy(&self->ledger);
     fb_rpc_client_destroy(&self->verifier);
     fb_curlm_destroy(&self->curlm);

@@ -448,3 +448,28 @@ test("rate limits per IP and per key, and the in-flight cap per key: 429 with Re
   assert.equal(list.length, 1, "only the call that ran held money");
   await audit();
 });
+
+test("/metrics: Prometheus text with requests, latencies, provider and RPC timings, and money that adds up", async () => {
+  const r = await fetch(`${url}/metrics`);
+  assert.equal(r.status, 200);
+  assert.equal(r.headers.get("content-type"), "text/plain; version=0.0.4");
+  const text = await r.text();
+  for (const line of text.split("\n").filter(Boolean)) {
+    assert.match(line, /^(# (HELP|TYPE) \w+ .+|\w+(\{[^}]*\})? [0-9.e+-]+)$/, line);
+  }
+  const value = (series) => {
+    const m = text.match(new RegExp(`^${series.replace(/[{}"/.+]/g, "\\$&")} (\\S+)$`, "m"));
+    return m ? Number(m[1]) : undefined;
+  };
+  assert.ok(value('farebox_edge_requests_total{route="/v1/chat/completions",status="200"}') > 10);
+  assert.ok(value('farebox_edge_requests_total{route="/v1/chat/completions",status="402"}') >= 1);
+  assert.ok(value('farebox_edge_request_duration_seconds_count{route="/v1/chat/completions"}') > 10);
+  assert.ok(value('farebox_edge_upstream_duration_seconds_count{provider="openai"}') > 5);
+  assert.ok(value('farebox_edge_upstream_failures_total{provider="openai"}') >= 3);
+  assert.ok(value('farebox_edge_rpc_duration_seconds_count{service="ledger"}') > 10);
+  assert.equal(value("farebox_edge_open_streams"), 0);
+  const held = value("farebox_edge_money_held_micro_total"), committed = value("farebox_edge_money_committed_micro_total"),
+    released = value("farebox_edge_money_released_micro_total");
+  assert.ok(committed > 0);
+  assert.equal(held, committed + released, "every micro-USDC held was charged or released");
+});

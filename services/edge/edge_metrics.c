@@ -1,0 +1,313 @@
+/* edge_metrics - per-worker counters, summed at scrape time. */
+#include "edge_metrics.h"
+#include "fb_http.h"
+#include "fb_util.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* histogram bounds in microseconds (le= in seconds) */
+static const int64_t s_bounds_us[] = {500,     1000,     2500,     5000,     10000,     25000,
+                                      50000,   100000,   250000,   500000,   1000000,   2500000,
+                                      5000000, 10000000, 30000000, 60000000, 120000000, 300000000};
+#define BUCKETS ((int)(sizeof(s_bounds_us) / sizeof(s_bounds_us[0])))
+
+/* statuses counted one by one; others count as "other" */
+static const int s_statuses[] = {0,   200, 201, 202, 400, 401, 402, 403, 404,
+                                 405, 409, 413, 429, 500, 501, 502, 503, 504};
+#define STATUSES ((int)(sizeof(s_statuses) / sizeof(s_statuses[0])))
+
+typedef struct {
+    uint64_t bucket[BUCKETS]; /* not cumulative: cumulated at scrape */
+    uint64_t count, sum_us;
+} s_hist_t;
+
+struct edge_metrics_t {
+    const void *ledger, *verifier;
+    uint64_t requests[EDGE_METRICS_ROUTES + 1][STATUSES + 1];
+    s_hist_t latency[EDGE_METRICS_ROUTES + 1];
+    s_hist_t upstream[2];
+    uint64_t upstream_failures[2];
+    s_hist_t rpc[2];
+    uint64_t money[EDGE_MONEY_KINDS];
+    int64_t open_streams;
+};
+
+static __thread edge_metrics_t *s_mine;
+static const char *s_route_names[EDGE_METRICS_ROUTES];
+static int s_route_count;
+
+#define ADD(field, v) __atomic_fetch_add(&(field), (v), __ATOMIC_RELAXED)
+#define GET(field)    __atomic_load_n(&(field), __ATOMIC_RELAXED)
+
+edge_metrics_t *edge_metrics_new(const void *ledger, const void *verifier)
+{
+    edge_metrics_t *self = fb_calloc(1, sizeof(*self));
+    self->ledger = ledger;
+    self->verifier = verifier;
+    return self;
+}
+
+void edge_metrics_destroy(edge_metrics_t **self_p)
+{
+    FB_ASSERT(self_p);
+    if (*self_p && s_mine == *self_p)
+        s_mine = NULL;
+    free(*self_p);
+    *self_p = NULL;
+}
+
+void edge_metrics_bind(edge_metrics_t *self)
+{
+    s_mine = self;
+}
+
+void edge_metrics_routes(const char *const *names, int count)
+{
+    s_route_count = count > EDGE_METRICS_ROUTES ? EDGE_METRICS_ROUTES : count;
+    for (int i = 0; i < s_route_count; i++)
+        s_route_names[i] = names[i];
+}
+
+static void s_observe(s_hist_t *h, int64_t us)
+{
+    if (us < 0)
+        us = 0;
+    int b = 0;
+    while (b < BUCKETS && us > s_bounds_us[b])
+        b++;
+    if (b < BUCKETS)
+        ADD(h->bucket[b], 1);
+    ADD(h->count, 1);
+    ADD(h->sum_us, (uint64_t)us);
+}
+
+void edge_metrics_request(int route, int status, int64_t us)
+{
+    edge_metrics_t *m = s_mine;
+    if (!m)
+        return;
+    if (route < 0 || route >= s_route_count)
+        route = EDGE_METRICS_ROUTES; /* other */
+    int s = STATUSES;
+    for (int i = 0; i < STATUSES; i++)
+        if (s_statuses[i] == status)
+            s = i;
+    ADD(m->requests[route][s], 1);
+    s_observe(&m->latency[route], us);
+}
+
+void edge_metrics_upstream(int provider, int64_t us, bool ok)
+{
+    edge_metrics_t *m = s_mine;
+    if (!m || provider < 0 || provider > 1)
+        return;
+    s_observe(&m->upstream[provider], us);
+    if (!ok)
+        ADD(m->upstream_failures[provider], 1);
+}
+
+void edge_metrics_rpc(const void *client, int64_t us)
+{
+    edge_metrics_t *m = s_mine;
+    if (!m)
+        return;
+    if (client == m->ledger)
+        s_observe(&m->rpc[0], us);
+    else if (client == m->verifier)
+        s_observe(&m->rpc[1], us);
+}
+
+void edge_metrics_money(edge_money_t kind, int64_t micro)
+{
+    edge_metrics_t *m = s_mine;
+    if (m && micro > 0 && kind < EDGE_MONEY_KINDS)
+        ADD(m->money[kind], (uint64_t)micro);
+}
+
+void edge_metrics_streams(int delta)
+{
+    edge_metrics_t *m = s_mine;
+    if (m)
+        ADD(m->open_streams, delta);
+}
+
+/* --- rendering ----------------------------------------------------------------------- */
+
+static void s_printf(fb_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void s_printf(fb_buf_t *b, const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        fb_buf_append(b, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+}
+
+static void s_sum_hist(s_hist_t *out, const s_hist_t *in)
+{
+    for (int i = 0; i < BUCKETS; i++)
+        out->bucket[i] += GET(in->bucket[i]);
+    out->count += GET(in->count);
+    out->sum_us += GET(in->sum_us);
+}
+
+static void s_hist(fb_buf_t *b, const char *name, const char *label, const char *value, const s_hist_t *h)
+{
+    uint64_t cum = 0;
+    for (int i = 0; i < BUCKETS; i++) {
+        cum += h->bucket[i];
+        s_printf(b, "%s_bucket{%s=\"%s\",le=\"%g\"} %" PRIu64 "\n", name, label, value, s_bounds_us[i] / 1e6,
+                 cum);
+    }
+    s_printf(b, "%s_bucket{%s=\"%s\",le=\"+Inf\"} %" PRIu64 "\n", name, label, value, h->count);
+    s_printf(b, "%s_sum{%s=\"%s\"} %.6f\n", name, label, value, h->sum_us / 1e6);
+    s_printf(b, "%s_count{%s=\"%s\"} %" PRIu64 "\n", name, label, value, h->count);
+}
+
+static void s_render(const edge_t *edge, fb_buf_t *b)
+{
+    static const char *money_names[EDGE_MONEY_KINDS] = {"held", "committed", "released", "x402_settled",
+                                                        "topup_credited"};
+    static const char *money_help[EDGE_MONEY_KINDS] = {
+        "micro-USDC held for prepaid calls", "micro-USDC charged from holds",
+        "micro-USDC returned from holds", "micro-USDC of x402 payments settled for calls",
+        "micro-USDC of topups credited"};
+    static const char *providers[2] = {"openai", "anthropic"};
+    static const char *services[2] = {"ledger", "verifier"};
+    uint64_t requests[EDGE_METRICS_ROUTES + 1][STATUSES + 1] = {{0}};
+    s_hist_t latency[EDGE_METRICS_ROUTES + 1], upstream[2], rpc[2];
+    memset(latency, 0, sizeof(latency));
+    memset(upstream, 0, sizeof(upstream));
+    memset(rpc, 0, sizeof(rpc));
+    uint64_t failures[2] = {0}, money[EDGE_MONEY_KINDS] = {0}, in_flight = 0;
+    int64_t streams = 0;
+    for (int w = 0; w < edge->worker_count; w++) {
+        edge_worker_t *wk = edge->workers[w];
+        if (!wk || !wk->metrics)
+            continue;
+        edge_metrics_t *m = wk->metrics;
+        for (int r = 0; r <= EDGE_METRICS_ROUTES; r++) {
+            for (int s = 0; s <= STATUSES; s++)
+                requests[r][s] += GET(m->requests[r][s]);
+            s_sum_hist(&latency[r], &m->latency[r]);
+        }
+        for (int p = 0; p < 2; p++) {
+            s_sum_hist(&upstream[p], &m->upstream[p]);
+            failures[p] += GET(m->upstream_failures[p]);
+            s_sum_hist(&rpc[p], &m->rpc[p]);
+        }
+        for (int k = 0; k < EDGE_MONEY_KINDS; k++)
+            money[k] += GET(m->money[k]);
+        streams += GET(m->open_streams);
+        in_flight += GET(wk->active_requests);
+    }
+    s_printf(b, "# HELP farebox_edge_requests_total HTTP requests answered, by route and status.\n"
+                "# TYPE farebox_edge_requests_total counter\n");
+    for (int r = 0; r <= EDGE_METRICS_ROUTES; r++) {
+        const char *route = r < s_route_count ? s_route_names[r] : "other";
+        if (r >= s_route_count && r != EDGE_METRICS_ROUTES)
+            continue;
+        for (int s = 0; s <= STATUSES; s++) {
+            if (!requests[r][s])
+                continue;
+            char status[8];
+            if (s < STATUSES)
+                snprintf(status, sizeof(status), "%d", s_statuses[s]);
+            else
+                snprintf(status, sizeof(status), "other");
+            s_printf(b, "farebox_edge_requests_total{route=\"%s\",status=\"%s\"} %" PRIu64 "\n", route,
+                     status, requests[r][s]);
+        }
+    }
+    s_printf(b, "# HELP farebox_edge_request_duration_seconds Time from a request to its end, by route.\n"
+                "# TYPE farebox_edge_request_duration_seconds histogram\n");
+    for (int r = 0; r <= EDGE_METRICS_ROUTES; r++) {
+        if (!latency[r].count || (r >= s_route_count && r != EDGE_METRICS_ROUTES))
+            continue;
+        s_hist(b, "farebox_edge_request_duration_seconds", "route",
+               r < s_route_count ? s_route_names[r] : "other", &latency[r]);
+    }
+    s_printf(b, "# HELP farebox_edge_upstream_duration_seconds Provider calls, start to end, by provider.\n"
+                "# TYPE farebox_edge_upstream_duration_seconds histogram\n");
+    for (int p = 0; p < 2; p++)
+        s_hist(b, "farebox_edge_upstream_duration_seconds", "provider", providers[p], &upstream[p]);
+    s_printf(b, "# HELP farebox_edge_upstream_failures_total Provider calls that failed (transport, timeout, "
+                "error status).\n# TYPE farebox_edge_upstream_failures_total counter\n");
+    for (int p = 0; p < 2; p++)
+        s_printf(b, "farebox_edge_upstream_failures_total{provider=\"%s\"} %" PRIu64 "\n", providers[p],
+                 failures[p]);
+    s_printf(b, "# HELP farebox_edge_rpc_duration_seconds Internal RPC calls, by service.\n"
+                "# TYPE farebox_edge_rpc_duration_seconds histogram\n");
+    for (int p = 0; p < 2; p++)
+        s_hist(b, "farebox_edge_rpc_duration_seconds", "service", services[p], &rpc[p]);
+    for (int k = 0; k < EDGE_MONEY_KINDS; k++)
+        s_printf(
+            b,
+            "# HELP farebox_edge_money_%s_micro_total %s.\n# TYPE farebox_edge_money_%s_micro_total counter\n"
+            "farebox_edge_money_%s_micro_total %" PRIu64 "\n",
+            money_names[k], money_help[k], money_names[k], money_names[k], money[k]);
+    s_printf(b,
+             "# HELP farebox_edge_open_streams Streams being answered now.\n# TYPE farebox_edge_open_streams "
+             "gauge\nfarebox_edge_open_streams %" PRId64 "\n",
+             streams);
+    s_printf(b,
+             "# HELP farebox_edge_requests_in_flight Requests received and not finished (paid calls until "
+             "their money is resolved).\n# TYPE farebox_edge_requests_in_flight gauge\n"
+             "farebox_edge_requests_in_flight %" PRIu64 "\n",
+             in_flight);
+}
+
+int edge_metrics_serve(edge_worker_t *w, h2o_req_t *req, const char *rid)
+{
+    FB_UNUSED(rid);
+    fb_buf_t b = {0};
+    s_render(w->edge, &b);
+    fb_http_send(req, 200, "text/plain; version=0.0.4", b.data, b.len);
+    fb_buf_free(&b);
+    return 0;
+}
+
+int edge_metrics_test(bool verbose)
+{
+    FB_UNUSED(verbose);
+    static const char *names[] = {"/v1/chat/completions", "/v1/models"};
+    edge_metrics_routes(names, 2);
+    int ledger, verifier;
+    edge_metrics_t *m = edge_metrics_new(&ledger, &verifier);
+    edge_worker_t wk = {.metrics = m};
+    edge_worker_t *workers[] = {&wk};
+    edge_t edge = {.worker_count = 1, .workers = workers};
+    edge_metrics_bind(m);
+    edge_metrics_request(0, 200, 700);   /* in the 1 ms bucket */
+    edge_metrics_request(0, 200, 20000); /* 25 ms */
+    edge_metrics_request(1, 429, 100);   /* 0.5 ms */
+    edge_metrics_request(7, 999, 100);   /* an unnamed route, an odd status */
+    edge_metrics_rpc(&ledger, 300);
+    edge_metrics_money(EDGE_MONEY_COMMITTED, 1234);
+    edge_metrics_streams(1);
+    fb_buf_t b = {0};
+    s_render(&edge, &b);
+    FB_ASSERT(
+        strstr(b.data, "farebox_edge_requests_total{route=\"/v1/chat/completions\",status=\"200\"} 2\n"));
+    FB_ASSERT(strstr(b.data, "farebox_edge_requests_total{route=\"/v1/models\",status=\"429\"} 1\n"));
+    FB_ASSERT(strstr(b.data, "farebox_edge_requests_total{route=\"other\",status=\"other\"} 1\n"));
+    FB_ASSERT(
+        strstr(b.data, "request_duration_seconds_bucket{route=\"/v1/chat/completions\",le=\"0.001\"} 1\n"));
+    FB_ASSERT(
+        strstr(b.data, "request_duration_seconds_bucket{route=\"/v1/chat/completions\",le=\"0.025\"} 2\n"));
+    FB_ASSERT(strstr(b.data, "request_duration_seconds_count{route=\"/v1/chat/completions\"} 2\n"));
+    FB_ASSERT(strstr(b.data, "farebox_edge_rpc_duration_seconds_count{service=\"ledger\"} 1\n"));
+    FB_ASSERT(strstr(b.data, "farebox_edge_money_committed_micro_total 1234\n"));
+    FB_ASSERT(strstr(b.data, "farebox_edge_open_streams 1\n"));
+    fb_buf_free(&b);
+    edge_metrics_destroy(&m);
+    FB_ASSERT(!m);
+    return 0;
+}

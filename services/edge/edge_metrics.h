@@ -1,0 +1,54 @@
+/* edge_metrics - the edge's Prometheus metrics (GET /metrics, text format
+ * 0.0.4): requests by route and status, request latency by route, provider
+ * call latency and failures, RPC latency to the ledger and the verifier,
+ * money held / committed / released, x402 settlements, topups, open
+ * streams, requests in flight.
+ *
+ * Each worker thread counts into its own block (bound to the thread with
+ * edge_metrics_bind), so counting is an uncontended relaxed atomic add; a
+ * scrape sums the blocks of every worker. */
+#ifndef EDGE_METRICS_H
+#define EDGE_METRICS_H
+
+#include "edge.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#define EDGE_METRICS_ROUTES 32 /* routes counted by name; more share "other" */
+
+typedef struct edge_metrics_t edge_metrics_t;
+
+typedef enum {
+    EDGE_MONEY_HELD = 0,  /* prepaid holds made */
+    EDGE_MONEY_COMMITTED, /* charged from holds */
+    EDGE_MONEY_RELEASED,  /* returned from holds (the rest of a commit, voids) */
+    EDGE_MONEY_X402,      /* x402 payments settled for calls */
+    EDGE_MONEY_TOPUP,     /* topups credited */
+    EDGE_MONEY_KINDS
+} edge_money_t;
+
+/* edge_metrics_new - a worker's block (caller owns it). ledger and verifier
+ * are the worker's RPC clients, to tell RPC latencies apart. */
+edge_metrics_t *edge_metrics_new(const void *ledger, const void *verifier);
+void edge_metrics_destroy(edge_metrics_t **self_p);
+
+/* edge_metrics_bind - count what this thread does into self. */
+void edge_metrics_bind(edge_metrics_t *self);
+
+/* edge_metrics_routes - name the routes (index -> path); once, at start. */
+void edge_metrics_routes(const char *const *names, int count);
+
+/* Counting, on the calling thread's block (nothing when none is bound). */
+void edge_metrics_request(int route, int status, int64_t us);
+void edge_metrics_upstream(int provider, int64_t us, bool ok);
+void edge_metrics_rpc(const void *client, int64_t us);
+void edge_metrics_money(edge_money_t kind, int64_t micro);
+void edge_metrics_streams(int delta);
+
+/* GET /metrics */
+int edge_metrics_serve(edge_worker_t *w, h2o_req_t *req, const char *rid);
+
+int edge_metrics_test(bool verbose);
+
+#endif
