@@ -16,6 +16,7 @@
 #include "fb_util.h"
 
 #include <inttypes.h>
+#include <jansson.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -201,16 +202,16 @@ static int s_pricing(edge_worker_t *w, h2o_req_t *req, const char *rid)
     return 0;
 }
 
-/* --- parts of the public API that later work builds ------------------------------------ */
+/* --- /openapi.json: services/edge/api/openapi.json, embedded at build time ---------------- */
 
-static int s_not_implemented(edge_worker_t *w, h2o_req_t *req, const char *rid)
+extern const char edge_openapi_json[];
+extern const size_t edge_openapi_json_len;
+
+static int s_openapi(edge_worker_t *w, h2o_req_t *req, const char *rid)
 {
     FB_UNUSED(w);
     FB_UNUSED(rid);
-    edge_error(
-        req, EDGE_OPENAI, 501, "not_implemented", NULL,
-        "%.*s %.*s is not implemented yet in this version of farebox (see README: what is not done yet)",
-        (int)req->method.len, req->method.base, (int)req->path_normalized.len, req->path_normalized.base);
+    fb_http_send(req, 200, "application/json", edge_openapi_json, edge_openapi_json_len);
     return 0;
 }
 
@@ -230,7 +231,7 @@ static const s_route_t s_routes[] = {
     {"/facilitator/settle", "POST", edge_facilitator_settle},
     {"/facilitator/supported", "GET", edge_facilitator_supported},
     {"/metrics", "GET", edge_metrics_serve},
-    {"/openapi.json", "GET", s_not_implemented},
+    {"/openapi.json", "GET", s_openapi},
 };
 
 static bool s_path_matches(const s_route_t *r, h2o_iovec_t path)
@@ -335,6 +336,28 @@ int edge_routes_test(bool verbose)
     FB_ASSERT(!s_path_matches(&exact, h2o_iovec_init(H2O_STRLIT("/readyz/x"))));
     FB_ASSERT(s_method_matches(&exact, h2o_iovec_init(H2O_STRLIT("HEAD"))));
     FB_ASSERT(!s_method_matches(&exact, h2o_iovec_init(H2O_STRLIT("POST"))));
+
+    /* the OpenAPI document is JSON and describes every route */
+    json_error_t jerr;
+    json_t *doc = json_loadb(edge_openapi_json, edge_openapi_json_len, JSON_REJECT_DUPLICATES, &jerr);
+    FB_ASSERT(doc);
+    json_t *paths = json_object_get(doc, "paths");
+    for (size_t i = 0; i < FB_ARRAY_SIZE(s_routes); i++) {
+        const char *p = s_routes[i].path;
+        size_t n = strlen(p);
+        bool found = false;
+        const char *key;
+        json_t *v;
+        json_object_foreach(paths, key, v)
+        {
+            if (p[n - 1] == '/' ? strncmp(key, p, n) == 0 : strcmp(key, p) == 0)
+                found = true;
+        }
+        if (!found)
+            fprintf(stderr, "openapi.json lacks %s\n", p);
+        FB_ASSERT(found);
+    }
+    json_decref(doc);
 
     return 0;
 }

@@ -110,6 +110,11 @@ test("unknown routes, wrong methods and unbuilt routes answer clear JSON errors"
   const bad = get(`http://127.0.0.1:${httpPort}/v1/chat/completions`, ["-X", "POST", "-d", "{}"]);
   assert.equal(bad.status, 400);
   assert.equal(JSON.parse(bad.body).error.code, "invalid_request");
+  const api = get(`http://127.0.0.1:${httpPort}/openapi.json`);
+  assert.equal(api.status, 200);
+  const doc = JSON.parse(api.body);
+  assert.equal(doc.openapi, "3.1.0");
+  assert.ok(doc.paths["/v1/chat/completions"].post && doc.paths["/v1/topup"].post);
   const off = get(`http://127.0.0.1:${httpPort}/v1/topup`, ["-X", "POST", "-d", "{}"]);
   assert.equal(off.status, 503, "no treasury configured: topups are off");
   assert.equal(JSON.parse(off.body).error.code, "unavailable");
