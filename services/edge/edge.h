@@ -65,11 +65,14 @@ struct edge_worker_t {
     uv_tcp_t *listen_plain, *listen_tls;
     fb_rpc_client_t *ledger; /* RPC clients owned by this worker */
     fb_rpc_client_t *verifier;
-    struct fb_curlm_t *curlm;       /* provider calls on this loop */
-    struct edge_x402_t *x402;       /* x402 networks known to this worker */
-    struct edge_metrics_t *metrics; /* this worker's counters */
-    uint64_t active_requests;       /* requests received and not yet disposed */
-    int64_t stop_deadline;          /* monotonic ms when a stop gives up waiting */
+    struct fb_curlm_t *curlm;           /* provider calls on this loop */
+    struct edge_x402_t *x402;           /* x402 networks known to this worker */
+    struct edge_metrics_t *metrics;     /* this worker's counters */
+    struct edge_key_cache_t *key_cache; /* recent key lookups */
+    uv_timer_t key_watch;               /* re-checks the keys of calls in flight */
+    struct s_chat *chats;               /* prepaid calls in flight (edge_chat) */
+    uint64_t active_requests;           /* requests received and not yet disposed */
+    int64_t stop_deadline;              /* monotonic ms when a stop gives up waiting */
     bool stopping;
     bool conns_closing;        /* a stop has shut the remaining connections down */
     fb_http_conns_t conns;     /* connections open on this worker's listeners */

@@ -41,10 +41,54 @@ bool edge_bearer_matches(h2o_req_t *req, const uint8_t token_sha256[32])
     return sodium_memcmp(digest, token_sha256, sizeof(digest)) == 0;
 }
 
+#define CACHE_SLOTS  4096 /* keys remembered per worker (direct-mapped by HMAC) */
+#define CACHE_TTL_MS 1000 /* how old a remembered answer may be */
+
+/* One remembered answer of ledger.lookup_key. */
+typedef struct {
+    uint8_t mac[32];
+    bool used;
+    int64_t fetched_ms;
+    int status; /* 200, or 401 */
+    const char *code;
+    json_t *view; /* the key view (200) */
+    int64_t key_id, account_id;
+} s_cached_t;
+
+struct edge_key_cache_t {
+    s_cached_t slots[CACHE_SLOTS];
+};
+
+edge_key_cache_t *edge_key_cache_new(void)
+{
+    return fb_calloc(1, sizeof(edge_key_cache_t));
+}
+
+void edge_key_cache_destroy(edge_key_cache_t **self_p)
+{
+    FB_ASSERT(self_p);
+    edge_key_cache_t *self = *self_p;
+    if (!self)
+        return;
+    for (size_t i = 0; i < CACHE_SLOTS; i++)
+        json_decref(self->slots[i].view);
+    free(self);
+    *self_p = NULL;
+}
+
+static s_cached_t *s_slot(edge_key_cache_t *cache, const uint8_t mac[32])
+{
+    uint32_t h;
+    memcpy(&h, mac, sizeof(h)); /* an HMAC is uniform: its first bytes index the table */
+    return &cache->slots[h & (CACHE_SLOTS - 1)];
+}
+
 typedef struct {
     edge_key_fn *done;
     void *arg;
     edge_limit_t *limits;
+    edge_key_cache_t *cache; /* where the answer is remembered, or NULL */
+    uint8_t mac[32];
 } s_lookup_t;
 
 void edge_retry_after(h2o_req_t *req, int64_t ms)
@@ -68,31 +112,17 @@ static void s_refuse(edge_key_fn *done, void *arg, int status, const char *code,
     done(arg, &k);
 }
 
-static void s_on_lookup(void *arg, const fb_rpc_reply_t *reply)
+/* Hand a key's state to done: refused, or good and within its rate. */
+static void s_answer(edge_key_fn *done, void *arg, edge_limit_t *limits, const uint8_t mac[32], int status,
+                     const char *code, json_t *view, int64_t key_id, int64_t account_id)
 {
-    s_lookup_t *l = arg;
-    edge_key_fn *done = l->done;
-    void *darg = l->arg;
-    edge_limit_t *limits = l->limits;
-    free(l);
-    if (!reply->ok) {
-        if (strcmp(reply->code, "key_not_found") == 0)
-            s_refuse(done, darg, 401, "invalid_key", "the API key is not valid");
-        else
-            s_refuse(done, darg, 503, "unavailable", "the ledger cannot be reached; nothing was charged");
-        return;
-    }
-    edge_key_t k = {.status = 200};
-    k.view = edge_reply_json(reply);
-    k.key_id = json_integer_value(json_object_get(k.view, "key_id"));
-    k.account_id = json_integer_value(json_object_get(k.view, "account_id"));
-    const char *status = json_string_value(json_object_get(k.view, "status"));
-    if (!status || strcmp(status, "active") != 0) {
-        k.status = 401;
-        k.code = "key_revoked";
-        snprintf(k.message, sizeof(k.message), "the API key was revoked");
-    } else if (limits) {
-        int64_t wait = edge_limit_take(limits, 1, &k.key_id, sizeof(k.key_id), fb_mono_ms());
+    edge_key_t k = {.status = status, .code = code, .view = view, .key_id = key_id, .account_id = account_id};
+    memcpy(k.mac, mac, sizeof(k.mac));
+    if (status == 401)
+        snprintf(k.message, sizeof(k.message), "%s",
+                 strcmp(code, "key_revoked") == 0 ? "the API key was revoked" : "the API key is not valid");
+    if (status == 200 && limits) {
+        int64_t wait = edge_limit_take(limits, 1, &key_id, sizeof(key_id), fb_mono_ms());
         if (wait > 0) {
             k.status = 429;
             k.code = "rate_limited";
@@ -101,11 +131,80 @@ static void s_on_lookup(void *arg, const fb_rpc_reply_t *reply)
                      "this API key is sending too many requests; retry in %lld ms", (long long)wait);
         }
     }
-    done(darg, &k);
-    json_decref(k.view);
+    done(arg, &k);
 }
 
-void edge_auth_key(edge_worker_t *w, h2o_req_t *req, const char *rid, edge_key_fn *done, void *arg)
+static void s_remember(edge_key_cache_t *cache, const uint8_t mac[32], int status, const char *code,
+                       json_t *view, int64_t key_id, int64_t account_id)
+{
+    s_cached_t *c = s_slot(cache, mac);
+    json_decref(c->view);
+    memcpy(c->mac, mac, 32);
+    c->used = true;
+    c->fetched_ms = fb_mono_ms();
+    c->status = status;
+    c->code = code;
+    c->view = view ? json_incref(view) : NULL;
+    c->key_id = key_id;
+    c->account_id = account_id;
+}
+
+static void s_on_lookup(void *arg, const fb_rpc_reply_t *reply)
+{
+    s_lookup_t *l = arg;
+    if (!reply->ok) {
+        if (strcmp(reply->code, "key_not_found") == 0) {
+            if (l->cache)
+                s_remember(l->cache, l->mac, 401, "invalid_key", NULL, 0, 0);
+            s_answer(l->done, l->arg, NULL, l->mac, 401, "invalid_key", NULL, 0, 0);
+        } else {
+            s_refuse(l->done, l->arg, 503, "unavailable",
+                     "the ledger cannot be reached; nothing was charged");
+        }
+        free(l);
+        return;
+    }
+    json_t *view = edge_reply_json(reply);
+    int64_t key_id = json_integer_value(json_object_get(view, "key_id"));
+    int64_t account_id = json_integer_value(json_object_get(view, "account_id"));
+    const char *status = json_string_value(json_object_get(view, "status"));
+    bool active = status && strcmp(status, "active") == 0;
+    if (l->cache)
+        s_remember(l->cache, l->mac, active ? 200 : 401, active ? NULL : "key_revoked", view, key_id,
+                   account_id);
+    s_answer(l->done, l->arg, l->limits, l->mac, active ? 200 : 401, active ? NULL : "key_revoked", view,
+             key_id, account_id);
+    json_decref(view);
+    free(l);
+}
+
+void edge_auth_lookup(edge_worker_t *w, const uint8_t mac[32], bool fresh, const char *rid, edge_key_fn *done,
+                      void *arg)
+{
+    edge_key_cache_t *cache = w->key_cache;
+    if (!fresh && cache) {
+        s_cached_t *c = s_slot(cache, mac);
+        if (c->used && memcmp(c->mac, mac, 32) == 0 && fb_mono_ms() - c->fetched_ms < CACHE_TTL_MS) {
+            json_t *view = c->view ? json_incref(c->view) : NULL; /* done may overwrite the slot */
+            s_answer(done, arg, w->edge->limits, mac, c->status, c->code, view, c->key_id, c->account_id);
+            json_decref(view);
+            return;
+        }
+    }
+    char hex[65];
+    fb_hex_encode(hex, mac, 32);
+    s_lookup_t *l = fb_calloc(1, sizeof(*l));
+    l->done = done;
+    l->arg = arg;
+    l->limits = w->edge->limits;
+    l->cache = cache;
+    memcpy(l->mac, mac, 32);
+    edge_rpc_json(w->ledger, "ledger.lookup_key", json_pack("{ss}", "hmac", hex), NULL, rid,
+                  LOOKUP_DEADLINE_MS, s_on_lookup, l);
+}
+
+static void s_auth(edge_worker_t *w, h2o_req_t *req, const char *rid, bool fresh, edge_key_fn *done,
+                   void *arg)
 {
     const edge_t *edge = w->edge;
     h2o_iovec_t key;
@@ -125,14 +224,12 @@ void edge_auth_key(edge_worker_t *w, h2o_req_t *req, const char *rid, edge_key_f
     }
     uint8_t mac[32];
     fb_apikey_hmac(mac, edge->key_hmac_secret, strlen(edge->key_hmac_secret), key.base, key.len);
-    char hex[65];
-    fb_hex_encode(hex, mac, sizeof(mac));
-    s_lookup_t *l = fb_calloc(1, sizeof(*l));
-    l->done = done;
-    l->arg = arg;
-    l->limits = edge->limits;
-    edge_rpc_json(w->ledger, "ledger.lookup_key", json_pack("{ss}", "hmac", hex), NULL, rid,
-                  LOOKUP_DEADLINE_MS, s_on_lookup, l);
+    edge_auth_lookup(w, mac, fresh, rid, done, arg);
+}
+
+void edge_auth_key(edge_worker_t *w, h2o_req_t *req, const char *rid, edge_key_fn *done, void *arg)
+{
+    s_auth(w, req, rid, false, done, arg);
 }
 
 /* --- GET /v1/balance -------------------------------------------------------- */
@@ -169,7 +266,7 @@ static void s_balance_done(void *arg, const edge_key_t *k)
 
 int edge_balance(edge_worker_t *w, h2o_req_t *req, const char *rid)
 {
-    edge_auth_key(w, req, rid, s_balance_done, fb_http_guard_new(req));
+    s_auth(w, req, rid, true, s_balance_done, fb_http_guard_new(req)); /* balances must be fresh */
     return 0;
 }
 

@@ -17,7 +17,15 @@ typedef struct {
     json_t *view; /* the ledger's key view and balances (valid during the callback) */
     int64_t key_id, account_id;
     int64_t retry_after_ms; /* 429 rate_limited: when the key may call again */
+    uint8_t mac[32];        /* the key's HMAC (to look it up again) */
 } edge_key_t;
+
+/* A worker's memory of recent lookups: an answer is reused for at most a
+ * second (a revoked key is refused by the ledger's hold at once anyway; its
+ * streams in flight are cut by edge_chat's watch within a second). */
+typedef struct edge_key_cache_t edge_key_cache_t;
+edge_key_cache_t *edge_key_cache_new(void);
+void edge_key_cache_destroy(edge_key_cache_t **self_p);
 
 typedef void(edge_key_fn)(void *arg, const edge_key_t *key);
 
@@ -27,8 +35,13 @@ int edge_request_key(h2o_req_t *req, h2o_iovec_t *key);
 
 /* edge_auth_key - authenticate the request's key; done is called exactly
  * once, perhaps before this returns (a missing or malformed key is refused
- * without a round trip). */
+ * without a round trip; an answer less than a second old is reused). */
 void edge_auth_key(edge_worker_t *w, h2o_req_t *req, const char *rid, edge_key_fn *done, void *arg);
+
+/* edge_auth_lookup - the state of the key whose HMAC is mac: from the
+ * worker's cache unless fresh, else from the ledger (and remembered). */
+void edge_auth_lookup(edge_worker_t *w, const uint8_t mac[32], bool fresh, const char *rid, edge_key_fn *done,
+                      void *arg);
 
 /* edge_key_error - answer a refused key (k->status != 200) in dialect, with
  * Retry-After when it was rate limited. */

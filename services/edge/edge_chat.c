@@ -87,6 +87,10 @@ struct s_chat {
     fb_buf_t out, flight; /* stream bytes waiting, and on their way */
     int pending;          /* ledger calls in flight */
     bool entered;         /* counted in the key's calls in flight */
+    uint8_t mac[32];      /* the key's HMAC, to look it up again */
+    int64_t t0_ms;
+    bool watched;               /* in the worker's list of prepaid calls */
+    struct s_chat *prev, *next; /* that list */
 };
 
 /* --- lifetime ------------------------------------------------------------------------ */
@@ -96,6 +100,14 @@ static void s_maybe_free(s_chat_t *c)
     if (c->req || c->call || c->pending)
         return;
     c->w->active_requests--;
+    if (c->watched) {
+        if (c->prev)
+            c->prev->next = c->next;
+        else
+            c->w->chats = c->next;
+        if (c->next)
+            c->next->prev = c->prev;
+    }
     if (c->entered)
         edge_limit_leave(c->w->edge->limits, c->key_id);
     if (c->started)
@@ -891,6 +903,12 @@ static void s_on_key(void *arg, const edge_key_t *k)
         c->entered = true;
         c->account_id = k->account_id;
         c->key_id = k->key_id;
+        memcpy(c->mac, k->mac, sizeof(c->mac));
+        c->watched = true;
+        c->next = c->w->chats;
+        if (c->next)
+            c->next->prev = c;
+        c->w->chats = c;
         s_hold(c);
     }
     s_maybe_free(c);
@@ -1196,6 +1214,7 @@ static int s_begin(edge_worker_t *w, h2o_req_t *req, const char *rid, s_route_t 
         return 0;
     }
     s_chat_t *c = fb_calloc(1, sizeof(*c));
+    c->t0_ms = fb_mono_ms();
     c->super.proceed = s_on_proceed;
     c->super.stop = s_on_stop;
     c->w = w;
@@ -1244,6 +1263,65 @@ int edge_chat_messages(edge_worker_t *w, h2o_req_t *req, const char *rid)
 int edge_chat_prompt(edge_worker_t *w, h2o_req_t *req, const char *rid)
 {
     return s_begin(w, req, rid, ROUTE_PROMPT);
+}
+
+/* --- the key watch: calls of a key revoked meanwhile are cut within a second ----------- */
+
+typedef struct {
+    edge_worker_t *w;
+    uint8_t mac[32];
+} s_watch_t;
+
+/* The key was revoked while c's provider call ran: the call ends now; what
+ * was delivered is charged, and a call that delivered nothing is voided. */
+static void s_revoked(s_chat_t *c)
+{
+    edge_call_cancel(&c->call);
+    fb_log(FB_LOG_INFO, c->rid, "key revoked during the call: cut", "key_id=%" PRId64, c->key_id);
+    if (c->produced) {
+        snprintf(c->up_error, sizeof(c->up_error), "the API key was revoked during the call");
+        s_resolve(c, s_cost(c), s_close_stream);
+    } else {
+        s_set_error(c, 401, "key_revoked", NULL,
+                    "the API key was revoked during the call; nothing was charged");
+        s_resolve(c, -1, s_send_error);
+    }
+}
+
+static void s_on_watch(void *arg, const edge_key_t *k)
+{
+    s_watch_t *wt = arg;
+    if (k->status == 401) {
+        s_chat_t *next;
+        for (s_chat_t *c = wt->w->chats; c; c = next) {
+            next = c->next;
+            if (c->call && c->req && !c->money_done && memcmp(c->mac, wt->mac, sizeof(wt->mac)) == 0)
+                s_revoked(c);
+        }
+    }
+    free(wt);
+}
+
+void edge_chat_watch_keys(edge_worker_t *w)
+{
+    enum { MAX_KEYS = 256 };
+    static __thread uint8_t seen[MAX_KEYS][32];
+    int n = 0;
+    int64_t now = fb_mono_ms();
+    for (s_chat_t *c = w->chats; c && n < MAX_KEYS; c = c->next) {
+        if (!c->call || now - c->t0_ms < 1000)
+            continue;
+        bool dup = false;
+        for (int i = 0; i < n && !dup; i++)
+            dup = memcmp(seen[i], c->mac, 32) == 0;
+        if (dup)
+            continue;
+        memcpy(seen[n++], c->mac, 32);
+        s_watch_t *wt = fb_calloc(1, sizeof(*wt));
+        wt->w = w;
+        memcpy(wt->mac, c->mac, 32);
+        edge_auth_lookup(w, c->mac, true, NULL, s_on_watch, wt);
+    }
 }
 
 int edge_chat_test(bool verbose)

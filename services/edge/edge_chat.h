@@ -27,6 +27,11 @@ int edge_chat_completions(edge_worker_t *w, h2o_req_t *req, const char *rid);
 int edge_chat_messages(edge_worker_t *w, h2o_req_t *req, const char *rid);
 int edge_chat_prompt(edge_worker_t *w, h2o_req_t *req, const char *rid);
 
+/* edge_chat_watch_keys - look up again (uncached) the keys of this worker's
+ * prepaid calls running for more than a second, and cut the calls of a key
+ * found revoked (run every second by the worker). */
+void edge_chat_watch_keys(edge_worker_t *w);
+
 /* edge_chat_output_estimate - the conservative output token count of a
  * stream that reported no usage: the larger of the content events delivered
  * and a third of the text bytes (rounded up), and at least 1. */

@@ -1,5 +1,7 @@
 /* edge_worker - per-loop HTTP serving and graceful stop. */
 #include "edge_worker.h"
+#include "edge_auth.h"
+#include "edge_chat.h"
 #include "edge_metrics.h"
 #include "edge_x402.h"
 #include "fb_curlm.h"
@@ -59,6 +61,11 @@ static void s_begin_stop(edge_worker_t *self)
     uv_timer_start(&self->drain, s_drain_check, 0, 20);
 }
 
+static void s_on_key_watch(uv_timer_t *t)
+{
+    edge_chat_watch_keys(t->data);
+}
+
 static void s_on_wake(uv_async_t *h)
 {
     s_begin_stop(h->data);
@@ -101,6 +108,11 @@ edge_worker_t *edge_worker_new(edge_t *edge, int index, char *err, size_t errlen
     self->curlm = fb_curlm_new(self->loop);
     self->x402 = edge_x402_new(self);
     self->metrics = edge_metrics_new(self->ledger, self->verifier);
+    self->key_cache = edge_key_cache_new();
+    uv_timer_init(self->loop, &self->key_watch);
+    self->key_watch.data = self;
+    uv_timer_start(&self->key_watch, s_on_key_watch, 1000, 1000);
+    uv_unref((uv_handle_t *)&self->key_watch);
     if (index == 0)
         edge_metrics_bind(self->metrics); /* the first worker runs on the main thread */
     return self;
@@ -150,11 +162,13 @@ void edge_worker_destroy(edge_worker_t **self_p)
     edge_metrics_destroy(&self->metrics);
     fb_rpc_client_destroy(&self->ledger);
     fb_rpc_client_destroy(&self->verifier);
+    edge_key_cache_destroy(&self->key_cache);
     fb_curlm_destroy(&self->curlm);
     fb_http_close(&self->listen_plain);
     fb_http_close(&self->listen_tls);
     uv_close((uv_handle_t *)&self->wake, NULL);
     uv_close((uv_handle_t *)&self->drain, NULL);
+    uv_close((uv_handle_t *)&self->key_watch, NULL);
     uv_run(self->loop, UV_RUN_NOWAIT);
     /* h2o cannot dispose a context with connections still open: this happens
      * only when one outlived the stop (logged), just before the process ends */

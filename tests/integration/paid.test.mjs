@@ -473,3 +473,25 @@ test("/metrics: Prometheus text with requests, latencies, provider and RPC timin
   assert.ok(committed > 0);
   assert.equal(held, committed + released, "every micro-USDC held was charged or released");
 });
+
+test("a key revoked while its stream runs: the stream is cut within seconds and pays only what was delivered", async () => {
+  const { id, key, keyId } = await account(10_000_000);
+  const openai = new OpenAI({ baseURL: `${url}/v1`, apiKey: key, maxRetries: 0 });
+  const stream = await openai.chat.completions.create({ model: "gpt-4o-mini", stream: true, max_tokens: 400,
+    messages: [{ role: "user", content: "[mock:tokens=400][mock:rate=20]" }] });
+  let text = "", revokedAt;
+  await assert.rejects(async () => {
+    for await (const c of stream) {
+      text += c.choices[0]?.delta?.content ?? "";
+      if (!revokedAt && text.length > 10) {
+        assert.equal((await call("POST", `/admin/keys/${keyId}/revoke`)).status, 200);
+        revokedAt = Date.now();
+      }
+    }
+  }, /revoked/);
+  assert.ok(Date.now() - revokedAt < 5000, "cut within a few seconds, not after the 20 s stream");
+  const [h] = await settled(id);
+  assert.equal(h.state, "committed");
+  assert.ok(h.committed_micro > 0 && h.committed_micro < h.amount_micro / 2, JSON.stringify(h));
+  await audit();
+});
