@@ -22,6 +22,7 @@ for (const [c, rs] of Object.entries(cases)) {
     errors: rs.reduce((a, r) => a + (r.errors ?? 0), 0),
     spread: rs[rs.length - 1].replicas?.map((x) => x.answered),
     ...(rs[0].us_per_call != null && { us_per_call: median(rs.map((r) => r.us_per_call)) }),
+    ...(rs[0].bytes != null && { bytes: median(rs.map((r) => r.bytes)) }),
   };
 }
 
@@ -53,7 +54,25 @@ if (name === "verify") {
   ratios.evm_farebox_vs_viem = v.evm_farebox.calls_per_s / v.evm_viem.calls_per_s;
 }
 
+if (name === "edge") {
+  const e = summary;
+  // the goals: throughput >= 0.5 of nginx; added p99 under 2 ms
+  ratios.h1_throughput_vs_nginx = e.edge_h1.calls_per_s / e.nginx_h1.calls_per_s;
+  ratios.h2_throughput_vs_nginx = e.edge_h2.calls_per_s / e.nginx_h2.calls_per_s;
+  ratios.light_p50_vs_nginx = e.edge_light.p50_us / e.nginx_light.p50_us;
+  ratios.light_p99_vs_nginx = e.edge_light.p99_us / e.nginx_light.p99_us;
+}
+
 const labels = {
+  edge_h1: "edge, paid calls, HTTP/1.1, 64 conns",
+  nginx_h1: "nginx proxy, HTTP/1.1, 64 conns",
+  edge_h2: "edge, paid calls, h2c, 8 conns x 16",
+  nginx_h2: "nginx proxy, h2c, 8 conns x 16",
+  edge_light: "edge, paid calls, 2 conns (light load)",
+  nginx_light: "nginx proxy, 2 conns (light load)",
+  mock_light: "mock model direct, 2 conns",
+  memory_per_connection: "edge bytes per idle keep-alive conn",
+  memory_per_stream: "edge bytes per open stream",
   batched_hot: "ledger, group commit, 1 hot account",
   naive_hot: "naive (1 tx per op), 1 hot account",
   batched_spread: "ledger, group commit, 10,000 accounts",
@@ -71,7 +90,7 @@ const labels = {
   svm_farebox: "farebox svm_exact_check, parsed payload",
 };
 const pad = (s, n) => String(s).padEnd(n);
-console.log(`\n${name}: medians of ${Object.values(summary)[0].rounds} alternating rounds\n`);
+console.log(`\n${name}: medians of ${Math.max(...Object.values(summary).map((s) => s.rounds))} alternating rounds\n`);
 if (name === "verify") {
   // one thread, one call at a time: a call's time is 1 / rate, no latency spread
   console.log(pad("case", 44) + pad("calls/s", 12) + pad("us/call", 10) + "errors");
@@ -80,12 +99,25 @@ if (name === "verify") {
 } else {
   console.log(pad("case", 44) + pad(name === "ledger" ? "pairs/s" : "calls/s", 12) + pad("p50 us", 9) + pad("p99 us", 9) + "errors");
   for (const [c, s] of Object.entries(summary)) {
+    if (s.bytes != null) {
+      console.log(pad(labels[c] ?? c, 44) + `${Math.round(s.bytes)} bytes`);
+      continue;
+    }
     console.log(pad(labels[c] ?? c, 44) + pad(Math.round(s.calls_per_s), 12) + pad(s.p50_us, 9) + pad(s.p99_us, 9) + s.errors +
       (s.spread ? `   spread ${s.spread.join("/")}` : ""));
   }
 }
+if (name === "edge") {
+  const e = summary;
+  const added = { added_p50_us: e.edge_light.p50_us - e.mock_light.p50_us, added_p99_us: e.edge_light.p99_us - e.mock_light.p99_us,
+    nginx_added_p50_us: e.nginx_light.p50_us - e.mock_light.p50_us, nginx_added_p99_us: e.nginx_light.p99_us - e.mock_light.p99_us,
+    light_load_share_of_peak: e.edge_light.calls_per_s / e.edge_h1.calls_per_s,
+    bytes_per_connection: e.memory_per_connection?.bytes, bytes_per_stream: e.memory_per_stream?.bytes };
+  Object.assign(ratios, added);
+  console.log("\nlatency the edge adds over calling the mock directly, at light load (h2load reports a mean, so p50 of h2 cases is a mean)");
+}
 console.log("\nratios (farebox / baseline)");
-for (const [k, v] of Object.entries(ratios)) console.log(`  ${pad(k, 28)} ${v.toFixed(3)}`);
+for (const [k, v] of Object.entries(ratios)) console.log(`  ${pad(k, 28)} ${v == null ? "-" : Number.isInteger(v) ? v : v.toFixed(3)}`);
 
 fs.writeFileSync(outFile, JSON.stringify({
   benchmark: name,
