@@ -85,6 +85,7 @@ struct s_chat {
     bool produced; /* output reached our side (a stream's first event, a whole answer) */
     bool started, sending, final_queued, final_sent;
     fb_buf_t out, flight; /* stream bytes waiting, and on their way */
+    json_t *proof;        /* /api/v1/prompt's signed-message payment proof, or NULL */
     int pending;          /* ledger calls in flight */
     bool entered;         /* counted in the key's calls in flight */
     uint8_t mac[32];      /* the key's HMAC, to look it up again */
@@ -124,6 +125,7 @@ static void s_maybe_free(s_chat_t *c)
     json_decref(c->pay_req);
     free(c->resource_url);
     free(c->pay_response);
+    json_decref(c->proof);
     free(c);
 }
 
@@ -864,6 +866,50 @@ static void s_hold(s_chat_t *c)
     edge_rpc_json(c->w->ledger, "ledger.hold", body, idem, c->rid, MONEY_DEADLINE_MS, s_on_hold, c);
 }
 
+/* The signed-message proof of /api/v1/prompt (Chat402's "pay from your own
+ * wallet"): the wallet signed this request id and an amount in USDC cents.
+ * The verifier checks the signature and its age and uses the request id up;
+ * the call's ceiling must fit the signed amount, which caps what it costs. */
+static void s_on_proof(void *arg, const fb_rpc_reply_t *reply)
+{
+    s_chat_t *c = arg;
+    c->pending--;
+    json_t *b = edge_reply_json(reply);
+    if (!c->req) {
+        /* the client left: nothing was held */
+    } else if (!reply->ok) {
+        s_refuse(c, strcmp(reply->code, "bad_request") == 0 ? 400 : 503,
+                 strcmp(reply->code, "bad_request") == 0 ? "invalid_request" : "unavailable", NULL,
+                 reply->message);
+    } else if (!json_is_true(json_object_get(b, "valid"))) {
+        const char *reason = json_string_value(json_object_get(b, "reason"));
+        const char *msg = json_string_value(json_object_get(b, "message"));
+        s_set_error(c, 402, "payment_invalid", json_pack("{ss}", "reason", reason ? reason : "invalid"),
+                    "the payment proof was refused: %s", msg ? msg : (reason ? reason : "invalid"));
+        s_send_error(c);
+    } else if (json_integer_value(json_object_get(b, "amount_micro")) < c->hold_micro) {
+        s_set_error(
+            c, 402, "payment_invalid",
+            json_pack("{ss sI sI}", "reason", "amount_too_low", "required_micro", (json_int_t)c->hold_micro,
+                      "signed_micro", json_integer_value(json_object_get(b, "amount_micro"))),
+            "the signed amount does not cover this call's ceiling of %" PRId64 " micro-USDC", c->hold_micro);
+        s_send_error(c);
+    } else {
+        s_hold(c);
+    }
+    json_decref(b);
+    s_maybe_free(c);
+}
+
+static void s_check_proof(s_chat_t *c)
+{
+    json_t *body = json_deep_copy(c->proof);
+    json_object_set_new(body, "consume", json_true());
+    c->pending++;
+    edge_rpc_json(c->w->verifier, "verifier.verify_message", body, NULL, c->rid, MONEY_DEADLINE_MS,
+                  s_on_proof, c);
+}
+
 static bool s_model_allowed(s_chat_t *c, json_t *models)
 {
     if (!json_is_array(models))
@@ -909,7 +955,10 @@ static void s_on_key(void *arg, const edge_key_t *k)
         if (c->next)
             c->next->prev = c;
         c->w->chats = c;
-        s_hold(c);
+        if (c->proof)
+            s_check_proof(c);
+        else
+            s_hold(c);
     }
     s_maybe_free(c);
 }
@@ -1136,11 +1185,15 @@ static int s_read_prompt(s_chat_t *c, json_t *body)
             return -1;
         }
     }
-    if (json_object_get(body, "payment")) {
-        s_set_error(
-            c, 501, "not_implemented", NULL,
-            "the payment proof of /api/v1/prompt is not implemented yet; pay with an API key or x402");
-        return -1;
+    json_t *payment = json_object_get(body, "payment");
+    if (payment) {
+        if (!json_is_object(payment) || json_object_size(payment) > 8) {
+            s_set_error(
+                c, 400, "invalid_request", NULL,
+                "payment must be an object: {network, from, amount, timestamp, requestId, signature}");
+            return -1;
+        }
+        c->proof = json_incref(payment);
     }
     json_t *prompt = json_object_get(body, "prompt"), *sys = json_object_get(body, "system"),
            *temp = json_object_get(body, "temperature");

@@ -14,6 +14,7 @@ import crypto from "node:crypto";
 import http2 from "node:http2";
 import OpenAI from "openai";
 import Anthropic from "@anthropic-ai/sdk";
+import { privateKeyToAccount, generatePrivateKey } from "viem/accounts";
 import { Proc, bin, freePort, startService, waitUntil } from "../lib/harness.mjs";
 import { startPostgres } from "../lib/pg.mjs";
 import { RpcClient } from "../lib/rpc.mjs";
@@ -259,6 +260,34 @@ test("/api/v1/prompt answers in Chat402's shape with exact costs", async () => {
     { authorization: `Bearer ${key}`, "content-type": "application/json" });
   assert.equal(bad.status, 400);
   assert.equal(bad.body.code, "invalid_request");
+
+  // Chat402's payment proof: a wallet signs the request id and an amount in USDC cents; the request id
+  // is used once and the call's ceiling must fit the amount
+  const wallet = privateKeyToAccount(generatePrivateKey());
+  const proof = async (amount, requestId = `req_${crypto.randomUUID()}`) => {
+    const timestamp = Date.now();
+    const message = `PromptPort Payment\nRequest ID: ${requestId}\nAmount: ${amount} USDC cents\nTimestamp: ${timestamp}`;
+    return { from: wallet.address, amount, timestamp, requestId, network: "base", signature: await wallet.signMessage({ message }) };
+  };
+  const auth = { authorization: `Bearer ${key}`, "content-type": "application/json" };
+  const p1 = await proof(100);
+  const paid = await call("POST", "/api/v1/prompt", { model: "gpt-4o-mini", prompt: "with proof", payment: p1 }, auth);
+  assert.equal(paid.status, 200, paid.text);
+  assert.equal(paid.body.success, true);
+  const reused = await call("POST", "/api/v1/prompt", { model: "gpt-4o-mini", prompt: "again", payment: p1 }, auth);
+  assert.equal(reused.status, 402);
+  assert.equal(reused.body.code, "payment_invalid");
+  assert.equal(reused.body.details.reason, "request_id_used");
+  const forged = { ...(await proof(100)), amount: 5000 };
+  const f = await call("POST", "/api/v1/prompt", { model: "gpt-4o-mini", prompt: "forged", payment: forged }, auth);
+  assert.equal(f.status, 402);
+  assert.equal(f.body.details.reason, "message_signer_mismatch");
+  const tiny = await call("POST", "/api/v1/prompt", { model: "gpt-4o", prompt: "cheap",
+    payment: await proof(1) }, auth); // 1 cent: below gpt-4o's ceiling at its output cap (16,384 x $10/Mtok)
+  assert.equal(tiny.status, 402);
+  assert.equal(tiny.body.details.reason, "amount_too_low");
+  const list = await settled(id);
+  assert.equal(list.length, 2, "refused proofs held nothing");
   await audit();
 });
 
