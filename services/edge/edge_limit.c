@@ -2,7 +2,10 @@
 #include "edge_limit.h"
 #include "fb_util.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,7 +28,17 @@ typedef struct {
     int64_t count;
 } s_inflight_t;
 
+#define TRUSTED_MAX 16
+
+typedef struct {
+    uint8_t addr[16];
+    size_t len; /* 4 or 16 */
+    int prefix; /* bits that must match */
+} s_cidr_t;
+
 struct edge_limit_t {
+    s_cidr_t trusted[TRUSTED_MAX]; /* proxies whose X-Forwarded-For is believed */
+    int ntrusted;
     edge_bucket_conf_t conf[2]; /* 0: IP, 1: key */
     int64_t key_concurrency;
     uint8_t hash_key[crypto_shorthash_KEYBYTES]; /* random: callers cannot aim at one slot */
@@ -172,6 +185,111 @@ void edge_limit_leave(edge_limit_t *self, int64_t key_id)
     pthread_mutex_unlock(&self->inflight_lock);
 }
 
+/* An address (4 or 16 bytes) from text. Returns its length or 0. */
+static size_t s_parse_ip(const char *text, size_t n, uint8_t out[16])
+{
+    char buf[64];
+    while (n > 0 && (*text == ' ' || *text == '\t')) {
+        text++;
+        n--;
+    }
+    while (n > 0 && (text[n - 1] == ' ' || text[n - 1] == '\t'))
+        n--;
+    if (n == 0 || n >= sizeof(buf))
+        return 0;
+    memcpy(buf, text, n);
+    buf[n] = '\0';
+    if (inet_pton(AF_INET, buf, out) == 1)
+        return 4;
+    if (inet_pton(AF_INET6, buf, out) == 1)
+        return 16;
+    return 0;
+}
+
+int edge_limit_trust(edge_limit_t *self, const char *list, char *err, size_t errlen)
+{
+    int n = 0;
+    const char *p = list;
+    while (*p) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        s_cidr_t c = {0};
+        const char *slash = memchr(p, '/', len);
+        c.len = s_parse_ip(p, slash ? (size_t)(slash - p) : len, c.addr);
+        c.prefix = (int)c.len * 8;
+        if (c.len && slash) {
+            char *e;
+            long bits = strtol(slash + 1, &e, 10);
+            if (e != p + len || bits < 0 || bits > (long)c.len * 8)
+                c.len = 0;
+            c.prefix = (int)bits;
+        }
+        if (!c.len || n == TRUSTED_MAX) {
+            snprintf(err, errlen, "%.*s is not an IPv4 or IPv6 address or CIDR block (at most %d entries)",
+                     (int)(len > 60 ? 60 : len), p, TRUSTED_MAX);
+            return -1;
+        }
+        if (self)
+            self->trusted[n] = c;
+        n++;
+        p += len + (end ? 1 : 0);
+    }
+    if (self)
+        self->ntrusted = n;
+    return 0;
+}
+
+static bool s_trusted(const edge_limit_t *self, const uint8_t *addr, size_t len)
+{
+    for (int i = 0; i < self->ntrusted; i++) {
+        const s_cidr_t *c = &self->trusted[i];
+        if (c->len != len)
+            continue;
+        int full = c->prefix / 8, rest = c->prefix % 8;
+        if (memcmp(c->addr, addr, (size_t)full) != 0)
+            continue;
+        if (rest && ((c->addr[full] ^ addr[full]) & (0xff << (8 - rest))))
+            continue;
+        return true;
+    }
+    return false;
+}
+
+size_t edge_limit_client(const edge_limit_t *self, const struct sockaddr *peer, const char *xff, size_t len,
+                         uint8_t out[16])
+{
+    size_t n = 0;
+    if (peer->sa_family == AF_INET) {
+        memcpy(out, &((const struct sockaddr_in *)peer)->sin_addr, 4);
+        n = 4;
+    } else if (peer->sa_family == AF_INET6) {
+        memcpy(out, &((const struct sockaddr_in6 *)peer)->sin6_addr, 16);
+        n = 16;
+    }
+    if (!n || !self->ntrusted || !xff || !s_trusted(self, out, n))
+        return n;
+    /* right to left: each trusted proxy appended the address it saw */
+    while (len > 0) {
+        const char *comma = NULL;
+        for (size_t i = len; i > 0; i--)
+            if (xff[i - 1] == ',') {
+                comma = xff + i - 1;
+                break;
+            }
+        const char *item = comma ? comma + 1 : xff;
+        uint8_t a[16];
+        size_t alen = s_parse_ip(item, (size_t)(xff + len - item), a);
+        if (!alen)
+            return n; /* garbage: the last trusted hop is the client we know */
+        memcpy(out, a, alen);
+        n = alen;
+        if (!s_trusted(self, a, alen))
+            return n;
+        len = comma ? (size_t)(comma - xff) : 0;
+    }
+    return n;
+}
+
 int edge_limit_test(bool verbose)
 {
     FB_UNUSED(verbose);
@@ -203,6 +321,23 @@ int edge_limit_test(bool verbose)
     edge_limit_leave(l, 7);
     edge_limit_leave(l, 7);
     edge_limit_leave(l, 8);
+    /* trusted proxies and X-Forwarded-For */
+    char err[200];
+    FB_ASSERT(edge_limit_trust(NULL, "10.0.0.0/8,::1,nonsense", err, sizeof(err)) == -1);
+    FB_ASSERT(edge_limit_trust(NULL, "10.0.0.0/33", err, sizeof(err)) == -1);
+    FB_ASSERT(edge_limit_trust(l, "10.0.0.0/8,127.0.0.1", err, sizeof(err)) == 0);
+    struct sockaddr_in proxy = {.sin_family = AF_INET}, direct = {.sin_family = AF_INET};
+    inet_pton(AF_INET, "10.1.2.3", &proxy.sin_addr);
+    inet_pton(AF_INET, "192.0.2.7", &direct.sin_addr);
+    uint8_t out[16], want[4];
+    const char *xff = "198.51.100.1, 203.0.113.9, 10.9.9.9";
+    FB_ASSERT(edge_limit_client(l, (struct sockaddr *)&proxy, xff, strlen(xff), out) == 4);
+    inet_pton(AF_INET, "203.0.113.9", want);
+    FB_ASSERT(memcmp(out, want, 4) == 0); /* the right-most untrusted hop, not the spoofable first */
+    FB_ASSERT(edge_limit_client(l, (struct sockaddr *)&direct, xff, strlen(xff), out) == 4);
+    FB_ASSERT(memcmp(out, &direct.sin_addr, 4) == 0); /* an untrusted peer's header is ignored */
+    FB_ASSERT(edge_limit_client(l, (struct sockaddr *)&proxy, "junk", 4, out) == 4);
+    FB_ASSERT(memcmp(out, &proxy.sin_addr, 4) == 0);
     edge_limit_destroy(&l);
     FB_ASSERT(!l);
     return 0;

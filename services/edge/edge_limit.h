@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 typedef struct edge_limit_t edge_limit_t;
 
@@ -35,6 +36,19 @@ int64_t edge_limit_take(edge_limit_t *self, int kind, const void *who, size_t le
  * when under the cap (then edge_limit_leave must follow), false when full. */
 bool edge_limit_enter(edge_limit_t *self, int64_t key_id);
 void edge_limit_leave(edge_limit_t *self, int64_t key_id);
+
+/* edge_limit_trust - the proxies whose X-Forwarded-For names the client: a
+ * comma-separated list of addresses or CIDR blocks (IPv4 or IPv6, at most
+ * 16). Returns 0, or -1 with the offending entry in err. self may be NULL to
+ * only check the text. */
+int edge_limit_trust(edge_limit_t *self, const char *list, char *err, size_t errlen);
+
+/* edge_limit_client - the client's address for the buckets: the peer, or,
+ * when the peer is a trusted proxy, the right-most address of xff (len bytes,
+ * may be NULL) that is not a trusted proxy. Writes 4 or 16 bytes to out and
+ * returns their count, or 0 when there is no usable address. */
+size_t edge_limit_client(const edge_limit_t *self, const struct sockaddr *peer, const char *xff, size_t len,
+                         uint8_t out[16]);
 
 int edge_limit_test(bool verbose);
 

@@ -260,17 +260,12 @@ static bool s_ip_allowed(edge_worker_t *w, h2o_req_t *req, h2o_iovec_t path)
         h2o_memis(path.base, path.len, H2O_STRLIT("/metrics")))
         return true;
     struct sockaddr_storage sa;
-    socklen_t salen = req->conn->callbacks->get_peername(req->conn, (struct sockaddr *)&sa);
-    const void *ip = NULL;
-    size_t iplen = 0;
-    if (sa.ss_family == AF_INET && salen >= sizeof(struct sockaddr_in)) {
-        ip = &((struct sockaddr_in *)&sa)->sin_addr;
-        iplen = 4;
-    } else if (sa.ss_family == AF_INET6 && salen >= sizeof(struct sockaddr_in6)) {
-        ip = &((struct sockaddr_in6 *)&sa)->sin6_addr;
-        iplen = 16;
-    }
-    if (!ip)
+    memset(&sa, 0, sizeof(sa));
+    req->conn->callbacks->get_peername(req->conn, (struct sockaddr *)&sa);
+    h2o_iovec_t xff = fb_http_header(req, "x-forwarded-for");
+    uint8_t ip[16];
+    size_t iplen = edge_limit_client(w->edge->limits, (struct sockaddr *)&sa, xff.base, xff.len, ip);
+    if (!iplen)
         return true;
     int64_t wait = edge_limit_take(w->edge->limits, 0, ip, iplen, fb_mono_ms());
     if (wait == 0)

@@ -64,6 +64,11 @@ static int s_check_solana_address(const char *text, char *err, size_t errlen)
     return 0;
 }
 
+static int s_check_proxies(const char *text, char *err, size_t errlen)
+{
+    return edge_limit_trust(NULL, text, err, errlen);
+}
+
 static const fb_config_var_t s_vars[] = {
     {"FAREBOX_HTTP_LISTEN", FB_CFG_STRING, "127.0.0.1:8402", 0, 0, NULL, fb_http_check_hostport,
      "cleartext listen address: HTTP/1.1, and HTTP/2 without TLS (prior knowledge or Upgrade: h2c)"},
@@ -117,6 +122,9 @@ static const fb_config_var_t s_vars[] = {
     {"FAREBOX_RATE_KEY_BURST", FB_CFG_INT, "100", 1, 10000000, NULL, NULL, "... and in a burst"},
     {"FAREBOX_KEY_CONCURRENCY", FB_CFG_INT, "64", 0, 1000000, NULL, NULL,
      "paid calls one API key may have in flight at once (0: no cap)"},
+    {"FAREBOX_TRUSTED_PROXIES", FB_CFG_STRING, "", 0, 0, NULL, s_check_proxies,
+     "load balancers whose X-Forwarded-For names the client for the IP limits: addresses or CIDR blocks, "
+     "comma-separated (unset: the peer address counts)"},
     {"FAREBOX_STOP_GRACE_MS", FB_CFG_INT, "10000", 0, 600000, NULL, NULL,
      "on SIGTERM, how long requests in flight may take to finish"},
 };
@@ -232,6 +240,8 @@ int main(int argc, char **argv)
                                  (edge_bucket_conf_t){fb_config_int(cfg, "FAREBOX_RATE_KEY_PER_S"),
                                                       fb_config_int(cfg, "FAREBOX_RATE_KEY_BURST")},
                                  edge.key_concurrency);
+    FB_ASSERT(
+        edge_limit_trust(edge.limits, fb_config_str(cfg, "FAREBOX_TRUSTED_PROXIES"), err, sizeof(err)) == 0);
     edge.upstream_timeout_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_UPSTREAM_TIMEOUT_MS");
     edge.upstream_connect_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_UPSTREAM_CONNECT_MS");
     fb_log(FB_LOG_INFO, NULL, "providers", "openai=%s anthropic=%s", edge.upstream[0].base_url,

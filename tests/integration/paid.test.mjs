@@ -453,6 +453,15 @@ test("rate limits per IP and per key, and the in-flight cap per key: 429 with Re
   const anthropicShape = await fetch(`${ipEdge}/v1/messages`, { method: "POST", body: "{}" });
   assert.equal((await anthropicShape.json()).error.type, "rate_limit_error");
 
+  // behind a trusted load balancer, X-Forwarded-For names the client; from anyone else it is ignored
+  const lbEdge = await startEdge({ FAREBOX_RATE_IP_PER_S: "1", FAREBOX_RATE_IP_BURST: "2", FAREBOX_TRUSTED_PROXIES: "127.0.0.0/8" });
+  const from = (ip) => fetch(`${lbEdge}/v1/models`, { headers: { "x-forwarded-for": `203.0.113.50, ${ip}` } }).then((r) => r.status);
+  assert.deepEqual([await from("198.51.100.1"), await from("198.51.100.1"), await from("198.51.100.1")], [200, 200, 429]);
+  assert.equal(await from("198.51.100.2"), 200, "another client behind the balancer has its own bucket");
+  const spoofed = [];
+  for (let i = 0; i < 3; i++) spoofed.push((await fetch(`${ipEdge}/v1/models`, { headers: { "x-forwarded-for": `10.0.0.${i}` } })).status);
+  assert.equal(spoofed.at(-1), 429, "an untrusted peer cannot pick its bucket");
+
   // per key: one call in flight at once, and a bucket of 3
   const { id, key } = await account(10_000_000);
   const keyEdge = await startEdge({ FAREBOX_RATE_IP_PER_S: "0", FAREBOX_RATE_KEY_PER_S: "1", FAREBOX_RATE_KEY_BURST: "3",
