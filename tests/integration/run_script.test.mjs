@@ -95,7 +95,13 @@ test("./scripts/run starts everything, writes run.env, stops on SIGTERM and keep
   const demoCall = spawnSync("curl", ["-sS", `${env.FAREBOX_URL}/v1/chat/completions`, "-H", `Authorization: Bearer ${env.FAREBOX_DEMO_KEY}`,
     "-H", "content-type: application/json", "-d", '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello"}]}'],
     { encoding: "utf8" });
-  assert.match(JSON.parse(demoCall.stdout).choices[0].message.content, /mock model/);
+  const answer = JSON.parse(demoCall.stdout);
+  assert.match(answer.choices[0].message.content, /mock model/);
+  // charged exactly the price of the reported usage (gpt-4o-mini: $0.15 / $0.60 per million tokens)
+  const price = Math.ceil(answer.usage.prompt_tokens * 150000 / 1e6) + Math.ceil(answer.usage.completion_tokens * 600000 / 1e6);
+  const afterCall = await (await fetch(`${env.FAREBOX_URL}/v1/balance`, { headers: demoAuth })).json();
+  assert.equal(afterCall.available_micro, 5000000 - price);
+  assert.equal(afterCall.key_spent_micro, price);
   const unpaid = await fetch(`${env.FAREBOX_URL}/v1/chat/completions`, { method: "POST",
     headers: { "content-type": "application/json" }, body: '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}' });
   assert.equal(unpaid.status, 402);
