@@ -17,6 +17,7 @@
 #include "edge_chat.h"
 #include "edge_sse.h"
 #include "edge_translate.h"
+#include "edge_reverse.h"
 #include "edge_upstream.h"
 #include "edge_x402.h"
 #include "edge_limit.h"
@@ -75,6 +76,7 @@ static const s_test_t s_tests[] = {
     {"edge_admin", edge_admin_test},
     {"edge_sse", edge_sse_test},
     {"edge_translate", edge_translate_test},
+    {"edge_reverse", edge_reverse_test},
     {"edge_chat", edge_chat_test},
     {"edge_upstream", edge_upstream_test},
     {"edge_x402", edge_x402_test},

@@ -6,6 +6,7 @@
 #include "edge_metrics.h"
 #include "edge_reply.h"
 #include "edge_sse.h"
+#include "edge_reverse.h"
 #include "edge_translate.h"
 #include "edge_upstream.h"
 #include "edge_x402.h"
@@ -46,6 +47,7 @@ struct s_chat {
     bool stream;                             /* the caller asked for a stream */
     bool caller_usage;                       /* ... with the usage chunk (OpenAI's stream_options) */
     bool translate;                          /* OpenAI caller, Anthropic provider */
+    bool reverse;                            /* Anthropic caller, OpenAI provider */
     char *up_body;                           /* the provider's request */
     size_t up_len;
     char *anthropic_version, *anthropic_beta; /* passed to Anthropic, or NULL */
@@ -72,6 +74,7 @@ struct s_chat {
     fb_buf_t answer; /* a whole answer, or an error body */
     edge_sse_t sse;
     edge_tr_stream_t tr;
+    edge_rev_stream_t rev;
     bool up_ended;      /* [DONE] or message_stop seen */
     char up_error[256]; /* why the stream ended badly, for the caller */
     int64_t in_tokens, out_tokens;
@@ -540,7 +543,10 @@ static int s_on_event(void *arg, const edge_sse_event_t *ev)
     if (c->model->provider == EDGE_PROVIDER_OPENAI) {
         if (strcmp(ev->data, "[DONE]") == 0) {
             c->up_ended = true;
-            fb_buf_append(&c->out, ev->raw, ev->raw_len);
+            if (c->reverse)
+                edge_rev_stream_chunk(&c->rev, NULL, &c->out);
+            else
+                fb_buf_append(&c->out, ev->raw, ev->raw_len);
             return 0;
         }
         json_t *d = json_loadb(ev->data, ev->data_len, 0, &jerr);
@@ -550,7 +556,7 @@ static int s_on_event(void *arg, const edge_sse_event_t *ev)
             if (json_is_object(usage)) {
                 s_openai_usage(c, usage);
                 /* the usage chunk farebox asked for and the caller did not */
-                if (!c->caller_usage && json_array_size(json_object_get(d, "choices")) == 0)
+                if (!c->caller_usage && !c->reverse && json_array_size(json_object_get(d, "choices")) == 0)
                     forward = false;
             }
             s_openai_delta(c, d);
@@ -562,9 +568,11 @@ static int s_on_event(void *arg, const edge_sse_event_t *ev)
                 forward = false;
             }
         }
-        json_decref(d);
-        if (forward)
+        if (forward && c->reverse && json_is_object(d))
+            edge_rev_stream_chunk(&c->rev, d, &c->out);
+        else if (forward && !c->reverse)
             fb_buf_append(&c->out, ev->raw, ev->raw_len);
+        json_decref(d);
         return 0;
     }
     json_t *d = json_loadb(ev->data, ev->data_len, 0, &jerr);
@@ -716,8 +724,8 @@ static void s_whole_answer(s_chat_t *c)
     }
     if (c->route == ROUTE_PROMPT) {
         s_prompt_answer(c, text.data ? text.data : "", text.len);
-    } else if (c->translate) {
-        json_t *o = edge_tr_response(d, c->requested);
+    } else if (c->translate || c->reverse) {
+        json_t *o = c->translate ? edge_tr_response(d, c->requested) : edge_rev_response(d, c->requested);
         char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
         json_decref(o);
         fb_buf_reset(&c->answer);
@@ -1147,11 +1155,7 @@ static int s_read_chat(s_chat_t *c, json_t *body)
 
 static int s_read_messages(s_chat_t *c, json_t *body)
 {
-    if (c->model->provider != EDGE_PROVIDER_ANTHROPIC) {
-        s_set_error(c, 400, "invalid_request", NULL,
-                    "model %s is an OpenAI model: call it through /v1/chat/completions", c->model->id);
-        return -1;
-    }
+
     if (!json_is_array(json_object_get(body, "messages")) ||
         json_array_size(json_object_get(body, "messages")) == 0) {
         s_set_error(c, 400, "invalid_request", NULL, "messages must be a non-empty array");
@@ -1165,6 +1169,19 @@ static int s_read_messages(s_chat_t *c, json_t *body)
     c->stream = json_is_true(stream);
     if (s_max_tokens(c, json_object_get(body, "max_tokens"), "max_tokens", true) != 0)
         return -1;
+    if (c->model->provider == EDGE_PROVIDER_OPENAI) {
+        char err[300];
+        json_t *up = edge_rev_request(body, c->model->upstream, err, sizeof(err));
+        if (!up) {
+            s_set_error(c, 400, "invalid_request", NULL, "%s", err);
+            return -1;
+        }
+        c->reverse = true;
+        edge_rev_stream_init(&c->rev, c->requested);
+        c->up_body = s_dump(up, &c->up_len);
+        json_decref(up);
+        return 0;
+    }
     json_object_set_new(body, "model", json_string(c->model->upstream));
     c->up_body = s_dump(body, &c->up_len);
     return 0;

@@ -370,7 +370,7 @@ test("refused and failed calls charge nothing and surface as the SDK's exception
   const anthropic = new Anthropic({ baseURL: url, apiKey: key, maxRetries: 0 });
   await assert.rejects(anthropic.messages.create({ model: "claude-3-5-haiku-20241022", max_tokens: 5,
     messages: msgs("x") }), Anthropic.PermissionDeniedError);
-  await assert.rejects(anthropic.messages.create({ model: "gpt-4o-mini", max_tokens: 5, messages: msgs("x") }),
+  await assert.rejects(anthropic.messages.create({ model: "gpt-4o-mini", max_tokens: 5, messages: msgs("[mock:fail=400]") }),
     Anthropic.BadRequestError);
 
   // not enough money: 402 with the figures
@@ -531,5 +531,44 @@ test("a key revoked while its stream runs: the stream is cut within seconds and 
   const [h] = await settled(id);
   assert.equal(h.state, "committed");
   assert.ok(h.committed_micro > 0 && h.committed_micro < h.amount_micro / 2, JSON.stringify(h));
+  await audit();
+});
+
+test("an OpenAI model through the Anthropic client on /v1/messages: whole, streamed, with tools", async () => {
+  const { id, key } = await account(10_000_000);
+  const anthropic = new Anthropic({ baseURL: url, apiKey: key, maxRetries: 0 });
+  const m = await anthropic.messages.create({ model: "gpt-4o-mini", max_tokens: 4, system: "be brief",
+    messages: [{ role: "user", content: "hi" }] });
+  assert.equal(m.type, "message");
+  assert.equal(m.model, "gpt-4o-mini");
+  assert.equal(m.content[0].text, "The mock model says ");
+  assert.equal(m.stop_reason, "max_tokens");
+  let list = await settled(id);
+  assert.equal(list[0].committed_micro, cost("gpt-4o-mini", m.usage.input_tokens, m.usage.output_tokens));
+
+  const s = anthropic.messages.stream({ model: "gpt-4o-mini", max_tokens: 3, messages: [{ role: "user", content: "go" }] });
+  let text = "";
+  s.on("text", (t) => (text += t));
+  const final = await s.finalMessage();
+  assert.equal(text, "The mock model ");
+  assert.equal(final.usage.output_tokens, 3);
+  list = await settled(id);
+  assert.equal(list[0].committed_micro, cost("gpt-4o-mini", final.usage.input_tokens, 3));
+
+  const tools = [{ name: "get_weather", input_schema: { type: "object", properties: { city: { type: "string" } } } }];
+  const t = await anthropic.messages.create({ model: "gpt-4o-mini", max_tokens: 50, tools,
+    messages: [{ role: "user", content: "[mock:tool=get_weather]" }] });
+  assert.equal(t.stop_reason, "tool_use");
+  const use = t.content.find((b) => b.type === "tool_use");
+  assert.deepEqual(use.input, { city: "Paris" });
+  const back = await anthropic.messages.create({ model: "gpt-4o-mini", max_tokens: 50, tools, messages: [
+    { role: "user", content: "weather?" }, { role: "assistant", content: [use] },
+    { role: "user", content: [{ type: "tool_result", tool_use_id: use.id, content: "sunny" }] }] });
+  assert.ok(back.content[0].text.length > 0);
+  const ts = anthropic.messages.stream({ model: "gpt-4o-mini", max_tokens: 50, tools,
+    messages: [{ role: "user", content: "[mock:tool=get_weather]" }] });
+  const tfinal = await ts.finalMessage();
+  assert.equal(tfinal.stop_reason, "tool_use");
+  assert.deepEqual(tfinal.content.find((b) => b.type === "tool_use").input, { city: "Paris" });
   await audit();
 });
