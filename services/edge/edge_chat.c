@@ -12,7 +12,6 @@
 #include "edge_x402.h"
 #include "fb_log.h"
 #include "fb_util.h"
-#include "fb_x402.h"
 
 #include <inttypes.h>
 #include <stdarg.h>
@@ -361,10 +360,7 @@ static void s_on_settled(void *arg, const fb_rpc_reply_t *reply)
     if (ok) {
         c->settled = true;
         edge_metrics_money(EDGE_MONEY_X402, c->hold_micro);
-        json_t *resp = json_pack("{sb ss ss ss}", "success", 1, "transaction", tx ? tx : "", "network",
-                                 network ? network : "", "payer", payer ? payer : "");
-        c->pay_response = fb_x402_encode_header(resp);
-        json_decref(resp);
+        c->pay_response = edge_x402_receipt(tx, network, payer);
         fb_log(FB_LOG_INFO, c->rid, "x402 payment settled", "network=%s transaction=%s amount_micro=%" PRId64,
                network ? network : "", tx ? tx : "", c->hold_micro);
         if (c->req && c->gate_then)
@@ -408,9 +404,7 @@ static void s_gate(s_chat_t *c, s_then_fn *then)
 
 static void s_set_pay_response(s_chat_t *c)
 {
-    if (c->pay_response)
-        fb_http_set_header(c->req, c->pay_version == 1 ? "x-payment-response" : "payment-response",
-                           c->pay_response, strlen(c->pay_response));
+    edge_x402_set_receipt(c->req, c->pay_version, c->pay_response);
 }
 
 /* Resolve the hold: commit cost (0..hold), or void it when cost < 0; then
@@ -1060,15 +1054,14 @@ static void s_pay(s_chat_t *c)
         edge_auth_key(c->w, req, c->rid, s_on_key, c);
         return;
     }
-    h2o_iovec_t pay = fb_http_header(req, "payment-signature");
-    if (!pay.base)
-        pay = fb_http_header(req, "x-payment");
-    if (pay.base && (pay.len == 0 || pay.len > FB_X402_HEADER_MAX)) {
+    h2o_iovec_t pay;
+    int has = edge_x402_payment_header(req, &pay);
+    if (has < 0) {
         s_refuse(c, 400, "invalid_request", NULL, "the payment header is empty or too large");
         return;
     }
     c->x402 = true;
-    if (pay.base)
+    if (has)
         c->pay_header = fb_strndup(pay.base, pay.len);
     c->resource_url = edge_x402_resource_url(req);
     c->pending++;

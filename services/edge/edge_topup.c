@@ -22,7 +22,6 @@
 #include "edge_x402.h"
 #include "fb_log.h"
 #include "fb_util.h"
-#include "fb_x402.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -78,8 +77,7 @@ static void s_on_credit(void *arg, const fb_rpc_reply_t *reply)
                        "the payment settled but the credit could not be written yet; send the same request "
                        "again to credit it (once)");
     } else if (req) {
-        const char *name = t->version == 1 ? "x-payment-response" : "payment-response";
-        fb_http_set_header(req, name, t->pay_response, strlen(t->pay_response));
+        edge_x402_set_receipt(req, t->version, t->pay_response);
         /* credited before: by this source (duplicate) or by this very retry's key (replayed) */
         bool dup =
             json_is_true(json_object_get(b, "duplicate")) || json_is_true(json_object_get(b, "replayed"));
@@ -109,10 +107,7 @@ static void s_on_settled(void *arg, const fb_rpc_reply_t *reply)
             edge_error(req, EDGE_OPENAI, 503, "unavailable", NULL,
                        "the payment could not be settled now; send the same request again");
     } else if (json_is_true(json_object_get(b, "success")) && tx && tx[0] && network) {
-        json_t *resp = json_pack("{sb ss ss ss}", "success", 1, "transaction", tx, "network", network,
-                                 "payer", payer ? payer : "");
-        t->pay_response = fb_x402_encode_header(resp);
-        json_decref(resp);
+        t->pay_response = edge_x402_receipt(tx, network, payer);
         char idem[300];
         snprintf(idem, sizeof(idem), "topup:%.100s:%.130s", network, tx);
         json_t *body = json_pack("{sI sI ss s{ss ss si}}", "account_id", (json_int_t)t->account_id,
@@ -245,10 +240,9 @@ int edge_topup(edge_worker_t *w, h2o_req_t *req, const char *rid)
         json_decref(body);
         return 0;
     }
-    h2o_iovec_t pay = fb_http_header(req, "payment-signature");
-    if (!pay.base)
-        pay = fb_http_header(req, "x-payment");
-    if (pay.base && (pay.len == 0 || pay.len > FB_X402_HEADER_MAX)) {
+    h2o_iovec_t pay;
+    int has = edge_x402_payment_header(req, &pay);
+    if (has < 0) {
         edge_error(req, EDGE_OPENAI, 400, "invalid_request", NULL,
                    "the payment header is empty or too large");
         json_decref(body);
@@ -261,7 +255,7 @@ int edge_topup(edge_worker_t *w, h2o_req_t *req, const char *rid)
     t->amount = json_integer_value(amount);
     json_decref(body);
     t->url = edge_x402_resource_url(req);
-    if (pay.base)
+    if (has)
         t->header = fb_strndup(pay.base, pay.len);
     edge_auth_key(w, req, rid, s_on_key, t);
     return 0;

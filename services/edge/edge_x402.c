@@ -238,6 +238,32 @@ void edge_x402_send_quote(edge_x402_t *self, h2o_req_t *req, int dialect, int64_
     edge_error(req, (edge_dialect_t)dialect, 402, code, details, "%s", message);
 }
 
+int edge_x402_payment_header(h2o_req_t *req, h2o_iovec_t *out)
+{
+    *out = fb_http_header(req, "payment-signature");
+    if (!out->base)
+        *out = fb_http_header(req, "x-payment");
+    if (!out->base)
+        return 0;
+    return out->len == 0 || out->len > FB_X402_HEADER_MAX ? -1 : 1;
+}
+
+char *edge_x402_receipt(const char *transaction, const char *network, const char *payer)
+{
+    json_t *doc = json_pack("{sb ss ss ss}", "success", 1, "transaction", transaction ? transaction : "",
+                            "network", network ? network : "", "payer", payer ? payer : "");
+    char *b64 = fb_x402_encode_header(doc);
+    json_decref(doc);
+    return b64;
+}
+
+void edge_x402_set_receipt(h2o_req_t *req, int version, const char *receipt)
+{
+    if (receipt)
+        fb_http_set_header(req, version == 1 ? "x-payment-response" : "payment-response", receipt,
+                           strlen(receipt));
+}
+
 char *edge_x402_resource_url(h2o_req_t *req)
 {
     char url[700];

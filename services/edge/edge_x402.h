@@ -60,6 +60,19 @@ void edge_x402_send_quote(edge_x402_t *self, h2o_req_t *req, int dialect, int64_
  * scheme://authority/path (caller frees). */
 char *edge_x402_resource_url(h2o_req_t *req);
 
+/* edge_x402_payment_header - the payment a request carries: PAYMENT-SIGNATURE
+ * (v2) or X-PAYMENT (v1). Returns 1 with out set, 0 when it carries none, -1
+ * when the value is empty or longer than FB_X402_HEADER_MAX. */
+int edge_x402_payment_header(h2o_req_t *req, h2o_iovec_t *out);
+
+/* edge_x402_receipt - the PAYMENT-RESPONSE value of a settled payment: base64
+ * of {success, transaction, network, payer} (caller frees). */
+char *edge_x402_receipt(const char *transaction, const char *network, const char *payer);
+
+/* edge_x402_set_receipt - add receipt (may be NULL: nothing) to the answer
+ * under the name of the payment's x402 version (v1: X-PAYMENT-RESPONSE). */
+void edge_x402_set_receipt(h2o_req_t *req, int version, const char *receipt);
+
 /* edge_x402_header_value - base64 of doc's compact JSON, copied into the
  * request's pool. */
 h2o_iovec_t edge_x402_header_value(h2o_req_t *req, const json_t *doc);
