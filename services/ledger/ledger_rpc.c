@@ -12,6 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define LEDGER_CHARGES_MAX    1000 /* charges in one ledger.charge */
+#define LEDGER_CHARGE_REF_MAX 100  /* bytes of a charge's ref */
+
 typedef enum {
     F_INT,      /* integer */
     F_INT_NULL, /* integer or nil (nil clears) */
@@ -20,6 +23,7 @@ typedef enum {
     F_SOURCE,   /* {chain, tx, index[, block_hash]} */
     F_HMAC,     /* 32 bytes: binary, or 64 hex digits */
     F_BOOL,     /* true or false */
+    F_CHARGES,  /* list of 1..max {amount_micro, ref} */
 } s_type_t;
 
 typedef struct {
@@ -82,6 +86,11 @@ static const s_method_t s_methods[] = {
      "revenue",
      {{"hold_id", F_INT, true, 0}, {"amount_micro", F_INT, true, 0}, END}},
     {"ledger.void", LEDGER_OP_WRITE, L_HOLD, NULL, {{"hold_id", F_INT, true, 0}, END}},
+    {"ledger.charge",
+     LEDGER_OP_WRITE,
+     L_HOLD,
+     "revenue",
+     {{"hold_id", F_INT, true, 0}, {"charges", F_CHARGES, true, LEDGER_CHARGES_MAX}, END}},
     {"ledger.credit",
      LEDGER_OP_WRITE,
      L_CREDIT,
@@ -123,6 +132,15 @@ static const s_method_t s_methods[] = {
      NULL,
      {{"account_id", F_INT, true, 0},
       {"state", F_STR, false, 20},
+      {"before_id", F_INT, false, 0},
+      {"limit", F_INT, false, 0},
+      END}},
+    {"ledger.charges",
+     LEDGER_OP_READ,
+     L_NONE,
+     NULL,
+     {{"account_id", F_INT, true, 0},
+      {"hold_id", F_INT, false, 0},
       {"before_id", F_INT, false, 0},
       {"limit", F_INT, false, 0},
       END}},
@@ -225,6 +243,35 @@ static json_t *s_str_value(const msgpack_object *o, size_t max)
     return json_stringn(s, n);
 }
 
+/* A list of charges: 1..max maps {amount_micro: 0.., ref: string of at most
+ * LEDGER_CHARGE_REF_MAX bytes}. */
+static json_t *s_charges(const msgpack_object *o, size_t max, char *why, size_t whylen)
+{
+    if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size == 0 || o->via.array.size > max) {
+        snprintf(why, whylen, "charges must be a list of 1..%zu charges", max);
+        return NULL;
+    }
+    json_t *list = json_array();
+    for (uint32_t k = 0; k < o->via.array.size; k++) {
+        const msgpack_object *c = &o->via.array.ptr[k];
+        const msgpack_object *a = c->type == MSGPACK_OBJECT_MAP ? fb_mp_get(c, "amount_micro") : NULL;
+        const msgpack_object *r = c->type == MSGPACK_OBJECT_MAP ? fb_mp_get(c, "ref") : NULL;
+        json_int_t amount;
+        json_t *ref = r ? s_str_value(r, LEDGER_CHARGE_REF_MAX) : json_string("");
+        if (!a || !s_int_value(a, &amount) || amount < 0 || !ref) {
+            json_decref(ref);
+            json_decref(list);
+            snprintf(
+                why, whylen,
+                "charges[%u] must be {amount_micro: an integer 0 or more, ref: a string of at most %d bytes}",
+                k, LEDGER_CHARGE_REF_MAX);
+            return NULL;
+        }
+        json_array_append_new(list, json_pack("{sI so}", "amount_micro", amount, "ref", ref));
+    }
+    return list;
+}
+
 /* Converts body to the JSON arguments of method m. Returns the object, or
  * NULL with a reason in why. */
 static json_t *s_args(const s_method_t *m, const msgpack_object *body, char *why, size_t whylen)
@@ -311,6 +358,11 @@ static json_t *s_args(const s_method_t *m, const msgpack_object *body, char *why
             }
             break;
         }
+        case F_CHARGES:
+            v = s_charges(o, f->max, why, whylen);
+            if (!v)
+                goto bad;
+            break;
         case F_BOOL: {
             bool b;
             if (!fb_mp_bool(o, &b)) {
