@@ -9,6 +9,7 @@
 #include "fb_service.h"
 
 #include <h2o.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <uv.h>
@@ -48,7 +49,12 @@ struct edge_t {
     int64_t x402_timeout_s;           /* maxTimeoutSeconds of a quote */
     struct edge_limit_t *limits;      /* rate limits and in-flight caps, shared by the workers */
     int64_t key_concurrency;          /* the in-flight cap per key (0: none) */
+    int64_t slice_calls;              /* prepaid slices: ceilings a new slice covers (edge_purse) */
+    int64_t slice_max_micro;          /* ... the most money one slice holds */
+    int64_t slice_idle_ms;            /* ... closed after this long unused */
+    int64_t slice_age_ms;             /* ... take no new call after this long */
     edge_worker_t **workers;
+    atomic_uint_fast64_t key_epoch; /* bumped when this edge revokes or changes a key (edge_keys_changed) */
 };
 
 /* One event loop with its own h2o context, listeners and RPC clients. */
@@ -69,6 +75,7 @@ struct edge_worker_t {
     struct edge_x402_t *x402;           /* x402 networks known to this worker */
     struct edge_metrics_t *metrics;     /* this worker's counters */
     struct edge_key_cache_t *key_cache; /* recent key lookups */
+    struct edge_purse_t *purse;         /* prepaid slices of this worker's keys */
     uv_timer_t key_watch;               /* re-checks the keys of calls in flight */
     struct s_chat *chats;               /* prepaid calls in flight (edge_chat) */
     uint64_t active_requests;           /* requests received and not yet disposed */

@@ -31,6 +31,7 @@ static const s_route_t s_routes[] = {
     {"GET", "accounts/#/keys", "ledger.keys", "account_id", false, 200, "", ""},
     {"GET", "accounts/#/history", "ledger.history", "account_id", false, 200, "", "before_id limit"},
     {"GET", "accounts/#/holds", "ledger.holds", "account_id", false, 200, "", "state before_id limit"},
+    {"GET", "accounts/#/charges", "ledger.charges", "account_id", false, 200, "", "hold_id before_id limit"},
     {"POST", "accounts/#/credits", "ledger.credit", "account_id", true, 201, "amount_micro reference", ""},
     {"PATCH", "keys/#", "ledger.update_key", "key_id", true, 200, "label spend_cap_micro models", ""},
     {"DELETE", "keys/#", "ledger.revoke_key", "key_id", true, 200, "", ""},
@@ -205,12 +206,16 @@ static int s_status_of(const char *code)
 typedef struct {
     fb_http_guard_t *guard;
     const s_route_t *route;
+    edge_t *edge;
 } s_call_t;
 
 static void s_on_reply(void *arg, const fb_rpc_reply_t *reply)
 {
     s_call_t *c = arg;
     h2o_req_t *req = c->guard->req;
+    if (reply->ok &&
+        (strcmp(c->route->rpc, "ledger.revoke_key") == 0 || strcmp(c->route->rpc, "ledger.update_key") == 0))
+        edge_keys_changed(c->edge); /* this edge forgets what it knew of keys at once */
     if (req) {
         if (reply->ok) {
             edge_send_json(req, c->route->status, edge_reply_json(reply));
@@ -323,6 +328,7 @@ int edge_admin(edge_worker_t *w, h2o_req_t *req, const char *rid)
     s_call_t *c = fb_calloc(1, sizeof(*c));
     c->guard = fb_http_guard_new(req);
     c->route = route;
+    c->edge = w->edge;
     edge_rpc_json(w->ledger, route->rpc, body, route->write ? idem : NULL, rid, ADMIN_DEADLINE_MS, s_on_reply,
                   c);
     return 0;

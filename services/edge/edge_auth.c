@@ -53,6 +53,7 @@ typedef struct {
     const char *code;
     json_t *view; /* the key view (200) */
     int64_t key_id, account_id;
+    uint64_t epoch; /* edge->key_epoch when fetched */
 } s_cached_t;
 
 struct edge_key_cache_t {
@@ -88,6 +89,7 @@ typedef struct {
     void *arg;
     edge_limit_t *limits;
     edge_key_cache_t *cache; /* where the answer is remembered, or NULL */
+    uint64_t epoch;          /* the edge's key epoch when the lookup began */
     uint8_t mac[32];
 } s_lookup_t;
 
@@ -134,10 +136,12 @@ static void s_answer(edge_key_fn *done, void *arg, edge_limit_t *limits, const u
     done(arg, &k);
 }
 
-static void s_remember(edge_key_cache_t *cache, const uint8_t mac[32], int status, const char *code,
-                       json_t *view, int64_t key_id, int64_t account_id)
+static void s_remember(const s_lookup_t *l, int status, const char *code, json_t *view, int64_t key_id,
+                       int64_t account_id)
 {
-    s_cached_t *c = s_slot(cache, mac);
+    const uint8_t *mac = l->mac;
+    s_cached_t *c = s_slot(l->cache, mac);
+    c->epoch = l->epoch;
     json_decref(c->view);
     memcpy(c->mac, mac, 32);
     c->used = true;
@@ -155,7 +159,7 @@ static void s_on_lookup(void *arg, const fb_rpc_reply_t *reply)
     if (!reply->ok) {
         if (strcmp(reply->code, "key_not_found") == 0) {
             if (l->cache)
-                s_remember(l->cache, l->mac, 401, "invalid_key", NULL, 0, 0);
+                s_remember(l, 401, "invalid_key", NULL, 0, 0);
             s_answer(l->done, l->arg, NULL, l->mac, 401, "invalid_key", NULL, 0, 0);
         } else {
             s_refuse(l->done, l->arg, 503, "unavailable",
@@ -170,12 +174,16 @@ static void s_on_lookup(void *arg, const fb_rpc_reply_t *reply)
     const char *status = json_string_value(json_object_get(view, "status"));
     bool active = status && strcmp(status, "active") == 0;
     if (l->cache)
-        s_remember(l->cache, l->mac, active ? 200 : 401, active ? NULL : "key_revoked", view, key_id,
-                   account_id);
+        s_remember(l, active ? 200 : 401, active ? NULL : "key_revoked", view, key_id, account_id);
     s_answer(l->done, l->arg, l->limits, l->mac, active ? 200 : 401, active ? NULL : "key_revoked", view,
              key_id, account_id);
     json_decref(view);
     free(l);
+}
+
+void edge_keys_changed(edge_t *edge)
+{
+    atomic_fetch_add(&edge->key_epoch, 1);
 }
 
 void edge_auth_lookup(edge_worker_t *w, const uint8_t mac[32], bool fresh, const char *rid, edge_key_fn *done,
@@ -184,7 +192,8 @@ void edge_auth_lookup(edge_worker_t *w, const uint8_t mac[32], bool fresh, const
     edge_key_cache_t *cache = w->key_cache;
     if (!fresh && cache) {
         s_cached_t *c = s_slot(cache, mac);
-        if (c->used && memcmp(c->mac, mac, 32) == 0 && fb_mono_ms() - c->fetched_ms < CACHE_TTL_MS) {
+        if (c->used && memcmp(c->mac, mac, 32) == 0 && fb_mono_ms() - c->fetched_ms < CACHE_TTL_MS &&
+            c->epoch == atomic_load(&w->edge->key_epoch)) {
             json_t *view = c->view ? json_incref(c->view) : NULL; /* done may overwrite the slot */
             s_answer(done, arg, w->edge->limits, mac, c->status, c->code, view, c->key_id, c->account_id);
             json_decref(view);
@@ -198,6 +207,7 @@ void edge_auth_lookup(edge_worker_t *w, const uint8_t mac[32], bool fresh, const
     l->arg = arg;
     l->limits = w->edge->limits;
     l->cache = cache;
+    l->epoch = atomic_load(&w->edge->key_epoch);
     memcpy(l->mac, mac, 32);
     edge_rpc_json(w->ledger, "ledger.lookup_key", json_pack("{ss}", "hmac", hex), NULL, rid,
                   LOOKUP_DEADLINE_MS, s_on_lookup, l);

@@ -24,6 +24,11 @@ typedef struct {
  * second (a revoked key is refused by the ledger's hold at once anyway; its
  * streams in flight are cut by edge_chat's watch within a second). */
 typedef struct edge_key_cache_t edge_key_cache_t;
+
+/* edge_keys_changed - a key was revoked or changed through this edge: every
+ * worker drops its remembered lookups and closes its prepaid slices (other
+ * edges follow within the cache's second). Any thread. */
+void edge_keys_changed(edge_t *edge);
 edge_key_cache_t *edge_key_cache_new(void);
 void edge_key_cache_destroy(edge_key_cache_t **self_p);
 

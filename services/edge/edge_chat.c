@@ -3,6 +3,7 @@
 #include "edge_auth.h"
 #include "edge_catalog.h"
 #include "edge_limit.h"
+#include "edge_purse.h"
 #include "edge_metrics.h"
 #include "edge_reply.h"
 #include "edge_sse.h"
@@ -54,6 +55,7 @@ struct s_chat {
     int64_t input_estimate; /* tokens: the caller's body bytes */
     int64_t max_output;     /* tokens: the caller's max, or the model's cap */
     int64_t hold_micro, account_id, key_id, hold_id;
+    edge_purse_res_t res;  /* the call's ceiling reserved in its key's slice */
     int64_t charged_micro; /* what the commit took */
     bool money_done;       /* commit or void asked */
     /* x402 pay-per-call (no key): the payment, checked, recorded, settled at the first output */
@@ -132,6 +134,7 @@ static void s_maybe_free(s_chat_t *c)
 }
 
 static void s_resolve(s_chat_t *c, int64_t cost, s_then_fn *then);
+static void s_send_answer(s_chat_t *c);
 static int64_t s_cost(s_chat_t *c);
 static void s_mark_failed(s_chat_t *c, const char *reason);
 static void s_gate(s_chat_t *c, s_then_fn *then);
@@ -302,15 +305,22 @@ static void s_on_money(void *arg, const fb_rpc_reply_t *reply)
     s_chat_t *c = arg;
     c->pending--;
     if (!reply->ok) {
-        fb_log(FB_LOG_ERROR, c->rid, "could not resolve the hold; it will expire and be released",
-               "hold_id=%" PRId64 " code=%s message=%s", c->hold_id, reply->code, reply->message);
+        fb_log(FB_LOG_ERROR, c->rid, "could not record the call's charge",
+               "hold_id=%" PRId64 " amount_micro=%" PRId64 " code=%s message=%s", c->hold_id,
+               c->charged_micro, reply->code, reply->message);
+        if (c->then == s_send_answer) {
+            /* an answer is only given once its charge is durable */
+            s_set_error(c, 503, "unavailable", NULL,
+                        "the charge for this call could not be recorded, so its answer is withheld (%s)",
+                        reply->code);
+            c->then = s_send_error;
+        }
     } else {
         edge_metrics_money(EDGE_MONEY_COMMITTED, c->charged_micro);
         edge_metrics_money(EDGE_MONEY_RELEASED, c->hold_micro - c->charged_micro);
-    }
-    if (reply->ok && c->charged_micro > 0) {
-        fb_log(FB_LOG_DEBUG, c->rid, "charged", "hold_id=%" PRId64 " amount_micro=%" PRId64, c->hold_id,
-               c->charged_micro);
+        if (c->charged_micro > 0)
+            fb_log(FB_LOG_DEBUG, c->rid, "charged", "hold_id=%" PRId64 " amount_micro=%" PRId64, c->hold_id,
+                   c->charged_micro);
     }
     if (c->then && c->req)
         c->then(c);
@@ -423,24 +433,21 @@ static void s_resolve(s_chat_t *c, int64_t cost, s_then_fn *then)
             then(c);
         return;
     }
-    if (!c->hold_id) {
+    if (!c->res.slice) {
         if (then && c->req)
             then(c);
         return;
     }
-    char idem[64];
-    json_t *body;
     if (cost < 0) {
-        snprintf(idem, sizeof(idem), "void:%" PRId64, c->hold_id);
-        body = json_pack("{sI}", "hold_id", (json_int_t)c->hold_id);
-    } else {
-        c->charged_micro = cost;
-        snprintf(idem, sizeof(idem), "commit:%" PRId64, c->hold_id);
-        body = json_pack("{sI sI}", "hold_id", (json_int_t)c->hold_id, "amount_micro", (json_int_t)cost);
+        edge_purse_release(c->w->purse, &c->res);
+        edge_metrics_money(EDGE_MONEY_RELEASED, c->hold_micro);
+        if (then && c->req)
+            then(c);
+        return;
     }
+    c->charged_micro = cost;
     c->pending++;
-    edge_rpc_json(c->w->ledger, cost < 0 ? "ledger.void" : "ledger.commit", body, idem, c->rid,
-                  MONEY_DEADLINE_MS, s_on_money, c);
+    edge_purse_charge(c->w->purse, &c->res, cost, c->rid, s_on_money, c);
 }
 
 /* --- the provider's answer ------------------------------------------------------------- */
@@ -814,26 +821,27 @@ static json_t *s_pick(json_t *body, const char *const *names, size_t n)
     return d;
 }
 
-static void s_on_hold(void *arg, const fb_rpc_reply_t *reply)
+/* The call's ceiling is reserved: call the provider. */
+static void s_reserved(s_chat_t *c)
+{
+    c->hold_id = c->res.hold_id;
+    edge_metrics_money(EDGE_MONEY_HELD, c->hold_micro);
+    if (!c->req)
+        s_resolve(c, -1, NULL); /* the client left while the slice was opened */
+    else
+        s_call_upstream(c);
+}
+
+static void s_on_reserved(void *arg, const fb_rpc_reply_t *reply)
 {
     s_chat_t *c = arg;
     c->pending--;
-    json_t *body = edge_reply_json(reply);
     if (reply->ok) {
-        c->hold_id = json_integer_value(json_object_get(body, "hold_id"));
-        json_decref(body);
-        edge_metrics_money(EDGE_MONEY_HELD, c->hold_micro);
-        if (!c->req) {
-            s_resolve(c, -1, NULL); /* the client left while the hold was made */
-        } else if (c->hold_id <= 0) {
-            s_set_error(c, 503, "unavailable", NULL, "the ledger's answer had no hold; nothing was charged");
-            s_send_error(c);
-        } else {
-            s_call_upstream(c);
-        }
+        s_reserved(c);
         s_maybe_free(c);
         return;
     }
+    json_t *body = edge_reply_json(reply);
     if (c->req) {
         static const char *const bal[] = {"required_micro", "balance_micro", "deficit_micro"};
         static const char *const cap[] = {"spend_cap_micro", "spent_micro", "held_micro", "required_micro",
@@ -855,17 +863,15 @@ static void s_on_hold(void *arg, const fb_rpc_reply_t *reply)
     s_maybe_free(c);
 }
 
+/* Reserve the call's ceiling in its key's slice (at once, or once a slice is open). */
 static void s_hold(s_chat_t *c)
 {
-    char memo[300], idem[40] = "hold:";
-    snprintf(memo, sizeof(memo), "%s %s", c->model->id, c->rid);
-    fb_random_hex(idem + 5, 16);
-    json_t *body = json_pack("{sI sI sI sI ss}", "account_id", (json_int_t)c->account_id, "amount_micro",
-                             (json_int_t)c->hold_micro, "expires_in_ms",
-                             (json_int_t)(c->w->edge->upstream_timeout_ms + HOLD_MARGIN_MS), "key_id",
-                             (json_int_t)c->key_id, "memo", memo);
     c->pending++;
-    edge_rpc_json(c->w->ledger, "ledger.hold", body, idem, c->rid, MONEY_DEADLINE_MS, s_on_hold, c);
+    if (edge_purse_reserve(c->w->purse, c->account_id, c->key_id, c->hold_micro, c->rid, &c->res,
+                           s_on_reserved, c)) {
+        c->pending--;
+        s_reserved(c);
+    }
 }
 
 /* The signed-message proof of /api/v1/prompt (Chat402's "pay from your own
@@ -1358,7 +1364,10 @@ static void s_on_watch(void *arg, const edge_key_t *k)
         s_chat_t *next;
         for (s_chat_t *c = wt->w->chats; c; c = next) {
             next = c->next;
-            if (c->call && c->req && !c->money_done && memcmp(c->mac, wt->mac, sizeof(wt->mac)) == 0)
+            if (memcmp(c->mac, wt->mac, sizeof(wt->mac)) != 0)
+                continue;
+            edge_purse_retire_key(wt->w->purse, c->key_id); /* its slices take no new call */
+            if (c->call && c->req && !c->money_done)
                 s_revoked(c);
         }
     }

@@ -3,6 +3,7 @@
 #include "edge_auth.h"
 #include "edge_chat.h"
 #include "edge_metrics.h"
+#include "edge_purse.h"
 #include "edge_x402.h"
 #include "fb_curlm.h"
 #include "fb_http.h"
@@ -18,7 +19,8 @@ edge_worker_t *edge_worker_of(h2o_context_t *ctx)
     return (edge_worker_t *)((char *)ctx - offsetof(edge_worker_t, ctx));
 }
 
-#define CONNS_CLOSE_MS 2000 /* after the requests, how long connections get to close */
+#define CONNS_CLOSE_MS  2000  /* after the requests, how long connections get to close */
+#define PURSE_MARGIN_MS 60000 /* a slice's hold outlives its last call by this much more */
 
 /* A stop runs in two steps: the requests in flight finish (up to the grace
  * period), then every connection still open is shut down and closes. */
@@ -36,9 +38,15 @@ static void s_drain_check(uv_timer_t *t)
         self->stop_deadline = now + CONNS_CLOSE_MS;
         fb_http_conns_shutdown(&self->conns);
     }
-    /* ... and the money of requests whose client left (commits, voids) */
-    if ((self->conns.count > 0 || self->active_requests > 0) && now < self->stop_deadline)
+    /* ... and the money of requests whose client left (charges), and the
+     * slices' uncharged rest given back */
+    size_t slices = self->active_requests > 0 ? 1 : edge_purse_drain(self->purse);
+    if ((self->conns.count > 0 || self->active_requests > 0 || slices > 0) && now < self->stop_deadline)
         return;
+    if (slices > 0)
+        fb_log(FB_LOG_WARN, NULL,
+               "prepaid slices still open at exit; their rest is released when they expire",
+               "worker=%d slices=%zu", self->index, slices);
     if (self->conns.count > 0)
         fb_log(FB_LOG_WARN, NULL, "connections still open at exit", "worker=%d connections=%zu", self->index,
                self->conns.count);
@@ -109,6 +117,15 @@ edge_worker_t *edge_worker_new(edge_t *edge, int index, char *err, size_t errlen
     self->x402 = edge_x402_new(self);
     self->metrics = edge_metrics_new(self->ledger, self->verifier);
     self->key_cache = edge_key_cache_new();
+    edge_purse_conf_t purse = {
+        .slice_calls = edge->slice_calls,
+        .slice_max_micro = edge->slice_max_micro,
+        .idle_ms = edge->slice_idle_ms,
+        .max_age_ms = edge->slice_age_ms,
+        /* a slice's hold outlives the last call it may take by the longest provider call */
+        .hold_ttl_ms = edge->slice_age_ms + edge->upstream_timeout_ms + PURSE_MARGIN_MS,
+    };
+    self->purse = edge_purse_new(self, &purse);
     uv_timer_init(self->loop, &self->key_watch);
     self->key_watch.data = self;
     uv_timer_start(&self->key_watch, s_on_key_watch, 1000, 1000);
@@ -160,7 +177,9 @@ void edge_worker_destroy(edge_worker_t **self_p)
         return;
     edge_x402_destroy(&self->x402);
     edge_metrics_destroy(&self->metrics);
+    edge_purse_shutdown(self->purse);
     fb_rpc_client_destroy(&self->ledger);
+    edge_purse_destroy(&self->purse);
     fb_rpc_client_destroy(&self->verifier);
     edge_key_cache_destroy(&self->key_cache);
     fb_curlm_destroy(&self->curlm);

@@ -122,6 +122,16 @@ static const fb_config_var_t s_vars[] = {
     {"FAREBOX_RATE_KEY_BURST", FB_CFG_INT, "100", 1, 10000000, NULL, NULL, "... and in a burst"},
     {"FAREBOX_KEY_CONCURRENCY", FB_CFG_INT, "64", 0, 1000000, NULL, NULL,
      "paid calls one API key may have in flight at once (0: no cap)"},
+    {"FAREBOX_PREPAID_SLICE_CALLS", FB_CFG_INT, "16", 1, 1000000, NULL, NULL,
+     "prepaid calls are served from slices of the balance: a key's first slice holds this many times the "
+     "call's ceiling, and grows fourfold each time one is used up within 2 s (1: one call's ceiling)"},
+    {"FAREBOX_PREPAID_SLICE_MAX_MICRO", FB_CFG_INT, "1000000", 1, 1000000000000, NULL, NULL,
+     "the most money one prepaid slice holds (a single call's ceiling may still be larger)"},
+    {"FAREBOX_PREPAID_SLICE_IDLE_MS", FB_CFG_INT, "1000", 10, 3600000, NULL, NULL,
+     "a prepaid slice unused this long is closed and its uncharged rest given back"},
+    {"FAREBOX_PREPAID_SLICE_AGE_MS", FB_CFG_INT, "60000", 100, 3600000, NULL, NULL,
+     "a prepaid slice this old takes no new call (its hold expires this + the upstream timeout + 60 s "
+     "later)"},
     {"FAREBOX_TRUSTED_PROXIES", FB_CFG_STRING, "", 0, 0, NULL, s_check_proxies,
      "load balancers whose X-Forwarded-For names the client for the IP limits: addresses or CIDR blocks, "
      "comma-separated (unset: the peer address counts)"},
@@ -235,6 +245,10 @@ int main(int argc, char **argv)
              fb_config_str(cfg, "FAREBOX_PAY_TO_SOLANA"));
     edge.x402_timeout_s = fb_config_int(cfg, "FAREBOX_X402_TIMEOUT_S");
     edge.key_concurrency = fb_config_int(cfg, "FAREBOX_KEY_CONCURRENCY");
+    edge.slice_calls = fb_config_int(cfg, "FAREBOX_PREPAID_SLICE_CALLS");
+    edge.slice_max_micro = fb_config_int(cfg, "FAREBOX_PREPAID_SLICE_MAX_MICRO");
+    edge.slice_idle_ms = fb_config_int(cfg, "FAREBOX_PREPAID_SLICE_IDLE_MS");
+    edge.slice_age_ms = fb_config_int(cfg, "FAREBOX_PREPAID_SLICE_AGE_MS");
     edge.limits = edge_limit_new((edge_bucket_conf_t){fb_config_int(cfg, "FAREBOX_RATE_IP_PER_S"),
                                                       fb_config_int(cfg, "FAREBOX_RATE_IP_BURST")},
                                  (edge_bucket_conf_t){fb_config_int(cfg, "FAREBOX_RATE_KEY_PER_S"),

@@ -69,14 +69,13 @@ async function holds(id) {
   return h.body.holds;
 }
 
-/** The account's holds once none is open: newest first. */
+/** The account's charges (one per charged call, newest first) once its prepaid
+ * slices are closed (the edge here closes them after 50 ms unused). */
 async function settled(id) {
-  let list;
-  await waitUntil(async () => {
-    list = await holds(id);
-    return list.every((h) => h.state !== "open");
-  }, { what: "every hold resolved" });
-  return list;
+  await waitUntil(async () => (await holds(id)).every((h) => h.state !== "open"), { what: "every slice closed" });
+  const r = await call("GET", `/admin/accounts/${id}/charges`);
+  assert.equal(r.status, 200);
+  return r.body.charges;
 }
 
 async function available(id) {
@@ -104,7 +103,8 @@ before(async () => {
   edge = await startService("edge", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`,
     FAREBOX_HTTP_LISTEN: `127.0.0.1:${hp}`, FAREBOX_LEDGER_ENDPOINT: `tcp://127.0.0.1:${lp}`,
     FAREBOX_VERIFIER_ENDPOINT: `tcp://127.0.0.1:${vp}`, FAREBOX_ADMIN_TOKEN: ADMIN, FAREBOX_KEY_HMAC_SECRET: HMAC,
-    FAREBOX_MOCK_MODEL_URL: `http://127.0.0.1:${mp}`, FAREBOX_UPSTREAM_TIMEOUT_MS: "5000" });
+    FAREBOX_MOCK_MODEL_URL: `http://127.0.0.1:${mp}`, FAREBOX_UPSTREAM_TIMEOUT_MS: "5000",
+    FAREBOX_PREPAID_SLICE_IDLE_MS: "50" });
   url = `http://127.0.0.1:${hp}`;
   ledgerRpc = new RpcClient(ledger.endpoint);
 });
@@ -130,9 +130,12 @@ test("OpenAI client, non-stream and stream: the charge is the price of the repor
   assert.equal(r.usage.completion_tokens, 12);
   const first = cost("gpt-4o-mini", r.usage.prompt_tokens, r.usage.completion_tokens);
   let list = await settled(id);
-  assert.equal(list[0].state, "committed");
-  assert.equal(list[0].committed_micro, first);
-  assert.ok(list[0].amount_micro > first, "the hold covered the worst case");
+  assert.equal(list.length, 1);
+  assert.equal(list[0].amount_micro, first);
+  assert.equal(list[0].ref, r._request_id, "the charge names the call's request id");
+  const [slice] = await holds(id);
+  assert.ok(slice.amount_micro > first, "the slice covered the worst case");
+  assert.equal(slice.charged_micro, first);
   assert.equal(await available(id), before - first);
 
   // a stream asking for usage gets the usage chunk; the charge is the same rule
@@ -145,7 +148,7 @@ test("OpenAI client, non-stream and stream: the charge is the price of the repor
   const usage = chunks.at(-1).usage;
   assert.equal(usage.completion_tokens, 7);
   list = await settled(id);
-  assert.equal(list[0].committed_micro, cost("gpt-4o-mini", usage.prompt_tokens, 7));
+  assert.equal(list[0].amount_micro, cost("gpt-4o-mini", usage.prompt_tokens, 7));
 
   // a stream without stream_options: no usage chunk for the caller, but farebox
   // asked the provider for it and charges from it
@@ -157,8 +160,8 @@ test("OpenAI client, non-stream and stream: the charge is the price of the repor
   list = await settled(id);
   // the mock counts a token per 4 bytes of message text
   const promptTokens = Math.ceil("abcd [mock:tokens=5]".length / 4);
-  assert.equal(list[0].committed_micro, cost("gpt-4o-mini", promptTokens, 5));
-  assert.equal(await available(id), before - list.reduce((s, h) => s + h.committed_micro, 0));
+  assert.equal(list[0].amount_micro, cost("gpt-4o-mini", promptTokens, 5));
+  assert.equal(await available(id), before - list.reduce((s, h) => s + h.amount_micro, 0));
   await audit();
 });
 
@@ -174,7 +177,7 @@ test("an Anthropic model through the OpenAI client, and through the Anthropic cl
   assert.equal(r.choices[0].message.content, "The mock model says hello from ");
   assert.equal(r.usage.completion_tokens, 6);
   let list = await settled(id);
-  assert.equal(list[0].committed_micro, cost(model, r.usage.prompt_tokens, 6));
+  assert.equal(list[0].amount_micro, cost(model, r.usage.prompt_tokens, 6));
 
   const chunks = [];
   for await (const c of await openai.chat.completions.create({ model, stream: true, max_tokens: 4,
@@ -184,14 +187,14 @@ test("an Anthropic model through the OpenAI client, and through the Anthropic cl
   const usage = chunks.at(-1).usage;
   assert.equal(usage.completion_tokens, 4);
   list = await settled(id);
-  assert.equal(list[0].committed_micro, cost(model, usage.prompt_tokens, 4));
+  assert.equal(list[0].amount_micro, cost(model, usage.prompt_tokens, 4));
 
   const anthropic = new Anthropic({ baseURL: url, apiKey: key, maxRetries: 0 });
   const m = await anthropic.messages.create({ model, max_tokens: 3, messages: [{ role: "user", content: "yo" }] });
   assert.equal(m.type, "message");
   assert.equal(m.content[0].text, "The mock model ");
   list = await settled(id);
-  assert.equal(list[0].committed_micro, cost(model, m.usage.input_tokens, m.usage.output_tokens));
+  assert.equal(list[0].amount_micro, cost(model, m.usage.input_tokens, m.usage.output_tokens));
 
   const s = anthropic.messages.stream({ model, max_tokens: 5, messages: [{ role: "user", content: "stream" }] });
   let streamed = "";
@@ -200,7 +203,7 @@ test("an Anthropic model through the OpenAI client, and through the Anthropic cl
   assert.equal(streamed, "The mock model says hello ");
   assert.equal(final.usage.output_tokens, 5);
   list = await settled(id);
-  assert.equal(list[0].committed_micro, cost(model, final.usage.input_tokens, 5));
+  assert.equal(list[0].amount_micro, cost(model, final.usage.input_tokens, 5));
   await audit();
 });
 
@@ -254,7 +257,7 @@ test("/api/v1/prompt answers in Chat402's shape with exact costs", async () => {
   assert.equal(r.body.cost.totalCostMicro, total);
   assert.equal(r.body.cost.totalCost, total / 1e6);
   assert.equal(r.body.requestId, r.headers.get("x-request-id"));
-  assert.equal((await settled(id))[0].committed_micro, total);
+  assert.equal((await settled(id))[0].amount_micro, total);
 
   const bad = await call("POST", "/api/v1/prompt", { model: "gpt-4o-mini", prompt: "x", colour: 1 },
     { authorization: `Bearer ${key}`, "content-type": "application/json" });
@@ -287,7 +290,7 @@ test("/api/v1/prompt answers in Chat402's shape with exact costs", async () => {
   assert.equal(tiny.status, 402);
   assert.equal(tiny.body.details.reason, "amount_too_low");
   const list = await settled(id);
-  assert.equal(list.length, 2, "refused proofs held nothing");
+  assert.equal(list.length, 2, "refused proofs charged nothing");
   await audit();
 });
 
@@ -302,7 +305,7 @@ test("streams that break: no usage, cut mid-stream, a client that leaves", async
     messages: [{ role: "user", content: "[mock:nousage][mock:tokens=6]" }] })) text += c.choices[0]?.delta?.content ?? "";
   let list = await settled(id);
   const nousageBody = body("[mock:nousage][mock:tokens=6]");
-  assert.equal(list[0].committed_micro,
+  assert.equal(list[0].amount_micro,
     cost("gpt-4o-mini", Buffer.byteLength(nousageBody), outputEstimate(6, Buffer.byteLength(text))));
 
   // the provider drops the connection after 5 tokens: the caller gets an error
@@ -314,7 +317,7 @@ test("streams that break: no usage, cut mid-stream, a client that leaves", async
   }, (e) => /broke off|ended early/.test(e.message));
   assert.equal(cut, "The mock model says hello ");
   list = await settled(id);
-  assert.equal(list[0].committed_micro, cost("gpt-4o-mini", Buffer.byteLength(body("[mock:cut=5][mock:tokens=20]")),
+  assert.equal(list[0].amount_micro, cost("gpt-4o-mini", Buffer.byteLength(body("[mock:cut=5][mock:tokens=20]")),
     outputEstimate(5, Buffer.byteLength(cut))));
 
   // the client leaves after a few tokens of a slow stream: the provider call is
@@ -326,11 +329,10 @@ test("streams that break: no usage, cut mid-stream, a client that leaves", async
   assert.equal(seen, 3);
   list = await settled(id);
   const h = list[0];
-  assert.equal(h.state, "committed");
   const inputCost = cost("gpt-4o-mini", Buffer.byteLength(JSON.stringify({ model: "gpt-4o-mini", stream: true,
     max_tokens: 200, messages: [{ role: "user", content: "[mock:tokens=200][mock:rate=50]" }] })), 0);
-  assert.ok(h.committed_micro >= inputCost + cost("gpt-4o-mini", 0, 3), `charged ${h.committed_micro}`);
-  assert.ok(h.committed_micro < h.amount_micro - cost("gpt-4o-mini", 0, 100), "the unproduced output was released");
+  assert.ok(h.amount_micro >= inputCost + cost("gpt-4o-mini", 0, 3), `charged ${h.amount_micro}`);
+  assert.ok(h.amount_micro < inputCost + cost("gpt-4o-mini", 0, 100), "the unproduced output was released");
   await audit();
 });
 
@@ -393,7 +395,7 @@ test("refused and failed calls charge nothing and surface as the SDK's exception
     (e) => e instanceof OpenAI.AuthenticationError && e.code === "key_revoked");
 
   const list = await settled(id);
-  assert.ok(list.every((h) => h.state === "voided" && !h.committed_micro), JSON.stringify(list));
+  assert.equal(list.length, 0, JSON.stringify(list));
   assert.equal(await available(id), before);
   assert.equal(await available(poor.id), 10);
   await audit();
@@ -424,8 +426,8 @@ test("HTTP/2 (h2c): the same paid calls, whole and streamed", async () => {
   const usage = JSON.parse(events.at(-2).slice(6)).usage;
   session.close();
   const list = await settled(id);
-  assert.equal(list[1].committed_micro, cost("gpt-4o-mini", doc.usage.prompt_tokens, 3));
-  assert.equal(list[0].committed_micro, cost("claude-3-5-haiku-20241022", usage.prompt_tokens, 4));
+  assert.equal(list[1].amount_micro, cost("gpt-4o-mini", doc.usage.prompt_tokens, 3));
+  assert.equal(list[0].amount_micro, cost("claude-3-5-haiku-20241022", usage.prompt_tokens, 4));
   await audit();
 });
 
@@ -483,7 +485,7 @@ test("rate limits per IP and per key, and the in-flight cap per key: 429 with Re
   assert.ok(refused, "the key's bucket ran out");
   assert.ok(Number(refused.headers.get("retry-after")) >= 1);
   const list = await settled(id);
-  assert.equal(list.length, 1, "only the call that ran held money");
+  assert.equal(list.length, 1, "only the call that ran was charged");
   await audit();
 });
 
@@ -529,8 +531,7 @@ test("a key revoked while its stream runs: the stream is cut within seconds and 
   }, /revoked/);
   assert.ok(Date.now() - revokedAt < 5000, "cut within a few seconds, not after the 20 s stream");
   const [h] = await settled(id);
-  assert.equal(h.state, "committed");
-  assert.ok(h.committed_micro > 0 && h.committed_micro < h.amount_micro / 2, JSON.stringify(h));
+  assert.ok(h.amount_micro > 0 && h.amount_micro < cost("gpt-4o-mini", 0, 400) / 2, JSON.stringify(h));
   await audit();
 });
 
@@ -544,7 +545,7 @@ test("an OpenAI model through the Anthropic client on /v1/messages: whole, strea
   assert.equal(m.content[0].text, "The mock model says ");
   assert.equal(m.stop_reason, "max_tokens");
   let list = await settled(id);
-  assert.equal(list[0].committed_micro, cost("gpt-4o-mini", m.usage.input_tokens, m.usage.output_tokens));
+  assert.equal(list[0].amount_micro, cost("gpt-4o-mini", m.usage.input_tokens, m.usage.output_tokens));
 
   const s = anthropic.messages.stream({ model: "gpt-4o-mini", max_tokens: 3, messages: [{ role: "user", content: "go" }] });
   let text = "";
@@ -553,7 +554,7 @@ test("an OpenAI model through the Anthropic client on /v1/messages: whole, strea
   assert.equal(text, "The mock model ");
   assert.equal(final.usage.output_tokens, 3);
   list = await settled(id);
-  assert.equal(list[0].committed_micro, cost("gpt-4o-mini", final.usage.input_tokens, 3));
+  assert.equal(list[0].amount_micro, cost("gpt-4o-mini", final.usage.input_tokens, 3));
 
   const tools = [{ name: "get_weather", input_schema: { type: "object", properties: { city: { type: "string" } } } }];
   const t = await anthropic.messages.create({ model: "gpt-4o-mini", max_tokens: 50, tools,

@@ -1,0 +1,620 @@
+/* edge_purse - prepaid calls served from slices of the balance (see the header). */
+#include "edge_purse.h"
+#include "edge_reply.h"
+#include "fb_log.h"
+#include "fb_util.h"
+
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MONEY_DEADLINE_MS 10000 /* a ledger write, retries on other replicas included */
+#define SWEEP_MS          250   /* how often idle and old slices are looked for */
+#define GROW_WITHIN_MS    2000  /* a slice used up this fast makes the next one bigger */
+#define GROWTH            4
+#define CHARGES_PER_WRITE 1000 /* the ledger's limit per ledger.charge */
+#define BUCKETS_MIN       64
+
+typedef struct s_wait {
+    struct s_wait *next;
+    int64_t amount;
+    char rid[EDGE_ID_TEXT_MAX + 1];
+    edge_purse_res_t *res;
+    edge_purse_fn *fn;
+    void *arg;
+} s_wait_t;
+
+typedef struct s_item {
+    struct s_item *next;
+    int64_t cost;
+    char rid[EDGE_ID_TEXT_MAX + 1];
+    edge_purse_fn *fn;
+    void *arg;
+} s_item_t;
+
+typedef struct s_key s_key_t;
+
+struct edge_slice_t {
+    edge_slice_t *next; /* in the purse's list of slices */
+    edge_slice_t *prev;
+    s_key_t *key;
+    int64_t hold_id, amount;
+    int64_t used;     /* charged, or queued to be */
+    int64_t reserved; /* ceilings of the calls running on it */
+    int64_t calls;    /* reservations not yet charged or released */
+    int64_t opened_ms, last_ms;
+    s_item_t *items, **items_tail; /* charges waiting for the next write */
+    size_t nitems;
+    bool dirty;    /* in the purse's list of slices to write */
+    bool flushing; /* a ledger.charge in flight */
+    bool retiring; /* takes no new calls; closes once idle */
+    bool closing;  /* ledger.void in flight */
+    uint64_t writes;
+    edge_slice_t *dirty_next;
+};
+
+struct s_key {
+    s_key_t *next; /* in its bucket */
+    int64_t key_id, account_id;
+    edge_slice_t *current; /* takes new calls, or NULL */
+    bool opening;          /* a ledger.hold in flight */
+    bool exact;            /* ... at exactly the first waiter's ceiling */
+    s_wait_t *waiters, **waiters_tail;
+    int64_t factor; /* ceilings per slice */
+};
+
+struct edge_purse_t {
+    edge_worker_t *w;
+    edge_purse_conf_t conf;
+    s_key_t **buckets;
+    size_t nbuckets, nkeys;
+    edge_slice_t *slices; /* every slice not yet closed */
+    edge_slice_t *dirty;  /* slices with charges to write */
+    uv_check_t flush;     /* writes the turn's charges */
+    uv_timer_t sweep;
+    bool flush_armed;
+    bool dead;      /* shut down: no more ledger calls */
+    uint64_t epoch; /* the edge's key epoch the slices were opened under */
+    int closed_handles;
+    edge_purse_stats_t stats;
+};
+
+static const msgpack_object s_empty_map = {.type = MSGPACK_OBJECT_MAP};
+
+static void s_fail(edge_purse_fn *fn, void *arg, const char *code, const char *message)
+{
+    fb_rpc_reply_t r = {.ok = false, .body = &s_empty_map};
+    snprintf(r.code, sizeof(r.code), "%s", code);
+    snprintf(r.message, sizeof(r.message), "%s", message);
+    fn(arg, &r);
+}
+
+/* A ledger write; once the purse is shut down, fn gets "unavailable" at once. */
+static void s_ledger(edge_purse_t *self, const char *method, json_t *body, const char *idem, const char *rid,
+                     edge_purse_fn *fn, void *arg)
+{
+    if (self->dead) {
+        json_decref(body);
+        s_fail(fn, arg, "unavailable", "the edge is stopping");
+        return;
+    }
+    edge_rpc_json(self->w->ledger, method, body, idem, rid && rid[0] ? rid : NULL, MONEY_DEADLINE_MS, fn,
+                  arg);
+}
+
+/* --- keys --------------------------------------------------------------------------------- */
+
+static size_t s_bucket(const edge_purse_t *self, int64_t key_id)
+{
+    uint64_t h = (uint64_t)key_id * 0x9E3779B97F4A7C15ull;
+    return (size_t)(h >> 32) & (self->nbuckets - 1);
+}
+
+static s_key_t *s_key_find(edge_purse_t *self, int64_t key_id)
+{
+    for (s_key_t *k = self->buckets[s_bucket(self, key_id)]; k; k = k->next)
+        if (k->key_id == key_id)
+            return k;
+    return NULL;
+}
+
+static void s_rehash(edge_purse_t *self, size_t n)
+{
+    s_key_t **old = self->buckets;
+    size_t oldn = self->nbuckets;
+    self->buckets = fb_calloc(n, sizeof(*self->buckets));
+    self->nbuckets = n;
+    for (size_t i = 0; i < oldn; i++) {
+        for (s_key_t *k = old[i], *next; k; k = next) {
+            next = k->next;
+            size_t b = s_bucket(self, k->key_id);
+            k->next = self->buckets[b];
+            self->buckets[b] = k;
+        }
+    }
+    free(old);
+}
+
+static s_key_t *s_key_get(edge_purse_t *self, int64_t key_id, int64_t account_id)
+{
+    s_key_t *k = s_key_find(self, key_id);
+    if (k)
+        return k;
+    if (self->nkeys >= self->nbuckets * 2)
+        s_rehash(self, self->nbuckets * 2);
+    k = fb_calloc(1, sizeof(*k));
+    k->key_id = key_id;
+    k->account_id = account_id;
+    k->waiters_tail = &k->waiters;
+    k->factor = self->conf.slice_calls;
+    size_t b = s_bucket(self, key_id);
+    k->next = self->buckets[b];
+    self->buckets[b] = k;
+    self->nkeys++;
+    return k;
+}
+
+/* Frees a key with nothing left on it: no slice takes its calls, no open, no waiter. */
+static void s_key_maybe_free(edge_purse_t *self, s_key_t *k)
+{
+    if (k->current || k->opening || k->waiters)
+        return;
+    for (edge_slice_t *s = self->slices; s; s = s->next)
+        if (s->key == k)
+            return;
+    s_key_t **p = &self->buckets[s_bucket(self, k->key_id)];
+    while (*p != k)
+        p = &(*p)->next;
+    *p = k->next;
+    self->nkeys--;
+    free(k);
+}
+
+/* --- slices ------------------------------------------------------------------------------- */
+
+static void s_open(edge_purse_t *self, s_key_t *k);
+
+static bool s_fits(const edge_slice_t *s, int64_t amount)
+{
+    return !s->retiring && s->amount - s->used - s->reserved >= amount;
+}
+
+static void s_take(edge_slice_t *s, int64_t amount, edge_purse_res_t *res)
+{
+    s->reserved += amount;
+    s->calls++;
+    s->last_ms = fb_mono_ms();
+    *res = (edge_purse_res_t){.slice = s, .amount = amount, .hold_id = s->hold_id};
+}
+
+typedef struct {
+    edge_purse_t *purse;
+    edge_slice_t *slice;
+} s_close_t;
+
+static void s_on_void(void *arg, const fb_rpc_reply_t *reply)
+{
+    s_close_t *c = arg;
+    edge_purse_t *self = c->purse;
+    edge_slice_t *s = c->slice;
+    free(c);
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        self->slices = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    self->stats.slices_open--;
+    self->stats.slices_closed++;
+    if (!reply->ok && strcmp(reply->code, "hold_not_open") != 0)
+        fb_log(FB_LOG_WARN, NULL, "could not close a prepaid slice; its rest is released when it expires",
+               "hold_id=%" PRId64 " code=%s message=%s", s->hold_id, reply->code, reply->message);
+    s_key_t *k = s->key;
+    free(s);
+    s_key_maybe_free(self, k);
+}
+
+/* Closes a retiring slice once nothing runs on it: its uncharged rest goes back. */
+static void s_maybe_close(edge_purse_t *self, edge_slice_t *s)
+{
+    if (!s->retiring || s->closing || s->calls > 0 || s->items || s->flushing)
+        return;
+    s->closing = true;
+    s_close_t *c = fb_calloc(1, sizeof(*c));
+    c->purse = self;
+    c->slice = s;
+    char idem[64];
+    snprintf(idem, sizeof(idem), "slice-close:%" PRId64, s->hold_id);
+    s_ledger(self, "ledger.void", json_pack("{sI}", "hold_id", (json_int_t)s->hold_id), idem, NULL, s_on_void,
+             c);
+}
+
+static void s_retire(edge_purse_t *self, edge_slice_t *s)
+{
+    if (!s || s->retiring)
+        return;
+    s->retiring = true;
+    if (s->key && s->key->current == s)
+        s->key->current = NULL;
+    s_maybe_close(self, s);
+}
+
+/* Serves the key's waiters from its current slice, in order; opens another
+ * slice for those that do not fit. */
+static void s_serve_waiters(edge_purse_t *self, s_key_t *k)
+{
+    while (k->waiters && k->current && s_fits(k->current, k->waiters->amount)) {
+        s_wait_t *wt = k->waiters;
+        k->waiters = wt->next;
+        if (!k->waiters)
+            k->waiters_tail = &k->waiters;
+        s_take(k->current, wt->amount, wt->res);
+        fb_rpc_reply_t ok = {.ok = true, .body = &s_empty_map};
+        wt->fn(wt->arg, &ok);
+        free(wt);
+    }
+    if (k->waiters && !k->opening) {
+        if (k->current) {
+            /* used up: a busy key gets bigger slices */
+            if (fb_mono_ms() - k->current->opened_ms < GROW_WITHIN_MS && k->factor < INT64_MAX / GROWTH)
+                k->factor *= GROWTH;
+            s_retire(self, k->current);
+        }
+        s_open(self, k);
+    }
+}
+
+typedef struct {
+    edge_purse_t *purse;
+    s_key_t *key;
+    int64_t amount;
+} s_opening_t;
+
+static void s_on_hold(void *arg, const fb_rpc_reply_t *reply)
+{
+    s_opening_t *o = arg;
+    edge_purse_t *self = o->purse;
+    s_key_t *k = o->key;
+    int64_t amount = o->amount;
+    free(o);
+    k->opening = false;
+    if (reply->ok) {
+        json_t *b = edge_reply_json(reply);
+        int64_t hold_id = json_integer_value(json_object_get(b, "hold_id"));
+        json_decref(b);
+        if (hold_id > 0) {
+            edge_slice_t *s = fb_calloc(1, sizeof(*s));
+            s->key = k;
+            s->hold_id = hold_id;
+            s->amount = amount;
+            s->opened_ms = s->last_ms = fb_mono_ms();
+            s->items_tail = &s->items;
+            s->next = self->slices;
+            if (s->next)
+                s->next->prev = s;
+            self->slices = s;
+            self->stats.slices_open++;
+            self->stats.slices_opened++;
+            k->exact = false;
+            k->current = s;
+            s_serve_waiters(self, k);
+            s_key_maybe_free(self, k);
+            return;
+        }
+        reply = &(fb_rpc_reply_t){.ok = false, .code = "unavailable", .body = &s_empty_map};
+    }
+    bool short_money =
+        strcmp(reply->code, "insufficient_balance") == 0 || strcmp(reply->code, "spend_limit_exceeded") == 0;
+    if (short_money && !k->exact && k->waiters && amount > k->waiters->amount) {
+        /* the whole slice does not fit: ask for exactly the first call's ceiling */
+        k->exact = true;
+        k->factor = self->conf.slice_calls;
+        s_open(self, k);
+        return;
+    }
+    /* the first waiter gets the refusal; the others try again on their own */
+    s_wait_t *wt = k->waiters;
+    if (wt) {
+        k->waiters = wt->next;
+        if (!k->waiters)
+            k->waiters_tail = &k->waiters;
+        wt->fn(wt->arg, reply);
+        free(wt);
+    }
+    if (k->waiters) {
+        k->exact = short_money;
+        s_open(self, k);
+        return;
+    }
+    k->exact = false;
+    s_key_maybe_free(self, k);
+}
+
+static void s_open(edge_purse_t *self, s_key_t *k)
+{
+    FB_ASSERT(k->waiters && !k->opening);
+    int64_t first = k->waiters->amount;
+    int64_t amount = first;
+    if (!k->exact) {
+        int64_t want = first > self->conf.slice_max_micro / (k->factor > 0 ? k->factor : 1)
+                           ? self->conf.slice_max_micro
+                           : first * k->factor;
+        amount = want > first ? want : first;
+    }
+    k->opening = true;
+    s_opening_t *o = fb_calloc(1, sizeof(*o));
+    o->purse = self;
+    o->key = k;
+    o->amount = amount;
+    char idem[40] = "slice:";
+    fb_random_hex(idem + 6, 16);
+    json_t *body = json_pack("{sI sI sI sI ss}", "account_id", (json_int_t)k->account_id, "amount_micro",
+                             (json_int_t)amount, "expires_in_ms", (json_int_t)self->conf.hold_ttl_ms,
+                             "key_id", (json_int_t)k->key_id, "memo", "prepaid slice");
+    s_ledger(self, "ledger.hold", body, idem, k->waiters->rid, s_on_hold, o);
+}
+
+bool edge_purse_reserve(edge_purse_t *self, int64_t account_id, int64_t key_id, int64_t amount,
+                        const char *rid, edge_purse_res_t *res, edge_purse_fn *fn, void *arg)
+{
+    FB_ASSERT(amount > 0);
+    *res = (edge_purse_res_t){0};
+    uint64_t epoch = atomic_load(&self->w->edge->key_epoch);
+    if (epoch != self->epoch) {
+        /* a key was revoked or changed here: no slice outlives what it was opened under */
+        self->epoch = epoch;
+        edge_purse_drain(self);
+    }
+    s_key_t *k = s_key_get(self, key_id, account_id);
+    if (!k->waiters && k->current && s_fits(k->current, amount)) {
+        s_take(k->current, amount, res);
+        self->stats.reserved_at_once++;
+        return true;
+    }
+    s_wait_t *wt = fb_calloc(1, sizeof(*wt));
+    wt->amount = amount;
+    snprintf(wt->rid, sizeof(wt->rid), "%s", rid ? rid : "");
+    wt->res = res;
+    wt->fn = fn;
+    wt->arg = arg;
+    *k->waiters_tail = wt;
+    k->waiters_tail = &wt->next;
+    if (!k->opening)
+        s_serve_waiters(self, k);
+    return false;
+}
+
+void edge_purse_release(edge_purse_t *self, edge_purse_res_t *res)
+{
+    edge_slice_t *s = res->slice;
+    if (!s)
+        return;
+    res->slice = NULL;
+    s->reserved -= res->amount;
+    s->calls--;
+    s_maybe_close(self, s);
+}
+
+/* --- charges ------------------------------------------------------------------------------ */
+
+typedef struct {
+    edge_purse_t *purse;
+    edge_slice_t *slice;
+    s_item_t *items;
+} s_write_t;
+
+static void s_write(edge_purse_t *self, edge_slice_t *s);
+
+static void s_on_charged(void *arg, const fb_rpc_reply_t *reply)
+{
+    s_write_t *wr = arg;
+    edge_purse_t *self = wr->purse;
+    edge_slice_t *s = wr->slice;
+    s_item_t *items = wr->items;
+    free(wr);
+    s->flushing = false;
+    if (!reply->ok) {
+        /* refused (the hold expired or was closed) or unknown (no answer): the
+         * slice is not trusted with more calls; its charges' callers get the error */
+        fb_log(FB_LOG_ERROR, NULL, "charges against a prepaid slice failed; their calls get an error",
+               "hold_id=%" PRId64 " code=%s message=%s", s->hold_id, reply->code, reply->message);
+        s_retire(self, s);
+    }
+    for (s_item_t *it = items, *next; it; it = next) {
+        next = it->next;
+        it->fn(it->arg, reply);
+        free(it);
+    }
+    if (s->items)
+        s_write(self, s);
+    else
+        s_maybe_close(self, s);
+}
+
+/* Sends the slice's waiting charges (up to the ledger's limit per write). */
+static void s_write(edge_purse_t *self, edge_slice_t *s)
+{
+    if (s->flushing || !s->items)
+        return;
+    json_t *list = json_array();
+    s_item_t *batch = s->items, *last = NULL;
+    size_t n = 0;
+    for (s_item_t *it = s->items; it && n < CHARGES_PER_WRITE; it = it->next, n++) {
+        json_array_append_new(list,
+                              json_pack("{sI ss}", "amount_micro", (json_int_t)it->cost, "ref", it->rid));
+        last = it;
+    }
+    s->items = last->next;
+    last->next = NULL;
+    if (!s->items)
+        s->items_tail = &s->items;
+    s->nitems -= n;
+    s->flushing = true;
+    s_write_t *wr = fb_calloc(1, sizeof(*wr));
+    wr->purse = self;
+    wr->slice = s;
+    wr->items = batch;
+    char idem[64];
+    snprintf(idem, sizeof(idem), "slice-charge:%" PRId64 ":%" PRIu64, s->hold_id, ++s->writes);
+    self->stats.charge_writes++;
+    s_ledger(self, "ledger.charge", json_pack("{sI so}", "hold_id", (json_int_t)s->hold_id, "charges", list),
+             idem, batch->rid, s_on_charged, wr);
+}
+
+static void s_on_flush(uv_check_t *h)
+{
+    edge_purse_t *self = h->data;
+    edge_slice_t *list = self->dirty;
+    self->dirty = NULL;
+    self->flush_armed = false;
+    uv_check_stop(&self->flush);
+    for (edge_slice_t *s = list, *next; s; s = next) {
+        next = s->dirty_next;
+        s->dirty = false;
+        s->dirty_next = NULL;
+        s_write(self, s);
+    }
+}
+
+static void s_arm_flush(edge_purse_t *self)
+{
+    if (self->flush_armed)
+        return;
+    self->flush_armed = true;
+    uv_check_start(&self->flush, s_on_flush);
+}
+
+void edge_purse_charge(edge_purse_t *self, edge_purse_res_t *res, int64_t cost, const char *rid,
+                       edge_purse_fn *fn, void *arg)
+{
+    edge_slice_t *s = res->slice;
+    FB_ASSERT(s && cost >= 0 && cost <= res->amount);
+    res->slice = NULL;
+    s->reserved -= res->amount;
+    s->calls--;
+    s->used += cost;
+    s->last_ms = fb_mono_ms();
+    s_item_t *it = fb_calloc(1, sizeof(*it));
+    it->cost = cost;
+    snprintf(it->rid, sizeof(it->rid), "%s", rid ? rid : "");
+    it->fn = fn;
+    it->arg = arg;
+    *s->items_tail = it;
+    s->items_tail = &it->next;
+    s->nitems++;
+    self->stats.charges++;
+    if (!s->dirty) {
+        s->dirty = true;
+        s->dirty_next = self->dirty;
+        self->dirty = s;
+    }
+    s_arm_flush(self);
+}
+
+/* --- upkeep ------------------------------------------------------------------------------- */
+
+static void s_on_sweep(uv_timer_t *t)
+{
+    edge_purse_t *self = t->data;
+    int64_t now = fb_mono_ms();
+    for (edge_slice_t *s = self->slices, *next; s; s = next) {
+        next = s->next;
+        if (s->retiring)
+            continue;
+        bool idle = s->calls == 0 && !s->items && now - s->last_ms >= self->conf.idle_ms;
+        if (idle || now - s->opened_ms >= self->conf.max_age_ms)
+            s_retire(self, s);
+    }
+}
+
+void edge_purse_retire_key(edge_purse_t *self, int64_t key_id)
+{
+    for (edge_slice_t *s = self->slices, *next; s; s = next) {
+        next = s->next;
+        if (s->key && s->key->key_id == key_id)
+            s_retire(self, s);
+    }
+}
+
+size_t edge_purse_drain(edge_purse_t *self)
+{
+    size_t n = 0;
+    for (edge_slice_t *s = self->slices, *next; s; s = next) {
+        next = s->next;
+        s_retire(self, s);
+    }
+    for (edge_slice_t *s = self->slices; s; s = s->next)
+        n++;
+    return n;
+}
+
+void edge_purse_stats(const edge_purse_t *self, edge_purse_stats_t *out)
+{
+    *out = self->stats;
+}
+
+edge_purse_t *edge_purse_new(edge_worker_t *w, const edge_purse_conf_t *conf)
+{
+    edge_purse_t *self = fb_calloc(1, sizeof(*self));
+    self->w = w;
+    self->conf = *conf;
+    self->epoch = atomic_load(&w->edge->key_epoch);
+    if (self->conf.slice_calls < 1)
+        self->conf.slice_calls = 1;
+    self->nbuckets = BUCKETS_MIN;
+    self->buckets = fb_calloc(self->nbuckets, sizeof(*self->buckets));
+    uv_check_init(w->loop, &self->flush);
+    self->flush.data = self;
+    uv_timer_init(w->loop, &self->sweep);
+    self->sweep.data = self;
+    uv_timer_start(&self->sweep, s_on_sweep, SWEEP_MS, SWEEP_MS);
+    uv_unref((uv_handle_t *)&self->sweep);
+    return self;
+}
+
+void edge_purse_shutdown(edge_purse_t *self)
+{
+    self->dead = true;
+    uv_timer_stop(&self->sweep);
+}
+
+static void s_on_handle_closed(uv_handle_t *h)
+{
+    edge_purse_t *self = h->data;
+    if (++self->closed_handles == 2) {
+        free(self->buckets);
+        free(self);
+    }
+}
+
+void edge_purse_destroy(edge_purse_t **self_p)
+{
+    FB_ASSERT(self_p);
+    edge_purse_t *self = *self_p;
+    if (!self)
+        return;
+    *self_p = NULL;
+    /* the process is ending: what is left open expires in the ledger */
+    for (edge_slice_t *s = self->slices, *next; s; s = next) {
+        next = s->next;
+        for (s_item_t *it = s->items, *n2; it; it = n2) {
+            n2 = it->next;
+            free(it);
+        }
+        free(s);
+    }
+    for (size_t i = 0; i < self->nbuckets; i++) {
+        for (s_key_t *k = self->buckets[i], *next; k; k = next) {
+            next = k->next;
+            for (s_wait_t *wt = k->waiters, *n2; wt; wt = n2) {
+                n2 = wt->next;
+                free(wt);
+            }
+            free(k);
+        }
+    }
+    uv_close((uv_handle_t *)&self->flush, s_on_handle_closed);
+    uv_close((uv_handle_t *)&self->sweep, s_on_handle_closed);
+}

@@ -1,0 +1,86 @@
+/* edge_purse - prepaid calls served from slices of the balance.
+ *
+ * A slice is one ledger hold for a key, sized for many calls. Each worker keeps
+ * at most one open slice per key and reserves each call's ceiling in it in
+ * memory, with no ledger round trip. When the call ends, its cost is charged:
+ * the charges of every call that ended in the same loop turn go to the ledger
+ * as one ledger.charge (one row per call, one transfer), and each call gets its
+ * answer only once that write is durable. A call that fails before any output
+ * just gives its reservation back. A slice is closed (ledger.void of its
+ * uncharged rest) when it runs short, when it has been idle or open long
+ * enough, when its key is revoked, and when the edge stops; an edge that dies
+ * leaves its slices to expire, and then only their uncharged rest comes back:
+ * every served call stays charged, once.
+ *
+ * Slices start at FAREBOX_PREPAID_SLICE_CALLS times the call's ceiling and
+ * grow fourfold each time one runs out within two seconds (a busy key), up to
+ * FAREBOX_PREPAID_SLICE_MAX_MICRO; a refused slice (the balance or the key's
+ * spend cap is short) is asked again at exactly the call's ceiling, so a small
+ * balance serves calls one at a time as before. */
+#ifndef EDGE_PURSE_H
+#define EDGE_PURSE_H
+
+#include "edge.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct edge_purse_t edge_purse_t;
+typedef struct edge_slice_t edge_slice_t;
+
+typedef struct {
+    int64_t slice_calls;     /* a new slice covers this many ceilings */
+    int64_t slice_max_micro; /* ... at most this much money */
+    int64_t idle_ms;         /* a slice unused this long is closed */
+    int64_t max_age_ms;      /* a slice this old takes no new calls */
+    int64_t hold_ttl_ms;     /* the slice hold's expiry: outlives any call it covers */
+} edge_purse_conf_t;
+
+/* One call's reservation in a slice. */
+typedef struct {
+    edge_slice_t *slice; /* NULL: nothing reserved */
+    int64_t amount;      /* the call's ceiling */
+    int64_t hold_id;     /* the slice's hold */
+} edge_purse_res_t;
+
+/* An answer from the ledger (or a local failure shaped like one). */
+typedef void(edge_purse_fn)(void *arg, const fb_rpc_reply_t *reply);
+
+edge_purse_t *edge_purse_new(edge_worker_t *w, const edge_purse_conf_t *conf);
+/* edge_purse_shutdown - before the worker's ledger client goes: calls still
+ * pending complete with "unavailable" and nothing new is sent. */
+void edge_purse_shutdown(edge_purse_t *self);
+void edge_purse_destroy(edge_purse_t **self_p);
+
+/* edge_purse_reserve - reserve amount for a call of key (on account). Returns
+ * true when it is reserved at once (res filled, fn not called); false when a
+ * slice is being opened: fn runs later, with res filled when reply->ok, or
+ * with the ledger's refusal (insufficient_balance, spend_limit_exceeded,
+ * key_revoked, ... with their bodies). */
+bool edge_purse_reserve(edge_purse_t *self, int64_t account_id, int64_t key_id, int64_t amount,
+                        const char *rid, edge_purse_res_t *res, edge_purse_fn *fn, void *arg);
+
+/* edge_purse_charge - charge cost (0..res->amount) for the call, with rid as
+ * the charge's ref; fn runs once the charge is durable (reply->ok) or could
+ * not be made. The reservation is consumed either way. */
+void edge_purse_charge(edge_purse_t *self, edge_purse_res_t *res, int64_t cost, const char *rid,
+                       edge_purse_fn *fn, void *arg);
+
+/* edge_purse_release - give an unused reservation back (nothing is charged). */
+void edge_purse_release(edge_purse_t *self, edge_purse_res_t *res);
+
+/* edge_purse_retire_key - the key's slices take no new call and close once
+ * their calls ended (a revoked key). */
+void edge_purse_retire_key(edge_purse_t *self, int64_t key_id);
+
+/* edge_purse_drain - retire every slice (the edge stops); returns how many
+ * are not closed yet. */
+size_t edge_purse_drain(edge_purse_t *self);
+
+typedef struct {
+    uint64_t slices_open, slices_opened, slices_closed, charges, charge_writes, reserved_at_once;
+} edge_purse_stats_t;
+
+void edge_purse_stats(const edge_purse_t *self, edge_purse_stats_t *out);
+
+#endif
