@@ -198,6 +198,69 @@ test("an expired hold cannot be committed, and the sweeper releases it", async (
   await audit();
 });
 
+test("charges: drawn from an open hold one row each, all or nothing, kept by commit, void and expiry", async () => {
+  const account_id = await newAccount(10_000_000);
+  const { key_id } = await ok("ledger.mint_key", { account_id, label: "slices", spend_cap_micro: 5_000_000 });
+  const h = await ok("ledger.hold", { account_id, key_id, amount_micro: 1_000_000, expires_in_ms: 60_000 });
+  const k = idem("charge");
+  const c = await ok("ledger.charge", { hold_id: h.hold_id, charges: [{ amount_micro: 1000, ref: "call-1" },
+    { amount_micro: 0, ref: "call-2" }, { amount_micro: 234, ref: "call-3" }] }, k);
+  assert.equal(c.charged_micro, 1234);
+  assert.equal(c.charges, 3);
+  assert.equal(c.uncharged_micro, 1_000_000 - 1234);
+  // a retry answers the same charges; the same key with other charges is refused
+  assert.equal((await call("ledger.charge", { hold_id: h.hold_id, charges: [{ amount_micro: 1000, ref: "call-1" },
+    { amount_micro: 0, ref: "call-2" }, { amount_micro: 234, ref: "call-3" }] }, k)).body.replayed, true);
+  assert.equal((await call("ledger.charge", { hold_id: h.hold_id, charges: [{ amount_micro: 1 }] }, k)).code,
+    "idempotency_conflict");
+  let bal = await ok("ledger.balance", { account_id });
+  assert.equal(bal.balance_micro, 10_000_000 - 1234);
+  assert.equal(bal.held_micro, 1_000_000 - 1234);
+  // more than the uncharged rest: refused whole, nothing changes
+  const over = await call("ledger.charge", { hold_id: h.hold_id, charges: [{ amount_micro: 500_000 },
+    { amount_micro: 500_000 }] }, idem());
+  assert.equal(over.code, "amount_exceeds_hold");
+  assert.equal(over.body.held_micro, 1_000_000 - 1234);
+  // bad charges: clear errors
+  for (const charges of [[], [{ amount_micro: -1 }], [{ ref: "x" }], [{ amount_micro: 1, ref: "r".repeat(101) }],
+    Array.from({ length: 1001 }, () => ({ amount_micro: 1 })), "x"]) {
+    assert.equal((await call("ledger.charge", { hold_id: h.hold_id, charges }, idem())).code, "bad_request");
+  }
+  const rows = await ok("ledger.charges", { account_id });
+  assert.deepEqual(rows.charges.map((r) => [r.ref, r.amount_micro, r.hold_id]),
+    [["call-3", 234, h.hold_id], ["call-2", 0, h.hold_id], ["call-1", 1000, h.hold_id]]);
+  assert.equal(rows.charges[1].transfer_id, null);
+  // commit on top of the charges; the hold ends with both
+  const done = await ok("ledger.commit", { hold_id: h.hold_id, amount_micro: 66 });
+  assert.equal(done.committed_micro, 1300);
+  assert.equal(done.released_micro, 1_000_000 - 1300);
+  assert.equal((await call("ledger.charge", { hold_id: h.hold_id, charges: [{ amount_micro: 1 }] }, idem())).code,
+    "hold_not_open");
+  // void keeps the charges: the hold ends committed for them
+  const h2 = await ok("ledger.hold", { account_id, key_id, amount_micro: 5000, expires_in_ms: 60_000 });
+  await ok("ledger.charge", { hold_id: h2.hold_id, charges: [{ amount_micro: 700, ref: "a" }] });
+  const v = await ok("ledger.void", { hold_id: h2.hold_id });
+  assert.equal(v.released_micro, 4300);
+  assert.equal(v.charged_micro, 700);
+  const [view] = (await ok("ledger.holds", { account_id, limit: 1 })).holds;
+  assert.equal(view.state, "committed");
+  assert.equal(view.committed_micro, 700);
+  // expiry keeps the charges and releases the rest
+  const h3 = await ok("ledger.hold", { account_id, key_id, amount_micro: 9000, expires_in_ms: 1000 });
+  await ok("ledger.charge", { hold_id: h3.hold_id, charges: [{ amount_micro: 1, ref: "b" }] });
+  await sleep(1300);
+  assert.equal((await call("ledger.charge", { hold_id: h3.hold_id, charges: [{ amount_micro: 1 }] }, idem())).code,
+    "hold_expired");
+  await sleep(600);
+  bal = await ok("ledger.balance", { account_id });
+  assert.equal(bal.held_micro, 0);
+  assert.equal(bal.balance_micro, 10_000_000 - 1300 - 700 - 1);
+  const [key] = (await ok("ledger.keys", { account_id })).keys;
+  assert.equal(key.spent_micro, 1300 + 700 + 1);
+  assert.equal(key.held_micro, 0);
+  await audit();
+});
+
 test("many short holds expire on every replica at once, each released exactly once", async () => {
   const account_id = await newAccount(10_000_000);
   await Promise.all(Array.from({ length: 120 }, () =>

@@ -573,3 +573,74 @@ test("an OpenAI model through the Anthropic client on /v1/messages: whole, strea
   assert.deepEqual(tfinal.content.find((b) => b.type === "tool_use").input, { city: "Paris" });
   await audit();
 });
+
+test("prepaid slices: concurrent calls of one key are each charged once, from a few holds", async () => {
+  const { id, key } = await account(50_000_000);
+  const before = await available(id);
+  const openai = new OpenAI({ baseURL: `${url}/v1`, apiKey: key, maxRetries: 0 });
+  const ids = new Set();
+  let total = 0;
+  const one = async (i) => {
+    const r = await openai.chat.completions.create({ model: "gpt-4o-mini", max_tokens: 2 + (i % 5),
+      messages: [{ role: "user", content: `call number ${i}` }] });
+    ids.add(r._request_id);
+    total += cost("gpt-4o-mini", r.usage.prompt_tokens, r.usage.completion_tokens);
+  };
+  for (let b = 0; b < 3; b++) await Promise.all(Array.from({ length: 30 }, (_, j) => one(b * 30 + j)));
+  const list = await settled(id);
+  assert.equal(list.length, 90);
+  assert.deepEqual(new Set(list.map((c) => c.ref)), ids, "one charge per answered call, named by its request id");
+  assert.equal(list.reduce((s, c) => s + c.amount_micro, 0), total);
+  assert.equal(await available(id), before - total);
+  const slices = await holds(id);
+  assert.ok(slices.length < 20, `${slices.length} holds for 90 calls`);
+  assert.ok(slices.every((h) => h.state === "committed" && h.committed_micro === h.charged_micro));
+  await audit();
+});
+
+test("prepaid slices: a balance too small for a slice still pays call by call; a stopped edge closes its slices; a killed one leaves every answered call charged", async () => {
+  // room for one call's ceiling but not for a slice of 16
+  const ceiling = cost("gpt-4o-mini", Buffer.byteLength(JSON.stringify({ model: "gpt-4o-mini", max_tokens: 50,
+    messages: [{ role: "user", content: "small" }] })), 50);
+  const small = await account(ceiling * 3);
+  const openai = new OpenAI({ baseURL: `${url}/v1`, apiKey: small.key, maxRetries: 0 });
+  const r = await openai.chat.completions.create({ model: "gpt-4o-mini", max_tokens: 50,
+    messages: [{ role: "user", content: "small" }] });
+  const [only] = await settled(small.id);
+  assert.equal(only.amount_micro, cost("gpt-4o-mini", r.usage.prompt_tokens, r.usage.completion_tokens));
+  assert.equal((await holds(small.id))[0].amount_micro, ceiling, "the slice was exactly the call's ceiling");
+
+  // SIGTERM: the edge answers what runs, then gives its slices back before it exits
+  const { id, key } = await account(10_000_000);
+  const other = await startEdge({ FAREBOX_PREPAID_SLICE_IDLE_MS: "600000" });
+  const p = extraEdges.at(-1);
+  const client = new OpenAI({ baseURL: `${other}/v1`, apiKey: key, maxRetries: 0 });
+  await client.chat.completions.create({ model: "gpt-4o-mini", max_tokens: 2, messages: [{ role: "user", content: "a" }] });
+  assert.equal((await holds(id))[0].state, "open");
+  extraEdges.splice(extraEdges.indexOf(p), 1);
+  assert.equal((await p.stop()).code, 0);
+  assert.equal((await holds(id))[0].state, "committed", "closed by the stop, not left to expire");
+
+  // SIGKILL: the slice stays open until it expires, but every answered call is already charged
+  const killed = await startEdge({ FAREBOX_PREPAID_SLICE_IDLE_MS: "600000" });
+  const k = extraEdges.at(-1);
+  extraEdges.splice(extraEdges.indexOf(k), 1);
+  const kc = new OpenAI({ baseURL: `${killed}/v1`, apiKey: key, maxRetries: 0 });
+  const balanceBefore = (await call("GET", `/admin/accounts/${id}`)).body.balance_micro;
+  let paid = 0;
+  const answered = [];
+  for (let i = 0; i < 5; i++) {
+    const a = await kc.chat.completions.create({ model: "gpt-4o-mini", max_tokens: 3,
+      messages: [{ role: "user", content: `k${i}` }] });
+    answered.push(a._request_id);
+    paid += cost("gpt-4o-mini", a.usage.prompt_tokens, a.usage.completion_tokens);
+  }
+  k.signal("SIGKILL");
+  await k.exited;
+  const charges = (await call("GET", `/admin/accounts/${id}/charges`)).body.charges;
+  assert.deepEqual(charges.slice(0, 5).map((c) => c.ref).reverse(), answered);
+  const acct = (await call("GET", `/admin/accounts/${id}`)).body;
+  assert.equal(acct.balance_micro, balanceBefore - paid, "charged before answering, durable");
+  assert.ok(acct.held_micro > 0, "the killed edge's slice is left to expire");
+  await audit();
+});
