@@ -593,6 +593,14 @@ void ledger_rpc_destroy(ledger_rpc_t **self_p)
     *self_p = NULL;
 }
 
+static const s_method_t *s_method_named(const char *name)
+{
+    for (size_t i = 0; i < METHOD_COUNT; i++)
+        if (strcmp(s_methods[i].method, name) == 0)
+            return &s_methods[i];
+    return NULL;
+}
+
 int ledger_rpc_test(bool verbose)
 {
     FB_UNUSED(verbose);
@@ -611,8 +619,8 @@ int ledger_rpc_test(bool verbose)
     msgpack_zone_init(&zone, 1024);
     msgpack_object body;
     FB_ASSERT(fb_mp_unpack(sb.data, sb.size, &zone, &body) == 0);
-    const s_method_t *hold = &s_methods[4];
-    FB_ASSERT(strcmp(hold->method, "ledger.hold") == 0);
+    const s_method_t *hold = s_method_named("ledger.hold");
+    FB_ASSERT(hold);
     char why[300];
     json_t *args = s_args(hold, &body, why, sizeof(why));
     FB_ASSERT(args);
@@ -636,10 +644,42 @@ int ledger_rpc_test(bool verbose)
     FB_ASSERT(fb_mp_unpack(sb.data, sb.size, &zone, &body) == 0);
     FB_ASSERT(s_args(hold, &body, why, sizeof(why)) == NULL && strstr(why, "amount_micro is required"));
 
+    /* charges: a list of {amount_micro >= 0, ref}; empty, negative, too many or a long ref refused */
+    const s_method_t *charge = s_method_named("ledger.charge");
+    FB_ASSERT(charge);
+    for (int t = 0; t < 5; t++) {
+        msgpack_sbuffer_clear(&sb);
+        msgpack_pack_map(&pk, 2);
+        fb_mp_pack_kv_int(&pk, "hold_id", 9);
+        fb_mp_pack_cstr(&pk, "charges");
+        uint32_t n = t == 1 ? 0 : t == 3 ? LEDGER_CHARGES_MAX + 1 : 2;
+        msgpack_pack_array(&pk, n);
+        for (uint32_t k = 0; k < n; k++) {
+            msgpack_pack_map(&pk, 2);
+            fb_mp_pack_kv_int(&pk, "amount_micro", t == 2 && k == 1 ? -1 : (int64_t)k * 7);
+            char ref[LEDGER_CHARGE_REF_MAX + 2];
+            memset(ref, 'r', sizeof(ref) - 1);
+            ref[t == 4 ? LEDGER_CHARGE_REF_MAX + 1 : 3] = '\0';
+            fb_mp_pack_kv_cstr(&pk, "ref", ref);
+        }
+        FB_ASSERT(fb_mp_unpack(sb.data, sb.size, &zone, &body) == 0);
+        json_t *a = s_args(charge, &body, why, sizeof(why));
+        FB_ASSERT((a != NULL) == (t == 0));
+        if (a) {
+            json_t *list = json_object_get(a, "charges");
+            FB_ASSERT(json_array_size(list) == 2);
+            FB_ASSERT(json_integer_value(json_object_get(json_array_get(list, 1), "amount_micro")) == 7);
+            FB_ASSERT(strcmp(json_string_value(json_object_get(json_array_get(list, 1), "ref")), "rrr") == 0);
+        } else {
+            FB_ASSERT(strstr(why, "charges"));
+        }
+        json_decref(a);
+    }
+
     /* credit source, hmac, lists */
-    const s_method_t *credit = &s_methods[7], *lookup = &s_methods[12], *mint = &s_methods[1];
-    FB_ASSERT(strcmp(credit->method, "ledger.credit") == 0 &&
-              strcmp(lookup->method, "ledger.lookup_key") == 0);
+    const s_method_t *credit = s_method_named("ledger.credit"), *lookup = s_method_named("ledger.lookup_key"),
+                     *mint = s_method_named("ledger.mint_key");
+    FB_ASSERT(credit && lookup && mint);
     msgpack_sbuffer_clear(&sb);
     msgpack_pack_map(&pk, 4);
     fb_mp_pack_kv_int(&pk, "account_id", 3);

@@ -8,6 +8,7 @@
  *   fareboxctl account show ACCOUNT
  *   fareboxctl account history ACCOUNT [LIMIT]
  *   fareboxctl account holds ACCOUNT [STATE]
+ *   fareboxctl account charges ACCOUNT [LIMIT]
  *   fareboxctl credit ACCOUNT AMOUNT_MICRO REFERENCE
  *   fareboxctl key mint ACCOUNT [--label L] [--cap MICRO] [--models a,b]
  *   fareboxctl key list ACCOUNT
@@ -48,7 +49,8 @@ static int s_usage(void)
     fprintf(stderr,
             "usage: fareboxctl account create [LABEL] | account show ACCOUNT | account history ACCOUNT "
             "[LIMIT]\n"
-            "                  | account holds ACCOUNT [STATE] | credit ACCOUNT AMOUNT_MICRO REFERENCE\n"
+            "                  | account holds ACCOUNT [STATE] | account charges ACCOUNT [LIMIT]\n"
+            "                  | credit ACCOUNT AMOUNT_MICRO REFERENCE\n"
             "                  | key mint ACCOUNT [--label L] [--cap MICRO] [--models a,b] | key list "
             "ACCOUNT\n"
             "                  | key cap KEY MICRO|none | key models KEY a,b|all | key revoke KEY | audit\n"
@@ -160,11 +162,11 @@ static int s_account(int argc, char **argv)
         snprintf(path, sizeof(path), "/admin/accounts/%s", argv[1]);
         return s_call("GET", path, NULL);
     }
-    if (strcmp(argv[0], "history") == 0 && argc <= 3) {
-        if (argc == 3 && !s_digits(argv[2]))
+    if ((strcmp(argv[0], "history") == 0 || strcmp(argv[0], "charges") == 0) && argc <= 3) {
+        if (argc == 3 && (!s_digits(argv[2]) || strlen(argv[2]) > 4))
             return s_usage();
-        snprintf(path, sizeof(path), "/admin/accounts/%s/history%s%s", argv[1], argc == 3 ? "?limit=" : "",
-                 argc == 3 ? argv[2] : "");
+        snprintf(path, sizeof(path), "/admin/accounts/%s/%s%s%s", argv[1], argv[0],
+                 argc == 3 ? "?limit=" : "", argc == 3 ? argv[2] : "");
         return s_call("GET", path, NULL);
     }
     if (strcmp(argv[0], "holds") == 0 && argc <= 3) {

@@ -149,6 +149,7 @@ DECLARE
     v record;
     v_items jsonb := p_args -> 'charges';
     v_total bigint;
+    v_sum numeric;
     v_count integer;
     v_transfer bigint;
     v_first bigint;
@@ -157,12 +158,19 @@ BEGIN
     IF jsonb_typeof(v_items) IS DISTINCT FROM 'array' OR jsonb_array_length(v_items) NOT BETWEEN 1 AND 1000 THEN
         RETURN ledger_err('bad_request', 'charges must be a list of 1..1000 charges');
     END IF;
-    SELECT sum(ledger_amount(e, 'amount_micro')), count(*) INTO v_total, v_count
-        FROM jsonb_array_elements(v_items) e;
-    IF v_total IS NULL OR (SELECT bool_or(ledger_amount(e, 'amount_micro') IS NULL)
-                           FROM jsonb_array_elements(v_items) e) THEN
+    -- the RPC layer sends whole numbers 0..2^63-1; the checks here keep the function safe on its own
+    IF EXISTS (SELECT 1 FROM jsonb_array_elements(v_items) e
+               WHERE CASE WHEN jsonb_typeof(e -> 'amount_micro') = 'number'
+                          THEN (e -> 'amount_micro')::numeric < 0
+                               OR (e -> 'amount_micro')::numeric <> trunc((e -> 'amount_micro')::numeric)
+                          ELSE true END) THEN
         RETURN ledger_err('bad_request', 'each charge needs amount_micro, a whole number of micro-USDC, 0 or more');
     END IF;
+    SELECT sum((e -> 'amount_micro')::numeric), count(*) INTO v_sum, v_count FROM jsonb_array_elements(v_items) e;
+    IF v_sum > ledger_max_amount() THEN
+        RETURN ledger_err('bad_request', 'the charges add up to more than ' || ledger_max_amount());
+    END IF;
+    v_total := v_sum::bigint;
     v := ledger_open_hold(p_args);
     IF v.err IS NOT NULL THEN
         RETURN v.err;
@@ -186,9 +194,9 @@ BEGIN
     END IF;
     WITH rows AS (
         INSERT INTO charges (hold_id, account_id, key_id, amount, ref, transfer_id)
-        SELECT (v.hold).id, (v.hold).account_id, (v.hold).key_id, ledger_amount(e, 'amount_micro'),
+        SELECT (v.hold).id, (v.hold).account_id, (v.hold).key_id, (e ->> 'amount_micro')::bigint,
                left(coalesce(e ->> 'ref', ''), 100),
-               CASE WHEN ledger_amount(e, 'amount_micro') > 0 THEN v_transfer END
+               CASE WHEN (e ->> 'amount_micro')::bigint > 0 THEN v_transfer END
         FROM jsonb_array_elements(v_items) WITH ORDINALITY x(e, n) ORDER BY n
         RETURNING id)
     SELECT min(id) INTO v_first FROM rows;
