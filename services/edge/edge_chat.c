@@ -20,7 +20,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define HOLD_MARGIN_MS     60000      /* a hold outlives the longest provider call by this much */
 #define MONEY_DEADLINE_MS  10000      /* ledger calls of one request, retries included */
 #define ERROR_BODY_MAX     (64 << 10) /* bytes of a provider's error answer kept */
 #define ANSWER_MAX         (32 << 20) /* bytes of a provider's whole answer */

@@ -46,11 +46,10 @@ struct edge_slice_t {
     int64_t calls;    /* reservations not yet charged or released */
     int64_t opened_ms, last_ms;
     s_item_t *items, **items_tail; /* charges waiting for the next write */
-    size_t nitems;
-    bool dirty;    /* in the purse's list of slices to write */
-    bool flushing; /* a ledger.charge in flight */
-    bool retiring; /* takes no new calls; closes once idle */
-    bool closing;  /* ledger.void in flight */
+    bool dirty;                    /* in the purse's list of slices to write */
+    bool flushing;                 /* a ledger.charge in flight */
+    bool retiring;                 /* takes no new calls; closes once idle */
+    bool closing;                  /* ledger.void in flight */
     uint64_t writes;
     edge_slice_t *dirty_next;
 };
@@ -78,7 +77,6 @@ struct edge_purse_t {
     bool dead;      /* shut down: no more ledger calls */
     uint64_t epoch; /* the edge's key epoch the slices were opened under */
     int closed_handles;
-    edge_purse_stats_t stats;
 };
 
 static const msgpack_object s_empty_map = {.type = MSGPACK_OBJECT_MAP};
@@ -206,8 +204,6 @@ static void s_on_void(void *arg, const fb_rpc_reply_t *reply)
         self->slices = s->next;
     if (s->next)
         s->next->prev = s->prev;
-    self->stats.slices_open--;
-    self->stats.slices_closed++;
     if (!reply->ok && strcmp(reply->code, "hold_not_open") != 0)
         fb_log(FB_LOG_WARN, NULL, "could not close a prepaid slice; its rest is released when it expires",
                "hold_id=%" PRId64 " code=%s message=%s", s->hold_id, reply->code, reply->message);
@@ -295,8 +291,6 @@ static void s_on_hold(void *arg, const fb_rpc_reply_t *reply)
             if (s->next)
                 s->next->prev = s;
             self->slices = s;
-            self->stats.slices_open++;
-            self->stats.slices_opened++;
             k->exact = false;
             k->current = s;
             s_serve_waiters(self, k);
@@ -370,7 +364,6 @@ bool edge_purse_reserve(edge_purse_t *self, int64_t account_id, int64_t key_id, 
     s_key_t *k = s_key_get(self, key_id, account_id);
     if (!k->waiters && k->current && s_fits(k->current, amount)) {
         s_take(k->current, amount, res);
-        self->stats.reserved_at_once++;
         return true;
     }
     s_wait_t *wt = fb_calloc(1, sizeof(*wt));
@@ -450,7 +443,6 @@ static void s_write(edge_purse_t *self, edge_slice_t *s)
     last->next = NULL;
     if (!s->items)
         s->items_tail = &s->items;
-    s->nitems -= n;
     s->flushing = true;
     s_write_t *wr = fb_calloc(1, sizeof(*wr));
     wr->purse = self;
@@ -458,7 +450,6 @@ static void s_write(edge_purse_t *self, edge_slice_t *s)
     wr->items = batch;
     char idem[64];
     snprintf(idem, sizeof(idem), "slice-charge:%" PRId64 ":%" PRIu64, s->hold_id, ++s->writes);
-    self->stats.charge_writes++;
     s_ledger(self, "ledger.charge", json_pack("{sI so}", "hold_id", (json_int_t)s->hold_id, "charges", list),
              idem, batch->rid, s_on_charged, wr);
 }
@@ -503,8 +494,6 @@ void edge_purse_charge(edge_purse_t *self, edge_purse_res_t *res, int64_t cost, 
     it->arg = arg;
     *s->items_tail = it;
     s->items_tail = &it->next;
-    s->nitems++;
-    self->stats.charges++;
     if (!s->dirty) {
         s->dirty = true;
         s->dirty_next = self->dirty;
@@ -548,11 +537,6 @@ size_t edge_purse_drain(edge_purse_t *self)
     for (edge_slice_t *s = self->slices; s; s = s->next)
         n++;
     return n;
-}
-
-void edge_purse_stats(const edge_purse_t *self, edge_purse_stats_t *out)
-{
-    *out = self->stats;
 }
 
 edge_purse_t *edge_purse_new(edge_worker_t *w, const edge_purse_conf_t *conf)

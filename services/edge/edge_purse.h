@@ -77,10 +77,4 @@ void edge_purse_retire_key(edge_purse_t *self, int64_t key_id);
  * are not closed yet. */
 size_t edge_purse_drain(edge_purse_t *self);
 
-typedef struct {
-    uint64_t slices_open, slices_opened, slices_closed, charges, charge_writes, reserved_at_once;
-} edge_purse_stats_t;
-
-void edge_purse_stats(const edge_purse_t *self, edge_purse_stats_t *out);
-
 #endif

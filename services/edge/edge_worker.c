@@ -38,10 +38,12 @@ static void s_drain_check(uv_timer_t *t)
         self->stop_deadline = now + CONNS_CLOSE_MS;
         fb_http_conns_shutdown(&self->conns);
     }
-    /* ... and the money of requests whose client left (charges), and the
-     * slices' uncharged rest given back */
-    size_t slices = self->active_requests > 0 ? 1 : edge_purse_drain(self->purse);
-    if ((self->conns.count > 0 || self->active_requests > 0 || slices > 0) && now < self->stop_deadline)
+    /* ... and the money of requests whose client left (charges); once no
+     * request is left, the slices' uncharged rest is given back */
+    if ((self->conns.count > 0 || self->active_requests > 0) && now < self->stop_deadline)
+        return;
+    size_t slices = edge_purse_drain(self->purse);
+    if (slices > 0 && now < self->stop_deadline)
         return;
     if (slices > 0)
         fb_log(FB_LOG_WARN, NULL,
