@@ -96,6 +96,42 @@ int fb_secp_address(fb_addr_t *out, const uint8_t key[32])
     return 0;
 }
 
+int fb_secp_pubkey(uint8_t out[33], const uint8_t key[32])
+{
+    secp256k1_pubkey pk;
+    if (secp256k1_ec_pubkey_create(s_context(), &pk, key) != 1)
+        return -1;
+    size_t len = 33;
+    FB_ASSERT(secp256k1_ec_pubkey_serialize(s_context(), out, &len, &pk, SECP256K1_EC_COMPRESSED) == 1);
+    return 0;
+}
+
+int fb_secp_key_tweak_add(uint8_t key[32], const uint8_t tweak[32])
+{
+    return secp256k1_ec_seckey_tweak_add(s_context(), key, tweak) == 1 ? 0 : -1;
+}
+
+int fb_secp_pub_tweak_add(uint8_t pub[33], const uint8_t tweak[32])
+{
+    secp256k1_pubkey pk;
+    if (secp256k1_ec_pubkey_parse(s_context(), &pk, pub, 33) != 1)
+        return -1;
+    if (secp256k1_ec_pubkey_tweak_add(s_context(), &pk, tweak) != 1)
+        return -1;
+    size_t len = 33;
+    FB_ASSERT(secp256k1_ec_pubkey_serialize(s_context(), pub, &len, &pk, SECP256K1_EC_COMPRESSED) == 1);
+    return 0;
+}
+
+int fb_secp_pub_address(fb_addr_t *out, const uint8_t pub[33])
+{
+    secp256k1_pubkey pk;
+    if (secp256k1_ec_pubkey_parse(s_context(), &pk, pub, 33) != 1)
+        return -1;
+    s_pubkey_address(out, &pk);
+    return 0;
+}
+
 int fb_secp_test(bool verbose)
 {
     FB_UNUSED(verbose);

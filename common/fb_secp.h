@@ -28,6 +28,20 @@ int fb_secp_sign(uint8_t sig[65], const uint8_t digest[32], const uint8_t key[32
 /* fb_secp_address - the Ethereum address of a secret key. Returns 0 or -1. */
 int fb_secp_address(fb_addr_t *out, const uint8_t key[32]);
 
+/* fb_secp_pubkey - the compressed public key (33 bytes) of a secret key.
+ * Returns 0, or -1 when the key is not a valid scalar. */
+int fb_secp_pubkey(uint8_t out[33], const uint8_t key[32]);
+/* fb_secp_key_tweak_add - key := key + tweak (mod n), as BIP32 derives a
+ * private child. Returns 0, or -1 when tweak is not below n or the sum is 0
+ * (key is then unspecified). */
+int fb_secp_key_tweak_add(uint8_t key[32], const uint8_t tweak[32]);
+/* fb_secp_pub_tweak_add - pub := pub + tweak*G on a compressed point, as
+ * BIP32 derives a public child. Returns 0, or -1 when pub is not a point,
+ * tweak is not below n or the result is infinity. */
+int fb_secp_pub_tweak_add(uint8_t pub[33], const uint8_t tweak[32]);
+/* fb_secp_pub_address - the Ethereum address of a compressed public key.
+ * Returns 0, or -1 when it is not a point. */
+int fb_secp_pub_address(fb_addr_t *out, const uint8_t pub[33]);
 int fb_secp_test(bool verbose);
 
 #endif

@@ -31,6 +31,7 @@
 #include "fb_keccak.h"
 #include "fb_ethtx.h"
 #include "fb_rlp.h"
+#include "fb_hdkey.h"
 #include "fb_secp.h"
 #include "fb_solana.h"
 #include "fb_x402.h"
@@ -63,6 +64,7 @@ static const s_test_t s_tests[] = {
     {"fb_keccak", fb_keccak_test},
     {"fb_evm", fb_evm_test},
     {"fb_secp", fb_secp_test},
+    {"fb_hdkey", fb_hdkey_test},
     {"fb_eip712", fb_eip712_test},
     {"fb_rlp", fb_rlp_test},
     {"fb_ethtx", fb_ethtx_test},
