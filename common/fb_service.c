@@ -66,6 +66,14 @@ static const fb_config_var_t s_verifier_vars[] = {
      "the verifier's CurveZMQ public key (Z85), needed with FAREBOX_CURVE_SECRET_KEY"},
 };
 
+static const fb_config_var_t s_watcher_vars[] = {
+    {"FAREBOX_CHAIN_WATCHER_ENDPOINT", FB_CFG_STRING, "tcp://127.0.0.1:7130-7139", 0, 0, NULL,
+     fb_endpoint_check,
+     "where chain-watcher replicas are: endpoint list, DNS names re-resolved, port ranges allowed"},
+    {"FAREBOX_CHAIN_WATCHER_SERVER_KEY", FB_CFG_STRING, "", 0, 0, NULL, fb_curve_check_key,
+     "the chain-watcher's CurveZMQ public key (Z85), needed with FAREBOX_CURVE_SECRET_KEY"},
+};
+
 void fb_service_fail_config(const char *line)
 {
     fprintf(stderr, "%s\n", line);
@@ -98,6 +106,8 @@ static void s_build_vars(fb_service_t *self)
         s_append(self, s_ledger_vars, FB_ARRAY_SIZE(s_ledger_vars));
     if (def->peers & FB_PEER_VERIFIER)
         s_append(self, s_verifier_vars, FB_ARRAY_SIZE(s_verifier_vars));
+    if (def->peers & FB_PEER_CHAIN_WATCHER)
+        s_append(self, s_watcher_vars, FB_ARRAY_SIZE(s_watcher_vars));
     if (def->var_count)
         s_append(self, def->vars, def->var_count);
 }
@@ -209,10 +219,12 @@ fb_service_t *fb_service_new(int argc, char **argv, const fb_service_def_t *def)
 fb_rpc_client_t *fb_service_client(fb_service_t *self, fb_peer_t peer, uv_loop_t *loop)
 {
     FB_ASSERT(self->def->peers & peer);
-    const char *name = peer == FB_PEER_LEDGER ? "ledger" : "verifier";
-    const char *ep_var = peer == FB_PEER_LEDGER ? "FAREBOX_LEDGER_ENDPOINT" : "FAREBOX_VERIFIER_ENDPOINT";
-    const char *key_var =
-        peer == FB_PEER_LEDGER ? "FAREBOX_LEDGER_SERVER_KEY" : "FAREBOX_VERIFIER_SERVER_KEY";
+    const char *name = "ledger", *ep_var = "FAREBOX_LEDGER_ENDPOINT", *key_var = "FAREBOX_LEDGER_SERVER_KEY";
+    if (peer == FB_PEER_VERIFIER)
+        name = "verifier", ep_var = "FAREBOX_VERIFIER_ENDPOINT", key_var = "FAREBOX_VERIFIER_SERVER_KEY";
+    else if (peer == FB_PEER_CHAIN_WATCHER)
+        name = "chain-watcher", ep_var = "FAREBOX_CHAIN_WATCHER_ENDPOINT",
+        key_var = "FAREBOX_CHAIN_WATCHER_SERVER_KEY";
     const fb_config_t *cfg = self->config;
     const char *key = fb_config_str(cfg, key_var);
     if (self->curve && !key[0]) {

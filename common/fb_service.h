@@ -19,7 +19,7 @@ typedef struct fb_service_t fb_service_t;
 
 /* The services another one can call; each brings FAREBOX_<NAME>_ENDPOINT and
  * FAREBOX_<NAME>_SERVER_KEY variables. */
-typedef enum { FB_PEER_LEDGER = 1, FB_PEER_VERIFIER = 2 } fb_peer_t;
+typedef enum { FB_PEER_LEDGER = 1, FB_PEER_VERIFIER = 2, FB_PEER_CHAIN_WATCHER = 4 } fb_peer_t;
 
 typedef struct {
     const char *name;            /* "ledger", "edge", ... */

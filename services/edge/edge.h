@@ -71,6 +71,7 @@ struct edge_worker_t {
     uv_tcp_t *listen_plain, *listen_tls;
     fb_rpc_client_t *ledger; /* RPC clients owned by this worker */
     fb_rpc_client_t *verifier;
+    fb_rpc_client_t *watcher;           /* the chain-watcher: deposit addresses */
     struct fb_curlm_t *curlm;           /* provider calls on this loop */
     struct edge_x402_t *x402;           /* x402 networks known to this worker */
     struct edge_metrics_t *metrics;     /* this worker's counters */

@@ -1,4 +1,5 @@
-/* edge_admin - the admin API: routes, argument checks, then the ledger. */
+/* edge_admin - the admin API: routes, argument checks, then the ledger or the
+ * chain-watcher. */
 #include "edge_admin.h"
 #include "edge_auth.h"
 #include "edge_reply.h"
@@ -15,7 +16,7 @@
 typedef struct {
     const char *method;   /* HTTP method */
     const char *pattern;  /* segments, "#" for an id */
-    const char *rpc;      /* ledger method */
+    const char *rpc;      /* ledger or chain-watcher method */
     const char *id_field; /* where the id goes: "account_id", "key_id" */
     bool write;
     int status;               /* on success */
@@ -33,6 +34,11 @@ static const s_route_t s_routes[] = {
     {"GET", "accounts/#/holds", "ledger.holds", "account_id", false, 200, "", "state before_id limit"},
     {"GET", "accounts/#/charges", "ledger.charges", "account_id", false, 200, "", "hold_id before_id limit"},
     {"POST", "accounts/#/credits", "ledger.credit", "account_id", true, 201, "amount_micro reference", ""},
+    {"POST", "accounts/#/deposit-addresses", "chain_watcher.deposit_address", "account_id", false, 200, "",
+     ""},
+    {"GET", "accounts/#/deposit-addresses", "ledger.deposit_addresses", "account_id", false, 200, "", ""},
+    {"GET", "accounts/#/deposits/pending", "chain_watcher.pending", "account_id", false, 200, "", ""},
+    {"GET", "chain-watcher", "chain_watcher.status", NULL, false, 200, "", ""},
     {"PATCH", "keys/#", "ledger.update_key", "key_id", true, 200, "label spend_cap_micro models", ""},
     {"DELETE", "keys/#", "ledger.revoke_key", "key_id", true, 200, "", ""},
     {"POST", "keys/#/revoke", "ledger.revoke_key", "key_id", true, 200, "", ""},
@@ -197,6 +203,8 @@ static int s_status_of(const char *code)
         return 400;
     if (strcmp(code, "idempotency_conflict") == 0)
         return 409;
+    if (strcmp(code, "not_configured") == 0 || strcmp(code, "not_implemented") == 0)
+        return 501;
     if (strcmp(code, "unavailable") == 0 || strcmp(code, "deadline_exceeded") == 0 ||
         strcmp(code, "overloaded") == 0 || strcmp(code, "internal") == 0)
         return 503;
@@ -329,7 +337,8 @@ int edge_admin(edge_worker_t *w, h2o_req_t *req, const char *rid)
     c->guard = fb_http_guard_new(req);
     c->route = route;
     c->edge = w->edge;
-    edge_rpc_json(w->ledger, route->rpc, body, route->write ? idem : NULL, rid, ADMIN_DEADLINE_MS, s_on_reply,
+    fb_rpc_client_t *client = strncmp(route->rpc, "chain_watcher.", 14) == 0 ? w->watcher : w->ledger;
+    edge_rpc_json(client, route->rpc, body, route->write ? idem : NULL, rid, ADMIN_DEADLINE_MS, s_on_reply,
                   c);
     return 0;
 }
@@ -356,6 +365,7 @@ int edge_admin_test(bool verbose)
     FB_ASSERT(s_in_list("label spend_cap_micro models", "models", 6));
     FB_ASSERT(!s_in_list("label spend_cap_micro models", "model", 5));
     FB_ASSERT(s_status_of("account_not_found") == 404 && s_status_of("bad_request") == 400 &&
-              s_status_of("unavailable") == 503 && s_status_of("idempotency_conflict") == 409);
+              s_status_of("unavailable") == 503 && s_status_of("idempotency_conflict") == 409 &&
+              s_status_of("not_configured") == 501);
     return 0;
 }

@@ -115,6 +115,7 @@ edge_worker_t *edge_worker_new(edge_t *edge, int index, char *err, size_t errlen
     }
     self->ledger = fb_service_client(edge->service, FB_PEER_LEDGER, self->loop);
     self->verifier = fb_service_client(edge->service, FB_PEER_VERIFIER, self->loop);
+    self->watcher = fb_service_client(edge->service, FB_PEER_CHAIN_WATCHER, self->loop);
     self->curlm = fb_curlm_new(self->loop);
     self->x402 = edge_x402_new(self);
     self->metrics = edge_metrics_new(self->ledger, self->verifier);
@@ -183,6 +184,7 @@ void edge_worker_destroy(edge_worker_t **self_p)
     fb_rpc_client_destroy(&self->ledger);
     edge_purse_destroy(&self->purse);
     fb_rpc_client_destroy(&self->verifier);
+    fb_rpc_client_destroy(&self->watcher);
     edge_key_cache_destroy(&self->key_cache);
     fb_curlm_destroy(&self->curlm);
     fb_http_close(&self->listen_plain);

@@ -143,7 +143,7 @@ static const fb_service_def_t s_def = {
     .name = "edge",
     .summary = "the public HTTP API of farebox",
     .rpc_bind = "tcp://127.0.0.1:7100-7109",
-    .peers = FB_PEER_LEDGER | FB_PEER_VERIFIER,
+    .peers = FB_PEER_LEDGER | FB_PEER_VERIFIER | FB_PEER_CHAIN_WATCHER,
     .vars = s_vars,
     .var_count = FB_ARRAY_SIZE(s_vars),
 };

@@ -84,6 +84,20 @@ test("./scripts/run starts everything, writes run.env, stops on SIGTERM and keep
   assert.equal(bal.status, 200);
   assert.equal((await bal.json()).available_micro, 0);
 
+  // its deposit address on anvil: USDC sent there is credited after 2 confirmations
+  const dep = await (await fetch(`${env.FAREBOX_URL}/admin/accounts/${acct.account_id}/deposit-addresses`,
+    { method: "POST", headers: adminHeaders, body: "{}" })).json();
+  assert.match(dep.evm.address, /^0x[0-9a-fA-F]{40}$/);
+  const evmCall = async (method, params) => (await (await fetch(env.FAREBOX_EVM_RPC_URL, { method: "POST",
+    headers: { "content-type": "application/json" }, body: JSON.stringify({ jsonrpc: "2.0", id: 1, method, params }) })).json()).result;
+  const [, sender] = await evmCall("eth_accounts", []);
+  const data = "0xa9059cbb" + dep.evm.address.slice(2).toLowerCase().padStart(64, "0") + (2_000_000).toString(16).padStart(64, "0");
+  await evmCall("eth_sendTransaction", [{ from: sender, to: env.FAREBOX_EVM_TOKEN, data }]);
+  await evmCall("anvil_mine", ["0x1"]);
+  await waitUntil(async () => (await (await fetch(`${env.FAREBOX_URL}/v1/balance`,
+    { headers: { authorization: `Bearer ${minted.key}` } })).json()).available_micro === 2_000_000,
+  { what: "the deposit's credit", timeoutMs: 20000 });
+
   // the demo key was funded through a topup and pays a call, as the banner prints it
   assert.match(env.FAREBOX_DEMO_KEY, /^fbx_/);
   assert.match(env.FAREBOX_DEMO_PAYER_KEY, /^0x[0-9a-f]{64}$/);

@@ -9,13 +9,16 @@
  *   fareboxctl account history ACCOUNT [LIMIT]
  *   fareboxctl account holds ACCOUNT [STATE]
  *   fareboxctl account charges ACCOUNT [LIMIT]
+ *   fareboxctl account deposit-address ACCOUNT    (made on first use)
+ *   fareboxctl account pending ACCOUNT            (deposits not confirmed yet)
  *   fareboxctl credit ACCOUNT AMOUNT_MICRO REFERENCE
  *   fareboxctl key mint ACCOUNT [--label L] [--cap MICRO] [--models a,b]
  *   fareboxctl key list ACCOUNT
  *   fareboxctl key cap KEY MICRO|none
  *   fareboxctl key models KEY a,b|all
  *   fareboxctl key revoke KEY
- *   fareboxctl audit */
+ *   fareboxctl audit
+ *   fareboxctl watcher */
 #include "fb_util.h"
 
 #include <curl/curl.h>
@@ -50,10 +53,12 @@ static int s_usage(void)
             "usage: fareboxctl account create [LABEL] | account show ACCOUNT | account history ACCOUNT "
             "[LIMIT]\n"
             "                  | account holds ACCOUNT [STATE] | account charges ACCOUNT [LIMIT]\n"
+            "                  | account deposit-address ACCOUNT | account pending ACCOUNT\n"
             "                  | credit ACCOUNT AMOUNT_MICRO REFERENCE\n"
             "                  | key mint ACCOUNT [--label L] [--cap MICRO] [--models a,b] | key list "
             "ACCOUNT\n"
-            "                  | key cap KEY MICRO|none | key models KEY a,b|all | key revoke KEY | audit\n"
+            "                  | key cap KEY MICRO|none | key models KEY a,b|all | key revoke KEY | audit | "
+            "watcher\n"
             "environment: FAREBOX_URL, FAREBOX_ADMIN_TOKEN (or FAREBOX_ADMIN_TOKEN_FILE)\n");
     return 2;
 }
@@ -169,6 +174,14 @@ static int s_account(int argc, char **argv)
                  argc == 3 ? "?limit=" : "", argc == 3 ? argv[2] : "");
         return s_call("GET", path, NULL);
     }
+    if (strcmp(argv[0], "deposit-address") == 0 && argc == 2) {
+        snprintf(path, sizeof(path), "/admin/accounts/%s/deposit-addresses", argv[1]);
+        return s_call("POST", path, json_object());
+    }
+    if (strcmp(argv[0], "pending") == 0 && argc == 2) {
+        snprintf(path, sizeof(path), "/admin/accounts/%s/deposits/pending", argv[1]);
+        return s_call("GET", path, NULL);
+    }
     if (strcmp(argv[0], "holds") == 0 && argc <= 3) {
         if (argc == 3 && strspn(argv[2], "abcdefghijklmnopqrstuvwxyz") != strlen(argv[2]))
             return s_usage();
@@ -244,6 +257,8 @@ int main(int argc, char **argv)
                               argv[4]));
     } else if (strcmp(cmd, "audit") == 0 && argc == 2) {
         rc = s_call("GET", "/admin/audit", NULL);
+    } else if (strcmp(cmd, "watcher") == 0 && argc == 2) {
+        rc = s_call("GET", "/admin/chain-watcher", NULL);
     } else {
         rc = s_usage();
     }

@@ -1,0 +1,27 @@
+/* watch - what the chain-watcher's modules share: the service's loop, its
+ * ledger client, the deposit keys, and the chain scanners. */
+#ifndef WATCH_H
+#define WATCH_H
+#include "fb_rpc_client.h"
+#include "watch_keys.h"
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <uv.h>
+
+typedef struct watch_evm_t watch_evm_t;
+
+typedef struct {
+    uv_loop_t *loop;
+    fb_rpc_client_t *ledger;
+    watch_keys_t *keys;   /* NULL: no seed configured (addresses cannot be made) */
+    watch_evm_t *evm;     /* NULL: no EVM network watched */
+    char solana_mint[48]; /* "" when Solana is off: the deposit token account is not shown */
+    char replica[64];     /* this replica's name: its credits' idempotency keys */
+} watcher_t;
+
+/* watch_ledger_call - a ledger call with a JSON body (stolen). Writes carry
+ * idem (required for them). */
+void watch_ledger_call(watcher_t *w, const char *method, json_t *body, const char *idem, fb_rpc_done_fn *cb,
+                       void *arg);
+#endif
