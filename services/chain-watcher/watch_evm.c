@@ -52,7 +52,8 @@ struct watch_evm_t {
     int64_t start; /* first block of a network never scanned; -1: the confirmed head */
     uint32_t range_max, per_call, poll_ms;
     uv_timer_t timer;
-    bool busy; /* a poll is running */
+    bool busy;       /* a poll is running */
+    bool next_range; /* the round continues a scan: the head read this poll is kept */
     bool stopping;
     /* watched addresses, sorted by address */
     s_watched_t *watched;
@@ -77,7 +78,8 @@ struct watch_evm_t {
     s_list_t pending, pending_next;
     int64_t pending_from;
     /* figures */
-    uint64_t polls, credited, duplicates, conflicts, errors, reorgs, deep_reorgs, range_shrinks, logs;
+    uint64_t polls, credited, duplicates, conflicts, errors, reorgs, deep_reorgs, range_shrinks, logs,
+        log_calls;
     int64_t scanned_at_ms;
     char last_error[200];
 };
@@ -140,6 +142,8 @@ static int s_watched_cmp(const void *a, const void *b)
 
 static const s_watched_t *s_find(const watch_evm_t *self, const fb_addr_t *a)
 {
+    if (self->nwatched == 0)
+        return NULL;
     s_watched_t key = {.addr = *a};
     return bsearch(&key, self->watched, self->nwatched, sizeof(key), s_watched_cmp);
 }
@@ -158,9 +162,11 @@ static void s_done(watch_evm_t *self)
     self->busy = false;
 }
 
-/* --- poll: addresses, cursor, head ---------------------------------------------------------- */
+/* --- poll: cursor, head, addresses ---------------------------------------------------------- */
 
 static void s_on_head(void *arg, json_t *result, const char *error, int64_t code, const char *message);
+static void s_addresses_read(watch_evm_t *self);
+static void s_on_anchor(void *arg, json_t *result, const char *error, int64_t code, const char *message);
 
 static void s_on_addresses(void *arg, const fb_rpc_reply_t *reply)
 {
@@ -209,13 +215,25 @@ static void s_on_addresses(void *arg, const fb_rpc_reply_t *reply)
         }
         self->watched[self->nwatched++] = wa;
     }
-    qsort(self->watched, self->nwatched, sizeof(s_watched_t), s_watched_cmp);
-    if (more) {
-        json_t *body = json_pack("{s:s, s:I, s:i}", "chain", "evm", "after_id", (json_int_t)self->addr_after,
-                                 "limit", ADDR_PAGE);
-        return watch_ledger_call(self->w, "ledger.deposit_addresses", body, NULL, s_on_addresses, self);
+    if (self->nwatched > 1)
+        qsort(self->watched, self->nwatched, sizeof(s_watched_t), s_watched_cmp);
+    if (more)
+        return s_addresses_read(self);
+    /* before a poll's first range: is the block the cursor stands on still
+     * the one credited? */
+    if (!self->next_range && self->cursor_hash[0] && self->cursor >= 0 && self->cursor <= self->confirmed) {
+        json_t *params = json_pack("[o, b]", s_hex_block(self->cursor), 0);
+        return fb_jsonrpc_call(self->rpc, "eth_getBlockByNumber", params, s_on_anchor, self);
     }
-    fb_jsonrpc_call(self->rpc, "eth_blockNumber", json_array(), s_on_head, self);
+    self->next_range = false;
+    s_scan(self);
+}
+
+static void s_addresses_read(watch_evm_t *self)
+{
+    json_t *body = json_pack("{s:s, s:I, s:i}", "chain", "evm", "after_id", (json_int_t)self->addr_after,
+                             "limit", ADDR_PAGE);
+    watch_ledger_call(self->w, "ledger.deposit_addresses", body, NULL, s_on_addresses, self);
 }
 
 static void s_on_cursor(void *arg, const fb_rpc_reply_t *reply)
@@ -241,9 +259,24 @@ static void s_on_cursor(void *arg, const fb_rpc_reply_t *reply)
         fb_log(FB_LOG_INFO, NULL, "evm watch resumes", "network=%s cursor=%lld", self->network,
                (long long)block);
     }
-    json_t *body = json_pack("{s:s, s:I, s:i}", "chain", "evm", "after_id", (json_int_t)self->addr_after,
-                             "limit", ADDR_PAGE);
-    watch_ledger_call(self->w, "ledger.deposit_addresses", body, NULL, s_on_addresses, self);
+    fb_jsonrpc_call(self->rpc, "eth_blockNumber", json_array(), s_on_head, self);
+}
+
+/* A round: the head, then the addresses made since the last round, then the
+ * confirmed blocks after the cursor. The addresses are read after the head:
+ * a deposit in a block up to that head went to an address made before the
+ * block, so before the head was read, so it is in the list. Each range
+ * scanned reads the addresses again before the next one (the poll's head is
+ * kept), so a long backfill watches new addresses too. */
+static void s_round(watch_evm_t *self)
+{
+    if (self->next_range)
+        return s_addresses_read(self);
+    if (!self->have_cursor) {
+        json_t *body = json_pack("{s:s}", "network", self->network);
+        return watch_ledger_call(self->w, "ledger.watch_cursor", body, NULL, s_on_cursor, self);
+    }
+    fb_jsonrpc_call(self->rpc, "eth_blockNumber", json_array(), s_on_head, self);
 }
 
 static void s_on_timer(uv_timer_t *t)
@@ -252,14 +285,9 @@ static void s_on_timer(uv_timer_t *t)
     if (self->busy || self->stopping)
         return;
     self->busy = true;
+    self->next_range = false;
     self->polls++;
-    if (!self->have_cursor) {
-        json_t *body = json_pack("{s:s}", "network", self->network);
-        return watch_ledger_call(self->w, "ledger.watch_cursor", body, NULL, s_on_cursor, self);
-    }
-    json_t *body = json_pack("{s:s, s:I, s:i}", "chain", "evm", "after_id", (json_int_t)self->addr_after,
-                             "limit", ADDR_PAGE);
-    watch_ledger_call(self->w, "ledger.deposit_addresses", body, NULL, s_on_addresses, self);
+    s_round(self);
 }
 
 static void s_on_anchor(void *arg, json_t *result, const char *error, int64_t code, const char *message)
@@ -285,8 +313,8 @@ static void s_on_anchor(void *arg, json_t *result, const char *error, int64_t co
     s_scan(self);
 }
 
-/* The confirmed head is known: start where the cursor stands, after checking
- * that the block it stands on is still the one credited. */
+/* The confirmed head is known: a network never scanned starts here (or at
+ * the configured block); then the addresses. */
 static void s_confirmed(watch_evm_t *self, int64_t confirmed)
 {
     self->confirmed = confirmed;
@@ -297,11 +325,7 @@ static void s_confirmed(watch_evm_t *self, int64_t confirmed)
         fb_log(FB_LOG_INFO, NULL, "evm watch starts", "network=%s after_block=%lld", self->network,
                (long long)self->cursor);
     }
-    if (self->cursor_hash[0] && self->cursor >= 0 && self->cursor <= confirmed) {
-        json_t *params = json_pack("[o, b]", s_hex_block(self->cursor), 0);
-        return fb_jsonrpc_call(self->rpc, "eth_getBlockByNumber", params, s_on_anchor, self);
-    }
-    s_scan(self);
+    s_addresses_read(self);
 }
 
 static void s_on_confirmed(void *arg, json_t *result, const char *error, int64_t code, const char *message)
@@ -464,6 +488,7 @@ static void s_logs_next(watch_evm_t *self)
     if (first >= self->nwatched)
         return s_to_header(self);
     size_t count = self->nwatched - first < self->per_call ? self->nwatched - first : self->per_call;
+    self->log_calls++;
     fb_jsonrpc_call(self->rpc, "eth_getLogs", s_logs_params(self, self->from, self->to, first, count),
                     s_on_logs, self);
 }
@@ -496,7 +521,8 @@ static void s_on_advanced(void *arg, const fb_rpc_reply_t *reply)
     self->scanned_at_ms = fb_mono_ms();
     if (self->range < self->range_max)
         self->range = self->range * 2 < self->range_max ? self->range * 2 : self->range_max;
-    s_scan(self);
+    self->next_range = true;
+    s_round(self);
 }
 
 typedef struct {
@@ -830,7 +856,7 @@ void watch_evm_destroy(watch_evm_t **self_p)
 
 void watch_evm_status(const watch_evm_t *self, msgpack_packer *pk)
 {
-    msgpack_pack_map(pk, 17);
+    msgpack_pack_map(pk, 19);
     fb_mp_pack_kv_cstr(pk, "network", self->network);
     fb_mp_pack_kv_cstr(pk, "token", self->token_hex);
     fb_mp_pack_kv_int(pk, "head", self->head);
@@ -848,6 +874,8 @@ void watch_evm_status(const watch_evm_t *self, msgpack_packer *pk)
     fb_mp_pack_kv_uint(pk, "reorgs", self->reorgs);
     fb_mp_pack_kv_uint(pk, "deep_reorgs", self->deep_reorgs);
     fb_mp_pack_kv_uint(pk, "range_shrinks", self->range_shrinks);
+    fb_mp_pack_kv_uint(pk, "log_calls", self->log_calls);
+    fb_mp_pack_kv_uint(pk, "logs", self->logs);
     fb_mp_pack_kv_cstr(pk, "last_error", self->last_error);
 }
 

@@ -5,8 +5,12 @@
 // anvil_reorg that drops a pending transfer (never credited) or replaces it
 // with another (only the survivor credited); transfers made while the watcher
 // is down credited after its restart; two watcher replicas crediting each
-// transfer once. Every test ends with the ledger's audit.
+// transfer once; 1,000 watched addresses and 10,000 transfers all credited
+// in batched eth_getLogs calls; a flaky provider (dropped connections, delays,
+// 429 with Retry-After, block-range limits) and still every transfer credited
+// once. Every test ends with the ledger's audit.
 import { test, before, after } from "node:test";
+import nodeHttp from "node:http";
 import assert from "node:assert/strict";
 import crypto from "node:crypto";
 import { spawnSync } from "node:child_process";
@@ -62,7 +66,7 @@ before(async () => {
 after(async () => {
   led?.close();
   wat?.close();
-  for (const p of [edge, ...watchers, ledger]) if (p && !p.stopped) {
+  for (const p of [edge, ...watchers, ledger]) if (p) {
     const { code } = await p.stop();
     assert.equal(code, 0, `${p.name} exited ${code}\n${p.tail()}`);
   }
@@ -183,7 +187,8 @@ test(`a transfer is credited after ${CONFIRMATIONS} confirmations and not before
   await mine(1); // CONFIRMATIONS confirmations
   await waitUntil(async () => (await balance(a.id)) === 1_500_000, { what: "the credit" });
   await scannedTo(block);
-  assert.equal((await ok(wat, "chain_watcher.pending", { account_id: a.id })).pending.length, 0);
+  await waitUntil(async () => (await ok(wat, "chain_watcher.pending", { account_id: a.id })).pending.length === 0,
+    { what: "the pending list to drop the credited transfer" });
   // credited once, from the deposits clearing account, with the source in history
   await mine(5);
   await scannedTo(block + 5);
@@ -274,6 +279,170 @@ test("two watcher replicas credit each transfer once", async () => {
     assert.equal(both[0].credited - creditedBefore + both[1].credited, 12, JSON.stringify(both));
   } finally {
     second.close();
+  }
+  await audit();
+});
+
+/** Sends many token transfers in JSON-RPC batches with automine off, then mines them. */
+async function bulkTransfers(list) {
+  // nonces by hand: with automine off, anvil would give queued transactions of a sender the same one
+  const nonces = new Map();
+  for (const t of list) if (!nonces.has(t.from)) nonces.set(t.from,
+    Number(await ethRpc(evm.rpcUrl, "eth_getTransactionCount", [evm.accounts[t.from].address, "latest"])));
+  const next = (from) => {
+    const n = nonces.get(from);
+    nonces.set(from, n + 1);
+    return `0x${n.toString(16)}`;
+  };
+  await ethRpc(evm.rpcUrl, "evm_setAutomine", [false]);
+  try {
+    for (let i = 0; i < list.length; i += 500) {
+      const batch = list.slice(i, i + 500).map((t, k) => ({ jsonrpc: "2.0", id: i + k, method: "eth_sendTransaction",
+        params: [{ from: evm.accounts[t.from].address, to: evm.token, gas: "0x186a0", nonce: next(t.from),
+          data: encodeFunctionData({ abi: erc20, functionName: "transfer", args: [t.to, BigInt(t.amount)] }) }] }));
+      const r = await (await fetch(evm.rpcUrl, { method: "POST", headers: { "content-type": "application/json" },
+        body: JSON.stringify(batch) })).json();
+      const bad = r.filter((x) => x.error);
+      assert.equal(bad.length, 0, JSON.stringify(bad[0]));
+    }
+    // each block takes what fits in its gas limit: mine until the pool is empty
+    for (let n = 0; n < 100; n++) {
+      const pool = await ethRpc(evm.rpcUrl, "txpool_status");
+      if (Number(pool.pending) === 0 && Number(pool.queued) === 0) break;
+      await mine(1);
+    }
+  } finally {
+    await ethRpc(evm.rpcUrl, "evm_setAutomine", [true]);
+  }
+}
+
+test("1,000 watched addresses and 10,000 transfers: all credited once, in batched calls", async () => {
+  const accounts = [];
+  for (let i = 0; i < 1000; i += 50) accounts.push(...await Promise.all(Array.from({ length: 50 }, () => account())));
+  const before = await watcherStatus();
+  const list = [];
+  const expected = new Map(accounts.map((a) => [a.id, 0]));
+  for (let i = 0; i < 10000; i++) {
+    const a = accounts[i % accounts.length];
+    const amount = 1 + (i % 7);
+    list.push({ from: i % 9, to: a.address, amount });
+    expected.set(a.id, expected.get(a.id) + amount);
+  }
+  const start = await head();
+  await bulkTransfers(list);
+  await mine(CONFIRMATIONS);
+  const end = await head();
+  await waitUntil(async () => (await watcherStatus()).cursor >= end - CONFIRMATIONS + 1, { timeoutMs: 180000,
+    intervalMs: 500, what: "the scan of the transfers' blocks" });
+  for (const a of accounts) assert.equal(await balance(a.id), expected.get(a.id), `account ${a.id}`);
+  const after = await watcherStatus();
+  // batched: one eth_getLogs per 1,000 addresses and range of blocks (at most a block per range here,
+  // as blocks arrive one by one while the watcher polls), never one per address or transfer
+  const blocks = end - start;
+  const calls = after.log_calls - before.log_calls;
+  assert.ok(calls <= 2 * (blocks + 5) && calls < 200, `${calls} eth_getLogs calls for ${blocks} blocks`);
+  const rows = (await Promise.all(accounts.slice(0, 20).map(async (a) =>
+    (await ok(led, "ledger.history", { account_id: a.id, limit: 1000 })).postings.length))).reduce((s, n) => s + n, 0);
+  assert.equal(rows, 20 * 10);
+  await audit();
+});
+
+/** An HTTP JSON-RPC proxy to `target` that misbehaves: drops, delays, 429s, and refuses wide log ranges. */
+async function flakyProxy(target, { maxRange = 8 } = {}) {
+  const counts = { dropped: 0, delayed: 0, limited: 0, refused: 0, passed: 0 };
+  let n = 0;
+  const server = nodeHttp.createServer(async (req, res) => {
+    const chunks = [];
+    for await (const c of req) chunks.push(c);
+    const body = Buffer.concat(chunks).toString();
+    let call;
+    try {
+      call = JSON.parse(body);
+    } catch {
+      call = {};
+    }
+    // a fixed rotation, so that every run meets every fault: of 12 requests, one dropped, one 429, one delayed
+    const turn = n++ % 12;
+    if (turn === 3) {
+      counts.dropped++;
+      return req.socket.destroy();
+    }
+    if (turn === 7) {
+      counts.limited++;
+      res.writeHead(429, { "retry-after": "1", "content-type": "text/plain" });
+      return res.end("slow down");
+    }
+    if (turn === 10) {
+      counts.delayed++;
+      await sleep(300);
+    }
+    if (call.method === "eth_getLogs") {
+      const f = call.params?.[0] ?? {};
+      if (Number(f.toBlock) - Number(f.fromBlock) + 1 > maxRange) {
+        counts.refused++;
+        res.writeHead(200, { "content-type": "application/json" });
+        return res.end(JSON.stringify({ jsonrpc: "2.0", id: call.id, error: { code: -32005,
+          message: `query exceeds max block range ${maxRange}` } }));
+      }
+    }
+    counts.passed++;
+    try {
+      const up = await fetch(target, { method: "POST", headers: { "content-type": "application/json" }, body });
+      const text = await up.text();
+      res.writeHead(up.status, { "content-type": "application/json" });
+      res.end(text);
+    } catch {
+      res.destroy();
+    }
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  return { url: `http://127.0.0.1:${server.address().port}`, counts,
+    close: () => new Promise((r) => { server.closeAllConnections(); server.close(r); }) };
+}
+
+test("a flaky provider (drops, delays, 429, range limits): every transfer still credited once", async () => {
+  for (const w of watchers) assert.equal((await w.stop()).code, 0);
+  wat.close();
+  const proxies = [await flakyProxy(evm.rpcUrl), await flakyProxy(evm.rpcUrl)];
+  let flaky;
+  try {
+    flaky = await startService("chain-watcher", { ...watcherEnv("watcher-flaky"),
+      FAREBOX_EVM_RPC_URLS: proxies.map((p) => p.url).join(","), FAREBOX_CHAIN_TIMEOUT_MS: "1000",
+      FAREBOX_EVM_LOG_RANGE: "64" });
+    watchers = [flaky];
+    wat = new RpcClient(flaky.endpoint);
+    const accounts = [await account(), await account(), await account()];
+    let expected = 0;
+    const sent = [];
+    for (let i = 0; i < 30; i++) {
+      const amt = 1000 * (i + 1);
+      expected += amt;
+      sent.push(await transfer(1 + (i % 8), accounts[i % 3].address, amt));
+      if (i % 5 === 4) await mine(7); // spread over more blocks than one refused range
+    }
+    await mine(CONFIRMATIONS);
+    const total = async () => (await Promise.all(accounts.map((x) => balance(x.id)))).reduce((s, b) => s + b, 0);
+    try {
+      await waitUntil(async () => (await total()) === expected, { timeoutMs: 90000, intervalMs: 250,
+        what: "every credit through the flaky provider" });
+    } catch (e) {
+      const refs = [];
+      for (const x of accounts) refs.push(...(await ok(led, "ledger.history", { account_id: x.id })).postings.map((p) => p.ref));
+      const missing = sent.filter((r) => !refs.some((ref) => ref.includes(r.transactionHash)))
+        .map((r) => `${Number(r.blockNumber)}:${r.transactionHash.slice(0, 10)}`);
+      throw new Error(`${e.message}: ${await total()} of ${expected}; missing ${missing.join(" ")}; watcher ${JSON.stringify(await watcherStatus())}; ` +
+        `proxies ${JSON.stringify(proxies.map((p) => p.counts))}\n${flaky.tail(30)}`);
+    }
+    let rows = 0;
+    for (const x of accounts) rows += (await ok(led, "ledger.history", { account_id: x.id })).postings.length;
+    assert.equal(rows, 30);
+    const st = await watcherStatus();
+    assert.ok(st.range_shrinks > 0, JSON.stringify(st));
+    const seen = proxies.map((p) => p.counts);
+    assert.ok(seen.some((c) => c.dropped > 0) && seen.some((c) => c.limited > 0) && seen.some((c) => c.refused > 0),
+      JSON.stringify(seen));
+  } finally {
+    for (const p of proxies) await p.close();
   }
   await audit();
 });

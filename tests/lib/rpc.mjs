@@ -65,7 +65,13 @@ export class RpcClient {
           resolve(r);
         },
       });
-      this.sock.send(Buffer.from(encode(req))).catch(reject);
+      // zeromq.js allows one send at a time on a socket: concurrent calls queue their sends
+      const frame = Buffer.from(encode(req));
+      this.sending = (this.sending ?? Promise.resolve()).then(() => this.sock.send(frame)).catch((e) => {
+        clearTimeout(timer);
+        this.pending.delete(req.id);
+        reject(e);
+      });
     });
   }
 

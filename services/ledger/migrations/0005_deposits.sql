@@ -60,6 +60,10 @@ BEGIN
         IF v_row.id IS NOT NULL THEN
             RETURN ledger_err('idempotency_conflict', 'the address belongs to account ' || v_row.account_id);
         END IF;
+        -- one insert at a time, each committed before the next takes its id:
+        -- a watcher paging by id (after_id) then never skips an address
+        -- committed late with a smaller id
+        PERFORM pg_advisory_xact_lock(hashtext('farebox.deposit_addresses'));
         INSERT INTO deposit_addresses (account_id, chain, address, path) VALUES (v_account, v_chain, v_address, v_path)
             RETURNING * INTO v_row;
         RETURN ledger_ok(ledger_deposit_address_view(v_row) || jsonb_build_object('created', true));
