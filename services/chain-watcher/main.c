@@ -6,11 +6,12 @@
  *   keys           watch_keys.c: BIP32 / SLIP-0010 deposit keys (public EVM
  *                  branch, Solana branch), the seed cleared after start
  *   evm            watch_evm.c: eth_getLogs scans, credits, cursor, reorgs
+ *   solana         watch_svm.c: each deposit token account's signatures,
+ *                  balance increases credited, a cursor per account
  *   rpc            watch_rpc.c: deposit_address, pending, status
  *   stop           SIGTERM: stop polling; credits in flight are idempotent
  *
- * Not built yet: Solana deposits (addresses are made; transfers to them are
- * not watched), the sweep command. Settlement transactions are followed by
+ * Not built yet: the sweep command. Settlement transactions are followed by
  * the verifier's tracker. */
 #include "fb_codec.h"
 #include "fb_jsonrpc.h"
@@ -20,11 +21,32 @@
 #include "fb_util.h"
 #include "watch.h"
 #include "watch_evm.h"
+#include "watch_svm.h"
 #include "watch_rpc.h"
 
 #include <sodium.h>
 #include <stdio.h>
 #include <string.h>
+
+static watch_svm_t *s_svm(watcher_t *w, const fb_config_t *cfg)
+{
+    const char *net = fb_config_str(cfg, "FAREBOX_SOLANA_NETWORK");
+    if (strcmp(net, "off") == 0)
+        return NULL;
+    if (strncmp(net, "solana:", 7) != 0 || strlen(net) > 60)
+        fb_service_fail_config("FAREBOX_SOLANA_NETWORK: must be solana:<genesis hash prefix> or off");
+    watch_svm_config_t c = {.network = net,
+                            .rpc_urls = fb_config_str(cfg, "FAREBOX_SOLANA_RPC_URLS"),
+                            .mint = fb_config_str(cfg, "FAREBOX_SOLANA_MINT"),
+                            .commitment = fb_config_str(cfg, "FAREBOX_SOLANA_COMMITMENT"),
+                            .poll_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_WATCH_POLL_MS"),
+                            .timeout_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_CHAIN_TIMEOUT_MS")};
+    char err[256];
+    watch_svm_t *svm = watch_svm_new(w, &c, err, sizeof(err));
+    if (!svm)
+        fb_service_fail_config(err);
+    return svm;
+}
 
 static int s_seed(const char *value, uint8_t seed[FB_HD_SEED_MAX], size_t *len)
 {
@@ -72,6 +94,10 @@ static const fb_config_var_t s_vars[] = {
      "timeout of one chain JSON-RPC attempt"},
     {"FAREBOX_SOLANA_NETWORK", FB_CFG_STRING, "off", 0, 0, NULL, NULL,
      "CAIP-2 id of the Solana network (\"off\": no Solana)"},
+    {"FAREBOX_SOLANA_RPC_URLS", FB_CFG_STRING, "http://127.0.0.1:8899", 0, 0, NULL, fb_jsonrpc_check_urls,
+     "JSON-RPC endpoints of the Solana network, comma-separated (failover)"},
+    {"FAREBOX_SOLANA_COMMITMENT", FB_CFG_ENUM, "finalized", 0, 0, "finalized|confirmed", NULL,
+     "commitment a Solana deposit needs before it is credited"},
     {"FAREBOX_SOLANA_MINT", FB_CFG_STRING, "4zMMC9srt5Ri5X14GAgXhaHii3GnPAEERYPJgZJDncDU", 0, 0, NULL, NULL,
      "the USDC mint: deposit token accounts are its associated token accounts"},
 };
@@ -137,14 +163,18 @@ int main(int argc, char **argv)
         snprintf(w.solana_mint, sizeof(w.solana_mint), "%s", fb_config_str(cfg, "FAREBOX_SOLANA_MINT"));
     w.ledger = fb_service_client(svc, FB_PEER_LEDGER, w.loop);
     w.evm = s_evm(&w, cfg);
+    w.svm = s_svm(&w, cfg);
     watch_rpc_register(fb_service_rpc(svc), &w);
 
     int code = fb_service_run(svc);
 
     if (w.evm)
         watch_evm_stop(w.evm);
+    if (w.svm)
+        watch_svm_stop(w.svm);
     fb_rpc_client_destroy(&w.ledger);
     watch_evm_destroy(&w.evm);
+    watch_svm_destroy(&w.svm);
     watch_keys_destroy(&w.keys);
     fb_service_destroy(&svc);
     return code;

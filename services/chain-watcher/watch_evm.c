@@ -579,13 +579,9 @@ static void s_credit_more(watch_evm_t *self)
         const s_transfer_t *t = &self->found.items[i];
         /* a retry from this replica answers its first call again; another
          * replica crediting the same source is told it is a duplicate */
-        char source[256], idem[48];
-        uint8_t digest[16];
-        int n = snprintf(source, sizeof(source), "%s|%s|%s|%lld", self->w->replica, self->network, t->tx,
-                         (long long)t->index);
-        crypto_generichash(digest, sizeof(digest), (const uint8_t *)source, (size_t)n, NULL, 0);
-        memcpy(idem, "deposit:", 8);
-        fb_hex_encode(idem + 8, digest, sizeof(digest));
+        char idem[64], index[24];
+        snprintf(index, sizeof(index), "%lld", (long long)t->index);
+        watch_idem(self->w, "deposit", self->network, t->tx, index, idem);
         json_t *body =
             json_pack("{s:I, s:I, s:s, s:{s:s, s:s, s:I, s:s}}", "account_id", (json_int_t)t->account,
                       "amount_micro", (json_int_t)t->amount, "kind", "deposit", "source", "chain",

@@ -5,10 +5,28 @@
 #include "fb_msgpack.h"
 #include "fb_util.h"
 #include "watch_evm.h"
+#include "watch_svm.h"
+
+#include <sodium.h>
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+void watch_idem(const watcher_t *w, const char *kind, const char *a, const char *b, const char *c, char *out)
+{
+    crypto_generichash_state st;
+    uint8_t digest[16];
+    crypto_generichash_init(&st, NULL, 0, sizeof(digest));
+    const char *parts[4] = {w->replica, a, b, c};
+    for (int i = 0; i < 4; i++)
+        crypto_generichash_update(&st, (const uint8_t *)parts[i], strlen(parts[i]) + 1); /* NUL separates */
+    crypto_generichash_final(&st, digest, sizeof(digest));
+    size_t k = strnlen(kind, 16);
+    memcpy(out, kind, k);
+    out[k] = ':';
+    fb_hex_encode(out + k + 1, digest, sizeof(digest));
+}
 
 void watch_ledger_call(watcher_t *w, const char *method, json_t *body, const char *idem, fb_rpc_done_fn *cb,
                        void *arg)
@@ -164,10 +182,15 @@ static void s_status(void *arg, fb_rpc_call_t *call)
     msgpack_sbuffer_init(&sb);
     msgpack_packer pk;
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, 2);
+    msgpack_pack_map(&pk, 3);
     fb_mp_pack_cstr(&pk, "evm");
     if (w->evm)
         watch_evm_status(w->evm, &pk);
+    else
+        msgpack_pack_nil(&pk);
+    fb_mp_pack_cstr(&pk, "solana");
+    if (w->svm)
+        watch_svm_status(w->svm, &pk);
     else
         msgpack_pack_nil(&pk);
     char xpub[FB_HD_XKEY_CHARS] = "";

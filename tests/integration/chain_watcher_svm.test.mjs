@@ -1,0 +1,195 @@
+// chain_watcher_svm.test.mjs - Solana deposits on surfpool: a token transfer
+// into a deposit owner's associated token account is credited once (also with
+// two watcher replicas, and after the watcher restarts); a failed transaction
+// touching it is ignored; several transfers in one transaction are credited
+// as one sum. Every test ends with the ledger's audit.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import crypto from "node:crypto";
+import {
+  address, appendTransactionMessageInstructions, createKeyPairSignerFromBytes, createSolanaRpc, createTransactionMessage,
+  getBase58Encoder, getBase64EncodedWireTransaction, getSignatureFromTransaction, pipe,
+  setTransactionMessageFeePayerSigner, setTransactionMessageLifetimeUsingBlockhash, signTransactionMessageWithSigners,
+} from "@solana/kit";
+import { TOKEN_PROGRAM_ADDRESS, findAssociatedTokenPda, getTransferCheckedInstruction } from "@solana-program/token";
+import { freePort, sleep, startService, waitUntil } from "../lib/harness.mjs";
+import { startPostgres } from "../lib/pg.mjs";
+import { startChains } from "../lib/chains.mjs";
+import { RpcClient } from "../lib/rpc.mjs";
+
+const SECRET = crypto.randomBytes(32).toString("hex");
+const SEED = crypto.randomBytes(32).toString("hex");
+let pg, chains, sol, solRpc, ledger, lp, wp, watchers = [], led, wat;
+
+function watcherEnv(replica) {
+  return { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${wp}-${wp + 9}`, FAREBOX_REPLICA: replica,
+    FAREBOX_LEDGER_ENDPOINT: `tcp://127.0.0.1:${lp}`, FAREBOX_DEPOSIT_SEED: SEED, FAREBOX_EVM_NETWORK: "off",
+    FAREBOX_SOLANA_NETWORK: sol.x402Network, FAREBOX_SOLANA_RPC_URLS: sol.rpcUrl, FAREBOX_SOLANA_MINT: sol.mint,
+    FAREBOX_SOLANA_COMMITMENT: "confirmed", FAREBOX_WATCH_POLL_MS: "200" };
+}
+
+before(async () => {
+  pg = await startPostgres();
+  const db = pg.createDatabase("watcher_svm");
+  chains = await startChains({ solana: true, evm: false });
+  sol = chains.solana;
+  solRpc = createSolanaRpc(sol.rpcUrl);
+  lp = await freePort();
+  ledger = await startService("ledger", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${lp}`, FAREBOX_DATABASE_URL: db.url,
+    FAREBOX_KEY_HMAC_SECRET: SECRET });
+  wp = await freePort();
+  watchers.push(await startService("chain-watcher", watcherEnv("watcher-0")));
+  led = new RpcClient(`tcp://127.0.0.1:${lp}`);
+  wat = new RpcClient(watchers[0].endpoint);
+});
+
+after(async () => {
+  led?.close();
+  wat?.close();
+  for (const p of [...watchers, ledger]) if (p) {
+    const { code } = await p.stop();
+    assert.equal(code, 0, `${p.name} exited ${code}\n${p.tail()}`);
+  }
+  await chains?.stop();
+  await pg?.stop();
+});
+
+async function ok(client, method, body, opts) {
+  const r = await client.call(method, body, { deadlineMs: 15000, ...opts });
+  assert.equal(r.status, "ok", `${method}: ${r.code}: ${r.message}`);
+  return r.body;
+}
+
+async function audit() {
+  const r = await ok(led, "ledger.audit", {});
+  assert.equal(r.ok, true, JSON.stringify(r.checks.filter((c) => !c.ok)));
+}
+
+async function solCall(method, params) {
+  const r = await (await fetch(sol.rpcUrl, { method: "POST", headers: { "content-type": "application/json" },
+    body: JSON.stringify({ jsonrpc: "2.0", id: 1, method, params }) })).json();
+  if (r.error) throw new Error(`${method}: ${JSON.stringify(r.error)}`);
+  return r.result;
+}
+
+/** A funded account with its deposit token account opened (surfpool's cheatcode: no ATA program offline). */
+async function account() {
+  const a = await ok(led, "ledger.open_account", { label: "solana depositor" }, { idem: crypto.randomUUID() });
+  const d = await ok(wat, "chain_watcher.deposit_address", { account_id: a.account_id });
+  const [ata] = await findAssociatedTokenPda({ mint: address(sol.mint), owner: address(d.solana.address),
+    tokenProgram: TOKEN_PROGRAM_ADDRESS });
+  assert.equal(d.solana.token_account, ata);
+  await solCall("surfnet_setTokenAccount", [d.solana.address, sol.mint, { amount: 0 }, TOKEN_PROGRAM_ADDRESS]);
+  return { id: a.account_id, owner: d.solana.address, ata };
+}
+
+const balance = async (id) => (await ok(led, "ledger.balance", { account_id: id })).balance_micro;
+const signers = new Map(); // one signer instance per wallet: @solana/kit refuses two for one address
+const signer = async (wallet) => {
+  if (!signers.has(wallet.address)) signers.set(wallet.address, await createKeyPairSignerFromBytes(getBase58Encoder().encode(wallet.secretKey)));
+  return signers.get(wallet.address);
+};
+
+/** Sends a transaction of TransferChecked instructions [{wallet, to, amount}]; resolves with its signature
+ *  once confirmed (failed ones too, when skipPreflight lets them land). */
+async function send(transfers, { skipPreflight = false } = {}) {
+  const payer = await signer(sol.wallets[transfers[0].wallet]);
+  const ixs = [];
+  for (const t of transfers) {
+    const from = await signer(sol.wallets[t.wallet]);
+    const [source] = await findAssociatedTokenPda({ mint: address(sol.mint), owner: from.address,
+      tokenProgram: TOKEN_PROGRAM_ADDRESS });
+    ixs.push(getTransferCheckedInstruction({ source, mint: address(sol.mint), destination: address(t.to),
+      authority: from, amount: BigInt(t.amount), decimals: 6 }));
+  }
+  const { value: blockhash } = await solRpc.getLatestBlockhash({ commitment: "confirmed" }).send();
+  const message = pipe(createTransactionMessage({ version: 0 }), (m) => setTransactionMessageFeePayerSigner(payer, m),
+    (m) => setTransactionMessageLifetimeUsingBlockhash(blockhash, m), (m) => appendTransactionMessageInstructions(ixs, m));
+  const tx = await signTransactionMessageWithSigners(message);
+  const signature = getSignatureFromTransaction(tx);
+  await solRpc.sendTransaction(getBase64EncodedWireTransaction(tx), { encoding: "base64", skipPreflight,
+    preflightCommitment: "confirmed" }).send();
+  await waitUntil(async () => {
+    const { value } = await solRpc.getSignatureStatuses([signature]).send();
+    return value[0] && ["confirmed", "finalized"].includes(value[0].confirmationStatus);
+  }, { what: `transaction ${signature}` });
+  const { value } = await solRpc.getSignatureStatuses([signature]).send();
+  return { signature, err: value[0].err };
+}
+
+async function status(client = wat) {
+  return (await ok(client, "chain_watcher.status", {})).solana;
+}
+
+test("a token transfer into a deposit token account is credited once", async () => {
+  const a = await account();
+  const { signature, err } = await send([{ wallet: 0, to: a.ata, amount: 1_250_000 }]);
+  assert.equal(err, null);
+  await waitUntil(async () => (await balance(a.id)) === 1_250_000, { timeoutMs: 20000, what: "the credit" });
+  await sleep(1000); // more polls: nothing more
+  assert.equal(await balance(a.id), 1_250_000);
+  const hist = await ok(led, "ledger.history", { account_id: a.id });
+  assert.equal(hist.postings.length, 1);
+  assert.ok(hist.postings[0].ref.includes(signature), hist.postings[0].ref);
+  const st = await status();
+  assert.ok(st.credited >= 1 && st.watched >= 1, JSON.stringify(st));
+  await audit();
+});
+
+test("a failed transaction touching a deposit account is ignored", async () => {
+  const a = await account();
+  const before = (await status()).skipped_failed;
+  // more than the wallet holds: it lands (no preflight) and fails in the Token program
+  const failed = await send([{ wallet: 1, to: a.ata, amount: 10n ** 15n }], { skipPreflight: true });
+  assert.notEqual(failed.err, null);
+  const good = await send([{ wallet: 1, to: a.ata, amount: 40_000 }]);
+  assert.equal(good.err, null);
+  await waitUntil(async () => (await balance(a.id)) === 40_000, { timeoutMs: 20000, what: "the good credit" });
+  await waitUntil(async () => (await status()).skipped_failed > before, { what: "the failed transaction skipped" });
+  await sleep(800);
+  assert.equal(await balance(a.id), 40_000);
+  assert.equal((await ok(led, "ledger.history", { account_id: a.id })).postings.length, 1);
+  await audit();
+});
+
+test("several transfers in one transaction are credited as their sum", async () => {
+  const a = await account();
+  const b = await account();
+  const { err } = await send([{ wallet: 0, to: a.ata, amount: 300_000 }, { wallet: 1, to: a.ata, amount: 450_000 },
+    { wallet: 0, to: b.ata, amount: 5_000 }]);
+  assert.equal(err, null);
+  await waitUntil(async () => (await balance(a.id)) === 750_000 && (await balance(b.id)) === 5_000,
+    { timeoutMs: 20000, what: "the summed credit" });
+  const hist = await ok(led, "ledger.history", { account_id: a.id });
+  assert.equal(hist.postings.length, 1);
+  assert.equal(hist.postings[0].amount_micro, 750_000);
+  await audit();
+});
+
+test("transfers while the watcher is down, then two replicas: each credited once", async () => {
+  const a = await account();
+  assert.equal((await watchers[0].stop()).code, 0);
+  wat.close();
+  let expected = 0;
+  for (let i = 0; i < 6; i++) {
+    const amt = 10_000 * (i + 1);
+    expected += amt;
+    await send([{ wallet: i % 2, to: a.ata, amount: amt }]);
+  }
+  watchers[0] = await startService("chain-watcher", watcherEnv("watcher-0"));
+  watchers.push(await startService("chain-watcher", watcherEnv("watcher-1")));
+  wat = new RpcClient(watchers[0].endpoint);
+  const second = new RpcClient(watchers[1].endpoint);
+  try {
+    await waitUntil(async () => (await balance(a.id)) === expected, { timeoutMs: 30000, what: "every credit" });
+    await sleep(1000);
+    assert.equal(await balance(a.id), expected);
+    assert.equal((await ok(led, "ledger.history", { account_id: a.id })).postings.length, 6);
+    // both replicas read the same transactions; the ledger credited each once
+    const both = [await status(), await status(second)];
+    assert.ok(both.every((s) => s.transactions >= 6 && s.last_error === ""), JSON.stringify(both));
+  } finally {
+    second.close();
+  }
+  await audit();
+});
