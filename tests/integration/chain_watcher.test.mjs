@@ -446,3 +446,44 @@ test("a flaky provider (drops, delays, 429, range limits): every transfer still 
   }
   await audit();
 });
+
+test("sweep: a dry run moves nothing; the sweep moves every deposit to the treasury once; again, nothing", async () => {
+  const treasury = evm.accounts[8].address;
+  const tokenBalance = async (who) => BigInt(await ethRpc(evm.rpcUrl, "eth_call", [{ to: evm.token,
+    data: "0x70a08231" + who.slice(2).toLowerCase().padStart(64, "0") }, "latest"]));
+  const deposits = (await ok(led, "ledger.deposit_addresses", { chain: "evm", limit: 5000 })).addresses;
+  let total = 0n, funded = 0;
+  for (const d of deposits) {
+    const b = await tokenBalance(d.address);
+    total += b;
+    if (b > 0n) funded++;
+  }
+  assert.ok(funded > 0 && total > 0n, `${funded} funded deposit addresses`);
+  const sweep = (args) => {
+    const r = spawnSync(bin("farebox-sweep"), args, { encoding: "utf8", timeout: 600000, env: { ...process.env,
+      FAREBOX_LEDGER_ENDPOINT: `tcp://127.0.0.1:${lp}`, FAREBOX_DEPOSIT_SEED: SEED, FAREBOX_EVM_NETWORK: NETWORK,
+      FAREBOX_EVM_RPC_URL: evm.rpcUrl, FAREBOX_EVM_TOKEN: evm.token, FAREBOX_SETTLEMENT_KEY: evm.deployer.privateKey,
+      FAREBOX_SWEEP_EVM_TO: treasury } });
+    return { status: r.status, stderr: r.stderr, lines: r.stdout.trim().split("\n").filter(Boolean).map((l) => JSON.parse(l)) };
+  };
+  const before = await tokenBalance(treasury);
+  const dry = sweep(["--dry-run", "--chain", "evm"]);
+  assert.equal(dry.status, 0, `${dry.stderr}\n${JSON.stringify(dry.lines.filter((l) => !["would_sweep", "nothing"].includes(l.status)).slice(0, 3))}`);
+  const would = dry.lines.filter((l) => l.status === "would_sweep");
+  assert.equal(would.length, funded);
+  assert.equal(would.reduce((s, l) => s + BigInt(l.amount_micro), 0n), total);
+  assert.equal(await tokenBalance(treasury), before);
+  const real = sweep(["--chain", "evm"]);
+  assert.equal(real.status, 0, `${real.stderr}\n${JSON.stringify(real.lines.filter((l) => l.status !== "swept" && l.status !== "nothing").slice(0, 3))}`);
+  assert.equal(real.lines.filter((l) => l.status === "swept").length, funded);
+  assert.equal(await tokenBalance(treasury), before + total);
+  for (const d of deposits.slice(0, 50)) assert.equal(await tokenBalance(d.address), 0n);
+  const again = sweep(["--chain", "evm"]);
+  assert.equal(again.status, 0, again.stderr);
+  assert.ok(again.lines.every((l) => l.status === "nothing"), JSON.stringify(again.lines.find((l) => l.status !== "nothing")));
+  assert.equal(await tokenBalance(treasury), before + total);
+  // a usage error and a missing seed stop it with exit 2
+  assert.equal(spawnSync(bin("farebox-sweep"), ["--bogus"]).status, 2);
+  assert.equal(spawnSync(bin("farebox-sweep"), [], { env: { PATH: process.env.PATH } }).status, 2);
+  await audit();
+});

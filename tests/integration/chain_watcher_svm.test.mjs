@@ -2,7 +2,8 @@
 // into a deposit owner's associated token account is credited once (also with
 // two watcher replicas, and after the watcher restarts); a failed transaction
 // touching it is ignored; several transfers in one transaction are credited
-// as one sum. Every test ends with the ledger's audit.
+// as one sum; farebox-sweep moves every deposit token account's balance to
+// the treasury, the treasury paying the fee. Every test ends with the ledger's audit.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import crypto from "node:crypto";
@@ -12,7 +13,8 @@ import {
   setTransactionMessageFeePayerSigner, setTransactionMessageLifetimeUsingBlockhash, signTransactionMessageWithSigners,
 } from "@solana/kit";
 import { TOKEN_PROGRAM_ADDRESS, findAssociatedTokenPda, getTransferCheckedInstruction } from "@solana-program/token";
-import { freePort, sleep, startService, waitUntil } from "../lib/harness.mjs";
+import { spawnSync } from "node:child_process";
+import { bin, freePort, sleep, startService, waitUntil } from "../lib/harness.mjs";
 import { startPostgres } from "../lib/pg.mjs";
 import { startChains } from "../lib/chains.mjs";
 import { RpcClient } from "../lib/rpc.mjs";
@@ -185,11 +187,51 @@ test("transfers while the watcher is down, then two replicas: each credited once
     await sleep(1000);
     assert.equal(await balance(a.id), expected);
     assert.equal((await ok(led, "ledger.history", { account_id: a.id })).postings.length, 6);
-    // both replicas read the same transactions; the ledger credited each once
+    // the replicas share the accounts' cursors: whichever read a transaction first credited it, once
     const both = [await status(), await status(second)];
-    assert.ok(both.every((s) => s.transactions >= 6 && s.last_error === ""), JSON.stringify(both));
+    assert.ok(both[0].transactions + both[1].transactions >= 6 && both.every((s) => s.last_error === ""),
+      JSON.stringify(both));
   } finally {
     second.close();
   }
+  await audit();
+});
+
+test("sweep: every deposit token account's balance moves to the treasury, which pays the fee; again, nothing", async () => {
+  const treasury = sol.wallets[2];
+  const [treasuryAta] = await findAssociatedTokenPda({ mint: address(sol.mint), owner: address(treasury.address),
+    tokenProgram: TOKEN_PROGRAM_ADDRESS });
+  const units = async (ata) => BigInt((await solRpc.getTokenAccountBalance(address(ata), { commitment: "confirmed" }).send()).value.amount);
+  const owners = (await ok(led, "ledger.deposit_addresses", { chain: "solana" })).addresses;
+  let total = 0n, funded = 0;
+  for (const o of owners) {
+    const [ata] = await findAssociatedTokenPda({ mint: address(sol.mint), owner: address(o.address), tokenProgram: TOKEN_PROGRAM_ADDRESS });
+    const b = await units(ata).catch(() => 0n);
+    total += b;
+    if (b > 0n) funded++;
+  }
+  assert.ok(funded >= 4 && total > 0n, `${funded} funded`);
+  const sweep = (args) => {
+    const r = spawnSync(bin("farebox-sweep"), args, { encoding: "utf8", timeout: 300000, env: { ...process.env,
+      FAREBOX_LEDGER_ENDPOINT: `tcp://127.0.0.1:${lp}`, FAREBOX_DEPOSIT_SEED: SEED, FAREBOX_SOLANA_NETWORK: sol.x402Network,
+      FAREBOX_SOLANA_RPC_URL: sol.rpcUrl, FAREBOX_SOLANA_MINT: sol.mint, FAREBOX_SWEEP_SOLANA_PAYER_KEY: treasury.secretKey } });
+    return { status: r.status, stderr: r.stderr, lines: r.stdout.trim().split("\n").filter(Boolean).map((l) => JSON.parse(l)) };
+  };
+  const before = await units(treasuryAta);
+  const lamportsBefore = (await solRpc.getBalance(address(treasury.address), { commitment: "confirmed" }).send()).value;
+  const dry = sweep(["--dry-run", "--chain", "solana"]);
+  assert.equal(dry.status, 0, `${dry.stderr}\n${JSON.stringify(dry.lines)}`);
+  assert.equal(dry.lines.filter((l) => l.status === "would_sweep").length, funded);
+  assert.equal(await units(treasuryAta), before);
+  const real = sweep(["--chain", "solana"]);
+  assert.equal(real.status, 0, `${real.stderr}\n${JSON.stringify(real.lines.filter((l) => l.status === "failed"))}`);
+  assert.equal(real.lines.filter((l) => l.status === "swept").length, funded);
+  assert.equal(await units(treasuryAta), before + total);
+  const lamportsAfter = (await solRpc.getBalance(address(treasury.address), { commitment: "confirmed" }).send()).value;
+  assert.ok(lamportsAfter < lamportsBefore, "the treasury paid the fees");
+  const again = sweep(["--chain", "solana"]);
+  assert.equal(again.status, 0, again.stderr);
+  assert.ok(again.lines.every((l) => l.status === "nothing"), JSON.stringify(again.lines));
+  assert.equal(await units(treasuryAta), before + total);
   await audit();
 });
