@@ -9,6 +9,7 @@
  *   solana         watch_svm.c: each deposit token account's signatures,
  *                  balance increases credited, a cursor per account
  *   rpc            watch_rpc.c: deposit_address, pending, status
+ *   metrics        watch_metrics.c: Prometheus text on GET /metrics
  *   stop           SIGTERM: stop polling; credits in flight are idempotent
  *
  * Not built yet: the sweep command. Settlement transactions are followed by
@@ -20,7 +21,9 @@
 #include "fb_solana.h"
 #include "fb_util.h"
 #include "watch.h"
+#include "fb_http.h"
 #include "watch_evm.h"
+#include "watch_metrics.h"
 #include "watch_svm.h"
 #include "watch_rpc.h"
 
@@ -88,6 +91,8 @@ static const fb_config_var_t s_vars[] = {
      "blocks per eth_getLogs at most (halves on a provider's refusal, grows back)"},
     {"FAREBOX_EVM_ADDRESSES_PER_CALL", FB_CFG_INT, "1000", 1, 10000, NULL, NULL,
      "deposit addresses per eth_getLogs call"},
+    {"FAREBOX_METRICS_LISTEN", FB_CFG_STRING, "", 0, 0, NULL, fb_http_check_hostport,
+     "HOST:PORT of the Prometheus /metrics listener (empty: none)"},
     {"FAREBOX_WATCH_POLL_MS", FB_CFG_INT, "2000", 50, 600000, NULL, NULL,
      "pause between polls when caught up"},
     {"FAREBOX_CHAIN_TIMEOUT_MS", FB_CFG_INT, "10000", 100, 120000, NULL, NULL,
@@ -165,9 +170,19 @@ int main(int argc, char **argv)
     w.evm = s_evm(&w, cfg);
     w.svm = s_svm(&w, cfg);
     watch_rpc_register(fb_service_rpc(svc), &w);
+    watch_metrics_t *metrics = NULL;
+    const char *listen = fb_config_str(cfg, "FAREBOX_METRICS_LISTEN");
+    if (listen[0]) {
+        char err[256], line[320];
+        if (!(metrics = watch_metrics_new(&w, listen, err, sizeof(err)))) {
+            snprintf(line, sizeof(line), "invalid configuration: FAREBOX_METRICS_LISTEN: %s", err);
+            fb_service_fail_config(line);
+        }
+    }
 
     int code = fb_service_run(svc);
 
+    watch_metrics_destroy(&metrics);
     if (w.evm)
         watch_evm_stop(w.evm);
     if (w.svm)

@@ -6,6 +6,7 @@
 #include "watch_keys.h"
 
 #include <jansson.h>
+#include <stdio.h>
 #include <stdbool.h>
 #include <uv.h>
 

@@ -850,6 +850,12 @@ void watch_evm_destroy(watch_evm_t **self_p)
     *self_p = NULL;
 }
 
+const struct fb_jsonrpc_t *watch_evm_rpc(const watch_evm_t *self, const char **network)
+{
+    *network = self->network;
+    return self->rpc;
+}
+
 void watch_evm_status(const watch_evm_t *self, msgpack_packer *pk)
 {
     msgpack_pack_map(pk, 19);
@@ -873,6 +879,34 @@ void watch_evm_status(const watch_evm_t *self, msgpack_packer *pk)
     fb_mp_pack_kv_uint(pk, "log_calls", self->log_calls);
     fb_mp_pack_kv_uint(pk, "logs", self->logs);
     fb_mp_pack_kv_cstr(pk, "last_error", self->last_error);
+}
+
+void watch_evm_metrics(const watch_evm_t *self, FILE *out)
+{
+    const char *n = self->network;
+    fprintf(out, "farebox_watch_evm_head{network=\"%s\"} %lld\n", n, (long long)self->head);
+    fprintf(out, "farebox_watch_evm_confirmed_block{network=\"%s\"} %lld\n", n, (long long)self->confirmed);
+    fprintf(out, "farebox_watch_evm_cursor{network=\"%s\"} %lld\n", n,
+            (long long)(self->have_cursor ? self->cursor : -1));
+    fprintf(out, "farebox_watch_evm_lag_blocks{network=\"%s\"} %lld\n", n,
+            (long long)(self->have_cursor && self->head >= 0 ? self->head - self->cursor : -1));
+    fprintf(out, "farebox_watch_evm_watched_addresses{network=\"%s\"} %zu\n", n, self->nwatched);
+    fprintf(out, "farebox_watch_evm_credits_total{network=\"%s\",result=\"credited\"} %llu\n", n,
+            (unsigned long long)self->credited);
+    fprintf(out, "farebox_watch_evm_credits_total{network=\"%s\",result=\"duplicate\"} %llu\n", n,
+            (unsigned long long)self->duplicates);
+    fprintf(out, "farebox_watch_evm_credits_total{network=\"%s\",result=\"conflict\"} %llu\n", n,
+            (unsigned long long)self->conflicts);
+    fprintf(out, "farebox_watch_evm_errors_total{network=\"%s\"} %llu\n", n,
+            (unsigned long long)self->errors);
+    fprintf(out, "farebox_watch_evm_reorgs_total{network=\"%s\",depth=\"unconfirmed\"} %llu\n", n,
+            (unsigned long long)self->reorgs);
+    fprintf(out, "farebox_watch_evm_reorgs_total{network=\"%s\",depth=\"confirmed\"} %llu\n", n,
+            (unsigned long long)self->deep_reorgs);
+    fprintf(out, "farebox_watch_evm_log_calls_total{network=\"%s\"} %llu\n", n,
+            (unsigned long long)self->log_calls);
+    fprintf(out, "farebox_watch_evm_log_range_blocks{network=\"%s\"} %u\n", n, (unsigned)self->range);
+    fprintf(out, "farebox_watch_evm_pending_transfers{network=\"%s\"} %zu\n", n, self->pending.n);
 }
 
 void watch_evm_pending(const watch_evm_t *self, int64_t account, msgpack_packer *pk)

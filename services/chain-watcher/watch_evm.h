@@ -17,6 +17,7 @@
 #include "watch.h"
 
 #include <msgpack.h>
+#include <stdio.h>
 #include <stdint.h>
 
 typedef struct {
@@ -41,6 +42,11 @@ void watch_evm_stop(watch_evm_t *self);
 void watch_evm_destroy(watch_evm_t **self_p);
 /* watch_evm_status - pack the scanner's state and figures as one map. */
 void watch_evm_status(const watch_evm_t *self, msgpack_packer *pk);
+/* watch_evm_metrics - the scanner's figures in Prometheus text format. */
+void watch_evm_metrics(const watch_evm_t *self, FILE *out);
+/* watch_evm_rpc - the scanner's JSON-RPC client (NULL once stopped). */
+struct fb_jsonrpc_t;
+const struct fb_jsonrpc_t *watch_evm_rpc(const watch_evm_t *self, const char **network);
 /* watch_evm_pending - pack the unconfirmed transfers to account (0: all) as a
  * msgpack array. */
 void watch_evm_pending(const watch_evm_t *self, int64_t account, msgpack_packer *pk);

@@ -563,6 +563,30 @@ void watch_svm_destroy(watch_svm_t **self_p)
     *self_p = NULL;
 }
 
+void watch_svm_metrics(const watch_svm_t *self, FILE *out)
+{
+    const char *n = self->network;
+    fprintf(out, "farebox_watch_solana_watched_addresses{network=\"%s\"} %zu\n", n, self->natas);
+    fprintf(out, "farebox_watch_solana_transactions_total{network=\"%s\"} %llu\n", n,
+            (unsigned long long)self->transactions);
+    fprintf(out, "farebox_watch_solana_failed_transactions_total{network=\"%s\"} %llu\n", n,
+            (unsigned long long)self->skipped_failed);
+    fprintf(out, "farebox_watch_solana_credits_total{network=\"%s\",result=\"credited\"} %llu\n", n,
+            (unsigned long long)self->credited);
+    fprintf(out, "farebox_watch_solana_credits_total{network=\"%s\",result=\"duplicate\"} %llu\n", n,
+            (unsigned long long)self->duplicates);
+    fprintf(out, "farebox_watch_solana_credits_total{network=\"%s\",result=\"conflict\"} %llu\n", n,
+            (unsigned long long)self->conflicts);
+    fprintf(out, "farebox_watch_solana_errors_total{network=\"%s\"} %llu\n", n,
+            (unsigned long long)self->errors);
+}
+
+const struct fb_jsonrpc_t *watch_svm_rpc(const watch_svm_t *self, const char **network)
+{
+    *network = self->network;
+    return self->rpc;
+}
+
 void watch_svm_status(const watch_svm_t *self, msgpack_packer *pk)
 {
     msgpack_pack_map(pk, 12);

@@ -17,6 +17,7 @@
 #include "watch.h"
 
 #include <msgpack.h>
+#include <stdio.h>
 #include <stdint.h>
 
 typedef struct watch_svm_t watch_svm_t;
@@ -37,6 +38,11 @@ watch_svm_t *watch_svm_new(watcher_t *w, const watch_svm_config_t *config, char 
 void watch_svm_stop(watch_svm_t *self);
 /* watch_svm_destroy - free (after watch_svm_stop). Nulls *self_p. */
 void watch_svm_destroy(watch_svm_t **self_p);
+/* watch_svm_metrics - the scanner's figures in Prometheus text format. */
+void watch_svm_metrics(const watch_svm_t *self, FILE *out);
+/* watch_svm_rpc - the scanner's JSON-RPC client (NULL once stopped). */
+struct fb_jsonrpc_t;
+const struct fb_jsonrpc_t *watch_svm_rpc(const watch_svm_t *self, const char **network);
 /* watch_svm_status - pack the scanner's state and figures as one map. */
 void watch_svm_status(const watch_svm_t *self, msgpack_packer *pk);
 #endif

@@ -32,14 +32,14 @@ const ADMIN = crypto.randomBytes(24).toString("hex");
 const NETWORK = "eip155:84532";
 const CONFIRMATIONS = 3;
 const erc20 = parseAbi(["function transfer(address,uint256) returns (bool)"]);
-let pg, chains, evm, ledger, lp, wp, watchers = [], edge, edgeUrl, led, wat;
+let pg, chains, evm, ledger, lp, wp, mp, watchers = [], edge, edgeUrl, led, wat;
 
 function watcherEnv(replica) {
   return { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${wp}-${wp + 9}`, FAREBOX_REPLICA: replica,
     FAREBOX_LEDGER_ENDPOINT: `tcp://127.0.0.1:${lp}`, FAREBOX_DEPOSIT_SEED: SEED, FAREBOX_EVM_NETWORK: NETWORK,
     FAREBOX_EVM_RPC_URLS: evm.rpcUrl, FAREBOX_EVM_TOKEN: evm.token, FAREBOX_EVM_CONFIRMATIONS: String(CONFIRMATIONS),
     FAREBOX_EVM_START_BLOCK: "0", FAREBOX_WATCH_POLL_MS: "100", FAREBOX_EVM_LOG_RANGE: "50",
-    FAREBOX_SOLANA_NETWORK: "solana:EtWTRABZaYq6iMfeYKouRu166VU2xqa1", FAREBOX_SOLANA_MINT: chains.solana?.mint ?? "4zMMC9srt5Ri5X14GAgXhaHii3GnPAEERYPJgZJDncDU" };
+    FAREBOX_SOLANA_NETWORK: "off", ...(replica === "watcher-0" && { FAREBOX_METRICS_LISTEN: `127.0.0.1:${mp}` }) };
 }
 
 before(async () => {
@@ -51,6 +51,7 @@ before(async () => {
   ledger = await startService("ledger", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${lp}`, FAREBOX_DATABASE_URL: db.url,
     FAREBOX_KEY_HMAC_SECRET: SECRET });
   wp = await freePort();
+  mp = await freePort();
   watchers.push(await startService("chain-watcher", watcherEnv("watcher-0")));
   const hp = await freePort();
   edge = await startService("edge", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`,
@@ -68,7 +69,7 @@ after(async () => {
   wat?.close();
   for (const p of [edge, ...watchers, ledger]) if (p) {
     const { code } = await p.stop();
-    assert.equal(code, 0, `${p.name} exited ${code}\n${p.tail()}`);
+    assert.equal(code, 0, `${p.name} exited ${code} (${p.exitSignal})\n${p.tail()}`);
   }
   await chains?.stop();
   await pg?.stop();
@@ -137,7 +138,7 @@ test("deposit addresses derive from the seed, are made once, and show in the adm
   assert.equal(a.address, privateKeyToAccount(`0x${Buffer.from(child.privateKey).toString("hex")}`).address);
   assert.equal(a.solana.address, base58.encode(slip10(SEED, [44, 501, a.id, 0])));
   assert.equal(a.solana.path, `m/44'/501'/${a.id}'/0'`);
-  assert.ok(a.solana.token_account.length >= 32);
+  assert.equal(a.solana.token_account, ""); // Solana is off for this watcher (chain_watcher_svm checks the ATA)
   // again: the same addresses, not made twice
   const again = await ok(wat, "chain_watcher.deposit_address", { account_id: a.id });
   assert.equal(again.evm.address, a.address);
@@ -196,6 +197,14 @@ test(`a transfer is credited after ${CONFIRMATIONS} confirmations and not before
   const hist = await ok(led, "ledger.history", { account_id: a.id });
   assert.equal(hist.postings.length, 1);
   assert.equal(hist.postings[0].kind, "credit");
+  // the Prometheus figures
+  const metrics = await (await fetch(`http://127.0.0.1:${mp}/metrics`)).text();
+  const value = (name) => Number(metrics.match(new RegExp(`^${name.replace(/[{}"=,]/g, (c) => `\\${c}`)} (\\S+)$`, "m"))?.[1]);
+  assert.ok(value(`farebox_watch_evm_credits_total{network="${NETWORK}",result="credited"}`) >= 1, metrics);
+  assert.ok(value(`farebox_watch_evm_cursor{network="${NETWORK}"}`) >= block, metrics);
+  assert.ok(value(`farebox_watch_evm_lag_blocks{network="${NETWORK}"}`) >= 0, metrics);
+  assert.ok(value(`farebox_watch_rpc_calls_total{network="${NETWORK}",endpoint="${evm.rpcUrl}"}`) > 0, metrics);
+  assert.equal((await fetch(`http://127.0.0.1:${mp}/other`)).status, 404);
   assert.ok(hist.postings[0].ref.includes(receipt.transactionHash), hist.postings[0].ref);
   await audit();
 });
