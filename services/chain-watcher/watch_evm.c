@@ -15,7 +15,7 @@
 
 #define TRANSFER_TOPIC   "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
 #define ADDR_PAGE        5000   /* deposit addresses per ledger read */
-#define CREDITS_INFLIGHT 16     /* ledger.credit calls at once */
+#define CREDITS_INFLIGHT 64     /* ledger.credit calls at once: the ledger groups them in commits */
 #define WINDOW_MAX       256    /* unconfirmed block headers kept */
 #define HEADERS_PER_POLL 64     /* new unconfirmed headers fetched per poll */
 #define PENDING_MAX      1000   /* unconfirmed transfers listed */
