@@ -37,7 +37,8 @@ static watch_svm_t *s_svm(watcher_t *w, const fb_config_t *cfg)
     if (strcmp(net, "off") == 0)
         return NULL;
     if (strncmp(net, "solana:", 7) != 0 || strlen(net) > 60)
-        fb_service_fail_config("FAREBOX_SOLANA_NETWORK: must be solana:<genesis hash prefix> or off");
+        fb_service_fail_config(
+            "invalid configuration: FAREBOX_SOLANA_NETWORK: must be solana:<genesis hash prefix> or off");
     watch_svm_config_t c = {.network = net,
                             .rpc_urls = fb_config_str(cfg, "FAREBOX_SOLANA_RPC_URLS"),
                             .mint = fb_config_str(cfg, "FAREBOX_SOLANA_MINT"),
@@ -46,8 +47,11 @@ static watch_svm_t *s_svm(watcher_t *w, const fb_config_t *cfg)
                             .timeout_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_CHAIN_TIMEOUT_MS")};
     char err[256];
     watch_svm_t *svm = watch_svm_new(w, &c, err, sizeof(err));
-    if (!svm)
-        fb_service_fail_config(err);
+    if (!svm) {
+        char line[300];
+        snprintf(line, sizeof(line), "invalid configuration: %s", err);
+        fb_service_fail_config(line);
+    }
     return svm;
 }
 
@@ -77,6 +81,10 @@ static int s_check_seed(const char *value, char *err, size_t errlen)
 static const fb_config_var_t s_vars[] = {
     {"FAREBOX_DEPOSIT_SEED", FB_CFG_SECRET, "", 0, 0, NULL, s_check_seed,
      "master seed of the deposit keys, hex (16..64 bytes; empty: addresses cannot be made)"},
+    {"FAREBOX_DEPOSIT_EVM_XPUB", FB_CFG_STRING, "", 0, 0, NULL, NULL,
+     "instead of the seed: the public EVM branch m/44'/60'/0'/0 (farebox-sweep keys)"},
+    {"FAREBOX_DEPOSIT_SOLANA_NODE", FB_CFG_SECRET, "", 0, 0, NULL, NULL,
+     "with FAREBOX_DEPOSIT_EVM_XPUB: the Solana branch m/44'/501' (farebox-sweep keys)"},
     {"FAREBOX_EVM_NETWORK", FB_CFG_STRING, "eip155:84532", 0, 0, NULL, NULL,
      "CAIP-2 id of the EVM network watched for deposits, or \"off\""},
     {"FAREBOX_EVM_RPC_URLS", FB_CFG_STRING, "http://127.0.0.1:8545", 0, 0, NULL, fb_jsonrpc_check_urls,
@@ -119,6 +127,20 @@ static const fb_service_def_t s_def = {
 static watch_keys_t *s_keys(const fb_config_t *cfg)
 {
     const char *text = fb_config_str(cfg, "FAREBOX_DEPOSIT_SEED");
+    const char *xpub = fb_config_str(cfg, "FAREBOX_DEPOSIT_EVM_XPUB");
+    const char *node = fb_config_str(cfg, "FAREBOX_DEPOSIT_SOLANA_NODE");
+    if (text[0] && (xpub[0] || node[0]))
+        fb_service_fail_config(
+            "invalid configuration: FAREBOX_DEPOSIT_SEED: give the seed or the two branches "
+            "(FAREBOX_DEPOSIT_EVM_XPUB, FAREBOX_DEPOSIT_SOLANA_NODE), not both");
+    if (xpub[0] || node[0]) {
+        watch_keys_t *keys = xpub[0] && node[0] ? watch_keys_from_branches(xpub, node) : NULL;
+        if (!keys)
+            fb_service_fail_config(
+                "invalid configuration: FAREBOX_DEPOSIT_EVM_XPUB / FAREBOX_DEPOSIT_SOLANA_NODE: "
+                "both are needed, as farebox-sweep keys prints them");
+        return keys;
+    }
     if (!text[0])
         return NULL;
     uint8_t seed[FB_HD_SEED_MAX];
@@ -127,8 +149,8 @@ static watch_keys_t *s_keys(const fb_config_t *cfg)
     watch_keys_t *keys = watch_keys_new(seed, len);
     sodium_memzero(seed, sizeof(seed));
     if (!keys)
-        fb_service_fail_config(
-            "FAREBOX_DEPOSIT_SEED: the seed gives an invalid BIP32 master key; use another");
+        fb_service_fail_config("invalid configuration: FAREBOX_DEPOSIT_SEED: the seed gives an invalid BIP32 "
+                               "master key; use another");
     return keys;
 }
 
@@ -138,7 +160,8 @@ static watch_evm_t *s_evm(watcher_t *w, const fb_config_t *cfg)
     if (strcmp(net, "off") == 0)
         return NULL;
     if (strncmp(net, "eip155:", 7) != 0 || strlen(net) > 40)
-        fb_service_fail_config("FAREBOX_EVM_NETWORK: must be eip155:<chain id> or off");
+        fb_service_fail_config(
+            "invalid configuration: FAREBOX_EVM_NETWORK: must be eip155:<chain id> or off");
     watch_evm_config_t c = {.network = net,
                             .rpc_urls = fb_config_str(cfg, "FAREBOX_EVM_RPC_URLS"),
                             .token = fb_config_str(cfg, "FAREBOX_EVM_TOKEN"),
@@ -150,8 +173,11 @@ static watch_evm_t *s_evm(watcher_t *w, const fb_config_t *cfg)
                             .timeout_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_CHAIN_TIMEOUT_MS")};
     char err[256];
     watch_evm_t *evm = watch_evm_new(w, &c, err, sizeof(err));
-    if (!evm)
-        fb_service_fail_config(err);
+    if (!evm) {
+        char line[300];
+        snprintf(line, sizeof(line), "invalid configuration: %s", err);
+        fb_service_fail_config(line);
+    }
     return evm;
 }
 

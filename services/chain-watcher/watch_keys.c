@@ -1,5 +1,6 @@
 /* watch_keys - deposit key derivation (BIP32 for EVM, SLIP-0010 for Solana). */
 #include "watch_keys.h"
+#include "fb_codec.h"
 #include "fb_util.h"
 
 #include <sodium.h>
@@ -30,6 +31,27 @@ watch_keys_t *watch_keys_new(const uint8_t *seed, size_t len)
     if (rc == 0)
         rc = fb_slip10_path(&self->solana, &master, sol_path, 2);
     fb_hd_wipe(&master);
+    if (rc != 0)
+        watch_keys_destroy(&self);
+    return self;
+}
+
+watch_keys_t *watch_keys_from_branches(const char *evm_xpub, const char *solana_node)
+{
+    watch_keys_t *self = fb_calloc(1, sizeof(*self));
+    uint8_t raw[64];
+    int rc = fb_bip32_xpub_parse(&self->evm, evm_xpub);
+    if (rc == 0 && (self->evm.depth != 4 || self->evm.child != 0))
+        rc = -1; /* not the node m/44'/60'/0'/0 */
+    if (rc == 0)
+        rc = fb_hex_decode(raw, sizeof(raw), solana_node, strlen(solana_node));
+    if (rc == 0) {
+        memcpy(self->solana.key, raw, 32);
+        memcpy(self->solana.chain, raw + 32, 32);
+        self->solana.depth = 2;
+        self->solana.child = 501 | FB_HD_HARDENED;
+    }
+    sodium_memzero(raw, sizeof(raw));
     if (rc != 0)
         watch_keys_destroy(&self);
     return self;

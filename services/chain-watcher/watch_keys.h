@@ -21,6 +21,12 @@ typedef struct watch_keys_t watch_keys_t;
 /* watch_keys_new - derive the two branch nodes from seed (16..64 bytes).
  * Returns the keys (caller owns them) or NULL when the seed is not usable. */
 watch_keys_t *watch_keys_new(const uint8_t *seed, size_t len);
+/* watch_keys_from_branches - the same from the two branch nodes, so that the
+ * master seed need not be on the host: evm_xpub ("xpub..." of m/44'/60'/0'/0)
+ * and solana_node (128 hex digits: the key, then the chain code, of the
+ * SLIP-0010 node m/44'/501'), as `farebox-sweep keys` prints them. Returns
+ * the keys (caller owns them) or NULL when either is not valid. */
+watch_keys_t *watch_keys_from_branches(const char *evm_xpub, const char *solana_node);
 /* watch_keys_destroy - clear and free. Nulls *self_p. */
 void watch_keys_destroy(watch_keys_t **self_p);
 /* watch_keys_evm - the EVM deposit address of account (1..2^31-1) and its

@@ -166,6 +166,35 @@ test("deposit addresses derive from the seed, are made once, and show in the adm
     env: { ...process.env, FAREBOX_URL: edgeUrl, FAREBOX_ADMIN_TOKEN: ADMIN } });
   assert.equal(ctl.status, 0, ctl.stderr);
   assert.equal(JSON.parse(ctl.stdout).evm.address, a.address);
+  // a watcher holding only the two branch nodes (farebox-sweep keys), not the seed, makes the same addresses
+  const keys = spawnSync(bin("farebox-sweep"), ["keys"], { encoding: "utf8", env: { PATH: process.env.PATH, FAREBOX_DEPOSIT_SEED: SEED } });
+  assert.equal(keys.status, 0, keys.stderr);
+  const branches = JSON.parse(keys.stdout);
+  assert.equal(branches.evm_xpub, st.evm_xpub);
+  const env = { ...watcherEnv("watcher-branches"), FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`,
+    FAREBOX_DEPOSIT_SEED: "", FAREBOX_DEPOSIT_EVM_XPUB: branches.evm_xpub, FAREBOX_DEPOSIT_SOLANA_NODE: branches.solana_node,
+    FAREBOX_EVM_NETWORK: "off" };
+  delete env.FAREBOX_METRICS_LISTEN;
+  const side = await startService("chain-watcher", env);
+  const sideRpc = new RpcClient(side.endpoint);
+  try {
+    const b = await ok(led, "ledger.open_account", { label: "branches" }, { idem: crypto.randomUUID() });
+    const made = await ok(sideRpc, "chain_watcher.deposit_address", { account_id: b.account_id });
+    const child = root.derive(`m/44'/60'/0'/0/${b.account_id}`);
+    assert.equal(made.evm.address, privateKeyToAccount(`0x${Buffer.from(child.privateKey).toString("hex")}`).address);
+    assert.equal(made.solana.address, base58.encode(slip10(SEED, [44, 501, b.account_id, 0])));
+    assert.equal((await ok(wat, "chain_watcher.deposit_address", { account_id: b.account_id })).evm.created, false);
+  } finally {
+    sideRpc.close();
+    assert.equal((await side.stop()).code, 0);
+  }
+  // the seed and the branches together, or one branch alone, stop the watcher with one line
+  for (const bad of [{ FAREBOX_DEPOSIT_EVM_XPUB: branches.evm_xpub }, { FAREBOX_DEPOSIT_SEED: "", FAREBOX_DEPOSIT_EVM_XPUB: branches.evm_xpub }]) {
+    const r = spawnSync(bin("farebox-chain-watcher"), [], { encoding: "utf8", env: { ...process.env, ...watcherEnv("bad"),
+      FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`, FAREBOX_METRICS_LISTEN: "", ...bad } });
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, /FAREBOX_DEPOSIT_/);
+  }
   await audit();
 });
 
@@ -494,5 +523,25 @@ test("sweep: a dry run moves nothing; the sweep moves every deposit to the treas
   // a usage error and a missing seed stop it with exit 2
   assert.equal(spawnSync(bin("farebox-sweep"), ["--bogus"]).status, 2);
   assert.equal(spawnSync(bin("farebox-sweep"), [], { env: { PATH: process.env.PATH } }).status, 2);
+  await audit();
+});
+
+test("confirmation by the chain's \"safe\" block: credited once the safe block reaches the transfer", async () => {
+  for (const w of watchers) assert.equal((await w.stop()).code, 0);
+  wat.close();
+  const safe = await startService("chain-watcher", { ...watcherEnv("watcher-safe"), FAREBOX_EVM_CONFIRMATIONS: "safe" });
+  watchers = [safe];
+  wat = new RpcClient(safe.endpoint);
+  const a = await account();
+  const receipt = await transfer(2, a.address, 123_000);
+  const block = Number(receipt.blockNumber);
+  // anvil's safe block is 32 below its head
+  await mine(30);
+  await waitUntil(async () => (await watcherStatus()).confirmed === block - 2, { what: "the safe block two below" });
+  await scannedTo(block - 2);
+  await sleep(400);
+  assert.equal(await balance(a.id), 0);
+  await mine(2);
+  await waitUntil(async () => (await balance(a.id)) === 123_000, { what: "the credit at the safe block" });
   await audit();
 });

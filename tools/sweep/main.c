@@ -3,6 +3,9 @@
  * deposit seed to sign with deposit keys.
  *
  *   farebox-sweep [--dry-run] [--chain evm|solana|all]
+ *   farebox-sweep keys     the two branch nodes the chain-watcher can hold
+ *                          instead of the seed (FAREBOX_DEPOSIT_EVM_XPUB:
+ *                          public; FAREBOX_DEPOSIT_SOLANA_NODE: secret)
  *
  * Deposit addresses come from the ledger (ledger.deposit_addresses); each one
  * is derived from the seed again and skipped when it does not match.
@@ -664,10 +667,40 @@ static void s_sweep_solana(s_sweep_t *s)
 
 /* --- main ------------------------------------------------------------------------------------ */
 
+/* Prints the chain-watcher's branch nodes: the EVM account node's xpub and the
+ * Solana branch node (key then chain code, hex). */
+static int s_keys(const s_sweep_t *s)
+{
+    static const uint32_t evm_path[] = {44 | FB_HD_HARDENED, 60 | FB_HD_HARDENED, 0 | FB_HD_HARDENED, 0};
+    static const uint32_t sol_path[] = {44 | FB_HD_HARDENED, 501 | FB_HD_HARDENED};
+    fb_hd_node_t node;
+    fb_hd_pub_t pub;
+    char xpub[FB_HD_XKEY_CHARS], hex[129];
+    uint8_t raw[64];
+    if (fb_bip32_path(&node, &s->evm_root, evm_path, 4) != 0 || fb_bip32_neuter(&pub, &node) != 0) {
+        fb_hd_wipe(&node);
+        fprintf(stderr, "farebox-sweep: the seed gives no EVM branch\n");
+        return 2;
+    }
+    fb_hd_wipe(&node);
+    fb_bip32_xpub(xpub, &pub);
+    fb_slip10_path(&node, &s->sol_root, sol_path, 2);
+    memcpy(raw, node.key, 32);
+    memcpy(raw + 32, node.chain, 32);
+    fb_hd_wipe(&node);
+    fb_hex_encode(hex, raw, sizeof(raw));
+    sodium_memzero(raw, sizeof(raw));
+    printf("{\"evm_xpub\":\"%s\",\"evm_path\":\"m/44'/60'/0'/0\",\"solana_node\":\"%s\",\"solana_path\":\"m/"
+           "44'/501'\"}\n",
+           xpub, hex);
+    sodium_memzero(hex, sizeof(hex));
+    return 0;
+}
+
 static int s_usage(void)
 {
     fprintf(stderr,
-            "usage: farebox-sweep [--dry-run] [--chain evm|solana|all]\n"
+            "usage: farebox-sweep [--dry-run] [--chain evm|solana|all] | farebox-sweep keys\n"
             "environment: FAREBOX_LEDGER_ENDPOINT, FAREBOX_DEPOSIT_SEED(_FILE); EVM: FAREBOX_EVM_NETWORK, "
             "FAREBOX_EVM_RPC_URL, FAREBOX_EVM_TOKEN(_NAME, _VERSION), FAREBOX_SETTLEMENT_KEY(_FILE), "
             "FAREBOX_SWEEP_EVM_TO; Solana: FAREBOX_SOLANA_NETWORK, FAREBOX_SOLANA_RPC_URL, "
@@ -677,10 +710,12 @@ static int s_usage(void)
 
 int main(int argc, char **argv)
 {
-    bool dry = false;
+    bool dry = false, keys = false;
     const char *chain = "all";
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--dry-run") == 0)
+        if (i == 1 && argc == 2 && strcmp(argv[i], "keys") == 0)
+            keys = true;
+        else if (strcmp(argv[i], "--dry-run") == 0)
             dry = true;
         else if (strcmp(argv[i], "--chain") == 0 && i + 1 < argc)
             chain = argv[++i];
@@ -714,6 +749,13 @@ int main(int argc, char **argv)
         return 2;
     }
     sodium_memzero(seed, sizeof(seed));
+    if (keys) {
+        int rc = s_keys(&s);
+        fb_hd_wipe(&s.evm_root);
+        fb_hd_wipe(&s.sol_root);
+        fb_config_destroy(&cfg);
+        return rc;
+    }
     curl_global_init(CURL_GLOBAL_DEFAULT);
     if (strcmp(chain, "solana") != 0)
         s_sweep_evm(&s);
