@@ -41,6 +41,18 @@ typedef struct {
     size_t n, cap;
 } s_list_t;
 
+#define PROVIDERS_MAX 8
+
+/* One provider asked for its head on its own (the scanner's client picks
+ * whichever answers), to see which ones fall behind. */
+typedef struct {
+    struct watch_evm_t *owner;
+    char url[256];
+    fb_jsonrpc_t *rpc;
+    int64_t head; /* -1 until it answered */
+    bool asking;
+} s_provider_t;
+
 struct watch_evm_t {
     watcher_t *w;
     char network[64];
@@ -77,6 +89,8 @@ struct watch_evm_t {
     size_t nwindow; /* headers, ascending and linked by parent hash */
     s_list_t pending, pending_next;
     int64_t pending_from;
+    s_provider_t providers[PROVIDERS_MAX];
+    size_t nproviders;
     /* figures */
     uint64_t polls, credited, duplicates, conflicts, errors, reorgs, deep_reorgs, range_shrinks, logs,
         log_calls;
@@ -279,10 +293,38 @@ static void s_round(watch_evm_t *self)
     fb_jsonrpc_call(self->rpc, "eth_blockNumber", json_array(), s_on_head, self);
 }
 
+static void s_on_provider_head(void *arg, json_t *result, const char *error, int64_t code,
+                               const char *message)
+{
+    FB_UNUSED(code);
+    FB_UNUSED(message);
+    s_provider_t *p = arg;
+    p->asking = false;
+    int64_t head;
+    if (!error && s_qty(result, &head) == 0)
+        p->head = head;
+}
+
+/* every poll, each provider's own head (one call each, skipped while one is out) */
+static void s_probe_providers(watch_evm_t *self)
+{
+    for (size_t i = 0; i < self->nproviders; i++) {
+        s_provider_t *p = &self->providers[i];
+        if (!p->asking && p->rpc) {
+            p->asking = true;
+            fb_jsonrpc_call(p->rpc, "eth_blockNumber", json_array(), s_on_provider_head, p);
+        }
+    }
+}
+
 static void s_on_timer(uv_timer_t *t)
 {
     watch_evm_t *self = t->data;
-    if (self->busy || self->stopping)
+    if (self->stopping)
+        return;
+    if (self->nproviders > 1)
+        s_probe_providers(self);
+    if (self->busy)
         return;
     self->busy = true;
     self->next_range = false;
@@ -816,6 +858,31 @@ watch_evm_t *watch_evm_new(watcher_t *w, const watch_evm_config_t *config, char 
         free(self);
         return NULL;
     }
+    /* with several providers, each one's head is followed too */
+    const char *p = config->rpc_urls;
+    while (*p && self->nproviders < PROVIDERS_MAX) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        size_t len = strcspn(p, ", ");
+        if (len == 0)
+            break;
+        s_provider_t *pr = &self->providers[self->nproviders++];
+        pr->owner = self;
+        pr->head = -1;
+        snprintf(pr->url, sizeof(pr->url), "%.*s", (int)len, p);
+        p += len;
+    }
+    if (self->nproviders > 1) {
+        for (size_t i = 0; i < self->nproviders; i++) {
+            s_provider_t *pr = &self->providers[i];
+            fb_jsonrpc_config_t one = {.chain = self->network,
+                                       .urls = pr->url,
+                                       .timeout_ms = config->timeout_ms,
+                                       .attempts = 1,
+                                       .max_response = 4096};
+            pr->rpc = fb_jsonrpc_new(w->loop, &one, err, errlen);
+        }
+    }
     uv_timer_init(w->loop, &self->timer);
     self->timer.data = self;
     uv_timer_start(&self->timer, s_on_timer, 0, self->poll_ms);
@@ -837,6 +904,8 @@ void watch_evm_stop(watch_evm_t *self)
     self->stopping = true;
     uv_timer_stop(&self->timer);
     fb_jsonrpc_destroy(&self->rpc);
+    for (size_t i = 0; i < self->nproviders; i++)
+        fb_jsonrpc_destroy(&self->providers[i].rpc);
 }
 
 void watch_evm_destroy(watch_evm_t **self_p)
@@ -858,7 +927,14 @@ const struct fb_jsonrpc_t *watch_evm_rpc(const watch_evm_t *self, const char **n
 
 void watch_evm_status(const watch_evm_t *self, msgpack_packer *pk)
 {
-    msgpack_pack_map(pk, 19);
+    msgpack_pack_map(pk, 20);
+    fb_mp_pack_cstr(pk, "providers");
+    msgpack_pack_array(pk, (uint32_t)self->nproviders);
+    for (size_t i = 0; i < self->nproviders; i++) {
+        msgpack_pack_map(pk, 2);
+        fb_mp_pack_kv_cstr(pk, "url", self->providers[i].url);
+        fb_mp_pack_kv_int(pk, "head", self->nproviders > 1 ? self->providers[i].head : self->head);
+    }
     fb_mp_pack_kv_cstr(pk, "network", self->network);
     fb_mp_pack_kv_cstr(pk, "token", self->token_hex);
     fb_mp_pack_kv_int(pk, "head", self->head);
@@ -907,6 +983,10 @@ void watch_evm_metrics(const watch_evm_t *self, FILE *out)
             (unsigned long long)self->log_calls);
     fprintf(out, "farebox_watch_evm_log_range_blocks{network=\"%s\"} %u\n", n, (unsigned)self->range);
     fprintf(out, "farebox_watch_evm_pending_transfers{network=\"%s\"} %zu\n", n, self->pending.n);
+    for (size_t i = 0; i < self->nproviders; i++)
+        fprintf(out, "farebox_watch_evm_provider_head{network=\"%s\",endpoint=\"%s\"} %lld\n", n,
+                self->providers[i].url,
+                (long long)(self->nproviders > 1 ? self->providers[i].head : self->head));
 }
 
 void watch_evm_pending(const watch_evm_t *self, int64_t account, msgpack_packer *pk)

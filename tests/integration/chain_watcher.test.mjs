@@ -476,6 +476,10 @@ test("a flaky provider (drops, delays, 429, range limits): every transfer still 
     assert.equal(rows, 30);
     const st = await watcherStatus();
     assert.ok(st.range_shrinks > 0, JSON.stringify(st));
+    // each provider's own head is followed
+    await waitUntil(async () => (await watcherStatus()).providers.every((p) => p.head >= st.confirmed),
+      { what: "both providers' heads" });
+    assert.deepEqual((await watcherStatus()).providers.map((p) => p.url), proxies.map((p) => p.url));
     const seen = proxies.map((p) => p.counts);
     assert.ok(seen.some((c) => c.dropped > 0) && seen.some((c) => c.limited > 0) && seen.some((c) => c.refused > 0),
       JSON.stringify(seen));

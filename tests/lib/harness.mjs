@@ -40,19 +40,6 @@ export function sleep(ms) {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-/** A port nobody listens on right now (bind 0, read, close). */
-export function freePort(host = "127.0.0.1") {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.on("error", reject);
-    srv.listen(0, host, () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
 function portIsFree(port, host = "127.0.0.1") {
   return new Promise((resolve) => {
     const srv = net.createServer();
@@ -62,10 +49,32 @@ function portIsFree(port, host = "127.0.0.1") {
   });
 }
 
+/* Ports handed to services are taken below the kernel's ephemeral range: a
+ * port the kernel picked for listen(0) is one it also gives to outgoing
+ * connections, so under a parallel test's burst of connections it could be
+ * taken again before the service binds it. */
+const EPHEMERAL_LOW = (() => {
+  try {
+    return Number(fs.readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8").trim().split(/\s+/)[0]) || 32768;
+  } catch {
+    return 32768;
+  }
+})();
+const PORT_LOW = 10000, PORT_HIGH = Math.max(PORT_LOW + 1000, Math.min(EPHEMERAL_LOW, 65536));
+
+/** A port nobody listens on right now, outside the ephemeral range. */
+export async function freePort(host = "127.0.0.1") {
+  for (let attempt = 0; attempt < 500; attempt++) {
+    const port = PORT_LOW + Math.floor(Math.random() * (PORT_HIGH - PORT_LOW));
+    if (await portIsFree(port, host)) return port;
+  }
+  throw new Error("no free port found");
+}
+
 /** The first port of n consecutive ports that are all free now. */
 export async function freePortBlock(n) {
   for (let attempt = 0; attempt < 200; attempt++) {
-    const base = 20000 + Math.floor(Math.random() * 40000);
+    const base = PORT_LOW + Math.floor(Math.random() * (PORT_HIGH - PORT_LOW - n));
     let ok = true;
     for (let i = 0; i < n && ok; i++) ok = await portIsFree(base + i);
     if (ok) return base;

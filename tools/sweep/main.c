@@ -98,6 +98,9 @@ static size_t s_write(char *p, size_t size, size_t n, void *arg)
     return add;
 }
 
+/* one handle for the whole run: its connections are kept alive and reused */
+static CURL *s_curl;
+
 /* Returns the result (caller owns it), or NULL with why. params is stolen. */
 static json_t *s_rpc(const char *url, const char *method, json_t *params, char *why, size_t whylen)
 {
@@ -106,7 +109,11 @@ static json_t *s_rpc(const char *url, const char *method, json_t *params, char *
         json_pack("{s:s, s:i, s:s, s:o}", "jsonrpc", "2.0", "id", 1, "method", method, "params", params);
     char *text = json_dumps(req, JSON_COMPACT);
     json_decref(req);
-    CURL *c = curl_easy_init();
+    if (!s_curl)
+        s_curl = curl_easy_init();
+    else
+        curl_easy_reset(s_curl);
+    CURL *c = s_curl;
     s_buf_t answer = {0};
     struct curl_slist *h = curl_slist_append(NULL, "content-type: application/json");
     curl_easy_setopt(c, CURLOPT_URL, url);
@@ -117,7 +124,6 @@ static json_t *s_rpc(const char *url, const char *method, json_t *params, char *
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 15000L);
     CURLcode rc = curl_easy_perform(c);
     curl_slist_free_all(h);
-    curl_easy_cleanup(c);
     free(text);
     json_t *result = NULL;
     if (rc != CURLE_OK) {
@@ -761,6 +767,8 @@ int main(int argc, char **argv)
         s_sweep_evm(&s);
     if (strcmp(chain, "evm") != 0)
         s_sweep_solana(&s);
+    if (s_curl)
+        curl_easy_cleanup(s_curl);
     curl_global_cleanup();
     fb_hd_wipe(&s.evm_root);
     fb_hd_wipe(&s.sol_root);
