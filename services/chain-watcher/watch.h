@@ -29,6 +29,13 @@ typedef struct {
  * call again, another replica crediting the same source is told it is a
  * duplicate. */
 void watch_idem(const watcher_t *w, const char *kind, const char *a, const char *b, const char *c, char *out);
+/* watch_address_fn - one address of a ledger.deposit_addresses page. */
+typedef void(watch_address_fn)(void *arg, int64_t account, const char *address, size_t len);
+/* watch_address_page - reads a ledger.deposit_addresses reply: calls fn for
+ * each address, moves *after to the page's last id, sets *more. Returns 0,
+ * or -1 with *why when the reply is an error or not a page. */
+int watch_address_page(const fb_rpc_reply_t *reply, watch_address_fn *fn, void *arg, int64_t *after,
+                       bool *more, const char **why);
 /* watch_ledger_call - a ledger call with a JSON body (stolen). Writes carry
  * idem (required for them). */
 void watch_ledger_call(watcher_t *w, const char *method, json_t *body, const char *idem, fb_rpc_done_fn *cb,

@@ -182,52 +182,42 @@ static void s_on_head(void *arg, json_t *result, const char *error, int64_t code
 static void s_addresses_read(watch_evm_t *self);
 static void s_on_anchor(void *arg, json_t *result, const char *error, int64_t code, const char *message);
 
+/* One address from the ledger: watched when the keys give it for its account. */
+static void s_add_address(void *arg, int64_t account, const char *text, size_t len)
+{
+    watch_evm_t *self = arg;
+    s_watched_t wa = {.account = account};
+    if (fb_addr_parse(&wa.addr, text, len) != 0)
+        return;
+    fb_addr_t expect;
+    char path[64];
+    if (self->w->keys && (watch_keys_evm(self->w->keys, account, &expect, path, sizeof(path)) != 0 ||
+                          !fb_addr_eq(&expect, &wa.addr))) {
+        fb_log(FB_LOG_ERROR, NULL, "deposit address does not derive from the seed; not watched",
+               "account_id=%lld address=%.*s", (long long)account, (int)len, text);
+        return;
+    }
+    if (self->nwatched == self->capwatched) {
+        self->capwatched = self->capwatched ? self->capwatched * 2 : 256;
+        s_watched_t *grown = fb_malloc(self->capwatched * sizeof(*grown));
+        if (self->nwatched)
+            memcpy(grown, self->watched, self->nwatched * sizeof(*grown));
+        free(self->watched);
+        self->watched = grown;
+    }
+    self->watched[self->nwatched++] = wa;
+}
+
 static void s_on_addresses(void *arg, const fb_rpc_reply_t *reply)
 {
     watch_evm_t *self = arg;
     if (self->stopping)
         return s_done(self);
-    if (!reply->ok) {
-        s_error(self, "deposit_addresses", reply->message);
-        return s_done(self);
-    }
-    const msgpack_object *list = fb_mp_get(reply->body, "addresses");
     bool more = false;
-    fb_mp_get_bool(reply->body, "more", &more);
-    if (!list || list->type != MSGPACK_OBJECT_ARRAY) {
-        s_error(self, "deposit_addresses", "no address list in the answer");
+    const char *why = NULL;
+    if (watch_address_page(reply, s_add_address, self, &self->addr_after, &more, &why) != 0) {
+        s_error(self, "deposit_addresses", why);
         return s_done(self);
-    }
-    for (uint32_t i = 0; i < list->via.array.size; i++) {
-        const msgpack_object *d = &list->via.array.ptr[i];
-        int64_t id = 0, account = 0;
-        const char *addr;
-        size_t len;
-        fb_mp_get_int64(d, "deposit_address_id", &id);
-        fb_mp_get_int64(d, "account_id", &account);
-        if (id > self->addr_after)
-            self->addr_after = id;
-        s_watched_t wa = {.account = account};
-        if (!fb_mp_get_str(d, "address", &addr, &len) || fb_addr_parse(&wa.addr, addr, len) != 0)
-            continue;
-        /* an address the seed does not give for this account is not watched */
-        fb_addr_t expect;
-        char path[64];
-        if (self->w->keys && (watch_keys_evm(self->w->keys, account, &expect, path, sizeof(path)) != 0 ||
-                              !fb_addr_eq(&expect, &wa.addr))) {
-            fb_log(FB_LOG_ERROR, NULL, "deposit address does not derive from the seed; not watched",
-                   "account_id=%lld address=%.*s", (long long)account, (int)len, addr);
-            continue;
-        }
-        if (self->nwatched == self->capwatched) {
-            self->capwatched = self->capwatched ? self->capwatched * 2 : 256;
-            s_watched_t *grown = fb_malloc(self->capwatched * sizeof(*grown));
-            if (self->nwatched)
-                memcpy(grown, self->watched, self->nwatched * sizeof(*grown));
-            free(self->watched);
-            self->watched = grown;
-        }
-        self->watched[self->nwatched++] = wa;
     }
     if (self->nwatched > 1)
         qsort(self->watched, self->nwatched, sizeof(s_watched_t), s_watched_cmp);

@@ -28,6 +28,35 @@ void watch_idem(const watcher_t *w, const char *kind, const char *a, const char 
     fb_hex_encode(out + k + 1, digest, sizeof(digest));
 }
 
+int watch_address_page(const fb_rpc_reply_t *reply, watch_address_fn *fn, void *arg, int64_t *after,
+                       bool *more, const char **why)
+{
+    if (!reply->ok) {
+        *why = reply->message;
+        return -1;
+    }
+    const msgpack_object *list = fb_mp_get(reply->body, "addresses");
+    if (!list || list->type != MSGPACK_OBJECT_ARRAY) {
+        *why = "no address list in the answer";
+        return -1;
+    }
+    *more = false;
+    fb_mp_get_bool(reply->body, "more", more);
+    for (uint32_t i = 0; i < list->via.array.size; i++) {
+        const msgpack_object *d = &list->via.array.ptr[i];
+        int64_t id = 0, account = 0;
+        const char *text;
+        size_t len;
+        fb_mp_get_int64(d, "deposit_address_id", &id);
+        fb_mp_get_int64(d, "account_id", &account);
+        if (id > *after)
+            *after = id;
+        if (fb_mp_get_str(d, "address", &text, &len))
+            fn(arg, account, text, len);
+    }
+    return 0;
+}
+
 void watch_ledger_call(watcher_t *w, const char *method, json_t *body, const char *idem, fb_rpc_done_fn *cb,
                        void *arg)
 {

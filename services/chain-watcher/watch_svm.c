@@ -401,54 +401,46 @@ static void s_jobs_more(watch_svm_t *self)
 
 /* --- poll: mint program, addresses -------------------------------------------------------- */
 
+/* One owner from the ledger: its token account watched when the keys give
+ * it for its account. */
+static void s_add_owner(void *arg, int64_t account, const char *text, size_t len)
+{
+    watch_svm_t *self = arg;
+    s_ata_t a = {.account = account};
+    if (fb_sol_key_parse(&a.owner, text, len) != 0)
+        return;
+    fb_sol_key_t expect;
+    char path[64];
+    if (self->w->keys && (watch_keys_solana(self->w->keys, account, &expect, path, sizeof(path)) != 0 ||
+                          !fb_sol_key_eq(&expect, &a.owner))) {
+        fb_log(FB_LOG_ERROR, NULL, "deposit owner does not derive from the seed; not watched",
+               "account_id=%lld owner=%.*s", (long long)account, (int)len, text);
+        return;
+    }
+    if (fb_sol_ata(&a.ata, &a.owner, &self->mint, &self->program) != 0)
+        return;
+    fb_sol_key_format(a.ata_text, &a.ata);
+    if (self->natas == self->capatas) {
+        self->capatas = self->capatas ? self->capatas * 2 : 64;
+        s_ata_t *grown = fb_malloc(self->capatas * sizeof(*grown));
+        if (self->natas)
+            memcpy(grown, self->atas, self->natas * sizeof(*grown));
+        free(self->atas);
+        self->atas = grown;
+    }
+    self->atas[self->natas++] = a;
+}
+
 static void s_on_addresses(void *arg, const fb_rpc_reply_t *reply)
 {
     watch_svm_t *self = arg;
     if (self->stopping)
         return s_done(self);
-    if (!reply->ok) {
-        s_error(self, "deposit_addresses", reply->message);
-        return s_done(self);
-    }
-    const msgpack_object *list = fb_mp_get(reply->body, "addresses");
     bool more = false;
-    fb_mp_get_bool(reply->body, "more", &more);
-    if (!list || list->type != MSGPACK_OBJECT_ARRAY) {
-        s_error(self, "deposit_addresses", "no address list in the answer");
+    const char *why = NULL;
+    if (watch_address_page(reply, s_add_owner, self, &self->addr_after, &more, &why) != 0) {
+        s_error(self, "deposit_addresses", why);
         return s_done(self);
-    }
-    for (uint32_t i = 0; i < list->via.array.size; i++) {
-        const msgpack_object *d = &list->via.array.ptr[i];
-        int64_t id = 0, account = 0;
-        const char *text;
-        size_t len;
-        fb_mp_get_int64(d, "deposit_address_id", &id);
-        fb_mp_get_int64(d, "account_id", &account);
-        if (id > self->addr_after)
-            self->addr_after = id;
-        s_ata_t a = {.account = account};
-        if (!fb_mp_get_str(d, "address", &text, &len) || fb_sol_key_parse(&a.owner, text, len) != 0)
-            continue;
-        fb_sol_key_t expect;
-        char path[64];
-        if (self->w->keys && (watch_keys_solana(self->w->keys, account, &expect, path, sizeof(path)) != 0 ||
-                              !fb_sol_key_eq(&expect, &a.owner))) {
-            fb_log(FB_LOG_ERROR, NULL, "deposit owner does not derive from the seed; not watched",
-                   "account_id=%lld owner=%.*s", (long long)account, (int)len, text);
-            continue;
-        }
-        if (fb_sol_ata(&a.ata, &a.owner, &self->mint, &self->program) != 0)
-            continue;
-        fb_sol_key_format(a.ata_text, &a.ata);
-        if (self->natas == self->capatas) {
-            self->capatas = self->capatas ? self->capatas * 2 : 64;
-            s_ata_t *grown = fb_malloc(self->capatas * sizeof(*grown));
-            if (self->natas)
-                memcpy(grown, self->atas, self->natas * sizeof(*grown));
-            free(self->atas);
-            self->atas = grown;
-        }
-        self->atas[self->natas++] = a;
     }
     if (more) {
         json_t *body = json_pack("{s:s, s:I, s:i}", "chain", "solana", "after_id",
