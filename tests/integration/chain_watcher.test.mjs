@@ -1,6 +1,6 @@
 // chain_watcher.test.mjs - custodial deposit addresses and EVM deposits on
-// anvil: addresses derived from the seed (checked against @scure/bip32 and
-// SLIP-0010 computed here with @noble), made once, served by the admin API and
+// anvil: addresses derived from the seed (checked against viem's HDKey and a
+// SLIP-0010 computed here), made once, served by the admin API and
 // fareboxctl; a USDC transfer credited after N confirmations and not before;
 // anvil_reorg that drops a pending transfer (never credited) or replaces it
 // with another (only the survivor credited); transfers made while the watcher
@@ -15,12 +15,8 @@ import assert from "node:assert/strict";
 import crypto from "node:crypto";
 import { spawnSync } from "node:child_process";
 import { createWalletClient, http, encodeFunctionData, parseAbi, getAddress } from "viem";
-import { HDKey } from "@scure/bip32";
-import { hmac } from "@noble/hashes/hmac";
-import { sha512 } from "@noble/hashes/sha2";
-import { ed25519 } from "@noble/curves/ed25519";
-import { base58 } from "@scure/base";
-import { privateKeyToAccount } from "viem/accounts";
+import { HDKey, privateKeyToAccount } from "viem/accounts";
+import { createKeyPairFromPrivateKeyBytes, getAddressFromPublicKey } from "@solana/kit";
 import { bin, freePort, sleep, startService, waitUntil } from "../lib/harness.mjs";
 import { startPostgres } from "../lib/pg.mjs";
 import { startChains, ethRpc } from "../lib/chains.mjs";
@@ -120,14 +116,17 @@ async function scannedTo(n, client = wat) {
   await waitUntil(async () => (await watcherStatus(client)).cursor >= n, { timeoutMs: 20000, what: `cursor at ${n}` });
 }
 
-/** SLIP-0010 ed25519, written here from the standard, to check the C derivation. */
-function slip10(seedHex, path) {
-  let I = hmac(sha512, new TextEncoder().encode("ed25519 seed"), Buffer.from(seedHex, "hex"));
+/** SLIP-0010 ed25519, written here from the standard (node's HMAC-SHA512, @solana/kit's ed25519), to
+ *  check the C derivation: the base58 address of the node at path (every index hardened). */
+async function slip10(seedHex, path) {
+  let I = crypto.createHmac("sha512", "ed25519 seed").update(Buffer.from(seedHex, "hex")).digest();
   for (const i of path) {
-    const data = Buffer.concat([Buffer.from([0]), Buffer.from(I.slice(0, 32)), Buffer.from([(i >>> 24) | 0x80, (i >>> 16) & 255, (i >>> 8) & 255, i & 255])]);
-    I = hmac(sha512, I.slice(32), data);
+    const index = Buffer.alloc(4);
+    index.writeUInt32BE((i | 0x80000000) >>> 0);
+    I = crypto.createHmac("sha512", I.subarray(32)).update(Buffer.concat([Buffer.from([0]), I.subarray(0, 32), index])).digest();
   }
-  return ed25519.getPublicKey(I.slice(0, 32));
+  const pair = await createKeyPairFromPrivateKeyBytes(new Uint8Array(I.subarray(0, 32)), true);
+  return getAddressFromPublicKey(pair.publicKey);
 }
 
 test("deposit addresses derive from the seed, are made once, and show in the admin API and fareboxctl", async () => {
@@ -136,7 +135,7 @@ test("deposit addresses derive from the seed, are made once, and show in the adm
   const child = root.derive(`m/44'/60'/0'/0/${a.id}`);
   assert.equal(a.address, getAddress(a.address)); // EIP-55 form
   assert.equal(a.address, privateKeyToAccount(`0x${Buffer.from(child.privateKey).toString("hex")}`).address);
-  assert.equal(a.solana.address, base58.encode(slip10(SEED, [44, 501, a.id, 0])));
+  assert.equal(a.solana.address, await slip10(SEED, [44, 501, a.id, 0]));
   assert.equal(a.solana.path, `m/44'/501'/${a.id}'/0'`);
   assert.equal(a.solana.token_account, ""); // Solana is off for this watcher (chain_watcher_svm checks the ATA)
   // again: the same addresses, not made twice
@@ -182,7 +181,7 @@ test("deposit addresses derive from the seed, are made once, and show in the adm
     const made = await ok(sideRpc, "chain_watcher.deposit_address", { account_id: b.account_id });
     const child = root.derive(`m/44'/60'/0'/0/${b.account_id}`);
     assert.equal(made.evm.address, privateKeyToAccount(`0x${Buffer.from(child.privateKey).toString("hex")}`).address);
-    assert.equal(made.solana.address, base58.encode(slip10(SEED, [44, 501, b.account_id, 0])));
+    assert.equal(made.solana.address, await slip10(SEED, [44, 501, b.account_id, 0]));
     assert.equal((await ok(wat, "chain_watcher.deposit_address", { account_id: b.account_id })).evm.created, false);
   } finally {
     sideRpc.close();
