@@ -570,9 +570,12 @@ static void s_on_credited(void *arg, const fb_rpc_reply_t *reply)
     free(c);
     self->credits_out--;
     if (reply->ok) {
-        bool dup = false;
+        /* a duplicate (another replica credited the source) or this
+         * replica's own earlier call answered again: not a new credit */
+        bool dup = false, replayed = false;
         fb_mp_get_bool(reply->body, "duplicate", &dup);
-        if (dup)
+        fb_mp_get_bool(reply->body, "replayed", &replayed);
+        if (dup || replayed)
             self->duplicates++;
         else {
             self->credited++;
