@@ -140,11 +140,7 @@ static void s_list_push(s_list_t *l, const s_transfer_t *t)
 {
     if (l->n == l->cap) {
         l->cap = l->cap ? l->cap * 2 : 64;
-        s_transfer_t *items = fb_malloc(l->cap * sizeof(*items));
-        if (l->n)
-            memcpy(items, l->items, l->n * sizeof(*items));
-        free(l->items);
-        l->items = items;
+        l->items = fb_realloc(l->items, l->cap * sizeof(*l->items));
     }
     l->items[l->n++] = *t;
 }
@@ -199,11 +195,7 @@ static void s_add_address(void *arg, int64_t account, const char *text, size_t l
     }
     if (self->nwatched == self->capwatched) {
         self->capwatched = self->capwatched ? self->capwatched * 2 : 256;
-        s_watched_t *grown = fb_malloc(self->capwatched * sizeof(*grown));
-        if (self->nwatched)
-            memcpy(grown, self->watched, self->nwatched * sizeof(*grown));
-        free(self->watched);
-        self->watched = grown;
+        self->watched = fb_realloc(self->watched, self->capwatched * sizeof(*self->watched));
     }
     self->watched[self->nwatched++] = wa;
 }
@@ -404,10 +396,10 @@ static json_t *s_logs_params(const watch_evm_t *self, int64_t from, int64_t to, 
 {
     json_t *recipients = json_array();
     for (size_t i = first; i < first + count; i++) {
-        char topic[67] = "0x000000000000000000000000";
-        fb_addr_lower(topic + 24, &self->watched[i].addr);
-        /* fb_addr_lower writes "0x..." at topic+24: put the zeros back */
-        memcpy(topic + 24, "00", 2);
+        uint8_t word[32] = {0}; /* the address as an ABI word: the Transfer's indexed "to" */
+        char topic[67] = "0x";
+        memcpy(word + 12, self->watched[i].addr.b, 20);
+        fb_hex_encode(topic + 2, word, sizeof(word));
         json_array_append_new(recipients, json_string(topic));
     }
     return json_pack("[{s:o, s:o, s:s, s:[s, n, o]}]", "fromBlock", s_hex_block(from), "toBlock",

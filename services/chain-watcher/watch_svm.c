@@ -316,11 +316,7 @@ static void s_on_signatures(void *arg, json_t *result, const char *error, int64_
         }
         if (j->n == j->cap) {
             j->cap = j->cap ? j->cap * 2 : 16;
-            s_sig_t *grown = fb_malloc(j->cap * sizeof(*grown));
-            if (j->n)
-                memcpy(grown, j->sigs, j->n * sizeof(*grown));
-            free(j->sigs);
-            j->sigs = grown;
+            j->sigs = fb_realloc(j->sigs, j->cap * sizeof(*j->sigs));
         }
         s_sig_t *s = &j->sigs[j->n++];
         snprintf(s->sig, sizeof(s->sig), "%s", sig);
@@ -425,11 +421,7 @@ static void s_add_owner(void *arg, int64_t account, const char *text, size_t len
     fb_sol_key_format(a.ata_text, &a.ata);
     if (self->natas == self->capatas) {
         self->capatas = self->capatas ? self->capatas * 2 : 64;
-        s_ata_t *grown = fb_malloc(self->capatas * sizeof(*grown));
-        if (self->natas)
-            memcpy(grown, self->atas, self->natas * sizeof(*grown));
-        free(self->atas);
-        self->atas = grown;
+        self->atas = fb_realloc(self->atas, self->capatas * sizeof(*self->atas));
     }
     self->atas[self->natas++] = a;
 }
