@@ -26,6 +26,7 @@ struct fb_service_t {
     void *on_stop_arg;
     int signals; /* stop signals received */
     int exit_code;
+    bool flag; /* the definition's extra flag was given: no RPC */
 };
 
 static const fb_config_var_t s_common_vars[] = {
@@ -126,9 +127,12 @@ static void s_on_signal(uv_signal_t *h, int signum)
 static void s_usage(const fb_service_def_t *def)
 {
     printf("farebox-%s %s - %s\n\n"
-           "usage: farebox-%s [--help | --version | --config-doc]\n\n"
-           "Configuration comes from FAREBOX_* environment variables; --config-doc lists them.\n",
-           def->name, FAREBOX_VERSION, def->summary, def->name);
+           "usage: farebox-%s [--help | --version | --config-doc%s%s]\n\n",
+           def->name, FAREBOX_VERSION, def->summary, def->name, def->flag ? " | " : "",
+           def->flag ? def->flag : "");
+    if (def->flag)
+        printf("  %s  %s\n\n", def->flag, def->flag_help);
+    printf("Configuration comes from FAREBOX_* environment variables; --config-doc lists them.\n");
 }
 
 fb_service_t *fb_service_new(int argc, char **argv, const fb_service_def_t *def)
@@ -146,6 +150,8 @@ fb_service_t *fb_service_new(int argc, char **argv, const fb_service_def_t *def)
         } else if (strcmp(argv[i], "--config-doc") == 0) {
             fb_config_print_doc(self->vars, self->var_count, stdout);
             exit(0);
+        } else if (def->flag && strcmp(argv[i], def->flag) == 0) {
+            self->flag = true;
         } else {
             fprintf(stderr, "farebox-%s: unknown argument \"%s\" (try --help)\n", def->name, argv[i]);
             exit(2);
@@ -168,6 +174,9 @@ fb_service_t *fb_service_new(int argc, char **argv, const fb_service_def_t *def)
     fb_log_level_t level;
     fb_log_parse_level(fb_config_str(cfg, "FAREBOX_LOG_LEVEL"), &level);
     fb_log_set_level(level);
+    FB_ASSERT(uv_loop_init(&self->loop) == 0);
+    if (self->flag)
+        return self;
 
     /* czmq must not install its own signal handlers: libuv owns signals */
     zsys_handler_set(NULL);
@@ -188,7 +197,6 @@ fb_service_t *fb_service_new(int argc, char **argv, const fb_service_def_t *def)
                                    "authenticator");
     }
 
-    FB_ASSERT(uv_loop_init(&self->loop) == 0);
     uv_signal_init(&self->loop, &self->sigint);
     uv_signal_init(&self->loop, &self->sigterm);
     self->sigint.data = self->sigterm.data = self;
@@ -273,6 +281,11 @@ const char *fb_service_replica(const fb_service_t *self)
     return self->replica;
 }
 
+bool fb_service_flag(const fb_service_t *self)
+{
+    return self->flag;
+}
+
 void fb_service_on_stop(fb_service_t *self, void (*fn)(void *arg), void *arg)
 {
     self->on_stop = fn;
@@ -307,8 +320,10 @@ void fb_service_destroy(fb_service_t **self_p)
     if (!self)
         return;
     fb_rpc_server_destroy(&self->rpc);
-    uv_signal_stop(&self->sigint);
-    uv_signal_stop(&self->sigterm);
+    if (!self->flag) {
+        uv_signal_stop(&self->sigint);
+        uv_signal_stop(&self->sigterm);
+    }
     /* let closing handles finish, then close whatever is left */
     uv_run(&self->loop, UV_RUN_NOWAIT);
     uv_walk(&self->loop, s_walk_close, NULL);

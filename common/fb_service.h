@@ -28,6 +28,8 @@ typedef struct {
     unsigned peers;              /* FB_PEER_* bits this service calls */
     const fb_config_var_t *vars; /* the service's own variables */
     size_t var_count;
+    const char *flag;      /* an extra command-line flag ("--migrate"), or NULL */
+    const char *flag_help; /* ... and its line in --help */
 } fb_service_def_t;
 
 /* fb_service_new - start a service from its definition and the command line.
@@ -42,6 +44,9 @@ uv_loop_t *fb_service_loop(fb_service_t *self);
 const fb_config_t *fb_service_config(const fb_service_t *self);
 fb_rpc_server_t *fb_service_rpc(fb_service_t *self);
 const char *fb_service_replica(const fb_service_t *self);
+/* fb_service_flag - whether the definition's extra flag was given; a service
+ * started with it has loaded its configuration but serves no RPC (one-shot). */
+bool fb_service_flag(const fb_service_t *self);
 
 /* fb_service_client - a new RPC client to a peer service, from configuration,
  * running on loop (a client belongs to one loop and its thread). Caller owns it. */

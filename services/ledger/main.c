@@ -2,6 +2,7 @@
  *
  *   configuration  database, API-key HMAC secret, connections, batch size
  *   schema         ledger_migrate.c: migrations applied at start, once
+ *                  (--migrate: only that, then exit: compose's one-shot)
  *   engine         ledger_engine.c: group commit of operations in Postgres
  *   rpc            ledger_rpc.c: the ledger.* methods of proto/README.md
  *   sweeper        expires holds past their expiry, in every replica
@@ -46,6 +47,8 @@ static const fb_service_def_t s_def = {
     .rpc_bind = "tcp://127.0.0.1:7110-7119",
     .vars = s_vars,
     .var_count = FB_ARRAY_SIZE(s_vars),
+    .flag = "--migrate",
+    .flag_help = "apply the migrations the database lacks, then exit (0: the schema is current)",
 };
 
 typedef struct {
@@ -177,6 +180,10 @@ int main(int argc, char **argv)
         return 1;
     }
     fb_log(FB_LOG_INFO, NULL, "database ready", "schema_version=%d", self.schema_version);
+    if (fb_service_flag(self.service)) {
+        fb_service_destroy(&self.service);
+        return 0;
+    }
 
     ledger_engine_config_t ec = {
         .conninfo = conninfo,

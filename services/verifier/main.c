@@ -49,10 +49,38 @@ static int s_check_sol_key(const char *value, char *err, size_t errlen)
 }
 
 /* A Solana secret key: 64 bytes, the seed then the public key it derives. */
+/* A keypair file as solana-keygen writes it: a JSON array of the 64 bytes. */
+static int s_sol_secret_array(const char *value, uint8_t secret[64])
+{
+    const char *p = value;
+    while (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')
+        p++;
+    if (*p++ != '[')
+        return -1;
+    for (int i = 0; i < 64; i++) {
+        while (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')
+            p++;
+        if (*p < '0' || *p > '9')
+            return -1;
+        unsigned v = 0;
+        for (int digits = 0; *p >= '0' && *p <= '9'; p++)
+            if (++digits > 3 || (v = v * 10 + (unsigned)(*p - '0')) > 255)
+                return -1;
+        secret[i] = (uint8_t)v;
+        while (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')
+            p++;
+        if (*p++ != (i == 63 ? ']' : ','))
+            return -1;
+    }
+    while (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')
+        p++;
+    return *p ? -1 : 0;
+}
+
 static int s_sol_secret(const char *value, uint8_t secret[64], fb_sol_key_t *pub)
 {
     uint8_t derived[32], sk[64];
-    if (fb_base58_decode(secret, 64, value, strlen(value)) != 64)
+    if (s_sol_secret_array(value, secret) != 0 && fb_base58_decode(secret, 64, value, strlen(value)) != 64)
         return -1;
     crypto_sign_seed_keypair(derived, sk, secret);
     int rc = sodium_memcmp(derived, secret + 32, 32) == 0 ? 0 : -1;
@@ -68,7 +96,9 @@ static int s_check_sol_secret(const char *value, char *err, size_t errlen)
     int rc = s_sol_secret(value, secret, NULL);
     sodium_memzero(secret, sizeof(secret));
     if (rc != 0)
-        snprintf(err, errlen, "must be a base58 64-byte ed25519 secret key (seed then public key)");
+        snprintf(err, errlen,
+                 "must be a 64-byte ed25519 secret key (seed then public key): base58, or a JSON "
+                 "array of the bytes as solana-keygen writes it");
     return rc;
 }
 
@@ -97,8 +127,8 @@ static const fb_config_var_t s_vars[] = {
     {"FAREBOX_SOLANA_MINT", FB_CFG_STRING, "4zMMC9srt5Ri5X14GAgXhaHii3GnPAEERYPJgZJDncDU", 0, 0, NULL,
      s_check_sol_key, "the SPL mint accepted (default: devnet USDC)"},
     {"FAREBOX_SOLANA_FEE_PAYER_KEY", FB_CFG_SECRET, "", 0, 0, NULL, s_check_sol_secret,
-     "base58 64-byte secret key of the fee payer that co-signs and pays for settlements (unset: verify "
-     "only)"},
+     "64-byte secret key (base58, or solana-keygen's JSON array) of the fee payer that co-signs and pays "
+     "for settlements (unset: verify only)"},
     {"FAREBOX_SOLANA_MAX_PRICE", FB_CFG_INT, "5000000", 0, 1000000000, NULL, NULL,
      "highest compute unit price (micro-lamports) the fee payer accepts to pay"},
     {"FAREBOX_MESSAGE_MAX_AGE_S", FB_CFG_INT, "300", 1, 86400, NULL, NULL,
