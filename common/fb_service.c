@@ -24,7 +24,9 @@ struct fb_service_t {
     uv_signal_t sigint, sigterm;
     void (*on_stop)(void *arg);
     void *on_stop_arg;
-    int signals; /* stop signals received */
+    int signals;         /* stop signals received */
+    uv_timer_t drain;    /* default stop: waits for the calls in flight */
+    int64_t drain_until; /* ... until then (FAREBOX_STOP_GRACE_MS) */
     int exit_code;
     bool flag; /* the definition's extra flag was given: no RPC */
 };
@@ -49,6 +51,8 @@ static const fb_config_var_t s_common_vars[] = {
 static const fb_config_var_t s_server_vars[] = {
     {"FAREBOX_RPC_MAX_INFLIGHT", FB_CFG_INT, "20000", 1, 10000000, NULL, NULL,
      "calls one replica holds at once; beyond it answers overloaded"},
+    {"FAREBOX_STOP_GRACE_MS", FB_CFG_INT, "10000", 0, 600000, NULL, NULL,
+     "on SIGTERM, how long calls (and an edge's requests and streams) in flight may take to finish"},
     {"FAREBOX_CURVE_CLIENTS_DIR", FB_CFG_STRING, "", 0, 0, NULL, NULL,
      "directory of client public key certificates allowed to call (required with a secret key)"},
 };
@@ -113,15 +117,35 @@ static void s_build_vars(fb_service_t *self)
         s_append(self, def->vars, def->var_count);
 }
 
+static void s_on_drain_tick(uv_timer_t *t)
+{
+    fb_service_t *self = t->data;
+    size_t n = fb_rpc_server_inflight(self->rpc);
+    if (n > 0 && fb_mono_ms() < self->drain_until)
+        return;
+    if (n > 0)
+        fb_log(FB_LOG_WARN, NULL, "stop grace period over", "calls_in_flight=%zu", n);
+    uv_timer_stop(t);
+    fb_service_exit(self, 0);
+}
+
+/* The first SIGTERM or SIGINT runs the service's own stop, or by default takes
+ * no new call and exits once the calls in flight are answered (callers retry
+ * what waits in the socket on other replicas); a second one exits at once. */
 static void s_on_signal(uv_signal_t *h, int signum)
 {
     fb_service_t *self = h->data;
     self->signals++;
     fb_log(FB_LOG_INFO, NULL, "stop requested", "signal=%d", signum);
-    if (self->signals == 1 && self->on_stop)
-        self->on_stop(self->on_stop_arg);
-    else
+    if (self->signals > 1) {
         fb_service_exit(self, 0);
+    } else if (self->on_stop) {
+        self->on_stop(self->on_stop_arg);
+    } else {
+        fb_rpc_server_pause(self->rpc);
+        self->drain_until = fb_mono_ms() + fb_config_int(self->config, "FAREBOX_STOP_GRACE_MS");
+        uv_timer_start(&self->drain, s_on_drain_tick, 0, 20);
+    }
 }
 
 static void s_usage(const fb_service_def_t *def)
@@ -202,6 +226,8 @@ fb_service_t *fb_service_new(int argc, char **argv, const fb_service_def_t *def)
     self->sigint.data = self->sigterm.data = self;
     uv_signal_start(&self->sigint, s_on_signal, SIGINT);
     uv_signal_start(&self->sigterm, s_on_signal, SIGTERM);
+    uv_timer_init(&self->loop, &self->drain);
+    self->drain.data = self;
     signal(SIGPIPE, SIG_IGN);
 
     fb_rpc_server_config_t rc = {

@@ -90,3 +90,36 @@ fb_pg_user_run() {
 
 # fb_random_hex N - N random bytes as hex.
 fb_random_hex() { openssl rand -hex "$1"; }
+
+# Packages of the deployment test (tests/deploy): a Docker engine, compose v1, debootstrap.
+FAREBOX_DOCKER_PACKAGES=(docker.io docker-compose debootstrap)
+
+# fb_docker_ready - a Docker engine that answers (dockerd is started when we are root and none
+# does) and the base image the Dockerfiles name, debian:bookworm-slim: pulled where a registry
+# answers, else made with debootstrap from this machine's Debian mirror and docker import.
+fb_docker_ready() {
+    if ! docker info >/dev/null 2>&1; then
+        [ "$(id -u)" -eq 0 ] || fb_die "no Docker engine answers: start dockerd (or run as root, and this script will)"
+        fb_say "starting dockerd (log: /tmp/farebox-dockerd.log)"
+        (setsid dockerd >/tmp/farebox-dockerd.log 2>&1 &)
+        local i
+        for i in $(seq 1 120); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+        docker info >/dev/null 2>&1 || { tail -20 /tmp/farebox-dockerd.log >&2; fb_die "dockerd did not start"; }
+    fi
+    if ! docker image inspect debian:bookworm-slim >/dev/null 2>&1 &&
+        ! timeout 60 docker pull -q debian:bookworm-slim >/dev/null 2>&1; then
+        local mirror dir
+        mirror=$(awk '/^URIs:/ && $2 !~ /security/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null)
+        [ -n "$mirror" ] || mirror=$(awk '$1 == "deb" && $2 !~ /security/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null)
+        [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
+        fb_say "making the base image debian:bookworm-slim with debootstrap from $mirror"
+        dir=$(mktemp -d)
+        fb_as_root debootstrap --variant=minbase bookworm "$dir" "$mirror" >/tmp/farebox-debootstrap.log 2>&1 ||
+            { tail -20 /tmp/farebox-debootstrap.log >&2; fb_die "debootstrap failed"; }
+        fb_as_root tar -C "$dir" -c . | docker import - debian:bookworm-slim >/dev/null
+        fb_as_root rm -rf "$dir"
+    fi
+    # the devchain image installs npm packages while it builds: trust the CAs this machine
+    # trusts locally (a TLS-inspecting proxy's, say) there too
+    cp /usr/local/share/ca-certificates/*.crt "$ROOT/deploy/certs/" 2>/dev/null || true
+}

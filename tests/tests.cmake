@@ -49,3 +49,10 @@ endforeach ()
 foreach (f x402_header x402_json solana_tx)
     set_tests_properties(fuzz.replay.${f} PROPERTIES PASS_REGULAR_EXPRESSION " [1-9][0-9]* passed every")
 endforeach ()
+
+# Deployment: compose.yaml on a real Docker engine (images built, the stack scaled behind HAProxy,
+# end to end and chaos under load). Runs alone: it builds images and loads both cores.
+add_test(NAME deploy.compose
+         COMMAND node --test --test-reporter=spec --test-timeout=1800000 ${CMAKE_SOURCE_DIR}/tests/deploy/compose.test.mjs
+         WORKING_DIRECTORY ${CMAKE_SOURCE_DIR}/tests)
+set_tests_properties(deploy.compose PROPERTIES ENVIRONMENT "${FAREBOX_TEST_ENV}" TIMEOUT 2400 RUN_SERIAL TRUE)

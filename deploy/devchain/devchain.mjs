@@ -166,6 +166,8 @@ async function startSolana() {
         config.payerSecretKey = text.startsWith("[") ? JSON.parse(text) : Array.from(b58decode(text));
     }
     surfnet = Surfnet.startWithConfig(config);
+    // the SDK queues an event per slot; a full queue stalls the node after ~1,000 slots
+    setInterval(() => surfnet.drainEvents(), 1000);
     const url = surfnet.rpcUrl;
     await waitFor("surfpool", () => rpc(url, "getHealth"));
 

@@ -135,8 +135,6 @@ static const fb_config_var_t s_vars[] = {
     {"FAREBOX_TRUSTED_PROXIES", FB_CFG_STRING, "", 0, 0, NULL, s_check_proxies,
      "load balancers whose X-Forwarded-For names the client for the IP limits: addresses or CIDR blocks, "
      "comma-separated (unset: the peer address counts)"},
-    {"FAREBOX_STOP_GRACE_MS", FB_CFG_INT, "10000", 0, 600000, NULL, NULL,
-     "on SIGTERM, how long requests in flight may take to finish"},
 };
 
 static const fb_service_def_t s_def = {

@@ -139,12 +139,28 @@ async function sendAndConfirm(rpc, feePayer, instructions) {
  * @returns {Promise<{net: object, info: object}>} `net` is the running Surfnet (call net.stop()),
  *          `info` the "solana" section of the devchain JSON.
  */
+/**
+ * Empties the SDK's event queue (one clock event per slot, more per transaction) every second: a
+ * queue nobody drains fills after about a thousand slots and then stalls the node, RPC included.
+ */
+export function keepDraining(net) {
+    const timer = setInterval(() => {
+        try {
+            net.drainEvents();
+        } catch {
+            clearInterval(timer); // stopped
+        }
+    }, 1000);
+    timer.unref();
+}
+
 export async function startSolana(stateDir, log = () => {}) {
     const Surfnet = surfnetClass();
     const keys = loadOrCreateKeys(Surfnet, stateDir);
 
     // Offline (no remote RPC to clone accounts from); our saved payer becomes the pre-funded payer.
     const net = Surfnet.startWithConfig({ offline: true, payerSecretKey: Array.from(keys.payer.secretKey) });
+    keepDraining(net);
     try {
         const info = await setupToken(net, keys, log);
         return { net, info };

@@ -41,6 +41,27 @@ test("three replicas under load share the calls, none above 50%", async () => {
   }
 });
 
+test("SIGTERM: a replica answers the calls it holds before it exits", async () => {
+  // one replica, so nobody else could answer: the 1.5 s call made before the SIGTERM must be
+  // answered by the stopping replica, which exits 0 afterwards
+  const { range, procs } = await replicas(1);
+  try {
+    const call = rpcToolAsync(["call", "--endpoint", range, "--deadline", "8000", "--attempt", "8000", "sleep",
+      '{"ms":1500}']);
+    await sleep(500);
+    const stopped = procs[0].stop();
+    const r = await call;
+    assert.equal(r.exit, 0, JSON.stringify(r));
+    assert.equal(r.status, "ok", JSON.stringify(r));
+    assert.equal(r.replica, "echo-0");
+    assert.equal((await stopped).code, 0);
+    assert.ok(procs[0].lines.some((e) => e.json?.msg === "stop requested"));
+    assert.ok(!procs[0].lines.some((e) => e.json?.msg === "stop grace period over"));
+  } finally {
+    await stopAll(procs);
+  }
+});
+
 test("killing a replica mid-flight loses no call", async () => {
   const { range, procs } = await replicas(3);
   try {
