@@ -5,7 +5,8 @@
 //   - the compose file validates (docker-compose config);
 //   - the paid API end to end through the load balancer: a prepaid key (charged exactly its usage)
 //     and x402 on the dev anvil (paid by the quote, PAYMENT-RESPONSE), HTTP/1.1, h2c and h2 over
-//     TLS, and the spread of calls over the edge, ledger and verifier replicas;
+//     TLS, the spread of calls over the edge, ledger and verifier replicas, and the dev profile's
+//     demo account (funded by a USDC deposit on the dev chain) whose key pays a call;
 //   - chaos under steady load for 60 s (prepaid and x402, stream and non-stream, and USDC deposits
 //     to deposit addresses): a random replica of a random service killed (docker kill) every few
 //     seconds and started again, Postgres restarted once, the edges rolled one by one (SIGTERM,
@@ -157,7 +158,7 @@ test("compose.yaml validates, with and without the dev profile", async () => {
   // every service the issue names is there, with a healthcheck (image or compose) and a restart policy
   const r = await exec("docker-compose", ["-f", path.join(SOURCE, "compose.yaml"), "--profile", "dev", "config", "--services"], { env });
   assert.deepEqual(r.stdout.split("\n").filter(Boolean).sort(),
-    ["chain-watcher", "devchain", "edge", "lb", "ledger", "migrate", "mock", "postgres", "verifier"]);
+    ["chain-watcher", "demo", "devchain", "edge", "lb", "ledger", "migrate", "mock", "postgres", "verifier"]);
   for (const s of ["postgres", "ledger", "verifier", "edge", "chain-watcher", "lb"]) {
     for (const c of await stack.containers(s)) {
       const inspect = JSON.parse((await exec("docker", ["inspect", c])).stdout)[0];
@@ -289,6 +290,17 @@ test("end to end through the load balancer: a prepaid key and x402, over HTTP/1.
   assert.equal(await tokenBalance(TREASURY) - before, paid.amount);
   assert.equal(await call("authorizationState", [paid.from, paid.nonce]),
     "0x0000000000000000000000000000000000000000000000000000000000000001");
+
+  // the dev profile's demo: an account funded by a real deposit on the dev chain, and a key that works
+  const [demo] = await stack.containers("demo");
+  await waitUntil(async () => (await stack.state(demo)) === "exited", { timeoutMs: 120000, intervalMs: 1000,
+    what: "the demo one-shot" });
+  assert.equal((await exec("docker", ["inspect", "-f", "{{.State.ExitCode}}", demo])).stdout.trim(), "0");
+  const demoLog = (await exec("docker", ["logs", demo])).stdout;
+  const demoKey = demoLog.match(/^\s+(fbx_\S+)$/m)?.[1];
+  assert.ok(demoKey, demoLog);
+  const demoCall = await prepaid(demoKey, "e2e-demo", false);
+  assert.ok(demoCall.ok, demoCall.cause);
 
   // the same edge API over h2c (prior knowledge) and h2 over TLS (ALPN) through HAProxy
   for (const args of [["--http2-prior-knowledge", `${url}/healthz`], ["-k", "--http2", `https://127.0.0.1:${httpsPort}/healthz`]]) {
