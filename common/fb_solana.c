@@ -4,6 +4,7 @@
 #include "fb_util.h"
 
 #include <sodium.h>
+#include <stdio.h>
 #include <string.h>
 
 const char FB_SOL_SYSTEM_PROGRAM[] = "11111111111111111111111111111111";
@@ -302,8 +303,91 @@ bool fb_sol_key_eq(const fb_sol_key_t *a, const fb_sol_key_t *b)
     return memcmp(a->b, b->b, 32) == 0;
 }
 
+static const char *s_skip_space(const char *p)
+{
+    while (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')
+        p++;
+    return p;
+}
+
+/* [n, n, ...]: exactly 64 numbers 0..255. */
+static int s_secret_array(uint8_t secret[64], const char *text)
+{
+    const char *p = s_skip_space(text);
+    if (*p++ != '[')
+        return -1;
+    for (int i = 0; i < 64; i++) {
+        p = s_skip_space(p);
+        if (*p < '0' || *p > '9')
+            return -1;
+        unsigned v = 0;
+        for (int digits = 0; *p >= '0' && *p <= '9'; p++)
+            if (++digits > 3 || (v = v * 10 + (unsigned)(*p - '0')) > 255)
+                return -1;
+        secret[i] = (uint8_t)v;
+        p = s_skip_space(p);
+        if (*p++ != (i == 63 ? ']' : ','))
+            return -1;
+    }
+    return *s_skip_space(p) ? -1 : 0;
+}
+
+int fb_sol_secret_parse(uint8_t secret[64], fb_sol_key_t *pub, const char *text)
+{
+    uint8_t derived[32], sk[64];
+    if (s_secret_array(secret, text) != 0 && fb_base58_decode(secret, 64, text, strlen(text)) != 64) {
+        sodium_memzero(secret, 64);
+        return -1;
+    }
+    crypto_sign_seed_keypair(derived, sk, secret);
+    sodium_memzero(sk, sizeof(sk));
+    if (sodium_memcmp(derived, secret + 32, 32) != 0) {
+        sodium_memzero(secret, 64);
+        return -1;
+    }
+    if (pub)
+        memcpy(pub->b, derived, 32);
+    return 0;
+}
+
+static void s_secret_parse_test(void)
+{
+    uint8_t seed[32], pk[32], sk[64], got[64];
+    for (int i = 0; i < 32; i++)
+        seed[i] = (uint8_t)(i * 7 + 200);
+    crypto_sign_seed_keypair(pk, sk, seed);
+    char b58[100], array[400];
+    FB_ASSERT(fb_base58_encode(b58, sizeof(b58), sk, 64) > 0);
+    size_t n = (size_t)snprintf(array, sizeof(array), " [");
+    for (int i = 0; i < 64; i++)
+        n += (size_t)snprintf(array + n, sizeof(array) - n, "%u%s", sk[i], i == 63 ? "]\n" : ", ");
+    fb_sol_key_t pub;
+    FB_ASSERT(fb_sol_secret_parse(got, &pub, b58) == 0 && memcmp(got, sk, 64) == 0 &&
+              memcmp(pub.b, pk, 32) == 0);
+    memset(got, 0, sizeof(got));
+    FB_ASSERT(fb_sol_secret_parse(got, NULL, array) == 0 && memcmp(got, sk, 64) == 0);
+    const char *bad[] = {"", "[]", "[1,2,3]", "[256" /* ... */, "not base58 0OIl", "[1,2]x"};
+    for (size_t i = 0; i < FB_ARRAY_SIZE(bad); i++)
+        FB_ASSERT(fb_sol_secret_parse(got, NULL, bad[i]) == -1);
+    /* 65 numbers, a number above 255, a public half that is not the seed's */
+    char longer[420];
+    snprintf(longer, sizeof(longer), "%.*s, 1]", (int)(strrchr(array, ']') - array), array);
+    FB_ASSERT(fb_sol_secret_parse(got, NULL, longer) == -1);
+    char big[400];
+    snprintf(big, sizeof(big), "[256%s", strchr(array, ','));
+    FB_ASSERT(fb_sol_secret_parse(got, NULL, big) == -1);
+    uint8_t wrong[64];
+    memcpy(wrong, sk, 64);
+    wrong[40] ^= 1;
+    FB_ASSERT(fb_base58_encode(b58, sizeof(b58), wrong, 64) > 0);
+    FB_ASSERT(fb_sol_secret_parse(got, NULL, b58) == -1);
+    for (int i = 0; i < 64; i++)
+        FB_ASSERT(got[i] == 0); /* wiped on refusal */
+}
+
 int fb_solana_test(bool verbose)
 {
+    s_secret_parse_test();
     const struct {
         const char *text;
         const fb_sol_key_t *key;

@@ -86,6 +86,12 @@ int fb_sol_ata(fb_sol_key_t *out, const fb_sol_key_t *owner, const fb_sol_key_t 
 /* fb_sol_key_parse - base58 text of a 32-byte key. Returns 0 or -1. */
 int fb_sol_key_parse(fb_sol_key_t *out, const char *text, size_t len);
 
+/* fb_sol_secret_parse - a 64-byte ed25519 keypair (seed then public key) from
+ * its base58 text, or from the JSON array of its bytes that solana-keygen
+ * writes; the public half must be the seed's. Fills secret and, when given,
+ * pub. Returns 0, or -1 (secret is then wiped). */
+int fb_sol_secret_parse(uint8_t secret[64], fb_sol_key_t *pub, const char *text);
+
 /* fb_sol_key_format - base58 text and a NUL into out (at least 45 bytes). */
 void fb_sol_key_format(char *out, const fb_sol_key_t *k);
 

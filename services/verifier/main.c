@@ -49,45 +49,9 @@ static int s_check_sol_key(const char *value, char *err, size_t errlen)
 }
 
 /* A Solana secret key: 64 bytes, the seed then the public key it derives. */
-/* A keypair file as solana-keygen writes it: a JSON array of the 64 bytes. */
-static int s_sol_secret_array(const char *value, uint8_t secret[64])
-{
-    const char *p = value;
-    while (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')
-        p++;
-    if (*p++ != '[')
-        return -1;
-    for (int i = 0; i < 64; i++) {
-        while (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')
-            p++;
-        if (*p < '0' || *p > '9')
-            return -1;
-        unsigned v = 0;
-        for (int digits = 0; *p >= '0' && *p <= '9'; p++)
-            if (++digits > 3 || (v = v * 10 + (unsigned)(*p - '0')) > 255)
-                return -1;
-        secret[i] = (uint8_t)v;
-        while (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')
-            p++;
-        if (*p++ != (i == 63 ? ']' : ','))
-            return -1;
-    }
-    while (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')
-        p++;
-    return *p ? -1 : 0;
-}
-
 static int s_sol_secret(const char *value, uint8_t secret[64], fb_sol_key_t *pub)
 {
-    uint8_t derived[32], sk[64];
-    if (s_sol_secret_array(value, secret) != 0 && fb_base58_decode(secret, 64, value, strlen(value)) != 64)
-        return -1;
-    crypto_sign_seed_keypair(derived, sk, secret);
-    int rc = sodium_memcmp(derived, secret + 32, 32) == 0 ? 0 : -1;
-    sodium_memzero(sk, sizeof(sk));
-    if (pub)
-        memcpy(pub->b, derived, 32);
-    return rc;
+    return fb_sol_secret_parse(secret, pub, value);
 }
 
 static int s_check_sol_secret(const char *value, char *err, size_t errlen)

@@ -13,7 +13,8 @@
 //     graceful). Afterwards every request either succeeded and was charged exactly once, or failed
 //     and was charged nothing; no x402 call served without its payment settled and no payment
 //     settled for a call that failed; every hold resolved by its expiry; every deposit credited
-//     once; the ledger's audit clean. The error rate and each error's cause are reported.
+//     once; the ledger's audit clean; the sweep (tools profile) moves every deposit to the treasury.
+//     The error rate and each error's cause are reported.
 //
 // Needs a Docker engine and the base image debian:bookworm-slim (./scripts/test provides both).
 // FAREBOX_COMPOSE_KEEP=1 leaves the stack running after the test.
@@ -158,7 +159,7 @@ test("compose.yaml validates, with and without the dev profile", async () => {
   // every service the issue names is there, with a healthcheck (image or compose) and a restart policy
   const r = await exec("docker-compose", ["-f", path.join(SOURCE, "compose.yaml"), "--profile", "dev", "config", "--services"], { env });
   assert.deepEqual(r.stdout.split("\n").filter(Boolean).sort(),
-    ["chain-watcher", "demo", "devchain", "edge", "lb", "ledger", "migrate", "mock", "postgres", "verifier"]);
+    ["chain-watcher", "demo", "devchain", "edge", "lb", "ledger", "migrate", "mock", "postgres", "sweep", "verifier"]);
   for (const s of ["postgres", "ledger", "verifier", "edge", "chain-watcher", "lb"]) {
     for (const c of await stack.containers(s)) {
       const inspect = JSON.parse((await exec("docker", ["inspect", c])).stdout)[0];
@@ -364,7 +365,7 @@ test("chaos under load: kills, a Postgres restart and a rolling restart lose and
   // the chaos: every 4 s a random replica of a random service is killed and started again 2 s
   // later; Postgres restarts at 35% of the run; the edges roll one by one at 60%
   const services = ["edge", "ledger", "verifier", "chain-watcher"];
-  let rolling = false;
+  let rolling = false, round = [];
   const edgeKills = [];
   // The one way a failed call can be charged: its edge is killed (SIGKILL) in the instant between
   // the charge (or settlement) becoming durable and the answer's bytes leaving; the client then sees
@@ -398,7 +399,9 @@ test("chaos under load: kills, a Postgres restart and a rolling restart lose and
         rolling = false;
         continue;
       }
-      const service = services[Math.floor(Math.random() * services.length)];
+      // random services, but each one in every round of four, so that every kind gets killed
+      if (!round.length) round = [...services].sort(() => Math.random() - 0.5);
+      const service = round.pop();
       if (service === "edge" && rolling) continue;
       const names = await stack.containers(service);
       const victim = names[Math.floor(Math.random() * names.length)];
@@ -495,6 +498,22 @@ test("chaos under load: kills, a Postgres restart and a rolling restart lose and
     assert.equal(BigInt((await adminApi("GET", `/admin/accounts/${d.id}`)).balance_micro), d.expected,
       `account ${d.id}: ${d.count} deposits credited once each`);
   }
+
+  // --- the sweep (tools profile): a dry run lists the deposits, the sweep moves them to the treasury
+  const treasuryBeforeSweep = await tokenBalance(TREASURY);
+  const lines = (out) => out.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l));
+  const dry = lines(await stack.composeTools(["run", "--rm", "-T", "sweep"], { timeoutMs: 120000 }));
+  for (const d of depositAccounts) {
+    const line = dry.find((l) => l.account_id === d.id && l.chain === "evm");
+    assert.equal(line?.status, "would_sweep", JSON.stringify(dry));
+    assert.equal(BigInt(line.amount_micro), d.expected);
+  }
+  const moved = lines(await stack.composeTools(["run", "--rm", "-T", "sweep", "farebox-sweep"], { timeoutMs: 120000 }));
+  const swept = moved.filter((l) => l.status === "swept").reduce((a, l) => a + BigInt(l.amount_micro), 0n);
+  // ours, and the dev profile's demo deposit
+  assert.equal(swept, dry.filter((l) => l.status === "would_sweep").reduce((a, l) => a + BigInt(l.amount_micro), 0n));
+  assert.equal(await tokenBalance(TREASURY) - treasuryBeforeSweep, swept, "every deposit swept to the treasury");
+  for (const d of depositAccounts) assert.equal(await tokenBalance(d.address), 0n);
 
   // --- the ledger's invariants ---------------------------------------------------------------
   const audit = await adminApi("GET", "/admin/audit");

@@ -34,6 +34,12 @@ export class Stack {
         return must("docker-compose", ["-p", this.project, "--profile", "dev", ...args], { env: this.env, ...opts });
     }
 
+    /** docker-compose with the tools profile too (the sweep). */
+    composeTools(args, opts = {}) {
+        return must("docker-compose", ["-p", this.project, "--profile", "dev", "--profile", "tools", ...args],
+            { env: this.env, ...opts });
+    }
+
     composeRaw(args, opts = {}) {
         return exec("docker-compose", ["-p", this.project, "--profile", "dev", ...args], { env: this.env, ...opts });
     }
@@ -79,7 +85,8 @@ export class Stack {
     }
 
     async down() {
-        await exec("docker-compose", ["-p", this.project, "--profile", "dev", "down", "-v", "--remove-orphans", "-t", "5"],
+        await exec("docker-compose", ["-p", this.project, "--profile", "dev", "--profile", "tools", "down", "-v",
+            "--remove-orphans", "-t", "5"],
             { env: this.env });
     }
 }

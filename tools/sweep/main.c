@@ -66,7 +66,7 @@ static const fb_config_var_t s_vars[] = {
      "Solana JSON-RPC endpoint"},
     {"FAREBOX_SOLANA_MINT", FB_CFG_STRING, "", 0, 0, NULL, NULL, "the USDC mint"},
     {"FAREBOX_SWEEP_SOLANA_PAYER_KEY", FB_CFG_SECRET, "", 0, 0, NULL, NULL,
-     "the Solana treasury's keypair (base58, 64 bytes): receives, pays the fee"},
+     "the Solana treasury's keypair (base58, or solana-keygen's JSON array): receives, pays the fee"},
     {"FAREBOX_SWEEP_MIN_MICRO", FB_CFG_INT, "1", 1, INT64_MAX, NULL, NULL, "smallest balance swept"},
 };
 
@@ -629,21 +629,14 @@ static void s_sweep_solana(s_sweep_t *s)
     const char *mint_text = fb_config_str(cfg, "FAREBOX_SOLANA_MINT");
     const char *payer_text = fb_config_str(cfg, "FAREBOX_SWEEP_SOLANA_PAYER_KEY");
     fb_sol_key_t mint, program, payer, dest;
-    uint8_t payer_sk[64], derived[32], tmp[64];
+    uint8_t payer_sk[64];
     if (fb_sol_key_parse(&mint, mint_text, strlen(mint_text)) != 0 ||
-        fb_base58_decode(payer_sk, 64, payer_text, strlen(payer_text)) != 64) {
+        fb_sol_secret_parse(payer_sk, &payer, payer_text) != 0) {
         fprintf(stderr,
                 "farebox-sweep: FAREBOX_SOLANA_MINT must be an address and FAREBOX_SWEEP_SOLANA_PAYER_KEY a "
-                "base58 64-byte keypair\n");
+                "64-byte keypair whose public half is its seed's (base58, or solana-keygen's JSON array)\n");
         exit(2);
     }
-    crypto_sign_seed_keypair(derived, tmp, payer_sk);
-    sodium_memzero(tmp, sizeof(tmp));
-    if (memcmp(derived, payer_sk + 32, 32) != 0) {
-        fprintf(stderr, "farebox-sweep: FAREBOX_SWEEP_SOLANA_PAYER_KEY: the public half does not match\n");
-        exit(2);
-    }
-    memcpy(payer.b, derived, 32);
     const char *url = fb_config_str(cfg, "FAREBOX_SOLANA_RPC_URL");
     json_t *info = s_rpc(url, "getAccountInfo", json_pack("[s, {s:s}]", mint_text, "encoding", "base64"), why,
                          sizeof(why));
