@@ -12,11 +12,11 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
         echo "listen_addresses = '*'"
         echo "password_encryption = scram-sha-256"
     } >>"$PGDATA/postgresql.conf"
-    # local (socket) connections: the cluster's owner and farebox's own healthcheck/psql inside
-    # the container; everything over the network needs the password.
+    # the socket: the cluster's owner by its OS user (pg_dump, psql through docker exec); every
+    # other role, on the socket or over the network, by its password
     {
         echo "local all postgres peer"
-        echo "local all all trust"
+        echo "local all all scram-sha-256"
         echo "host all all 0.0.0.0/0 scram-sha-256"
         echo "host all all ::/0 scram-sha-256"
     } >"$PGDATA/pg_hba.conf"

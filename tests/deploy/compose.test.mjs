@@ -519,3 +519,24 @@ test("chaos under load: kills, a Postgres restart and a rolling restart lose and
   const audit = await adminApi("GET", "/admin/audit");
   assert.equal(audit.ok, true, JSON.stringify(audit.checks.filter((c) => !c.ok)));
 });
+
+test("Postgres backup and restore, as README's deployment section does them", async () => {
+  const [pg] = await stack.containers("postgres");
+  const dump = await exec("sh", ["-c", `docker exec ${pg} pg_dump -Fc -U postgres farebox > ${work}/farebox.dump`]);
+  assert.equal(dump.code, 0, dump.stderr);
+  assert.ok(fs.statSync(path.join(work, "farebox.dump")).size > 10000);
+  // into a scratch database of the same cluster, then the ledger's tables agree row for row
+  const sql = (db, q) => exec("docker", ["exec", pg, "psql", "-U", "postgres", "-d", db, "-At", "-c", q]);
+  assert.equal((await sql("postgres", "CREATE DATABASE farebox_restore OWNER farebox")).code, 0);
+  const restore = await exec("sh", ["-c",
+    `docker exec -i ${pg} pg_restore --clean --if-exists -U postgres -d farebox_restore < ${work}/farebox.dump`]);
+  assert.equal(restore.code, 0, restore.stderr);
+  const q = "SELECT (SELECT count(*) FROM postings) || ' ' || (SELECT sum(amount) FILTER (WHERE amount > 0) FROM postings) || ' ' || (SELECT count(*) FROM charges)";
+  const [a, b] = [await sql("farebox", q), await sql("farebox_restore", q)];
+  assert.equal(a.code, 0, a.stderr);
+  assert.equal(b.stdout, a.stdout);
+  assert.match(a.stdout.trim(), /^[1-9]\d* [1-9]\d* [1-9]\d*$/);
+  // the socket takes the farebox role only with its password
+  const denied = await exec("docker", ["exec", pg, "psql", "-w", "-U", "farebox", "-d", "farebox", "-c", "SELECT 1"]);
+  assert.notEqual(denied.code, 0);
+});
