@@ -310,6 +310,40 @@ test("end to end through the load balancer: a prepaid key and x402, over HTTP/1.
   }
 });
 
+test("paid calls spread over the replicas: every edge serves, every ledger writes, every verifier settles", async () => {
+  const id = await newAccount("spread", 5_000_000);
+  const { key } = await adminApi("POST", `/admin/accounts/${id}/keys`, { label: "spread" });
+  for (let i = 0; i < 6; i++) {
+    const rs = await Promise.all(Array.from({ length: 6 }, (_, j) => prepaid(key, `spread-${i}-${j}`, j % 2 === 1)));
+    for (const r of rs) assert.ok(r.ok, r.cause);
+  }
+  const client = evmClient(PAYERS[1]);
+  for (let i = 0; i < 4; i++) {
+    const rs = await Promise.all(Array.from({ length: 3 }, (_, j) => x402(client, `spread-x402-${i}-${j}`, false)));
+    for (const r of rs) assert.ok(r.ok, r.cause);
+  }
+  const served = [], writes = [], settled = [];
+  for (const c of await stack.containers("edge")) {
+    const metrics = (await exec("docker", ["exec", c, "curl", "-fsS", "http://127.0.0.1:8402/metrics"])).stdout;
+    const m = metrics.match(/^farebox_edge_requests_total\{route="\/v1\/chat\/completions",status="200"\} (\d+)$/m);
+    served.push(Number(m?.[1] ?? 0));
+  }
+  for (const c of await stack.containers("ledger")) {
+    const health = JSON.parse((await exec("docker", ["exec", c, "farebox-rpc", "call", "--endpoint",
+      "tcp://127.0.0.1:7000", "--service", "ledger", "health"])).stdout);
+    writes.push(health.body.ops);
+  }
+  for (const c of await stack.containers("verifier")) {
+    const logs = await exec("docker", ["logs", c]);
+    settled.push((logs.stdout.match(/"msg":"settlement broadcast"/g) ?? []).length);
+  }
+  console.log(`# paid calls 200 per edge: ${served.join(", ")}; ledger writes per replica: ${writes.join(", ")}; ` +
+    `settlements per verifier: ${settled.join(", ")}`);
+  for (const [what, list] of [["edge", served], ["ledger", writes], ["verifier", settled]]) {
+    assert.ok(list.every((n) => n > 0), `${what}: every replica took paid work (${list.join(", ")})`);
+  }
+});
+
 test("chaos under load: kills, a Postgres restart and a rolling restart lose and double-charge nothing", async () => {
   const payer = await newAccount("chaos", 100_000_000);
   const { key } = await adminApi("POST", `/admin/accounts/${payer}/keys`, { label: "chaos" });
