@@ -19,6 +19,7 @@
 #define WINDOW_MAX       256    /* unconfirmed block headers kept */
 #define HEADERS_PER_POLL 64     /* new unconfirmed headers fetched per poll */
 #define PENDING_MAX      1000   /* unconfirmed transfers listed */
+#define CHAIN_CHECK_MS   60000  /* how often the endpoint's chain id is asked again */
 #define LOGS_MAX         100000 /* transfers in one confirmed range; more halves the range */
 
 typedef struct {
@@ -67,6 +68,11 @@ struct watch_evm_t {
     bool busy;       /* a poll is running */
     bool next_range; /* the round continues a scan: the head read this poll is kept */
     bool stopping;
+    /* the endpoints must serve the configured chain: eth_chainId is asked
+     * before the first round and every CHAIN_CHECK_MS after */
+    int64_t chain_id;       /* from the network's CAIP-2 id */
+    int64_t chain_seen;     /* what the endpoint answered last; -1 before */
+    int64_t chain_check_ms; /* when it was last confirmed */
     /* watched addresses, sorted by address */
     s_watched_t *watched;
     size_t nwatched, capwatched;
@@ -175,6 +181,7 @@ static void s_done(watch_evm_t *self)
 /* --- poll: cursor, head, addresses ---------------------------------------------------------- */
 
 static void s_on_head(void *arg, json_t *result, const char *error, int64_t code, const char *message);
+static void s_on_chain_id(void *arg, json_t *result, const char *error, int64_t code, const char *message);
 static void s_addresses_read(watch_evm_t *self);
 static void s_on_anchor(void *arg, json_t *result, const char *error, int64_t code, const char *message);
 
@@ -266,6 +273,8 @@ static void s_on_cursor(void *arg, const fb_rpc_reply_t *reply)
  * kept), so a long backfill watches new addresses too. */
 static void s_round(watch_evm_t *self)
 {
+    if (self->chain_seen != self->chain_id || fb_mono_ms() - self->chain_check_ms >= CHAIN_CHECK_MS)
+        return fb_jsonrpc_call(self->rpc, "eth_chainId", json_array(), s_on_chain_id, self);
     if (self->next_range)
         return s_addresses_read(self);
     if (!self->have_cursor) {
@@ -273,6 +282,32 @@ static void s_round(watch_evm_t *self)
         return watch_ledger_call(self->w, "ledger.watch_cursor", body, NULL, s_on_cursor, self);
     }
     fb_jsonrpc_call(self->rpc, "eth_blockNumber", json_array(), s_on_head, self);
+}
+
+static void s_on_chain_id(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(code);
+    watch_evm_t *self = arg;
+    if (self->stopping)
+        return s_done(self);
+    int64_t id;
+    if (error || s_qty(result, &id) != 0) {
+        s_error(self, "eth_chainId", error ? message : "not a quantity");
+        return s_done(self);
+    }
+    self->chain_seen = id;
+    if (id != self->chain_id) {
+        /* a deposit read from another chain would be credited for nothing */
+        self->errors++;
+        snprintf(self->last_error, sizeof(self->last_error),
+                 "the chain endpoint serves chain id %lld, not %lld: nothing is scanned", (long long)id,
+                 (long long)self->chain_id);
+        fb_log(FB_LOG_ERROR, NULL, "evm endpoint serves another chain; nothing is scanned or credited",
+               "network=%s chain_id=%lld", self->network, (long long)id);
+        return s_done(self);
+    }
+    self->chain_check_ms = fb_mono_ms();
+    s_round(self);
 }
 
 static void s_on_provider_head(void *arg, json_t *result, const char *error, int64_t code,
@@ -796,6 +831,15 @@ watch_evm_t *watch_evm_new(watcher_t *w, const watch_evm_config_t *config, char 
     watch_evm_t *self = fb_calloc(1, sizeof(*self));
     self->w = w;
     snprintf(self->network, sizeof(self->network), "%s", config->network);
+    char *id_end = NULL;
+    self->chain_id =
+        strncmp(config->network, "eip155:", 7) == 0 ? strtoll(config->network + 7, &id_end, 10) : 0;
+    if (!id_end || id_end == config->network + 7 || *id_end || self->chain_id <= 0) {
+        snprintf(err, errlen, "FAREBOX_EVM_NETWORK: must be eip155:<chain id>");
+        free(self);
+        return NULL;
+    }
+    self->chain_seen = -1;
     if (fb_addr_parse(&self->token, config->token, strlen(config->token)) != 0) {
         snprintf(err, errlen, "FAREBOX_EVM_TOKEN: not an address");
         free(self);
@@ -912,7 +956,7 @@ const struct fb_jsonrpc_t *watch_evm_rpc(const watch_evm_t *self, const char **n
 
 void watch_evm_status(const watch_evm_t *self, msgpack_packer *pk)
 {
-    msgpack_pack_map(pk, 20);
+    msgpack_pack_map(pk, 21);
     fb_mp_pack_cstr(pk, "providers");
     msgpack_pack_array(pk, (uint32_t)self->nproviders);
     for (size_t i = 0; i < self->nproviders; i++) {
@@ -940,6 +984,7 @@ void watch_evm_status(const watch_evm_t *self, msgpack_packer *pk)
     fb_mp_pack_kv_uint(pk, "log_calls", self->log_calls);
     fb_mp_pack_kv_uint(pk, "logs", self->logs);
     fb_mp_pack_kv_cstr(pk, "last_error", self->last_error);
+    fb_mp_pack_kv_int(pk, "chain_id_seen", self->chain_seen);
 }
 
 void watch_evm_metrics(const watch_evm_t *self, FILE *out)
@@ -968,6 +1013,8 @@ void watch_evm_metrics(const watch_evm_t *self, FILE *out)
             (unsigned long long)self->log_calls);
     fprintf(out, "farebox_watch_evm_log_range_blocks{network=\"%s\"} %u\n", n, (unsigned)self->range);
     fprintf(out, "farebox_watch_evm_pending_transfers{network=\"%s\"} %zu\n", n, self->pending.n);
+    fprintf(out, "farebox_watch_evm_chain_mismatch{network=\"%s\"} %d\n", n,
+            self->chain_seen >= 0 && self->chain_seen != self->chain_id ? 1 : 0);
     for (size_t i = 0; i < self->nproviders; i++)
         fprintf(out, "farebox_watch_evm_provider_head{network=\"%s\",endpoint=\"%s\"} %lld\n", n,
                 self->providers[i].url,

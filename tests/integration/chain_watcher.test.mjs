@@ -551,3 +551,27 @@ test("confirmation by the chain's \"safe\" block: credited once the safe block r
   await waitUntil(async () => (await balance(a.id)) === 123_000, { what: "the credit at the safe block" });
   await audit();
 });
+
+test("an endpoint serving another chain: nothing is scanned or credited, and it shows", async () => {
+  for (const w of watchers) assert.equal((await w.stop()).code, 0);
+  wat.close();
+  const wrong = await startService("chain-watcher", { ...watcherEnv("watcher-wrong"), FAREBOX_EVM_NETWORK: "eip155:1",
+    FAREBOX_METRICS_LISTEN: `127.0.0.1:${mp}` });
+  watchers = [wrong];
+  wat = new RpcClient(wrong.endpoint);
+  const a = await account();
+  await transfer(2, a.address, 77_000);
+  await mine(CONFIRMATIONS + 2);
+  await waitUntil(async () => {
+    const s = await watcherStatus();
+    return s.chain_id_seen === 84532 && s.errors >= 2;
+  }, { what: "the chain id checked on several polls" });
+  const s = await watcherStatus();
+  assert.equal(s.cursor, -1, "nothing scanned");
+  assert.match(s.last_error, /chain id 84532, not 1/);
+  assert.equal(await balance(a.id), 0);
+  const metrics = await (await fetch(`http://127.0.0.1:${mp}/metrics`)).text();
+  assert.match(metrics, /^farebox_watch_evm_chain_mismatch\{network="eip155:1"\} 1$/m);
+  assert.ok(wrong.lines.some((e) => e.json?.level === "error" && /another chain/.test(e.json.msg)));
+  await audit();
+});
