@@ -33,6 +33,7 @@ typedef struct {
     int64_t valid_before_margin_s; /* validBefore must be at least now + this */
     uint64_t gas;                  /* gas limit of a settlement transaction */
     bool code_checked;             /* eth_getCode(token) was non-empty once */
+    int64_t chain_checked_ms;      /* when eth_chainId last answered chain_id (0: never) */
 } verifier_evm_t;
 
 /* A Solana cluster farebox verifies and settles on. */

@@ -28,6 +28,7 @@
 #include <strings.h>
 
 #define RECEIPT_POLL_MS 200
+#define CHAIN_CHECK_MS  60000 /* how often the endpoint's chain id is asked again */
 #define TRANSFER_TOPIC  "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
 
 typedef struct s_job {
@@ -48,6 +49,7 @@ typedef struct s_job {
     bool rpc_failed;
     char rpc_error[200];
     bool used_ledger, used_chain, code_empty, sim_failed, balance_known;
+    int64_t chain_seen; /* the endpoint's chain id when it is not the network's, else 0 */
     char sim_message[200];
     fb_u256_t balance;
     uint64_t chain_nonce;
@@ -167,8 +169,21 @@ static bool s_word(json_t *result, fb_u256_t *out)
 
 static void s_auth_key(s_job_t *j, json_t *body);
 
+/* A misconfigured endpoint is the operator's fault, not the payer's. */
+static bool s_wrong_chain(s_job_t *j)
+{
+    if (!j->chain_seen)
+        return false;
+    snprintf(j->rpc_error, sizeof(j->rpc_error), "it serves chain id %lld, not %llu",
+             (long long)j->chain_seen, (unsigned long long)j->net->chain_id);
+    s_unavailable(j, "the chain endpoint serves another chain");
+    return true;
+}
+
 static void s_verify_decide(s_job_t *j)
 {
+    if (s_wrong_chain(j))
+        return;
     if (j->used_ledger) {
         s_fail(j, "invalid_exact_evm_nonce_already_used", "farebox has already accepted this authorization");
         return;
@@ -256,6 +271,28 @@ static void s_on_code(void *arg, json_t *result, const char *error, int64_t code
     s_step_done(j);
 }
 
+/* The endpoint must serve the network's chain: its reads would otherwise
+ * judge the payment on another chain's state. */
+static void s_on_chain_id(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(code);
+    s_job_t *j = arg;
+    const char *text = json_string_value(result);
+    char *end = NULL;
+    long long id = text && strncmp(text, "0x", 2) == 0 ? strtoll(text + 2, &end, 16) : -1;
+    if (error)
+        s_rpc_error(j, error, message);
+    else if (!end || end == text + 2 || *end || id <= 0)
+        s_rpc_error(j, "bad answer", "eth_chainId did not answer a quantity");
+    else if ((uint64_t)id != j->net->chain_id) {
+        j->chain_seen = id;
+        fb_log(FB_LOG_ERROR, j->trace[0] ? j->trace : NULL, "evm endpoint serves another chain",
+               "network=%s chain_id=%lld", j->net->caip2, id);
+    } else
+        j->net->chain_checked_ms = fb_mono_ms();
+    s_step_done(j);
+}
+
 static void s_on_simulation(void *arg, json_t *result, const char *error, int64_t code, const char *message)
 {
     FB_UNUSED(result);
@@ -314,6 +351,10 @@ static void s_chain_checks(s_job_t *j)
     n = fb_abi_transfer_with_authorization(&data, &j->chk.auth, j->chk.sig);
     s_eth_call(j, data, n, s_on_simulation);
     free(data);
+    if (!j->net->chain_checked_ms || fb_mono_ms() - j->net->chain_checked_ms >= CHAIN_CHECK_MS) {
+        j->pending++;
+        fb_jsonrpc_call(j->net->rpc, "eth_chainId", json_array(), s_on_chain_id, j);
+    }
     if (!j->net->code_checked) {
         j->pending++;
         fb_jsonrpc_call(j->net->rpc, "eth_getCode", json_pack("[s s]", j->net->token_text, "latest"),
@@ -608,6 +649,8 @@ static void s_on_begin(void *arg, const fb_rpc_reply_t *reply)
 
 static void s_settle_begin(s_job_t *j)
 {
+    if (s_wrong_chain(j))
+        return;
     if (j->rpc_failed) {
         s_unavailable(j, "the chain could not be asked");
         return;

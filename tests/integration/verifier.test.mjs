@@ -290,3 +290,28 @@ test("signed-message proofs (EIP-191): verified, stale or reused ones refused, e
   assert.ok(results.filter((r) => !r.valid).every((r) => r.reason === "request_id_used"));
   await ledgerAudit();
 });
+
+test("an endpoint serving another chain id: verify and settle answer unavailable, nothing moves", async () => {
+  const wrong = await startService("verifier", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`,
+    FAREBOX_REPLICA: "verifier-wrong-chain", FAREBOX_LEDGER_ENDPOINT: ledger.endpoint,
+    FAREBOX_EVM_NETWORK: "eip155:1", FAREBOX_EVM_RPC_URLS: evm.rpcUrl, FAREBOX_EVM_TOKEN: evm.token,
+    FAREBOX_SETTLEMENT_KEY: evm.deployer.privateKey, FAREBOX_SOLANA_NETWORK: "off" });
+  const client = new RpcClient(wrong.endpoint);
+  try {
+    const payer = privateKeyToAccount(evm.accounts[4].privateKey);
+    const req = requirements({ network: "eip155:1" });
+    const p = await viemPayload(payer, { req, domain: { chainId: 1 } });
+    const before = await balance(payer.address);
+    for (const method of ["verifier.verify", "verifier.settle"]) {
+      const r = await client.call(method, { payload: p, requirements: req }, { deadlineMs: 15000 });
+      assert.equal(r.status, "error", `${method}: ${JSON.stringify(r.body)}`);
+      assert.equal(r.code, "unavailable");
+      assert.match(r.message, /serves chain id 84532, not 1/);
+    }
+    assert.equal(await balance(payer.address), before);
+    assert.ok(wrong.lines.some((e) => e.json?.level === "error" && e.json.msg === "evm endpoint serves another chain"));
+  } finally {
+    client.close();
+    assert.equal((await wrong.stop()).code, 0);
+  }
+});
