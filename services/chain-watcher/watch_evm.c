@@ -6,6 +6,7 @@
 #include "fb_log.h"
 #include "fb_msgpack.h"
 #include "fb_util.h"
+#include "fb_x402.h"
 
 #include <sodium.h>
 
@@ -831,14 +832,14 @@ watch_evm_t *watch_evm_new(watcher_t *w, const watch_evm_config_t *config, char 
     watch_evm_t *self = fb_calloc(1, sizeof(*self));
     self->w = w;
     snprintf(self->network, sizeof(self->network), "%s", config->network);
-    char *id_end = NULL;
-    self->chain_id =
-        strncmp(config->network, "eip155:", 7) == 0 ? strtoll(config->network + 7, &id_end, 10) : 0;
-    if (!id_end || id_end == config->network + 7 || *id_end || self->chain_id <= 0) {
+    fb_x402_network_t net;
+    if (fb_x402_network(config->network, &net) != 0 || net.family != FB_X402_EVM || net.chain_id == 0 ||
+        net.chain_id > INT64_MAX) {
         snprintf(err, errlen, "FAREBOX_EVM_NETWORK: must be eip155:<chain id>");
         free(self);
         return NULL;
     }
+    self->chain_id = (int64_t)net.chain_id;
     self->chain_seen = -1;
     if (fb_addr_parse(&self->token, config->token, strlen(config->token)) != 0) {
         snprintf(err, errlen, "FAREBOX_EVM_TOKEN: not an address");

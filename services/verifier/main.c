@@ -49,15 +49,10 @@ static int s_check_sol_key(const char *value, char *err, size_t errlen)
 }
 
 /* A Solana secret key: 64 bytes, the seed then the public key it derives. */
-static int s_sol_secret(const char *value, uint8_t secret[64], fb_sol_key_t *pub)
-{
-    return fb_sol_secret_parse(secret, pub, value);
-}
-
 static int s_check_sol_secret(const char *value, char *err, size_t errlen)
 {
     uint8_t secret[64];
-    int rc = s_sol_secret(value, secret, NULL);
+    int rc = fb_sol_secret_parse(secret, NULL, value);
     sodium_memzero(secret, sizeof(secret));
     if (rc != 0)
         snprintf(err, errlen,
@@ -172,7 +167,7 @@ static void s_config_svm(verifier_t *v, const fb_config_t *cfg)
     s->max_price_micro_lamports = (uint64_t)fb_config_int(cfg, "FAREBOX_SOLANA_MAX_PRICE");
     const char *key = fb_config_str(cfg, "FAREBOX_SOLANA_FEE_PAYER_KEY");
     if (key[0]) {
-        FB_ASSERT(s_sol_secret(key, s->secret, &s->fee_payer) == 0);
+        FB_ASSERT(fb_sol_secret_parse(s->secret, &s->fee_payer, key) == 0);
         fb_sol_key_format(s->fee_payer_text, &s->fee_payer);
         s->has_key = true;
     }

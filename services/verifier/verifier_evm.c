@@ -278,16 +278,17 @@ static void s_on_chain_id(void *arg, json_t *result, const char *error, int64_t 
     FB_UNUSED(code);
     s_job_t *j = arg;
     const char *text = json_string_value(result);
-    char *end = NULL;
-    long long id = text && strncmp(text, "0x", 2) == 0 ? strtoll(text + 2, &end, 16) : -1;
+    fb_u256_t n;
+    uint64_t id = 0;
     if (error)
         s_rpc_error(j, error, message);
-    else if (!end || end == text + 2 || *end || id <= 0)
+    else if (!text || fb_u256_from_hex(&n, text, strlen(text)) != 0 || !fb_u256_to_u64(&n, &id) ||
+             id > INT64_MAX)
         s_rpc_error(j, "bad answer", "eth_chainId did not answer a quantity");
-    else if ((uint64_t)id != j->net->chain_id) {
-        j->chain_seen = id;
+    else if (id != j->net->chain_id) {
+        j->chain_seen = (int64_t)id;
         fb_log(FB_LOG_ERROR, j->trace[0] ? j->trace : NULL, "evm endpoint serves another chain",
-               "network=%s chain_id=%lld", j->net->caip2, id);
+               "network=%s chain_id=%llu", j->net->caip2, (unsigned long long)id);
     } else
         j->net->chain_checked_ms = fb_mono_ms();
     s_step_done(j);
