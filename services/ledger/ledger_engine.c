@@ -67,7 +67,7 @@ static const fb_pg_statement_t s_statements[] = {
     {"audit", "SELECT ledger_audit_all()::text", 0},
     {"sweep",
      "SELECT json_build_object('status', 'ok', 'body', json_build_object('expired', "
-     "ledger_expire_holds($1::integer)))::text",
+     "ledger_expire_holds($1::integer), 'calls_forgotten', ledger_forget_calls($1::integer)))::text",
      1},
 };
 

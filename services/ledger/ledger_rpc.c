@@ -12,8 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define LEDGER_CHARGES_MAX    1000 /* charges in one ledger.charge */
-#define LEDGER_CHARGE_REF_MAX 100  /* bytes of a charge's ref */
+#define LEDGER_CHARGES_MAX    1000       /* charges in one ledger.charge */
+#define LEDGER_CHARGE_REF_MAX 100        /* bytes of a charge's ref */
+#define LEDGER_ANSWER_MAX     (16 << 20) /* bytes of a stored answer (the RPC message limit is lower) */
 
 typedef enum {
     F_INT,      /* integer */
@@ -23,7 +24,7 @@ typedef enum {
     F_SOURCE,   /* {chain, tx, index[, block_hash]} */
     F_HMAC,     /* 32 bytes: binary, or 64 hex digits */
     F_BOOL,     /* true or false */
-    F_CHARGES,  /* list of 1..max {amount_micro, ref} */
+    F_CHARGES,  /* list of 1..max {amount_micro, ref[, call]} */
 } s_type_t;
 
 typedef struct {
@@ -182,7 +183,50 @@ static const s_method_t s_methods[] = {
       {"payer", F_STR, false, 100},
       {"nonce", F_STR, false, 200},
       END}},
+    {"ledger.call",
+     LEDGER_OP_READ,
+     L_NONE,
+     NULL,
+     {{"scope", F_STR, true, 200}, {"idem_key", F_STR, false, 255}, END}},
     {"ledger.audit", LEDGER_OP_AUDIT, L_NONE, NULL, {END}},
+    {"ledger.call_claim",
+     LEDGER_OP_WRITE,
+     L_NONE,
+     NULL,
+     {{"scope", F_STR, true, 200},
+      {"idem_key", F_STR, false, 255},
+      {"claim", F_STR, true, 100},
+      {"request_hash", F_STR, true, 64},
+      {"lease_ms", F_INT, true, 0},
+      {"keep_ms", F_INT, true, 0},
+      END}},
+    {"ledger.call_release",
+     LEDGER_OP_WRITE,
+     L_NONE,
+     NULL,
+     {{"scope", F_STR, true, 200}, {"idem_key", F_STR, false, 255}, {"claim", F_STR, true, 100}, END}},
+    {"ledger.call_link",
+     LEDGER_OP_WRITE,
+     L_NONE,
+     NULL,
+     {{"scope", F_STR, true, 200},
+      {"idem_key", F_STR, false, 255},
+      {"claim", F_STR, true, 100},
+      {"authorization_id", F_INT, true, 0},
+      END}},
+    {"ledger.call_done",
+     LEDGER_OP_WRITE,
+     L_NONE,
+     NULL,
+     {{"scope", F_STR, true, 200},
+      {"idem_key", F_STR, false, 255},
+      {"claim", F_STR, true, 100},
+      {"status", F_INT, true, 0},
+      {"content_type", F_STR, true, 100},
+      {"answer", F_STR, false, LEDGER_ANSWER_MAX},
+      {"answer_bytes", F_INT, true, 0},
+      {"receipt", F_STR, false, 4000},
+      END}},
     {"ledger.settlement_begin",
      LEDGER_OP_WRITE,
      L_NONE,
@@ -267,8 +311,38 @@ static json_t *s_str_value(const msgpack_object *o, size_t max)
     return json_stringn(s, n);
 }
 
+/* A charge's call: {scope, idem_key, claim[, status, content_type, answer,
+ * answer_bytes]}, strings and integers (the ledger checks their ranges). */
+static json_t *s_charge_call(const msgpack_object *o)
+{
+    static const struct {
+        const char *name;
+        size_t max; /* 0: an integer */
+    } fields[] = {{"scope", 200},     {"idem_key", 255},     {"claim", 100},
+                  {"status", 0},      {"content_type", 100}, {"answer", LEDGER_ANSWER_MAX},
+                  {"answer_bytes", 0}};
+    if (o->type != MSGPACK_OBJECT_MAP)
+        return NULL;
+    json_t *call = json_object();
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        const msgpack_object *f = fb_mp_get(o, fields[i].name);
+        if (!f)
+            continue;
+        json_int_t n;
+        json_t *v = fields[i].max        ? s_str_value(f, fields[i].max)
+                    : s_int_value(f, &n) ? json_integer(n)
+                                         : NULL;
+        if (!v) {
+            json_decref(call);
+            return NULL;
+        }
+        json_object_set_new(call, fields[i].name, v);
+    }
+    return call;
+}
+
 /* A list of charges: 1..max maps {amount_micro: 0.., ref: string of at most
- * LEDGER_CHARGE_REF_MAX bytes}. */
+ * LEDGER_CHARGE_REF_MAX bytes[, call]}. */
 static json_t *s_charges(const msgpack_object *o, size_t max, char *why, size_t whylen)
 {
     if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size == 0 || o->via.array.size > max) {
@@ -281,17 +355,24 @@ static json_t *s_charges(const msgpack_object *o, size_t max, char *why, size_t 
         const msgpack_object *a = c->type == MSGPACK_OBJECT_MAP ? fb_mp_get(c, "amount_micro") : NULL;
         const msgpack_object *r = c->type == MSGPACK_OBJECT_MAP ? fb_mp_get(c, "ref") : NULL;
         json_int_t amount;
+        const msgpack_object *co = c->type == MSGPACK_OBJECT_MAP ? fb_mp_get(c, "call") : NULL;
         json_t *ref = r ? s_str_value(r, LEDGER_CHARGE_REF_MAX) : json_string("");
-        if (!a || !s_int_value(a, &amount) || amount < 0 || !ref) {
+        json_t *call = co ? s_charge_call(co) : NULL;
+        if (!a || !s_int_value(a, &amount) || amount < 0 || !ref || (co && !call)) {
             json_decref(ref);
+            json_decref(call);
             json_decref(list);
             snprintf(
                 why, whylen,
-                "charges[%u] must be {amount_micro: an integer 0 or more, ref: a string of at most %d bytes}",
+                "charges[%u] must be {amount_micro: an integer 0 or more, ref: a string of at most %d bytes"
+                "[, call: {scope, idem_key, claim, status, content_type, answer, answer_bytes}]}",
                 k, LEDGER_CHARGE_REF_MAX);
             return NULL;
         }
-        json_array_append_new(list, json_pack("{sI so}", "amount_micro", amount, "ref", ref));
+        json_t *item = json_pack("{sI so}", "amount_micro", amount, "ref", ref);
+        if (call)
+            json_object_set_new(item, "call", call);
+        json_array_append_new(list, item);
     }
     return list;
 }

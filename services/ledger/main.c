@@ -5,7 +5,8 @@
  *                  (--migrate: only that, then exit: compose's one-shot)
  *   engine         ledger_engine.c: group commit of operations in Postgres
  *   rpc            ledger_rpc.c: the ledger.* methods of proto/README.md
- *   sweeper        expires holds past their expiry, in every replica
+ *   sweeper        expires holds past their expiry and forgets idempotent calls
+ *                  kept past theirs, in every replica
  *   stop           SIGTERM: stop taking calls, finish those in flight, exit */
 #include "fb_apikey.h"
 #include "fb_log.h"

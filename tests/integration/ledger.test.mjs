@@ -261,6 +261,100 @@ test("charges: drawn from an open hold one row each, all or nothing, kept by com
   await audit();
 });
 
+test("idempotent calls: claimed once, answered from the charge's transaction, 409 while leased, taken over after", async () => {
+  const account_id = await newAccount(1_000_000);
+  const { key_id } = await ok("ledger.mint_key", { account_id, label: "idem" });
+  const scope = `key:${key_id}`;
+  const hash = (s) => crypto.createHash("sha256").update(s).digest("hex");
+  const claim = (idem_key, claim, body = "a", lease_ms = 60_000) => call("ledger.call_claim",
+    { scope, idem_key, claim, request_hash: hash(body), lease_ms, keep_ms: 3_600_000 }, idem());
+
+  const first = await claim("k1", "r1");
+  assert.equal(first.status, "ok", `${first.code}: ${first.message}`);
+  assert.equal(first.body.claimed, true);
+  assert.equal((await claim("k1", "r1")).body.claimed, true, "the same serving asking again keeps its claim");
+  const busy = await claim("k1", "r2");
+  assert.equal(busy.code, "idempotency_in_progress");
+  assert.ok(busy.body.retry_after_ms > 50_000 && busy.body.retry_after_ms <= 60_000);
+  assert.equal((await claim("k1", "r2", "b")).code, "idempotency_key_mismatch");
+
+  // charged with its answer: one transaction
+  const h = await ok("ledger.hold", { account_id, key_id, amount_micro: 10_000, expires_in_ms: 60_000 });
+  const answer = JSON.stringify({ id: "chatcmpl-1", text: "héllo" });
+  const c = await ok("ledger.charge", { hold_id: h.hold_id, charges: [{ amount_micro: 100, ref: "plain" },
+    { amount_micro: 250, ref: "r1", call: { scope, idem_key: "k1", claim: "r1", status: 200,
+      content_type: "application/json", answer, answer_bytes: Buffer.byteLength(answer) } }] });
+  assert.equal(c.calls_resolved, 1);
+  assert.equal(c.charged_micro, 350);
+  const replay = await claim("k1", "r3");
+  assert.equal(replay.body.claimed, false);
+  assert.equal(replay.body.state, "done");
+  assert.equal(replay.body.answer, answer);
+  assert.equal(replay.body.status, 200);
+  const rows = (await ok("ledger.charges", { account_id })).charges;
+  assert.equal(rows.find((r) => r.ref === "r1").charge_id, replay.body.charge_id);
+  assert.equal((await claim("k1", "r3", "other")).code, "idempotency_key_mismatch");
+
+  // a short lease runs out with nothing stored: the next serving takes over, the stale one stores nothing
+  assert.equal((await claim("k2", "s1", "a", 1000)).body.claimed, true);
+  assert.equal((await claim("k2", "s2", "a", 1000)).code, "idempotency_in_progress");
+  await sleep(1100);
+  const over = await claim("k2", "s2");
+  assert.equal(over.body.claimed, true);
+  assert.equal(over.body.taken_over, true);
+  const stale = await ok("ledger.charge", { hold_id: h.hold_id, charges: [{ amount_micro: 5, ref: "s1",
+    call: { scope, idem_key: "k2", claim: "s1", status: 200, content_type: "application/json", answer: "x",
+      answer_bytes: 1 } }] });
+  assert.equal(stale.calls_resolved, 0, "a lost claim is charged but stores nothing");
+  assert.equal((await ok("ledger.call", { scope, idem_key: "k2" })).claim, "s2");
+
+  // released (an unpaid end): free again; a charge without an answer releases too (the client left)
+  assert.equal((await ok("ledger.call_release", { scope, idem_key: "k2", claim: "s2" })).released, true);
+  assert.equal((await claim("k2", "s3")).body.claimed, true);
+  await ok("ledger.charge", { hold_id: h.hold_id, charges: [{ amount_micro: 7, ref: "s3",
+    call: { scope, idem_key: "k2", claim: "s3" } }] });
+  assert.equal((await call("ledger.call", { scope, idem_key: "k2" })).code, "call_not_found");
+
+  // x402: linked to its authorization, done with its receipt; a release keeps a paid name (retry serves free)
+  const auth = await ok("ledger.record_authorization", { network: "eip155:84532", payer: "0xabc",
+    nonce: `0x${crypto.randomBytes(32).toString("hex")}`, amount_micro: 1000 });
+  const xs = `x402:${hash("header")}`;
+  const xclaim = (c) => call("ledger.call_claim", { scope: xs, claim: c, request_hash: hash("a"), lease_ms: 60_000,
+    keep_ms: 3_600_000 }, idem());
+  assert.equal((await xclaim("x1")).body.claimed, true);
+  await ok("ledger.call_link", { scope: xs, claim: "x1", authorization_id: auth.authorization_id });
+  await ok("ledger.call_release", { scope: xs, claim: "x1" });
+  const again = await xclaim("x2");
+  assert.equal(again.body.claimed, true);
+  assert.equal(again.body.authorization_id, auth.authorization_id);
+  assert.equal(again.body.authorization_state, "accepted");
+  assert.equal((await call("ledger.call_done", { scope: xs, claim: "x1", status: 200, content_type: "a/b",
+    answer_bytes: 0 }, idem())).code, "claim_lost");
+  await ok("ledger.call_done", { scope: xs, claim: "x2", status: 200, content_type: "text/event-stream",
+    answer: "data: [DONE]\n\n", answer_bytes: 14, receipt: "eyJ0eCI6MX0=" });
+  const xr = await xclaim("x3");
+  assert.equal(xr.body.claimed, false);
+  assert.equal(xr.body.receipt, "eyJ0eCI6MX0=");
+  assert.equal(xr.body.content_type, "text/event-stream");
+
+  // bad input: clear errors, nothing changes
+  for (const body of [{ scope: "", claim: "c", request_hash: hash("a"), lease_ms: 1000, keep_ms: 60_000 },
+    { scope, claim: "c", request_hash: "XYZ", lease_ms: 1000, keep_ms: 60_000 },
+    { scope, claim: "c", request_hash: hash("a"), lease_ms: 10, keep_ms: 60_000 },
+    { scope, claim: "c", request_hash: hash("a"), lease_ms: 120_000, keep_ms: 60_000 },
+    { scope, idem_key: "k".repeat(256), claim: "c", request_hash: hash("a"), lease_ms: 1000, keep_ms: 60_000 }]) {
+    assert.equal((await call("ledger.call_claim", body, idem())).code, "bad_request", JSON.stringify(body).slice(0, 80));
+  }
+  assert.equal((await call("ledger.charge", { hold_id: h.hold_id, charges: [{ amount_micro: 1,
+    call: { scope, idem_key: "k9", claim: "c", status: 99, content_type: "x", answer_bytes: 0 } }] }, idem())).code,
+  "bad_request");
+  assert.equal((await call("ledger.charge", { hold_id: h.hold_id, charges: [{ amount_micro: 1, call: "x" }] }, idem())).code,
+    "bad_request");
+  assert.equal((await ok("ledger.balance", { account_id })).balance_micro, 1_000_000 - 350 - 5 - 7);
+  await ok("ledger.void", { hold_id: h.hold_id });
+  await audit();
+});
+
 test("many short holds expire on every replica at once, each released exactly once", async () => {
   const account_id = await newAccount(10_000_000);
   await Promise.all(Array.from({ length: 120 }, () =>
