@@ -2,6 +2,7 @@
 #include "edge_chat.h"
 #include "edge_auth.h"
 #include "edge_catalog.h"
+#include "edge_idem.h"
 #include "edge_limit.h"
 #include "edge_purse.h"
 #include "edge_metrics.h"
@@ -15,6 +16,7 @@
 #include "fb_util.h"
 
 #include <inttypes.h>
+#include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -93,6 +95,11 @@ struct s_chat {
     bool entered;         /* counted in the key's calls in flight */
     uint8_t mac[32];      /* the key's HMAC, to look it up again */
     int64_t t0_ms;
+    /* an idempotent call (edge_idem.h): its name, and the stream as sent, to keep */
+    edge_idem_t idem;
+    s_then_fn *claim_then; /* what runs once the name is claimed */
+    fb_buf_t rec;
+    bool rec_over;              /* the stream outgrew what is kept */
     bool watched;               /* in the worker's list of prepaid calls */
     struct s_chat *prev, *next; /* that list */
 };
@@ -116,6 +123,9 @@ static void s_maybe_free(s_chat_t *c)
         edge_limit_leave(c->w->edge->limits, c->key_id);
     if (c->started)
         edge_metrics_streams(-1);
+    if (edge_purse_alive(c->w->purse))
+        edge_idem_release(c->w, &c->idem); /* ended unpaid: the name is free again */
+    fb_buf_free(&c->rec);
     free(c->up_body);
     free(c->anthropic_version);
     free(c->anthropic_beta);
@@ -201,6 +211,19 @@ static int s_refuse(s_chat_t *c, int status, const char *code, json_t *details, 
     return 0;
 }
 
+/* Keeps what a named call's stream sent, for a retry, up to the answer limit. */
+static void s_record(s_chat_t *c, const char *data, size_t len)
+{
+    if (!c->idem.claimed || c->rec_over || len == 0)
+        return;
+    if (c->rec.len + len > c->w->edge->idem_answer_max) {
+        c->rec_over = true;
+        fb_buf_free(&c->rec);
+        return;
+    }
+    fb_buf_append(&c->rec, data, len);
+}
+
 static void s_flush(s_chat_t *c)
 {
     if (!c->req || !c->started || c->sending || c->final_sent)
@@ -211,6 +234,7 @@ static void s_flush(s_chat_t *c)
     c->flight = c->out;
     c->out = t;
     fb_buf_reset(&c->out);
+    s_record(c, c->flight.data, c->flight.len);
     h2o_iovec_t iov = h2o_iovec_init(c->flight.data, c->flight.len);
     c->final_sent = c->final_queued;
     c->sending = true;
@@ -249,17 +273,9 @@ static void s_start_stream(s_chat_t *c)
     h2o_start_response(req, &c->super);
 }
 
-/* The end of a stream we started: an error event when it ended badly, then
- * the end of the response. */
-static void s_close_stream(s_chat_t *c)
+/* The error event that ends a stream that ended badly, appended to out. */
+static void s_stream_tail(s_chat_t *c, fb_buf_t *out)
 {
-    if (!c->started) {
-        if (c->x402 && !c->settled) {
-            s_gate(c, s_close_stream);
-            return;
-        }
-        s_start_stream(c);
-    }
     if (c->up_error[0]) {
         char esc[600];
         edge_json_escape(esc, sizeof(esc), c->up_error, strlen(c->up_error));
@@ -273,8 +289,25 @@ static void s_close_stream(s_chat_t *c)
                                "data: {\"error\":{\"message\":\"%s\",\"type\":\"api_error\",\"code\":"
                                "\"upstream_error\"}}\n\n",
                                esc);
-        fb_buf_append(&c->out, ev, (size_t)n);
+        fb_buf_append(out, ev, (size_t)n);
     }
+}
+
+static void s_x402_done(s_chat_t *c, const char *type, const fb_buf_t *a, const fb_buf_t *b);
+
+/* The end of a stream we started: an error event when it ended badly, then
+ * the end of the response. */
+static void s_close_stream(s_chat_t *c)
+{
+    if (!c->started) {
+        if (c->x402 && !c->settled) {
+            s_gate(c, s_close_stream);
+            return;
+        }
+        s_start_stream(c);
+    }
+    s_stream_tail(c, &c->out);
+    s_x402_done(c, "text/event-stream", &c->rec, &c->out);
     c->final_queued = true;
     s_flush(c);
 }
@@ -416,6 +449,80 @@ static void s_set_pay_response(s_chat_t *c)
     edge_x402_set_receipt(c->req, c->pay_version, c->pay_response);
 }
 
+/* The answer of a named call as the ledger keeps it: status, type, the text
+ * of a and b (NULL: not kept, too large or not text) and its size; added to
+ * call. */
+static void s_add_answer(s_chat_t *c, json_t *call, const char *type, const fb_buf_t *a, const fb_buf_t *b)
+{
+    size_t n = a->len + (b ? b->len : 0);
+    json_object_set_new(call, "status", json_integer(200));
+    json_object_set_new(call, "content_type", json_string(type));
+    json_object_set_new(call, "answer_bytes", json_integer((json_int_t)n));
+    if (n > c->w->edge->idem_answer_max || (a == &c->rec && c->rec_over))
+        return;
+    fb_buf_t all = {0};
+    fb_buf_append(&all, a->data ? a->data : "", a->len);
+    if (b)
+        fb_buf_append(&all, b->data ? b->data : "", b->len);
+    json_t *text = json_stringn(all.data ? all.data : "", all.len); /* NULL unless UTF-8 */
+    if (text)
+        json_object_set_new(call, "answer", text);
+    fb_buf_free(&all);
+}
+
+/* A prepaid named call's charge carries its name: with the answer about to be
+ * sent (then), it is done in the charge's transaction; without one (the
+ * client left, the stream is cut short) its name is released. */
+static json_t *s_charged_call(s_chat_t *c, s_then_fn *then)
+{
+    if (!c->idem.claimed || c->idem.resolved)
+        return NULL;
+    c->idem.resolved = true;
+    json_t *call = edge_idem_call(&c->idem);
+    if (!c->req)
+        return call;
+    if (then == s_send_answer) {
+        s_add_answer(c, call, "application/json", &c->answer, NULL);
+    } else if (then == s_close_stream && c->started) {
+        fb_buf_t rest = {0};
+        fb_buf_append(&rest, c->out.data ? c->out.data : "", c->out.len);
+        s_stream_tail(c, &rest);
+        s_add_answer(c, call, "text/event-stream", &c->rec, &rest);
+        fb_buf_free(&rest);
+    }
+    return call;
+}
+
+static void s_on_answer_kept(void *arg, const fb_rpc_reply_t *reply)
+{
+    s_chat_t *c = arg;
+    c->pending--;
+    if (!reply->ok)
+        fb_log(FB_LOG_WARN, c->rid, "an x402 call's answer was not kept for a retry",
+               "authorization_id=%" PRId64 " code=%s message=%s", c->authorization_id, reply->code,
+               reply->message);
+    s_maybe_free(c);
+}
+
+/* An x402 named call was served and its payment settled: its answer is kept
+ * for a retry of the same payment (sent meanwhile; a retry before it is kept
+ * waits for the lease, then is served again without paying again). */
+static void s_x402_done(s_chat_t *c, const char *type, const fb_buf_t *a, const fb_buf_t *b)
+{
+    if (!c->x402 || !c->settled || !c->idem.claimed || c->idem.resolved)
+        return;
+    c->idem.resolved = true;
+    json_t *call = edge_idem_call(&c->idem);
+    s_add_answer(c, call, type, a, b);
+    if (c->pay_response)
+        json_object_set_new(call, "receipt", json_string(c->pay_response));
+    char idem[EDGE_ID_TEXT_MAX + 32];
+    snprintf(idem, sizeof(idem), "call-done:%s", c->idem.claim);
+    c->pending++;
+    edge_rpc_json(c->w->ledger, "ledger.call_done", call, idem, c->rid, MONEY_DEADLINE_MS, s_on_answer_kept,
+                  c);
+}
+
 /* Resolve the hold: commit cost (0..hold), or void it when cost < 0; then
  * runs after the ledger answered (also when it failed: the hold expires). */
 static void s_resolve(s_chat_t *c, int64_t cost, s_then_fn *then)
@@ -446,7 +553,7 @@ static void s_resolve(s_chat_t *c, int64_t cost, s_then_fn *then)
     }
     c->charged_micro = cost;
     c->pending++;
-    edge_purse_charge(c->w->purse, &c->res, cost, c->rid, s_on_money, c);
+    edge_purse_charge(c->w->purse, &c->res, cost, c->rid, s_charged_call(c, then), s_on_money, c);
 }
 
 /* --- the provider's answer ------------------------------------------------------------- */
@@ -642,6 +749,7 @@ static void s_send_answer(s_chat_t *c)
     }
     s_set_pay_response(c);
     fb_http_send(c->req, 200, "application/json", c->answer.data, c->answer.len);
+    s_x402_done(c, "application/json", &c->answer, NULL);
 }
 
 /* Chat402's answer of /api/v1/prompt. Costs are dollars written from the
@@ -932,6 +1040,73 @@ static bool s_model_allowed(s_chat_t *c, json_t *models)
     return false;
 }
 
+/* --- idempotent calls: the name is claimed before any money moves --------------------- */
+
+static void s_quote(s_chat_t *c, const char *code, const char *reason, const char *message);
+
+static void s_on_claim(void *arg, const fb_rpc_reply_t *reply)
+{
+    s_chat_t *c = arg;
+    c->pending--;
+    json_t *b = edge_reply_json(reply);
+    bool claimed = reply->ok && json_is_true(json_object_get(b, "claimed"));
+    c->idem.claimed = claimed; /* a client gone meanwhile: released when c goes */
+    if (!c->req) {
+        /* nothing was held */
+    } else if (!reply->ok) {
+        edge_idem_refused(c->req, c->dialect, reply);
+    } else if (!claimed) {
+        fb_log(FB_LOG_INFO, c->rid, "a retried call: its kept answer is sent again", "scope=%s",
+               c->idem.scope);
+        edge_idem_replay(c->req, c->dialect, b, c->pay_version);
+    } else if (c->x402 && json_integer_value(json_object_get(b, "authorization_id")) > 0) {
+        /* an earlier serving of this payment accepted it and did not keep an
+         * answer: serve it again; its settlement (done, or not yet) is asked
+         * again and found, never made twice */
+        const char *state = json_string_value(json_object_get(b, "authorization_state"));
+        if (state && strcmp(state, "failed") == 0) {
+            s_quote(c, "payment_invalid", "invalid_payment",
+                    "this payment was not settled by an earlier try of this call and cannot be used again");
+        } else {
+            c->authorization_id = json_integer_value(json_object_get(b, "authorization_id"));
+            fb_log(FB_LOG_INFO, c->rid, "a retried x402 call is served again without a new payment",
+                   "authorization_id=%" PRId64 " state=%s", c->authorization_id, state ? state : "");
+            s_call_upstream(c);
+        }
+    } else {
+        c->claim_then(c);
+    }
+    json_decref(b);
+    s_maybe_free(c);
+}
+
+/* Claim the call's name, then run then (or answer: the kept answer, 409, 422). */
+static void s_claim(s_chat_t *c, s_then_fn *then)
+{
+    const edge_t *edge = c->w->edge;
+    /* the lease covers the longest serving: money before, the provider, money after */
+    int64_t lease = (int64_t)edge->upstream_timeout_ms + 2 * MONEY_DEADLINE_MS +
+                    (c->x402 ? VERIFY_DEADLINE_MS + SETTLE_DEADLINE_MS : 0);
+    char idem[EDGE_ID_TEXT_MAX + 32];
+    snprintf(idem, sizeof(idem), "call-claim:%s", c->idem.claim);
+    c->claim_then = then;
+    c->pending++;
+    edge_rpc_json(c->w->ledger, "ledger.call_claim",
+                  edge_idem_claim_body(&c->idem, lease, edge->idem_keep_ms), idem, c->rid, MONEY_DEADLINE_MS,
+                  s_on_claim, c);
+}
+
+static void s_check_proof(s_chat_t *c);
+
+/* The key may pay: check the signed proof or reserve the ceiling. */
+static void s_key_pays(s_chat_t *c)
+{
+    if (c->proof)
+        s_check_proof(c);
+    else
+        s_hold(c);
+}
+
 static void s_on_key(void *arg, const edge_key_t *k)
 {
     s_chat_t *c = arg;
@@ -962,10 +1137,12 @@ static void s_on_key(void *arg, const edge_key_t *k)
         if (c->next)
             c->next->prev = c;
         c->w->chats = c;
-        if (c->proof)
-            s_check_proof(c);
-        else
-            s_hold(c);
+        if (c->idem.named) {
+            snprintf(c->idem.scope, sizeof(c->idem.scope), "key:%" PRId64, c->key_id);
+            s_claim(c, s_key_pays);
+        } else {
+            s_key_pays(c);
+        }
     }
     s_maybe_free(c);
 }
@@ -979,6 +1156,36 @@ static void s_quote(s_chat_t *c, const char *code, const char *reason, const cha
     snprintf(desc, sizeof(desc), "%s call", c->model->id);
     edge_x402_send_quote(c->w->x402, c->req, c->dialect, c->hold_micro, c->resource_url, desc, code, reason,
                          message);
+}
+
+static void s_on_linked(void *arg, const fb_rpc_reply_t *reply)
+{
+    s_chat_t *c = arg;
+    c->pending--;
+    if (!reply->ok)
+        fb_log(FB_LOG_WARN, c->rid,
+               "an x402 call's payment was not linked to its name: a retry cannot reuse it",
+               "authorization_id=%" PRId64 " code=%s message=%s", c->authorization_id, reply->code,
+               reply->message);
+    if (!c->req) {
+        c->money_done = true;
+        s_mark_failed(c, "not served: the client left");
+    } else {
+        s_call_upstream(c);
+    }
+    s_maybe_free(c);
+}
+
+/* The payment is accepted: tie it to the call's name before it is settled, so
+ * that a retry of a settled call is served without paying again. */
+static void s_link(s_chat_t *c)
+{
+    json_t *body = edge_idem_call(&c->idem);
+    json_object_set_new(body, "authorization_id", json_integer(c->authorization_id));
+    char idem[EDGE_ID_TEXT_MAX + 32];
+    snprintf(idem, sizeof(idem), "call-link:%s", c->idem.claim);
+    c->pending++;
+    edge_rpc_json(c->w->ledger, "ledger.call_link", body, idem, c->rid, MONEY_DEADLINE_MS, s_on_linked, c);
 }
 
 static void s_on_verified(void *arg, const fb_rpc_reply_t *reply)
@@ -1004,12 +1211,24 @@ static void s_on_verified(void *arg, const fb_rpc_reply_t *reply)
         if (!c->req) {
             c->money_done = true;
             s_mark_failed(c, "not served: the client left");
+        } else if (c->idem.claimed) {
+            s_link(c);
         } else {
             s_call_upstream(c);
         }
     }
     json_decref(b);
     s_maybe_free(c);
+}
+
+/* Check the payment and record it (the ledger refuses it when used before). */
+static void s_verify(s_chat_t *c)
+{
+    c->pending++;
+    edge_rpc_json(c->w->verifier, "verifier.verify",
+                  json_pack("{ss sO sb ss}", "header", c->pay_header, "requirements", c->pay_req, "record", 1,
+                            "resource", c->resource_url),
+                  NULL, c->rid, VERIFY_DEADLINE_MS, s_on_verified, c);
 }
 
 /* The networks are known: quote, or check the payment the call carries. */
@@ -1037,12 +1256,12 @@ static void s_on_x402_ready(void *arg, const char *error)
             char text[400];
             snprintf(text, sizeof(text), "the payment header cannot be used: %s", err);
             s_quote(c, "payment_invalid", "invalid_payload", text);
+        } else if (c->idem.named) {
+            /* the payment and the caller's key name the call */
+            edge_idem_x402(&c->idem, c->pay_header);
+            s_claim(c, s_verify);
         } else {
-            c->pending++;
-            edge_rpc_json(c->w->verifier, "verifier.verify",
-                          json_pack("{ss sO sb ss}", "header", c->pay_header, "requirements", c->pay_req,
-                                    "record", 1, "resource", c->resource_url),
-                          NULL, c->rid, VERIFY_DEADLINE_MS, s_on_verified, c);
+            s_verify(c);
         }
     }
     s_maybe_free(c);
@@ -1243,6 +1462,11 @@ static int s_read_prompt(s_chat_t *c, json_t *body)
     return 0;
 }
 
+static const char *s_route_name(s_route_t route)
+{
+    return route == ROUTE_CHAT ? "chat" : route == ROUTE_MESSAGES ? "messages" : "prompt";
+}
+
 static char *s_header_copy(h2o_req_t *req, const char *name, size_t max)
 {
     h2o_iovec_t v = fb_http_header(req, name);
@@ -1304,6 +1528,17 @@ static int s_begin(edge_worker_t *w, h2o_req_t *req, const char *rid, s_route_t 
         s_send_error(c);
         return 0;
     }
+    /* a serving's claim on a named call: unique, whatever X-Request-Id the caller sent */
+    uint8_t token[16];
+    randombytes_buf(token, sizeof(token));
+    char claim[33];
+    sodium_bin2hex(claim, sizeof(claim), token, sizeof(token));
+    if (edge_idem_read(&c->idem, req, s_route_name(route), claim) < 0) {
+        s_refuse(c, 400, "invalid_request", NULL,
+                 "Idempotency-Key must be 1..128 characters of A-Z a-z 0-9 - _ . :");
+        return 0;
+    }
+    snprintf(c->idem.claim, sizeof(c->idem.claim), "%s", claim);
     if (route == ROUTE_MESSAGES) {
         c->anthropic_version = s_header_copy(req, "anthropic-version", 64);
         c->anthropic_beta = s_header_copy(req, "anthropic-beta", 512);

@@ -29,6 +29,8 @@ typedef struct s_wait {
 typedef struct s_item {
     struct s_item *next;
     int64_t cost;
+    json_t *call;        /* an idempotent call's name and answer, or NULL */
+    size_t answer_bytes; /* of call's answer */
     char rid[EDGE_ID_TEXT_MAX + 1];
     edge_purse_fn *fn;
     void *arg;
@@ -434,9 +436,18 @@ static void s_write(edge_purse_t *self, edge_slice_t *s)
     json_t *list = json_array();
     s_item_t *batch = s->items, *last = NULL;
     size_t n = 0;
+    size_t bytes = 0;
     for (s_item_t *it = s->items; it && n < CHARGES_PER_WRITE; it = it->next, n++) {
-        json_array_append_new(list,
-                              json_pack("{sI ss}", "amount_micro", (json_int_t)it->cost, "ref", it->rid));
+        /* answers are split over writes by size (the first always goes) */
+        if (n > 0 && bytes + it->answer_bytes > self->conf.answer_budget)
+            break;
+        bytes += it->answer_bytes;
+        json_t *item = json_pack("{sI ss}", "amount_micro", (json_int_t)it->cost, "ref", it->rid);
+        if (it->call) {
+            json_object_set_new(item, "call", it->call);
+            it->call = NULL;
+        }
+        json_array_append_new(list, item);
         last = it;
     }
     s->items = last->next;
@@ -477,7 +488,7 @@ static void s_arm_flush(edge_purse_t *self)
     uv_check_start(&self->flush, s_on_flush);
 }
 
-void edge_purse_charge(edge_purse_t *self, edge_purse_res_t *res, int64_t cost, const char *rid,
+void edge_purse_charge(edge_purse_t *self, edge_purse_res_t *res, int64_t cost, const char *rid, json_t *call,
                        edge_purse_fn *fn, void *arg)
 {
     edge_slice_t *s = res->slice;
@@ -489,6 +500,8 @@ void edge_purse_charge(edge_purse_t *self, edge_purse_res_t *res, int64_t cost, 
     s->last_ms = fb_mono_ms();
     s_item_t *it = fb_calloc(1, sizeof(*it));
     it->cost = cost;
+    it->call = call;
+    it->answer_bytes = json_string_length(json_object_get(call, "answer"));
     snprintf(it->rid, sizeof(it->rid), "%s", rid ? rid : "");
     it->fn = fn;
     it->arg = arg;
@@ -558,6 +571,11 @@ edge_purse_t *edge_purse_new(edge_worker_t *w, const edge_purse_conf_t *conf)
     return self;
 }
 
+bool edge_purse_alive(const edge_purse_t *self)
+{
+    return self && !self->dead;
+}
+
 void edge_purse_shutdown(edge_purse_t *self)
 {
     self->dead = true;
@@ -585,6 +603,7 @@ void edge_purse_destroy(edge_purse_t **self_p)
         next = s->next;
         for (s_item_t *it = s->items, *n2; it; it = n2) {
             n2 = it->next;
+            json_decref(it->call);
             free(it);
         }
         free(s);

@@ -22,6 +22,8 @@
 
 #include "edge.h"
 
+#include <jansson.h>
+
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -34,6 +36,7 @@ typedef struct {
     int64_t idle_ms;         /* a slice unused this long is closed */
     int64_t max_age_ms;      /* a slice this old takes no new calls */
     int64_t hold_ttl_ms;     /* the slice hold's expiry: outlives any call it covers */
+    size_t answer_budget;    /* bytes of stored answers one ledger.charge may carry */
 } edge_purse_conf_t;
 
 /* One call's reservation in a slice. */
@@ -51,6 +54,8 @@ edge_purse_t *edge_purse_new(edge_worker_t *w, const edge_purse_conf_t *conf);
  * pending complete with "unavailable" and nothing new is sent. */
 void edge_purse_shutdown(edge_purse_t *self);
 void edge_purse_destroy(edge_purse_t **self_p);
+/* edge_purse_alive - false once shut down: the worker's ledger client is going. */
+bool edge_purse_alive(const edge_purse_t *self);
 
 /* edge_purse_reserve - reserve amount for a call of key (on account). Returns
  * true when it is reserved at once (res filled, fn not called); false when a
@@ -62,8 +67,10 @@ bool edge_purse_reserve(edge_purse_t *self, int64_t account_id, int64_t key_id, 
 
 /* edge_purse_charge - charge cost (0..res->amount) for the call, with rid as
  * the charge's ref; fn runs once the charge is durable (reply->ok) or could
- * not be made. The reservation is consumed either way. */
-void edge_purse_charge(edge_purse_t *self, edge_purse_res_t *res, int64_t cost, const char *rid,
+ * not be made. The reservation is consumed either way. call (stolen, may be
+ * NULL) is an idempotent call's name and answer, stored with the charge
+ * (edge_idem.h); one write carries at most answer_budget bytes of answers. */
+void edge_purse_charge(edge_purse_t *self, edge_purse_res_t *res, int64_t cost, const char *rid, json_t *call,
                        edge_purse_fn *fn, void *arg);
 
 /* edge_purse_release - give an unused reservation back (nothing is charged). */

@@ -132,6 +132,12 @@ static const fb_config_var_t s_vars[] = {
     {"FAREBOX_PREPAID_SLICE_AGE_MS", FB_CFG_INT, "60000", 100, 3600000, NULL, NULL,
      "a prepaid slice this old takes no new call (its hold expires this + the upstream timeout + 60 s "
      "later)"},
+    {"FAREBOX_IDEMPOTENCY_KEEP_S", FB_CFG_INT, "86400", 60, 2592000, NULL, NULL,
+     "a paid call sent with an Idempotency-Key (or an x402 payment) is remembered this long: a retry "
+     "gets its stored answer and pays nothing again"},
+    {"FAREBOX_IDEMPOTENCY_ANSWER_MAX", FB_CFG_INT, "262144", 0, 16777216, NULL, NULL,
+     "the largest answer kept for a retry, in bytes (larger ones: a retry is told the call was served; "
+     "at most half of FAREBOX_RPC_MAX_MESSAGE is used)"},
     {"FAREBOX_TRUSTED_PROXIES", FB_CFG_STRING, "", 0, 0, NULL, s_check_proxies,
      "load balancers whose X-Forwarded-For names the client for the IP limits: addresses or CIDR blocks, "
      "comma-separated (unset: the peer address counts)"},
@@ -247,6 +253,11 @@ int main(int argc, char **argv)
     edge.slice_max_micro = fb_config_int(cfg, "FAREBOX_PREPAID_SLICE_MAX_MICRO");
     edge.slice_idle_ms = fb_config_int(cfg, "FAREBOX_PREPAID_SLICE_IDLE_MS");
     edge.slice_age_ms = fb_config_int(cfg, "FAREBOX_PREPAID_SLICE_AGE_MS");
+    edge.idem_keep_ms = fb_config_int(cfg, "FAREBOX_IDEMPOTENCY_KEEP_S") * 1000;
+    edge.rpc_max_message = (size_t)fb_config_int(cfg, "FAREBOX_RPC_MAX_MESSAGE");
+    edge.idem_answer_max = (size_t)fb_config_int(cfg, "FAREBOX_IDEMPOTENCY_ANSWER_MAX");
+    if (edge.idem_answer_max > edge.rpc_max_message / 2)
+        edge.idem_answer_max = edge.rpc_max_message / 2; /* with its call's fields, it fits one message */
     edge.limits = edge_limit_new((edge_bucket_conf_t){fb_config_int(cfg, "FAREBOX_RATE_IP_PER_S"),
                                                       fb_config_int(cfg, "FAREBOX_RATE_IP_BURST")},
                                  (edge_bucket_conf_t){fb_config_int(cfg, "FAREBOX_RATE_KEY_PER_S"),

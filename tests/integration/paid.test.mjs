@@ -15,7 +15,7 @@ import http2 from "node:http2";
 import OpenAI from "openai";
 import Anthropic from "@anthropic-ai/sdk";
 import { privateKeyToAccount, generatePrivateKey } from "viem/accounts";
-import { Proc, bin, freePort, startService, waitUntil } from "../lib/harness.mjs";
+import { Proc, bin, freePort, sleep, startService, waitUntil } from "../lib/harness.mjs";
 import { startPostgres } from "../lib/pg.mjs";
 import { RpcClient } from "../lib/rpc.mjs";
 
@@ -642,5 +642,93 @@ test("prepaid slices: a balance too small for a slice still pays call by call; a
   const acct = (await call("GET", `/admin/accounts/${id}`)).body;
   assert.equal(acct.balance_micro, balanceBefore - paid, "charged before answering, durable");
   assert.ok(acct.held_micro > 0, "the killed edge's slice is left to expire");
+  await audit();
+});
+
+test("Idempotency-Key: a retried call gets its kept answer and pays once; 409 while it runs, 422 for another body", async () => {
+  const { id, key, keyId } = await account(10_000_000);
+  const openai = new OpenAI({ baseURL: `${url}/v1`, apiKey: key, maxRetries: 0 });
+  const req = { model: "gpt-4o-mini", max_tokens: 8, messages: [{ role: "user", content: "[mock:tokens=5] kept" }] };
+
+  // whole answers: the retry is the same answer, marked replayed, and no new charge
+  const first = await openai.chat.completions.create(req, { headers: { "Idempotency-Key": "whole-1" } }).withResponse();
+  assert.equal(first.response.headers.get("idempotent-replayed"), null);
+  const again = await openai.chat.completions.create(req, { headers: { "Idempotency-Key": "whole-1" } }).withResponse();
+  assert.equal(again.response.headers.get("idempotent-replayed"), "true");
+  assert.deepEqual(again.data, first.data);
+  let charges = await settled(id);
+  assert.equal(charges.length, 1);
+  assert.equal(charges[0].amount_micro, cost("gpt-4o-mini", first.data.usage.prompt_tokens,
+    first.data.usage.completion_tokens));
+  const kept = await ledgerRpc.call("ledger.call", { scope: `key:${keyId}`, idem_key: "whole-1" });
+  assert.equal(kept.body.charge_id, charges[0].charge_id, "the answer is kept with its charge");
+
+  // the same key for another request: 422, the SDK's own exception, nothing charged
+  await assert.rejects(openai.chat.completions.create({ ...req, max_tokens: 9 },
+    { headers: { "Idempotency-Key": "whole-1" } }), (e) => e instanceof OpenAI.UnprocessableEntityError &&
+    e.code === "idempotency_key_mismatch");
+
+  // streams: the retry replays the stream as it was sent
+  const sreq = { ...req, stream: true, messages: [{ role: "user", content: "[mock:tokens=6] streamed" }] };
+  const read = async (s) => {
+    let t = "";
+    for await (const c of s) t += c.choices[0]?.delta?.content ?? "";
+    return t;
+  };
+  const s1 = await read(await openai.chat.completions.create(sreq, { headers: { "Idempotency-Key": "stream-1" } }));
+  const s2 = await openai.chat.completions.create(sreq, { headers: { "Idempotency-Key": "stream-1" } }).withResponse();
+  assert.equal(s2.response.headers.get("idempotent-replayed"), "true");
+  assert.equal(s2.response.headers.get("content-type"), "text/event-stream");
+  assert.equal(await read(s2.data), s1);
+  assert.ok(s1.length > 0);
+  charges = await settled(id);
+  assert.equal(charges.length, 2);
+
+  // a call still running: a retry is told 409 with Retry-After (the SDK retries 409 by itself)
+  const slow = { ...req, messages: [{ role: "user", content: "[mock:delay=1500] slow" }] };
+  const running = openai.chat.completions.create(slow, { headers: { "Idempotency-Key": "slow-1" } });
+  await sleep(400);
+  const busy = await fetch(`${url}/v1/chat/completions`, { method: "POST", body: JSON.stringify(slow),
+    headers: { authorization: `Bearer ${key}`, "content-type": "application/json", "idempotency-key": "slow-1" } });
+  assert.equal(busy.status, 409);
+  assert.equal((await busy.json()).error.code, "idempotency_in_progress");
+  assert.ok(Number(busy.headers.get("retry-after")) >= 1);
+  assert.ok(Number(busy.headers.get("retry-after-ms")) >= 1);
+  const done = await running;
+  const retried = await openai.chat.completions.create(slow, { headers: { "Idempotency-Key": "slow-1" } });
+  assert.deepEqual(retried, done);
+  charges = await settled(id);
+  assert.equal(charges.length, 3);
+
+  // a call that failed (nothing charged) frees its key: the retry is served afresh
+  const failing = { ...req, messages: [{ role: "user", content: "[mock:fail=500]" }] };
+  await assert.rejects(openai.chat.completions.create(failing, { headers: { "Idempotency-Key": "fail-1" } }),
+    OpenAI.InternalServerError);
+  await waitUntil(async () => (await ledgerRpc.call("ledger.call", { scope: `key:${keyId}`, idem_key: "fail-1" }))
+    .code === "call_not_found", { what: "the failed call's key released" });
+  // refused before any money (not enough balance) releases too, and a bad key is refused
+  const poor = await account(1);
+  const poorClient = new OpenAI({ baseURL: `${url}/v1`, apiKey: poor.key, maxRetries: 0 });
+  await assert.rejects(poorClient.chat.completions.create(req, { headers: { "Idempotency-Key": "poor-1" } }),
+    (e) => e.status === 402);
+  await waitUntil(async () => (await ledgerRpc.call("ledger.call", { scope: `key:${poor.keyId}`, idem_key: "poor-1" }))
+    .code === "call_not_found", { what: "the refused call's key released" });
+  await assert.rejects(openai.chat.completions.create(req, { headers: { "Idempotency-Key": "not ok!" } }),
+    OpenAI.BadRequestError);
+
+  // Anthropic's client and /api/v1/prompt keep their answers too
+  const anthropic = new Anthropic({ baseURL: url, apiKey: key, maxRetries: 0 });
+  const areq = { model: "claude-3-5-haiku-20241022", max_tokens: 5, messages: [{ role: "user", content: "hi" }] };
+  const a1 = await anthropic.messages.create(areq, { headers: { "Idempotency-Key": "anthropic-1" } });
+  const a2 = await anthropic.messages.create(areq, { headers: { "Idempotency-Key": "anthropic-1" } });
+  assert.deepEqual(a2, a1);
+  const prompt = () => fetch(`${url}/api/v1/prompt`, { method: "POST", body: JSON.stringify({ model: "gpt-4o-mini",
+    prompt: "hello" }), headers: { authorization: `Bearer ${key}`, "content-type": "application/json",
+    "idempotency-key": "prompt-1" } }).then(async (r) => [r.status, await r.text(), r.headers.get("idempotent-replayed")]);
+  const [p1, p2] = [await prompt(), await prompt()];
+  assert.equal(p1[0], 200);
+  assert.deepEqual([p2[0], p2[1], p2[2]], [200, p1[1], "true"]);
+  charges = await settled(id);
+  assert.equal(charges.length, 5, "one charge per named call, whatever the retries");
   await audit();
 });

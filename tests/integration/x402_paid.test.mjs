@@ -20,7 +20,7 @@ import { x402Client, x402HTTPClient } from "@x402/core/client";
 import { registerExactEvmScheme } from "@x402/evm/exact/client";
 import { ExactSvmScheme } from "@x402/svm/exact/client";
 import { wrapFetchWithPayment } from "@x402/fetch";
-import { Proc, bin, freePort, startService } from "../lib/harness.mjs";
+import { Proc, bin, freePort, sleep, startService } from "../lib/harness.mjs";
 import { startPostgres } from "../lib/pg.mjs";
 import { startChains, ethRpc } from "../lib/chains.mjs";
 import { RpcClient } from "../lib/rpc.mjs";
@@ -273,5 +273,73 @@ test("/v1/topup: an x402 payment credits the key's account once; the key then pa
   assert.equal(paid.status, 200);
   const after = await (await fetch(`${url}/v1/balance`, { headers: auth })).json();
   assert.ok(after.available_micro < 250000 && after.available_micro > 0);
+  await audit();
+});
+
+test("Idempotency-Key with x402: a retry of a paid call gets its kept answer; a payment settled by a serving that died is served again, never paid twice", async () => {
+  const payer = privateKeyToAccount(evm.accounts[2].privateKey);
+  const body = chat("kept [mock:tokens=4]");
+  const header = await paymentHeader(evmClient(2), body);
+  const send = (h, key) => fetch(`${url}/v1/chat/completions`, { method: "POST",
+    headers: { ...json, "payment-signature": h, ...(key ? { "idempotency-key": key } : {}) }, body });
+  const before = await balance(payer.address);
+  const first = await send(header, "x402-kept-1");
+  assert.equal(first.status, 200, await first.clone().text());
+  const text = await first.text();
+  const amount = before - await balance(payer.address);
+  assert.ok(amount > 0n);
+  // the same payment and key: the kept answer and receipt, no new transfer
+  const again = await send(header, "x402-kept-1");
+  assert.equal(again.status, 200);
+  assert.equal(again.headers.get("idempotent-replayed"), "true");
+  assert.equal(await again.text(), text);
+  assert.equal(again.headers.get("payment-response"), first.headers.get("payment-response"));
+  // without the key (or with another), the payment is used: refused as before
+  assert.equal((await send(header)).status, 402);
+  assert.equal((await send(header, "x402-other")).status, 402);
+  // the same payment and key for another body: 422
+  const other = await fetch(`${url}/v1/chat/completions`, { method: "POST",
+    headers: { ...json, "payment-signature": header, "idempotency-key": "x402-kept-1" }, body: chat("other") });
+  assert.equal(other.status, 422);
+  assert.equal(await balance(payer.address), before - amount);
+
+  // a serving that accepted and settled the payment, then died before it answered (played here through the
+  // RPCs the edge uses, with a 1 s lease): the retry after the lease is served without paying again
+  const body2 = chat("died [mock:tokens=3]");
+  const header2 = await paymentHeader(evmClient(2), body2);
+  const requirements = JSON.parse(Buffer.from(header2, "base64").toString()).accepted;
+  const sha = (s) => crypto.createHash("sha256").update(s).digest("hex");
+  const name = { scope: `x402:${sha(header2)}`, idem_key: "x402-died-1", claim: "dead-serving" };
+  const claimed = await ledgerRpc.call("ledger.call_claim", { ...name, request_hash: sha(`chat\n${body2}`),
+    lease_ms: 1000, keep_ms: 600_000 }, { idem: "died-claim" });
+  assert.equal(claimed.body.claimed, true, JSON.stringify(claimed));
+  const verifierRpc = new RpcClient(verifier.endpoint);
+  try {
+    const v = await verifierRpc.call("verifier.verify", { header: header2, requirements, record: true,
+      resource: `${url}/v1/chat/completions` }, { deadlineMs: 15000 });
+    assert.equal(v.body.isValid, true, JSON.stringify(v.body));
+    await ledgerRpc.call("ledger.call_link", { ...name, authorization_id: v.body.authorizationId },
+      { idem: "died-link" });
+    const mid = await balance(payer.address);
+    const st = await verifierRpc.call("verifier.settle", { header: header2, requirements },
+      { idem: `x402-settle:${v.body.authorizationId}`, deadlineMs: 30000 });
+    assert.equal(st.body.success, true, JSON.stringify(st.body));
+    const paid = mid - await balance(payer.address);
+    assert.ok(paid > 0n);
+    await sleep(1100);
+    const retry = await fetch(`${url}/v1/chat/completions`, { method: "POST",
+      headers: { ...json, "payment-signature": header2, "idempotency-key": "x402-died-1" }, body: body2 });
+    assert.equal(retry.status, 200, await retry.clone().text());
+    const receipt = JSON.parse(Buffer.from(retry.headers.get("payment-response"), "base64").toString());
+    assert.equal(receipt.transaction, st.body.transaction, "the settlement found, not made again");
+    assert.match(await retry.text(), /The mock model/);
+    assert.equal(await balance(payer.address), mid - paid, "paid once");
+    // and now kept: one more retry is a replay
+    const third = await fetch(`${url}/v1/chat/completions`, { method: "POST",
+      headers: { ...json, "payment-signature": header2, "idempotency-key": "x402-died-1" }, body: body2 });
+    assert.equal(third.headers.get("idempotent-replayed"), "true");
+  } finally {
+    verifierRpc.close();
+  }
   await audit();
 });
