@@ -133,8 +133,8 @@ static const fb_config_var_t s_vars[] = {
      "a prepaid slice this old takes no new call (its hold expires this + the upstream timeout + 60 s "
      "later)"},
     {"FAREBOX_IDEMPOTENCY_KEEP_S", FB_CFG_INT, "86400", 60, 2592000, NULL, NULL,
-     "a paid call sent with an Idempotency-Key (or an x402 payment) is remembered this long: a retry "
-     "gets its stored answer and pays nothing again"},
+     "a paid call sent with an Idempotency-Key (with its API key, or its x402 payment) is remembered "
+     "this long: a retry gets its kept answer and pays nothing again"},
     {"FAREBOX_IDEMPOTENCY_ANSWER_MAX", FB_CFG_INT, "262144", 0, 16777216, NULL, NULL,
      "the largest answer kept for a retry, in bytes (larger ones: a retry is told the call was served; "
      "at most half of FAREBOX_RPC_MAX_MESSAGE is used)"},
