@@ -1051,6 +1051,15 @@ static void s_on_claim(void *arg, const fb_rpc_reply_t *reply)
     json_t *b = edge_reply_json(reply);
     bool claimed = reply->ok && json_is_true(json_object_get(b, "claimed"));
     c->idem.claimed = claimed; /* a client gone meanwhile: released when c goes */
+    if (claimed)
+        edge_metrics_idem(json_is_true(json_object_get(b, "taken_over")) ? EDGE_IDEM_TAKEN_OVER
+                                                                         : EDGE_IDEM_CLAIMED);
+    else if (reply->ok)
+        edge_metrics_idem(EDGE_IDEM_REPLAYED);
+    else if (strcmp(reply->code, "idempotency_in_progress") == 0)
+        edge_metrics_idem(EDGE_IDEM_IN_PROGRESS);
+    else if (strcmp(reply->code, "idempotency_key_mismatch") == 0)
+        edge_metrics_idem(EDGE_IDEM_MISMATCH);
     if (!c->req) {
         /* nothing was held */
     } else if (!reply->ok) {

@@ -33,6 +33,7 @@ struct edge_metrics_t {
     uint64_t upstream_failures[2];
     s_hist_t rpc[2];
     uint64_t money[EDGE_MONEY_KINDS];
+    uint64_t idem[EDGE_IDEM_KINDS];
     int64_t open_streams;
 };
 
@@ -128,6 +129,13 @@ void edge_metrics_money(edge_money_t kind, int64_t micro)
         ADD(m->money[kind], (uint64_t)micro);
 }
 
+void edge_metrics_idem(edge_idem_outcome_t outcome)
+{
+    edge_metrics_t *m = s_mine;
+    if (m && outcome < EDGE_IDEM_KINDS)
+        ADD(m->idem[outcome], 1);
+}
+
 void edge_metrics_streams(int delta)
 {
     edge_metrics_t *m = s_mine;
@@ -186,7 +194,7 @@ static void s_render(const edge_t *edge, fb_buf_t *b)
     memset(latency, 0, sizeof(latency));
     memset(upstream, 0, sizeof(upstream));
     memset(rpc, 0, sizeof(rpc));
-    uint64_t failures[2] = {0}, money[EDGE_MONEY_KINDS] = {0}, in_flight = 0;
+    uint64_t failures[2] = {0}, money[EDGE_MONEY_KINDS] = {0}, idem[EDGE_IDEM_KINDS] = {0}, in_flight = 0;
     int64_t streams = 0;
     for (int w = 0; w < edge->worker_count; w++) {
         edge_worker_t *wk = edge->workers[w];
@@ -205,6 +213,8 @@ static void s_render(const edge_t *edge, fb_buf_t *b)
         }
         for (int k = 0; k < EDGE_MONEY_KINDS; k++)
             money[k] += GET(m->money[k]);
+        for (int k = 0; k < EDGE_IDEM_KINDS; k++)
+            idem[k] += GET(m->idem[k]);
         streams += GET(m->open_streams);
         in_flight += GET(wk->active_requests);
     }
@@ -253,6 +263,14 @@ static void s_render(const edge_t *edge, fb_buf_t *b)
             "# HELP farebox_edge_money_%s_micro_total %s.\n# TYPE farebox_edge_money_%s_micro_total counter\n"
             "farebox_edge_money_%s_micro_total %" PRIu64 "\n",
             money_names[k], money_help[k], money_names[k], money_names[k], money[k]);
+    static const char *idem_names[EDGE_IDEM_KINDS] = {"claimed", "replayed", "in_progress", "mismatch",
+                                                      "taken_over"};
+    s_printf(b,
+             "# HELP farebox_edge_idempotent_calls_total Claims of paid calls sent with an Idempotency-Key, "
+             "by outcome.\n# TYPE farebox_edge_idempotent_calls_total counter\n");
+    for (int k = 0; k < EDGE_IDEM_KINDS; k++)
+        s_printf(b, "farebox_edge_idempotent_calls_total{outcome=\"%s\"} %" PRIu64 "\n", idem_names[k],
+                 idem[k]);
     s_printf(b,
              "# HELP farebox_edge_open_streams Streams being answered now.\n# TYPE farebox_edge_open_streams "
              "gauge\nfarebox_edge_open_streams %" PRId64 "\n",
@@ -292,6 +310,7 @@ int edge_metrics_test(bool verbose)
     edge_metrics_rpc(&ledger, 300);
     edge_metrics_money(EDGE_MONEY_COMMITTED, 1234);
     edge_metrics_streams(1);
+    edge_metrics_idem(EDGE_IDEM_REPLAYED);
     fb_buf_t b = {0};
     s_render(&edge, &b);
     FB_ASSERT(
@@ -306,6 +325,7 @@ int edge_metrics_test(bool verbose)
     FB_ASSERT(strstr(b.data, "farebox_edge_rpc_duration_seconds_count{service=\"ledger\"} 1\n"));
     FB_ASSERT(strstr(b.data, "farebox_edge_money_committed_micro_total 1234\n"));
     FB_ASSERT(strstr(b.data, "farebox_edge_open_streams 1\n"));
+    FB_ASSERT(strstr(b.data, "farebox_edge_idempotent_calls_total{outcome=\"replayed\"} 1\n"));
     fb_buf_free(&b);
     edge_metrics_destroy(&m);
     FB_ASSERT(!m);

@@ -30,6 +30,16 @@ typedef enum {
 
 /* edge_metrics_new - a worker's block (caller owns it). ledger and verifier
  * are the worker's RPC clients, to tell RPC latencies apart. */
+/* What became of a claim on a named (Idempotency-Key) call. */
+typedef enum {
+    EDGE_IDEM_CLAIMED = 0, /* a first try: served now */
+    EDGE_IDEM_REPLAYED,    /* answered from the kept answer */
+    EDGE_IDEM_IN_PROGRESS, /* 409: another try's lease runs */
+    EDGE_IDEM_MISMATCH,    /* 422: the name was used for another request */
+    EDGE_IDEM_TAKEN_OVER,  /* an earlier try's lease ran out with nothing kept: served now */
+    EDGE_IDEM_KINDS
+} edge_idem_outcome_t;
+
 edge_metrics_t *edge_metrics_new(const void *ledger, const void *verifier);
 void edge_metrics_destroy(edge_metrics_t **self_p);
 
@@ -45,6 +55,7 @@ void edge_metrics_upstream(int provider, int64_t us, bool ok);
 void edge_metrics_rpc(const void *client, int64_t us);
 void edge_metrics_money(edge_money_t kind, int64_t micro);
 void edge_metrics_streams(int delta);
+void edge_metrics_idem(edge_idem_outcome_t outcome);
 
 /* GET /metrics */
 int edge_metrics_serve(edge_worker_t *w, h2o_req_t *req, const char *rid);

@@ -730,5 +730,9 @@ test("Idempotency-Key: a retried call gets its kept answer and pays once; 409 wh
   assert.deepEqual([p2[0], p2[1], p2[2]], [200, p1[1], "true"]);
   charges = await settled(id);
   assert.equal(charges.length, 5, "one charge per named call, whatever the retries");
+  const metrics = await (await fetch(`${url}/metrics`)).text();
+  const outcome = (o) => Number(metrics.match(new RegExp(`farebox_edge_idempotent_calls_total\\{outcome="${o}"\\} (\\d+)`))[1]);
+  assert.ok(outcome("replayed") >= 5 && outcome("in_progress") >= 1 && outcome("mismatch") >= 1 &&
+    outcome("claimed") >= 7, metrics.split("\n").filter((l) => l.includes("idempotent")).join("\n"));
   await audit();
 });
