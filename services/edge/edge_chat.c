@@ -464,7 +464,9 @@ static void s_add_answer(s_chat_t *c, json_t *call, const char *type, const fb_b
     fb_buf_append(&all, a->data ? a->data : "", a->len);
     if (b)
         fb_buf_append(&all, b->data ? b->data : "", b->len);
-    json_t *text = json_stringn(all.data ? all.data : "", all.len); /* NULL unless UTF-8 */
+    /* kept as text: UTF-8 without NUL (what Postgres text holds; a refused item would fail its batch) */
+    json_t *text =
+        all.len && memchr(all.data, '\0', all.len) ? NULL : json_stringn(all.data ? all.data : "", all.len);
     if (text)
         json_object_set_new(call, "answer", text);
     fb_buf_free(&all);
