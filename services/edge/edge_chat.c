@@ -16,7 +16,6 @@
 #include "fb_util.h"
 
 #include <inttypes.h>
-#include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1539,17 +1538,11 @@ static int s_begin(edge_worker_t *w, h2o_req_t *req, const char *rid, s_route_t 
         s_send_error(c);
         return 0;
     }
-    /* a serving's claim on a named call: unique, whatever X-Request-Id the caller sent */
-    uint8_t token[16];
-    randombytes_buf(token, sizeof(token));
-    char claim[33];
-    sodium_bin2hex(claim, sizeof(claim), token, sizeof(token));
-    if (edge_idem_read(&c->idem, req, s_route_name(route), claim) < 0) {
+    if (edge_idem_read(&c->idem, req, s_route_name(route)) < 0) {
         s_refuse(c, 400, "invalid_request", NULL,
                  "Idempotency-Key must be 1..128 characters of A-Z a-z 0-9 - _ . :");
         return 0;
     }
-    snprintf(c->idem.claim, sizeof(c->idem.claim), "%s", claim);
     if (route == ROUTE_MESSAGES) {
         c->anthropic_version = s_header_copy(req, "anthropic-version", 64);
         c->anthropic_beta = s_header_copy(req, "anthropic-beta", 512);

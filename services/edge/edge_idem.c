@@ -26,7 +26,7 @@ static void s_hash(edge_idem_t *id, h2o_req_t *req, const char *route)
     sodium_bin2hex(id->hash, sizeof(id->hash), d, sizeof(d));
 }
 
-int edge_idem_read(edge_idem_t *id, h2o_req_t *req, const char *route, const char *rid)
+int edge_idem_read(edge_idem_t *id, h2o_req_t *req, const char *route)
 {
     memset(id, 0, sizeof(*id));
     h2o_iovec_t v = fb_http_header(req, "idempotency-key");
@@ -36,7 +36,10 @@ int edge_idem_read(edge_idem_t *id, h2o_req_t *req, const char *route, const cha
         return -1;
     id->named = true;
     snprintf(id->key, sizeof(id->key), "%.*s", (int)v.len, v.base);
-    snprintf(id->claim, sizeof(id->claim), "%s", rid);
+    /* this try's claim: unique, whatever X-Request-Id the caller sent */
+    uint8_t token[16];
+    randombytes_buf(token, sizeof(token));
+    sodium_bin2hex(id->claim, sizeof(id->claim), token, sizeof(token));
     s_hash(id, req, route);
     return 1;
 }

@@ -33,9 +33,9 @@ typedef struct {
 } edge_idem_t;
 
 /* edge_idem_read - the Idempotency-Key of req into id (with the request's
- * hash over route and body). Returns 0 (none: id->named false), 1 (named), or
- * -1: the header is malformed. */
-int edge_idem_read(edge_idem_t *id, h2o_req_t *req, const char *route, const char *rid);
+ * hash over route and body, and a fresh random claim for this try). Returns 0
+ * (none: id->named false), 1 (named), or -1: the header is malformed. */
+int edge_idem_read(edge_idem_t *id, h2o_req_t *req, const char *route);
 
 /* edge_idem_x402 - scope a named call by its payment header (an x402 call
  * is named by its payment and the caller's Idempotency-Key). */
