@@ -3,12 +3,20 @@
  * CURLMOPT_SOCKETFUNCTION tells which sockets to watch: each gets a uv_poll_t,
  * attached to the socket with curl_multi_assign. CURLMOPT_TIMERFUNCTION asks
  * for one wake-up: a uv_timer_t. Both answer with curl_multi_socket_action;
- * finished transfers are collected with curl_multi_info_read. */
+ * finished transfers are collected with curl_multi_info_read.
+ *
+ * A kept-alive connection is handed back (CURL_POLL_REMOVE) after every
+ * transfer and reported again by the next one; its uv_poll_t is only stopped
+ * in between (found again by fd), and closed when libcurl closes the socket
+ * (CURLOPT_CLOSESOCKETFUNCTION), which saves setting up a watcher per call. */
 #include "fb_curlm.h"
 #include "fb_util.h"
 
+#include <limits.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 /* One transfer in flight, reached through the easy handle's CURLOPT_PRIVATE. */
 typedef struct s_xfer {
@@ -22,7 +30,10 @@ typedef struct s_sock {
     uv_poll_t poll;
     curl_socket_t fd;
     struct fb_curlm_t *owner;
-    struct s_sock *prev, *next;
+    struct s_sock *prev, *next; /* every one not yet freed */
+    bool assigned;              /* libcurl holds it (curl_multi_assign) until CURL_POLL_REMOVE */
+    bool gone;                  /* libcurl closed the fd; the handle is closing or closed */
+    bool handle_closed;
 } s_sock_t;
 
 struct fb_curlm_t {
@@ -30,7 +41,9 @@ struct fb_curlm_t {
     CURLM *multi;
     uv_timer_t timer;
     s_xfer_t *xfers; /* transfers in flight */
-    s_sock_t *socks; /* watched sockets */
+    s_sock_t *socks; /* sockets with a watcher, busy or idle */
+    s_sock_t **byfd; /* the same, by fd */
+    size_t nbyfd;
     size_t running;
     int closing; /* handles still closing after destroy */
     bool dead;
@@ -82,30 +95,69 @@ static void s_on_poll(uv_poll_t *h, int status, int events)
 
 static void s_free_if_closed(fb_curlm_t *self)
 {
-    if (self->dead && self->closing == 0)
+    if (self->dead && self->closing == 0) {
+        free(self->byfd);
         free(self);
+    }
 }
 
-static void s_sock_closed(uv_handle_t *h)
+/* Frees a socket's record once its handle is closed and libcurl let go of it. */
+static void s_sock_maybe_free(fb_curlm_t *self, s_sock_t *s)
 {
-    s_sock_t *s = h->data;
-    fb_curlm_t *self = s->owner;
-    free(s);
-    self->closing--;
-    s_free_if_closed(self);
-}
-
-static void s_sock_forget(fb_curlm_t *self, s_sock_t *s)
-{
+    if (!s->handle_closed || s->assigned)
+        return;
     if (s->prev)
         s->prev->next = s->next;
     else
         self->socks = s->next;
     if (s->next)
         s->next->prev = s->prev;
-    uv_poll_stop(&s->poll);
+    free(s);
+}
+
+static void s_sock_closed(uv_handle_t *h)
+{
+    s_sock_t *s = h->data;
+    fb_curlm_t *self = s->owner;
+    s->handle_closed = true;
+    s_sock_maybe_free(self, s);
+    self->closing--;
+    s_free_if_closed(self);
+}
+
+/* The fd is about to be closed: libuv lets go of it first (uv_close stops
+ * watching at once, while the fd is still this socket's). */
+static void s_sock_gone(fb_curlm_t *self, s_sock_t *s)
+{
+    if (self->byfd[s->fd] == s)
+        self->byfd[s->fd] = NULL;
+    s->gone = true;
     self->closing++;
     uv_close((uv_handle_t *)&s->poll, s_sock_closed);
+}
+
+static s_sock_t *s_sock_new(fb_curlm_t *self, curl_socket_t fd)
+{
+    FB_ASSERT(fd >= 0);
+    s_sock_t *s = fb_calloc(1, sizeof(*s));
+    s->fd = fd;
+    s->owner = self;
+    FB_ASSERT(uv_poll_init_socket(self->loop, &s->poll, fd) == 0);
+    s->poll.data = s;
+    s->next = self->socks;
+    if (s->next)
+        s->next->prev = s;
+    self->socks = s;
+    if ((size_t)fd >= self->nbyfd) {
+        size_t n = self->nbyfd ? self->nbyfd : 64;
+        while (n <= (size_t)fd)
+            n *= 2;
+        self->byfd = fb_realloc(self->byfd, n * sizeof(*self->byfd));
+        memset(self->byfd + self->nbyfd, 0, (n - self->nbyfd) * sizeof(*self->byfd));
+        self->nbyfd = n;
+    }
+    self->byfd[fd] = s;
+    return s;
 }
 
 static int s_on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
@@ -113,25 +165,30 @@ static int s_on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void
     FB_UNUSED(easy);
     fb_curlm_t *self = userp;
     s_sock_t *s = socketp;
-    if (what != CURL_POLL_REMOVE && self->dead)
-        return 0;
     if (what == CURL_POLL_REMOVE) {
+        /* idle between transfers, or closed: no events until reported again */
         if (s) {
-            curl_multi_assign(self->multi, fd, NULL);
-            s_sock_forget(self, s);
+            s->assigned = false;
+            if (s->gone)
+                s_sock_maybe_free(self, s);
+            else
+                uv_poll_stop(&s->poll);
         }
         return 0;
     }
+    if (self->dead)
+        return 0;
+    if (s && s->gone) {
+        /* a record of an fd closed earlier: this is another socket */
+        s->assigned = false;
+        s_sock_maybe_free(self, s);
+        s = NULL;
+    }
     if (!s) {
-        s = fb_calloc(1, sizeof(*s));
-        s->fd = fd;
-        s->owner = self;
-        FB_ASSERT(uv_poll_init_socket(self->loop, &s->poll, fd) == 0);
-        s->poll.data = s;
-        s->next = self->socks;
-        if (s->next)
-            s->next->prev = s;
-        self->socks = s;
+        s = (size_t)fd < self->nbyfd ? self->byfd[fd] : NULL;
+        if (!s)
+            s = s_sock_new(self, fd);
+        s->assigned = true;
         curl_multi_assign(self->multi, fd, s);
     }
     int events = 0;
@@ -141,6 +198,15 @@ static int s_on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void
         events |= UV_WRITABLE;
     uv_poll_start(&s->poll, events, s_on_poll);
     return 0;
+}
+
+/* libcurl closes a socket (CURLOPT_CLOSESOCKETFUNCTION). */
+static int s_on_close_socket(void *clientp, curl_socket_t fd)
+{
+    fb_curlm_t *self = clientp;
+    if (fd >= 0 && (size_t)fd < self->nbyfd && self->byfd[fd])
+        s_sock_gone(self, self->byfd[fd]);
+    return close(fd);
 }
 
 static void s_on_timer(uv_timer_t *t)
@@ -178,6 +244,12 @@ fb_curlm_t *fb_curlm_new(uv_loop_t *loop)
     return self;
 }
 
+void fb_curlm_keep(fb_curlm_t *self, size_t n)
+{
+    FB_ASSERT(self && n > 0 && n <= LONG_MAX);
+    curl_multi_setopt(self->multi, CURLMOPT_MAXCONNECTS, (long)n);
+}
+
 void fb_curlm_add(fb_curlm_t *self, CURL *easy, fb_curlm_done_fn *done, void *arg)
 {
     FB_ASSERT(self && !self->dead && easy && done);
@@ -191,6 +263,8 @@ void fb_curlm_add(fb_curlm_t *self, CURL *easy, fb_curlm_done_fn *done, void *ar
     self->xfers = x;
     self->running++;
     curl_easy_setopt(easy, CURLOPT_PRIVATE, x);
+    curl_easy_setopt(easy, CURLOPT_CLOSESOCKETFUNCTION, s_on_close_socket);
+    curl_easy_setopt(easy, CURLOPT_CLOSESOCKETDATA, self);
     FB_ASSERT(curl_multi_add_handle(self->multi, easy) == CURLM_OK);
 }
 
@@ -232,10 +306,17 @@ void fb_curlm_destroy(fb_curlm_t **self_p)
     self->dead = true;
     while (self->xfers)
         fb_curlm_remove(self, self->xfers->easy);
-    while (self->socks) {
-        /* detach first, so that curl_multi_cleanup cannot hand it back to us */
-        curl_multi_assign(self->multi, self->socks->fd, NULL);
-        s_sock_forget(self, self->socks);
+    for (s_sock_t *s = self->socks, *next; s; s = next) {
+        next = s->next;
+        /* detached first, so that curl_multi_cleanup cannot hand it back to us;
+         * the sockets it then closes are no longer watched */
+        if (s->assigned && !s->gone)
+            curl_multi_assign(self->multi, s->fd, NULL);
+        s->assigned = false;
+        if (!s->gone)
+            s_sock_gone(self, s);
+        else
+            s_sock_maybe_free(self, s);
     }
     curl_multi_cleanup(self->multi);
     self->closing++;

@@ -24,6 +24,11 @@ typedef void(fb_curlm_done_fn)(void *arg, CURL *easy, CURLcode result);
  * once per process here. */
 fb_curlm_t *fb_curlm_new(uv_loop_t *loop);
 
+/* fb_curlm_keep - keep up to n idle connections open for reuse (libcurl's
+ * default follows the number of transfers running, so a busy multi whose
+ * transfers come and go keeps closing and reopening connections). */
+void fb_curlm_keep(fb_curlm_t *self, size_t n);
+
 /* fb_curlm_destroy - transfers still running are removed without their done
  * callback (their owners clean the easy handles); the loop frees the rest
  * once its handles have closed. Nulls *self_p. */

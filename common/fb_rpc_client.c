@@ -126,6 +126,7 @@ static void s_add_replica(fb_rpc_client_t *self, int target, const char *ep)
             r->present = true;
             zmq_setsockopt(self->zs, ZMQ_CONNECT_ROUTING_ID, r->endpoint, r->endpoint_len);
             zmq_connect(self->zs, r->endpoint);
+            fb_zuv_touch(self->watch_sock);
         }
         return;
     }
@@ -137,6 +138,7 @@ static void s_add_replica(fb_rpc_client_t *self, int target, const char *ep)
     self->replicas = fb_realloc(self->replicas, (self->replica_count + 1) * sizeof(*self->replicas));
     self->replicas[self->replica_count++] = r;
     zmq_setsockopt(self->zs, ZMQ_CONNECT_ROUTING_ID, r->endpoint, r->endpoint_len);
+    fb_zuv_touch(self->watch_sock);
     if (zmq_connect(self->zs, r->endpoint) != 0)
         fb_log(FB_LOG_WARN, NULL, "rpc connect failed", "service=%s endpoint=%s reason=%s", self->service,
                r->endpoint, zmq_strerror(errno));
@@ -369,6 +371,7 @@ static s_replica_t *s_pick(fb_rpc_client_t *self, const s_call_t *c, s_replica_t
 /* Sends the routing frame and the request; returns 0 or an errno value. */
 static int s_send(fb_rpc_client_t *self, s_replica_t *r, const char *frame, size_t len)
 {
+    fb_zuv_touch(self->watch_sock);
     if (zmq_send(self->zs, r->endpoint, r->endpoint_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
         return errno;
     if (zmq_send(self->zs, frame, len, ZMQ_DONTWAIT) < 0)
@@ -652,6 +655,7 @@ static void s_apply_resolution(fb_rpc_client_t *self, int target, char (*eps)[12
         if (!keep) {
             r->present = false;
             zmq_disconnect(self->zs, r->endpoint);
+            fb_zuv_touch(self->watch_sock);
             fb_log(FB_LOG_INFO, NULL, "rpc replica retired", "service=%s endpoint=%s", self->service,
                    r->endpoint);
             bool was = r->connected;

@@ -60,6 +60,7 @@ struct fb_rpc_call_t {
 static void s_send_reply(fb_rpc_server_t *self, zmq_msg_t *route, int route_count, const msgpack_object *id,
                          const char *code, const char *message, const char *body, size_t body_len)
 {
+    fb_zuv_touch(self->watch);
     msgpack_sbuffer_clear(&self->out);
     fb_rpc_reply_pack(&self->out, id, code, message, self->replica, body, body_len);
     for (int i = 0; i < route_count; i++) {

@@ -15,6 +15,7 @@ struct fb_zuv_t {
     fb_zuv_fn *on_readable;
     void *arg;
     int open_handles; /* handles still to be closed by libuv */
+    bool touched;     /* used since its last check: the fd's signal may be gone */
     bool dead;        /* destroy was called */
 };
 
@@ -32,6 +33,7 @@ static void s_on_idle(uv_idle_t *h);
 static void s_check(fb_zuv_t *self)
 {
     int rounds = 0;
+    self->touched = false;
     while (!self->dead && s_readable(self)) {
         if (rounds++ == ROUNDS_PER_WAKE) {
             uv_idle_start(&self->idle, s_on_idle);
@@ -52,7 +54,9 @@ static void s_on_poll(uv_poll_t *h, int status, int events)
 
 static void s_on_prepare(uv_prepare_t *h)
 {
-    s_check(h->data);
+    fb_zuv_t *self = h->data;
+    if (self->touched)
+        s_check(self);
 }
 
 static void s_on_idle(uv_idle_t *h)
@@ -66,6 +70,7 @@ fb_zuv_t *fb_zuv_new(uv_loop_t *loop, void *zsock, fb_zuv_fn *on_readable, void 
     self->zsock = zsock;
     self->on_readable = on_readable;
     self->arg = arg;
+    self->touched = true;
     int fd = -1;
     size_t len = sizeof(fd);
     FB_ASSERT(zmq_getsockopt(zsock, ZMQ_FD, &fd, &len) == 0);
@@ -79,6 +84,12 @@ fb_zuv_t *fb_zuv_new(uv_loop_t *loop, void *zsock, fb_zuv_fn *on_readable, void 
     /* the prepare handle must not keep the loop alive on its own */
     uv_unref((uv_handle_t *)&self->prepare);
     return self;
+}
+
+void fb_zuv_touch(fb_zuv_t *self)
+{
+    if (self)
+        self->touched = true;
 }
 
 static void s_on_close(uv_handle_t *h)

@@ -44,6 +44,7 @@ struct edge_t {
     edge_upstream_conf_t upstream[2]; /* by edge_provider_t: OpenAI, Anthropic */
     uint32_t upstream_timeout_ms;     /* a whole provider call, streams included */
     uint32_t upstream_connect_ms;     /* connecting to a provider */
+    size_t upstream_keepalive;        /* idle provider connections kept per worker */
     char pay_to_evm[64];              /* x402 payTo on EVM networks, or "" */
     char pay_to_solana[64];           /* ... on Solana, or "" */
     int64_t x402_timeout_s;           /* maxTimeoutSeconds of a quote */

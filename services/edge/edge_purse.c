@@ -74,6 +74,7 @@ struct edge_purse_t {
     edge_slice_t *slices; /* every slice not yet closed */
     edge_slice_t *dirty;  /* slices with charges to write */
     uv_check_t flush;     /* writes the turn's charges */
+    uv_idle_t flush_wake; /* while armed: the loop's poll does not block first */
     uv_timer_t sweep;
     bool flush_armed;
     bool dead;      /* shut down: no more ledger calls */
@@ -472,6 +473,7 @@ static void s_on_flush(uv_check_t *h)
     self->dirty = NULL;
     self->flush_armed = false;
     uv_check_stop(&self->flush);
+    uv_idle_stop(&self->flush_wake);
     for (edge_slice_t *s = list, *next; s; s = next) {
         next = s->dirty_next;
         s->dirty = false;
@@ -480,12 +482,21 @@ static void s_on_flush(uv_check_t *h)
     }
 }
 
+static void s_on_wake(uv_idle_t *h)
+{
+    FB_UNUSED(h);
+}
+
+/* A charge queued from a timer or before the loop polls must not wait for the
+ * poll to time out: the idle handle makes that poll return at once, and the
+ * check handle runs right after it. */
 static void s_arm_flush(edge_purse_t *self)
 {
     if (self->flush_armed)
         return;
     self->flush_armed = true;
     uv_check_start(&self->flush, s_on_flush);
+    uv_idle_start(&self->flush_wake, s_on_wake);
 }
 
 void edge_purse_charge(edge_purse_t *self, edge_purse_res_t *res, int64_t cost, const char *rid, json_t *call,
@@ -564,6 +575,8 @@ edge_purse_t *edge_purse_new(edge_worker_t *w, const edge_purse_conf_t *conf)
     self->buckets = fb_calloc(self->nbuckets, sizeof(*self->buckets));
     uv_check_init(w->loop, &self->flush);
     self->flush.data = self;
+    uv_idle_init(w->loop, &self->flush_wake);
+    self->flush_wake.data = self;
     uv_timer_init(w->loop, &self->sweep);
     self->sweep.data = self;
     uv_timer_start(&self->sweep, s_on_sweep, SWEEP_MS, SWEEP_MS);
@@ -585,7 +598,7 @@ void edge_purse_shutdown(edge_purse_t *self)
 static void s_on_handle_closed(uv_handle_t *h)
 {
     edge_purse_t *self = h->data;
-    if (++self->closed_handles == 2) {
+    if (++self->closed_handles == 3) {
         free(self->buckets);
         free(self);
     }
@@ -619,5 +632,6 @@ void edge_purse_destroy(edge_purse_t **self_p)
         }
     }
     uv_close((uv_handle_t *)&self->flush, s_on_handle_closed);
+    uv_close((uv_handle_t *)&self->flush_wake, s_on_handle_closed);
     uv_close((uv_handle_t *)&self->sweep, s_on_handle_closed);
 }

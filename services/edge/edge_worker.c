@@ -117,6 +117,7 @@ edge_worker_t *edge_worker_new(edge_t *edge, int index, char *err, size_t errlen
     self->verifier = fb_service_client(edge->service, FB_PEER_VERIFIER, self->loop);
     self->watcher = fb_service_client(edge->service, FB_PEER_CHAIN_WATCHER, self->loop);
     self->curlm = fb_curlm_new(self->loop);
+    fb_curlm_keep(self->curlm, edge->upstream_keepalive);
     self->x402 = edge_x402_new(self);
     self->metrics = edge_metrics_new(self->ledger, self->verifier);
     self->key_cache = edge_key_cache_new();

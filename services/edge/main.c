@@ -108,6 +108,8 @@ static const fb_config_var_t s_vars[] = {
      "wall-clock limit of one provider call, streams included"},
     {"FAREBOX_UPSTREAM_CONNECT_MS", FB_CFG_INT, "10000", 100, 600000, NULL, NULL,
      "limit on connecting to a provider"},
+    {"FAREBOX_UPSTREAM_KEEPALIVE", FB_CFG_INT, "256", 1, 65536, NULL, NULL,
+     "idle provider connections each edge worker keeps open for reuse"},
     {"FAREBOX_PAY_TO_EVM", FB_CFG_STRING, "", 0, 0, NULL, s_check_evm_address,
      "x402: the address EVM payments go to (unset: EVM networks are not quoted)"},
     {"FAREBOX_PAY_TO_SOLANA", FB_CFG_STRING, "", 0, 0, NULL, s_check_solana_address,
@@ -267,6 +269,7 @@ int main(int argc, char **argv)
         edge_limit_trust(edge.limits, fb_config_str(cfg, "FAREBOX_TRUSTED_PROXIES"), err, sizeof(err)) == 0);
     edge.upstream_timeout_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_UPSTREAM_TIMEOUT_MS");
     edge.upstream_connect_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_UPSTREAM_CONNECT_MS");
+    edge.upstream_keepalive = (size_t)fb_config_int(cfg, "FAREBOX_UPSTREAM_KEEPALIVE");
     fb_log(FB_LOG_INFO, NULL, "providers", "openai=%s anthropic=%s", edge.upstream[0].base_url,
            edge.upstream[1].base_url);
     edge.workers = fb_calloc((size_t)edge.worker_count, sizeof(*edge.workers));

@@ -51,7 +51,8 @@ struct ledger_engine_t {
     int batch_max;
     s_queue_t writes, reads;
     size_t inflight;
-    uv_check_t pump; /* dispatches queued work once per loop turn */
+    uv_check_t pump;     /* dispatches queued work once per loop turn */
+    uv_idle_t pump_wake; /* while armed: the loop's poll does not block first */
     uv_timer_t deadlines;
     bool pump_armed;
     void (*idle_fn)(void *);
@@ -341,14 +342,24 @@ static void s_on_pump(uv_check_t *h)
     ledger_engine_t *self = h->data;
     self->pump_armed = false;
     uv_check_stop(h);
+    uv_idle_stop(&self->pump_wake);
     s_dispatch(self);
 }
 
+static void s_on_wake(uv_idle_t *h)
+{
+    FB_UNUSED(h);
+}
+
+/* Work queued from a timer or before the loop polls (not only from I/O) must
+ * not wait for the poll to time out: the idle handle makes that poll return
+ * at once, and the check handle runs right after it. */
 static void s_arm(ledger_engine_t *self)
 {
     if (!self->pump_armed) {
         self->pump_armed = true;
         uv_check_start(&self->pump, s_on_pump);
+        uv_idle_start(&self->pump_wake, s_on_wake);
     }
 }
 
@@ -473,6 +484,8 @@ ledger_engine_t *ledger_engine_new(uv_loop_t *loop, const ledger_engine_config_t
     self->conns = fb_calloc((size_t)self->nconns, sizeof(s_conn_t));
     uv_check_init(loop, &self->pump);
     self->pump.data = self;
+    uv_idle_init(loop, &self->pump_wake);
+    self->pump_wake.data = self;
     uv_timer_init(loop, &self->deadlines);
     self->deadlines.data = self;
     uv_timer_start(&self->deadlines, s_on_deadlines, DEADLINE_CHECK, DEADLINE_CHECK);
@@ -495,7 +508,7 @@ static void s_fail_queue(ledger_engine_t *self, s_queue_t *q)
 static void s_on_closed(uv_handle_t *h)
 {
     ledger_engine_t *self = h->data;
-    if (++self->closed == 2)
+    if (++self->closed == 3)
         free(self);
 }
 
@@ -519,6 +532,7 @@ void ledger_engine_destroy(ledger_engine_t **self_p)
     self->conns = NULL;
     self->nconns = 0;
     uv_close((uv_handle_t *)&self->pump, s_on_closed);
+    uv_close((uv_handle_t *)&self->pump_wake, s_on_closed);
     uv_close((uv_handle_t *)&self->deadlines, s_on_closed);
     *self_p = NULL;
 }
