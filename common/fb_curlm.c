@@ -43,6 +43,8 @@ struct fb_curlm_t {
     s_xfer_t *xfers; /* transfers in flight */
     s_sock_t *socks; /* sockets with a watcher, busy or idle */
     s_sock_t **byfd; /* the same, by fd */
+    CURL *pool[FB_CURLM_POOL]; /* easy handles given back, reset */
+    size_t pooled;
     size_t nbyfd;
     size_t running;
     int closing; /* handles still closing after destroy */
@@ -250,6 +252,25 @@ void fb_curlm_keep(fb_curlm_t *self, size_t n)
     curl_multi_setopt(self->multi, CURLMOPT_MAXCONNECTS, (long)n);
 }
 
+CURL *fb_curlm_easy(fb_curlm_t *self)
+{
+    CURL *e = self->pooled ? self->pool[--self->pooled] : curl_easy_init();
+    FB_ASSERT(e);
+    return e;
+}
+
+void fb_curlm_recycle(fb_curlm_t *self, CURL *easy)
+{
+    if (!easy)
+        return;
+    if (self->dead || self->pooled == FB_CURLM_POOL) {
+        curl_easy_cleanup(easy);
+        return;
+    }
+    curl_easy_reset(easy);
+    self->pool[self->pooled++] = easy;
+}
+
 void fb_curlm_add(fb_curlm_t *self, CURL *easy, fb_curlm_done_fn *done, void *arg)
 {
     FB_ASSERT(self && !self->dead && easy && done);
@@ -319,6 +340,8 @@ void fb_curlm_destroy(fb_curlm_t **self_p)
             s_sock_maybe_free(self, s);
     }
     curl_multi_cleanup(self->multi);
+    while (self->pooled)
+        curl_easy_cleanup(self->pool[--self->pooled]);
     self->closing++;
     uv_close((uv_handle_t *)&self->timer, s_timer_closed);
     *self_p = NULL;

@@ -29,6 +29,16 @@ fb_curlm_t *fb_curlm_new(uv_loop_t *loop);
  * transfers come and go keeps closing and reopening connections). */
 void fb_curlm_keep(fb_curlm_t *self, size_t n);
 
+/* fb_curlm_easy - an easy handle for a transfer on this multi: one given back
+ * earlier (reset to libcurl's defaults) or a new one. The caller owns it. */
+CURL *fb_curlm_easy(fb_curlm_t *self);
+
+/* fb_curlm_recycle - give back an easy handle that is not in the multi (done
+ * or removed): kept for fb_curlm_easy (up to FB_CURLM_POOL), else cleaned up.
+ * Saves setting up a handle per transfer. */
+#define FB_CURLM_POOL 64
+void fb_curlm_recycle(fb_curlm_t *self, CURL *easy);
+
 /* fb_curlm_destroy - transfers still running are removed without their done
  * callback (their owners clean the easy handles); the loop frees the rest
  * once its handles have closed. Nulls *self_p. */

@@ -15,7 +15,10 @@
 #define GROW_WITHIN_MS    2000  /* a slice used up this fast makes the next one bigger */
 #define GROWTH            4
 #define CHARGES_PER_WRITE 1000 /* the ledger's limit per ledger.charge */
-#define BUCKETS_MIN       64
+#ifndef WRITES_PER_SLICE
+#define WRITES_PER_SLICE 2
+#endif
+#define BUCKETS_MIN 64
 
 typedef struct s_wait {
     struct s_wait *next;
@@ -49,7 +52,7 @@ struct edge_slice_t {
     int64_t opened_ms, last_ms;
     s_item_t *items, **items_tail; /* charges waiting for the next write */
     bool dirty;                    /* in the purse's list of slices to write */
-    bool flushing;                 /* a ledger.charge in flight */
+    int writing;                   /* ledger.charge writes in flight */
     bool retiring;                 /* takes no new calls; closes once idle */
     bool closing;                  /* ledger.void in flight */
     uint64_t writes;
@@ -218,7 +221,7 @@ static void s_on_void(void *arg, const fb_rpc_reply_t *reply)
 /* Closes a retiring slice once nothing runs on it: its uncharged rest goes back. */
 static void s_maybe_close(edge_purse_t *self, edge_slice_t *s)
 {
-    if (!s->retiring || s->closing || s->calls > 0 || s->items || s->flushing)
+    if (!s->retiring || s->closing || s->calls > 0 || s->items || s->writing > 0)
         return;
     s->closing = true;
     s_close_t *c = fb_calloc(1, sizeof(*c));
@@ -410,7 +413,7 @@ static void s_on_charged(void *arg, const fb_rpc_reply_t *reply)
     edge_slice_t *s = wr->slice;
     s_item_t *items = wr->items;
     free(wr);
-    s->flushing = false;
+    s->writing--;
     if (!reply->ok) {
         /* refused (the hold expired or was closed) or unknown (no answer): the
          * slice is not trusted with more calls; its charges' callers get the error */
@@ -432,7 +435,7 @@ static void s_on_charged(void *arg, const fb_rpc_reply_t *reply)
 /* Sends the slice's waiting charges (up to the ledger's limit per write). */
 static void s_write(edge_purse_t *self, edge_slice_t *s)
 {
-    if (s->flushing || !s->items)
+    if (s->writing >= WRITES_PER_SLICE || !s->items)
         return;
     json_t *list = json_array();
     s_item_t *batch = s->items, *last = NULL;
@@ -455,7 +458,7 @@ static void s_write(edge_purse_t *self, edge_slice_t *s)
     last->next = NULL;
     if (!s->items)
         s->items_tail = &s->items;
-    s->flushing = true;
+    s->writing++;
     s_write_t *wr = fb_calloc(1, sizeof(*wr));
     wr->purse = self;
     wr->slice = s;

@@ -37,7 +37,10 @@ static size_t s_on_write(char *ptr, size_t size, size_t n, void *userdata)
 
 static void s_free(edge_call_t *c)
 {
-    curl_easy_cleanup(c->easy);
+    if (c->w->curlm)
+        fb_curlm_recycle(c->w->curlm, c->easy);
+    else
+        curl_easy_cleanup(c->easy);
     curl_slist_free_all(c->headers);
     free(c->body);
     free(c);
@@ -108,8 +111,7 @@ edge_call_t *edge_call_start(edge_worker_t *w, edge_provider_t provider, const c
         snprintf(bearer, sizeof(bearer), "Bearer %s", up->api_key);
         c->headers = s_header(c->headers, "Authorization", bearer);
     }
-    CURL *e = curl_easy_init();
-    FB_ASSERT(e);
+    CURL *e = fb_curlm_easy(w->curlm);
     c->easy = e;
     curl_easy_setopt(e, CURLOPT_URL, url);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");

@@ -258,6 +258,17 @@ test("charges: drawn from an open hold one row each, all or nothing, kept by com
   const [key] = (await ok("ledger.keys", { account_id })).keys;
   assert.equal(key.spent_micro, 1300 + 700 + 1);
   assert.equal(key.held_micro, 0);
+  // a charge must follow its hold (account, key): the audit says so when one does not
+  const checks = (await audit()).checks.map((x) => x.name);
+  assert.ok(checks.includes("charges_follow_their_holds") && checks.includes("charges_match_postings"));
+  const tamper = (set) => pg.psql(db.name, "ALTER TABLE charges DISABLE TRIGGER charges_immutable; " +
+    `UPDATE charges SET ${set} WHERE hold_id = ${h.hold_id} AND ref = 'call-1'; ` +
+    "ALTER TABLE charges ENABLE TRIGGER charges_immutable");
+  tamper("key_id = NULL");
+  const bad = await call("ledger.audit", {});
+  assert.equal(bad.body.ok, false);
+  assert.deepEqual(bad.body.checks.filter((x) => !x.ok).map((x) => x.name), ["charges_follow_their_holds"]);
+  tamper(`key_id = ${key_id}`);
   await audit();
 });
 
