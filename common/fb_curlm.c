@@ -40,9 +40,9 @@ struct fb_curlm_t {
     uv_loop_t *loop;
     CURLM *multi;
     uv_timer_t timer;
-    s_xfer_t *xfers; /* transfers in flight */
-    s_sock_t *socks; /* sockets with a watcher, busy or idle */
-    s_sock_t **byfd; /* the same, by fd */
+    s_xfer_t *xfers;           /* transfers in flight */
+    s_sock_t *socks;           /* sockets with a watcher, busy or idle */
+    s_sock_t **byfd;           /* the same, by fd */
     CURL *pool[FB_CURLM_POOL]; /* easy handles given back, reset */
     size_t pooled;
     size_t nbyfd;
