@@ -70,6 +70,7 @@ struct s_key {
     bool exact;            /* ... at exactly the first waiter's ceiling */
     s_wait_t *waiters, **waiters_tail;
     int64_t factor; /* ceilings per slice */
+    size_t slices;  /* its slices not yet closed */
 };
 
 struct edge_purse_t {
@@ -166,11 +167,8 @@ static s_key_t *s_key_get(edge_purse_t *self, int64_t key_id, int64_t account_id
 /* Frees a key with nothing left on it: no slice takes its calls, no open, no waiter. */
 static void s_key_maybe_free(edge_purse_t *self, s_key_t *k)
 {
-    if (k->current || k->opening || k->waiters)
+    if (k->current || k->opening || k->waiters || k->slices > 0)
         return;
-    for (edge_slice_t *s = self->slices; s; s = s->next)
-        if (s->key == k)
-            return;
     s_key_t **p = &self->buckets[s_bucket(self, k->key_id)];
     while (*p != k)
         p = &(*p)->next;
@@ -218,6 +216,7 @@ static void s_on_void(void *arg, const fb_rpc_reply_t *reply)
                "hold_id=%" PRId64 " code=%s message=%s", s->hold_id, reply->code, reply->message);
     s_key_t *k = s->key;
     free(s);
+    k->slices--;
     s_key_maybe_free(self, k);
 }
 
@@ -292,6 +291,7 @@ static void s_on_hold(void *arg, const fb_rpc_reply_t *reply)
         if (hold_id > 0) {
             edge_slice_t *s = fb_calloc(1, sizeof(*s));
             s->key = k;
+            k->slices++;
             s->hold_id = hold_id;
             s->amount = amount;
             s->opened_ms = s->last_ms = fb_mono_ms();
