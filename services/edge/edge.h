@@ -16,11 +16,14 @@
 
 typedef struct edge_t edge_t;
 
-/* Where one provider's calls go: its base URL and key, or the mock model. */
+/* Where one provider's calls go: its base URL and key, or the mock model; and
+ * a second route (same dialect) a failed call is retried on once. */
 typedef struct {
     const char *base_url; /* "https://api.openai.com", or the mock model's URL */
     const char *api_key;  /* NULL for the mock model */
     bool mock;
+    const char *fallback_url; /* NULL: no second route */
+    const char *fallback_key; /* NULL: none sent */
 } edge_upstream_conf_t;
 typedef struct edge_worker_t edge_worker_t;
 

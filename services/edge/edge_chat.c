@@ -72,7 +72,9 @@ struct s_chat {
     /* the provider's answer */
     edge_call_t *call;
     long up_status;
-    fb_buf_t answer; /* a whole answer, or an error body */
+    int64_t call_t0_ms; /* the first provider call's start */
+    bool retried;       /* ... and it failed: the second route took the call */
+    fb_buf_t answer;    /* a whole answer, or an error body */
     edge_sse_t sse;
     edge_tr_stream_t tr;
     edge_rev_stream_t rev;
@@ -879,6 +881,8 @@ static void s_upstream_failed(s_chat_t *c, edge_call_result_t result, long statu
     s_resolve(c, -1, s_send_error);
 }
 
+static void s_call_upstream(s_chat_t *c);
+
 static void s_on_call_done(void *arg, edge_call_result_t result, long status, const char *why)
 {
     s_chat_t *c = arg;
@@ -897,6 +901,21 @@ static void s_on_call_done(void *arg, edge_call_result_t result, long status, co
         return;
     }
     if (result != EDGE_CALL_OK || status < 200 || status > 299) {
+        int64_t elapsed = fb_mono_ms() - c->call_t0_ms;
+        if (!c->retried && edge_call_has_fallback(c->w, c->model->provider) &&
+            edge_call_retryable(result, c->up_status ? c->up_status : status, elapsed,
+                                (int64_t)c->w->edge->upstream_timeout_ms - 1000)) {
+            /* nothing reached the caller: the provider's second route gets the call, once */
+            fb_log(FB_LOG_WARN, c->rid, "provider call failed; trying its second route",
+                   "model=%s status=%ld reason=%s", c->model->id, status,
+                   why && why[0] ? why : "error status");
+            edge_metrics_upstream_fallback(c->model->provider);
+            c->retried = true;
+            c->up_status = 0;
+            fb_buf_reset(&c->answer);
+            s_call_upstream(c);
+            return;
+        }
         s_upstream_failed(c, result, status, why);
         return;
     }
@@ -912,8 +931,16 @@ static void s_on_call_done(void *arg, edge_call_result_t result, long status, co
 static void s_call_upstream(s_chat_t *c)
 {
     static const edge_call_fn_t fn = {s_on_data, s_on_call_done};
-    c->call = edge_call_start(c->w, c->model->provider, c->up_body, c->up_len, c->anthropic_version,
-                              c->anthropic_beta, &fn, c);
+    uint32_t timeout_ms = 0;
+    if (c->retried) {
+        /* the second try gets what is left of the call's time */
+        int64_t left = (int64_t)c->w->edge->upstream_timeout_ms - (fb_mono_ms() - c->call_t0_ms);
+        timeout_ms = left > 1 ? (uint32_t)left : 1;
+    } else {
+        c->call_t0_ms = fb_mono_ms();
+    }
+    c->call = edge_call_start(c->w, c->model->provider, c->retried, timeout_ms, c->up_body, c->up_len,
+                              c->anthropic_version, c->anthropic_beta, &fn, c);
 }
 
 /* --- key and hold ------------------------------------------------------------------------ */

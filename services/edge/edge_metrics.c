@@ -31,6 +31,7 @@ struct edge_metrics_t {
     s_hist_t latency[EDGE_METRICS_ROUTES + 1];
     s_hist_t upstream[2];
     uint64_t upstream_failures[2];
+    uint64_t upstream_fallbacks[2];
     s_hist_t rpc[2];
     uint64_t money[EDGE_MONEY_KINDS];
     uint64_t idem[EDGE_IDEM_KINDS];
@@ -99,6 +100,13 @@ void edge_metrics_request(int route, int status, int64_t us)
             s = i;
     ADD(m->requests[route][s], 1);
     s_observe(&m->latency[route], us);
+}
+
+void edge_metrics_upstream_fallback(int provider)
+{
+    edge_metrics_t *m = s_mine;
+    if (m && provider >= 0 && provider <= 1)
+        ADD(m->upstream_fallbacks[provider], 1);
 }
 
 void edge_metrics_upstream(int provider, int64_t us, bool ok)
@@ -194,7 +202,8 @@ static void s_render(const edge_t *edge, fb_buf_t *b)
     memset(latency, 0, sizeof(latency));
     memset(upstream, 0, sizeof(upstream));
     memset(rpc, 0, sizeof(rpc));
-    uint64_t failures[2] = {0}, money[EDGE_MONEY_KINDS] = {0}, idem[EDGE_IDEM_KINDS] = {0}, in_flight = 0;
+    uint64_t failures[2] = {0}, fallbacks[2] = {0}, money[EDGE_MONEY_KINDS] = {0},
+             idem[EDGE_IDEM_KINDS] = {0}, in_flight = 0;
     int64_t streams = 0;
     for (int w = 0; w < edge->worker_count; w++) {
         edge_worker_t *wk = edge->workers[w];
@@ -209,6 +218,7 @@ static void s_render(const edge_t *edge, fb_buf_t *b)
         for (int p = 0; p < 2; p++) {
             s_sum_hist(&upstream[p], &m->upstream[p]);
             failures[p] += GET(m->upstream_failures[p]);
+            fallbacks[p] += GET(m->upstream_fallbacks[p]);
             s_sum_hist(&rpc[p], &m->rpc[p]);
         }
         for (int k = 0; k < EDGE_MONEY_KINDS; k++)
@@ -253,6 +263,12 @@ static void s_render(const edge_t *edge, fb_buf_t *b)
     for (int p = 0; p < 2; p++)
         s_printf(b, "farebox_edge_upstream_failures_total{provider=\"%s\"} %" PRIu64 "\n", providers[p],
                  failures[p]);
+    s_printf(b,
+             "# HELP farebox_edge_upstream_fallbacks_total Failed provider calls retried on the provider's "
+             "second route.\n# TYPE farebox_edge_upstream_fallbacks_total counter\n");
+    for (int p = 0; p < 2; p++)
+        s_printf(b, "farebox_edge_upstream_fallbacks_total{provider=\"%s\"} %" PRIu64 "\n", providers[p],
+                 fallbacks[p]);
     s_printf(b, "# HELP farebox_edge_rpc_duration_seconds Internal RPC calls, by service.\n"
                 "# TYPE farebox_edge_rpc_duration_seconds histogram\n");
     for (int p = 0; p < 2; p++)

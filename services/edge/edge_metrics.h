@@ -52,6 +52,9 @@ void edge_metrics_routes(const char *const *names, int count);
 /* Counting, on the calling thread's block (nothing when none is bound). */
 void edge_metrics_request(int route, int status, int64_t us);
 void edge_metrics_upstream(int provider, int64_t us, bool ok);
+
+/* A failed provider call retried on its provider's second route. */
+void edge_metrics_upstream_fallback(int provider);
 void edge_metrics_rpc(const void *client, int64_t us);
 void edge_metrics_money(edge_money_t kind, int64_t micro);
 void edge_metrics_streams(int delta);

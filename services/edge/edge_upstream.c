@@ -80,11 +80,28 @@ static struct curl_slist *s_header(struct curl_slist *list, const char *name, co
     return l;
 }
 
-edge_call_t *edge_call_start(edge_worker_t *w, edge_provider_t provider, const char *body, size_t len,
-                             const char *anthropic_version, const char *anthropic_beta,
-                             const edge_call_fn_t *fn, void *arg)
+bool edge_call_has_fallback(const edge_worker_t *w, edge_provider_t provider)
+{
+    return w->edge->upstream[provider].fallback_url != NULL;
+}
+
+bool edge_call_retryable(edge_call_result_t result, long status, int64_t elapsed_ms, int64_t deadline_ms)
+{
+    if (result == EDGE_CALL_FAILED || result == EDGE_CALL_TIMEOUT)
+        return status == 0 && elapsed_ms < deadline_ms;
+    if (result != EDGE_CALL_OK)
+        return false;
+    return status == 429 || status == 500 || status == 502 || status == 503 || status == 504 || status == 529;
+}
+
+edge_call_t *edge_call_start(edge_worker_t *w, edge_provider_t provider, bool fallback, uint32_t timeout_ms,
+                             const char *body, size_t len, const char *anthropic_version,
+                             const char *anthropic_beta, const edge_call_fn_t *fn, void *arg)
 {
     const edge_upstream_conf_t *up = &w->edge->upstream[provider];
+    FB_ASSERT(!fallback || up->fallback_url);
+    const char *base_url = fallback ? up->fallback_url : up->base_url;
+    const char *api_key = fallback ? up->fallback_key : up->api_key;
     edge_call_t *c = fb_calloc(1, sizeof(*c));
     c->w = w;
     c->provider = provider;
@@ -95,7 +112,7 @@ edge_call_t *edge_call_start(edge_worker_t *w, edge_provider_t provider, const c
     memcpy(c->body, body, len);
     c->body[len] = '\0';
     char url[400];
-    snprintf(url, sizeof(url), "%s%s", up->base_url,
+    snprintf(url, sizeof(url), "%s%s", base_url,
              provider == EDGE_PROVIDER_ANTHROPIC ? "/v1/messages" : "/v1/chat/completions");
     c->headers = s_header(NULL, "Content-Type", "application/json");
     c->headers = s_header(c->headers, "Expect", ""); /* no 100-continue round trip */
@@ -104,11 +121,11 @@ edge_call_t *edge_call_start(edge_worker_t *w, edge_provider_t provider, const c
             s_header(c->headers, "anthropic-version", anthropic_version ? anthropic_version : "2023-06-01");
         if (anthropic_beta)
             c->headers = s_header(c->headers, "anthropic-beta", anthropic_beta);
-        if (up->api_key)
-            c->headers = s_header(c->headers, "x-api-key", up->api_key);
-    } else if (up->api_key) {
+        if (api_key)
+            c->headers = s_header(c->headers, "x-api-key", api_key);
+    } else if (api_key) {
         char bearer[600];
-        snprintf(bearer, sizeof(bearer), "Bearer %s", up->api_key);
+        snprintf(bearer, sizeof(bearer), "Bearer %s", api_key);
         c->headers = s_header(c->headers, "Authorization", bearer);
     }
     CURL *e = fb_curlm_easy(w->curlm);
@@ -119,7 +136,7 @@ edge_call_t *edge_call_start(edge_worker_t *w, edge_provider_t provider, const c
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, c->body);
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, c->headers);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)w->edge->upstream_timeout_ms);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(timeout_ms ? timeout_ms : w->edge->upstream_timeout_ms));
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)w->edge->upstream_connect_ms);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
@@ -149,5 +166,17 @@ int edge_upstream_test(bool verbose)
     struct curl_slist *l = s_header(NULL, "x-api-key", "k");
     FB_ASSERT(strcmp(l->data, "x-api-key: k") == 0);
     curl_slist_free_all(l);
+    /* unreachable, overloaded or failing routes are retried; refusals and spent deadlines are not */
+    FB_ASSERT(edge_call_retryable(EDGE_CALL_FAILED, 0, 10, 1000));
+    FB_ASSERT(edge_call_retryable(EDGE_CALL_TIMEOUT, 0, 10000, 239000));
+    FB_ASSERT(!edge_call_retryable(EDGE_CALL_TIMEOUT, 0, 239000, 239000));
+    FB_ASSERT(!edge_call_retryable(EDGE_CALL_FAILED, 200, 10, 1000)); /* an answer began */
+    FB_ASSERT(!edge_call_retryable(EDGE_CALL_ABORTED, 0, 10, 1000));
+    static const long again[] = {429, 500, 502, 503, 504, 529},
+                      not_again[] = {200, 400, 401, 403, 404, 413, 422};
+    for (size_t i = 0; i < FB_ARRAY_SIZE(again); i++)
+        FB_ASSERT(edge_call_retryable(EDGE_CALL_OK, again[i], 10, 1000));
+    for (size_t i = 0; i < FB_ARRAY_SIZE(not_again); i++)
+        FB_ASSERT(!edge_call_retryable(EDGE_CALL_OK, not_again[i], 10, 1000));
     return 0;
 }

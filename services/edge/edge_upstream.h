@@ -12,6 +12,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct edge_call_t edge_call_t;
 
@@ -33,11 +34,23 @@ typedef struct {
 
 /* edge_call_start - POST body (len bytes, copied) to the provider serving
  * provider: /v1/chat/completions for OpenAI, /v1/messages for Anthropic (with
- * anthropic_version and anthropic_beta, which may be NULL). Returns the call;
- * callbacks run from the loop, never inside this function. */
-edge_call_t *edge_call_start(edge_worker_t *w, edge_provider_t provider, const char *body, size_t len,
-                             const char *anthropic_version, const char *anthropic_beta,
-                             const edge_call_fn_t *fn, void *arg);
+ * anthropic_version and anthropic_beta, which may be NULL), on its main route
+ * or, with fallback, on its second route (edge_call_has_fallback), within
+ * timeout_ms (0: the edge's whole-call limit). Returns the call; callbacks run
+ * from the loop, never inside this function. */
+edge_call_t *edge_call_start(edge_worker_t *w, edge_provider_t provider, bool fallback, uint32_t timeout_ms,
+                             const char *body, size_t len, const char *anthropic_version,
+                             const char *anthropic_beta, const edge_call_fn_t *fn, void *arg);
+
+/* edge_call_has_fallback - provider has a second route configured. */
+bool edge_call_has_fallback(const edge_worker_t *w, edge_provider_t provider);
+
+/* edge_call_retryable - whether a call that ended so, before any output went
+ * to the caller, is worth one try on another route: the provider could not be
+ * reached (no answer at all, elapsed_ms short of the whole-call deadline) or
+ * answered 429, 500, 502, 503, 504 or 529 (overloaded). A refusal (other 4xx)
+ * or a whole-call timeout is not. */
+bool edge_call_retryable(edge_call_result_t result, long status, int64_t elapsed_ms, int64_t deadline_ms);
 
 /* edge_call_cancel - stop a call that has not ended (its on_done will not run)
  * and free it. Not from inside its on_data (return -1 there). Nulls *call_p. */

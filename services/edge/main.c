@@ -44,6 +44,11 @@ static int s_check_url(const char *text, char *err, size_t errlen)
     return 0;
 }
 
+static int s_check_fallback_url(const char *text, char *err, size_t errlen)
+{
+    return text[0] ? s_check_url(text, err, errlen) : 0;
+}
+
 static int s_check_evm_address(const char *text, char *err, size_t errlen)
 {
     fb_addr_t a;
@@ -102,6 +107,15 @@ static const fb_config_var_t s_vars[] = {
      "Anthropic API key (unset: Anthropic models are answered by the mock model)"},
     {"FAREBOX_ANTHROPIC_BASE_URL", FB_CFG_STRING, "https://api.anthropic.com", 0, 0, NULL, s_check_url,
      "where Anthropic calls go (/v1/messages is appended)"},
+    {"FAREBOX_OPENAI_FALLBACK_URL", FB_CFG_STRING, "", 0, 0, NULL, s_check_fallback_url,
+     "a second OpenAI-compatible route: a call whose provider could not be reached or answered 429/5xx "
+     "before any output is sent here once (unset: no retry)"},
+    {"FAREBOX_OPENAI_FALLBACK_API_KEY", FB_CFG_SECRET, "", 0, 0, NULL, NULL,
+     "the key sent to FAREBOX_OPENAI_FALLBACK_URL (unset: none; the main key is never sent there)"},
+    {"FAREBOX_ANTHROPIC_FALLBACK_URL", FB_CFG_STRING, "", 0, 0, NULL, s_check_fallback_url,
+     "a second Anthropic-compatible route, used like FAREBOX_OPENAI_FALLBACK_URL"},
+    {"FAREBOX_ANTHROPIC_FALLBACK_API_KEY", FB_CFG_SECRET, "", 0, 0, NULL, NULL,
+     "the key sent to FAREBOX_ANTHROPIC_FALLBACK_URL (unset: none)"},
     {"FAREBOX_MOCK_MODEL_URL", FB_CFG_STRING, "http://127.0.0.1:8404", 0, 0, NULL, s_check_url,
      "the built-in mock model (farebox-mock-model), for providers without a key"},
     {"FAREBOX_UPSTREAM_TIMEOUT_MS", FB_CFG_INT, "240000", 1000, 3600000, NULL, NULL,
@@ -240,6 +254,14 @@ int main(int argc, char **argv)
             up->base_url = fb_config_str(cfg, "FAREBOX_MOCK_MODEL_URL");
             up->mock = true;
         }
+        snprintf(var, sizeof(var), "FAREBOX_%s_FALLBACK_URL", names[p]);
+        const char *fallback = fb_config_str(cfg, var);
+        if (fallback[0]) {
+            up->fallback_url = fallback;
+            snprintf(var, sizeof(var), "FAREBOX_%s_FALLBACK_API_KEY", names[p]);
+            const char *fallback_key = fb_config_str(cfg, var);
+            up->fallback_key = fallback_key[0] ? fallback_key : NULL;
+        }
     }
     const char *pay_evm = fb_config_str(cfg, "FAREBOX_PAY_TO_EVM");
     if (pay_evm[0]) {
@@ -270,8 +292,10 @@ int main(int argc, char **argv)
     edge.upstream_timeout_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_UPSTREAM_TIMEOUT_MS");
     edge.upstream_connect_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_UPSTREAM_CONNECT_MS");
     edge.upstream_keepalive = (size_t)fb_config_int(cfg, "FAREBOX_UPSTREAM_KEEPALIVE");
-    fb_log(FB_LOG_INFO, NULL, "providers", "openai=%s anthropic=%s", edge.upstream[0].base_url,
-           edge.upstream[1].base_url);
+    fb_log(FB_LOG_INFO, NULL, "providers", "openai=%s anthropic=%s openai_fallback=%s anthropic_fallback=%s",
+           edge.upstream[0].base_url, edge.upstream[1].base_url,
+           edge.upstream[0].fallback_url ? edge.upstream[0].fallback_url : "none",
+           edge.upstream[1].fallback_url ? edge.upstream[1].fallback_url : "none");
     edge.workers = fb_calloc((size_t)edge.worker_count, sizeof(*edge.workers));
     for (int i = 0; i < edge.worker_count; i++) {
         edge.workers[i] = edge_worker_new(&edge, i, err, sizeof(err));

@@ -11,6 +11,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import crypto from "node:crypto";
+import http from "node:http";
 import http2 from "node:http2";
 import OpenAI from "openai";
 import Anthropic from "@anthropic-ai/sdk";
@@ -440,6 +441,102 @@ async function startEdge(env) {
   extraEdges.push(p);
   return `http://127.0.0.1:${port}`;
 }
+
+test("a provider route that fails before any output is retried once on its second route; refusals are not", async () => {
+  // the main OpenAI route: a server that answers what it is told; the second route: the mock
+  const seen = [];
+  let answer = 503;
+  const primary = http.createServer((req, res) => {
+    let body = "";
+    req.on("data", (d) => { body += d; });
+    req.on("end", () => {
+      seen.push({ path: req.url, auth: req.headers.authorization, body });
+      res.writeHead(answer, { "content-type": "application/json" });
+      res.end(JSON.stringify({ error: { message: `route down (${answer})`, type: "server_error" } }));
+    });
+  });
+  await new Promise((r) => primary.listen(0, "127.0.0.1", r));
+  // the second route: the mock, behind a recorder of the key it is sent
+  const secondAuth = [];
+  const second = http.createServer((req, res) => {
+    let body = "";
+    req.on("data", (d) => { body += d; });
+    req.on("end", async () => {
+      secondAuth.push(req.headers.authorization);
+      const up = await fetch(`http://127.0.0.1:${mp}${req.url}`, { method: "POST", body,
+        headers: { "content-type": "application/json" } });
+      res.writeHead(up.status, { "content-type": up.headers.get("content-type") });
+      for await (const chunk of up.body) res.write(chunk);
+      res.end();
+    });
+  });
+  await new Promise((r) => second.listen(0, "127.0.0.1", r));
+  const routes = { FAREBOX_OPENAI_API_KEY: "sk-main-route",
+    FAREBOX_OPENAI_FALLBACK_URL: `http://127.0.0.1:${second.address().port}`,
+    FAREBOX_OPENAI_FALLBACK_API_KEY: "sk-second-route", FAREBOX_PREPAID_SLICE_IDLE_MS: "50" };
+  const routed = await startEdge({ ...routes, FAREBOX_OPENAI_BASE_URL: `http://127.0.0.1:${primary.address().port}` });
+  const deadPort = await freePort(); // nothing listens there
+  const unreachable = await startEdge({ ...routes, FAREBOX_OPENAI_BASE_URL: `http://127.0.0.1:${deadPort}` });
+  try {
+    const { id, key } = await account(10_000_000);
+    const before = await available(id);
+    const msgs = (content) => [{ role: "user", content }];
+    const client = (base) => new OpenAI({ baseURL: `${base}/v1`, apiKey: key, maxRetries: 0 });
+    let expected = 0;
+    // 503, 429 and 529 on the main route: served by the second, charged once at the reported usage
+    for (const status of [503, 429, 529]) {
+      answer = status;
+      const r = await client(routed).chat.completions.create({ model: "gpt-4o-mini", messages: msgs(`hi ${status}`) });
+      assert.match(r.id, /^chatcmpl-mock/);
+      expected += cost("gpt-4o-mini", r.usage.prompt_tokens, r.usage.completion_tokens);
+    }
+    assert.equal(seen.length, 3);
+    assert.ok(seen.every((x) => x.path === "/v1/chat/completions" && x.auth === "Bearer sk-main-route"));
+    assert.match(seen[0].body, /"model":"gpt-4o-mini"/);
+    // a stream too: nothing had been sent to the caller when the main route failed
+    answer = 502;
+    const stream = await client(routed).chat.completions.create({ model: "gpt-4o-mini", stream: true,
+      stream_options: { include_usage: true }, messages: msgs("stream") });
+    let text = "", usage;
+    for await (const chunk of stream) {
+      text += chunk.choices[0]?.delta?.content ?? "";
+      if (chunk.usage) usage = chunk.usage;
+    }
+    assert.ok(text.length > 0 && usage, JSON.stringify({ text, usage }));
+    expected += cost("gpt-4o-mini", usage.prompt_tokens, usage.completion_tokens);
+    // a main route that cannot be reached at all
+    const r2 = await client(unreachable).chat.completions.create({ model: "gpt-4o-mini", messages: msgs("down") });
+    expected += cost("gpt-4o-mini", r2.usage.prompt_tokens, r2.usage.completion_tokens);
+    // a refusal is the caller's answer, not retried; a second route that fails too ends the call: nothing charged
+    answer = 400;
+    await assert.rejects(client(routed).chat.completions.create({ model: "gpt-4o-mini", messages: msgs("bad") }),
+      (e) => e instanceof OpenAI.BadRequestError && e.code === "invalid_request" && /route down \(400\)/.test(e.message));
+    answer = 500;
+    await assert.rejects(client(routed).chat.completions.create({ model: "gpt-4o-mini",
+      messages: msgs("[mock:fail=500]") }), (e) => e instanceof OpenAI.InternalServerError && e.code === "upstream_error");
+    assert.equal(seen.length, 6);
+    assert.equal(secondAuth.length, 6); // 3 + stream + unreachable + the failing one; the refusal never went there
+    assert.ok(secondAuth.every((a) => a === "Bearer sk-second-route"), JSON.stringify(secondAuth));
+    // Anthropic models have no second route here: unaffected
+    const a = await new Anthropic({ baseURL: routed, apiKey: key, maxRetries: 0 }).messages.create({
+      model: "claude-3-5-haiku-20241022", max_tokens: 5, messages: msgs("x") });
+    expected += cost("claude-3-5-haiku-20241022", a.usage.input_tokens, a.usage.output_tokens);
+
+    const list = await settled(id);
+    assert.equal(list.length, 6);
+    assert.equal(list.reduce((t, c) => t + c.amount_micro, 0), expected);
+    assert.equal(await available(id), before - expected);
+    const metrics = await (await fetch(`${routed}/metrics`)).text();
+    assert.match(metrics, /^farebox_edge_upstream_fallbacks_total\{provider="openai"\} 5$/m);
+    assert.match(metrics, /^farebox_edge_upstream_fallbacks_total\{provider="anthropic"\} 0$/m);
+    assert.match(await (await fetch(`${unreachable}/metrics`)).text(),
+      /^farebox_edge_upstream_fallbacks_total\{provider="openai"\} 1$/m);
+  } finally {
+    primary.close();
+    second.close();
+  }
+  await audit();
+});
 
 test("rate limits per IP and per key, and the in-flight cap per key: 429 with Retry-After, nothing charged", async () => {
   // per IP: a burst of 2, then one a second; health checks are not counted
