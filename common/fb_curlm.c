@@ -252,6 +252,12 @@ void fb_curlm_keep(fb_curlm_t *self, size_t n)
     curl_multi_setopt(self->multi, CURLMOPT_MAXCONNECTS, (long)n);
 }
 
+void fb_curlm_max_connections(fb_curlm_t *self, long n)
+{
+    FB_ASSERT(self && n > 0);
+    curl_multi_setopt(self->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, n);
+}
+
 CURL *fb_curlm_easy(fb_curlm_t *self)
 {
     CURL *e = self->pooled ? self->pool[--self->pooled] : curl_easy_init();

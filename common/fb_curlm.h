@@ -29,6 +29,10 @@ fb_curlm_t *fb_curlm_new(uv_loop_t *loop);
  * transfers come and go keeps closing and reopening connections). */
 void fb_curlm_keep(fb_curlm_t *self, size_t n);
 
+/* fb_curlm_max_connections - open at most n connections at once; transfers
+ * beyond wait for one (libcurl's default: no limit). */
+void fb_curlm_max_connections(fb_curlm_t *self, long n);
+
 /* fb_curlm_easy - an easy handle for a transfer on this multi: one given back
  * earlier (reset to libcurl's defaults) or a new one. The caller owns it. */
 CURL *fb_curlm_easy(fb_curlm_t *self);
