@@ -270,6 +270,17 @@ test("charges: drawn from an open hold one row each, all or nothing, kept by com
   assert.deepEqual(bad.body.checks.filter((x) => !x.ok).map((x) => x.name), ["charges_follow_their_holds"]);
   tamper(`key_id = ${key_id}`);
   await audit();
+  // a charge whose hold is missing (no foreign key: ledger_charge writes rows only for the hold it
+  // locked), and holds are never deleted
+  const move = (from, to) => pg.psql(db.name, "ALTER TABLE charges DISABLE TRIGGER charges_immutable; " +
+    `UPDATE charges SET hold_id = ${to} WHERE hold_id = ${from} AND ref = 'call-1'; ` +
+    "ALTER TABLE charges ENABLE TRIGGER charges_immutable");
+  move(h.hold_id, 999999999);
+  const orphan = await call("ledger.audit", {});
+  assert.ok(orphan.body.checks.filter((x) => !x.ok).map((x) => x.name).includes("charges_follow_their_holds"));
+  move(999999999, h.hold_id);
+  assert.throws(() => pg.psql(db.name, `DELETE FROM holds WHERE id = ${h.hold_id}`), /immutable/);
+  await audit();
 });
 
 test("idempotent calls: claimed once, answered from the charge's transaction, 409 while leased, taken over after", async () => {
