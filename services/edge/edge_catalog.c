@@ -15,20 +15,25 @@
 static const char s_builtin[] =
     "{\"models\":["
     "{\"id\":\"gpt-4o-mini\",\"provider\":\"openai\",\"display_name\":\"GPT-4o mini\","
-    "\"aliases\":[\"openai/gpt-4o-mini\"],\"input_price\":150000,\"output_price\":600000,"
+    "\"aliases\":[\"openai/"
+    "gpt-4o-mini\"],\"input_price\":150000,\"cache_read_price\":75000,\"output_price\":600000,"
     "\"context_tokens\":128000,\"max_output_tokens\":16384},"
     "{\"id\":\"gpt-4o\",\"provider\":\"openai\",\"display_name\":\"GPT-4o\","
-    "\"aliases\":[\"openai/gpt-4o\"],\"input_price\":2500000,\"output_price\":10000000,"
+    "\"aliases\":[\"openai/gpt-4o\"],\"input_price\":2500000,\"cache_read_price\":1250000,"
+    "\"output_price\":10000000,"
     "\"context_tokens\":128000,\"max_output_tokens\":16384},"
     "{\"id\":\"gpt-4.1-mini\",\"provider\":\"openai\",\"display_name\":\"GPT-4.1 mini\","
-    "\"aliases\":[\"openai/gpt-4.1-mini\"],\"input_price\":400000,\"output_price\":1600000,"
+    "\"aliases\":[\"openai/gpt-4.1-mini\"],\"input_price\":400000,\"cache_read_price\":100000,"
+    "\"output_price\":1600000,"
     "\"context_tokens\":1047576,\"max_output_tokens\":32768},"
     "{\"id\":\"claude-3-5-haiku-20241022\",\"provider\":\"anthropic\",\"display_name\":\"Claude Haiku 3.5\","
     "\"aliases\":[\"claude-3-5-haiku-latest\",\"anthropic/claude-3.5-haiku\"],\"input_price\":800000,"
-    "\"output_price\":4000000,\"context_tokens\":200000,\"max_output_tokens\":8192},"
+    "\"cache_read_price\":80000,\"cache_write_price\":1000000,\"output_price\":4000000,"
+    "\"context_tokens\":200000,\"max_output_tokens\":8192},"
     "{\"id\":\"claude-sonnet-4-20250514\",\"provider\":\"anthropic\",\"display_name\":\"Claude Sonnet 4\","
     "\"aliases\":[\"claude-sonnet-4-0\",\"anthropic/claude-sonnet-4\"],\"input_price\":3000000,"
-    "\"output_price\":15000000,\"context_tokens\":200000,\"max_output_tokens\":64000}"
+    "\"cache_read_price\":300000,\"cache_write_price\":3750000,\"output_price\":15000000,"
+    "\"context_tokens\":200000,\"max_output_tokens\":64000}"
     "]}";
 
 typedef struct {
@@ -104,10 +109,11 @@ static int s_str_field(json_t *m, const char *key, char *out, size_t cap, const 
 static int s_parse_model(json_t *m, size_t index, edge_model_t *out, char *err, size_t errlen)
 {
     memset(out, 0, sizeof(*out));
+    out->cache_read_price = out->cache_write_price = -1; /* absent: the input price */
     if (!json_is_object(m))
         return s_fail(err, errlen, "models[%zu] must be an object", index);
-    static const char *known[] = {"id",           "provider",       "upstream",
-                                  "display_name", "aliases",        "input_price",
+    static const char *known[] = {"id",           "provider",       "upstream",         "display_name",
+                                  "aliases",      "input_price",    "cache_read_price", "cache_write_price",
                                   "output_price", "context_tokens", "max_output_tokens"};
     const char *key;
     json_t *v;
@@ -140,11 +146,19 @@ static int s_parse_model(json_t *m, size_t index, edge_model_t *out, char *err, 
             0 ||
         s_int_field(m, "output_price", 0, EDGE_PRICE_MAX, true, &out->output_price, out->id, err, errlen) !=
             0 ||
+        s_int_field(m, "cache_read_price", 0, EDGE_PRICE_MAX, false, &out->cache_read_price, out->id, err,
+                    errlen) != 0 ||
+        s_int_field(m, "cache_write_price", 0, EDGE_PRICE_MAX, false, &out->cache_write_price, out->id, err,
+                    errlen) != 0 ||
         s_int_field(m, "context_tokens", 1, EDGE_TOKENS_MAX, true, &out->context_tokens, out->id, err,
                     errlen) != 0 ||
         s_int_field(m, "max_output_tokens", 1, EDGE_TOKENS_MAX, true, &out->max_output_tokens, out->id, err,
                     errlen) != 0)
         return -1;
+    if (out->cache_read_price < 0)
+        out->cache_read_price = out->input_price;
+    if (out->cache_write_price < 0)
+        out->cache_write_price = out->input_price;
     if (!s_name_ok(out->upstream))
         return s_fail(err, errlen, "model \"%s\": upstream has characters outside A-Z a-z 0-9 . _ : / @ -",
                       out->id);
@@ -194,14 +208,31 @@ int64_t edge_cost_micro(int64_t tokens, int64_t price)
     return c > (unsigned __int128)INT64_MAX ? INT64_MAX : (int64_t)c;
 }
 
+int64_t edge_input_cost_micro(const edge_model_t *m, const edge_usage_t *u)
+{
+    int64_t in = u->input > 0 ? u->input : 0;
+    int64_t r = u->cache_read > 0 ? (u->cache_read < in ? u->cache_read : in) : 0;
+    int64_t w = u->cache_write > 0 ? (u->cache_write < in - r ? u->cache_write : in - r) : 0;
+    int64_t parts[] = {edge_cost_micro(in - r - w, m->input_price), edge_cost_micro(r, m->cache_read_price),
+                       edge_cost_micro(w, m->cache_write_price)};
+    int64_t total = 0;
+    for (size_t i = 0; i < FB_ARRAY_SIZE(parts); i++)
+        total = total > INT64_MAX - parts[i] ? INT64_MAX : total + parts[i];
+    return total;
+}
+
 static json_t *s_price_json(const edge_model_t *m)
 {
-    char in[32], outp[32];
+    char in[32], outp[32], cr[32], cw[32];
     edge_usd_text(in, m->input_price);
     edge_usd_text(outp, m->output_price);
-    return json_pack("{sI sI ss ss}", "input_micro_per_mtok", (json_int_t)m->input_price,
-                     "output_micro_per_mtok", (json_int_t)m->output_price, "input_usd_per_mtok", in,
-                     "output_usd_per_mtok", outp);
+    edge_usd_text(cr, m->cache_read_price);
+    edge_usd_text(cw, m->cache_write_price);
+    return json_pack("{sI sI sI sI ss ss ss ss}", "input_micro_per_mtok", (json_int_t)m->input_price,
+                     "output_micro_per_mtok", (json_int_t)m->output_price, "cache_read_micro_per_mtok",
+                     (json_int_t)m->cache_read_price, "cache_write_micro_per_mtok",
+                     (json_int_t)m->cache_write_price, "input_usd_per_mtok", in, "output_usd_per_mtok", outp,
+                     "cache_read_usd_per_mtok", cr, "cache_write_usd_per_mtok", cw);
 }
 
 static json_t *s_aliases_json(const edge_model_t *m)
@@ -260,7 +291,9 @@ static void s_prepare(edge_catalog_t *c)
             "a call holds (or, paid with x402, is quoted) ceil(request body bytes x input price / 10^6) + "
             "ceil(max_tokens x output price / 10^6), max_tokens being the model's max_output_tokens when the "
             "request sets none; it is charged ceil(input tokens x input price / 10^6) + ceil(output tokens x "
-            "output price / 10^6) from the usage the provider reports, never more than the hold or quote",
+            "output price / 10^6) from the usage the provider reports, input tokens read from or written to "
+            "the provider's prompt cache at the cache read and cache write prices (each part rounded up), "
+            "never more than the hold or quote",
             "models", pricing),
         &c->pricing_len);
 }
@@ -395,8 +428,10 @@ int edge_catalog_test(bool verbose)
     FB_ASSERT(edge_catalog_find(c, "gpt-4o-mini", 11) == m);
     FB_ASSERT(edge_catalog_find(c, "gpt-4o-min", 10) == NULL);
     FB_ASSERT(edge_catalog_find(c, "", 0) == NULL);
+    FB_ASSERT(m->cache_read_price == 75000 && m->cache_write_price == 150000); /* OpenAI: no write price */
     m = edge_catalog_find(c, "claude-3-5-haiku-latest", 23);
     FB_ASSERT(m && m->provider == EDGE_PROVIDER_ANTHROPIC && m->max_output_tokens == 8192);
+    FB_ASSERT(m->cache_read_price == 80000 && m->cache_write_price == 1000000); /* 0.1x and 1.25x input */
     size_t n;
     const char *text = edge_catalog_models_openai(c, &n);
     json_t *doc = json_loadb(text, n, 0, NULL);
@@ -464,6 +499,31 @@ int edge_catalog_test(bool verbose)
             FB_ASSERT(0);
         }
     }
+    /* cached input: each part at its price, rounded up; counts clamped into the input */
+    edge_model_t pm = {.input_price = 3000000, .cache_read_price = 300000, .cache_write_price = 3750000};
+    edge_usage_t u = {.input = 1000, .cache_read = 600, .cache_write = 300};
+    FB_ASSERT(edge_input_cost_micro(&pm, &u) == 300 + 180 + 1125); /* 100 x 3 + 600 x 0.3 + 300 x 3.75 */
+    u = (edge_usage_t){.input = 10, .cache_read = 1};
+    FB_ASSERT(edge_input_cost_micro(&pm, &u) == 27 + 1); /* 0.3 rounds up to 1 */
+    u = (edge_usage_t){.input = 100, .cache_read = 500, .cache_write = 7};
+    FB_ASSERT(edge_input_cost_micro(&pm, &u) == 30); /* all 100 read from the cache, nothing written */
+    u = (edge_usage_t){.input = 100, .cache_read = -5, .cache_write = 150};
+    FB_ASSERT(edge_input_cost_micro(&pm, &u) == 375); /* all 100 written */
+
+    /* cache prices: optional, the input price when absent */
+    static const char one[] = "{\"models\":[{\"id\":\"a\",\"provider\":\"anthropic\",\"input_price\":7,"
+                              "\"cache_read_price\":0,\"output_price\":9,\"context_tokens\":10,"
+                              "\"max_output_tokens\":5}]}";
+    c = edge_catalog_parse(one, strlen(one), err, sizeof(err));
+    FB_ASSERT(c);
+    m = edge_catalog_find(c, "a", 1);
+    FB_ASSERT(m->cache_read_price == 0 && m->cache_write_price == 7);
+    edge_catalog_free(&c);
+    static const char neg[] = "{\"models\":[{\"id\":\"a\",\"provider\":\"openai\",\"input_price\":1,"
+                              "\"output_price\":1,\"cache_write_price\":-2,\"context_tokens\":10,"
+                              "\"max_output_tokens\":5}]}";
+    FB_ASSERT(edge_catalog_parse(neg, strlen(neg), err, sizeof(err)) == NULL &&
+              strstr(err, "cache_write_price"));
     FB_ASSERT(edge_catalog_load("/nonexistent/catalog.json", err, sizeof(err)) == NULL &&
               strstr(err, "cannot read"));
     return 0;

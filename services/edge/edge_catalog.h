@@ -1,6 +1,7 @@
 /* edge_catalog - the models farebox sells: canonical ids, aliases (such as
  * OpenRouter's "openai/gpt-4o-mini"), the provider that serves each, its
- * price in micro-USDC per million input and output tokens, and its context
+ * price in micro-USDC per million input and output tokens (and cached input
+ * tokens, read and written), and its context
  * and output caps. Read once at start from FAREBOX_CATALOG_FILE (format in
  * README: Models and prices) or the built-in catalog; read-only after, shared
  * by every worker. The answers of /v1/models and /v1/pricing are made once. */
@@ -26,6 +27,8 @@ typedef struct {
     char display_name[EDGE_MODEL_NAME_MAX + 1];
     edge_provider_t provider;
     int64_t input_price, output_price; /* micro-USDC per million tokens */
+    int64_t cache_read_price;          /* ... of input tokens read from the provider's prompt cache */
+    int64_t cache_write_price;         /* ... of input tokens written to it (Anthropic) */
     int64_t context_tokens, max_output_tokens;
     size_t naliases;
     char aliases[EDGE_MODEL_ALIASES][EDGE_MODEL_NAME_MAX + 1];
@@ -60,6 +63,18 @@ const char *edge_catalog_pricing(const edge_catalog_t *self, size_t *len);
  * tokens), rounded up to a whole micro-USDC: ceil(tokens * price / 10^6).
  * Negative inputs count as zero; the result saturates at INT64_MAX. */
 int64_t edge_cost_micro(int64_t tokens, int64_t price);
+
+/* Input tokens as a provider reports them: all of them, and how many of those
+ * were read from or written to its prompt cache. */
+typedef struct {
+    int64_t input, cache_read, cache_write;
+} edge_usage_t;
+
+/* edge_input_cost_micro - what the input costs at the model's prices: the
+ * cached parts at the cache read and write prices, the rest at the input
+ * price, each part rounded up. Cache counts are clamped into the input (a
+ * provider's nonsense never makes input cheaper than its uncached share). */
+int64_t edge_input_cost_micro(const edge_model_t *m, const edge_usage_t *u);
 
 /* edge_usd_text - micro-USDC as decimal dollars without trailing zeros
  * ("0.15", "10", "0.000001"), for people. */

@@ -81,6 +81,7 @@ struct s_chat {
     bool up_ended;      /* [DONE] or message_stop seen */
     char up_error[256]; /* why the stream ended badly, for the caller */
     int64_t in_tokens, out_tokens;
+    int64_t cache_read, cache_write; /* of in_tokens: read from / written to the provider's prompt cache */
     bool in_seen, out_seen;
     int64_t out_events, out_bytes; /* content delivered, for a stream without usage */
     /* our answer */
@@ -324,12 +325,26 @@ int64_t edge_chat_output_estimate(int64_t events, int64_t bytes)
 
 /* What the call costs: the reported usage, or the conservative counts where a
  * figure is missing; never more than the hold. */
+static int64_t s_add(int64_t a, int64_t b)
+{
+    return a > INT64_MAX - b ? INT64_MAX : a + b;
+}
+
+/* What the input costs: the reported tokens, those read from or written to
+ * the provider's prompt cache at their own prices, each part rounded up; the
+ * request's size at the input price when nothing was reported. */
+static int64_t s_input_cost(s_chat_t *c)
+{
+    if (!c->in_seen)
+        return edge_cost_micro(c->input_estimate, c->model->input_price);
+    edge_usage_t u = {.input = c->in_tokens, .cache_read = c->cache_read, .cache_write = c->cache_write};
+    return edge_input_cost_micro(c->model, &u);
+}
+
 static int64_t s_cost(s_chat_t *c)
 {
-    int64_t in = c->in_seen ? c->in_tokens : c->input_estimate;
     int64_t out = c->out_seen ? c->out_tokens : edge_chat_output_estimate(c->out_events, c->out_bytes);
-    int64_t a = edge_cost_micro(in, c->model->input_price), b = edge_cost_micro(out, c->model->output_price);
-    int64_t cost = a > INT64_MAX - b ? INT64_MAX : a + b;
+    int64_t cost = s_add(s_input_cost(c), edge_cost_micro(out, c->model->output_price));
     return cost > c->hold_micro ? c->hold_micro : cost;
 }
 
@@ -575,6 +590,11 @@ static void s_openai_usage(s_chat_t *c, json_t *usage)
     if (json_is_integer(p) && json_integer_value(p) >= 0) {
         c->in_tokens = json_integer_value(p);
         c->in_seen = true;
+        /* prompt_tokens counts the cached ones too */
+        json_t *cached = json_object_get(json_object_get(usage, "prompt_tokens_details"), "cached_tokens");
+        c->cache_read =
+            json_is_integer(cached) && json_integer_value(cached) > 0 ? json_integer_value(cached) : 0;
+        c->cache_write = 0;
     }
     if (json_is_integer(o) && json_integer_value(o) >= 0) {
         c->out_tokens = json_integer_value(o);
@@ -618,6 +638,7 @@ static void s_anthropic_event(s_chat_t *c, json_t *d)
             if (edge_tr_usage(u, &in, &out) == 0) {
                 c->in_tokens = in;
                 c->in_seen = true;
+                edge_tr_cache_tokens(u, &c->cache_read, &c->cache_write);
             }
             json_decref(u);
         }
@@ -761,7 +782,7 @@ static void s_prompt_answer(s_chat_t *c, const char *text, size_t text_len)
 {
     int64_t in = c->in_seen ? c->in_tokens : c->input_estimate;
     int64_t out = c->out_seen ? c->out_tokens : edge_chat_output_estimate(c->out_events, c->out_bytes);
-    int64_t in_cost = edge_cost_micro(in, c->model->input_price);
+    int64_t in_cost = s_input_cost(c);
     int64_t total = s_cost(c);
     int64_t out_cost = total - in_cost > 0 ? total - in_cost : 0;
     if (in_cost > total)
@@ -816,6 +837,7 @@ static void s_whole_answer(s_chat_t *c)
             c->in_tokens = in;
             c->out_tokens = out;
             c->in_seen = c->out_seen = true;
+            edge_tr_cache_tokens(json_object_get(d, "usage"), &c->cache_read, &c->cache_write);
         }
         size_t i;
         json_t *b;

@@ -240,10 +240,21 @@ const char *edge_rev_stop_reason(const char *finish_reason)
     return "end_turn";
 }
 
+/* OpenAI's cached prompt tokens, within prompt_tokens (0..prompt_tokens). */
+static int64_t s_cached(json_t *usage, int64_t prompt)
+{
+    json_t *c = json_object_get(json_object_get(usage, "prompt_tokens_details"), "cached_tokens");
+    int64_t n = json_is_integer(c) && json_integer_value(c) > 0 ? json_integer_value(c) : 0;
+    return n < prompt ? n : (prompt > 0 ? prompt : 0);
+}
+
+/* Anthropic's usage: input_tokens leaves out those read from the cache. */
 static json_t *s_usage(json_t *usage)
 {
-    return json_pack("{sI sI}", "input_tokens",
-                     (json_int_t)json_integer_value(json_object_get(usage, "prompt_tokens")), "output_tokens",
+    int64_t prompt = json_integer_value(json_object_get(usage, "prompt_tokens"));
+    int64_t cached = s_cached(usage, prompt);
+    return json_pack("{sI sI sI}", "input_tokens", (json_int_t)(prompt - cached), "cache_read_input_tokens",
+                     (json_int_t)cached, "output_tokens",
                      (json_int_t)json_integer_value(json_object_get(usage, "completion_tokens")));
 }
 
@@ -334,10 +345,10 @@ int edge_rev_stream_chunk(edge_rev_stream_t *st, json_t *chunk, fb_buf_t *out)
         s_start(st, out);
         s_close_block(st, out);
         s_event(out, "message_delta",
-                json_pack("{ss s{ss so} s{sI sI}}", "type", "message_delta", "delta", "stop_reason",
+                json_pack("{ss s{ss so} s{sI sI sI}}", "type", "message_delta", "delta", "stop_reason",
                           st->stop_reason[0] ? st->stop_reason : "end_turn", "stop_sequence", json_null(),
-                          "usage", "input_tokens", (json_int_t)st->input_tokens, "output_tokens",
-                          (json_int_t)st->output_tokens));
+                          "usage", "input_tokens", (json_int_t)st->input_tokens, "cache_read_input_tokens",
+                          (json_int_t)st->cached_tokens, "output_tokens", (json_int_t)st->output_tokens));
         s_event(out, "message_stop", json_pack("{ss}", "type", "message_stop"));
         st->finished = true;
         return 0;
@@ -348,7 +359,9 @@ int edge_rev_stream_chunk(edge_rev_stream_t *st, json_t *chunk, fb_buf_t *out)
     s_start(st, out);
     json_t *usage = json_object_get(chunk, "usage");
     if (json_is_object(usage)) {
-        st->input_tokens = json_integer_value(json_object_get(usage, "prompt_tokens"));
+        int64_t prompt = json_integer_value(json_object_get(usage, "prompt_tokens"));
+        st->cached_tokens = s_cached(usage, prompt);
+        st->input_tokens = prompt - st->cached_tokens;
         st->output_tokens = json_integer_value(json_object_get(usage, "completion_tokens"));
     }
     json_t *choice = json_array_get(json_object_get(chunk, "choices"), 0);

@@ -37,6 +37,7 @@ typedef struct {
     int tool_of_block; /* OpenAI tool index of the open block, -1 for text */
     char stop_reason[32];
     int64_t input_tokens, output_tokens;
+    int64_t cached_tokens; /* read from the prompt cache, not in input_tokens */
     bool finished;
 } edge_rev_stream_t;
 

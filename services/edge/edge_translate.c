@@ -314,10 +314,21 @@ int edge_tr_usage(json_t *usage, int64_t *input, int64_t *output)
     return 0;
 }
 
-static json_t *s_usage_openai(int64_t in, int64_t out)
+void edge_tr_cache_tokens(json_t *usage, int64_t *read, int64_t *write)
 {
-    return json_pack("{sI sI sI}", "prompt_tokens", (json_int_t)in, "completion_tokens", (json_int_t)out,
-                     "total_tokens", (json_int_t)(in + out));
+    json_t *r = json_object_get(usage, "cache_read_input_tokens"),
+           *w = json_object_get(usage, "cache_creation_input_tokens");
+    *read = json_is_integer(r) && json_integer_value(r) > 0 ? json_integer_value(r) : 0;
+    *write = json_is_integer(w) && json_integer_value(w) > 0 ? json_integer_value(w) : 0;
+}
+
+/* OpenAI's usage: prompt_tokens counts the cached ones, named in
+ * prompt_tokens_details.cached_tokens (the tokens read from the cache). */
+static json_t *s_usage_openai(int64_t in, int64_t out, int64_t cached)
+{
+    return json_pack("{sI sI sI s{sI}}", "prompt_tokens", (json_int_t)in, "completion_tokens",
+                     (json_int_t)out, "total_tokens", (json_int_t)(in + out), "prompt_tokens_details",
+                     "cached_tokens", (json_int_t)cached);
 }
 
 json_t *edge_tr_response(json_t *a, const char *model)
@@ -356,13 +367,15 @@ json_t *edge_tr_response(json_t *a, const char *model)
         json_decref(calls);
     json_object_set_new(msg, "refusal", json_null());
     const char *fr = edge_tr_finish_reason(json_string_value(json_object_get(a, "stop_reason")));
-    int64_t in = 0, out = 0;
+    int64_t in = 0, out = 0, cached = 0, written = 0;
     edge_tr_usage(json_object_get(a, "usage"), &in, &out);
+    edge_tr_cache_tokens(json_object_get(a, "usage"), &cached, &written);
     json_t *id = json_object_get(a, "id");
     return json_pack("{so ss sI ss s[{sI so so so}] so}", "id", id ? json_incref(id) : json_string("msg"),
                      "object", "chat.completion", "created", (json_int_t)(fb_now_ms() / 1000), "model", model,
                      "choices", "index", (json_int_t)0, "message", msg, "logprobs", json_null(),
-                     "finish_reason", fr ? json_string(fr) : json_null(), "usage", s_usage_openai(in, out));
+                     "finish_reason", fr ? json_string(fr) : json_null(), "usage",
+                     s_usage_openai(in, out, cached));
 }
 
 /* --- streams --------------------------------------------------------------------------- */
@@ -423,6 +436,8 @@ int edge_tr_stream_event(edge_tr_stream_t *st, const char *name, json_t *data, f
             int64_t total = json_integer_value(in), o = 0;
             edge_tr_usage(usage, &total, &o);
             st->input_tokens = total;
+            int64_t written;
+            edge_tr_cache_tokens(usage, &st->cached_tokens, &written);
             st->input_seen = true;
         }
         s_chunk(st, out, json_pack("{ss ss}", "role", "assistant", "content", ""), NULL);
@@ -474,7 +489,7 @@ int edge_tr_stream_event(edge_tr_stream_t *st, const char *name, json_t *data, f
         if (st->include_usage)
             s_data(out, json_pack("{ss ss sI ss s[] so}", "id", st->id, "object", "chat.completion.chunk",
                                   "created", (json_int_t)st->created, "model", st->model, "choices", "usage",
-                                  s_usage_openai(st->input_tokens, st->output_tokens)));
+                                  s_usage_openai(st->input_tokens, st->output_tokens, st->cached_tokens)));
         fb_buf_append_str(out, "data: [DONE]\n\n");
         st->finished = true;
     } else if (strcmp(type, "error") == 0) {
@@ -568,6 +583,12 @@ int edge_translate_test(bool verbose)
     FB_ASSERT(strcmp(json_string_value(json_object_get(json_object_get(call, "function"), "arguments")),
                      "{\"x\":2}") == 0);
     FB_ASSERT(json_integer_value(json_object_get(json_object_get(r, "usage"), "prompt_tokens")) == 13);
+    FB_ASSERT(json_integer_value(json_object_get(
+                  json_object_get(json_object_get(r, "usage"), "prompt_tokens_details"), "cached_tokens")) ==
+              3);
+    int64_t cr = -1, cw = -1;
+    edge_tr_cache_tokens(json_object_get(a, "usage"), &cr, &cw);
+    FB_ASSERT(cr == 3 && cw == 0);
     json_decref(r);
     json_decref(a);
 

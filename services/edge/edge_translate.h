@@ -33,6 +33,11 @@ json_t *edge_tr_response(json_t *anthropic, const char *model);
  * present, -1 when not. */
 int edge_tr_usage(json_t *usage, int64_t *input, int64_t *output);
 
+/* edge_tr_cache_tokens - of those input tokens, how many were read from
+ * (cache_read_input_tokens) and written to (cache_creation_input_tokens)
+ * the prompt cache; 0 for a figure absent or not a whole number. */
+void edge_tr_cache_tokens(json_t *usage, int64_t *read, int64_t *write);
+
 #define EDGE_TR_BLOCKS 128 /* content blocks one streamed message may have */
 
 /* The state of one translated stream. */
@@ -44,6 +49,7 @@ typedef struct {
     int next_tool;                       /* next OpenAI tool_calls index */
     int16_t block_tool[EDGE_TR_BLOCKS];  /* Anthropic block -> tool index, -1 for text */
     int64_t input_tokens, output_tokens; /* as reported so far */
+    int64_t cached_tokens;               /* of input_tokens, read from the prompt cache */
     bool input_seen, output_seen;
     bool finished; /* message_stop seen: [DONE] written */
 } edge_tr_stream_t;

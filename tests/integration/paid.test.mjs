@@ -208,6 +208,67 @@ test("an Anthropic model through the OpenAI client, and through the Anthropic cl
   await audit();
 });
 
+test("prompt-cache tokens are charged at the model's cache prices, in both dialects and both directions", async () => {
+  const { id, key } = await account(10_000_000);
+  const CACHE = { "gpt-4o-mini": [75000, 150000], "claude-3-5-haiku-20241022": [80000, 1000000] }; // read, write
+  const part = (tokens, price) => ceilDiv(BigInt(tokens) * BigInt(price), 1000000n);
+  // input: uncached at the input price, read and written at theirs, each part rounded up
+  const cached = (model, input, read, write, output) => Number(part(input - read - write, PRICES[model][0]) +
+    part(read, CACHE[model][0]) + part(write, CACHE[model][1]) + part(output, PRICES[model][1]));
+  const openai = new OpenAI({ baseURL: `${url}/v1`, apiKey: key, maxRetries: 0 });
+  const anthropic = new Anthropic({ baseURL: url, apiKey: key, maxRetries: 0 });
+  const long = "a long and stable system prompt, cached by the provider ".repeat(8);
+
+  // OpenAI: cached_tokens are part of prompt_tokens, read at half the input price
+  const r = await openai.chat.completions.create({ model: "gpt-4o-mini", max_tokens: 5,
+    messages: [{ role: "user", content: `${long} [mock:cache_read=100]` }] });
+  assert.equal(r.usage.prompt_tokens_details.cached_tokens, 100);
+  let list = await settled(id);
+  const oa = cached("gpt-4o-mini", r.usage.prompt_tokens, 100, 0, 5);
+  assert.equal(list[0].amount_micro, oa);
+  assert.ok(oa < cost("gpt-4o-mini", r.usage.prompt_tokens, 5), "cheaper than uncached input");
+
+  // Anthropic: input_tokens leave the cache out; writes cost 1.25x, reads 0.1x
+  const model = "claude-3-5-haiku-20241022";
+  const m = await anthropic.messages.create({ model, max_tokens: 4,
+    messages: [{ role: "user", content: `${long} [mock:cache_read=60][mock:cache_write=30]` }] });
+  assert.equal(m.usage.cache_read_input_tokens, 60);
+  assert.equal(m.usage.cache_creation_input_tokens, 30);
+  const total = m.usage.input_tokens + 90;
+  list = await settled(id);
+  assert.equal(list[0].amount_micro, cached(model, total, 60, 30, 4));
+
+  // streamed, and through the OpenAI client (translated: prompt_tokens counts every input token)
+  const chunks = [];
+  for await (const c of await openai.chat.completions.create({ model, stream: true, max_tokens: 3,
+    stream_options: { include_usage: true },
+    messages: [{ role: "user", content: `${long} [mock:cache_read=50][mock:cache_write=20]` }] })) chunks.push(c);
+  const usage = chunks.at(-1).usage;
+  assert.equal(usage.prompt_tokens_details.cached_tokens, 50);
+  list = await settled(id);
+  assert.equal(list[0].amount_micro, cached(model, usage.prompt_tokens, 50, 20, 3));
+  const t = await openai.chat.completions.create({ model, max_tokens: 3,
+    messages: [{ role: "user", content: `${long} [mock:cache_write=40]` }] });
+  assert.equal(t.usage.prompt_tokens_details.cached_tokens, 0);
+  list = await settled(id);
+  assert.equal(list[0].amount_micro, cached(model, t.usage.prompt_tokens, 0, 40, 3));
+  assert.ok(list[0].amount_micro > cost(model, t.usage.prompt_tokens, 3), "a cache write costs more than input");
+
+  // an OpenAI model through the Anthropic client: cached tokens shown as cache reads
+  const o = await anthropic.messages.create({ model: "gpt-4o-mini", max_tokens: 2,
+    messages: [{ role: "user", content: `${long} [mock:cache_read=70]` }] });
+  assert.equal(o.usage.cache_read_input_tokens, 70);
+  list = await settled(id);
+  assert.equal(list[0].amount_micro, cached("gpt-4o-mini", o.usage.input_tokens + 70, 70, 0, 2));
+
+  // /v1/pricing names the cache prices
+  const p = await call("GET", "/v1/pricing");
+  const row = p.body.models.find((x) => x.id === model);
+  assert.equal(row.cache_read_micro_per_mtok, 80000);
+  assert.equal(row.cache_write_micro_per_mtok, 1000000);
+  await audit();
+});
+
 test("tool calls pass through both ways, translated for Anthropic models", async () => {
   const { key } = await account(10_000_000);
   const openai = new OpenAI({ baseURL: `${url}/v1`, apiKey: key, maxRetries: 0 });

@@ -20,6 +20,9 @@
  *   [mock:rate=N]     stream N tokens per second
  *   [mock:tool=NAME]  call tool NAME with {"city":"Paris"} (the request must
  *                     offer it first in tools, in its own dialect's shape)
+ *   [mock:cache_read=N]  N of the input tokens were read from the prompt cache
+ *   [mock:cache_write=N] N of them were written to it (Anthropic only: OpenAI
+ *                     reports cached_tokens within prompt_tokens, no writes)
  *
  * Configuration: FAREBOX_MOCK_LISTEN (127.0.0.1:8404), FAREBOX_MOCK_TOKENS_PER_S
  * (0: all at once), FAREBOX_MOCK_LATENCY_MS (before the first token),
@@ -67,9 +70,11 @@ typedef struct {
     s_dialect_t dialect;
     bool stream, usage, sending, started, finished;
     int64_t tokens, sent, cut_after;
-    int64_t input_tokens;
-    int64_t rate;  /* tokens per second, 0: all at once */
-    char tool[64]; /* the tool to call, or "" */
+    int64_t input_tokens;            /* all of them, cached or not */
+    int64_t cache_read, cache_write; /* of input_tokens */
+    bool cache_seen;                 /* report them (a [mock:cache_...] directive) */
+    int64_t rate;                    /* tokens per second, 0: all at once */
+    char tool[64];                   /* the tool to call, or "" */
     char model[128];
     char id[40];
     uv_timer_t timer; /* first token delay, token pacing */
@@ -158,8 +163,25 @@ static void s_send_json(h2o_req_t *req, int status, json_t *j)
 
 static json_t *s_usage_openai(s_call_t *c, int64_t out)
 {
-    return json_pack("{sI sI sI}", "prompt_tokens", (json_int_t)c->input_tokens, "completion_tokens",
-                     (json_int_t)out, "total_tokens", (json_int_t)(c->input_tokens + out));
+    json_t *u = json_pack("{sI sI sI}", "prompt_tokens", (json_int_t)c->input_tokens, "completion_tokens",
+                          (json_int_t)out, "total_tokens", (json_int_t)(c->input_tokens + out));
+    if (c->cache_seen)
+        json_object_set_new(u, "prompt_tokens_details",
+                            json_pack("{sI}", "cached_tokens", (json_int_t)c->cache_read));
+    return u;
+}
+
+/* Anthropic's input_tokens leave out the tokens read from or written to the cache. */
+static json_t *s_usage_anthropic(s_call_t *c, int64_t out)
+{
+    json_t *u =
+        json_pack("{sI sI}", "input_tokens", (json_int_t)(c->input_tokens - c->cache_read - c->cache_write),
+                  "output_tokens", (json_int_t)out);
+    if (c->cache_seen)
+        json_object_update_new(u,
+                               json_pack("{sI sI}", "cache_creation_input_tokens", (json_int_t)c->cache_write,
+                                         "cache_read_input_tokens", (json_int_t)c->cache_read));
+    return u;
 }
 
 static void s_send_whole(s_call_t *c, h2o_req_t *req)
@@ -184,21 +206,19 @@ static void s_send_whole(s_call_t *c, h2o_req_t *req)
                       c->tool, "arguments", "{\"city\":\"Paris\"}", "logprobs", json_null(), "finish_reason",
                       "tool_calls", "usage", s_usage_openai(c, c->tokens));
     } else if (c->tool[0]) {
-        j = json_pack("{ss ss ss ss s[{ss ss ss s{ss}}] ss so s{sI sI}}", "id", c->id, "type", "message",
-                      "role", "assistant", "model", c->model, "content", "type", "tool_use", "id",
-                      "toolu_mock1", "name", c->tool, "input", "city", "Paris", "stop_reason", "tool_use",
-                      "stop_sequence", json_null(), "usage", "input_tokens", (json_int_t)c->input_tokens,
-                      "output_tokens", (json_int_t)c->tokens);
+        j = json_pack("{ss ss ss ss s[{ss ss ss s{ss}}] ss so so}", "id", c->id, "type", "message", "role",
+                      "assistant", "model", c->model, "content", "type", "tool_use", "id", "toolu_mock1",
+                      "name", c->tool, "input", "city", "Paris", "stop_reason", "tool_use", "stop_sequence",
+                      json_null(), "usage", s_usage_anthropic(c, c->tokens));
     } else if (c->dialect == DIALECT_OPENAI) {
         j = json_pack("{ss ss sI ss s[{sI s{ss ss} so ss}] so}", "id", c->id, "object", "chat.completion",
                       "created", (json_int_t)(fb_now_ms() / 1000), "model", c->model, "choices", "index",
                       (json_int_t)0, "message", "role", "assistant", "content", text, "logprobs", json_null(),
                       "finish_reason", "length", "usage", s_usage_openai(c, c->tokens));
     } else {
-        j = json_pack("{ss ss ss ss s[{ss ss}] ss so s{sI sI}}", "id", c->id, "type", "message", "role",
+        j = json_pack("{ss ss ss ss s[{ss ss}] ss so so}", "id", c->id, "type", "message", "role",
                       "assistant", "model", c->model, "content", "type", "text", "text", text, "stop_reason",
-                      "max_tokens", "stop_sequence", json_null(), "usage", "input_tokens",
-                      (json_int_t)c->input_tokens, "output_tokens", (json_int_t)c->tokens);
+                      "max_tokens", "stop_sequence", json_null(), "usage", s_usage_anthropic(c, c->tokens));
     }
     free(text);
     s_send_json(req, 200, j);
@@ -238,11 +258,10 @@ static void s_stream_step(s_call_t *c)
         c->started = true;
         if (c->dialect == DIALECT_ANTHROPIC) {
             bufs[n++] = s_event(req, "message_start",
-                                json_pack("{ss s{ss ss ss ss s[] so so s{sI sI}}}", "type", "message_start",
+                                json_pack("{ss s{ss ss ss ss s[] so so so}}", "type", "message_start",
                                           "message", "id", c->id, "type", "message", "role", "assistant",
                                           "model", c->model, "content", "stop_reason", json_null(),
-                                          "stop_sequence", json_null(), "usage", "input_tokens",
-                                          (json_int_t)c->input_tokens, "output_tokens", (json_int_t)1));
+                                          "stop_sequence", json_null(), "usage", s_usage_anthropic(c, 1)));
             bufs[n++] = s_event(req, "content_block_start",
                                 json_pack("{ss sI s{ss ss}}", "type", "content_block_start", "index",
                                           (json_int_t)0, "content_block", "type", "text", "text", ""));
@@ -431,6 +450,11 @@ static int s_chat(h2o_req_t *req, s_dialect_t dialect)
     c->input_tokens = (int64_t)((bytes + 3) / 4);
     if (c->input_tokens == 0)
         c->input_tokens = 1;
+    int64_t cr = s_directive(last, "cache_read", -1), cw = s_directive(last, "cache_write", -1);
+    c->cache_seen = cr >= 0 || cw >= 0;
+    c->cache_read = cr > 0 ? (cr < c->input_tokens ? cr : c->input_tokens) : 0;
+    if (dialect == DIALECT_ANTHROPIC && cw > 0)
+        c->cache_write = cw < c->input_tokens - c->cache_read ? cw : c->input_tokens - c->cache_read;
     json_t *mt = json_object_get(body, dialect == DIALECT_ANTHROPIC ? "max_tokens" : "max_completion_tokens");
     if (!json_is_integer(mt))
         mt = json_object_get(body, "max_tokens");
