@@ -5,7 +5,9 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import crypto from "node:crypto";
-import { freePort, sleep, startService } from "../lib/harness.mjs";
+import fs from "node:fs";
+import path from "node:path";
+import { freePort, sleep, startService, SOURCE } from "../lib/harness.mjs";
 import { startPostgres } from "../lib/pg.mjs";
 import { RpcClient } from "../lib/rpc.mjs";
 
@@ -281,6 +283,99 @@ test("charges: drawn from an open hold one row each, all or nothing, kept by com
   move(999999999, h.hold_id);
   assert.throws(() => pg.psql(db.name, `DELETE FROM holds WHERE id = ${h.hold_id}`), /immutable/);
   await audit();
+});
+
+test("upgrade: holds charged before 0009 (each charge posted at once) resolve exactly after it; new charges move at resolution", async () => {
+  // a database at 0008, made and recorded as the ledger makes it
+  const old = pg.createDatabase("upgrade");
+  const dir = path.join(SOURCE, "services/ledger/migrations");
+  pg.psql(old.name, "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, " +
+    "checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())");
+  for (const f of fs.readdirSync(dir).filter((n) => /^\d{4}_.*\.sql$/.test(n)).sort()) {
+    const version = Number(f.slice(0, 4));
+    if (version > 8) continue;
+    const sql = fs.readFileSync(path.join(dir, f), "utf8");
+    pg.psql(old.name, sql);
+    const sum = crypto.createHash("sha256").update(sql).digest("hex");
+    pg.psql(old.name, `INSERT INTO schema_migrations (version, name, checksum) VALUES (${version}, ` +
+      `'${f.slice(5, -4)}', '${sum}')`);
+  }
+  let n = 0;
+  const apply = (method, args) => {
+    const r = JSON.parse(pg.psql(old.name, `SELECT ledger_apply('${method}', 'upgrade-${++n}', '\\x00'::bytea, ` +
+      `'${JSON.stringify(args)}'::jsonb)`));
+    assert.equal(r.status, "ok", JSON.stringify(r));
+    return r.body;
+  };
+  const { account_id } = apply("ledger.open_account", { label: "before 0009" });
+  apply("ledger.credit", { account_id, amount_micro: 100_000, kind: "adjustment",
+    source: { chain: "test", tx: "upgrade", index: "0" } });
+  const { key_id } = apply("ledger.mint_key", { account_id, hmac: crypto.randomBytes(32).toString("hex"),
+    prefix: "fbx_old", label: "old" });
+  const hold = (amount_micro, expires_in_ms = 60_000) =>
+    apply("ledger.hold", { account_id, key_id, amount_micro, expires_in_ms }).hold_id;
+  const [h1, h2, h3] = [hold(10_000), hold(5_000), hold(3_000, 2_000)];
+  apply("ledger.charge", { hold_id: h1, charges: [{ amount_micro: 300, ref: "o1" }, { amount_micro: 200, ref: "o2" }] });
+  apply("ledger.charge", { hold_id: h2, charges: [{ amount_micro: 100, ref: "o3" }] });
+  apply("ledger.charge", { hold_id: h3, charges: [{ amount_micro: 50, ref: "o4" }] });
+  const stored = () => pg.psql(old.name, `SELECT balance || ' ' || held FROM accounts WHERE id = ${account_id}`);
+  assert.equal(stored(), `${100_000 - 650} ${18_000 - 650}`, "0008 posted each charge at once");
+
+  // the ledger migrates it to 0009 at start
+  const port = await freePort();
+  const led = await startService("ledger", { ...ledgerEnv({ FAREBOX_REPLICA: "upgrade" }),
+    FAREBOX_RPC_BIND: `tcp://127.0.0.1:${port}`, FAREBOX_DATABASE_URL: old.url });
+  const r = new RpcClient(`tcp://127.0.0.1:${port}`);
+  const op = async (method, body) => {
+    const x = await r.call(method, body, { idem: idem("upg"), deadlineMs: 10000 });
+    assert.equal(x.status, "ok", `${method}: ${x.code}: ${x.message}`);
+    return x.body;
+  };
+  try {
+    assert.equal(pg.psql(old.name, "SELECT max(version) FROM schema_migrations"), "9");
+    assert.equal(pg.psql(old.name, `SELECT string_agg(posted || '/' || charged, ' ' ORDER BY id) FROM holds ` +
+      `WHERE account_id = ${account_id}`), "500/500 100/100 50/50", "what 0008 posted stays posted");
+    // a charge now stays the hold's until it resolves; every view counts it at once
+    await op("ledger.charge", { hold_id: h1, charges: [{ amount_micro: 1000, ref: "n1" }] });
+    await op("ledger.charge", { hold_id: h2, charges: [{ amount_micro: 40, ref: "n2" }] });
+    assert.equal(stored(), `${100_000 - 650} ${18_000 - 650}`, "nothing posted by the new charges");
+    let bal = await op("ledger.balance", { account_id });
+    assert.equal(bal.balance_micro, 100_000 - 1690);
+    assert.equal(bal.held_micro, 18_000 - 1690);
+    assert.equal(bal.available_micro, 100_000 - 18_000);
+    assert.equal(bal.pending_charges_micro, 1040);
+    let [key] = (await op("ledger.keys", { account_id })).keys;
+    assert.equal(key.spent_micro, 1690);
+    assert.equal(key.held_micro, 18_000 - 1690);
+    const seen = await op("ledger.lookup_key", { hmac: pg.psql(old.name, `SELECT encode(hmac, 'hex') FROM api_keys WHERE id = ${key_id}`) });
+    assert.equal(seen.balance_micro, 100_000 - 1690);
+    assert.equal(seen.account_held_micro, 18_000 - 1690);
+    // commit, void and expiry each move what the hold has not moved yet, once
+    const c = await op("ledger.commit", { hold_id: h1, amount_micro: 5 });
+    assert.equal(c.committed_micro, 1505);
+    assert.equal(pg.psql(old.name, `SELECT -amount FROM postings WHERE transfer_id = ${c.transfer_id} ` +
+      `AND account_id = ${account_id}`), "1005");
+    const v = await op("ledger.void", { hold_id: h2 });
+    assert.equal(v.charged_micro, 140);
+    await sleep(2500); // h3 expires; the sweeper resolves it (its one charge moved before 0009)
+    bal = await op("ledger.balance", { account_id });
+    assert.equal(bal.balance_micro, 100_000 - 1505 - 140 - 50);
+    assert.equal(bal.held_micro, 0);
+    assert.equal(bal.pending_charges_micro, 0);
+    assert.equal(stored(), `${100_000 - 1695} 0`);
+    [key] = (await op("ledger.keys", { account_id })).keys;
+    assert.equal(key.spent_micro, 1695);
+    assert.equal(key.held_micro, 0);
+    assert.equal(pg.psql(old.name, `SELECT string_agg(state || ':' || posted || '/' || charged, ' ' ORDER BY id) ` +
+      `FROM holds WHERE account_id = ${account_id}`), "committed:1500/1500 committed:140/140 expired:50/50");
+    const a = await r.call("ledger.audit", {}, { deadlineMs: 10000 });
+    assert.equal(a.body.ok, true, JSON.stringify(a.body.checks.filter((x) => !x.ok)));
+    assert.ok(a.body.checks.some((x) => x.name === "holds_posted_their_charges"));
+  } finally {
+    r.close();
+    const { code } = await led.stop();
+    assert.equal(code, 0, led.tail());
+  }
 });
 
 test("idempotent calls: claimed once, answered from the charge's transaction, 409 while leased, taken over after", async () => {
