@@ -17,6 +17,7 @@ typedef struct s_op {
     ledger_op_kind_t kind;
     char *method, *idem, *fingerprint, *args, *code, *trace;
     int64_t hold, account, key;
+    bool hold_only; /* lock the hold's row, not its account's and key's */
     int64_t deadline;
     ledger_op_done_fn *done;
     void *arg;
@@ -41,7 +42,7 @@ typedef struct {
     int commit_index; /* index of COMMIT, -1 for reads */
     fb_pg_query_t *queries;
     const char **params;
-    char *locks[4]; /* text arrays for ledger_lock */
+    char *locks[5]; /* text arrays for ledger_lock */
 } s_conn_t;
 
 struct ledger_engine_t {
@@ -68,7 +69,7 @@ static const fb_pg_statement_t s_statements[] = {
      * one-charge write ~25% cheaper. */
     {NULL, "SET plan_cache_mode = force_generic_plan", 0},
     {"apply", "SELECT ledger_apply($1, $2, $3::bytea, $4::jsonb)::text", 4},
-    {"lock", "SELECT ledger_lock($1::bigint[], $2::bigint[], $3::bigint[], $4::text[])", 4},
+    {"lock", "SELECT ledger_lock($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[])", 5},
     {"read", "SELECT ledger_read_dispatch($1, $2::jsonb)::text", 2},
     {"audit", "SELECT ledger_audit_all()::text", 0},
     {"sweep",
@@ -186,7 +187,7 @@ static void s_conn_reset(s_conn_t *c)
     free(c->ops);
     free(c->queries);
     free(c->params);
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 5; i++)
         free(c->locks[i]);
     memset(c->locks, 0, sizeof(c->locks));
     c->ops = NULL;
@@ -215,7 +216,7 @@ static void s_run_writes(ledger_engine_t *self, s_conn_t *c)
     /* statements: [ROLLBACK] BEGIN [lock] op... COMMIT */
     int total = (c->needs_rollback ? 1 : 0) + 1 + (head->kind == LEDGER_OP_WRITE ? 1 : 0) + n + 1;
     c->queries = fb_calloc((size_t)total, sizeof(fb_pg_query_t));
-    c->params = fb_calloc((size_t)n * 4 + 4, sizeof(char *));
+    c->params = fb_calloc((size_t)n * 4 + 5, sizeof(char *));
     int q = 0;
     if (c->needs_rollback)
         c->queries[q++] = (fb_pg_query_t){.sql = "ROLLBACK"};
@@ -224,12 +225,14 @@ static void s_run_writes(ledger_engine_t *self, s_conn_t *c)
     if (c->ops[0]->kind == LEDGER_OP_WRITE) {
         int64_t *holds = fb_calloc((size_t)n, sizeof(int64_t)),
                 *accounts = fb_calloc((size_t)n, sizeof(int64_t)),
-                *keys = fb_calloc((size_t)n, sizeof(int64_t));
+                *keys = fb_calloc((size_t)n, sizeof(int64_t)), *bare = fb_calloc((size_t)n, sizeof(int64_t));
         char **codes = fb_calloc((size_t)n + 1, sizeof(char *));
-        int nh = 0, na = 0, nk = 0, nc = 0;
+        int nh = 0, na = 0, nk = 0, nc = 0, nb = 0;
         for (int i = 0; i < n; i++) {
             s_op_t *op = c->ops[i];
-            if (op->hold)
+            if (op->hold && op->hold_only)
+                bare[nb++] = op->hold;
+            else if (op->hold)
                 holds[nh++] = op->hold;
             if (op->account)
                 accounts[na++] = op->account;
@@ -247,14 +250,16 @@ static void s_run_writes(ledger_engine_t *self, s_conn_t *c)
         c->locks[1] = s_int_array(accounts, na);
         c->locks[2] = s_int_array(keys, nk);
         c->locks[3] = s_text_array(codes, nc);
+        c->locks[4] = s_int_array(bare, nb);
+        free(bare);
         free(holds);
         free(accounts);
         free(keys);
         free(codes);
         const char **lp = c->params + (size_t)n * 4;
-        for (int i = 0; i < 4; i++)
+        for (int i = 0; i < 5; i++)
             lp[i] = c->locks[i];
-        c->queries[q++] = (fb_pg_query_t){.name = "lock", .nparams = 4, .params = lp};
+        c->queries[q++] = (fb_pg_query_t){.name = "lock", .nparams = 5, .params = lp};
     }
     c->first_apply = q;
     for (int i = 0; i < n; i++) {
@@ -554,6 +559,7 @@ void ledger_engine_submit(ledger_engine_t *self, const ledger_op_spec_t *spec, l
     op->code = spec->lock_code ? fb_strdup(spec->lock_code) : NULL;
     op->trace = spec->trace && spec->trace[0] ? fb_strdup(spec->trace) : NULL;
     op->hold = spec->lock_hold;
+    op->hold_only = spec->lock_hold_only;
     op->account = spec->lock_account;
     op->key = spec->lock_key;
     op->deadline = spec->deadline;

@@ -34,7 +34,8 @@ typedef struct {
     const char *idem;        /* idempotency key (writes) */
     const char *fingerprint; /* "\\x" + hex SHA-256 of method and arguments (writes) */
     const char *args;        /* arguments as JSON text (or the sweep limit) */
-    int64_t lock_hold;       /* row ids to lock first, 0 for none */
+    int64_t lock_hold;       /* row ids to lock first, 0 for none; a hold locks its account and key too */
+    bool lock_hold_only;     /* ... unless this is set: the hold's row alone (ledger.charge) */
     int64_t lock_account;
     int64_t lock_key;
     const char *lock_code; /* a system account code to lock (and create), or NULL */

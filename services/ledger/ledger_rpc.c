@@ -35,7 +35,7 @@ typedef struct {
 } s_field_t;
 
 /* How an operation finds the rows it locks. */
-typedef enum { L_NONE, L_ACCOUNT, L_HOLD, L_KEY, L_HOLD_ACCOUNT_KEY, L_CREDIT } s_lock_t;
+typedef enum { L_NONE, L_ACCOUNT, L_HOLD, L_HOLD_ONLY, L_KEY, L_HOLD_ACCOUNT_KEY, L_CREDIT } s_lock_t;
 
 typedef struct {
     const char *method;
@@ -89,7 +89,7 @@ static const s_method_t s_methods[] = {
     {"ledger.void", LEDGER_OP_WRITE, L_HOLD, "revenue", {{"hold_id", F_INT, true, 0}, END}},
     {"ledger.charge", /* only the hold's row changes: its charges move when it resolves */
      LEDGER_OP_WRITE,
-     L_HOLD,
+     L_HOLD_ONLY,
      NULL,
      {{"hold_id", F_INT, true, 0}, {"charges", F_CHARGES, true, LEDGER_CHARGES_MAX}, END}},
     {"ledger.credit",
@@ -641,6 +641,10 @@ static void s_handle(void *arg, fb_rpc_call_t *call)
         break;
     case L_HOLD:
         spec.lock_hold = s_arg_int(args, "hold_id");
+        break;
+    case L_HOLD_ONLY:
+        spec.lock_hold = s_arg_int(args, "hold_id");
+        spec.lock_hold_only = true;
         break;
     case L_KEY:
         spec.lock_key = s_arg_int(args, "key_id");

@@ -5,6 +5,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import crypto from "node:crypto";
+import { spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { freePort, sleep, startService, SOURCE } from "../lib/harness.mjs";
@@ -332,7 +333,7 @@ test("upgrade: holds charged before 0009 (each charge posted at once) resolve ex
     return x.body;
   };
   try {
-    assert.equal(pg.psql(old.name, "SELECT max(version) FROM schema_migrations"), "9");
+    assert.ok(Number(pg.psql(old.name, "SELECT max(version) FROM schema_migrations")) >= 9);
     assert.equal(pg.psql(old.name, `SELECT string_agg(posted || '/' || charged, ' ' ORDER BY id) FROM holds ` +
       `WHERE account_id = ${account_id}`), "500/500 100/100 50/50", "what 0008 posted stays posted");
     // a charge now stays the hold's until it resolves; every view counts it at once
@@ -376,6 +377,41 @@ test("upgrade: holds charged before 0009 (each charge posted at once) resolve ex
     const { code } = await led.stop();
     assert.equal(code, 0, led.tail());
   }
+});
+
+test("a charge write locks its hold's row alone: it goes through while its account and key are locked elsewhere", async () => {
+  const account_id = await newAccount(1_000_000);
+  const { key_id } = await ok("ledger.mint_key", { account_id, label: "locks" });
+  const h = await ok("ledger.hold", { account_id, key_id, amount_micro: 10_000, expires_in_ms: 60_000 });
+  // another session holds the account's and the key's rows
+  const locker = spawn(path.join(pg.bindir, "psql"), ["-X", "-q", "-t", "-A", pg.url(db.name)], { stdio: ["pipe", "pipe", "pipe"] });
+  let out = "";
+  locker.stdout.on("data", (d) => (out += d));
+  locker.stdin.write(`BEGIN; SELECT 1 FROM accounts WHERE id = ${account_id} FOR UPDATE; ` +
+    `SELECT 1 FROM api_keys WHERE id = ${key_id} FOR UPDATE; SELECT 'locked';\n`);
+  const t0 = Date.now();
+  while (!out.includes("locked")) {
+    assert.ok(Date.now() - t0 < 10_000, "psql took the locks");
+    await sleep(20);
+  }
+  try {
+    const c = await call("ledger.charge", { hold_id: h.hold_id, charges: [{ amount_micro: 5, ref: "locked" }] }, idem(),
+      { deadlineMs: 3000 });
+    assert.equal(c.status, "ok", `${c.code}: ${c.message}`);
+    // a void moves money, so it waits for the account
+    let settled = false;
+    const v = call("ledger.void", { hold_id: h.hold_id }, idem(), { deadlineMs: 20_000 }).then((r) => ((settled = true), r));
+    await sleep(500);
+    assert.equal(settled, false, "the void waits for the account's row");
+    locker.stdin.end("COMMIT;\n");
+    assert.equal((await v).status, "ok");
+  } finally {
+    locker.stdin.end();
+    await new Promise((resolve) => (locker.exitCode === null ? locker.on("exit", resolve) : resolve()));
+  }
+  const bal = await ok("ledger.balance", { account_id });
+  assert.equal(bal.balance_micro, 1_000_000 - 5);
+  await audit();
 });
 
 test("idempotent calls: claimed once, answered from the charge's transaction, 409 while leased, taken over after", async () => {
