@@ -341,6 +341,8 @@ $$;
 CREATE OR REPLACE FUNCTION ledger_charge(p_args jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
     v record;
+    h holds;
+    v_hold_id bigint := ledger_id(p_args, 'hold_id');
     v_items jsonb := p_args -> 'charges';
     v_total bigint;
     v_sum numeric;
@@ -384,34 +386,35 @@ BEGIN
         RETURN ledger_err('bad_request', 'the charges add up to more than ' || ledger_max_amount());
     END IF;
     v_total := v_sum::bigint;
-    v := ledger_open_hold(p_args);
-    IF v.err IS NOT NULL THEN
-        RETURN v.err;
-    END IF;
-    IF v_total > (v.hold).amount - (v.hold).charged THEN
+    -- the charges are the hold's: its money moves to revenue, in one transfer,
+    -- when the hold resolves (commit, void or expiry). One statement checks
+    -- and adds; when it changes nothing, the hold says why.
+    UPDATE holds SET charged = charged + v_total
+        WHERE id = v_hold_id AND state = 'open' AND expires_at > now()
+          AND amount - charged >= v_total
+        RETURNING * INTO h;
+    IF h.id IS NULL THEN
+        v := ledger_open_hold(p_args);
+        IF v.err IS NOT NULL THEN
+            RETURN v.err;
+        END IF;
         RETURN ledger_err('amount_exceeds_hold', 'charges of ' || v_total || ' are more than the hold''s uncharged '
                           || ((v.hold).amount - (v.hold).charged),
             jsonb_build_object('hold_id', (v.hold).id, 'held_micro', (v.hold).amount - (v.hold).charged,
                                'requested_micro', v_total));
     END IF;
-    -- the charges are the hold's: its money moves to revenue, in one transfer,
-    -- when the hold resolves (commit, void or expiry)
-    UPDATE holds SET charged = charged + v_total WHERE id = (v.hold).id;
     WITH rows AS (
-        INSERT INTO charges (hold_id, account_id, key_id, amount, ref, transfer_id)
-        SELECT (v.hold).id, (v.hold).account_id, (v.hold).key_id, (e ->> 'amount_micro')::bigint,
-               left(coalesce(e ->> 'ref', ''), 100),
-               NULL
+        INSERT INTO charges (hold_id, account_id, key_id, amount, ref)
+        SELECT h.id, h.account_id, h.key_id, (e ->> 'amount_micro')::bigint, left(coalesce(e ->> 'ref', ''), 100)
         FROM jsonb_array_elements(v_items) WITH ORDINALITY x(e, n) WHERE NOT e ? 'call' ORDER BY n
         RETURNING id)
     SELECT min(id) INTO v_first FROM rows;
     -- calls with a name: one row each, and the call done (or released) with it
     IF v_calls > 0 THEN
         FOR v_item IN SELECT x FROM jsonb_array_elements(v_items) x WHERE x ? 'call' LOOP
-            INSERT INTO charges (hold_id, account_id, key_id, amount, ref, transfer_id)
-                VALUES ((v.hold).id, (v.hold).account_id, (v.hold).key_id, (v_item ->> 'amount_micro')::bigint,
-                        left(coalesce(v_item ->> 'ref', ''), 100),
-                        NULL)
+            INSERT INTO charges (hold_id, account_id, key_id, amount, ref)
+                VALUES (h.id, h.account_id, h.key_id, (v_item ->> 'amount_micro')::bigint,
+                        left(coalesce(v_item ->> 'ref', ''), 100))
                 RETURNING id INTO v_id;
             v_first := least(coalesce(v_first, v_id), v_id);
             v_call := ledger_claimed_call(v_item -> 'call');
@@ -430,9 +433,8 @@ BEGIN
         END LOOP;
     END IF;
     RETURN ledger_ok(jsonb_build_object(
-        'hold_id', (v.hold).id, 'charged_micro', v_total, 'charges', v_count, 'first_charge_id', v_first,
-        'hold_charged_micro', (v.hold).charged + v_total,
-        'uncharged_micro', (v.hold).amount - (v.hold).charged - v_total, 'calls_resolved', v_kept));
+        'hold_id', h.id, 'charged_micro', v_total, 'charges', v_count, 'first_charge_id', v_first,
+        'hold_charged_micro', h.charged, 'uncharged_micro', h.amount - h.charged, 'calls_resolved', v_kept));
 END
 $$;
 

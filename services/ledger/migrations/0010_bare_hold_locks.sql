@@ -16,7 +16,7 @@ DECLARE
     v_code text;
     v_system bigint[] := '{}';
 BEGIN
-    PERFORM 1 FROM holds WHERE id = ANY (p_holds) OR id = ANY (p_bare_holds) ORDER BY id FOR UPDATE;
+    PERFORM 1 FROM holds WHERE id = ANY (p_holds || p_bare_holds) ORDER BY id FOR UPDATE;
     FOREACH v_code IN ARRAY coalesce(p_codes, '{}') LOOP
         v_system := v_system || ledger_system_account(v_code);
     END LOOP;
