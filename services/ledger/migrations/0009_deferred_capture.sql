@@ -234,7 +234,8 @@ $$;
 -- Moves a resolving hold's unposted charges, plus p_extra, from its account
 -- to revenue in one transfer (none when that is 0) and releases what the hold
 -- still reserved. Returns the transfer, or NULL. The caller locked the hold,
--- its account and key, and the revenue account, and sets the hold's state.
+-- its account and key, and the revenue account, and sets the hold's state,
+-- transfer_id and posted = charged in the same UPDATE.
 CREATE FUNCTION ledger_capture(h holds, p_extra bigint) RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     v_post bigint := h.charged - h.posted + p_extra;
@@ -249,7 +250,6 @@ BEGIN
             (v_transfer, h.account_id, -v_post),
             (v_transfer, ledger_system_account('revenue'), v_post);
     END IF;
-    UPDATE holds SET posted = charged WHERE id = h.id;
     RETURN v_transfer;
 END
 $$;
@@ -277,7 +277,7 @@ BEGIN
     -- the hold's charges not posted yet and this amount move in one transfer
     v_transfer := ledger_capture(v.hold, v_amount);
     UPDATE holds SET state = 'committed', committed = charged + v_amount, resolved_at = now(),
-                     transfer_id = v_transfer
+                     transfer_id = v_transfer, posted = charged
         WHERE id = (v.hold).id;
     SELECT * INTO v_account FROM accounts WHERE id = (v.hold).account_id;
     RETURN ledger_ok(jsonb_build_object(
@@ -303,7 +303,7 @@ BEGIN
     v_transfer := ledger_capture(v.hold, 0);
     UPDATE holds SET state = CASE WHEN charged > 0 THEN 'committed' ELSE 'voided' END,
                      committed = CASE WHEN charged > 0 THEN charged END, resolved_at = now(),
-                     transfer_id = v_transfer
+                     transfer_id = v_transfer, posted = charged
         WHERE id = (v.hold).id;
     SELECT * INTO v_account FROM accounts WHERE id = (v.hold).account_id;
     RETURN ledger_ok(jsonb_build_object('hold_id', (v.hold).id, 'released_micro', (v.hold).amount - (v.hold).charged,
@@ -332,7 +332,8 @@ BEGIN
     -- each expired hold keeps its charges (posted now if they were not) and releases the rest
     FOR h IN SELECT * FROM holds WHERE id = ANY (v_ids) ORDER BY id LOOP
         v_transfer := ledger_capture(h, 0);
-        UPDATE holds SET state = 'expired', resolved_at = now(), transfer_id = v_transfer WHERE id = h.id;
+        UPDATE holds SET state = 'expired', resolved_at = now(), transfer_id = v_transfer, posted = charged
+            WHERE id = h.id;
     END LOOP;
     RETURN array_length(v_ids, 1);
 END
