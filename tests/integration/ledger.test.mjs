@@ -233,9 +233,19 @@ test("charges: drawn from an open hold one row each, all or nothing, kept by com
   assert.deepEqual(rows.charges.map((r) => [r.ref, r.amount_micro, r.hold_id]),
     [["call-3", 234, h.hold_id], ["call-2", 0, h.hold_id], ["call-1", 1000, h.hold_id]]);
   assert.equal(rows.charges[1].transfer_id, null);
+  // the charges are counted at once, and move to revenue when the hold resolves
+  const [open] = (await ok("ledger.holds", { account_id, state: "open" })).holds;
+  assert.equal(open.charged_micro, 1234);
+  assert.equal(open.posted_micro, 0);
+  assert.equal(open.transfer_id, null);
   // commit on top of the charges; the hold ends with both
   const done = await ok("ledger.commit", { hold_id: h.hold_id, amount_micro: 66 });
   assert.equal(done.committed_micro, 1300);
+  const [closed] = (await ok("ledger.holds", { account_id, limit: 1 })).holds;
+  assert.equal(closed.posted_micro, 1234);
+  assert.equal(closed.transfer_id, done.transfer_id);
+  const moved = (await ok("ledger.history", { account_id })).postings.find((p) => p.transfer_id === done.transfer_id);
+  assert.equal(moved.amount_micro, -1300, "the charges and the commit moved in one transfer");
   assert.equal(done.released_micro, 1_000_000 - 1300);
   assert.equal((await call("ledger.charge", { hold_id: h.hold_id, charges: [{ amount_micro: 1 }] }, idem())).code,
     "hold_not_open");

@@ -61,6 +61,16 @@ CREATE OR REPLACE FUNCTION ledger_key_view(k api_keys) RETURNS jsonb LANGUAGE sq
     FROM (SELECT ledger_key_pending(k.id) AS pending) p
 $$;
 
+-- A hold's view names what of its charges has moved to revenue (posted_micro)
+-- and the transfer that moved it.
+CREATE OR REPLACE FUNCTION ledger_hold_view(h holds) RETURNS jsonb LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'hold_id', h.id, 'account_id', h.account_id, 'key_id', h.key_id, 'amount_micro', h.amount,
+        'state', h.state, 'committed_micro', h.committed, 'charged_micro', h.charged, 'posted_micro', h.posted,
+        'transfer_id', h.transfer_id, 'expires_at_ms', ledger_ms(h.expires_at),
+        'created_at_ms', ledger_ms(h.created_at), 'resolved_at_ms', ledger_ms(h.resolved_at), 'memo', h.memo)
+$$;
+
 -- ledger.lookup_key: the key's view with its account's balance, counted as the views count it.
 CREATE FUNCTION ledger_read_key(p_args jsonb) RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
 DECLARE
