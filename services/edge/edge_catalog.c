@@ -208,17 +208,19 @@ int64_t edge_cost_micro(int64_t tokens, int64_t price)
     return c > (unsigned __int128)INT64_MAX ? INT64_MAX : (int64_t)c;
 }
 
+int64_t edge_add_micro(int64_t a, int64_t b)
+{
+    return a > INT64_MAX - b ? INT64_MAX : a + b;
+}
+
 int64_t edge_input_cost_micro(const edge_model_t *m, const edge_usage_t *u)
 {
     int64_t in = u->input > 0 ? u->input : 0;
     int64_t r = u->cache_read > 0 ? (u->cache_read < in ? u->cache_read : in) : 0;
     int64_t w = u->cache_write > 0 ? (u->cache_write < in - r ? u->cache_write : in - r) : 0;
-    int64_t parts[] = {edge_cost_micro(in - r - w, m->input_price), edge_cost_micro(r, m->cache_read_price),
-                       edge_cost_micro(w, m->cache_write_price)};
-    int64_t total = 0;
-    for (size_t i = 0; i < FB_ARRAY_SIZE(parts); i++)
-        total = total > INT64_MAX - parts[i] ? INT64_MAX : total + parts[i];
-    return total;
+    return edge_add_micro(
+        edge_add_micro(edge_cost_micro(in - r - w, m->input_price), edge_cost_micro(r, m->cache_read_price)),
+        edge_cost_micro(w, m->cache_write_price));
 }
 
 static json_t *s_price_json(const edge_model_t *m)
@@ -455,6 +457,7 @@ int edge_catalog_test(bool verbose)
     FB_ASSERT(edge_cost_micro(1000001, 150000) == 150001); /* 150000.15 */
     FB_ASSERT(edge_cost_micro(0, 150000) == 0 && edge_cost_micro(-5, 150000) == 0);
     FB_ASSERT(edge_cost_micro(INT64_MAX, EDGE_PRICE_MAX) == INT64_MAX);
+    FB_ASSERT(edge_add_micro(2, 3) == 5 && edge_add_micro(INT64_MAX - 1, 5) == INT64_MAX);
     char usd[32];
     edge_usd_text(usd, 150000);
     FB_ASSERT(strcmp(usd, "0.15") == 0);

@@ -76,6 +76,9 @@ typedef struct {
  * provider's nonsense never makes input cheaper than its uncached share). */
 int64_t edge_input_cost_micro(const edge_model_t *m, const edge_usage_t *u);
 
+/* edge_add_micro - a + b for amounts of 0 or more, saturating at INT64_MAX. */
+int64_t edge_add_micro(int64_t a, int64_t b);
+
 /* edge_usd_text - micro-USDC as decimal dollars without trailing zeros
  * ("0.15", "10", "0.000001"), for people. */
 void edge_usd_text(char out[32], int64_t micro);

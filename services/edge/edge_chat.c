@@ -325,11 +325,6 @@ int64_t edge_chat_output_estimate(int64_t events, int64_t bytes)
 
 /* What the call costs: the reported usage, or the conservative counts where a
  * figure is missing; never more than the hold. */
-static int64_t s_add(int64_t a, int64_t b)
-{
-    return a > INT64_MAX - b ? INT64_MAX : a + b;
-}
-
 /* What the input costs: the reported tokens, those read from or written to
  * the provider's prompt cache at their own prices, each part rounded up; the
  * request's size at the input price when nothing was reported. */
@@ -344,7 +339,7 @@ static int64_t s_input_cost(s_chat_t *c)
 static int64_t s_cost(s_chat_t *c)
 {
     int64_t out = c->out_seen ? c->out_tokens : edge_chat_output_estimate(c->out_events, c->out_bytes);
-    int64_t cost = s_add(s_input_cost(c), edge_cost_micro(out, c->model->output_price));
+    int64_t cost = edge_add_micro(s_input_cost(c), edge_cost_micro(out, c->model->output_price));
     return cost > c->hold_micro ? c->hold_micro : cost;
 }
 
@@ -1599,7 +1594,7 @@ static int s_begin(edge_worker_t *w, h2o_req_t *req, const char *rid, s_route_t 
     c->input_estimate = (int64_t)req->entity.len;
     int64_t a = edge_cost_micro(c->input_estimate, m->input_price),
             b = edge_cost_micro(c->max_output, m->output_price);
-    c->hold_micro = a > INT64_MAX - b ? INT64_MAX : a + b;
+    c->hold_micro = edge_add_micro(a, b);
     if (c->hold_micro < 1)
         c->hold_micro = 1; /* a free model still holds the smallest unit: the ledger's amounts start at 1 */
     s_pay(c);
