@@ -59,6 +59,7 @@ struct edge_t {
     int64_t slice_age_ms;             /* ... take no new call after this long */
     int64_t idem_keep_ms;             /* idempotent calls: how long a name and its answer are kept */
     size_t idem_answer_max;           /* ... the largest answer kept for a retry */
+    int64_t topup_advance_max;        /* topups credited before settlement: an account's most (0: none) */
     size_t rpc_max_message;           /* FAREBOX_RPC_MAX_MESSAGE */
     edge_worker_t **workers;
     atomic_uint_fast64_t key_epoch; /* bumped when this edge revokes or changes a key (edge_keys_changed) */

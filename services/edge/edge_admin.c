@@ -33,6 +33,7 @@ static const s_route_t s_routes[] = {
     {"GET", "accounts/#/history", "ledger.history", "account_id", false, 200, "", "before_id limit"},
     {"GET", "accounts/#/holds", "ledger.holds", "account_id", false, 200, "", "state before_id limit"},
     {"GET", "accounts/#/charges", "ledger.charges", "account_id", false, 200, "", "hold_id before_id limit"},
+    {"GET", "accounts/#/advances", "ledger.advances", "account_id", false, 200, "", ""},
     {"POST", "accounts/#/credits", "ledger.credit", "account_id", true, 201, "amount_micro reference", ""},
     {"POST", "accounts/#/deposit-addresses", "chain_watcher.deposit_address", "account_id", false, 200, "",
      ""},

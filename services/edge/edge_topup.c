@@ -11,6 +11,12 @@
  *   credit   ledger.credit kind topup, source (network, transaction, 0):
  *            credited once, whatever retries
  *
+ * With FAREBOX_TOPUP_ADVANCE_MAX_MICRO, settle answers once the transfer is
+ * broadcast, and a transfer not final yet is credited at once as an advance
+ * (ledger.topup_advance, the same source): the ledger takes it back if the
+ * transfer fails. An account over its limit of unsettled topups, or with an
+ * advance taken back before, waits for the settlement as without it (202).
+ *
  * Sending the same request again is safe: a payment recorded for this
  * account goes on to settle (the same transaction) and credit (answered
  * again with duplicate: true), so a caller that lost the answer, or got 202
@@ -43,7 +49,8 @@ typedef struct {
     char *header;      /* PAYMENT-SIGNATURE or X-PAYMENT, or NULL */
     json_t *requirements;
     int version;
-    char *pay_response; /* PAYMENT-RESPONSE of the settlement */
+    char *pay_response; /* PAYMENT-RESPONSE of the settlement, once confirmed */
+    char *tx;           /* the settlement's transaction */
 } s_topup_t;
 
 static void s_free(s_topup_t *t)
@@ -53,6 +60,7 @@ static void s_free(s_topup_t *t)
     free(t->header);
     json_decref(t->requirements);
     free(t->pay_response);
+    free(t->tx);
     free(t);
 }
 
@@ -64,33 +72,80 @@ static void s_quote(s_topup_t *t, const char *code, const char *reason, const ch
                          message);
 }
 
+/* 202: the transfer is broadcast, its credit waits for it to be final. */
+static void s_pending(s_topup_t *t, const char *why)
+{
+    char msg[600];
+    snprintf(msg, sizeof(msg),
+             "%s%sthe transfer is sent but not confirmed yet; send the same request again to "
+             "credit it once it is",
+             why ? why : "", why ? ": " : "");
+    edge_send_json(t->guard->req, 202,
+                   json_pack("{ss ss ss ss}", "object", "topup", "state", "pending", "transaction", t->tx,
+                             "message", msg));
+}
+
 static void s_on_credit(void *arg, const fb_rpc_reply_t *reply)
 {
     s_topup_t *t = arg;
     h2o_req_t *req = t->guard->req;
     json_t *b = edge_reply_json(reply);
-    if (!reply->ok) {
-        fb_log(FB_LOG_ERROR, t->rid, "topup settled but not credited yet: the caller should retry",
-               "account_id=%" PRId64 " code=%s", t->account_id, reply->code);
+    const char *code = reply->code;
+    if (!reply->ok && t->tx && strcmp(code, "advance_refused") == 0) {
+        if (req)
+            s_pending(t, reply->message);
+    } else if (!reply->ok && t->tx && strcmp(code, "settlement_failed") == 0) {
+        if (req)
+            s_quote(t, "payment_invalid", "settlement_failed", "the payment could not be settled: it failed");
+    } else if (!reply->ok) {
+        fb_log(FB_LOG_ERROR, t->rid, "topup not credited yet: the caller should retry",
+               "account_id=%" PRId64 " code=%s", t->account_id, code);
         if (req)
             edge_error(req, EDGE_OPENAI, 503, "unavailable", NULL,
-                       "the payment settled but the credit could not be written yet; send the same request "
+                       "the payment was sent but the credit could not be written yet; send the same request "
                        "again to credit it (once)");
     } else if (req) {
-        edge_x402_set_receipt(req, t->version, t->pay_response);
+        if (t->pay_response)
+            edge_x402_set_receipt(req, t->version, t->pay_response);
         /* credited before: by this source (duplicate) or by this very retry's key (replayed) */
         bool dup =
             json_is_true(json_object_get(b, "duplicate")) || json_is_true(json_object_get(b, "replayed"));
+        /* an advance's answer names the settlement's state; a plain credit follows a confirmed one */
+        const char *state = json_string_value(json_object_get(b, "settlement_state"));
+        bool settled = t->pay_response || (state && strcmp(state, "confirmed") == 0);
         json_t *doc = json_pack(
-            "{ss sO sO sO sb sO sO}", "object", "topup", "account_id", json_object_get(b, "account_id"),
+            "{ss sO sO sO sb sO sO ss}", "object", "topup", "account_id", json_object_get(b, "account_id"),
             "amount_micro", json_object_get(b, "amount_micro"), "credit_id", json_object_get(b, "credit_id"),
             "duplicate", dup, "balance_micro", json_object_get(b, "balance_micro"), "available_micro",
-            json_object_get(b, "available_micro"));
+            json_object_get(b, "available_micro"), "settlement", settled ? "confirmed" : "pending");
+        if (doc && t->tx)
+            json_object_set_new(doc, "transaction", json_string(t->tx));
+        if (!dup) {
+            edge_metrics_money(EDGE_MONEY_TOPUP, t->amount);
+            if (!settled)
+                edge_metrics_money(EDGE_MONEY_ADVANCED, t->amount);
+        }
         edge_send_json(req, doc ? 200 : 503,
                        doc ? doc : json_pack("{ss}", "error", "incomplete ledger answer"));
     }
     json_decref(b);
     s_free(t);
+}
+
+/* ledger.topup_advance: credited at once while the account is within its
+ * limit (a confirmed transfer, or a source credited before, as it is). A
+ * confirmed transfer's credit is asked under its own key, so that it is not
+ * answered with the advance's earlier (pending) answer. */
+static void s_advance(s_topup_t *t, const char *network, const char *tx)
+{
+    char idem[300];
+    snprintf(idem, sizeof(idem), "topup-advance:%.100s:%.130s%s", network, tx,
+             t->pay_response ? ":final" : "");
+    json_t *body = json_pack("{sI sI s{ss ss si} sI}", "account_id", (json_int_t)t->account_id,
+                             "amount_micro", (json_int_t)t->amount, "source", "chain", network, "tx", tx,
+                             "index", 0, "advance_limit_micro", (json_int_t)t->w->edge->topup_advance_max);
+    edge_rpc_json(t->w->ledger, "ledger.topup_advance", body, idem, t->rid, CREDIT_DEADLINE_MS, s_on_credit,
+                  t);
 }
 
 static void s_on_settled(void *arg, const fb_rpc_reply_t *reply)
@@ -108,21 +163,29 @@ static void s_on_settled(void *arg, const fb_rpc_reply_t *reply)
                        "the payment could not be settled now; send the same request again");
     } else if (json_is_true(json_object_get(b, "success")) && tx && tx[0] && network) {
         t->pay_response = edge_x402_receipt(tx, network, payer);
-        char idem[300];
-        snprintf(idem, sizeof(idem), "topup:%.100s:%.130s", network, tx);
-        json_t *body = json_pack("{sI sI ss s{ss ss si}}", "account_id", (json_int_t)t->account_id,
-                                 "amount_micro", (json_int_t)t->amount, "kind", "topup", "source", "chain",
-                                 network, "tx", tx, "index", 0);
+        t->tx = fb_strdup(tx);
+        if (t->w->edge->topup_advance_max > 0) {
+            s_advance(t, network, tx); /* the credit may be an advance already: its answer tells */
+        } else {
+            char idem[300];
+            snprintf(idem, sizeof(idem), "topup:%.100s:%.130s", network, tx);
+            json_t *body = json_pack("{sI sI ss s{ss ss si}}", "account_id", (json_int_t)t->account_id,
+                                     "amount_micro", (json_int_t)t->amount, "kind", "topup", "source",
+                                     "chain", network, "tx", tx, "index", 0);
+            edge_rpc_json(t->w->ledger, "ledger.credit", body, idem, t->rid, CREDIT_DEADLINE_MS, s_on_credit,
+                          t);
+        }
         json_decref(b);
-        edge_rpc_json(t->w->ledger, "ledger.credit", body, idem, t->rid, CREDIT_DEADLINE_MS, s_on_credit, t);
         return;
-    } else if (reason && strcmp(reason, "settlement_pending") == 0 && tx && tx[0]) {
+    } else if (reason && strcmp(reason, "settlement_pending") == 0 && tx && tx[0] && network) {
+        t->tx = fb_strdup(tx);
+        if (t->w->edge->topup_advance_max > 0) {
+            s_advance(t, network, tx);
+            json_decref(b);
+            return;
+        }
         if (req)
-            edge_send_json(req, 202,
-                           json_pack("{ss ss ss ss}", "object", "topup", "state", "pending", "transaction",
-                                     tx, "message",
-                                     "the transfer is sent but not confirmed yet; send the same request "
-                                     "again to credit it once it is"));
+            s_pending(t, NULL);
     } else if (req) {
         char msg[400];
         const char *m = json_string_value(json_object_get(b, "errorMessage"));
@@ -139,8 +202,9 @@ static void s_settle(s_topup_t *t)
     char idem[80];
     snprintf(idem, sizeof(idem), "topup-settle:%.60s", t->rid);
     edge_rpc_json(t->w->verifier, "verifier.settle",
-                  json_pack("{ss sO}", "header", t->header, "requirements", t->requirements), idem, t->rid,
-                  SETTLE_DEADLINE_MS, s_on_settled, t);
+                  json_pack("{ss sO sb}", "header", t->header, "requirements", t->requirements, "wait",
+                            t->w->edge->topup_advance_max == 0),
+                  idem, t->rid, SETTLE_DEADLINE_MS, s_on_settled, t);
 }
 
 static void s_on_verified(void *arg, const fb_rpc_reply_t *reply)

@@ -154,6 +154,10 @@ static const fb_config_var_t s_vars[] = {
     {"FAREBOX_IDEMPOTENCY_ANSWER_MAX", FB_CFG_INT, "262144", 0, 16777216, NULL, NULL,
      "the largest answer kept for a retry, in bytes (larger ones: a retry is told the call was served; "
      "at most half of FAREBOX_RPC_MAX_MESSAGE is used)"},
+    {"FAREBOX_TOPUP_ADVANCE_MAX_MICRO", FB_CFG_INT, "0", 0, 100000000000, NULL, NULL,
+     "/v1/topup credits at once, as soon as the transfer is broadcast, while the account's topups awaiting "
+     "settlement stay within this (micro-USDC); one that fails is taken back, the spent part is the "
+     "operator's loss (0: topups are credited once settled)"},
     {"FAREBOX_TRUSTED_PROXIES", FB_CFG_STRING, "", 0, 0, NULL, s_check_proxies,
      "load balancers whose X-Forwarded-For names the client for the IP limits: addresses or CIDR blocks, "
      "comma-separated (unset: the peer address counts)"},
@@ -278,6 +282,7 @@ int main(int argc, char **argv)
     edge.slice_idle_ms = fb_config_int(cfg, "FAREBOX_PREPAID_SLICE_IDLE_MS");
     edge.slice_age_ms = fb_config_int(cfg, "FAREBOX_PREPAID_SLICE_AGE_MS");
     edge.idem_keep_ms = fb_config_int(cfg, "FAREBOX_IDEMPOTENCY_KEEP_S") * 1000;
+    edge.topup_advance_max = fb_config_int(cfg, "FAREBOX_TOPUP_ADVANCE_MAX_MICRO");
     edge.rpc_max_message = (size_t)fb_config_int(cfg, "FAREBOX_RPC_MAX_MESSAGE");
     edge.idem_answer_max = (size_t)fb_config_int(cfg, "FAREBOX_IDEMPOTENCY_ANSWER_MAX");
     if (edge.idem_answer_max > edge.rpc_max_message / 2)

@@ -35,7 +35,16 @@ typedef struct {
 } s_field_t;
 
 /* How an operation finds the rows it locks. */
-typedef enum { L_NONE, L_ACCOUNT, L_HOLD, L_HOLD_ONLY, L_KEY, L_HOLD_ACCOUNT_KEY, L_CREDIT } s_lock_t;
+typedef enum {
+    L_NONE,
+    L_ACCOUNT,
+    L_HOLD,
+    L_HOLD_ONLY,
+    L_KEY,
+    L_HOLD_ACCOUNT_KEY,
+    L_CREDIT,
+    L_TOPUP
+} s_lock_t;
 
 typedef struct {
     const char *method;
@@ -100,6 +109,15 @@ static const s_method_t s_methods[] = {
       {"amount_micro", F_INT, true, 0},
       {"kind", F_STR, true, 20},
       {"source", F_SOURCE, true, 0},
+      END}},
+    {"ledger.topup_advance", /* a topup credited before its settlement is final */
+     LEDGER_OP_WRITE,
+     L_TOPUP,
+     NULL,
+     {{"account_id", F_INT, true, 0},
+      {"amount_micro", F_INT, true, 0},
+      {"source", F_SOURCE, true, 0},
+      {"advance_limit_micro", F_INT, true, 0},
       END}},
     {"ledger.record_authorization",
      LEDGER_OP_WRITE,
@@ -259,6 +277,7 @@ static const s_method_t s_methods[] = {
      L_NONE,
      NULL,
      {{"settlement_id", F_INT, false, 0}, {"authorization_id", F_INT, false, 0}, END}},
+    {"ledger.advances", LEDGER_OP_READ, L_NONE, NULL, {{"account_id", F_INT, true, 0}, END}},
     {"ledger.open_settlements",
      LEDGER_OP_READ,
      L_NONE,
@@ -664,6 +683,13 @@ static void s_handle(void *arg, fb_rpc_call_t *call)
             snprintf(code, sizeof(code), "topups:%s", chain);
         else
             snprintf(code, sizeof(code), "adjustments");
+        spec.lock_code = code;
+        break;
+    }
+    case L_TOPUP: {
+        const char *chain = json_string_value(json_object_get(json_object_get(args, "source"), "chain"));
+        spec.lock_account = s_arg_int(args, "account_id");
+        snprintf(code, sizeof(code), "topups:%s", chain ? chain : "");
         spec.lock_code = code;
         break;
     }

@@ -90,10 +90,13 @@ void verifier_result_recorded(verifier_result_t *res, const msgpack_object *view
 
 /* verifier_verify / verifier_settle - check (and settle) a payment against
  * requirements. payload and requirements are borrowed JSON documents; done
- * runs exactly once, from the loop or at once. */
+ * runs exactly once, from the loop or at once. A settlement waits for its
+ * final receipt (up to settle_wait_ms) or, without wait, answers once its
+ * transaction is broadcast (settlement_pending, with the transaction, unless
+ * the chain decided at once); the tracker follows it either way. */
 void verifier_verify(verifier_t *v, json_t *payload, json_t *requirements, const char *trace,
                      verifier_done_fn *done, void *arg);
-void verifier_settle(verifier_t *v, json_t *payload, json_t *requirements, const char *trace,
+void verifier_settle(verifier_t *v, json_t *payload, json_t *requirements, bool wait, const char *trace,
                      verifier_done_fn *done, void *arg);
 
 #endif

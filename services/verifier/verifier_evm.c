@@ -62,6 +62,7 @@ typedef struct s_job {
     uint8_t *calldata;
     size_t calldata_len;
     int64_t wait_until;
+    uint32_t wait_ms; /* how long a settlement waits for its final receipt */
     uv_timer_t poll;
     bool poll_open;
 } s_job_t;
@@ -734,7 +735,7 @@ static void s_settle_chain(s_job_t *j)
 
 /* --- entry ----------------------------------------------------------------------------------------- */
 
-void verifier_evm_run(verifier_t *v, bool settle, json_t *payload, json_t *requirements,
+void verifier_evm_run(verifier_t *v, bool settle, uint32_t wait_ms, json_t *payload, json_t *requirements,
                       const fb_x402_payload_t *p, const fb_x402_requirements_t *r, const char *trace,
                       verifier_done_fn *done, void *arg)
 {
@@ -742,6 +743,7 @@ void verifier_evm_run(verifier_t *v, bool settle, json_t *payload, json_t *requi
     j->v = v;
     j->net = &v->evm;
     j->settle = settle;
+    j->wait_ms = wait_ms;
     j->doc_payload = json_incref(payload);
     j->doc_req = json_incref(requirements);
     j->p = *p;
@@ -780,7 +782,7 @@ void verifier_evm_run(verifier_t *v, bool settle, json_t *payload, json_t *requi
             s_fail(j, "settlement_not_configured", "no settlement key is configured for %s", v->evm.caip2);
             return;
         }
-        j->wait_until = fb_mono_ms() + v->settle_wait_ms;
+        j->wait_until = fb_mono_ms() + j->wait_ms;
         s_settle_chain(j);
         return;
     }

@@ -166,8 +166,11 @@ static void s_handle(verifier_t *v, fb_rpc_call_t *call, bool settle)
     size_t n;
     if (fb_mp_str(fb_mp_get(body, "resource"), &res, &n) && n < sizeof(pend->resource))
         memcpy(pend->resource, res, n);
+    const msgpack_object *wait = fb_mp_get(body, "wait");
     if (settle)
-        verifier_settle(v, payload, req, fb_rpc_call_trace(call), s_done, pend);
+        verifier_settle(v, payload, req,
+                        !(wait && wait->type == MSGPACK_OBJECT_BOOLEAN && !wait->via.boolean),
+                        fb_rpc_call_trace(call), s_done, pend);
     else
         verifier_verify(v, payload, req, fb_rpc_call_trace(call), s_done, pend);
     json_decref(payload);

@@ -47,6 +47,7 @@ typedef struct s_job {
     char *signed_b64;   /* the fully signed wire transaction */
     int64_t settlement_id;
     int64_t wait_until;
+    uint32_t wait_ms; /* how long a settlement waits for its final receipt */
     uv_timer_t poll;
     bool poll_open;
 } s_job_t;
@@ -395,7 +396,7 @@ static void s_settle_begin(s_job_t *j)
 
 /* --- entry --------------------------------------------------------------------------------- */
 
-void verifier_svm_run(verifier_t *v, bool settle, json_t *payload, json_t *requirements,
+void verifier_svm_run(verifier_t *v, bool settle, uint32_t wait_ms, json_t *payload, json_t *requirements,
                       const fb_x402_payload_t *p, const fb_x402_requirements_t *r, const char *trace,
                       verifier_done_fn *done, void *arg)
 {
@@ -403,6 +404,7 @@ void verifier_svm_run(verifier_t *v, bool settle, json_t *payload, json_t *requi
     j->v = v;
     j->net = &v->svm;
     j->settle = settle;
+    j->wait_ms = wait_ms;
     j->doc_payload = json_incref(payload);
     j->doc_req = json_incref(requirements);
     j->p = *p;
@@ -432,7 +434,7 @@ void verifier_svm_run(verifier_t *v, bool settle, json_t *payload, json_t *requi
     }
     s_sign(j); /* deterministic: this is the transaction's id */
     if (settle) {
-        j->wait_until = fb_mono_ms() + v->settle_wait_ms;
+        j->wait_until = fb_mono_ms() + j->wait_ms;
         j->after = s_settle_begin;
         s_chain_checks(j, false);
         return;

@@ -264,6 +264,7 @@ test("fareboxctl drives the admin API with run.env's variables", () => {
   assert.equal(ctl(["account", "show", id]).json.available_micro, 1500);
   assert.equal(ctl(["account", "history", id, "5"]).json.postings.length, 1);
   assert.deepEqual(ctl(["account", "charges", id, "5"]).json.charges, []);
+  assert.deepEqual(ctl(["account", "advances", id]).json.advances, []);
   assert.deepEqual(ctl(["account", "holds", id, "open"]).json.holds, []);
   const kid = String(key.json.key_id);
   assert.equal(ctl(["key", "cap", kid, "none"]).json.spend_cap_micro, null);

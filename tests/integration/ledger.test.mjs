@@ -562,6 +562,104 @@ test("x402 authorizations: accepted once, then served, settled or failed", async
   await audit();
 });
 
+test("topup advances: credited before settlement within a limit, settled as is, reversed on failure (what is spent written off)", async () => {
+  const network = "eip155:84532";
+  const payer = "0x3333333333333333333333333333333333333333";
+  // a topup payment recorded and signed as the verifier does (broadcast, not final)
+  async function settlement(account, amount) {
+    const nonce = `0x${crypto.randomBytes(32).toString("hex")}`;
+    const s = await ok("ledger.settlement_begin", { network, payer, nonce, amount_micro: amount,
+      resource: `topup:account:${account}`, sender: "0x4444444444444444444444444444444444444444", evm: true,
+      chain_nonce: 0, calldata: "0xe3ee160e" });
+    const tx = `0x${crypto.randomBytes(32).toString("hex")}`;
+    await ok("ledger.settlement_signed", { settlement_id: s.settlement_id, tx_hash: tx, raw_tx: "0x02f8" });
+    return { id: s.settlement_id, tx, amount };
+  }
+  const advance = (account, s, limit, key = idem("adv")) => call("ledger.topup_advance", { account_id: account,
+    amount_micro: s.amount, source: { chain: network, tx: s.tx, index: "0" }, advance_limit_micro: limit }, key);
+  const account = await newAccount();
+  const losses = async () => Number(pg.psql(db.name, "SELECT coalesce(sum(balance), 0) FROM accounts WHERE code = 'topup_losses'"));
+  const lossesBefore = await losses();
+
+  const s1 = await settlement(account, 2000000);
+  const over = await advance(account, s1, 1999999);
+  assert.equal(over.code, "advance_refused");
+  assert.equal(over.body.limit_micro, 1999999);
+  assert.equal((await ok("ledger.balance", { account_id: account })).balance_micro, 0);
+  const k = idem("adv");
+  const a1 = await advance(account, s1, 5000000, k);
+  assert.equal(a1.status, "ok", JSON.stringify(a1));
+  assert.equal(a1.body.duplicate, false);
+  assert.equal(a1.body.settlement_state, "signed");
+  assert.equal(a1.body.advance.state, "open");
+  assert.equal(a1.body.available_micro, 2000000);
+  assert.equal((await advance(account, s1, 5000000, k)).body.credit_id, a1.body.credit_id); // the same key: replayed
+  const dup = await advance(account, s1, 5000000);
+  assert.equal(dup.body.duplicate, true);
+  assert.equal(dup.body.credit_id, a1.body.credit_id);
+  // a second one passes the limit counted with the first
+  const s2 = await settlement(account, 3500000);
+  assert.equal((await advance(account, s2, 5000000)).code, "advance_refused");
+  // another account's payment, another amount, an unknown transaction: refused
+  const other = await newAccount();
+  assert.equal((await advance(other, s2, 9000000)).code, "settlement_mismatch");
+  assert.equal((await advance(account, { ...s2, amount: 1 }, 9000000)).code, "settlement_mismatch");
+  assert.equal((await advance(account, { ...s2, tx: "0xnothing" }, 9000000)).code, "settlement_not_found");
+  assert.equal((await ok("ledger.balance", { account_id: other })).balance_micro, 0);
+
+  // the account spends 1.5 of its 2: the transfer then fails
+  const h = await ok("ledger.hold", { account_id: account, amount_micro: 1500000, expires_in_ms: 60000 });
+  await ok("ledger.commit", { hold_id: h.hold_id, amount_micro: 1500000 });
+  await ok("ledger.settlement_result", { settlement_id: s1.id, state: "failed", reason: "reverted" });
+  const [rev] = (await ok("ledger.advances", { account_id: account })).advances;
+  assert.equal(rev.state, "reversed");
+  assert.equal(rev.recovered_micro, 500000);
+  assert.equal(rev.written_off_micro, 1500000);
+  assert.ok(rev.reversal_transfer_id > 0);
+  const bal = await ok("ledger.balance", { account_id: account });
+  assert.equal(bal.balance_micro, 0);
+  assert.equal(bal.available_micro, 0);
+  assert.equal(await losses() - lossesBefore, -1500000);
+  // a reversed advance: no more advances for this account; a failed settlement is not credited
+  const again = await advance(account, s2, 9000000);
+  assert.equal(again.code, "advance_refused");
+  assert.equal(again.body.reason, "reversed_before");
+  const s3 = await settlement(account, 1000);
+  await ok("ledger.settlement_result", { settlement_id: s3.id, state: "failed", reason: "reverted" });
+  assert.equal((await advance(other, s3, 9000000)).code, "settlement_mismatch");
+  assert.equal((await advance(account, s3, 9000000)).code, "settlement_failed");
+
+  // a confirmed transfer: the advance is settled, nothing moves; a late advance of a confirmed one is a plain credit
+  const s4 = await settlement(other, 700000);
+  assert.equal((await advance(other, s4, 700000)).body.advance.state, "open");
+  await ok("ledger.settlement_result", { settlement_id: s4.id, state: "confirmed" });
+  const [settled] = (await ok("ledger.advances", { account_id: other })).advances;
+  assert.equal(settled.state, "settled");
+  assert.equal(settled.recovered_micro, 0);
+  assert.equal((await ok("ledger.balance", { account_id: other })).balance_micro, 700000);
+  const s5 = await settlement(other, 100);
+  await ok("ledger.settlement_result", { settlement_id: s5.id, state: "confirmed" });
+  const plain = await advance(other, s5, 0);
+  assert.equal(plain.status, "ok");
+  assert.equal(plain.body.settlement_state, "confirmed");
+  assert.equal(plain.body.advance, null);
+  assert.equal((await ok("ledger.balance", { account_id: other })).balance_micro, 700100);
+  // the settled path's credit of an advanced source is the same credit
+  const credit = await ok("ledger.credit", { account_id: other, amount_micro: 700000, kind: "topup",
+    source: { chain: network, tx: s4.tx, index: "0" } });
+  assert.equal(credit.duplicate, true);
+  assert.equal((await call("ledger.topup_advance", { account_id: other, amount_micro: 5,
+    source: { chain: network, tx: s4.tx, index: "0" } }, idem())).code, "bad_request");
+  // the audit checks a reversal against its transfer
+  const shift = (d) => pg.psql(db.name, `UPDATE topup_advances SET recovered = recovered + ${d}, ` +
+    `written_off = written_off - ${d} WHERE credit_id = ${rev.credit_id}`);
+  shift(1);
+  const bad = await call("ledger.audit", {});
+  assert.deepEqual(bad.body.checks.find((c) => c.name === "advances_follow_settlements").detail, [rev.credit_id]);
+  shift(-1);
+  await audit();
+});
+
 test("bad input answers a clear error and changes nothing", async () => {
   const account_id = await newAccount(1_000_000);
   const before = pg.psql(db.name, "SELECT (SELECT count(*) FROM postings) || '/' || (SELECT count(*) FROM holds) || '/' || (SELECT count(*) FROM operations) || '/' || (SELECT sum(balance) FROM accounts)");

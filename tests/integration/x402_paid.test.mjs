@@ -27,7 +27,7 @@ import { RpcClient } from "../lib/rpc.mjs";
 
 const ADMIN = crypto.randomBytes(24).toString("hex");
 const HMAC = crypto.randomBytes(32).toString("hex");
-let pg, chains, evm, sol, solRpc, ledger, verifier, edge, mock, url, ledgerRpc, evmTreasury, solTreasury;
+let pg, chains, evm, sol, solRpc, ledger, verifier, edge, edgeEnv, mock, url, ledgerRpc, evmTreasury, solTreasury;
 const erc20 = parseAbi(["function balanceOf(address) view returns (uint256)"]);
 const balance = (who) => ethRpc(evm.rpcUrl, "eth_call", [{ to: evm.token,
   data: encodeFunctionData({ abi: erc20, functionName: "balanceOf", args: [who] }) }, "latest"]).then(BigInt);
@@ -84,11 +84,12 @@ before(async () => {
     FAREBOX_EVM_TOKEN: evm.token, FAREBOX_SETTLEMENT_KEY: evm.deployer.privateKey,
     FAREBOX_SOLANA_NETWORK: sol.x402Network, FAREBOX_SOLANA_RPC_URLS: sol.rpcUrl, FAREBOX_SOLANA_MINT: sol.mint,
     FAREBOX_SOLANA_FEE_PAYER_KEY: sol.payer.secretKey, FAREBOX_SETTLE_WAIT_MS: "15000" });
-  edge = await startService("edge", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`,
-    FAREBOX_HTTP_LISTEN: `127.0.0.1:${hp}`, FAREBOX_LEDGER_ENDPOINT: `tcp://127.0.0.1:${lp}`,
+  edgeEnv = { FAREBOX_LEDGER_ENDPOINT: `tcp://127.0.0.1:${lp}`,
     FAREBOX_VERIFIER_ENDPOINT: `tcp://127.0.0.1:${vp}`, FAREBOX_MOCK_MODEL_URL: `http://127.0.0.1:${mp}`,
     FAREBOX_PAY_TO_EVM: evmTreasury, FAREBOX_PAY_TO_SOLANA: solTreasury, FAREBOX_ADMIN_TOKEN: ADMIN,
-    FAREBOX_KEY_HMAC_SECRET: HMAC });
+    FAREBOX_KEY_HMAC_SECRET: HMAC };
+  edge = await startService("edge", { ...edgeEnv, FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`,
+    FAREBOX_HTTP_LISTEN: `127.0.0.1:${hp}` });
   url = `http://127.0.0.1:${hp}`;
   ledgerRpc = new RpcClient(ledger.endpoint);
 });
@@ -274,6 +275,104 @@ test("/v1/topup: an x402 payment credits the key's account once; the key then pa
   const after = await (await fetch(`${url}/v1/balance`, { headers: auth })).json();
   assert.ok(after.available_micro < 250000 && after.available_micro > 0);
   await audit();
+});
+
+test("/v1/topup credited at once (FAREBOX_TOPUP_ADVANCE_MAX_MICRO): spendable before the transfer is final, taken back when it fails", async () => {
+  const port = await freePort();
+  const fast = await startService("edge", { ...edgeEnv, FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`,
+    FAREBOX_HTTP_LISTEN: `127.0.0.1:${port}`, FAREBOX_TOPUP_ADVANCE_MAX_MICRO: "3000000" });
+  const furl = `http://127.0.0.1:${port}`;
+  const admin = { authorization: `Bearer ${ADMIN}`, ...json };
+  try {
+    const acct = await (await fetch(`${furl}/admin/accounts`, { method: "POST", headers: admin, body: "{}" })).json();
+    const minted = await (await fetch(`${furl}/admin/accounts/${acct.account_id}/keys`, { method: "POST",
+      headers: admin, body: "{}" })).json();
+    const auth = { authorization: `Bearer ${minted.key}`, ...json };
+    const topup = async (i, amount, header) => {
+      const body = JSON.stringify({ amount_micro: amount });
+      if (!header) {
+        const q = await fetch(`${furl}/v1/topup`, { method: "POST", headers: auth, body });
+        const required = JSON.parse(Buffer.from(q.headers.get("payment-required"), "base64").toString());
+        const h = new x402HTTPClient(evmClient(i));
+        header = h.encodePaymentSignatureHeader(await h.createPaymentPayload(required))["PAYMENT-SIGNATURE"];
+      }
+      const r = await fetch(`${furl}/v1/topup`, { method: "POST", headers: { ...auth, "payment-signature": header }, body });
+      return { r, header, doc: await r.json() };
+    };
+    const ledgerBalance = async () => (await ledgerRpc.call("ledger.balance", { account_id: acct.account_id })).body;
+
+    // anvil mines at once: credited (as an advance if the receipt was not there yet); the same
+    // request again finds the receipt: the same credit, confirmed, with its PAYMENT-RESPONSE
+    const first = await topup(5, 100000);
+    assert.equal(first.r.status, 200, JSON.stringify(first.doc));
+    const plain = await topup(5, 100000, first.header);
+    assert.equal(plain.r.status, 200, JSON.stringify(plain.doc));
+    assert.equal(plain.doc.credit_id, first.doc.credit_id);
+    assert.equal(plain.doc.settlement, "confirmed");
+    assert.ok(plain.r.headers.get("payment-response"));
+
+    await ethRpc(evm.rpcUrl, "evm_setAutomine", [false]);
+    try {
+      // broadcast, not mined: credited at once, without a receipt yet
+      const payer = evm.accounts[6].address;
+      const before = await balance(payer);
+      const adv = await topup(6, 2000000);
+      assert.equal(adv.r.status, 200, JSON.stringify(adv.doc));
+      assert.equal(adv.doc.settlement, "pending");
+      assert.match(adv.doc.transaction, /^0x[0-9a-f]{64}$/);
+      assert.equal(adv.doc.available_micro, 2100000);
+      assert.equal(adv.r.headers.get("payment-response"), null);
+      assert.equal(await balance(payer), before); // nothing moved on chain yet
+      const again = await topup(6, 2000000, adv.header);
+      assert.equal(again.doc.duplicate, true);
+      assert.equal(again.doc.credit_id, adv.doc.credit_id);
+      // over the limit (2 + 1.5 > 3): this one waits for its transfer
+      const over = await topup(7, 1500000);
+      assert.equal(over.r.status, 202, JSON.stringify(over.doc));
+      assert.equal(over.doc.state, "pending");
+      assert.match(over.doc.message, /limit/);
+      // the advance pays a call at once
+      const call = await fetch(`${furl}/v1/chat/completions`, { method: "POST", headers: auth, body: chat("advanced") });
+      assert.equal(call.status, 200);
+      await sleep(1500); // the call's slice closes: its charge moved
+      const spent = await ledgerBalance();
+      assert.ok(spent.available_micro < 2100000 && spent.available_micro > 2000000);
+
+      // the payer empties its wallet first (a higher tip): the settlement reverts when mined
+      const drain = encodeFunctionData({ abi: parseAbi(["function transfer(address,uint256) returns (bool)"]),
+        functionName: "transfer", args: [evm.accounts[1].address, before] });
+      await ethRpc(evm.rpcUrl, "eth_sendTransaction", [{ from: payer, to: evm.token, data: drain, gas: "0x30000",
+        maxPriorityFeePerGas: "0x174876e800", maxFeePerGas: "0x2540be4000" }]);
+      await ethRpc(evm.rpcUrl, "evm_mine", []);
+      const failed = await topup(6, 2000000, adv.header);
+      assert.equal(failed.r.status, 402, JSON.stringify(failed.doc));
+      assert.equal(failed.doc.error.code, "payment_invalid");
+      const [taken] = (await ledgerRpc.call("ledger.advances", { account_id: acct.account_id })).body.advances;
+      assert.equal(taken.state, "reversed");
+      assert.equal(taken.recovered_micro, 2000000);
+      assert.equal(taken.written_off_micro, 0);
+      assert.equal((await ledgerBalance()).available_micro, spent.available_micro - 2000000);
+      // the one that waited was mined in the same block: its retry credits it plainly
+      const later = await topup(7, 1500000, over.header);
+      assert.equal(later.r.status, 200, JSON.stringify(later.doc));
+      assert.equal(later.doc.settlement, "confirmed");
+      // no more advances for an account whose advance was taken back
+      const refused = await topup(5, 1000);
+      assert.equal(refused.r.status, 202, JSON.stringify(refused.doc));
+      assert.match(refused.doc.message, /reversed/);
+      await ethRpc(evm.rpcUrl, "evm_mine", []);
+      assert.equal((await topup(5, 1000, refused.header)).doc.settlement, "confirmed");
+    } finally {
+      await ethRpc(evm.rpcUrl, "evm_setAutomine", [true]);
+    }
+    const m = await (await fetch(`${furl}/metrics`)).text();
+    const advanced = Number(/farebox_edge_money_topup_advanced_micro_total (\d+)/.exec(m)[1]);
+    assert.ok(advanced === 2000000 || advanced === 2100000, String(advanced));
+    await audit();
+  } finally {
+    const { code } = await fast.stop();
+    assert.equal(code, 0, fast.tail());
+  }
 });
 
 test("Idempotency-Key with x402: a retry of a paid call gets its kept answer; a payment settled by a serving that died is served again, never paid twice", async () => {

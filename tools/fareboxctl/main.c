@@ -9,6 +9,7 @@
  *   fareboxctl account history ACCOUNT [LIMIT]
  *   fareboxctl account holds ACCOUNT [STATE]
  *   fareboxctl account charges ACCOUNT [LIMIT]
+ *   fareboxctl account advances ACCOUNT           (topups credited before settlement)
  *   fareboxctl account deposit-address ACCOUNT    (made on first use)
  *   fareboxctl account pending ACCOUNT            (deposits not confirmed yet)
  *   fareboxctl credit ACCOUNT AMOUNT_MICRO REFERENCE
@@ -53,6 +54,7 @@ static int s_usage(void)
             "usage: fareboxctl account create [LABEL] | account show ACCOUNT | account history ACCOUNT "
             "[LIMIT]\n"
             "                  | account holds ACCOUNT [STATE] | account charges ACCOUNT [LIMIT]\n"
+            "                  | account advances ACCOUNT\n"
             "                  | account deposit-address ACCOUNT | account pending ACCOUNT\n"
             "                  | credit ACCOUNT AMOUNT_MICRO REFERENCE\n"
             "                  | key mint ACCOUNT [--label L] [--cap MICRO] [--models a,b] | key list "
@@ -177,6 +179,10 @@ static int s_account(int argc, char **argv)
     if (strcmp(argv[0], "deposit-address") == 0 && argc == 2) {
         snprintf(path, sizeof(path), "/admin/accounts/%s/deposit-addresses", argv[1]);
         return s_call("POST", path, json_object());
+    }
+    if (strcmp(argv[0], "advances") == 0 && argc == 2) {
+        snprintf(path, sizeof(path), "/admin/accounts/%s/advances", argv[1]);
+        return s_call("GET", path, NULL);
     }
     if (strcmp(argv[0], "pending") == 0 && argc == 2) {
         snprintf(path, sizeof(path), "/admin/accounts/%s/deposits/pending", argv[1]);
