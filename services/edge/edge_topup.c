@@ -26,10 +26,12 @@
 #include "edge_metrics.h"
 #include "edge_reply.h"
 #include "edge_x402.h"
+#include "fb_codec.h"
 #include "fb_log.h"
 #include "fb_util.h"
 
 #include <inttypes.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,6 +74,25 @@ static void s_quote(s_topup_t *t, const char *code, const char *reason, const ch
                          message);
 }
 
+/* The idempotency key of a topup's credit: "<kind>:<network>:<tx>" while it
+ * fits the ledger's 128 bytes (EVM), else "<kind>:" and the SHA-256 of
+ * "<network>:<tx>" (a Solana signature is 88 characters). */
+static void s_credit_idem(char *out, size_t len, const char *kind, const char *network, const char *tx)
+{
+    if ((size_t)snprintf(out, len, "%s:%s:%s", kind, network, tx) <= 128)
+        return;
+    uint8_t d[crypto_hash_sha256_BYTES];
+    crypto_hash_sha256_state st;
+    crypto_hash_sha256_init(&st);
+    crypto_hash_sha256_update(&st, (const uint8_t *)network, strlen(network));
+    crypto_hash_sha256_update(&st, (const uint8_t *)":", 1);
+    crypto_hash_sha256_update(&st, (const uint8_t *)tx, strlen(tx));
+    crypto_hash_sha256_final(&st, d);
+    char hex[2 * sizeof(d) + 1];
+    fb_hex_encode(hex, d, sizeof(d));
+    snprintf(out, len, "%s:%s", kind, hex);
+}
+
 /* 202: the transfer is broadcast, its credit waits for it to be final. */
 static void s_pending(s_topup_t *t, const char *why)
 {
@@ -99,11 +120,12 @@ static void s_on_credit(void *arg, const fb_rpc_reply_t *reply)
             s_quote(t, "payment_invalid", "settlement_failed", "the payment could not be settled: it failed");
     } else if (!reply->ok) {
         fb_log(FB_LOG_ERROR, t->rid, "topup not credited yet: the caller should retry",
-               "account_id=%" PRId64 " code=%s", t->account_id, code);
+               "account_id=%" PRId64 " code=%s message=%s", t->account_id, code, reply->message);
         if (req)
             edge_error(req, EDGE_OPENAI, 503, "unavailable", NULL,
-                       "the payment was sent but the credit could not be written yet; send the same request "
-                       "again to credit it (once)");
+                       "the payment was sent but the credit could not be written yet (%s: %s); send the same "
+                       "request again to credit it (once)",
+                       code, reply->message);
     } else if (req) {
         if (t->pay_response)
             edge_x402_set_receipt(req, t->version, t->pay_response);
@@ -114,7 +136,7 @@ static void s_on_credit(void *arg, const fb_rpc_reply_t *reply)
         const char *state = json_string_value(json_object_get(b, "settlement_state"));
         bool settled = t->pay_response || (state && strcmp(state, "confirmed") == 0);
         json_t *doc = json_pack(
-            "{ss sO sO sO sb sO sO ss}", "object", "topup", "account_id", json_object_get(b, "account_id"),
+            "{ss sO sO sO sb sO? sO? ss}", "object", "topup", "account_id", json_object_get(b, "account_id"),
             "amount_micro", json_object_get(b, "amount_micro"), "credit_id", json_object_get(b, "credit_id"),
             "duplicate", dup, "balance_micro", json_object_get(b, "balance_micro"), "available_micro",
             json_object_get(b, "available_micro"), "settlement", settled ? "confirmed" : "pending");
@@ -138,9 +160,8 @@ static void s_on_credit(void *arg, const fb_rpc_reply_t *reply)
  * answered with the advance's earlier (pending) answer. */
 static void s_advance(s_topup_t *t, const char *network, const char *tx)
 {
-    char idem[300];
-    snprintf(idem, sizeof(idem), "topup-advance:%.100s:%.130s%s", network, tx,
-             t->pay_response ? ":final" : "");
+    char idem[400];
+    s_credit_idem(idem, sizeof(idem), t->pay_response ? "topup-advance-final" : "topup-advance", network, tx);
     json_t *body = json_pack("{sI sI s{ss ss si} sI}", "account_id", (json_int_t)t->account_id,
                              "amount_micro", (json_int_t)t->amount, "source", "chain", network, "tx", tx,
                              "index", 0, "advance_limit_micro", (json_int_t)t->w->edge->topup_advance_max);
@@ -167,8 +188,8 @@ static void s_on_settled(void *arg, const fb_rpc_reply_t *reply)
         if (t->w->edge->topup_advance_max > 0) {
             s_advance(t, network, tx); /* the credit may be an advance already: its answer tells */
         } else {
-            char idem[300];
-            snprintf(idem, sizeof(idem), "topup:%.100s:%.130s", network, tx);
+            char idem[400];
+            s_credit_idem(idem, sizeof(idem), "topup", network, tx);
             json_t *body = json_pack("{sI sI ss s{ss ss si}}", "account_id", (json_int_t)t->account_id,
                                      "amount_micro", (json_int_t)t->amount, "kind", "topup", "source",
                                      "chain", network, "tx", tx, "index", 0);

@@ -269,11 +269,26 @@ test("/v1/topup: an x402 payment credits the key's account once; the key then pa
   assert.equal(reuse.status, 402);
   assert.equal((await reuse.json()).error.code, "payment_invalid");
 
+  // a Solana payment tops up the same way (its credit's key, a hash: a signature is 88 characters)
+  const svm = new x402Client();
+  svm.register("solana:*", new ExactSvmScheme(await createKeyPairSignerFromBytes(
+    getBase58Encoder().encode(sol.wallets[0].secretKey)), { rpcUrl: sol.rpcUrl }));
+  svm.setSpendControls(false);
+  const solRequired = { ...required, accepts: required.accepts.filter((a) => a.network === sol.x402Network) };
+  const sh = new x402HTTPClient(svm);
+  const solHeader = sh.encodePaymentSignatureHeader(await sh.createPaymentPayload(solRequired))["PAYMENT-SIGNATURE"];
+  const tBefore = await tokens(solTreasury);
+  const solCredit = await topup({ "payment-signature": solHeader });
+  assert.equal(solCredit.status, 200, await solCredit.clone().text());
+  assert.equal((await solCredit.json()).available_micro, 500000);
+  assert.equal((await (await topup({ "payment-signature": solHeader })).json()).duplicate, true);
+  assert.equal(await tokens(solTreasury), tBefore + 250000n);
+
   // the topped-up key pays a call from its balance
   const paid = await fetch(`${url}/v1/chat/completions`, { method: "POST", headers: auth, body: chat("on balance") });
   assert.equal(paid.status, 200);
   const after = await (await fetch(`${url}/v1/balance`, { headers: auth })).json();
-  assert.ok(after.available_micro < 250000 && after.available_micro > 0);
+  assert.ok(after.available_micro < 500000 && after.available_micro > 0);
   await audit();
 });
 
@@ -365,6 +380,31 @@ test("/v1/topup credited at once (FAREBOX_TOPUP_ADVANCE_MAX_MICRO): spendable be
     } finally {
       await ethRpc(evm.rpcUrl, "evm_setAutomine", [true]);
     }
+    // Solana: settle answers once the transaction is sent; this account gets no advance (202) unless the
+    // transfer is already confirmed; the same request again credits it once it is
+    const wallet = sol.wallets[0];
+    const svm = new x402Client();
+    svm.register("solana:*", new ExactSvmScheme(await createKeyPairSignerFromBytes(
+      getBase58Encoder().encode(wallet.secretKey)), { rpcUrl: sol.rpcUrl }));
+    svm.setSpendControls(false);
+    const body = JSON.stringify({ amount_micro: 50000 });
+    const q = await fetch(`${furl}/v1/topup`, { method: "POST", headers: auth, body });
+    const required = JSON.parse(Buffer.from(q.headers.get("payment-required"), "base64").toString());
+    required.accepts = required.accepts.filter((a) => a.network === sol.x402Network);
+    const h = new x402HTTPClient(svm);
+    const header = h.encodePaymentSignatureHeader(await h.createPaymentPayload(required))["PAYMENT-SIGNATURE"];
+    const tBefore = await tokens(solTreasury), aBefore = (await ledgerBalance()).available_micro;
+    let solTopup;
+    for (let i = 0; i < 40; i++) {
+      const r = await fetch(`${furl}/v1/topup`, { method: "POST", headers: { ...auth, "payment-signature": header }, body });
+      solTopup = { status: r.status, doc: await r.json() };
+      assert.ok([200, 202].includes(r.status), JSON.stringify(solTopup));
+      if (r.status === 200 && solTopup.doc.settlement === "confirmed") break;
+      await sleep(250);
+    }
+    assert.equal(solTopup.doc.settlement, "confirmed", JSON.stringify(solTopup));
+    assert.equal(await tokens(solTreasury), tBefore + 50000n);
+    assert.equal((await ledgerBalance()).available_micro, aBefore + 50000);
     const m = await (await fetch(`${furl}/metrics`)).text();
     const advanced = Number(/farebox_edge_money_topup_advanced_micro_total (\d+)/.exec(m)[1]);
     assert.ok(advanced === 2000000 || advanced === 2100000, String(advanced));
