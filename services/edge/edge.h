@@ -51,6 +51,7 @@ struct edge_t {
     char pay_to_evm[64];              /* x402 payTo on EVM networks, or "" */
     char pay_to_solana[64];           /* ... on Solana, or "" */
     int64_t x402_timeout_s;           /* maxTimeoutSeconds of a quote */
+    bool x402_serve_broadcast;        /* x402 calls are served once their transfer is sent, not final */
     struct edge_limit_t *limits;      /* rate limits and in-flight caps, shared by the workers */
     int64_t key_concurrency;          /* the in-flight cap per key (0: none) */
     int64_t slice_calls;              /* prepaid slices: ceilings a new slice covers (edge_purse) */

@@ -395,7 +395,9 @@ static void s_mark_failed(s_chat_t *c, const char *reason)
                   idem, c->rid, MONEY_DEADLINE_MS, s_on_marked, c);
 }
 
-/* --- the x402 settlement gate: nothing goes out before the payment settled ---------- */
+/* --- the x402 settlement gate: nothing goes out before the payment settled ----------
+ * (FAREBOX_X402_SETTLE=broadcast: before its transfer is sent; the verifier's
+ * tracker then follows it to its receipt, as one whose receipt is late) */
 
 static void s_on_settled(void *arg, const fb_rpc_reply_t *reply)
 {
@@ -414,8 +416,11 @@ static void s_on_settled(void *arg, const fb_rpc_reply_t *reply)
         c->settled = true;
         edge_metrics_money(EDGE_MONEY_X402, c->hold_micro);
         c->pay_response = edge_x402_receipt(tx, network, payer);
-        fb_log(FB_LOG_INFO, c->rid, "x402 payment settled", "network=%s transaction=%s amount_micro=%" PRId64,
-               network ? network : "", tx ? tx : "", c->hold_micro);
+        fb_log(FB_LOG_INFO, c->rid,
+               json_is_true(json_object_get(b, "success")) ? "x402 payment settled"
+                                                           : "x402 payment sent, not final yet",
+               "network=%s transaction=%s amount_micro=%" PRId64, network ? network : "", tx ? tx : "",
+               c->hold_micro);
         if (c->req && c->gate_then)
             c->gate_then(c);
     } else {
@@ -451,8 +456,9 @@ static void s_gate(s_chat_t *c, s_then_fn *then)
     char idem[64];
     snprintf(idem, sizeof(idem), "x402-settle:%" PRId64, c->authorization_id);
     edge_rpc_json(c->w->verifier, "verifier.settle",
-                  json_pack("{ss sO}", "header", c->pay_header, "requirements", c->pay_req), idem, c->rid,
-                  SETTLE_DEADLINE_MS, s_on_settled, c);
+                  json_pack("{ss sO sb}", "header", c->pay_header, "requirements", c->pay_req, "wait",
+                            !c->w->edge->x402_serve_broadcast),
+                  idem, c->rid, SETTLE_DEADLINE_MS, s_on_settled, c);
 }
 
 static void s_set_pay_response(s_chat_t *c)

@@ -130,6 +130,10 @@ static const fb_config_var_t s_vars[] = {
      "x402: the wallet Solana payments go to (its USDC account receives them; unset: not quoted)"},
     {"FAREBOX_X402_TIMEOUT_S", FB_CFG_INT, "300", 10, 3600, NULL, NULL,
      "x402: maxTimeoutSeconds of a quote (how long a signed payment may take to arrive)"},
+    {"FAREBOX_X402_SETTLE", FB_CFG_ENUM, "confirmed", 0, 0, "confirmed|broadcast", NULL,
+     "x402: a paid call's first byte waits for its transfer's receipt (confirmed), or only for the transfer "
+     "to be sent, its hash in PAYMENT-RESPONSE (broadcast: faster; a payer who empties the wallet first is "
+     "served unpaid)"},
     {"FAREBOX_RATE_IP_PER_S", FB_CFG_INT, "100", 0, 1000000, NULL, NULL,
      "requests per second one client IP may make, sustained (0: no limit)"},
     {"FAREBOX_RATE_IP_BURST", FB_CFG_INT, "200", 1, 10000000, NULL, NULL, "... and in a burst"},
@@ -276,6 +280,7 @@ int main(int argc, char **argv)
     snprintf(edge.pay_to_solana, sizeof(edge.pay_to_solana), "%s",
              fb_config_str(cfg, "FAREBOX_PAY_TO_SOLANA"));
     edge.x402_timeout_s = fb_config_int(cfg, "FAREBOX_X402_TIMEOUT_S");
+    edge.x402_serve_broadcast = strcmp(fb_config_str(cfg, "FAREBOX_X402_SETTLE"), "broadcast") == 0;
     edge.key_concurrency = fb_config_int(cfg, "FAREBOX_KEY_CONCURRENCY");
     edge.slice_calls = fb_config_int(cfg, "FAREBOX_PREPAID_SLICE_CALLS");
     edge.slice_max_micro = fb_config_int(cfg, "FAREBOX_PREPAID_SLICE_MAX_MICRO");

@@ -27,7 +27,7 @@ import { RpcClient } from "../lib/rpc.mjs";
 
 const ADMIN = crypto.randomBytes(24).toString("hex");
 const HMAC = crypto.randomBytes(32).toString("hex");
-let pg, chains, evm, sol, solRpc, ledger, verifier, edge, edgeEnv, mock, url, ledgerRpc, evmTreasury, solTreasury;
+let pg, chains, evm, sol, solRpc, ledger, verifier, verifierEnv, edge, edgeEnv, mock, url, ledgerRpc, evmTreasury, solTreasury;
 const erc20 = parseAbi(["function balanceOf(address) view returns (uint256)"]);
 const balance = (who) => ethRpc(evm.rpcUrl, "eth_call", [{ to: evm.token,
   data: encodeFunctionData({ abi: erc20, functionName: "balanceOf", args: [who] }) }, "latest"]).then(BigInt);
@@ -79,11 +79,11 @@ before(async () => {
   await mock.waitForMsg("mock model listening");
   ledger = await startService("ledger", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${lp}`, FAREBOX_DATABASE_URL: db.url,
     FAREBOX_KEY_HMAC_SECRET: HMAC });
-  verifier = await startService("verifier", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${vp}`,
-    FAREBOX_LEDGER_ENDPOINT: `tcp://127.0.0.1:${lp}`, FAREBOX_EVM_NETWORK: evm.network, FAREBOX_EVM_RPC_URLS: evm.rpcUrl,
-    FAREBOX_EVM_TOKEN: evm.token, FAREBOX_SETTLEMENT_KEY: evm.deployer.privateKey,
+  verifierEnv = { FAREBOX_LEDGER_ENDPOINT: `tcp://127.0.0.1:${lp}`, FAREBOX_EVM_NETWORK: evm.network,
+    FAREBOX_EVM_RPC_URLS: evm.rpcUrl, FAREBOX_EVM_TOKEN: evm.token, FAREBOX_SETTLEMENT_KEY: evm.deployer.privateKey,
     FAREBOX_SOLANA_NETWORK: sol.x402Network, FAREBOX_SOLANA_RPC_URLS: sol.rpcUrl, FAREBOX_SOLANA_MINT: sol.mint,
-    FAREBOX_SOLANA_FEE_PAYER_KEY: sol.payer.secretKey, FAREBOX_SETTLE_WAIT_MS: "15000" });
+    FAREBOX_SOLANA_FEE_PAYER_KEY: sol.payer.secretKey, FAREBOX_SETTLE_WAIT_MS: "15000" };
+  verifier = await startService("verifier", { ...verifierEnv, FAREBOX_RPC_BIND: `tcp://127.0.0.1:${vp}` });
   edgeEnv = { FAREBOX_LEDGER_ENDPOINT: `tcp://127.0.0.1:${lp}`,
     FAREBOX_VERIFIER_ENDPOINT: `tcp://127.0.0.1:${vp}`, FAREBOX_MOCK_MODEL_URL: `http://127.0.0.1:${mp}`,
     FAREBOX_PAY_TO_EVM: evmTreasury, FAREBOX_PAY_TO_SOLANA: solTreasury, FAREBOX_ADMIN_TOKEN: ADMIN,
@@ -412,6 +412,77 @@ test("/v1/topup credited at once (FAREBOX_TOPUP_ADVANCE_MAX_MICRO): spendable be
   } finally {
     const { code } = await fast.stop();
     assert.equal(code, 0, fast.tail());
+  }
+});
+
+test("FAREBOX_X402_SETTLE=broadcast: a call is served once its transfer is sent; the tracker follows it to its receipt", async () => {
+  // a verifier whose tracker looks at a settlement 4 s after its broadcast, and an edge serving on broadcast
+  const vport = await freePort(), port = await freePort();
+  const quick = await startService("verifier", { ...verifierEnv, FAREBOX_RPC_BIND: `tcp://127.0.0.1:${vport}`,
+    FAREBOX_SETTLE_WAIT_MS: "1000" });
+  const fast = await startService("edge", { ...edgeEnv, FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`,
+    FAREBOX_HTTP_LISTEN: `127.0.0.1:${port}`, FAREBOX_VERIFIER_ENDPOINT: `tcp://127.0.0.1:${vport}`,
+    FAREBOX_X402_SETTLE: "broadcast" });
+  const furl = `http://127.0.0.1:${port}`;
+  const header = async (i, body) => {
+    const q = await fetch(`${furl}/v1/chat/completions`, { method: "POST", headers: json, body });
+    const required = JSON.parse(Buffer.from(q.headers.get("payment-required"), "base64").toString());
+    const h = new x402HTTPClient(evmClient(i));
+    const payload = await h.createPaymentPayload(required);
+    return { value: h.encodePaymentSignatureHeader(payload)["PAYMENT-SIGNATURE"], amount: BigInt(payload.accepted.amount),
+      nonce: payload.payload.authorization.nonce };
+  };
+  const state = async (i, nonce) => (await ledgerRpc.call("ledger.authorization", { network: evm.network,
+    payer: evm.accounts[i].address.toLowerCase(), nonce })).body?.state;
+  const send = (h, body) => fetch(`${furl}/v1/chat/completions`, { method: "POST",
+    headers: { ...json, "payment-signature": h.value }, body });
+  try {
+    await ethRpc(evm.rpcUrl, "evm_setAutomine", [false]);
+    let paid, failed;
+    try {
+      const payer = evm.accounts[5].address, before = await balance(payer);
+      const body = chat("sent [mock:tokens=3]");
+      const h = await header(5, body);
+      const r = await send(h, body);
+      assert.equal(r.status, 200, await r.clone().text());
+      const receipt = JSON.parse(Buffer.from(r.headers.get("payment-response"), "base64").toString());
+      assert.equal(receipt.success, true);
+      assert.match(receipt.transaction, /^0x[0-9a-f]{64}$/);
+      assert.equal(await balance(payer), before, "served before the transfer was mined");
+      assert.equal((await send(h, body)).status, 402, "the payment is used");
+      // a stream carries the transaction in its headers too
+      const sbody = chat("sent stream [mock:tokens=3]", { stream: true });
+      const sh = await header(5, sbody);
+      const sr = await send(sh, sbody);
+      assert.equal(sr.status, 200);
+      assert.ok(sr.headers.get("payment-response"));
+      await sr.text();
+      // another payer empties its wallet first (a higher tip): its call was served, its transfer fails
+      const loser = evm.accounts[4].address;
+      const fbody = chat("unpaid");
+      const fh = await header(4, fbody);
+      assert.equal((await send(fh, fbody)).status, 200);
+      const drain = encodeFunctionData({ abi: parseAbi(["function transfer(address,uint256) returns (bool)"]),
+        functionName: "transfer", args: [evm.accounts[1].address, await balance(loser)] });
+      await ethRpc(evm.rpcUrl, "eth_sendTransaction", [{ from: loser, to: evm.token, data: drain, gas: "0x30000",
+        maxPriorityFeePerGas: "0x174876e800", maxFeePerGas: "0x2540be4000" }]);
+      await ethRpc(evm.rpcUrl, "evm_mine", []);
+      assert.equal(await balance(payer), before - h.amount - sh.amount);
+      paid = [h.nonce, sh.nonce];
+      failed = fh.nonce;
+    } finally {
+      await ethRpc(evm.rpcUrl, "evm_setAutomine", [true]);
+    }
+    // the tracker records both verdicts
+    for (let i = 0; i < 60 && (await state(4, failed)) !== "failed"; i++) await sleep(500);
+    assert.equal(await state(4, failed), "failed");
+    for (const n of paid) assert.equal(await state(5, n), "settled");
+    await audit();
+  } finally {
+    for (const p of [fast, quick]) {
+      const { code } = await p.stop();
+      assert.equal(code, 0, p.tail());
+    }
   }
 });
 
