@@ -17,7 +17,7 @@ import { spawnSync } from "node:child_process";
 import { createWalletClient, http, encodeFunctionData, parseAbi, getAddress } from "viem";
 import { HDKey, privateKeyToAccount } from "viem/accounts";
 import { createKeyPairFromPrivateKeyBytes, getAddressFromPublicKey } from "@solana/kit";
-import { bin, freePort, sleep, startService, waitUntil } from "../lib/harness.mjs";
+import { bin, freePort, sleep, startService, waitUntil, stopAll } from "../lib/harness.mjs";
 import { startPostgres } from "../lib/pg.mjs";
 import { startChains, ethRpc } from "../lib/chains.mjs";
 import { RpcClient } from "../lib/rpc.mjs";
@@ -63,12 +63,10 @@ before(async () => {
 after(async () => {
   led?.close();
   wat?.close();
-  for (const p of [edge, ...watchers, ledger]) if (p) {
-    const { code } = await p.stop();
-    assert.equal(code, 0, `${p.name} exited ${code} (${p.exitSignal})\n${p.tail()}`);
-  }
+  const failed = await stopAll([edge, ...watchers, ledger]);
   await chains?.stop();
   await pg?.stop();
+  assert.deepEqual(failed, [], "every process exits 0");
 });
 
 async function ok(client, method, body, opts) {

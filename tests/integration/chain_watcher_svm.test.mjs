@@ -14,7 +14,7 @@ import {
 } from "@solana/kit";
 import { TOKEN_PROGRAM_ADDRESS, findAssociatedTokenPda, getTransferCheckedInstruction } from "@solana-program/token";
 import { spawnSync } from "node:child_process";
-import { bin, freePort, sleep, startService, waitUntil } from "../lib/harness.mjs";
+import { bin, freePort, sleep, startService, waitUntil, stopAll } from "../lib/harness.mjs";
 import { startPostgres } from "../lib/pg.mjs";
 import { startChains } from "../lib/chains.mjs";
 import { RpcClient } from "../lib/rpc.mjs";
@@ -48,12 +48,10 @@ before(async () => {
 after(async () => {
   led?.close();
   wat?.close();
-  for (const p of [...watchers, ledger]) if (p) {
-    const { code } = await p.stop();
-    assert.equal(code, 0, `${p.name} exited ${code}\n${p.tail()}`);
-  }
+  const failed = await stopAll([...watchers, ledger]);
   await chains?.stop();
   await pg?.stop();
+  assert.deepEqual(failed, [], "every process exits 0");
 });
 
 async function ok(client, method, body, opts) {

@@ -12,7 +12,7 @@ import path from "node:path";
 import { spawnSync } from "node:child_process";
 import OpenAI from "openai";
 import Anthropic from "@anthropic-ai/sdk";
-import { bin, freePort, startService, tmpDir } from "../lib/harness.mjs";
+import { bin, freePort, startService, tmpDir, stopAll } from "../lib/harness.mjs";
 import { startPostgres } from "../lib/pg.mjs";
 import { RpcClient } from "../lib/rpc.mjs";
 
@@ -58,11 +58,9 @@ before(async () => {
 });
 
 after(async () => {
-  for (const p of [edge, bare, custom, verifier, ledger]) if (p) {
-    const { code } = await p.stop();
-    assert.equal(code, 0, `${p.name} exited ${code}\n${p.tail()}`);
-  }
+  const failed = await stopAll([edge, bare, custom, verifier, ledger]);
   await pg?.stop();
+  assert.deepEqual(failed, [], "every process exits 0");
 });
 
 test("the catalog through the official clients: /v1/models in both dialects, /v1/pricing", async () => {

@@ -15,7 +15,7 @@ import { HTTPFacilitatorClient } from "@x402/core/server";
 import { ExactEvmScheme } from "@x402/evm/exact/server";
 import { registerExactEvmScheme } from "@x402/evm/exact/client";
 import { wrapFetchWithPayment, x402Client } from "@x402/fetch";
-import { freePort, startService } from "../lib/harness.mjs";
+import { freePort, startService, stopAll } from "../lib/harness.mjs";
 import { startPostgres } from "../lib/pg.mjs";
 import { startChains, ethRpc } from "../lib/chains.mjs";
 import { RpcClient } from "../lib/rpc.mjs";
@@ -71,12 +71,10 @@ before(async () => {
 
 after(async () => {
   await new Promise((resolve) => appServer ? appServer.close(resolve) : resolve());
-  for (const p of [edge, closedEdge, verifier, ledger]) if (p) {
-    const { code } = await p.stop();
-    assert.equal(code, 0, `${p.name} exited ${code}\n${p.tail()}`);
-  }
+  const failed = await stopAll([edge, closedEdge, verifier, ledger]);
   await chains?.stop();
   await pg?.stop();
+  assert.deepEqual(failed, [], "every process exits 0");
 });
 
 test("an @x402/express server using farebox as facilitator is paid by @x402/fetch, settled on anvil", async () => {

@@ -5,7 +5,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import path from "node:path";
-import { freePort, startService, tmpDir, waitUntil, run } from "../lib/harness.mjs";
+import { freePort, startService, tmpDir, waitUntil, run, stopAll } from "../lib/harness.mjs";
 import { startPostgres } from "../lib/pg.mjs";
 
 let pg, db, ledger, verifier, edge, dir, httpPort, httpsPort, ledgerBind;
@@ -56,11 +56,9 @@ before(async () => {
 });
 
 after(async () => {
-  for (const p of [edge, verifier, ledger]) if (p) {
-    const { code } = await p.stop();
-    assert.equal(code, 0, `${p.name} exited ${code}\n${p.tail()}`);
-  }
+  const failed = await stopAll([edge, verifier, ledger]);
   if (pg) await pg.stop();
+  assert.deepEqual(failed, [], "every process exits 0");
 });
 
 test("curl over HTTP/1.1 reaches /healthz, with a request id", () => {

@@ -8,7 +8,7 @@ import crypto from "node:crypto";
 import { spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
-import { freePort, sleep, startService, SOURCE } from "../lib/harness.mjs";
+import { freePort, sleep, startService, SOURCE, stopAll } from "../lib/harness.mjs";
 import { startPostgres } from "../lib/pg.mjs";
 import { RpcClient } from "../lib/rpc.mjs";
 
@@ -62,11 +62,9 @@ before(async () => {
 
 after(async () => {
   rpc?.close();
-  for (const r of replicas) {
-    const { code } = await r.stop();
-    assert.equal(code, 0, `${r.name} exited ${code}\n${r.tail()}`);
-  }
+  const failed = await stopAll(replicas);
   await pg?.stop();
+  assert.deepEqual(failed, [], "every process exits 0");
 });
 
 test("accounts and credits: idempotent by key and by source", async () => {

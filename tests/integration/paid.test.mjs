@@ -16,7 +16,7 @@ import http2 from "node:http2";
 import OpenAI from "openai";
 import Anthropic from "@anthropic-ai/sdk";
 import { privateKeyToAccount, generatePrivateKey } from "viem/accounts";
-import { Proc, bin, freePort, sleep, startService, waitUntil } from "../lib/harness.mjs";
+import { Proc, bin, freePort, sleep, startService, waitUntil, stopAll } from "../lib/harness.mjs";
 import { startPostgres } from "../lib/pg.mjs";
 import { RpcClient } from "../lib/rpc.mjs";
 
@@ -112,11 +112,9 @@ before(async () => {
 
 after(async () => {
   ledgerRpc?.close();
-  for (const p of [...extraEdges, edge, verifier, ledger, mock]) if (p) {
-    const { code } = await p.stop();
-    assert.equal(code, 0, `${p.name} exited ${code}\n${p.tail()}`);
-  }
+  const failed = await stopAll([...extraEdges, edge, verifier, ledger, mock]);
   await pg?.stop();
+  assert.deepEqual(failed, [], "every process exits 0");
 });
 
 test("OpenAI client, non-stream and stream: the charge is the price of the reported usage", async () => {

@@ -10,7 +10,7 @@ import { createWalletClient, createPublicClient, http, keccak256, toHex, encodeF
 import { privateKeyToAccount } from "viem/accounts";
 import { x402Client, x402HTTPClient } from "@x402/core/client";
 import { registerExactEvmScheme } from "@x402/evm/exact/client";
-import { freePort, sleep, startService } from "../lib/harness.mjs";
+import { freePort, sleep, startService, stopAll } from "../lib/harness.mjs";
 import { startPostgres } from "../lib/pg.mjs";
 import { startChains, ethRpc } from "../lib/chains.mjs";
 import { RpcClient } from "../lib/rpc.mjs";
@@ -77,12 +77,10 @@ before(async () => {
 
 after(async () => {
   rpc?.close();
-  for (const p of [...verifiers, ledger]) if (p) {
-    const { code } = await p.stop();
-    assert.equal(code, 0, `${p.name} exited ${code}\n${p.tail()}`);
-  }
+  const failed = await stopAll([...verifiers, ledger]);
   await chains?.stop();
   await pg?.stop();
+  assert.deepEqual(failed, [], "every process exits 0");
 });
 
 async function verify(body) {

@@ -17,7 +17,7 @@ import { getSetComputeUnitLimitInstruction, getSetComputeUnitPriceInstruction } 
 import { TOKEN_PROGRAM_ADDRESS, findAssociatedTokenPda, getTransferCheckedInstruction } from "@solana-program/token";
 import { x402Client, x402HTTPClient } from "@x402/core/client";
 import { ExactSvmScheme } from "@x402/svm/exact/client";
-import { freePort, startService } from "../lib/harness.mjs";
+import { freePort, startService, stopAll } from "../lib/harness.mjs";
 import { startPostgres } from "../lib/pg.mjs";
 import { startChains } from "../lib/chains.mjs";
 import { RpcClient } from "../lib/rpc.mjs";
@@ -108,12 +108,10 @@ before(async () => {
 
 after(async () => {
   rpc?.close();
-  for (const p of [...verifiers, ledger]) if (p) {
-    const { code } = await p.stop();
-    assert.equal(code, 0, `${p.name} exited ${code}\n${p.tail()}`);
-  }
+  const failed = await stopAll([...verifiers, ledger]);
   await chains?.stop();
   await pg?.stop();
+  assert.deepEqual(failed, [], "every process exits 0");
 });
 
 async function verify(body) {

@@ -20,7 +20,7 @@ import { x402Client, x402HTTPClient } from "@x402/core/client";
 import { registerExactEvmScheme } from "@x402/evm/exact/client";
 import { ExactSvmScheme } from "@x402/svm/exact/client";
 import { wrapFetchWithPayment } from "@x402/fetch";
-import { Proc, bin, freePort, sleep, startService } from "../lib/harness.mjs";
+import { Proc, bin, freePort, sleep, startService, stopAll } from "../lib/harness.mjs";
 import { startPostgres } from "../lib/pg.mjs";
 import { startChains, ethRpc } from "../lib/chains.mjs";
 import { RpcClient } from "../lib/rpc.mjs";
@@ -96,12 +96,10 @@ before(async () => {
 
 after(async () => {
   ledgerRpc?.close();
-  for (const p of [edge, verifier, ledger, mock]) if (p) {
-    const { code } = await p.stop();
-    assert.equal(code, 0, `${p.name} exited ${code}\n${p.tail()}`);
-  }
+  const failed = await stopAll([edge, verifier, ledger, mock]);
   await chains?.stop();
   await pg?.stop();
+  assert.deepEqual(failed, [], "every process exits 0");
 });
 
 test("no credentials: 402 with a quote for both networks, the call's ceiling", async () => {
@@ -410,8 +408,7 @@ test("/v1/topup credited at once (FAREBOX_TOPUP_ADVANCE_MAX_MICRO): spendable be
     assert.ok(advanced === 2000000 || advanced === 2100000, String(advanced));
     await audit();
   } finally {
-    const { code } = await fast.stop();
-    assert.equal(code, 0, fast.tail());
+    assert.deepEqual(await stopAll([fast]), []);
   }
 });
 
@@ -479,10 +476,7 @@ test("FAREBOX_X402_SETTLE=broadcast: a call is served once its transfer is sent;
     for (const n of paid) assert.equal(await state(5, n), "settled");
     await audit();
   } finally {
-    for (const p of [fast, quick]) {
-      const { code } = await p.stop();
-      assert.equal(code, 0, p.tail());
-    }
+    assert.deepEqual(await stopAll([fast, quick]), []);
   }
 });
 

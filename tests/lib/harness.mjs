@@ -183,6 +183,23 @@ export class Proc {
   }
 }
 
+/** Stops every process in order, each whatever happened to the ones before (so that a failing after()
+ * leaves nothing running to keep the test's process alive); resolves with a message for each one that
+ * did not exit 0 — assert on it once everything else is stopped too. */
+export async function stopAll(procs) {
+  const failed = [];
+  for (const p of procs) {
+    if (!p) continue;
+    try {
+      const { code, signal } = await p.stop();
+      if (code !== 0) failed.push(`${p.name} exited ${code}${signal ? ` (${signal})` : ""}\n${p.tail()}`);
+    } catch (e) {
+      failed.push(`${p.name}: ${e.message}`);
+    }
+  }
+  return failed;
+}
+
 /** Starts farebox-<name> with env; resolves once it logged "started", with its RPC endpoint. */
 export async function startService(name, env = {}, { binary } = {}) {
   const p = new Proc(bin(binary ?? `farebox-${name}`), [], { env: { FAREBOX_LOG_LEVEL: "info", ...env }, name });
