@@ -22,6 +22,7 @@
 #include "edge_x402.h"
 #include "edge_limit.h"
 #include "edge_metrics.h"
+#include "edge_scan.h"
 #include "edge_facilitator.h"
 #include "edge_reply.h"
 #include "fb_apikey.h"
@@ -84,6 +85,7 @@ static const s_test_t s_tests[] = {
     {"edge_x402", edge_x402_test},
     {"edge_limit", edge_limit_test},
     {"edge_metrics", edge_metrics_test},
+    {"edge_scan", edge_scan_test},
     {"ledger_rpc", ledger_rpc_test},
     {"evm_exact", evm_exact_test},
     {"svm_exact", svm_exact_test},

@@ -5,7 +5,7 @@
 FAREBOX_APT_PACKAGES=(
     cmake make gcc pkg-config git ca-certificates curl openssl
     libh2o-dev libuv1-dev libssl-dev libzmq3-dev libczmq-dev libmsgpack-dev
-    libsecp256k1-dev libsodium-dev libpq-dev libcurl4-openssl-dev libjansson-dev nettle-dev
+    libsecp256k1-dev libsodium-dev libpq-dev libcurl4-openssl-dev libjansson-dev libjsmn-dev nettle-dev
     postgresql nghttp2-client nodejs npm clang-format clang libclang-rt-dev
 )
 

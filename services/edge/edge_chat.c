@@ -9,6 +9,7 @@
 #include "edge_reply.h"
 #include "edge_sse.h"
 #include "edge_reverse.h"
+#include "edge_scan.h"
 #include "edge_translate.h"
 #include "edge_upstream.h"
 #include "edge_x402.h"
@@ -813,6 +814,18 @@ static void s_prompt_answer(s_chat_t *c, const char *text, size_t text_len)
 /* A complete 2xx answer: usage read, translated or passed on unchanged. */
 static void s_whole_answer(s_chat_t *c)
 {
+    /* an OpenAI answer passed through as sent: its usage is all that is read */
+    edge_scan_usage_t u;
+    if (c->model->provider == EDGE_PROVIDER_OPENAI && !c->reverse && c->route != ROUTE_PROMPT &&
+        edge_scan_openai_usage(c->answer.data, c->answer.len, &u)) {
+        c->in_tokens = u.prompt_tokens;
+        c->out_tokens = u.completion_tokens;
+        c->in_seen = c->out_seen = true;
+        c->cache_read = u.cached_tokens;
+        c->cache_write = 0;
+        s_resolve(c, s_cost(c), s_send_answer);
+        return;
+    }
     json_error_t jerr;
     json_t *d = json_loadb(c->answer.data ? c->answer.data : "", c->answer.len, 0, &jerr);
     if (!json_is_object(d)) {

@@ -1,0 +1,336 @@
+/* edge_scan - the usage of a provider's whole answer, read from jsmn's tokens.
+ *
+ * What the scan accepts is a subset of what jansson reads the same way, so
+ * that an answer the full parse would refuse (502, nothing charged) is never
+ * charged through the scan instead:
+ *   - bytes: printable ASCII, and tab, newline, return between tokens only
+ *     (jansson checks UTF-8 and refuses raw control characters in strings);
+ *   - strings: no \u escape (jansson refuses \u0000 and lone surrogates);
+ *   - numbers: integers of at most 18 digits, no leading zero (jansson's
+ *     json_int_t; reals could overflow);
+ *   - one object and nothing after it, keys strings, "usage" once, its
+ *     fields once;
+ *   - between tokens only what the grammar puts there (jsmn is lenient: it
+ *     takes "{,\"a\":1}" or a missing colon): the bytes between a container's
+ *     children are checked (whitespace, one ':' or ',' where due). */
+#include "edge_scan.h"
+#include "fb_util.h"
+
+#define JSMN_STATIC
+#define JSMN_STRICT
+#include <jsmn.h>
+
+#include <jansson.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    const char *json;
+    const jsmntok_t *t;
+    int n; /* tokens */
+} s_doc_t;
+
+/* The index after token i and everything inside it. */
+static int s_skip(const s_doc_t *d, int i)
+{
+    int end = d->t[i].end;
+    for (i++; i < d->n && d->t[i].start < end; i++)
+        ;
+    return i;
+}
+
+static bool s_is_key(const s_doc_t *d, int i, const char *name)
+{
+    size_t len = strlen(name);
+    return d->t[i].type == JSMN_STRING && (size_t)(d->t[i].end - d->t[i].start) == len &&
+           memcmp(d->json + d->t[i].start, name, len) == 0;
+}
+
+/* A JSON integer as jansson reads one into json_int_t: -?(0|[1-9][0-9]*), at
+ * most 18 digits. */
+static bool s_integer(const char *s, int len, int64_t *out)
+{
+    int i = 0;
+    bool neg = len > 0 && s[0] == '-';
+    if (neg)
+        i++;
+    int digits = len - i;
+    if (digits < 1 || digits > 18 || (digits > 1 && s[i] == '0'))
+        return false;
+    int64_t v = 0;
+    for (; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        v = v * 10 + (s[i] - '0');
+    }
+    *out = neg ? -v : v;
+    return true;
+}
+
+/* Where token i begins and ends in the text, a string's quotes included. */
+static int s_from(const s_doc_t *d, int i)
+{
+    return d->t[i].type == JSMN_STRING ? d->t[i].start - 1 : d->t[i].start;
+}
+
+static int s_to(const s_doc_t *d, int i)
+{
+    return d->t[i].type == JSMN_STRING ? d->t[i].end + 1 : d->t[i].end;
+}
+
+/* json[from..to) is whitespace around exactly one sep (or none when sep is 0). */
+static bool s_gap(const s_doc_t *d, int from, int to, char sep)
+{
+    bool seen = sep == 0;
+    for (int k = from; k < to; k++) {
+        char ch = d->json[k];
+        if (ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r')
+            continue;
+        if (ch != sep || seen)
+            return false;
+        seen = true;
+    }
+    return seen;
+}
+
+/* A container's children and the bytes between them: "{" k ":" v "," ... "}"
+ * or "[" v "," ... "]". */
+static bool s_container(const s_doc_t *d, int i)
+{
+    const jsmntok_t *t = &d->t[i];
+    bool object = t->type == JSMN_OBJECT;
+    if (d->json[t->start] != (object ? '{' : '[') || d->json[t->end - 1] != (object ? '}' : ']'))
+        return false;
+    int at = t->start + 1, k = i + 1;
+    for (int m = 0; m < t->size; m++) {
+        if (k >= d->n || !s_gap(d, at, s_from(d, k), m == 0 ? 0 : ','))
+            return false;
+        if (object) {
+            if (d->t[k].type != JSMN_STRING || d->t[k].size != 1 || k + 1 >= d->n ||
+                !s_gap(d, s_to(d, k), s_from(d, k + 1), ':'))
+                return false;
+            k++;
+        }
+        at = s_to(d, k);
+        k = s_skip(d, k);
+    }
+    return s_gap(d, at, t->end - 1, 0);
+}
+
+/* Every token as the full parse would read it (see the file's comment). */
+static bool s_plain(const s_doc_t *d)
+{
+    for (int i = 0; i < d->n; i++) {
+        const jsmntok_t *t = &d->t[i];
+        const char *s = d->json + t->start;
+        int len = t->end - t->start;
+        if (t->type == JSMN_STRING) {
+            for (int k = 0; k < len; k++)
+                if ((unsigned char)s[k] < 0x20 || (s[k] == '\\' && k + 1 < len && s[++k] == 'u'))
+                    return false;
+        } else if (t->type == JSMN_PRIMITIVE) {
+            int64_t v;
+            bool word = (len == 4 && memcmp(s, "true", 4) == 0) || (len == 5 && memcmp(s, "false", 5) == 0) ||
+                        (len == 4 && memcmp(s, "null", 4) == 0);
+            if (!word && !s_integer(s, len, &v))
+                return false;
+        } else if (!s_container(d, i)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* The value of key name in the object at token obj: its index, 0 when
+ * absent, -1 when the key is there more than once. */
+static int s_member(const s_doc_t *d, int obj, const char *name)
+{
+    int found = 0, k = obj + 1;
+    for (int m = 0; m < d->t[obj].size; m++) {
+        if (s_is_key(d, k, name)) {
+            if (found)
+                return -1;
+            found = k + 1;
+        }
+        k = s_skip(d, k + 1);
+    }
+    return found;
+}
+
+/* A non-negative integer member, as jansson's json_is_integer would see it. */
+static bool s_count(const s_doc_t *d, int obj, const char *name, int64_t *out)
+{
+    int v = s_member(d, obj, name);
+    return v > 0 && d->t[v].type == JSMN_PRIMITIVE &&
+           s_integer(d->json + d->t[v].start, d->t[v].end - d->t[v].start, out) && *out >= 0;
+}
+
+bool edge_scan_openai_usage(const char *json, size_t len, edge_scan_usage_t *out)
+{
+    if (!json || len == 0 || len > INT_MAX / 2)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)json[i];
+        if ((ch < 0x20 && ch != '\t' && ch != '\n' && ch != '\r') || ch > 0x7e)
+            return false;
+    }
+    jsmntok_t tokens[EDGE_SCAN_TOKENS];
+    jsmn_parser p;
+    jsmn_init(&p);
+    int n = jsmn_parse(&p, json, len, tokens, EDGE_SCAN_TOKENS);
+    if (n < 1 || tokens[0].type != JSMN_OBJECT)
+        return false;
+    s_doc_t d = {json, tokens, n};
+    if (s_skip(&d, 0) != n || !s_plain(&d) || !s_gap(&d, 0, tokens[0].start, 0) ||
+        !s_gap(&d, tokens[0].end, (int)len, 0))
+        return false;
+    int usage = s_member(&d, 0, "usage");
+    if (usage <= 0 || tokens[usage].type != JSMN_OBJECT)
+        return false;
+    edge_scan_usage_t u = {0};
+    if (!s_count(&d, usage, "prompt_tokens", &u.prompt_tokens) ||
+        !s_count(&d, usage, "completion_tokens", &u.completion_tokens))
+        return false;
+    int details = s_member(&d, usage, "prompt_tokens_details");
+    if (details < 0 || s_member(&d, usage, "prompt_tokens") < 0 ||
+        s_member(&d, usage, "completion_tokens") < 0)
+        return false;
+    if (details > 0 && tokens[details].type == JSMN_OBJECT) {
+        int cached = s_member(&d, details, "cached_tokens");
+        if (cached < 0)
+            return false;
+        int64_t v;
+        if (cached > 0 && tokens[cached].type == JSMN_PRIMITIVE &&
+            s_integer(json + tokens[cached].start, tokens[cached].end - tokens[cached].start, &v) && v > 0)
+            u.cached_tokens = v;
+    }
+    *out = u;
+    return true;
+}
+
+/* --- self-test ------------------------------------------------------------------------------ */
+
+/* jansson's reading, as edge_chat reads a whole answer: true when the answer
+ * is an object whose usage has both counts (non-negative integers). */
+static bool s_reference(const char *json, size_t len, edge_scan_usage_t *out)
+{
+    json_t *d = json_loadb(json, len, 0, NULL);
+    json_t *usage = json_object_get(d, "usage");
+    json_t *p = json_object_get(usage, "prompt_tokens"), *c = json_object_get(usage, "completion_tokens");
+    json_t *cached = json_object_get(json_object_get(usage, "prompt_tokens_details"), "cached_tokens");
+    bool ok = json_is_object(d) && json_is_integer(p) && json_integer_value(p) >= 0 && json_is_integer(c) &&
+              json_integer_value(c) >= 0;
+    if (ok) {
+        out->prompt_tokens = json_integer_value(p);
+        out->completion_tokens = json_integer_value(c);
+        out->cached_tokens =
+            json_is_integer(cached) && json_integer_value(cached) > 0 ? json_integer_value(cached) : 0;
+    }
+    json_decref(d);
+    return ok;
+}
+
+static const char *s_samples[] = {
+    "{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion\",\"created\":1795271302,\"model\":\"gpt-4o-mini\","
+    "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"Hello \\\"there\\\"\\n\"},"
+    "\"logprobs\":null,\"finish_reason\":\"length\"}],\"usage\":{\"prompt_tokens\":6,\"completion_tokens\":"
+    "16,"
+    "\"total_tokens\":22}}",
+    "{\"usage\": {\"prompt_tokens\": 2006, \"completion_tokens\": 300, \"prompt_tokens_details\": "
+    "{\"cached_tokens\": 1920, \"audio_tokens\": 0}, \"completion_tokens_details\": {\"reasoning_tokens\": "
+    "0}},"
+    "\n \"choices\": [{\"message\": {\"content\": null, \"tool_calls\": [{\"id\": \"call_1\", \"type\": "
+    "\"function\", \"function\": {\"name\": \"get\", \"arguments\": \"{\\\"usage\\\": 1}\"}}]}}]}\n",
+    "{\"choices\":[{\"message\":{\"content\":\"usage: {\\\"prompt_tokens\\\": 99}\"}}],\"usage\":{"
+    "\"prompt_tokens\":0,\"completion_tokens\":0,\"prompt_tokens_details\":{\"cached_tokens\":null}}}",
+};
+
+int edge_scan_test(bool verbose)
+{
+    edge_scan_usage_t u, r;
+    /* the answers an OpenAI provider gives */
+    FB_ASSERT(edge_scan_openai_usage(s_samples[0], strlen(s_samples[0]), &u));
+    FB_ASSERT(u.prompt_tokens == 6 && u.completion_tokens == 16 && u.cached_tokens == 0);
+    FB_ASSERT(edge_scan_openai_usage(s_samples[1], strlen(s_samples[1]), &u));
+    FB_ASSERT(u.prompt_tokens == 2006 && u.completion_tokens == 300 && u.cached_tokens == 1920);
+    FB_ASSERT(edge_scan_openai_usage(s_samples[2], strlen(s_samples[2]), &u));
+    FB_ASSERT(u.prompt_tokens == 0 && u.completion_tokens == 0 && u.cached_tokens == 0);
+    /* what it leaves to the full parse */
+    static const char *left[] = {
+        "",
+        "[]",
+        "{\"usage\":{\"prompt_tokens\":1}}",
+        "{\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":-2}}",
+        "{\"usage\":{\"prompt_tokens\":1.0,\"completion_tokens\":2}}",
+        "{\"usage\":{\"prompt_tokens\":01,\"completion_tokens\":2}}",
+        "{\"usage\":{\"prompt_tokens\":1234567890123456789,\"completion_tokens\":2}}",
+        "{\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}} x",
+        "{\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}{}",
+        "{\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2},\"usage\":{\"prompt_tokens\":1,"
+        "\"completion_tokens\":3}}",
+        "{\"usage\":{\"prompt_tokens\":1,\"prompt_tokens\":5,\"completion_tokens\":2}}",
+        "{\"a\":\"caf\xc3\xa9\",\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}",
+        "{\"a\":\"\\u0000\",\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}",
+        "{\"a\":\"x\ty\",\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}",
+        "{\"a\":tru,\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}",
+        "{\"a\":1e999,\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}",
+        "{\"us\\u0061ge\":{\"prompt_tokens\":1,\"completion_tokens\":2}}",
+        "{\"usage\":[1,2]}",
+        "{\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}",
+    };
+    for (size_t i = 0; i < sizeof(left) / sizeof(left[0]); i++) {
+        if (edge_scan_openai_usage(left[i], strlen(left[i]), &u)) {
+            fprintf(stderr, "edge_scan: answered for %s\n", left[i]);
+            return 1;
+        }
+    }
+    /* differential: whatever the scan answers for, jansson reads the same; mutations of the samples */
+    uint64_t seed = 0x9e3779b97f4a7c15ULL;
+    int answered = 0, total = 0;
+    char buf[1024];
+    for (int round = 0; round < 30000; round++) {
+        const char *s = s_samples[round % 3];
+        size_t len = strlen(s);
+        memcpy(buf, s, len);
+        int edits = 1 + round % 3;
+        for (int e = 0; e < edits; e++) {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            size_t at = (size_t)(seed % len);
+            static const char alphabet[] = "{}[]\",:0123456789-.eE tfnul\\\n\tx\x7f";
+            char ch = alphabet[(seed >> 32) % (sizeof(alphabet) - 1)];
+            switch ((seed >> 48) % 3) {
+            case 0:
+                buf[at] = ch;
+                break;
+            case 1: /* delete */
+                memmove(buf + at, buf + at + 1, len - at - 1);
+                len--;
+                break;
+            default: /* insert */
+                if (len + 1 < sizeof(buf)) {
+                    memmove(buf + at + 1, buf + at, len - at);
+                    buf[at] = ch;
+                    len++;
+                }
+            }
+        }
+        total++;
+        if (edge_scan_openai_usage(buf, len, &u)) {
+            answered++;
+            if (!s_reference(buf, len, &r) || r.prompt_tokens != u.prompt_tokens ||
+                r.completion_tokens != u.completion_tokens || r.cached_tokens != u.cached_tokens) {
+                fprintf(stderr, "edge_scan: differs from jansson on %.*s\n", (int)len, buf);
+                return 1;
+            }
+        }
+    }
+    FB_ASSERT(answered > 1000); /* the mutations leave many answers readable */
+    if (verbose)
+        printf("edge_scan: %d of %d mutated answers read by the scan, all as jansson reads them\n", answered,
+               total);
+    return 0;
+}
