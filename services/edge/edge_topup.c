@@ -26,7 +26,6 @@
 #include "edge_metrics.h"
 #include "edge_reply.h"
 #include "edge_x402.h"
-#include "fb_codec.h"
 #include "fb_log.h"
 #include "fb_util.h"
 
@@ -81,15 +80,12 @@ static void s_credit_idem(char *out, size_t len, const char *kind, const char *n
 {
     if ((size_t)snprintf(out, len, "%s:%s:%s", kind, network, tx) <= 128)
         return;
+    char source[400];
+    snprintf(source, sizeof(source), "%s:%s", network, tx);
     uint8_t d[crypto_hash_sha256_BYTES];
-    crypto_hash_sha256_state st;
-    crypto_hash_sha256_init(&st);
-    crypto_hash_sha256_update(&st, (const uint8_t *)network, strlen(network));
-    crypto_hash_sha256_update(&st, (const uint8_t *)":", 1);
-    crypto_hash_sha256_update(&st, (const uint8_t *)tx, strlen(tx));
-    crypto_hash_sha256_final(&st, d);
+    crypto_hash_sha256(d, (const uint8_t *)source, strlen(source));
     char hex[2 * sizeof(d) + 1];
-    fb_hex_encode(hex, d, sizeof(d));
+    sodium_bin2hex(hex, sizeof(hex), d, sizeof(d));
     snprintf(out, len, "%s:%s", kind, hex);
 }
 
