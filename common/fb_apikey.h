@@ -26,6 +26,21 @@ bool fb_apikey_well_formed(const char *key, size_t len);
  * In: secret, secret_len - the server's key HMAC secret; key, key_len. */
 void fb_apikey_hmac(uint8_t mac[32], const char *secret, size_t secret_len, const char *key, size_t key_len);
 
+/* fb_apikey_mac_t - the server's secret made into HMAC-SHA256's keyed state
+ * once (its inner and outer pads hashed), so that each key's HMAC costs two
+ * hash blocks fewer than fb_apikey_hmac; read-only once built, shared by
+ * threads. */
+typedef struct fb_apikey_mac fb_apikey_mac_t;
+
+/* fb_apikey_mac_new - the keyed state of secret (freed with fb_apikey_mac_free). */
+fb_apikey_mac_t *fb_apikey_mac_new(const char *secret, size_t secret_len);
+
+/* fb_apikey_mac_free - wipes and frees *self; sets it to NULL. */
+void fb_apikey_mac_free(fb_apikey_mac_t **self);
+
+/* fb_apikey_mac - HMAC-SHA256(secret, key) into mac, as fb_apikey_hmac. */
+void fb_apikey_mac(const fb_apikey_mac_t *self, uint8_t mac[32], const char *key, size_t key_len);
+
 /* fb_apikey_check_secret - fb_config_check_fn: the secret is long enough. */
 int fb_apikey_check_secret(const char *value, char *err, size_t errlen);
 

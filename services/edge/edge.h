@@ -24,6 +24,11 @@ typedef struct {
     bool mock;
     const char *fallback_url; /* NULL: no second route */
     const char *fallback_key; /* NULL: none sent */
+    /* built once by edge_upstream_prepare, by route (0 main, 1 fallback) */
+    char *url[2];                  /* where the calls go */
+    struct curl_slist *headers[2]; /* the request headers when none vary by call (OpenAI's) */
+    char *proxy[2];                /* libcurl's proxy from the environment, "" for none */
+    const char *no_proxy;          /* no_proxy / NO_PROXY from the environment, "" for none */
 } edge_upstream_conf_t;
 typedef struct edge_worker_t edge_worker_t;
 
@@ -42,7 +47,7 @@ struct edge_t {
     uint8_t facilitator_token_sha256[32]; /* SHA-256 of FAREBOX_FACILITATOR_TOKEN */
     bool admin_token_set;
     uint8_t admin_token_sha256[32];   /* SHA-256 of FAREBOX_ADMIN_TOKEN */
-    const char *key_hmac_secret;      /* FAREBOX_KEY_HMAC_SECRET, or NULL: API keys are off */
+    struct fb_apikey_mac *key_mac;    /* FAREBOX_KEY_HMAC_SECRET keyed once, or NULL: API keys are off */
     struct edge_catalog_t *catalog;   /* the models and prices */
     edge_upstream_conf_t upstream[2]; /* by edge_provider_t: OpenAI, Anthropic */
     uint32_t upstream_timeout_ms;     /* a whole provider call, streams included */

@@ -186,14 +186,26 @@ void edge_keys_changed(edge_t *edge)
     atomic_fetch_add(&edge->key_epoch, 1);
 }
 
+/* s_hit - the worker's cached answer for mac, if fresh enough to use */
+static s_cached_t *s_hit(edge_worker_t *w, const uint8_t mac[32])
+{
+    edge_key_cache_t *cache = w->key_cache;
+    if (!cache)
+        return NULL;
+    s_cached_t *c = s_slot(cache, mac);
+    return c->used && memcmp(c->mac, mac, 32) == 0 && fb_mono_ms() - c->fetched_ms < CACHE_TTL_MS &&
+                   c->epoch == atomic_load(&w->edge->key_epoch)
+               ? c
+               : NULL;
+}
+
 void edge_auth_lookup(edge_worker_t *w, const uint8_t mac[32], bool fresh, const char *rid, edge_key_fn *done,
                       void *arg)
 {
     edge_key_cache_t *cache = w->key_cache;
-    if (!fresh && cache) {
-        s_cached_t *c = s_slot(cache, mac);
-        if (c->used && memcmp(c->mac, mac, 32) == 0 && fb_mono_ms() - c->fetched_ms < CACHE_TTL_MS &&
-            c->epoch == atomic_load(&w->edge->key_epoch)) {
+    if (!fresh) {
+        s_cached_t *c = s_hit(w, mac);
+        if (c) {
             json_t *view = c->view ? json_incref(c->view) : NULL; /* done may overwrite the slot */
             s_answer(done, arg, w->edge->limits, mac, c->status, c->code, view, c->key_id, c->account_id);
             json_decref(view);
@@ -223,17 +235,22 @@ static void s_auth(edge_worker_t *w, h2o_req_t *req, const char *rid, bool fresh
                  "an API key is required: Authorization: Bearer <key> or x-api-key: <key>");
         return;
     }
-    if (!fb_apikey_well_formed(key.base, key.len)) {
-        s_refuse(done, arg, 401, "invalid_key", "the API key is not valid");
-        return;
-    }
-    if (!edge->key_hmac_secret) {
-        s_refuse(done, arg, 503, "unavailable",
-                 "API keys are not configured on this edge (FAREBOX_KEY_HMAC_SECRET)");
+    if (!edge->key_mac) {
+        if (!fb_apikey_well_formed(key.base, key.len))
+            s_refuse(done, arg, 401, "invalid_key", "the API key is not valid");
+        else
+            s_refuse(done, arg, 503, "unavailable",
+                     "API keys are not configured on this edge (FAREBOX_KEY_HMAC_SECRET)");
         return;
     }
     uint8_t mac[32];
-    fb_apikey_hmac(mac, edge->key_hmac_secret, strlen(edge->key_hmac_secret), key.base, key.len);
+    fb_apikey_mac(edge->key_mac, mac, key.base, key.len);
+    /* only a well-formed key's answer is ever cached (HMACs do not collide):
+     * its format is checked once, on a miss */
+    if ((fresh || !s_hit(w, mac)) && !fb_apikey_well_formed(key.base, key.len)) {
+        s_refuse(done, arg, 401, "invalid_key", "the API key is not valid");
+        return;
+    }
     edge_auth_lookup(w, mac, fresh, rid, done, arg);
 }
 

@@ -28,6 +28,7 @@
 #define OUT_BACKLOG_MAX    (16 << 20) /* bytes waiting for a slow client */
 #define SETTLE_DEADLINE_MS 60000      /* an x402 settlement, receipt included */
 #define VERIFY_DEADLINE_MS 10000
+#define MAX_CHOICES        128 /* OpenAI's n, at most (the provider's own limit) */
 
 typedef enum { ROUTE_CHAT, ROUTE_MESSAGES, ROUTE_PROMPT } s_route_t;
 
@@ -55,6 +56,7 @@ struct s_chat {
     /* money */
     int64_t input_estimate; /* tokens: the caller's body bytes */
     int64_t max_output;     /* tokens: the caller's max, or the model's cap */
+    int64_t choices;        /* answers asked for (OpenAI's n): each may reach max_output */
     int64_t hold_micro, account_id, key_id, hold_id;
     edge_purse_res_t res;  /* the call's ceiling reserved in its key's slice */
     int64_t charged_micro; /* what the commit took */
@@ -1398,6 +1400,20 @@ static char *s_dump(json_t *doc, size_t *len)
     return s;
 }
 
+/* s_body_as_sent - the provider gets the caller's bytes untouched when farebox
+ * has nothing to change (the model asked for is the provider's own name):
+ * numbers, escapes and key order as the caller wrote them, and no re-encoding.
+ * The body was parsed with duplicate keys refused, so the provider reads the
+ * same fields the edge priced. */
+static bool s_body_as_sent(s_chat_t *c, json_t *body)
+{
+    if (strcmp(json_string_value(json_object_get(body, "model")), c->model->upstream) != 0)
+        return false;
+    c->up_body = fb_strndup(c->req->entity.base, c->req->entity.len);
+    c->up_len = c->req->entity.len;
+    return true;
+}
+
 static int s_read_chat(s_chat_t *c, json_t *body)
 {
     if (!json_is_array(json_object_get(body, "messages")) ||
@@ -1416,6 +1432,17 @@ static int s_read_chat(s_chat_t *c, json_t *body)
     const char *field = mct && !json_is_null(mct) ? "max_completion_tokens" : "max_tokens";
     if (s_max_tokens(c, json_object_get(body, field), field, false) != 0)
         return -1;
+    /* n answers may each produce max_output tokens: the ceiling covers them all
+     * (translated models take n = 1 only, below) */
+    json_t *n = json_object_get(body, "n");
+    c->choices = 1;
+    if (n && !json_is_null(n)) {
+        if (!json_is_integer(n) || json_integer_value(n) < 1 || json_integer_value(n) > MAX_CHOICES) {
+            s_set_error(c, 400, "invalid_request", NULL, "n must be an integer from 1 to %d", MAX_CHOICES);
+            return -1;
+        }
+        c->choices = json_integer_value(n);
+    }
     if (c->model->provider == EDGE_PROVIDER_ANTHROPIC) {
         char err[300];
         json_t *up = edge_tr_request(body, c->model->upstream, c->max_output, err, sizeof(err));
@@ -1429,6 +1456,8 @@ static int s_read_chat(s_chat_t *c, json_t *body)
         json_decref(up);
         return 0;
     }
+    if ((!c->stream || c->caller_usage) && s_body_as_sent(c, body))
+        return 0;
     json_object_set_new(body, "model", json_string(c->model->upstream));
     if (c->stream) {
         /* the usage chunk is how a stream's cost is known */
@@ -1472,6 +1501,8 @@ static int s_read_messages(s_chat_t *c, json_t *body)
         json_decref(up);
         return 0;
     }
+    if (s_body_as_sent(c, body))
+        return 0;
     json_object_set_new(body, "model", json_string(c->model->upstream));
     c->up_body = s_dump(body, &c->up_len);
     return 0;
@@ -1612,7 +1643,7 @@ static int s_begin(edge_worker_t *w, h2o_req_t *req, const char *rid, s_route_t 
     }
     c->input_estimate = (int64_t)req->entity.len;
     int64_t a = edge_cost_micro(c->input_estimate, m->input_price),
-            b = edge_cost_micro(c->max_output, m->output_price);
+            b = edge_cost_micro(c->max_output * (c->choices > 0 ? c->choices : 1), m->output_price);
     c->hold_micro = edge_add_micro(a, b);
     if (c->hold_micro < 1)
         c->hold_micro = 1; /* a free model still holds the smallest unit: the ledger's amounts start at 1 */

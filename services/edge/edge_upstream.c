@@ -80,6 +80,82 @@ static struct curl_slist *s_header(struct curl_slist *list, const char *name, co
     return l;
 }
 
+static const char *s_path(edge_provider_t provider)
+{
+    return provider == EDGE_PROVIDER_ANTHROPIC ? "/v1/messages" : "/v1/chat/completions";
+}
+
+static struct curl_slist *s_headers(edge_provider_t provider, const char *api_key,
+                                    const char *anthropic_version, const char *anthropic_beta)
+{
+    struct curl_slist *l = s_header(NULL, "Content-Type", "application/json");
+    l = s_header(l, "Expect", ""); /* no 100-continue round trip */
+    if (provider == EDGE_PROVIDER_ANTHROPIC) {
+        l = s_header(l, "anthropic-version", anthropic_version ? anthropic_version : "2023-06-01");
+        if (anthropic_beta)
+            l = s_header(l, "anthropic-beta", anthropic_beta);
+        if (api_key)
+            l = s_header(l, "x-api-key", api_key);
+    } else if (api_key) {
+        char bearer[600];
+        snprintf(bearer, sizeof(bearer), "Bearer %s", api_key);
+        l = s_header(l, "Authorization", bearer);
+    }
+    return l;
+}
+
+/* s_env_proxy - the proxy libcurl would find in the environment for url */
+static char *s_env_proxy(const char *url)
+{
+    const char *colon = strstr(url, "://");
+    size_t n = colon ? (size_t)(colon - url) : 0;
+    char var[64] = "";
+    if (n > 0 && n < 32) {
+        for (size_t i = 0; i < n; i++)
+            var[i] = (char)(url[i] >= 'A' && url[i] <= 'Z' ? url[i] + 32 : url[i]);
+        memcpy(var + n, "_proxy", 7);
+    }
+    const char *v = var[0] ? getenv(var) : NULL;
+    if (!v && var[0] && strcmp(var, "http_proxy") != 0) { /* HTTP_PROXY is never read (CGI's httpoxy) */
+        for (size_t i = 0; var[i]; i++)
+            var[i] = (char)(var[i] >= 'a' && var[i] <= 'z' ? var[i] - 32 : var[i]);
+        v = getenv(var);
+    }
+    if (!v)
+        v = getenv("all_proxy");
+    if (!v)
+        v = getenv("ALL_PROXY");
+    return fb_strdup(v ? v : "");
+}
+
+void edge_upstream_prepare(edge_upstream_conf_t *up, edge_provider_t provider)
+{
+    const char *no_proxy = getenv("no_proxy");
+    up->no_proxy = no_proxy ? no_proxy : getenv("NO_PROXY") ? getenv("NO_PROXY") : "";
+    for (int f = 0; f < 2; f++) {
+        const char *base = f ? up->fallback_url : up->base_url;
+        if (!base)
+            continue;
+        size_t len = strlen(base) + strlen(s_path(provider)) + 1;
+        up->url[f] = fb_malloc(len);
+        snprintf(up->url[f], len, "%s%s", base, s_path(provider));
+        if (provider == EDGE_PROVIDER_OPENAI)
+            up->headers[f] = s_headers(provider, f ? up->fallback_key : up->api_key, NULL, NULL);
+        up->proxy[f] = s_env_proxy(up->url[f]);
+    }
+}
+
+void edge_upstream_release(edge_upstream_conf_t *up)
+{
+    for (int f = 0; f < 2; f++) {
+        free(up->url[f]);
+        curl_slist_free_all(up->headers[f]);
+        free(up->proxy[f]);
+        up->url[f] = up->proxy[f] = NULL;
+        up->headers[f] = NULL;
+    }
+}
+
 bool edge_call_has_fallback(const edge_worker_t *w, edge_provider_t provider)
 {
     return w->edge->upstream[provider].fallback_url != NULL;
@@ -100,8 +176,6 @@ edge_call_t *edge_call_start(edge_worker_t *w, edge_provider_t provider, bool fa
 {
     const edge_upstream_conf_t *up = &w->edge->upstream[provider];
     FB_ASSERT(!fallback || up->fallback_url);
-    const char *base_url = fallback ? up->fallback_url : up->base_url;
-    const char *api_key = fallback ? up->fallback_key : up->api_key;
     edge_call_t *c = fb_calloc(1, sizeof(*c));
     c->w = w;
     c->provider = provider;
@@ -111,31 +185,20 @@ edge_call_t *edge_call_start(edge_worker_t *w, edge_provider_t provider, bool fa
     c->body = fb_malloc(len + 1);
     memcpy(c->body, body, len);
     c->body[len] = '\0';
-    char url[400];
-    snprintf(url, sizeof(url), "%s%s", base_url,
-             provider == EDGE_PROVIDER_ANTHROPIC ? "/v1/messages" : "/v1/chat/completions");
-    c->headers = s_header(NULL, "Content-Type", "application/json");
-    c->headers = s_header(c->headers, "Expect", ""); /* no 100-continue round trip */
-    if (provider == EDGE_PROVIDER_ANTHROPIC) {
+    int route = fallback ? 1 : 0;
+    if (!up->headers[route]) /* Anthropic's vary by call */
         c->headers =
-            s_header(c->headers, "anthropic-version", anthropic_version ? anthropic_version : "2023-06-01");
-        if (anthropic_beta)
-            c->headers = s_header(c->headers, "anthropic-beta", anthropic_beta);
-        if (api_key)
-            c->headers = s_header(c->headers, "x-api-key", api_key);
-    } else if (api_key) {
-        char bearer[600];
-        snprintf(bearer, sizeof(bearer), "Bearer %s", api_key);
-        c->headers = s_header(c->headers, "Authorization", bearer);
-    }
+            s_headers(provider, fallback ? up->fallback_key : up->api_key, anthropic_version, anthropic_beta);
     CURL *e = fb_curlm_easy(w->curlm);
     c->easy = e;
-    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_URL, up->url[route]);
+    curl_easy_setopt(e, CURLOPT_PROXY, up->proxy[route]);
+    curl_easy_setopt(e, CURLOPT_NOPROXY, up->no_proxy);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_POST, 1L);
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, c->body);
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, c->headers);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, c->headers ? c->headers : up->headers[route]);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(timeout_ms ? timeout_ms : w->edge->upstream_timeout_ms));
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)w->edge->upstream_connect_ms);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
@@ -166,6 +229,56 @@ int edge_upstream_test(bool verbose)
     struct curl_slist *l = s_header(NULL, "x-api-key", "k");
     FB_ASSERT(strcmp(l->data, "x-api-key: k") == 0);
     curl_slist_free_all(l);
+    /* the proxy from the environment, as libcurl reads it (unset variables
+     * restored afterwards: the test runs in a process of its own) */
+    static const char *vars[] = {"http_proxy",  "HTTP_PROXY", "https_proxy",
+                                 "HTTPS_PROXY", "all_proxy",  "ALL_PROXY"};
+    char *saved[FB_ARRAY_SIZE(vars)];
+    for (size_t i = 0; i < FB_ARRAY_SIZE(vars); i++) {
+        saved[i] = getenv(vars[i]) ? fb_strdup(getenv(vars[i])) : NULL;
+        unsetenv(vars[i]);
+    }
+    struct {
+        const char *set, *value, *url, *want;
+    } proxies[] = {
+        {NULL, NULL, "http://127.0.0.1:9", ""},
+        {"HTTP_PROXY", "http://up:1", "http://127.0.0.1:9", ""}, /* never read for http */
+        {"http_proxy", "http://low:2", "http://127.0.0.1:9", "http://low:2"},
+        {"HTTPS_PROXY", "http://up:3", "https://api.openai.com", "http://up:3"},
+        {"https_proxy", "http://low:4", "https://api.openai.com", "http://low:4"},
+        {"ALL_PROXY", "socks5://all:5", "http://127.0.0.1:9", "http://low:2"},
+        {"http_proxy", NULL, "http://127.0.0.1:9", "socks5://all:5"},
+        {"all_proxy", "socks5://low:6", "HTTP://127.0.0.1:9", "socks5://low:6"},
+    };
+    for (size_t i = 0; i < FB_ARRAY_SIZE(proxies); i++) {
+        if (proxies[i].set && proxies[i].value)
+            setenv(proxies[i].set, proxies[i].value, 1);
+        else if (proxies[i].set)
+            unsetenv(proxies[i].set);
+        char *got = s_env_proxy(proxies[i].url);
+        FB_ASSERT(strcmp(got, proxies[i].want) == 0);
+        free(got);
+    }
+    for (size_t i = 0; i < FB_ARRAY_SIZE(vars); i++) {
+        if (saved[i])
+            setenv(vars[i], saved[i], 1);
+        else
+            unsetenv(vars[i]);
+        free(saved[i]);
+    }
+    edge_upstream_conf_t up = {
+        .base_url = "http://127.0.0.1:9", .api_key = "sk-x", .fallback_url = "http://b:1"};
+    edge_upstream_prepare(&up, EDGE_PROVIDER_OPENAI);
+    FB_ASSERT(strcmp(up.url[0], "http://127.0.0.1:9/v1/chat/completions") == 0);
+    FB_ASSERT(strcmp(up.url[1], "http://b:1/v1/chat/completions") == 0);
+    FB_ASSERT(strcmp(up.headers[0]->next->next->data, "Authorization: Bearer sk-x") == 0);
+    FB_ASSERT(up.headers[1]->next->next == NULL); /* the second route has no key */
+    edge_upstream_release(&up);
+    FB_ASSERT(!up.url[0] && !up.headers[0]);
+    up = (edge_upstream_conf_t){.base_url = "http://127.0.0.1:9"};
+    edge_upstream_prepare(&up, EDGE_PROVIDER_ANTHROPIC);
+    FB_ASSERT(strcmp(up.url[0], "http://127.0.0.1:9/v1/messages") == 0 && !up.headers[0] && !up.url[1]);
+    edge_upstream_release(&up);
     /* unreachable, overloaded or failing routes are retried; refusals and spent deadlines are not */
     FB_ASSERT(edge_call_retryable(EDGE_CALL_FAILED, 0, 10, 1000));
     FB_ASSERT(edge_call_retryable(EDGE_CALL_TIMEOUT, 0, 10000, 239000));

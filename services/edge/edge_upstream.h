@@ -32,6 +32,16 @@ typedef struct {
     void (*on_done)(void *arg, edge_call_result_t result, long status, const char *why);
 } edge_call_fn_t;
 
+/* edge_upstream_prepare - fill up's per-route parts (URL, fixed headers,
+ * proxy) for provider once, at start, so that no call builds them: read-only
+ * afterwards, shared by the workers. The proxy comes from the environment as
+ * libcurl itself would read it on every call (<scheme>_proxy, HTTPS_PROXY for
+ * https, all_proxy, ALL_PROXY; no_proxy, NO_PROXY), read once. */
+void edge_upstream_prepare(edge_upstream_conf_t *up, edge_provider_t provider);
+
+/* edge_upstream_release - free what edge_upstream_prepare built. */
+void edge_upstream_release(edge_upstream_conf_t *up);
+
 /* edge_call_start - POST body (len bytes, copied) to the provider serving
  * provider: /v1/chat/completions for OpenAI, /v1/messages for Anthropic (with
  * anthropic_version and anthropic_beta, which may be NULL), on its main route

@@ -19,6 +19,7 @@
 #include "edge_limit.h"
 #include "edge_routes.h"
 #include "edge_worker.h"
+#include "edge_upstream.h"
 #include "fb_apikey.h"
 #include "fb_evm.h"
 #include "fb_solana.h"
@@ -238,7 +239,7 @@ int main(int argc, char **argv)
             snprintf(line, sizeof(line), "invalid configuration: FAREBOX_KEY_HMAC_SECRET: %s", err);
             fb_service_fail_config(line);
         }
-        edge.key_hmac_secret = hmac_secret;
+        edge.key_mac = fb_apikey_mac_new(hmac_secret, strlen(hmac_secret));
     } else {
         fb_log(FB_LOG_WARN, NULL, "API keys are off: FAREBOX_KEY_HMAC_SECRET is not set", NULL);
     }
@@ -270,6 +271,7 @@ int main(int argc, char **argv)
             const char *fallback_key = fb_config_str(cfg, var);
             up->fallback_key = fallback_key[0] ? fallback_key : NULL;
         }
+        edge_upstream_prepare(up, (edge_provider_t)p);
     }
     const char *pay_evm = fb_config_str(cfg, "FAREBOX_PAY_TO_EVM");
     if (pay_evm[0]) {
@@ -336,6 +338,9 @@ int main(int argc, char **argv)
         SSL_CTX_free(edge.tls);
     h2o_config_dispose(&edge.h2o);
     edge_catalog_free(&edge.catalog);
+    fb_apikey_mac_free(&edge.key_mac);
+    for (int p = 0; p < 2; p++)
+        edge_upstream_release(&edge.upstream[p]);
     edge_limit_destroy(&edge.limits);
     fb_service_destroy(&edge.service);
     return code;

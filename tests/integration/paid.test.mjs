@@ -412,6 +412,12 @@ test("refused and failed calls charge nothing and surface as the SDK's exception
       OpenAI.BadRequestError, "invalid_request"],
     [() => openai.chat.completions.create({ model: "gpt-4o-mini", messages: [] }), OpenAI.BadRequestError,
       "invalid_request"],
+    [() => openai.chat.completions.create({ model: "gpt-4o-mini", n: 0, messages: msgs("x") }),
+      OpenAI.BadRequestError, "invalid_request"],
+    [() => openai.chat.completions.create({ model: "gpt-4o-mini", n: 129, messages: msgs("x") }),
+      OpenAI.BadRequestError, "invalid_request"],
+    [() => openai.chat.completions.create({ model: "claude-3-5-haiku-20241022", n: 2, messages: msgs("x") }),
+      OpenAI.BadRequestError, "invalid_request"],
     [() => openai.chat.completions.create({ model: "gpt-4o-mini", messages: msgs("[mock:fail=500]") }),
       OpenAI.InternalServerError, "upstream_error"],
     [() => openai.chat.completions.create({ model: "gpt-4o-mini", messages: msgs("[mock:fail=400]") }),
@@ -443,6 +449,14 @@ test("refused and failed calls charge nothing and surface as the SDK's exception
   assert.equal(r.body.error.code, "insufficient_balance");
   assert.equal(r.body.error.balance_micro, 10);
   assert.equal(r.body.error.deficit_micro, r.body.error.required_micro - 10);
+  // n answers may each reach max_tokens: the ceiling covers them all (bodies of
+  // the same length, so the input part is the same: 100 output tokens cost 60)
+  const required = async (n, max) => (await call("POST", "/v1/chat/completions",
+    { model: "gpt-4o-mini", n, max_tokens: max, messages: msgs("x") },
+    { authorization: `Bearer ${poor.key}`, "content-type": "application/json" })).body.error.required_micro;
+  const one = await required(1, 100);
+  assert.equal(await required(3, 100), one + 120);
+  assert.equal(await required(3, 100), await required(1, 300));
 
   // a spend cap below the hold, then a revoked key
   const capped = await account(10_000_000, { spend_cap_micro: 100 });
