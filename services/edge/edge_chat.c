@@ -1435,7 +1435,6 @@ static int s_read_chat(s_chat_t *c, json_t *body)
     /* n answers may each produce max_output tokens: the ceiling covers them all
      * (translated models take n = 1 only, below) */
     json_t *n = json_object_get(body, "n");
-    c->choices = 1;
     if (n && !json_is_null(n)) {
         if (!json_is_integer(n) || json_integer_value(n) < 1 || json_integer_value(n) > MAX_CHOICES) {
             s_set_error(c, 400, "invalid_request", NULL, "n must be an integer from 1 to %d", MAX_CHOICES);
@@ -1620,6 +1619,7 @@ static int s_begin(edge_worker_t *w, h2o_req_t *req, const char *rid, s_route_t 
     c->route = route;
     c->dialect = dialect;
     c->model = m;
+    c->choices = 1;
     snprintf(c->requested, sizeof(c->requested), "%s", json_string_value(model));
     s_link_t *link = h2o_mem_alloc_shared(&req->pool, sizeof(*link), s_req_gone);
     link->chat = c;
@@ -1643,7 +1643,7 @@ static int s_begin(edge_worker_t *w, h2o_req_t *req, const char *rid, s_route_t 
     }
     c->input_estimate = (int64_t)req->entity.len;
     int64_t a = edge_cost_micro(c->input_estimate, m->input_price),
-            b = edge_cost_micro(c->max_output * (c->choices > 0 ? c->choices : 1), m->output_price);
+            b = edge_cost_micro(c->max_output * c->choices, m->output_price);
     c->hold_micro = edge_add_micro(a, b);
     if (c->hold_micro < 1)
         c->hold_micro = 1; /* a free model still holds the smallest unit: the ledger's amounts start at 1 */

@@ -131,7 +131,9 @@ static char *s_env_proxy(const char *url)
 void edge_upstream_prepare(edge_upstream_conf_t *up, edge_provider_t provider)
 {
     const char *no_proxy = getenv("no_proxy");
-    up->no_proxy = no_proxy ? no_proxy : getenv("NO_PROXY") ? getenv("NO_PROXY") : "";
+    if (!no_proxy)
+        no_proxy = getenv("NO_PROXY");
+    up->no_proxy = no_proxy ? no_proxy : "";
     for (int f = 0; f < 2; f++) {
         const char *base = f ? up->fallback_url : up->base_url;
         if (!base)
