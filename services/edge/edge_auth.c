@@ -2,6 +2,7 @@
 #include "edge_auth.h"
 #include "edge_catalog.h"
 #include "edge_limit.h"
+#include "edge_metrics.h"
 #include "edge_reply.h"
 #include "fb_apikey.h"
 #include "fb_codec.h"
@@ -41,19 +42,24 @@ bool edge_bearer_matches(h2o_req_t *req, const uint8_t token_sha256[32])
     return sodium_memcmp(digest, token_sha256, sizeof(digest)) == 0;
 }
 
-#define CACHE_SLOTS  4096 /* keys remembered per worker (direct-mapped by HMAC) */
-#define CACHE_TTL_MS 1000 /* how old a remembered answer may be */
+#define CACHE_SLOTS      4096 /* keys remembered per worker (direct-mapped by HMAC) */
+#define CACHE_TTL_MS     1000 /* how old a remembered answer may be (counted from its asking) */
+#define CACHE_REFRESH_MS 500  /* an answer this old is asked again while it is still used */
 
-/* One remembered answer of ledger.lookup_key. */
+typedef struct s_lookup s_lookup_t;
+
+/* One remembered answer of ledger.lookup_key, and the lookup in flight for
+ * its slot. */
 typedef struct {
     uint8_t mac[32];
     bool used;
-    int64_t fetched_ms;
-    int status; /* 200, or 401 */
+    int64_t fetched_ms; /* when the remembered answer was asked for */
+    int status;         /* 200, or 401 */
     const char *code;
     json_t *view; /* the key view (200) */
     int64_t key_id, account_id;
-    uint64_t epoch; /* edge->key_epoch when fetched */
+    uint64_t epoch;       /* edge->key_epoch when asked */
+    s_lookup_t *inflight; /* a lookup of some key mapped here, or NULL */
 } s_cached_t;
 
 struct edge_key_cache_t {
@@ -71,8 +77,10 @@ void edge_key_cache_destroy(edge_key_cache_t **self_p)
     edge_key_cache_t *self = *self_p;
     if (!self)
         return;
-    for (size_t i = 0; i < CACHE_SLOTS; i++)
+    for (size_t i = 0; i < CACHE_SLOTS; i++) {
+        FB_ASSERT(!self->slots[i].inflight); /* the ledger client ended its calls first */
         json_decref(self->slots[i].view);
+    }
     free(self);
     *self_p = NULL;
 }
@@ -84,14 +92,24 @@ static s_cached_t *s_slot(edge_key_cache_t *cache, const uint8_t mac[32])
     return &cache->slots[h & (CACHE_SLOTS - 1)];
 }
 
-typedef struct {
+/* A caller waiting for a lookup's answer. */
+typedef struct s_asker {
+    struct s_asker *next;
     edge_key_fn *done;
     void *arg;
+} s_asker_t;
+
+/* One ledger.lookup_key in flight. Callers that miss while it runs wait for
+ * its answer instead of asking again; a refresh (an answer still in use
+ * asked again before it is too old) has no caller. */
+struct s_lookup {
+    s_asker_t *askers, **askers_tail;
     edge_limit_t *limits;
     edge_key_cache_t *cache; /* where the answer is remembered, or NULL */
     uint64_t epoch;          /* the edge's key epoch when the lookup began */
+    int64_t asked_ms;
     uint8_t mac[32];
-} s_lookup_t;
+};
 
 void edge_retry_after(h2o_req_t *req, int64_t ms)
 {
@@ -141,11 +159,13 @@ static void s_remember(const s_lookup_t *l, int status, const char *code, json_t
 {
     const uint8_t *mac = l->mac;
     s_cached_t *c = s_slot(l->cache, mac);
+    if (c->used && memcmp(c->mac, mac, 32) == 0 && c->fetched_ms > l->asked_ms)
+        return; /* a later question's answer is already here */
     c->epoch = l->epoch;
     json_decref(c->view);
     memcpy(c->mac, mac, 32);
     c->used = true;
-    c->fetched_ms = fb_mono_ms();
+    c->fetched_ms = l->asked_ms; /* the answer's age counts from the question */
     c->status = status;
     c->code = code;
     c->view = view ? json_incref(view) : NULL;
@@ -156,14 +176,24 @@ static void s_remember(const s_lookup_t *l, int status, const char *code, json_t
 static void s_on_lookup(void *arg, const fb_rpc_reply_t *reply)
 {
     s_lookup_t *l = arg;
+    if (l->cache) {
+        s_cached_t *c = s_slot(l->cache, l->mac);
+        if (c->inflight == l)
+            c->inflight = NULL;
+    }
+    s_asker_t *askers = l->askers;
     if (!reply->ok) {
-        if (strcmp(reply->code, "key_not_found") == 0) {
-            if (l->cache)
-                s_remember(l, 401, "invalid_key", NULL, 0, 0);
-            s_answer(l->done, l->arg, NULL, l->mac, 401, "invalid_key", NULL, 0, 0);
-        } else {
-            s_refuse(l->done, l->arg, 503, "unavailable",
-                     "the ledger cannot be reached; nothing was charged");
+        bool unknown = strcmp(reply->code, "key_not_found") == 0;
+        if (unknown && l->cache)
+            s_remember(l, 401, "invalid_key", NULL, 0, 0);
+        for (s_asker_t *a = askers, *next; a; a = next) {
+            next = a->next;
+            if (unknown)
+                s_answer(a->done, a->arg, NULL, l->mac, 401, "invalid_key", NULL, 0, 0);
+            else
+                s_refuse(a->done, a->arg, 503, "unavailable",
+                         "the ledger cannot be reached; nothing was charged");
+            free(a);
         }
         free(l);
         return;
@@ -175,8 +205,12 @@ static void s_on_lookup(void *arg, const fb_rpc_reply_t *reply)
     bool active = status && strcmp(status, "active") == 0;
     if (l->cache)
         s_remember(l, active ? 200 : 401, active ? NULL : "key_revoked", view, key_id, account_id);
-    s_answer(l->done, l->arg, l->limits, l->mac, active ? 200 : 401, active ? NULL : "key_revoked", view,
-             key_id, account_id);
+    for (s_asker_t *a = askers, *next; a; a = next) {
+        next = a->next;
+        s_answer(a->done, a->arg, l->limits, l->mac, active ? 200 : 401, active ? NULL : "key_revoked", view,
+                 key_id, account_id);
+        free(a);
+    }
     json_decref(view);
     free(l);
 }
@@ -199,30 +233,70 @@ static s_cached_t *s_hit(edge_worker_t *w, const uint8_t mac[32])
                : NULL;
 }
 
+/* Asks the ledger about mac; done (if any) gets the answer. A lookup that
+ * is the only one in flight for its cache slot is named there, so that
+ * others can wait for it. */
+static void s_ask(edge_worker_t *w, const uint8_t mac[32], const char *rid, edge_key_fn *done, void *arg)
+{
+    edge_key_cache_t *cache = w->key_cache;
+    char hex[65];
+    fb_hex_encode(hex, mac, 32);
+    s_lookup_t *l = fb_calloc(1, sizeof(*l));
+    l->askers_tail = &l->askers;
+    if (done) {
+        s_asker_t *a = fb_calloc(1, sizeof(*a));
+        a->done = done;
+        a->arg = arg;
+        *l->askers_tail = a;
+        l->askers_tail = &a->next;
+    }
+    l->limits = w->edge->limits;
+    l->cache = cache;
+    l->epoch = atomic_load(&w->edge->key_epoch);
+    l->asked_ms = fb_mono_ms();
+    memcpy(l->mac, mac, 32);
+    if (cache) {
+        s_cached_t *c = s_slot(cache, mac);
+        if (!c->inflight)
+            c->inflight = l;
+    }
+    edge_rpc_json(w->ledger, "ledger.lookup_key", json_pack("{ss}", "hmac", hex), NULL, rid,
+                  LOOKUP_DEADLINE_MS, s_on_lookup, l);
+}
+
 void edge_auth_lookup(edge_worker_t *w, const uint8_t mac[32], bool fresh, const char *rid, edge_key_fn *done,
                       void *arg)
 {
     edge_key_cache_t *cache = w->key_cache;
-    if (!fresh) {
+    if (!fresh && cache) {
         s_cached_t *c = s_hit(w, mac);
         if (c) {
+            /* a busy key is asked again before its answer is too old, so
+             * that its calls never wait for the ledger */
+            if (!c->inflight && fb_mono_ms() - c->fetched_ms >= CACHE_REFRESH_MS) {
+                edge_metrics_key(EDGE_KEY_REFRESHED);
+                s_ask(w, mac, rid, NULL, NULL);
+            }
+            edge_metrics_key(EDGE_KEY_CACHED);
             json_t *view = c->view ? json_incref(c->view) : NULL; /* done may overwrite the slot */
             s_answer(done, arg, w->edge->limits, mac, c->status, c->code, view, c->key_id, c->account_id);
             json_decref(view);
             return;
         }
+        s_lookup_t *l = s_slot(cache, mac)->inflight;
+        if (l && memcmp(l->mac, mac, 32) == 0 && l->epoch == atomic_load(&w->edge->key_epoch)) {
+            /* the same question is on its way: wait for its answer */
+            s_asker_t *a = fb_calloc(1, sizeof(*a));
+            a->done = done;
+            a->arg = arg;
+            *l->askers_tail = a;
+            l->askers_tail = &a->next;
+            edge_metrics_key(EDGE_KEY_JOINED);
+            return;
+        }
     }
-    char hex[65];
-    fb_hex_encode(hex, mac, 32);
-    s_lookup_t *l = fb_calloc(1, sizeof(*l));
-    l->done = done;
-    l->arg = arg;
-    l->limits = w->edge->limits;
-    l->cache = cache;
-    l->epoch = atomic_load(&w->edge->key_epoch);
-    memcpy(l->mac, mac, 32);
-    edge_rpc_json(w->ledger, "ledger.lookup_key", json_pack("{ss}", "hmac", hex), NULL, rid,
-                  LOOKUP_DEADLINE_MS, s_on_lookup, l);
+    edge_metrics_key(EDGE_KEY_ASKED);
+    s_ask(w, mac, rid, done, arg);
 }
 
 static void s_auth(edge_worker_t *w, h2o_req_t *req, const char *rid, bool fresh, edge_key_fn *done,

@@ -21,8 +21,10 @@ typedef struct {
 } edge_key_t;
 
 /* A worker's memory of recent lookups: an answer is reused for at most a
- * second (a revoked key is refused by the ledger's hold at once anyway; its
- * streams in flight are cut by edge_chat's watch within a second). */
+ * second from when it was asked (a revoked key is refused by the ledger's
+ * hold at once anyway; its streams in flight are cut by edge_chat's watch
+ * within a second). Misses of a key whose lookup is in flight wait for it; an
+ * answer in use is asked again when half a second old. */
 typedef struct edge_key_cache_t edge_key_cache_t;
 
 /* edge_keys_changed - a key was revoked or changed through this edge: every

@@ -35,6 +35,8 @@ struct edge_metrics_t {
     s_hist_t rpc[2];
     uint64_t money[EDGE_MONEY_KINDS];
     uint64_t idem[EDGE_IDEM_KINDS];
+    uint64_t keys[EDGE_KEY_KINDS];
+    uint64_t slices[EDGE_SLICE_KINDS];
     int64_t open_streams;
 };
 
@@ -144,6 +146,20 @@ void edge_metrics_idem(edge_idem_outcome_t outcome)
         ADD(m->idem[outcome], 1);
 }
 
+void edge_metrics_key(edge_key_outcome_t outcome)
+{
+    edge_metrics_t *m = s_mine;
+    if (m && outcome < EDGE_KEY_KINDS)
+        ADD(m->keys[outcome], 1);
+}
+
+void edge_metrics_slice(edge_slice_outcome_t outcome)
+{
+    edge_metrics_t *m = s_mine;
+    if (m && outcome < EDGE_SLICE_KINDS)
+        ADD(m->slices[outcome], 1);
+}
+
 void edge_metrics_streams(int delta)
 {
     edge_metrics_t *m = s_mine;
@@ -187,6 +203,15 @@ static void s_hist(fb_buf_t *b, const char *name, const char *label, const char 
     s_printf(b, "%s_count{%s=\"%s\"} %" PRIu64 "\n", name, label, value, h->count);
 }
 
+/* A counter family with one label, one series per name. */
+static void s_counters(fb_buf_t *b, const char *family, const char *help, const char *label,
+                       const char *const *names, const uint64_t *values, int count)
+{
+    s_printf(b, "# HELP %s %s.\n# TYPE %s counter\n", family, help, family);
+    for (int k = 0; k < count; k++)
+        s_printf(b, "%s{%s=\"%s\"} %" PRIu64 "\n", family, label, names[k], values[k]);
+}
+
 static void s_render(const edge_t *edge, fb_buf_t *b)
 {
     static const char *money_names[EDGE_MONEY_KINDS] = {"held",         "committed",      "released",
@@ -206,7 +231,8 @@ static void s_render(const edge_t *edge, fb_buf_t *b)
     memset(upstream, 0, sizeof(upstream));
     memset(rpc, 0, sizeof(rpc));
     uint64_t failures[2] = {0}, fallbacks[2] = {0}, money[EDGE_MONEY_KINDS] = {0},
-             idem[EDGE_IDEM_KINDS] = {0}, in_flight = 0;
+             idem[EDGE_IDEM_KINDS] = {0}, keys[EDGE_KEY_KINDS] = {0}, slices[EDGE_SLICE_KINDS] = {0},
+             in_flight = 0;
     int64_t streams = 0;
     for (int w = 0; w < edge->worker_count; w++) {
         edge_worker_t *wk = edge->workers[w];
@@ -228,6 +254,10 @@ static void s_render(const edge_t *edge, fb_buf_t *b)
             money[k] += GET(m->money[k]);
         for (int k = 0; k < EDGE_IDEM_KINDS; k++)
             idem[k] += GET(m->idem[k]);
+        for (int k = 0; k < EDGE_KEY_KINDS; k++)
+            keys[k] += GET(m->keys[k]);
+        for (int k = 0; k < EDGE_SLICE_KINDS; k++)
+            slices[k] += GET(m->slices[k]);
         streams += GET(m->open_streams);
         in_flight += GET(wk->active_requests);
     }
@@ -284,12 +314,20 @@ static void s_render(const edge_t *edge, fb_buf_t *b)
             money_names[k], money_help[k], money_names[k], money_names[k], money[k]);
     static const char *idem_names[EDGE_IDEM_KINDS] = {"claimed", "replayed", "in_progress", "mismatch",
                                                       "taken_over"};
-    s_printf(b,
-             "# HELP farebox_edge_idempotent_calls_total Claims of paid calls sent with an Idempotency-Key, "
-             "by outcome.\n# TYPE farebox_edge_idempotent_calls_total counter\n");
-    for (int k = 0; k < EDGE_IDEM_KINDS; k++)
-        s_printf(b, "farebox_edge_idempotent_calls_total{outcome=\"%s\"} %" PRIu64 "\n", idem_names[k],
-                 idem[k]);
+    s_counters(b, "farebox_edge_idempotent_calls_total",
+               "Claims of paid calls sent with an Idempotency-Key, by outcome", "outcome", idem_names, idem,
+               EDGE_IDEM_KINDS);
+    static const char *key_names[EDGE_KEY_KINDS] = {"cached", "joined", "asked", "refreshed"};
+    s_counters(
+        b, "farebox_edge_key_lookups_total",
+        "API key lookups answered from the worker's memory, by waiting for the same lookup in flight, or "
+        "by asking the ledger; and remembered answers asked again while in use",
+        "outcome", key_names, keys, EDGE_KEY_KINDS);
+    static const char *slice_names[EDGE_SLICE_KINDS] = {"ready", "waited", "opened", "ahead"};
+    s_counters(b, "farebox_edge_prepaid_slices_total",
+               "Prepaid calls reserved at once in their key's open slice or after waiting for one to open; "
+               "slices opened for a call that did not fit, and ahead of the current one running out",
+               "outcome", slice_names, slices, EDGE_SLICE_KINDS);
     s_printf(b,
              "# HELP farebox_edge_open_streams Streams being answered now.\n# TYPE farebox_edge_open_streams "
              "gauge\nfarebox_edge_open_streams %" PRId64 "\n",
@@ -330,6 +368,9 @@ int edge_metrics_test(bool verbose)
     edge_metrics_money(EDGE_MONEY_COMMITTED, 1234);
     edge_metrics_streams(1);
     edge_metrics_idem(EDGE_IDEM_REPLAYED);
+    edge_metrics_key(EDGE_KEY_JOINED);
+    edge_metrics_slice(EDGE_SLICE_AHEAD);
+    edge_metrics_slice(EDGE_SLICE_AHEAD);
     fb_buf_t b = {0};
     s_render(&edge, &b);
     FB_ASSERT(
@@ -345,6 +386,9 @@ int edge_metrics_test(bool verbose)
     FB_ASSERT(strstr(b.data, "farebox_edge_money_committed_micro_total 1234\n"));
     FB_ASSERT(strstr(b.data, "farebox_edge_open_streams 1\n"));
     FB_ASSERT(strstr(b.data, "farebox_edge_idempotent_calls_total{outcome=\"replayed\"} 1\n"));
+    FB_ASSERT(strstr(b.data, "farebox_edge_key_lookups_total{outcome=\"joined\"} 1\n"));
+    FB_ASSERT(strstr(b.data, "farebox_edge_key_lookups_total{outcome=\"asked\"} 0\n"));
+    FB_ASSERT(strstr(b.data, "farebox_edge_prepaid_slices_total{outcome=\"ahead\"} 2\n"));
     fb_buf_free(&b);
     edge_metrics_destroy(&m);
     FB_ASSERT(!m);

@@ -41,6 +41,23 @@ typedef enum {
     EDGE_IDEM_KINDS
 } edge_idem_outcome_t;
 
+/* How a paid call's API key was known, and how its prepaid slice was found. */
+typedef enum {
+    EDGE_KEY_CACHED = 0, /* a remembered answer */
+    EDGE_KEY_JOINED,     /* waited for a lookup of the same key already in flight */
+    EDGE_KEY_ASKED,      /* asked the ledger */
+    EDGE_KEY_REFRESHED,  /* a remembered answer in use asked again before it got too old */
+    EDGE_KEY_KINDS
+} edge_key_outcome_t;
+
+typedef enum {
+    EDGE_SLICE_READY = 0, /* reserved at once in the key's open slice */
+    EDGE_SLICE_WAITED,    /* waited for a slice to be opened */
+    EDGE_SLICE_OPENED,    /* slices opened when a call did not fit */
+    EDGE_SLICE_AHEAD,     /* slices opened before the current one ran out */
+    EDGE_SLICE_KINDS
+} edge_slice_outcome_t;
+
 edge_metrics_t *edge_metrics_new(const void *ledger, const void *verifier);
 void edge_metrics_destroy(edge_metrics_t **self_p);
 
@@ -60,6 +77,8 @@ void edge_metrics_rpc(const void *client, int64_t us);
 void edge_metrics_money(edge_money_t kind, int64_t micro);
 void edge_metrics_streams(int delta);
 void edge_metrics_idem(edge_idem_outcome_t outcome);
+void edge_metrics_key(edge_key_outcome_t outcome);
+void edge_metrics_slice(edge_slice_outcome_t outcome);
 
 /* GET /metrics */
 int edge_metrics_serve(edge_worker_t *w, h2o_req_t *req, const char *rid);

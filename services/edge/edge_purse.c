@@ -1,5 +1,6 @@
 /* edge_purse - prepaid calls served from slices of the balance (see the header). */
 #include "edge_purse.h"
+#include "edge_metrics.h"
 #include "edge_reply.h"
 #include "fb_log.h"
 #include "fb_util.h"
@@ -14,6 +15,9 @@
 #define SWEEP_MS          250   /* how often idle and old slices are looked for */
 #define GROW_WITHIN_MS    2000  /* a slice used up this fast makes the next one bigger */
 #define GROWTH            4
+/* A slice with less than a quarter of its money left asks for the next one,
+ * so that a busy key's calls do not wait for a ledger.hold when it runs out. */
+#define AHEAD_WHEN_LEFT   4
 #define CHARGES_PER_WRITE 1000 /* the ledger's limit per ledger.charge */
 /* A second write may go out while one is in flight only when that one is
  * small (light load: a call need not wait a whole round trip behind another);
@@ -57,6 +61,7 @@ struct edge_slice_t {
     int writing;                   /* ledger.charge writes in flight */
     size_t writing_items;          /* ... and the charges they carry */
     bool retiring;                 /* takes no new calls; closes once idle */
+    bool exact;                    /* opened at exactly one call's ceiling (money was short) */
     bool closing;                  /* ledger.void in flight */
     uint64_t writes;
     edge_slice_t *dirty_next;
@@ -66,6 +71,8 @@ struct s_key {
     s_key_t *next; /* in its bucket */
     int64_t key_id, account_id;
     edge_slice_t *current; /* takes new calls, or NULL */
+    edge_slice_t *ahead;   /* opened before current ran out: takes over from it */
+    int64_t ahead_for;     /* the hold of the current slice an ahead one was asked for */
     bool opening;          /* a ledger.hold in flight */
     bool exact;            /* ... at exactly the first waiter's ceiling */
     s_wait_t *waiters, **waiters_tail;
@@ -179,7 +186,7 @@ static void s_key_maybe_free(edge_purse_t *self, s_key_t *k)
 
 /* --- slices ------------------------------------------------------------------------------- */
 
-static void s_open(edge_purse_t *self, s_key_t *k);
+static void s_open(edge_purse_t *self, s_key_t *k, int64_t first, const char *rid, bool ahead);
 
 static bool s_fits(const edge_slice_t *s, int64_t amount)
 {
@@ -235,45 +242,82 @@ static void s_maybe_close(edge_purse_t *self, edge_slice_t *s)
              c);
 }
 
+/* A retiring slice takes no new call; the key's ahead slice, if any, takes
+ * over from its current one. */
 static void s_retire(edge_purse_t *self, edge_slice_t *s)
 {
     if (!s || s->retiring)
         return;
     s->retiring = true;
-    if (s->key && s->key->current == s)
-        s->key->current = NULL;
+    s_key_t *k = s->key;
+    if (k && k->ahead == s)
+        k->ahead = NULL;
+    if (k && k->current == s) {
+        k->current = k->ahead;
+        k->ahead = NULL;
+    }
     s_maybe_close(self, s);
+}
+
+/* A busy key (its slice used up within GROW_WITHIN_MS) gets bigger slices. */
+static void s_grow(s_key_t *k, int64_t used_ms)
+{
+    if (used_ms < GROW_WITHIN_MS && k->factor < INT64_MAX / GROWTH)
+        k->factor *= GROWTH;
+}
+
+/* Asks for the key's next slice once its current one has less than
+ * 1/AHEAD_WHEN_LEFT of its money left (once per slice; not when money was
+ * short: a refusal of the next one changes nothing for the calls). */
+static void s_maybe_ahead(edge_purse_t *self, s_key_t *k, int64_t amount, const char *rid)
+{
+    edge_slice_t *cur = k->current;
+    if (!cur || cur->exact || k->ahead || k->opening || k->waiters || k->exact || self->dead ||
+        k->ahead_for == cur->hold_id ||
+        (cur->amount - cur->used - cur->reserved) * AHEAD_WHEN_LEFT >= cur->amount)
+        return;
+    k->ahead_for = cur->hold_id;
+    /* three quarters used within three quarters of the time: as if used up */
+    s_grow(k, (fb_mono_ms() - cur->opened_ms) * AHEAD_WHEN_LEFT / (AHEAD_WHEN_LEFT - 1));
+    s_open(self, k, amount, rid, true);
 }
 
 /* Serves the key's waiters from its current slice, in order; opens another
  * slice for those that do not fit. */
 static void s_serve_waiters(edge_purse_t *self, s_key_t *k)
 {
-    while (k->waiters && k->current && s_fits(k->current, k->waiters->amount)) {
-        s_wait_t *wt = k->waiters;
-        k->waiters = wt->next;
-        if (!k->waiters)
-            k->waiters_tail = &k->waiters;
-        s_take(k->current, wt->amount, wt->res);
-        fb_rpc_reply_t ok = {.ok = true, .body = &s_empty_map};
-        wt->fn(wt->arg, &ok);
-        free(wt);
-    }
-    if (k->waiters && !k->opening) {
-        if (k->current) {
-            /* used up: a busy key gets bigger slices */
-            if (fb_mono_ms() - k->current->opened_ms < GROW_WITHIN_MS && k->factor < INT64_MAX / GROWTH)
-                k->factor *= GROWTH;
-            s_retire(self, k->current);
+    for (;;) {
+        while (k->waiters && k->current && s_fits(k->current, k->waiters->amount)) {
+            s_wait_t *wt = k->waiters;
+            k->waiters = wt->next;
+            if (!k->waiters)
+                k->waiters_tail = &k->waiters;
+            s_take(k->current, wt->amount, wt->res);
+            edge_metrics_slice(EDGE_SLICE_WAITED);
+            fb_rpc_reply_t ok = {.ok = true, .body = &s_empty_map};
+            wt->fn(wt->arg, &ok);
+            free(wt);
         }
-        s_open(self, k);
+        if (!k->waiters || k->opening)
+            return;
+        if (!k->current)
+            break;
+        /* used up: the ahead slice takes over, or another is opened */
+        int64_t used_ms = fb_mono_ms() - k->current->opened_ms;
+        s_retire(self, k->current);
+        if (!k->current) {
+            s_grow(k, used_ms);
+            break;
+        }
     }
+    s_open(self, k, k->waiters->amount, k->waiters->rid, false);
 }
 
 typedef struct {
     edge_purse_t *purse;
     s_key_t *key;
     int64_t amount;
+    bool ahead; /* asked before the current slice ran out */
 } s_opening_t;
 
 static void s_on_hold(void *arg, const fb_rpc_reply_t *reply)
@@ -282,6 +326,7 @@ static void s_on_hold(void *arg, const fb_rpc_reply_t *reply)
     edge_purse_t *self = o->purse;
     s_key_t *k = o->key;
     int64_t amount = o->amount;
+    bool ahead = o->ahead;
     free(o);
     k->opening = false;
     if (reply->ok) {
@@ -295,18 +340,31 @@ static void s_on_hold(void *arg, const fb_rpc_reply_t *reply)
             s->hold_id = hold_id;
             s->amount = amount;
             s->opened_ms = s->last_ms = fb_mono_ms();
+            s->exact = k->exact;
             s->items_tail = &s->items;
             s->next = self->slices;
             if (s->next)
                 s->next->prev = s;
             self->slices = s;
             k->exact = false;
-            k->current = s;
+            /* an ahead slice waits for the current one to run out (or retire) */
+            if (k->current)
+                k->ahead = s;
+            else
+                k->current = s;
+            edge_metrics_slice(ahead ? EDGE_SLICE_AHEAD : EDGE_SLICE_OPENED);
             s_serve_waiters(self, k);
             s_key_maybe_free(self, k);
             return;
         }
         reply = &(fb_rpc_reply_t){.ok = false, .code = "unavailable", .body = &s_empty_map};
+    }
+    if (ahead) {
+        /* nobody waited for it: calls that do not fit now open one as usual */
+        if (k->waiters)
+            s_serve_waiters(self, k);
+        s_key_maybe_free(self, k);
+        return;
     }
     bool short_money =
         strcmp(reply->code, "insufficient_balance") == 0 || strcmp(reply->code, "spend_limit_exceeded") == 0;
@@ -314,7 +372,7 @@ static void s_on_hold(void *arg, const fb_rpc_reply_t *reply)
         /* the whole slice does not fit: ask for exactly the first call's ceiling */
         k->exact = true;
         k->factor = self->conf.slice_calls;
-        s_open(self, k);
+        s_open(self, k, k->waiters->amount, k->waiters->rid, false);
         return;
     }
     /* the first waiter gets the refusal; the others try again on their own */
@@ -328,17 +386,18 @@ static void s_on_hold(void *arg, const fb_rpc_reply_t *reply)
     }
     if (k->waiters) {
         k->exact = short_money;
-        s_open(self, k);
+        s_open(self, k, k->waiters->amount, k->waiters->rid, false);
         return;
     }
     k->exact = false;
     s_key_maybe_free(self, k);
 }
 
-static void s_open(edge_purse_t *self, s_key_t *k)
+/* Asks for a slice for calls of first (the first waiter's ceiling, or the
+ * call that found the current slice running short: ahead). */
+static void s_open(edge_purse_t *self, s_key_t *k, int64_t first, const char *rid, bool ahead)
 {
-    FB_ASSERT(k->waiters && !k->opening);
-    int64_t first = k->waiters->amount;
+    FB_ASSERT(!k->opening && (ahead || k->waiters));
     int64_t amount = first;
     if (!k->exact) {
         int64_t want = first > self->conf.slice_max_micro / (k->factor > 0 ? k->factor : 1)
@@ -351,12 +410,13 @@ static void s_open(edge_purse_t *self, s_key_t *k)
     o->purse = self;
     o->key = k;
     o->amount = amount;
+    o->ahead = ahead;
     char idem[40] = "slice:";
     fb_random_hex(idem + 6, 16);
     json_t *body = json_pack("{sI sI sI sI ss}", "account_id", (json_int_t)k->account_id, "amount_micro",
                              (json_int_t)amount, "expires_in_ms", (json_int_t)self->conf.hold_ttl_ms,
                              "key_id", (json_int_t)k->key_id, "memo", "prepaid slice");
-    s_ledger(self, "ledger.hold", body, idem, k->waiters->rid, s_on_hold, o);
+    s_ledger(self, "ledger.hold", body, idem, rid, s_on_hold, o);
 }
 
 bool edge_purse_reserve(edge_purse_t *self, int64_t account_id, int64_t key_id, int64_t amount,
@@ -371,8 +431,12 @@ bool edge_purse_reserve(edge_purse_t *self, int64_t account_id, int64_t key_id, 
         edge_purse_drain(self);
     }
     s_key_t *k = s_key_get(self, key_id, account_id);
+    if (!k->waiters && k->current && !s_fits(k->current, amount) && k->ahead && s_fits(k->ahead, amount))
+        s_retire(self, k->current); /* the ahead slice takes over */
     if (!k->waiters && k->current && s_fits(k->current, amount)) {
         s_take(k->current, amount, res);
+        edge_metrics_slice(EDGE_SLICE_READY);
+        s_maybe_ahead(self, k, amount, rid);
         return true;
     }
     s_wait_t *wt = fb_calloc(1, sizeof(*wt));
@@ -547,7 +611,11 @@ static void s_on_sweep(uv_timer_t *t)
         next = s->next;
         if (s->retiring)
             continue;
-        bool idle = s->calls == 0 && !s->items && now - s->last_ms >= self->conf.idle_ms;
+        /* an ahead slice is in use as long as the slice it follows is */
+        int64_t last = s->last_ms;
+        if (s->key && s->key->ahead == s && s->key->current && s->key->current->last_ms > last)
+            last = s->key->current->last_ms;
+        bool idle = s->calls == 0 && !s->items && now - last >= self->conf.idle_ms;
         if (idle || now - s->opened_ms >= self->conf.max_age_ms)
             s_retire(self, s);
     }

@@ -1,8 +1,10 @@
 /* edge_purse - prepaid calls served from slices of the balance.
  *
  * A slice is one ledger hold for a key, sized for many calls. Each worker keeps
- * at most one open slice per key and reserves each call's ceiling in it in
- * memory, with no ledger round trip. When the call ends, its cost is charged:
+ * one open slice per key taking calls (and, once it has less than a quarter
+ * of its money left, the next one, opened ahead to take over when it runs
+ * out) and reserves each call's ceiling in it in memory, with no ledger round
+ * trip. When the call ends, its cost is charged:
  * the charges of every call that ended in the same loop turn go to the ledger
  * as one ledger.charge (one row per call, one transfer), and each call gets its
  * answer only once that write is durable. A call that fails before any output
