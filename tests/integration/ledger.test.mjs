@@ -648,6 +648,46 @@ test("topup advances: credited before settlement within a limit, settled as is, 
   assert.equal(credit.duplicate, true);
   assert.equal((await call("ledger.topup_advance", { account_id: other, amount_micro: 5,
     source: { chain: network, tx: s4.tx, index: "0" } }, idem())).code, "bad_request");
+  // a reversal while the account's money is held (a prepaid slice open):
+  // the held part is written off for now and taken back when the hold resolves
+  const third = await newAccount();
+  const s6 = await settlement(third, 3000000);
+  assert.equal((await advance(third, s6, 5000000)).body.advance.state, "open");
+  const spent = await ok("ledger.hold", { account_id: third, amount_micro: 500000, expires_in_ms: 60000 });
+  await ok("ledger.commit", { hold_id: spent.hold_id, amount_micro: 500000 });
+  const slice = await ok("ledger.hold", { account_id: third, amount_micro: 2000000, expires_in_ms: 60000 });
+  const slice2 = await ok("ledger.hold", { account_id: third, amount_micro: 400000, expires_in_ms: 1500 });
+  const lossesMid = await losses();
+  await ok("ledger.settlement_result", { settlement_id: s6.id, state: "failed", reason: "reverted" });
+  let [r6] = (await ok("ledger.advances", { account_id: third })).advances;
+  assert.equal(r6.recovered_micro, 100000); // available: 3 - 0.5 spent - 2.4 held
+  assert.equal(r6.written_off_micro, 2900000);
+  assert.equal(r6.recoverable_micro, 2400000);
+  assert.equal(await losses() - lossesMid, -2900000);
+  // the slice is charged 0.3 and committed: its other 1.7 comes back against the write-off
+  await ok("ledger.charge", { hold_id: slice.hold_id, charges: [{ amount_micro: 300000, ref: "c1" }] });
+  const c = await ok("ledger.commit", { hold_id: slice.hold_id, amount_micro: 0 });
+  assert.equal(c.available_micro, 0);
+  [r6] = (await ok("ledger.advances", { account_id: third })).advances;
+  assert.equal(r6.recovered_later_micro, 1700000);
+  assert.equal(r6.lost_micro, 1200000);
+  // the second hold expires unused: all of it comes back; the loss is what was spent (0.5 + 0.3)
+  for (let i = 0; i < 50 && (await ok("ledger.holds", { account_id: third, state: "expired" })).holds.length === 0; i++)
+    await sleep(100); // the sweeper runs every 200 ms in this test
+  [r6] = (await ok("ledger.advances", { account_id: third })).advances;
+  assert.equal(r6.recovered_later_micro, 2100000);
+  assert.equal(r6.lost_micro, 800000);
+  assert.equal(await losses() - lossesMid, -800000);
+  const b6 = await ok("ledger.balance", { account_id: third });
+  assert.equal(b6.balance_micro, 0);
+  assert.equal(b6.available_micro, 0);
+  await audit();
+  // a recovery the advance does not record is caught
+  pg.psql(db.name, `UPDATE topup_advances SET recovered_later = recovered_later - 1 WHERE credit_id = ${r6.credit_id}`);
+  assert.deepEqual((await call("ledger.audit", {})).body.checks.find((x) => x.name === "advances_follow_settlements").detail,
+    [r6.credit_id]);
+  pg.psql(db.name, `UPDATE topup_advances SET recovered_later = recovered_later + 1 WHERE credit_id = ${r6.credit_id}`);
+
   // the audit checks a reversal against its transfer
   const shift = (d) => pg.psql(db.name, `UPDATE topup_advances SET recovered = recovered + ${d}, ` +
     `written_off = written_off - ${d} WHERE credit_id = ${rev.credit_id}`);

@@ -605,12 +605,16 @@ static void s_sweep_solana_one(s_sweep_t *s, int64_t account, const char *owner_
         const char *level = json_string_value(json_object_get(v, "confirmationStatus"));
         bool failed = v && !json_is_null(json_object_get(v, "err"));
         bool landed = level && (strcmp(level, "confirmed") == 0 || strcmp(level, "finalized") == 0);
-        json_decref(st);
         if (failed) {
+            /* the chain's reason, as it gave it */
+            char *err = json_dumps(json_object_get(v, "err"), JSON_COMPACT | JSON_ENCODE_ANY);
+            snprintf(why, sizeof(why), "the transaction failed: %.200s", err ? err : "");
+            free(err);
+            json_decref(st);
             s->failures++;
-            return s_report("solana", account, owner_text, amount, "failed", sig_text,
-                            "the transaction failed");
+            return s_report("solana", account, owner_text, amount, "failed", sig_text, why);
         }
+        json_decref(st);
         if (landed)
             return s_report("solana", account, owner_text, amount, "swept", sig_text, NULL);
         usleep(i < 50 ? 20000 : 250000);
