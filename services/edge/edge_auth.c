@@ -233,6 +233,16 @@ static s_cached_t *s_hit(edge_worker_t *w, const uint8_t mac[32])
                : NULL;
 }
 
+/* Adds a caller to the lookup's. */
+static void s_add_asker(s_lookup_t *l, edge_key_fn *done, void *arg)
+{
+    s_asker_t *a = fb_calloc(1, sizeof(*a));
+    a->done = done;
+    a->arg = arg;
+    *l->askers_tail = a;
+    l->askers_tail = &a->next;
+}
+
 /* Asks the ledger about mac; done (if any) gets the answer. A lookup that
  * is the only one in flight for its cache slot is named there, so that
  * others can wait for it. */
@@ -243,13 +253,8 @@ static void s_ask(edge_worker_t *w, const uint8_t mac[32], const char *rid, edge
     fb_hex_encode(hex, mac, 32);
     s_lookup_t *l = fb_calloc(1, sizeof(*l));
     l->askers_tail = &l->askers;
-    if (done) {
-        s_asker_t *a = fb_calloc(1, sizeof(*a));
-        a->done = done;
-        a->arg = arg;
-        *l->askers_tail = a;
-        l->askers_tail = &a->next;
-    }
+    if (done)
+        s_add_asker(l, done, arg);
     l->limits = w->edge->limits;
     l->cache = cache;
     l->epoch = atomic_load(&w->edge->key_epoch);
@@ -286,11 +291,7 @@ void edge_auth_lookup(edge_worker_t *w, const uint8_t mac[32], bool fresh, const
         s_lookup_t *l = s_slot(cache, mac)->inflight;
         if (l && memcmp(l->mac, mac, 32) == 0 && l->epoch == atomic_load(&w->edge->key_epoch)) {
             /* the same question is on its way: wait for its answer */
-            s_asker_t *a = fb_calloc(1, sizeof(*a));
-            a->done = done;
-            a->arg = arg;
-            *l->askers_tail = a;
-            l->askers_tail = &a->next;
+            s_add_asker(l, done, arg);
             edge_metrics_key(EDGE_KEY_JOINED);
             return;
         }
