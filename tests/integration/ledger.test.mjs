@@ -791,6 +791,60 @@ test("race: 100 concurrent record_authorization of one authorization across 3 re
   await audit();
 });
 
+test("race: 60 concurrent copies of each of 5 charge writes across 3 replicas: each charged once, every copy answered alike", async () => {
+  // A charge write alone in its batch takes no lock before it (0013): copies of one write
+  // meet at the hold's row and at the idempotency record; the loser runs again as a replay.
+  const account_id = await newAccount(10_000_000);
+  const { key_id } = await ok("ledger.mint_key", { account_id, label: "dup-charges" });
+  const h = await ok("ledger.hold", { account_id, key_id, amount_micro: 1_000_000, expires_in_ms: 60_000 });
+  const writes = Array.from({ length: 5 }, (_, i) => ({ key: idem("dup-charge"),
+    charges: [{ amount_micro: 1000 + i, ref: `dup-${i}-a` }, { amount_micro: 7, ref: `dup-${i}-b` }] }));
+  const copies = await Promise.all(writes.flatMap((w) => Array.from({ length: 60 }, () =>
+    call("ledger.charge", { hold_id: h.hold_id, charges: w.charges }, w.key))));
+  assert.ok(copies.every((r) => r.status === "ok"), JSON.stringify(copies.find((r) => r.status !== "ok")));
+  assert.equal(new Set(copies.map((r) => r.replica)).size, 3, "the copies spread over the three replicas");
+  for (let i = 0; i < 5; i++) {
+    const mine = copies.slice(i * 60, i * 60 + 60);
+    assert.equal(mine.filter((r) => !r.body.replayed).length, 1, "one copy applied, the others replayed");
+    assert.equal(new Set(mine.map((r) => r.body.first_charge_id)).size, 1);
+    assert.ok(mine.every((r) => r.body.charged_micro === 1007 + i && r.body.charges === 2));
+  }
+  const total = 5 * 1007 + 10;
+  const [open] = (await ok("ledger.holds", { account_id, state: "open" })).holds;
+  assert.equal(open.charged_micro, total);
+  assert.equal(pg.psql(db.name, `SELECT count(*) || ':' || sum(amount) FROM charges WHERE hold_id = ${h.hold_id}`),
+    `10:${total}`);
+  // a write whose key another transaction records while it runs (deterministic: that
+  // transaction holds its record uncommitted for a second): it is undone whole and
+  // answered again, here as the conflict it is
+  const held = idem("held-key");
+  const reruns = () => replicas.reduce((n, r) => n + r.lines.filter((l) => JSON.stringify(l).includes("40001")).length, 0);
+  const before = reruns();
+  const session = spawn(path.join(pg.bindir, "psql"), ["-X", "-q", "-v", "ON_ERROR_STOP=1", db.url, "-c",
+    `BEGIN; INSERT INTO operations (idem_key, method, fingerprint, result) VALUES ('${held}', 'ledger.charge', ` +
+    `'\\x00', '{"status":"ok","body":{}}'); SELECT pg_sleep(1); COMMIT;`], { stdio: "ignore" });
+  const sessionDone = new Promise((resolve) => session.on("exit", resolve));
+  await sleep(300);
+  const late = await call("ledger.charge", { hold_id: h.hold_id, charges: [{ amount_micro: 99, ref: "late" }] }, held);
+  assert.equal(await sessionDone, 0);
+  assert.equal(late.code, "idempotency_conflict");
+  assert.ok(reruns() > before, "the write ran again after the record it met");
+  assert.equal((await ok("ledger.holds", { account_id, state: "open" })).holds[0].charged_micro, total);
+  // the same key for another hold is refused; a hold's rules still hold in the table itself
+  const h2 = await ok("ledger.hold", { account_id, key_id, amount_micro: 5000, expires_in_ms: 60_000 });
+  assert.equal((await call("ledger.charge", { hold_id: h2.hold_id, charges: writes[0].charges }, writes[0].key)).code,
+    "idempotency_conflict");
+  assert.throws(() => pg.psql(db.name, `UPDATE holds SET charged = amount + 1 WHERE id = ${h2.hold_id}`),
+    /holds_consistent/);
+  assert.throws(() => pg.psql(db.name, `UPDATE holds SET state = 'committed' WHERE id = ${h2.hold_id}`),
+    /holds_consistent/);
+  await ok("ledger.void", { hold_id: h2.hold_id });
+  const done = await ok("ledger.commit", { hold_id: h.hold_id, amount_micro: 0 });
+  assert.equal(done.committed_micro, total);
+  assert.equal((await ok("ledger.balance", { account_id })).balance_micro, 10_000_000 - total);
+  await audit();
+});
+
 test("crash: kill -9 a replica in the middle of group commits; retries with the same keys apply everything once", async () => {
   const accounts = [];
   for (let i = 0; i < 16; i++) accounts.push(await newAccount());
