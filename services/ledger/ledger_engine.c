@@ -279,7 +279,7 @@ static void s_run_writes(ledger_engine_t *self, s_conn_t *c)
         s_op_t *op = c->ops[i];
         op->attempts++;
         const char **p = c->params + (size_t)i * 4;
-        if (op->kind == LEDGER_OP_WRITE && s_is_charge(op)) {
+        if (s_is_charge(op)) {
             p[0] = op->idem;
             p[1] = op->fingerprint;
             p[2] = op->args;
