@@ -6,9 +6,15 @@
  * finished transfers are collected with curl_multi_info_read.
  *
  * A kept-alive connection is handed back (CURL_POLL_REMOVE) after every
- * transfer and reported again by the next one; its uv_poll_t is only stopped
- * in between (found again by fd), and closed when libcurl closes the socket
- * (CURLOPT_CLOSESOCKETFUNCTION), which saves setting up a watcher per call. */
+ * transfer and reported again by the next one; its uv_poll_t stays (found
+ * again by fd), and is closed when libcurl closes the socket
+ * (CURLOPT_CLOSESOCKETFUNCTION), which saves setting up a watcher per call.
+ * Between transfers it keeps watching for input, which is what the next
+ * transfer asks for: libuv's uv_poll_start re-registers the fd with epoll on
+ * every call (two epoll_ctl), so a watcher is only restarted when the events
+ * asked for change. An idle connection that turns readable (the provider
+ * closed it) stops being watched until it is reported again; libcurl finds
+ * it dead when it next looks for a connection to reuse. */
 #include "fb_curlm.h"
 #include "fb_util.h"
 
@@ -31,6 +37,7 @@ typedef struct s_sock {
     curl_socket_t fd;
     struct fb_curlm_t *owner;
     struct s_sock *prev, *next; /* every one not yet freed */
+    int events;                 /* UV_READABLE | UV_WRITABLE being watched, 0 when stopped */
     bool assigned;              /* libcurl holds it (curl_multi_assign) until CURL_POLL_REMOVE */
     bool gone;                  /* libcurl closed the fd; the handle is closing or closed */
     bool handle_closed;
@@ -77,9 +84,18 @@ static void s_check_done(fb_curlm_t *self)
     }
 }
 
+/* Watches s for events (0: stops), touching libuv only on a change. */
+static void s_watch(s_sock_t *s, int events);
+
 static void s_on_poll(uv_poll_t *h, int status, int events)
 {
     s_sock_t *s = h->data;
+    if (!s->assigned) {
+        /* idle between transfers and readable: closed by the peer (or sent
+         * something unasked); not watched until a transfer reports it */
+        s_watch(s, 0);
+        return;
+    }
     int flags = 0;
     if (status < 0)
         flags = CURL_CSELECT_ERR;
@@ -162,19 +178,31 @@ static s_sock_t *s_sock_new(fb_curlm_t *self, curl_socket_t fd)
     return s;
 }
 
+static void s_watch(s_sock_t *s, int events)
+{
+    if (events == s->events)
+        return;
+    s->events = events;
+    if (events)
+        uv_poll_start(&s->poll, events, s_on_poll);
+    else
+        uv_poll_stop(&s->poll);
+}
+
 static int s_on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
 {
     FB_UNUSED(easy);
     fb_curlm_t *self = userp;
     s_sock_t *s = socketp;
     if (what == CURL_POLL_REMOVE) {
-        /* idle between transfers, or closed: no events until reported again */
+        /* idle between transfers (watched for input, as the next transfer
+         * will ask), or closed */
         if (s) {
             s->assigned = false;
             if (s->gone)
                 s_sock_maybe_free(self, s);
             else
-                uv_poll_stop(&s->poll);
+                s_watch(s, self->dead ? 0 : UV_READABLE);
         }
         return 0;
     }
@@ -198,7 +226,7 @@ static int s_on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void
         events |= UV_READABLE;
     if (what & CURL_POLL_OUT)
         events |= UV_WRITABLE;
-    uv_poll_start(&s->poll, events, s_on_poll);
+    s_watch(s, events);
     return 0;
 }
 

@@ -131,7 +131,7 @@ static void s_add_replica(fb_rpc_client_t *self, int target, const char *ep)
         return;
     }
     r = fb_calloc(1, sizeof(*r));
-    snprintf(r->endpoint, sizeof(r->endpoint), "%s", ep);
+    fb_copy_str(r->endpoint, sizeof(r->endpoint), ep);
     r->endpoint_len = strlen(r->endpoint);
     r->target = target;
     r->present = true;
@@ -315,7 +315,7 @@ static void s_fail(fb_rpc_client_t *self, s_call_t *c, const char *code, const c
     fb_rpc_reply_t reply;
     memset(&reply, 0, sizeof(reply));
     reply.ok = false;
-    snprintf(reply.code, sizeof(reply.code), "%s", code);
+    fb_copy_str(reply.code, sizeof(reply.code), code);
     snprintf(reply.message, sizeof(reply.message), "%s: %s", self->service, why);
     reply.body = fb_rpc_empty_map();
     s_complete(self, c, &reply);
@@ -479,8 +479,8 @@ void fb_rpc_client_call(fb_rpc_client_t *self, const fb_rpc_call_opts_t *opts, c
     c->attempt_ms = opts->attempt_ms ? opts->attempt_ms : self->attempt_ms;
     uint32_t budget = opts->deadline_ms ? opts->deadline_ms : 5000;
     c->deadline = fb_mono_ms() + budget;
-    snprintf(c->method, sizeof(c->method), "%s", opts->method);
-    snprintf(c->trace, sizeof(c->trace), "%s", opts->trace ? opts->trace : "");
+    fb_copy_str(c->method, sizeof(c->method), opts->method);
+    fb_copy_str(c->trace, sizeof(c->trace), opts->trace ? opts->trace : "");
     msgpack_sbuffer_clear(&self->sb);
     fb_rpc_request_pack(&self->sb, s_wire_id(c), opts->method, opts->idem, opts->trace, budget, body,
                         body_len);
@@ -903,7 +903,7 @@ size_t fb_rpc_client_stats(const fb_rpc_client_t *self, fb_rpc_replica_stat_t *o
     size_t n = 0;
     for (size_t i = 0; i < self->replica_count && n < max; i++) {
         const s_replica_t *r = self->replicas[i];
-        snprintf(out[n].endpoint, sizeof(out[n].endpoint), "%s", r->endpoint);
+        fb_copy_str(out[n].endpoint, sizeof(out[n].endpoint), r->endpoint);
         out[n].connected = r->connected;
         out[n].responsive = r->responsive;
         out[n].inflight = r->inflight;

@@ -97,6 +97,15 @@ bool fb_streq_n(const char *s, size_t len, const char *z)
     return zl == len && (len == 0 || memcmp(s, z, len) == 0);
 }
 
+size_t fb_copy_str(char *dst, size_t cap, const char *src)
+{
+    FB_ASSERT(dst && cap >= 1);
+    size_t n = src ? strnlen(src, cap - 1) : 0;
+    memcpy(dst, src ? src : "", n);
+    dst[n] = '\0';
+    return n;
+}
+
 void fb_random_hex(char *out, size_t nbytes)
 {
     static const char digits[] = "0123456789abcdef";
@@ -214,6 +223,14 @@ void fb_buf_free(fb_buf_t *b)
 
 int fb_util_test(bool verbose)
 {
+    {
+        char d[4];
+        FB_ASSERT(fb_copy_str(d, sizeof(d), "ab") == 2 && strcmp(d, "ab") == 0);
+        FB_ASSERT(fb_copy_str(d, sizeof(d), "abc") == 3 && strcmp(d, "abc") == 0);
+        FB_ASSERT(fb_copy_str(d, sizeof(d), "abcdef") == 3 && strcmp(d, "abc") == 0);
+        FB_ASSERT(fb_copy_str(d, sizeof(d), NULL) == 0 && d[0] == '\0');
+        FB_ASSERT(fb_copy_str(d, 1, "x") == 0 && d[0] == '\0');
+    }
     {
         fb_buf_t b = {0};
         for (int i = 0; i < 100; i++)

@@ -44,6 +44,11 @@ bool fb_memeq_ct(const void *a, const void *b, size_t len);
 /* fb_streq_n - true when the counted string (s, len) equals the C string z. */
 bool fb_streq_n(const char *s, size_t len, const char *z);
 
+/* fb_copy_str - copy the C string src (NULL: "") into dst of cap bytes
+ * (cap >= 1), cut to cap - 1 bytes, always terminated; returns the length
+ * copied. What snprintf(dst, cap, "%s", src) does, without its formatting. */
+size_t fb_copy_str(char *dst, size_t cap, const char *src);
+
 /* fb_random_hex - fill out with 2*nbytes lowercase hex digits from the system's
  * CSPRNG and a terminating NUL; out must hold 2*nbytes+1 bytes. */
 void fb_random_hex(char *out, size_t nbytes);

@@ -1615,12 +1615,12 @@ static int s_begin(edge_worker_t *w, h2o_req_t *req, const char *rid, s_route_t 
     c->w = w;
     c->req = req;
     w->active_requests++;
-    snprintf(c->rid, sizeof(c->rid), "%s", rid);
+    fb_copy_str(c->rid, sizeof(c->rid), rid);
     c->route = route;
     c->dialect = dialect;
     c->model = m;
     c->choices = 1;
-    snprintf(c->requested, sizeof(c->requested), "%s", json_string_value(model));
+    fb_copy_str(c->requested, sizeof(c->requested), json_string_value(model));
     s_link_t *link = h2o_mem_alloc_shared(&req->pool, sizeof(*link), s_req_gone);
     link->chat = c;
 

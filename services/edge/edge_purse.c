@@ -101,8 +101,8 @@ static const msgpack_object s_empty_map = {.type = MSGPACK_OBJECT_MAP};
 static void s_fail(edge_purse_fn *fn, void *arg, const char *code, const char *message)
 {
     fb_rpc_reply_t r = {.ok = false, .body = &s_empty_map};
-    snprintf(r.code, sizeof(r.code), "%s", code);
-    snprintf(r.message, sizeof(r.message), "%s", message);
+    fb_copy_str(r.code, sizeof(r.code), code);
+    fb_copy_str(r.message, sizeof(r.message), message);
     fn(arg, &r);
 }
 
@@ -441,7 +441,7 @@ bool edge_purse_reserve(edge_purse_t *self, int64_t account_id, int64_t key_id, 
     }
     s_wait_t *wt = fb_calloc(1, sizeof(*wt));
     wt->amount = amount;
-    snprintf(wt->rid, sizeof(wt->rid), "%s", rid ? rid : "");
+    fb_copy_str(wt->rid, sizeof(wt->rid), rid ? rid : "");
     wt->res = res;
     wt->fn = fn;
     wt->arg = arg;
@@ -588,7 +588,7 @@ void edge_purse_charge(edge_purse_t *self, edge_purse_res_t *res, int64_t cost, 
     it->cost = cost;
     it->call = call;
     it->answer_bytes = json_string_length(json_object_get(call, "answer"));
-    snprintf(it->rid, sizeof(it->rid), "%s", rid ? rid : "");
+    fb_copy_str(it->rid, sizeof(it->rid), rid ? rid : "");
     it->fn = fn;
     it->arg = arg;
     *s->items_tail = it;
