@@ -47,11 +47,11 @@ struct fb_curlm_t {
     uv_loop_t *loop;
     CURLM *multi;
     uv_timer_t timer;
-    s_xfer_t *xfers;           /* transfers in flight */
-    s_sock_t *socks;           /* sockets with a watcher, busy or idle */
-    s_sock_t **byfd;           /* the same, by fd */
-    CURL *pool[FB_CURLM_POOL]; /* easy handles given back, reset */
-    size_t pooled;
+    s_xfer_t *xfers;                           /* transfers in flight */
+    s_sock_t *socks;                           /* sockets with a watcher, busy or idle */
+    s_sock_t **byfd;                           /* the same, by fd */
+    CURL *pool[FB_CURLM_KINDS][FB_CURLM_POOL]; /* easy handles given back, by kind */
+    size_t pooled[FB_CURLM_KINDS];
     size_t nbyfd;
     size_t running;
     int closing; /* handles still closing after destroy */
@@ -286,23 +286,25 @@ void fb_curlm_max_connections(fb_curlm_t *self, long n)
     curl_multi_setopt(self->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, n);
 }
 
-CURL *fb_curlm_easy(fb_curlm_t *self)
+CURL *fb_curlm_easy(fb_curlm_t *self, int kind, bool *configured)
 {
-    CURL *e = self->pooled ? self->pool[--self->pooled] : curl_easy_init();
+    FB_ASSERT(kind >= 0 && kind < FB_CURLM_KINDS && configured);
+    *configured = self->pooled[kind] > 0;
+    CURL *e = *configured ? self->pool[kind][--self->pooled[kind]] : curl_easy_init();
     FB_ASSERT(e);
     return e;
 }
 
-void fb_curlm_recycle(fb_curlm_t *self, CURL *easy)
+void fb_curlm_recycle(fb_curlm_t *self, CURL *easy, int kind)
 {
+    FB_ASSERT(kind >= 0 && kind < FB_CURLM_KINDS);
     if (!easy)
         return;
-    if (self->dead || self->pooled == FB_CURLM_POOL) {
+    if (self->dead || self->pooled[kind] == FB_CURLM_POOL) {
         curl_easy_cleanup(easy);
         return;
     }
-    curl_easy_reset(easy);
-    self->pool[self->pooled++] = easy;
+    self->pool[kind][self->pooled[kind]++] = easy;
 }
 
 void fb_curlm_add(fb_curlm_t *self, CURL *easy, fb_curlm_done_fn *done, void *arg)
@@ -374,8 +376,9 @@ void fb_curlm_destroy(fb_curlm_t **self_p)
             s_sock_maybe_free(self, s);
     }
     curl_multi_cleanup(self->multi);
-    while (self->pooled)
-        curl_easy_cleanup(self->pool[--self->pooled]);
+    for (int k = 0; k < FB_CURLM_KINDS; k++)
+        while (self->pooled[k])
+            curl_easy_cleanup(self->pool[k][--self->pooled[k]]);
     self->closing++;
     uv_close((uv_handle_t *)&self->timer, s_timer_closed);
     *self_p = NULL;

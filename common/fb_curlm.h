@@ -33,15 +33,21 @@ void fb_curlm_keep(fb_curlm_t *self, size_t n);
  * beyond wait for one (libcurl's default: no limit). */
 void fb_curlm_max_connections(fb_curlm_t *self, long n);
 
-/* fb_curlm_easy - an easy handle for a transfer on this multi: one given back
- * earlier (reset to libcurl's defaults) or a new one. The caller owns it. */
-CURL *fb_curlm_easy(fb_curlm_t *self);
+/* fb_curlm_easy - an easy handle for a transfer of the caller's kind (0 ..
+ * FB_CURLM_KINDS - 1): one given back earlier for the same kind, with the
+ * options it had then (*configured = true), or a new one (false). A caller
+ * sets the options all transfers of a kind share when !*configured, and the
+ * ones of this transfer every time (libcurl keeps options between
+ * transfers; resetting and setting them all again per call cost ~4% of a
+ * paid call's instructions). The caller owns it. */
+#define FB_CURLM_KINDS 8
+CURL *fb_curlm_easy(fb_curlm_t *self, int kind, bool *configured);
 
-/* fb_curlm_recycle - give back an easy handle that is not in the multi (done
- * or removed): kept for fb_curlm_easy (up to FB_CURLM_POOL), else cleaned up.
- * Saves setting up a handle per transfer. */
+/* fb_curlm_recycle - give back an easy handle of kind that is not in the
+ * multi (done or removed): kept, options and all, for fb_curlm_easy (up to
+ * FB_CURLM_POOL per kind), else cleaned up. */
 #define FB_CURLM_POOL 64
-void fb_curlm_recycle(fb_curlm_t *self, CURL *easy);
+void fb_curlm_recycle(fb_curlm_t *self, CURL *easy, int kind);
 
 /* fb_curlm_destroy - transfers still running are removed without their done
  * callback (their owners clean the easy handles); the loop frees the rest

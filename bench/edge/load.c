@@ -60,7 +60,7 @@ static void s_done(void *arg, CURL *easy, CURLcode result)
     s_load_t *l = r->load;
     long status = 0;
     curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
-    fb_curlm_recycle(l->curlm, easy);
+    fb_curlm_recycle(l->curlm, easy, 0);
     l->running--;
     if (r->counted) {
         if (result == CURLE_OK && status >= 200 && status <= 299) {
@@ -84,17 +84,20 @@ static void s_start(s_load_t *l, int64_t due_us)
     r->load = l;
     r->t0_us = fb_mono_us();
     r->counted = due_us >= l->t0_us + WARMUP_US;
-    CURL *e = fb_curlm_easy(l->curlm);
-    curl_easy_setopt(e, CURLOPT_URL, l->url);
-    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
-    curl_easy_setopt(e, CURLOPT_POST, 1L);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, l->body);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)l->body_len);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, l->headers);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, s_discard);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 30000L);
+    bool configured;
+    CURL *e = fb_curlm_easy(l->curlm, 0, &configured);
+    if (!configured) { /* every request is the same */
+        curl_easy_setopt(e, CURLOPT_URL, l->url);
+        curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+        curl_easy_setopt(e, CURLOPT_POST, 1L);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, l->body);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)l->body_len);
+        curl_easy_setopt(e, CURLOPT_HTTPHEADER, l->headers);
+        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, s_discard);
+        curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 30000L);
+    }
     l->running++;
     fb_curlm_add(l->curlm, e, s_done, r);
 }

@@ -19,6 +19,7 @@ struct edge_call_t {
     long status;
     bool aborted; /* on_data asked to stop */
     edge_provider_t provider;
+    int kind; /* of its easy handle: provider and route (fb_curlm_easy) */
     int64_t t0_us;
 };
 
@@ -38,7 +39,7 @@ static size_t s_on_write(char *ptr, size_t size, size_t n, void *userdata)
 static void s_free(edge_call_t *c)
 {
     if (c->w->curlm)
-        fb_curlm_recycle(c->w->curlm, c->easy);
+        fb_curlm_recycle(c->w->curlm, c->easy, c->kind);
     else
         curl_easy_cleanup(c->easy);
     curl_slist_free_all(c->headers);
@@ -191,24 +192,30 @@ edge_call_t *edge_call_start(edge_worker_t *w, edge_provider_t provider, bool fa
     if (!up->headers[route]) /* Anthropic's vary by call */
         c->headers =
             s_headers(provider, fallback ? up->fallback_key : up->api_key, anthropic_version, anthropic_beta);
-    CURL *e = fb_curlm_easy(w->curlm);
+    /* a handle keeps its route's options between calls: only this call's
+     * are set on one used before */
+    c->kind = (int)provider * 2 + route;
+    bool configured;
+    CURL *e = fb_curlm_easy(w->curlm, c->kind, &configured);
     c->easy = e;
-    curl_easy_setopt(e, CURLOPT_URL, up->url[route]);
-    curl_easy_setopt(e, CURLOPT_PROXY, up->proxy[route]);
-    curl_easy_setopt(e, CURLOPT_NOPROXY, up->no_proxy);
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(e, CURLOPT_POST, 1L);
+    if (!configured) {
+        curl_easy_setopt(e, CURLOPT_URL, up->url[route]);
+        curl_easy_setopt(e, CURLOPT_PROXY, up->proxy[route]);
+        curl_easy_setopt(e, CURLOPT_NOPROXY, up->no_proxy);
+        curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+        curl_easy_setopt(e, CURLOPT_POST, 1L);
+        curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)w->edge->upstream_connect_ms);
+        curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+        curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+        curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, ""); /* what libcurl can decode */
+        curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, s_on_write);
+    }
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, c->body);
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, c->headers ? c->headers : up->headers[route]);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(timeout_ms ? timeout_ms : w->edge->upstream_timeout_ms));
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)w->edge->upstream_connect_ms);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
-    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, ""); /* what libcurl can decode */
-    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, s_on_write);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, c);
     fb_curlm_add(w->curlm, e, s_on_done, c);
     return c;
