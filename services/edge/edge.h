@@ -26,6 +26,7 @@ typedef struct {
     const char *fallback_key; /* NULL: none sent */
     /* built once by edge_upstream_prepare, by route (0 main, 1 fallback) */
     char *url[2];                  /* where the calls go */
+    struct Curl_URL *curlu[2];     /* the same, parsed once (CURLOPT_CURLU) */
     struct curl_slist *headers[2]; /* the request headers when none vary by call (OpenAI's) */
     char *proxy[2];                /* libcurl's proxy from the environment, "" for none */
     const char *no_proxy;          /* no_proxy / NO_PROXY from the environment, "" for none */

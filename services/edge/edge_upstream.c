@@ -145,6 +145,8 @@ void edge_upstream_prepare(edge_upstream_conf_t *up, edge_provider_t provider)
         if (provider == EDGE_PROVIDER_OPENAI)
             up->headers[f] = s_headers(provider, f ? up->fallback_key : up->api_key, NULL, NULL);
         up->proxy[f] = s_env_proxy(up->url[f]);
+        up->curlu[f] = curl_url();
+        FB_ASSERT(up->curlu[f] && curl_url_set(up->curlu[f], CURLUPART_URL, up->url[f], 0) == CURLUE_OK);
     }
 }
 
@@ -152,6 +154,8 @@ void edge_upstream_release(edge_upstream_conf_t *up)
 {
     for (int f = 0; f < 2; f++) {
         free(up->url[f]);
+        curl_url_cleanup(up->curlu[f]);
+        up->curlu[f] = NULL;
         curl_slist_free_all(up->headers[f]);
         free(up->proxy[f]);
         up->url[f] = up->proxy[f] = NULL;
@@ -199,7 +203,7 @@ edge_call_t *edge_call_start(edge_worker_t *w, edge_provider_t provider, bool fa
     CURL *e = fb_curlm_easy(w->curlm, c->kind, &configured);
     c->easy = e;
     if (!configured) {
-        curl_easy_setopt(e, CURLOPT_URL, up->url[route]);
+        curl_easy_setopt(e, CURLOPT_CURLU, up->curlu[route]);
         curl_easy_setopt(e, CURLOPT_PROXY, up->proxy[route]);
         curl_easy_setopt(e, CURLOPT_NOPROXY, up->no_proxy);
         curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");

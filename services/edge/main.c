@@ -28,6 +28,7 @@
 #include "fb_util.h"
 
 #include <sodium.h>
+#include <curl/curl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +41,15 @@ static int s_check_url(const char *text, char *err, size_t errlen)
         text[n - 1] == '/') {
         snprintf(err, errlen,
                  "must be an http:// or https:// URL of at most 200 characters without a trailing /");
+        return -1;
+    }
+    /* parsed once here the way every call will use it (edge_upstream_prepare) */
+    CURLU *u = curl_url();
+    FB_ASSERT(u);
+    CURLUcode uc = curl_url_set(u, CURLUPART_URL, text, 0);
+    curl_url_cleanup(u);
+    if (uc != CURLUE_OK) {
+        snprintf(err, errlen, "is not a URL libcurl can use: %s", curl_url_strerror(uc));
         return -1;
     }
     return 0;

@@ -238,6 +238,12 @@ test("a catalog file replaces the built-in one; a bad one stops the edge with on
     assert.match(r.stderr, re);
     assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
   }
+  // a provider URL libcurl cannot parse is refused at start, not on every call
+  const badUrl = spawnSync(bin("farebox-edge"), [], { encoding: "utf8",
+    env: { ...process.env, FAREBOX_OPENAI_BASE_URL: "http://api example.com", FAREBOX_HTTP_LISTEN: "127.0.0.1:0" } });
+  assert.equal(badUrl.status, 2, badUrl.stderr);
+  assert.match(badUrl.stderr, /FAREBOX_OPENAI_BASE_URL.*not a URL libcurl can use/);
+  assert.equal(badUrl.stderr.trim().split("\n").length, 1, badUrl.stderr);
   const short = spawnSync(bin("farebox-edge"), [], { encoding: "utf8",
     env: { ...process.env, FAREBOX_ADMIN_TOKEN: "tooshort" } });
   assert.equal(short.status, 2);
