@@ -93,13 +93,17 @@ static void s_on_poll(uv_poll_t *h, int status, int events)
     if (!s->assigned) {
         /* idle between transfers and readable: closed by the peer (or sent
          * something unasked); not watched until a transfer reports it */
+        if (status < 0)
+            s->events = 0; /* libuv stopped it already */
         s_watch(s, 0);
         return;
     }
     int flags = 0;
-    if (status < 0)
+    if (status < 0) {
+        /* libuv stopped watching (POLLERR): a later request re-arms it */
+        s->events = 0;
         flags = CURL_CSELECT_ERR;
-    else {
+    } else {
         if (events & UV_READABLE)
             flags |= CURL_CSELECT_IN;
         if (events & UV_WRITABLE)
