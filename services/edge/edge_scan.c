@@ -119,8 +119,47 @@ static bool s_container(const s_doc_t *d, int i)
     return s_gap(d, at, t->end - 1, 0);
 }
 
-/* Every token as the full parse would read it (see the file's comment). */
-static bool s_plain(const s_doc_t *d)
+/* A JSON real jansson reads without overflow or underflow to an error:
+ * -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]{1,2})? with a fraction or an
+ * exponent, at most 24 bytes. */
+static bool s_real(const char *s, int len)
+{
+    int i = 0;
+    if (len > 24)
+        return false;
+    if (i < len && s[i] == '-')
+        i++;
+    int start = i;
+    while (i < len && s[i] >= '0' && s[i] <= '9')
+        i++;
+    if (i == start || (i - start > 1 && s[start] == '0'))
+        return false;
+    bool part = false;
+    if (i < len && s[i] == '.') {
+        int f = ++i;
+        while (i < len && s[i] >= '0' && s[i] <= '9')
+            i++;
+        if (i == f)
+            return false;
+        part = true;
+    }
+    if (i < len && (s[i] == 'e' || s[i] == 'E')) {
+        i++;
+        if (i < len && (s[i] == '+' || s[i] == '-'))
+            i++;
+        int e = i;
+        while (i < len && s[i] >= '0' && s[i] <= '9')
+            i++;
+        if (i == e || i - e > 2)
+            return false;
+        part = true;
+    }
+    return part && i == len;
+}
+
+/* Every token as the full parse would read it (see the file's comment);
+ * reals too when reals is set. */
+static bool s_plain(const s_doc_t *d, bool reals)
 {
     for (int i = 0; i < d->n; i++) {
         const jsmntok_t *t = &d->t[i];
@@ -134,7 +173,7 @@ static bool s_plain(const s_doc_t *d)
             int64_t v;
             bool word = (len == 4 && memcmp(s, "true", 4) == 0) || (len == 5 && memcmp(s, "false", 5) == 0) ||
                         (len == 4 && memcmp(s, "null", 4) == 0);
-            if (!word && !s_integer(s, len, &v))
+            if (!word && !s_integer(s, len, &v) && !(reals && s_real(s, len)))
                 return false;
         } else if (!s_container(d, i)) {
             return false;
@@ -183,7 +222,7 @@ bool edge_scan_openai_usage(const char *json, size_t len, edge_scan_usage_t *out
     if (n < 1 || tokens[0].type != JSMN_OBJECT)
         return false;
     s_doc_t d = {json, tokens, n};
-    if (s_skip(&d, 0) != n || !s_plain(&d) || !s_gap(&d, 0, tokens[0].start, 0) ||
+    if (s_skip(&d, 0) != n || !s_plain(&d, false) || !s_gap(&d, 0, tokens[0].start, 0) ||
         !s_gap(&d, tokens[0].end, (int)len, 0))
         return false;
     int usage = s_member(&d, 0, "usage");
@@ -210,6 +249,94 @@ bool edge_scan_openai_usage(const char *json, size_t len, edge_scan_usage_t *out
     return true;
 }
 
+/* No object has a key twice (jansson's JSON_REJECT_DUPLICATES), and no key
+ * has an escape (two spellings of one key would compare unequal here). */
+static bool s_keys_once(const s_doc_t *d)
+{
+    for (int i = 0; i < d->n; i++) {
+        if (d->t[i].type != JSMN_OBJECT)
+            continue;
+        if (d->t[i].size > 64)
+            return false;
+        int keys[64], nk = 0;
+        for (int m = 0, k = i + 1; m < d->t[i].size; m++, k = s_skip(d, k + 1)) {
+            const char *s = d->json + d->t[k].start;
+            int len = d->t[k].end - d->t[k].start;
+            if (memchr(s, '\\', (size_t)len))
+                return false;
+            for (int j = 0; j < nk; j++) {
+                const jsmntok_t *o = &d->t[keys[j]];
+                if (o->end - o->start == len && memcmp(d->json + o->start, s, (size_t)len) == 0)
+                    return false;
+            }
+            keys[nk++] = k;
+        }
+    }
+    return true;
+}
+
+/* What the value at token v (0: absent) is, as jansson would type it. */
+static edge_scan_value_t s_value(const s_doc_t *d, int v)
+{
+    edge_scan_value_t out = {EDGE_SCAN_ABSENT, 0};
+    if (v == 0)
+        return out;
+    const jsmntok_t *t = &d->t[v];
+    const char *s = d->json + t->start;
+    int len = t->end - t->start;
+    out.kind = EDGE_SCAN_OTHER;
+    if (t->type != JSMN_PRIMITIVE)
+        return out;
+    if (len == 4 && memcmp(s, "null", 4) == 0)
+        out.kind = EDGE_SCAN_NULL;
+    else if (len == 4 && memcmp(s, "true", 4) == 0)
+        out.kind = EDGE_SCAN_TRUE;
+    else if (len == 5 && memcmp(s, "false", 5) == 0)
+        out.kind = EDGE_SCAN_FALSE;
+    else if (s_integer(s, len, &out.value))
+        out.kind = EDGE_SCAN_INTEGER;
+    return out;
+}
+
+bool edge_scan_openai_request(const char *json, size_t len, edge_scan_request_t *out)
+{
+    if (!json || len == 0 || len > EDGE_SCAN_REQUEST_BYTES)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)json[i];
+        if ((ch < 0x20 && ch != '\t' && ch != '\n' && ch != '\r') || ch > 0x7e)
+            return false;
+    }
+    jsmntok_t tokens[EDGE_SCAN_TOKENS];
+    jsmn_parser p;
+    jsmn_init(&p);
+    int n = jsmn_parse(&p, json, len, tokens, EDGE_SCAN_TOKENS);
+    if (n < 1 || tokens[0].type != JSMN_OBJECT)
+        return false;
+    s_doc_t d = {json, tokens, n};
+    if (s_skip(&d, 0) != n || !s_plain(&d, true) || !s_gap(&d, 0, tokens[0].start, 0) ||
+        !s_gap(&d, tokens[0].end, (int)len, 0) || !s_keys_once(&d))
+        return false;
+    edge_scan_request_t r = {0};
+    int model = s_member(&d, 0, "model");
+    if (model <= 0 || tokens[model].type != JSMN_STRING ||
+        memchr(json + tokens[model].start, '\\', (size_t)(tokens[model].end - tokens[model].start)))
+        return false; /* the model as a plain string, or the full parse */
+    r.model = json + tokens[model].start;
+    r.model_len = (size_t)(tokens[model].end - tokens[model].start);
+    int messages = s_member(&d, 0, "messages");
+    r.messages = messages > 0 && tokens[messages].type == JSMN_ARRAY ? tokens[messages].size : -1;
+    r.stream = s_value(&d, s_member(&d, 0, "stream"));
+    int options = s_member(&d, 0, "stream_options");
+    r.include_usage = s_value(
+        &d, options > 0 && tokens[options].type == JSMN_OBJECT ? s_member(&d, options, "include_usage") : 0);
+    r.max_completion_tokens = s_value(&d, s_member(&d, 0, "max_completion_tokens"));
+    r.max_tokens = s_value(&d, s_member(&d, 0, "max_tokens"));
+    r.n = s_value(&d, s_member(&d, 0, "n"));
+    *out = r;
+    return true;
+}
+
 /* --- self-test ------------------------------------------------------------------------------ */
 
 /* jansson's reading, as edge_chat reads a whole answer: true when the answer
@@ -233,23 +360,87 @@ static bool s_reference(const char *json, size_t len, edge_scan_usage_t *out)
 }
 
 static const char *s_samples[] = {
-    "{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion\",\"created\":1795271302,\"model\":\"gpt-4o-mini\","
-    "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"Hello \\\"there\\\"\\n\"},"
-    "\"logprobs\":null,\"finish_reason\":\"length\"}],\"usage\":{\"prompt_tokens\":6,\"completion_tokens\":"
-    "16,"
-    "\"total_tokens\":22}}",
-    "{\"usage\": {\"prompt_tokens\": 2006, \"completion_tokens\": 300, \"prompt_tokens_details\": "
-    "{\"cached_tokens\": 1920, \"audio_tokens\": 0}, \"completion_tokens_details\": {\"reasoning_tokens\": "
-    "0}},"
-    "\n \"choices\": [{\"message\": {\"content\": null, \"tool_calls\": [{\"id\": \"call_1\", \"type\": "
-    "\"function\", \"function\": {\"name\": \"get\", \"arguments\": \"{\\\"usage\\\": 1}\"}}]}}]}\n",
-    "{\"choices\":[{\"message\":{\"content\":\"usage: {\\\"prompt_tokens\\\": 99}\"}}],\"usage\":{"
-    "\"prompt_tokens\":0,\"completion_tokens\":0,\"prompt_tokens_details\":{\"cached_tokens\":null}}}",
+    ("{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion\",\"created\":1795271302,\"model\":\"gpt-4o-mini\","
+     "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"Hello \\\"there\\\"\\n\"},"
+     "\"logprobs\":null,\"finish_reason\":\"length\"}],\"usage\":{\"prompt_tokens\":6,\"completion_tokens\":"
+     "16,"
+     "\"total_tokens\":22}}"),
+    ("{\"usage\": {\"prompt_tokens\": 2006, \"completion_tokens\": 300, \"prompt_tokens_details\": "
+     "{\"cached_tokens\": 1920, \"audio_tokens\": 0}, \"completion_tokens_details\": {\"reasoning_tokens\": "
+     "0}},"
+     "\n \"choices\": [{\"message\": {\"content\": null, \"tool_calls\": [{\"id\": \"call_1\", \"type\": "
+     "\"function\", \"function\": {\"name\": \"get\", \"arguments\": \"{\\\"usage\\\": 1}\"}}]}}]}\n"),
+    ("{\"choices\":[{\"message\":{\"content\":\"usage: {\\\"prompt_tokens\\\": 99}\"}}],\"usage\":{"
+     "\"prompt_tokens\":0,\"completion_tokens\":0,\"prompt_tokens_details\":{\"cached_tokens\":null}}}"),
+};
+
+/* jansson's reading of a request, as edge_chat reads one. */
+static edge_scan_value_t s_ref_value(json_t *v)
+{
+    edge_scan_value_t out = {EDGE_SCAN_ABSENT, 0};
+    if (!v)
+        return out;
+    out.kind = json_is_null(v)      ? EDGE_SCAN_NULL
+               : json_is_true(v)    ? EDGE_SCAN_TRUE
+               : json_is_false(v)   ? EDGE_SCAN_FALSE
+               : json_is_integer(v) ? EDGE_SCAN_INTEGER
+                                    : EDGE_SCAN_OTHER;
+    if (out.kind == EDGE_SCAN_INTEGER)
+        out.value = json_integer_value(v);
+    return out;
+}
+
+static bool s_same_value(edge_scan_value_t a, edge_scan_value_t b)
+{
+    return a.kind == b.kind && (a.kind != EDGE_SCAN_INTEGER || a.value == b.value);
+}
+
+/* true when jansson reads json as the scan did (r) */
+static bool s_request_agrees(const char *json, size_t len, const edge_scan_request_t *r)
+{
+    json_t *d = json_loadb(json, len, JSON_REJECT_DUPLICATES, NULL);
+    json_t *model = json_object_get(d, "model"), *messages = json_object_get(d, "messages");
+    bool ok =
+        json_is_object(d) && json_is_string(model) && json_string_length(model) == r->model_len &&
+        memcmp(json_string_value(model), r->model, r->model_len) == 0 &&
+        (json_is_array(messages) ? (int64_t)json_array_size(messages) : -1) == r->messages &&
+        s_same_value(s_ref_value(json_object_get(d, "stream")), r->stream) &&
+        s_same_value(s_ref_value(json_object_get(json_object_get(d, "stream_options"), "include_usage")),
+                     r->include_usage) &&
+        s_same_value(s_ref_value(json_object_get(d, "max_completion_tokens")), r->max_completion_tokens) &&
+        s_same_value(s_ref_value(json_object_get(d, "max_tokens")), r->max_tokens) &&
+        s_same_value(s_ref_value(json_object_get(d, "n")), r->n);
+    json_decref(d);
+    return ok;
+}
+
+bool edge_scan_agrees(const char *json, size_t len)
+{
+    edge_scan_usage_t u, r;
+    if (edge_scan_openai_usage(json, len, &u) &&
+        (!s_reference(json, len, &r) || r.prompt_tokens != u.prompt_tokens ||
+         r.completion_tokens != u.completion_tokens || r.cached_tokens != u.cached_tokens))
+        return false;
+    edge_scan_request_t q;
+    return !edge_scan_openai_request(json, len, &q) || s_request_agrees(json, len, &q);
+}
+
+static const char *s_requests[] = {
+    "{\"model\":\"gpt-4o-mini\",\"max_tokens\":16,\"messages\":[{\"role\":\"user\",\"content\":\"Say "
+    "hello.\"}]}",
+    ("{\n  \"model\": \"gpt-4o\", \"temperature\": 0.7, \"top_p\": 1e-2, \"stream\": true,\n"
+     "  \"stream_options\": {\"include_usage\": true}, \"n\": 2, \"max_completion_tokens\": 300,\n"
+     "  \"messages\": [{\"role\": \"system\", \"content\": \"Be \\\"brief\\\"\\n\"},"
+     " {\"role\": \"user\", \"content\": [{\"type\": \"text\", \"text\": \"hi\"}]}],\n"
+     "  \"tools\": [{\"type\": \"function\", \"function\": {\"name\": \"get\", \"parameters\":"
+     " {\"type\": \"object\", \"properties\": {}}}}], \"stop\": null}\n"),
+    ("{\"messages\":[],\"model\":\"openai/gpt-4o-mini\",\"stream\":false,\"max_tokens\":null,\"n\":-1,"
+     "\"stream_options\":[1]}"),
 };
 
 int edge_scan_test(bool verbose)
 {
-    edge_scan_usage_t u, r;
+    edge_scan_usage_t u;
     /* the answers an OpenAI provider gives */
     FB_ASSERT(edge_scan_openai_usage(s_samples[0], strlen(s_samples[0]), &u));
     FB_ASSERT(u.prompt_tokens == 6 && u.completion_tokens == 16 && u.cached_tokens == 0);
@@ -268,8 +459,8 @@ int edge_scan_test(bool verbose)
         "{\"usage\":{\"prompt_tokens\":1234567890123456789,\"completion_tokens\":2}}",
         "{\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}} x",
         "{\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}{}",
-        "{\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2},\"usage\":{\"prompt_tokens\":1,"
-        "\"completion_tokens\":3}}",
+        ("{\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2},\"usage\":{\"prompt_tokens\":1,"
+         "\"completion_tokens\":3}}"),
         "{\"usage\":{\"prompt_tokens\":1,\"prompt_tokens\":5,\"completion_tokens\":2}}",
         "{\"a\":\"caf\xc3\xa9\",\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}",
         "{\"a\":\"\\u0000\",\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}",
@@ -319,18 +510,94 @@ int edge_scan_test(bool verbose)
             }
         }
         total++;
-        if (edge_scan_openai_usage(buf, len, &u)) {
+        if (edge_scan_openai_usage(buf, len, &u))
             answered++;
-            if (!s_reference(buf, len, &r) || r.prompt_tokens != u.prompt_tokens ||
-                r.completion_tokens != u.completion_tokens || r.cached_tokens != u.cached_tokens) {
-                fprintf(stderr, "edge_scan: differs from jansson on %.*s\n", (int)len, buf);
-                return 1;
-            }
+        if (!edge_scan_agrees(buf, len)) {
+            fprintf(stderr, "edge_scan: differs from jansson on %.*s\n", (int)len, buf);
+            return 1;
         }
     }
     FB_ASSERT(answered > 1000); /* the mutations leave many answers readable */
     if (verbose)
         printf("edge_scan: %d of %d mutated answers read by the scan, all as jansson reads them\n", answered,
+               total);
+
+    /* requests */
+    edge_scan_request_t q;
+    FB_ASSERT(edge_scan_openai_request(s_requests[0], strlen(s_requests[0]), &q));
+    FB_ASSERT(q.model_len == 11 && memcmp(q.model, "gpt-4o-mini", 11) == 0 && q.messages == 1);
+    FB_ASSERT(q.max_tokens.kind == EDGE_SCAN_INTEGER && q.max_tokens.value == 16);
+    FB_ASSERT(q.stream.kind == EDGE_SCAN_ABSENT && q.n.kind == EDGE_SCAN_ABSENT);
+    FB_ASSERT(edge_scan_openai_request(s_requests[1], strlen(s_requests[1]), &q));
+    FB_ASSERT(q.stream.kind == EDGE_SCAN_TRUE && q.include_usage.kind == EDGE_SCAN_TRUE && q.n.value == 2);
+    FB_ASSERT(q.max_completion_tokens.value == 300 && q.max_tokens.kind == EDGE_SCAN_ABSENT &&
+              q.messages == 2);
+    FB_ASSERT(edge_scan_openai_request(s_requests[2], strlen(s_requests[2]), &q));
+    FB_ASSERT(q.messages == 0 && q.stream.kind == EDGE_SCAN_FALSE && q.max_tokens.kind == EDGE_SCAN_NULL);
+    FB_ASSERT(q.n.kind == EDGE_SCAN_INTEGER && q.n.value == -1 && q.include_usage.kind == EDGE_SCAN_ABSENT);
+    for (size_t i = 0; i < FB_ARRAY_SIZE(s_requests); i++)
+        FB_ASSERT(edge_scan_openai_request(s_requests[i], strlen(s_requests[i]), &q) &&
+                  s_request_agrees(s_requests[i], strlen(s_requests[i]), &q));
+    static const char *full[] = {
+        "{\"model\":\"m\",\"model\":\"m\",\"messages\":[1]}",       /* a key twice */
+        "{\"model\":\"m\",\"messages\":[{\"a\":1,\"a\":2}]}",       /* twice, deeper */
+        "{\"model\":\"m\",\"messages\":[{\"a\":1,\"\\u0061\":2}]}", /* the same key escaped */
+        "{\"model\":\"m\",\"messages\":[{\"a/\":1,\"a\\/\":2}]}",   /* the same key escaped */
+        "{\"model\":\"g\\u0070t\",\"messages\":[1]}",               /* an escaped model */
+        "{\"model\":\"m\",\"temperature\":1e999,\"messages\":[1]}", /* overflows */
+        "{\"model\":\"m\",\"temperature\":01.5,\"messages\":[1]}",  /* not a number */
+        "{\"model\":\"m\",\"temperature\":.5,\"messages\":[1]}",
+        "{\"model\":\"m\",\"messages\":[\"caf\xc3\xa9\"]}", /* not ASCII */
+        "{\"model\":7,\"messages\":[1]}",                   /* no plain model */
+        "[{\"model\":\"m\"}]",
+        "{\"model\":\"m\",\"messages\":[1]} {}",
+    };
+    for (size_t i = 0; i < FB_ARRAY_SIZE(full); i++) {
+        if (edge_scan_openai_request(full[i], strlen(full[i]), &q)) {
+            fprintf(stderr, "edge_scan: read the request %s\n", full[i]);
+            return 1;
+        }
+    }
+    answered = total = 0;
+    for (int round = 0; round < 30000; round++) {
+        const char *s = s_requests[round % FB_ARRAY_SIZE(s_requests)];
+        size_t len = strlen(s);
+        memcpy(buf, s, len);
+        int edits = 1 + round % 3;
+        for (int e = 0; e < edits; e++) {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            size_t at = (size_t)(seed % len);
+            static const char alphabet[] = "{}[]\",:0123456789-.eE+ tfnul\\\n\tx\x7fmsaou";
+            char ch = alphabet[(seed >> 32) % (sizeof(alphabet) - 1)];
+            switch ((seed >> 48) % 3) {
+            case 0:
+                buf[at] = ch;
+                break;
+            case 1:
+                memmove(buf + at, buf + at + 1, len - at - 1);
+                len--;
+                break;
+            default:
+                if (len + 1 < sizeof(buf)) {
+                    memmove(buf + at + 1, buf + at, len - at);
+                    buf[at] = ch;
+                    len++;
+                }
+            }
+        }
+        total++;
+        if (edge_scan_openai_request(buf, len, &q))
+            answered++;
+        if (!edge_scan_agrees(buf, len)) {
+            fprintf(stderr, "edge_scan: differs from jansson on the request %.*s\n", (int)len, buf);
+            return 1;
+        }
+    }
+    FB_ASSERT(answered > 1000);
+    if (verbose)
+        printf("edge_scan: %d of %d mutated requests read by the scan, all as jansson reads them\n", answered,
                total);
     return 0;
 }

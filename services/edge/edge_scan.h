@@ -27,6 +27,47 @@ typedef struct {
  * the scan cannot tell (the caller parses the answer fully). */
 bool edge_scan_openai_usage(const char *json, size_t len, edge_scan_usage_t *out);
 
+/* What jansson would make of a value: absent, null, true, false, an
+ * integer (value), or anything else. */
+typedef enum {
+    EDGE_SCAN_ABSENT = 0,
+    EDGE_SCAN_NULL,
+    EDGE_SCAN_TRUE,
+    EDGE_SCAN_FALSE,
+    EDGE_SCAN_INTEGER,
+    EDGE_SCAN_OTHER
+} edge_scan_kind_t;
+
+typedef struct {
+    edge_scan_kind_t kind;
+    int64_t value; /* EDGE_SCAN_INTEGER */
+} edge_scan_value_t;
+
+/* What a chat completions request says about its price and its route. */
+typedef struct {
+    const char *model; /* the model's bytes in the request (a string without escapes) */
+    size_t model_len;
+    int64_t messages;                        /* elements when messages is an array, else -1 */
+    edge_scan_value_t stream, include_usage; /* stream_options.include_usage */
+    edge_scan_value_t max_completion_tokens, max_tokens, n;
+} edge_scan_request_t;
+
+#define EDGE_SCAN_REQUEST_BYTES 16384 /* longer requests: the full parse */
+
+/* edge_scan_openai_request - the fields above of the chat completions
+ * request json[0..len). Returns true with *out filled when the request is
+ * a JSON object jansson would read (with JSON_REJECT_DUPLICATES) to the same
+ * values, within the scan's subset (printable ASCII, no \u escape, no key
+ * escaped or twice in an object, integers of at most 18 digits and short
+ * reals, at most EDGE_SCAN_TOKENS tokens) and its model a plain string;
+ * false when the scan cannot tell (the caller parses the request fully). */
+bool edge_scan_openai_request(const char *json, size_t len, edge_scan_request_t *out);
+
+/* edge_scan_agrees - both scans of json[0..len) against jansson's reading
+ * of the same text: false when a scan answered where jansson reads
+ * something else (a bug; the self-test and the fuzz driver edge_scan). */
+bool edge_scan_agrees(const char *json, size_t len);
+
 /* edge_scan_test - self-test: against jansson's reading of the same texts. */
 int edge_scan_test(bool verbose);
 

@@ -20,7 +20,7 @@ const v = JSON.parse(readFileSync(join(root, 'tests', 'vectors', 'vectors.json')
 const NOW_MS = 1767225600000;
 const SOLANA_DEVNET = 'solana:EtWTRABZaYq6iMfeYKouRu166VU2xqa1';
 
-const seeds = { x402_header: [], x402_json: [], solana_tx: [], rpc_frame: [] };
+const seeds = { x402_header: [], x402_json: [], solana_tx: [], rpc_frame: [], edge_scan: [] };
 const b64 = (s) => Buffer.from(s).toString('base64');
 const json = (o) => Buffer.from(JSON.stringify(o));
 
@@ -73,6 +73,19 @@ seeds.rpc_frame.push(reqFrame('s-3', 'ledger.hold', { account: 'acct_1', amount:
 seeds.rpc_frame.push(Buffer.from(mpEncode({ v: 1, id: 2, status: 'ok', replica: 'verifier-1', body: { isValid: true, payer: v.x402[0].signer } })));
 seeds.rpc_frame.push(Buffer.from(mpEncode({ v: 1, id: 3, status: 'error', code: 'insufficient_funds', message: 'balance 10 < 1500', body: { balance: 10, required: 1500, deficit: 1490 } })));
 seeds.rpc_frame.push(Buffer.from(mpEncode([1.5, -1, 2n ** 63n, null, true, new Uint8Array([1, 2, 3])], { useBigInt64: true })));
+
+// the edge's scans: providers' answers (OpenAI chat completions) and callers'
+// chat completions requests, as the official clients send them
+seeds.edge_scan.push(json({ id: 'chatcmpl-1', object: 'chat.completion', created: 1795271302, model: 'gpt-4o-mini',
+  choices: [{ index: 0, message: { role: 'assistant', content: 'Hello "there"\n' }, logprobs: null, finish_reason: 'length' }],
+  usage: { prompt_tokens: 6, completion_tokens: 16, total_tokens: 22 } }));
+seeds.edge_scan.push(json({ usage: { prompt_tokens: 2006, completion_tokens: 300, prompt_tokens_details: { cached_tokens: 1920, audio_tokens: 0 } },
+  choices: [{ message: { content: null, tool_calls: [{ id: 'call_1', type: 'function', function: { name: 'get', arguments: '{"usage": 1}' } }] } }] }));
+seeds.edge_scan.push(json({ model: 'gpt-4o-mini', max_tokens: 16, messages: [{ role: 'user', content: 'Say hello to farebox.' }] }));
+seeds.edge_scan.push(Buffer.from(JSON.stringify({ model: 'gpt-4o', temperature: 0.7, top_p: 0.01, stream: true,
+  stream_options: { include_usage: true }, n: 2, max_completion_tokens: 300,
+  messages: [{ role: 'system', content: 'Be "brief"\n' }, { role: 'user', content: [{ type: 'text', text: 'hi' }] }],
+  tools: [{ type: 'function', function: { name: 'get', parameters: { type: 'object', properties: {} } } }], stop: null }, null, 2)));
 
 for (const [name, list] of Object.entries(seeds)) {
   const dir = join(here, 'seeds', name);
