@@ -29,8 +29,27 @@
 typedef struct {
     const char *json;
     const jsmntok_t *t;
-    int n; /* tokens */
+    int n;         /* tokens */
+    bool controls; /* the text has a tab, newline or return somewhere */
 } s_doc_t;
+
+/* What the text is made of: -1 when a byte is neither printable ASCII nor
+ * whitespace; else 1 when it has a tab, newline or return, 0 when not. */
+static int s_text(const char *json, size_t len)
+{
+    int controls = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)json[i];
+        if (ch < 0x20) {
+            if (ch != '\t' && ch != '\n' && ch != '\r')
+                return -1;
+            controls = 1;
+        } else if (ch > 0x7e) {
+            return -1;
+        }
+    }
+    return controls;
+}
 
 /* The index after token i and everything inside it. */
 static int s_skip(const s_doc_t *d, int i)
@@ -166,8 +185,13 @@ static bool s_plain(const s_doc_t *d, bool reals)
         const char *s = d->json + t->start;
         int len = t->end - t->start;
         if (t->type == JSMN_STRING) {
-            for (int k = 0; k < len; k++)
-                if ((unsigned char)s[k] < 0x20 || (s[k] == '\\' && k + 1 < len && s[++k] == 'u'))
+            /* no raw tab, newline or return inside (the only control
+             * characters s_text lets through), no \u escape */
+            if (d->controls && (memchr(s, '\t', (size_t)len) || memchr(s, '\n', (size_t)len) ||
+                                memchr(s, '\r', (size_t)len)))
+                return false;
+            for (const char *b = s, *end = s + len; (b = memchr(b, '\\', (size_t)(end - b))); b += 2)
+                if (b + 1 < end && b[1] == 'u')
                     return false;
         } else if (t->type == JSMN_PRIMITIVE) {
             int64_t v;
@@ -210,18 +234,16 @@ bool edge_scan_openai_usage(const char *json, size_t len, edge_scan_usage_t *out
 {
     if (!json || len == 0 || len > INT_MAX / 2)
         return false;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char ch = (unsigned char)json[i];
-        if ((ch < 0x20 && ch != '\t' && ch != '\n' && ch != '\r') || ch > 0x7e)
-            return false;
-    }
+    int text = s_text(json, len);
+    if (text < 0)
+        return false;
     jsmntok_t tokens[EDGE_SCAN_TOKENS];
     jsmn_parser p;
     jsmn_init(&p);
     int n = jsmn_parse(&p, json, len, tokens, EDGE_SCAN_TOKENS);
     if (n < 1 || tokens[0].type != JSMN_OBJECT)
         return false;
-    s_doc_t d = {json, tokens, n};
+    s_doc_t d = {json, tokens, n, text == 1};
     if (s_skip(&d, 0) != n || !s_plain(&d, false) || !s_gap(&d, 0, tokens[0].start, 0) ||
         !s_gap(&d, tokens[0].end, (int)len, 0))
         return false;
@@ -302,18 +324,16 @@ bool edge_scan_openai_request(const char *json, size_t len, edge_scan_request_t 
 {
     if (!json || len == 0 || len > EDGE_SCAN_REQUEST_BYTES)
         return false;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char ch = (unsigned char)json[i];
-        if ((ch < 0x20 && ch != '\t' && ch != '\n' && ch != '\r') || ch > 0x7e)
-            return false;
-    }
+    int text = s_text(json, len);
+    if (text < 0)
+        return false;
     jsmntok_t tokens[EDGE_SCAN_TOKENS];
     jsmn_parser p;
     jsmn_init(&p);
     int n = jsmn_parse(&p, json, len, tokens, EDGE_SCAN_TOKENS);
     if (n < 1 || tokens[0].type != JSMN_OBJECT)
         return false;
-    s_doc_t d = {json, tokens, n};
+    s_doc_t d = {json, tokens, n, text == 1};
     if (s_skip(&d, 0) != n || !s_plain(&d, true) || !s_gap(&d, 0, tokens[0].start, 0) ||
         !s_gap(&d, tokens[0].end, (int)len, 0) || !s_keys_once(&d))
         return false;
