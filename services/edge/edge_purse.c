@@ -19,11 +19,14 @@
  * so that a busy key's calls do not wait for a ledger.hold when it runs out. */
 #define AHEAD_WHEN_LEFT   4
 #define CHARGES_PER_WRITE 1000 /* the ledger's limit per ledger.charge */
-/* A second write may go out while one is in flight only when that one is
- * small (light load: a call need not wait a whole round trip behind another);
- * under load the charges wait and go together, in fewer, larger writes. */
+/* A second write may go out while one is in flight only when that one
+ * carries a single charge (light load: a call need not wait a whole round
+ * trip behind another); otherwise the charges wait and go together, in
+ * fewer, larger writes. Behind writes of up to 3 charges, at 4,000 calls/s
+ * Postgres spent ~10 % more CPU per call (2.0 against 2.4 charges a write)
+ * for no lower latency. */
 #define WRITES_PER_SLICE  2
-#define SMALL_WRITE_ITEMS 4
+#define SMALL_WRITE_ITEMS 2
 #define BUCKETS_MIN       64
 
 typedef struct s_wait {
