@@ -230,22 +230,31 @@ static bool s_count(const s_doc_t *d, int obj, const char *name, int64_t *out)
            s_integer(d->json + d->t[v].start, d->t[v].end - d->t[v].start, out) && *out >= 0;
 }
 
-bool edge_scan_openai_usage(const char *json, size_t len, edge_scan_usage_t *out)
+/* Tokenizes json (len bytes, 1..INT_MAX / 2) into tokens (EDGE_SCAN_TOKENS)
+ * and checks it is within the scan's subset: one object and nothing after
+ * it, every token as the full parse reads it (reals too when reals is set). */
+static bool s_read(s_doc_t *d, const char *json, size_t len, jsmntok_t *tokens, bool reals)
 {
-    if (!json || len == 0 || len > INT_MAX / 2)
-        return false;
     int text = s_text(json, len);
     if (text < 0)
         return false;
-    jsmntok_t tokens[EDGE_SCAN_TOKENS];
     jsmn_parser p;
     jsmn_init(&p);
     int n = jsmn_parse(&p, json, len, tokens, EDGE_SCAN_TOKENS);
     if (n < 1 || tokens[0].type != JSMN_OBJECT)
         return false;
-    s_doc_t d = {json, tokens, n, text == 1};
-    if (s_skip(&d, 0) != n || !s_plain(&d, false) || !s_gap(&d, 0, tokens[0].start, 0) ||
-        !s_gap(&d, tokens[0].end, (int)len, 0))
+    *d = (s_doc_t){json, tokens, n, text == 1};
+    return s_skip(d, 0) == n && s_plain(d, reals) && s_gap(d, 0, tokens[0].start, 0) &&
+           s_gap(d, tokens[0].end, (int)len, 0);
+}
+
+bool edge_scan_openai_usage(const char *json, size_t len, edge_scan_usage_t *out)
+{
+    if (!json || len == 0 || len > INT_MAX / 2)
+        return false;
+    jsmntok_t tokens[EDGE_SCAN_TOKENS];
+    s_doc_t d;
+    if (!s_read(&d, json, len, tokens, false))
         return false;
     int usage = s_member(&d, 0, "usage");
     if (usage <= 0 || tokens[usage].type != JSMN_OBJECT)
@@ -324,18 +333,9 @@ bool edge_scan_openai_request(const char *json, size_t len, edge_scan_request_t 
 {
     if (!json || len == 0 || len > EDGE_SCAN_REQUEST_BYTES)
         return false;
-    int text = s_text(json, len);
-    if (text < 0)
-        return false;
     jsmntok_t tokens[EDGE_SCAN_TOKENS];
-    jsmn_parser p;
-    jsmn_init(&p);
-    int n = jsmn_parse(&p, json, len, tokens, EDGE_SCAN_TOKENS);
-    if (n < 1 || tokens[0].type != JSMN_OBJECT)
-        return false;
-    s_doc_t d = {json, tokens, n, text == 1};
-    if (s_skip(&d, 0) != n || !s_plain(&d, true) || !s_gap(&d, 0, tokens[0].start, 0) ||
-        !s_gap(&d, tokens[0].end, (int)len, 0) || !s_keys_once(&d))
+    s_doc_t d;
+    if (!s_read(&d, json, len, tokens, true) || !s_keys_once(&d))
         return false;
     edge_scan_request_t r = {0};
     int model = s_member(&d, 0, "model");
@@ -458,6 +458,38 @@ static const char *s_requests[] = {
      "\"stream_options\":[1]}"),
 };
 
+/* A sample with 1..3 random edits (replace, delete or insert a byte from
+ * alphabet) into buf (cap bytes); returns its length. */
+static size_t s_mutate(char *buf, size_t cap, const char *sample, int edits, uint64_t *seed,
+                       const char *alphabet)
+{
+    size_t len = strlen(sample), nalpha = strlen(alphabet);
+    memcpy(buf, sample, len);
+    for (int e = 0; e < edits; e++) {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        size_t at = (size_t)(*seed % len);
+        char ch = alphabet[(*seed >> 32) % nalpha];
+        switch ((*seed >> 48) % 3) {
+        case 0:
+            buf[at] = ch;
+            break;
+        case 1: /* delete */
+            memmove(buf + at, buf + at + 1, len - at - 1);
+            len--;
+            break;
+        default: /* insert */
+            if (len + 1 < cap) {
+                memmove(buf + at + 1, buf + at, len - at);
+                buf[at] = ch;
+                len++;
+            }
+        }
+    }
+    return len;
+}
+
 int edge_scan_test(bool verbose)
 {
     edge_scan_usage_t u;
@@ -502,33 +534,8 @@ int edge_scan_test(bool verbose)
     int answered = 0, total = 0;
     char buf[1024];
     for (int round = 0; round < 30000; round++) {
-        const char *s = s_samples[round % 3];
-        size_t len = strlen(s);
-        memcpy(buf, s, len);
-        int edits = 1 + round % 3;
-        for (int e = 0; e < edits; e++) {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            size_t at = (size_t)(seed % len);
-            static const char alphabet[] = "{}[]\",:0123456789-.eE tfnul\\\n\tx\x7f";
-            char ch = alphabet[(seed >> 32) % (sizeof(alphabet) - 1)];
-            switch ((seed >> 48) % 3) {
-            case 0:
-                buf[at] = ch;
-                break;
-            case 1: /* delete */
-                memmove(buf + at, buf + at + 1, len - at - 1);
-                len--;
-                break;
-            default: /* insert */
-                if (len + 1 < sizeof(buf)) {
-                    memmove(buf + at + 1, buf + at, len - at);
-                    buf[at] = ch;
-                    len++;
-                }
-            }
-        }
+        size_t len = s_mutate(buf, sizeof(buf), s_samples[round % 3], 1 + round % 3, &seed,
+                              "{}[]\",:0123456789-.eE tfnul\\\n\tx\x7f");
         total++;
         if (edge_scan_openai_usage(buf, len, &u))
             answered++;
@@ -580,33 +587,8 @@ int edge_scan_test(bool verbose)
     }
     answered = total = 0;
     for (int round = 0; round < 30000; round++) {
-        const char *s = s_requests[round % FB_ARRAY_SIZE(s_requests)];
-        size_t len = strlen(s);
-        memcpy(buf, s, len);
-        int edits = 1 + round % 3;
-        for (int e = 0; e < edits; e++) {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            size_t at = (size_t)(seed % len);
-            static const char alphabet[] = "{}[]\",:0123456789-.eE+ tfnul\\\n\tx\x7fmsaou";
-            char ch = alphabet[(seed >> 32) % (sizeof(alphabet) - 1)];
-            switch ((seed >> 48) % 3) {
-            case 0:
-                buf[at] = ch;
-                break;
-            case 1:
-                memmove(buf + at, buf + at + 1, len - at - 1);
-                len--;
-                break;
-            default:
-                if (len + 1 < sizeof(buf)) {
-                    memmove(buf + at + 1, buf + at, len - at);
-                    buf[at] = ch;
-                    len++;
-                }
-            }
-        }
+        size_t len = s_mutate(buf, sizeof(buf), s_requests[round % FB_ARRAY_SIZE(s_requests)], 1 + round % 3,
+                              &seed, "{}[]\",:0123456789-.eE+ tfnul\\\n\tx\x7fmsaou");
         total++;
         if (edge_scan_openai_request(buf, len, &q))
             answered++;
