@@ -1647,6 +1647,47 @@ static s_chat_t *s_scanned_chat(edge_worker_t *w, h2o_req_t *req, const char *ri
     return c;
 }
 
+/* s_parsed_chat - the request parsed with jansson and read by its route;
+ * NULL when it was refused (the error is answered). */
+static s_chat_t *s_parsed_chat(edge_worker_t *w, h2o_req_t *req, const char *rid, s_route_t route,
+                               edge_dialect_t dialect)
+{
+    json_error_t jerr;
+    json_t *body =
+        json_loadb(req->entity.base ? req->entity.base : "", req->entity.len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!json_is_object(body)) {
+        edge_error(req, dialect, 400, "invalid_request", NULL, "the body must be a JSON object%s%s",
+                   body ? "" : ": ", body ? "" : jerr.text);
+        json_decref(body);
+        return NULL;
+    }
+    json_t *model = json_object_get(body, "model");
+    if (!json_is_string(model) || json_string_length(model) == 0) {
+        edge_error(req, dialect, 400, "invalid_request", NULL, "model must be a non-empty string");
+        json_decref(body);
+        return NULL;
+    }
+    const edge_model_t *m =
+        edge_catalog_find(w->edge->catalog, json_string_value(model), json_string_length(model));
+    if (!m) {
+        edge_error(req, dialect, 404, "model_not_found", NULL,
+                   "model %.128s is not served here (GET /v1/models)", json_string_value(model));
+        json_decref(body);
+        return NULL;
+    }
+    s_chat_t *c = s_new_chat(w, req, rid, route, dialect, m, json_string_value(model),
+                             strlen(json_string_value(model)));
+    int rc = route == ROUTE_CHAT       ? s_read_chat(c, body)
+             : route == ROUTE_MESSAGES ? s_read_messages(c, body)
+                                       : s_read_prompt(c, body);
+    json_decref(body);
+    if (rc != 0) {
+        s_send_error(c);
+        return NULL;
+    }
+    return c;
+}
+
 static int s_begin(edge_worker_t *w, h2o_req_t *req, const char *rid, s_route_t route)
 {
     edge_dialect_t dialect = route == ROUTE_MESSAGES ? EDGE_ANTHROPIC
@@ -1656,42 +1697,10 @@ static int s_begin(edge_worker_t *w, h2o_req_t *req, const char *rid, s_route_t 
         edge_error(req, dialect, 400, "invalid_request", NULL, "the anthropic-version header is required");
         return 0;
     }
+    /* the common case read without building the request as a document */
     s_chat_t *c = route == ROUTE_CHAT && req->entity.base ? s_scanned_chat(w, req, rid) : NULL;
-    if (!c) {
-        json_error_t jerr;
-        json_t *body = json_loadb(req->entity.base ? req->entity.base : "", req->entity.len,
-                                  JSON_REJECT_DUPLICATES, &jerr);
-        if (!json_is_object(body)) {
-            edge_error(req, dialect, 400, "invalid_request", NULL, "the body must be a JSON object%s%s",
-                       body ? "" : ": ", body ? "" : jerr.text);
-            json_decref(body);
-            return 0;
-        }
-        json_t *model = json_object_get(body, "model");
-        if (!json_is_string(model) || json_string_length(model) == 0) {
-            edge_error(req, dialect, 400, "invalid_request", NULL, "model must be a non-empty string");
-            json_decref(body);
-            return 0;
-        }
-        const edge_model_t *m =
-            edge_catalog_find(w->edge->catalog, json_string_value(model), json_string_length(model));
-        if (!m) {
-            edge_error(req, dialect, 404, "model_not_found", NULL,
-                       "model %.128s is not served here (GET /v1/models)", json_string_value(model));
-            json_decref(body);
-            return 0;
-        }
-        c = s_new_chat(w, req, rid, route, dialect, m, json_string_value(model),
-                       strlen(json_string_value(model)));
-        int rc = route == ROUTE_CHAT       ? s_read_chat(c, body)
-                 : route == ROUTE_MESSAGES ? s_read_messages(c, body)
-                                           : s_read_prompt(c, body);
-        json_decref(body);
-        if (rc != 0) {
-            s_send_error(c);
-            return 0;
-        }
-    }
+    if (!c && !(c = s_parsed_chat(w, req, rid, route, dialect)))
+        return 0;
     const edge_model_t *m = c->model;
     if (edge_idem_read(&c->idem, req, s_route_name(route)) < 0) {
         s_refuse(c, 400, "invalid_request", NULL,
