@@ -115,6 +115,7 @@ void edge_key_cache_destroy(edge_key_cache_t **self_p)
         FB_ASSERT(!self->slots[i].inflight); /* the ledger client ended its calls first */
         json_decref(self->slots[i].view);
     }
+    sodium_memzero(&self->tagger, sizeof(self->tagger)); /* keyed with the worker's secret */
     free(self);
     *self_p = NULL;
 }
