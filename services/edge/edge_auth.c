@@ -446,5 +446,17 @@ int edge_auth_test(bool verbose)
             FB_ASSERT(fb_streq_n(key.base, key.len, cases[i].key));
     }
     h2o_mem_clear_pool(&pool);
+    /* key tags: the same key, the same tag and slot; another key, another
+     * tag; another worker's cache (its own secret), another tag */
+    edge_key_cache_t *a = edge_key_cache_new(), *b = edge_key_cache_new();
+    uint8_t t1[32], t2[32], t3[32], t4[32];
+    s_known_t *k1 = s_tag(a, "fbx_abc", 7, t1), *k2 = s_tag(a, "fbx_abc", 7, t2);
+    FB_ASSERT(k1 == k2 && memcmp(t1, t2, 32) == 0);
+    s_tag(a, "fbx_abd", 7, t3);
+    s_tag(b, "fbx_abc", 7, t4);
+    FB_ASSERT(memcmp(t1, t3, 32) != 0 && memcmp(t1, t4, 32) != 0);
+    edge_key_cache_destroy(&a);
+    edge_key_cache_destroy(&b);
+    FB_ASSERT(!a && !b);
     return 0;
 }
