@@ -480,7 +480,7 @@ void fb_rpc_client_call(fb_rpc_client_t *self, const fb_rpc_call_opts_t *opts, c
     uint32_t budget = opts->deadline_ms ? opts->deadline_ms : 5000;
     c->deadline = fb_mono_ms() + budget;
     fb_copy_str(c->method, sizeof(c->method), opts->method);
-    fb_copy_str(c->trace, sizeof(c->trace), opts->trace ? opts->trace : "");
+    fb_copy_str(c->trace, sizeof(c->trace), opts->trace);
     msgpack_sbuffer_clear(&self->sb);
     fb_rpc_request_pack(&self->sb, s_wire_id(c), opts->method, opts->idem, opts->trace, budget, body,
                         body_len);

@@ -444,7 +444,7 @@ bool edge_purse_reserve(edge_purse_t *self, int64_t account_id, int64_t key_id, 
     }
     s_wait_t *wt = fb_calloc(1, sizeof(*wt));
     wt->amount = amount;
-    fb_copy_str(wt->rid, sizeof(wt->rid), rid ? rid : "");
+    fb_copy_str(wt->rid, sizeof(wt->rid), rid);
     wt->res = res;
     wt->fn = fn;
     wt->arg = arg;
@@ -591,7 +591,7 @@ void edge_purse_charge(edge_purse_t *self, edge_purse_res_t *res, int64_t cost, 
     it->cost = cost;
     it->call = call;
     it->answer_bytes = json_string_length(json_object_get(call, "answer"));
-    fb_copy_str(it->rid, sizeof(it->rid), rid ? rid : "");
+    fb_copy_str(it->rid, sizeof(it->rid), rid);
     it->fn = fn;
     it->arg = arg;
     *s->items_tail = it;

@@ -337,22 +337,33 @@ bool edge_scan_openai_request(const char *json, size_t len, edge_scan_request_t 
     s_doc_t d;
     if (!s_read(&d, json, len, tokens, true) || !s_keys_once(&d))
         return false;
-    edge_scan_request_t r = {0};
-    int model = s_member(&d, 0, "model");
-    if (model <= 0 || tokens[model].type != JSMN_STRING ||
+    /* the top-level fields in one pass (no key is there twice: s_keys_once) */
+    int model = 0, messages = 0, stream = 0, options = 0, mct = 0, mt = 0, n = 0;
+    for (int m = 0, k = 1; m < tokens[0].size; m++, k = s_skip(&d, k + 1)) {
+        int *field = s_is_key(&d, k, "model")                   ? &model
+                     : s_is_key(&d, k, "messages")              ? &messages
+                     : s_is_key(&d, k, "stream")                ? &stream
+                     : s_is_key(&d, k, "stream_options")        ? &options
+                     : s_is_key(&d, k, "max_completion_tokens") ? &mct
+                     : s_is_key(&d, k, "max_tokens")            ? &mt
+                     : s_is_key(&d, k, "n")                     ? &n
+                                                                : NULL;
+        if (field)
+            *field = k + 1;
+    }
+    if (model == 0 || tokens[model].type != JSMN_STRING ||
         memchr(json + tokens[model].start, '\\', (size_t)(tokens[model].end - tokens[model].start)))
         return false; /* the model as a plain string, or the full parse */
+    edge_scan_request_t r = {0};
     r.model = json + tokens[model].start;
     r.model_len = (size_t)(tokens[model].end - tokens[model].start);
-    int messages = s_member(&d, 0, "messages");
     r.messages = messages > 0 && tokens[messages].type == JSMN_ARRAY ? tokens[messages].size : -1;
-    r.stream = s_value(&d, s_member(&d, 0, "stream"));
-    int options = s_member(&d, 0, "stream_options");
+    r.stream = s_value(&d, stream);
     r.include_usage = s_value(
         &d, options > 0 && tokens[options].type == JSMN_OBJECT ? s_member(&d, options, "include_usage") : 0);
-    r.max_completion_tokens = s_value(&d, s_member(&d, 0, "max_completion_tokens"));
-    r.max_tokens = s_value(&d, s_member(&d, 0, "max_tokens"));
-    r.n = s_value(&d, s_member(&d, 0, "n"));
+    r.max_completion_tokens = s_value(&d, mct);
+    r.max_tokens = s_value(&d, mt);
+    r.n = s_value(&d, n);
     *out = r;
     return true;
 }

@@ -27,8 +27,8 @@
 #include "fb_log.h"
 #include "fb_util.h"
 
-#include <sodium.h>
 #include <curl/curl.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
