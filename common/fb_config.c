@@ -65,9 +65,7 @@ static bool s_enum_has(const char *choices, const char *value)
     return false;
 }
 
-/* Reads NAME or NAME_FILE for a secret. Returns a malloc'ed value, NULL when
- * neither is set, or sets *failed with err filled. */
-static char *s_read_secret(const char *name, bool *failed, char *err, size_t errlen)
+char *fb_config_read_secret(const char *name, bool *failed, char *err, size_t errlen)
 {
     char fname[256];
     snprintf(fname, sizeof(fname), "%s_FILE", name);
@@ -107,7 +105,7 @@ fb_config_t *fb_config_load(const fb_config_var_t *vars, size_t count, char *err
         char *value = NULL;
         if (v->type == FB_CFG_SECRET) {
             bool failed = false;
-            value = s_read_secret(v->name, &failed, err, errlen);
+            value = fb_config_read_secret(v->name, &failed, err, errlen);
             if (failed)
                 goto fail;
         } else {

@@ -53,6 +53,13 @@ const char *fb_config_str(const fb_config_t *self, const char *name);
 int64_t fb_config_int(const fb_config_t *self, const char *name);
 bool fb_config_bool(const fb_config_t *self, const char *name);
 
+/* fb_config_read_secret - a secret named outside the table (the catalog's
+ * routes name their keys' variables): NAME, or the contents of the file
+ * NAME_FILE names, trailing newlines and spaces cut. Returns a malloc'ed
+ * value (the caller wipes and frees it), NULL when neither is set, or NULL
+ * with *failed set and one line in err (both set, an unreadable file). */
+char *fb_config_read_secret(const char *name, bool *failed, char *err, size_t errlen);
+
 /* fb_config_print_doc - write the table as Markdown rows:
  * | `NAME` | default | meaning | */
 void fb_config_print_doc(const fb_config_var_t *vars, size_t count, FILE *out);

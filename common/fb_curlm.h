@@ -40,7 +40,7 @@ void fb_curlm_max_connections(fb_curlm_t *self, long n);
  * ones of this transfer every time (libcurl keeps options between
  * transfers; resetting and setting them all again per call cost ~4% of a
  * paid call's instructions). The caller owns it. */
-#define FB_CURLM_KINDS 8
+#define FB_CURLM_KINDS 40
 CURL *fb_curlm_easy(fb_curlm_t *self, int kind, bool *configured);
 
 /* fb_curlm_recycle - give back an easy handle of kind that is not in the

@@ -3,6 +3,7 @@
 #ifndef EDGE_H
 #define EDGE_H
 
+#include "edge_catalog.h"
 #include "fb_config.h"
 #include "fb_http.h"
 #include "fb_rpc_client.h"
@@ -16,21 +17,27 @@
 
 typedef struct edge_t edge_t;
 
-/* Where one provider's calls go: its base URL and key, or the mock model; and
- * a second route (same dialect) a failed call is retried on once. */
+/* Where calls go: a base URL in one provider's dialect and its key. The
+ * built-in routes are the providers' (their base URLs and keys, or the mock
+ * model), the catalog adds its own, and FAREBOX_*_FALLBACK_URL add the
+ * built-in routes' second routes (indices in edge_catalog.h). */
 typedef struct {
-    const char *base_url; /* "https://api.openai.com", or the mock model's URL */
-    const char *api_key;  /* NULL for the mock model */
+    const char *name;         /* "openai", "anthropic", a catalog route's, "openai-fallback", ... */
+    edge_provider_t provider; /* its dialect */
+    const char *base_url;     /* "https://api.openai.com", or the mock model's URL */
+    const char *api_key;      /* NULL: none sent */
     bool mock;
-    const char *fallback_url; /* NULL: no second route */
-    const char *fallback_key; /* NULL: none sent */
-    /* built once by edge_upstream_prepare, by route (0 main, 1 fallback) */
-    char *url[2];                  /* where the calls go */
-    struct Curl_URL *curlu[2];     /* the same, parsed once (CURLOPT_CURLU) */
-    struct curl_slist *headers[2]; /* the request headers when none vary by call (OpenAI's) */
-    char *proxy[2];                /* libcurl's proxy from the environment, "" for none */
-    const char *no_proxy;          /* no_proxy / NO_PROXY from the environment, "" for none */
-} edge_upstream_conf_t;
+    int fallback; /* the route a failed call is retried on once, or -1 */
+    /* built once by edge_route_prepare */
+    char *url;                  /* where the calls go */
+    struct Curl_URL *curlu;     /* the same, parsed once (CURLOPT_CURLU) */
+    struct curl_slist *headers; /* the request headers when none vary by call (OpenAI's) */
+    char *proxy;                /* libcurl's proxy from the environment, "" for none */
+    const char *no_proxy;       /* no_proxy / NO_PROXY from the environment, "" for none */
+} edge_route_t;
+
+/* the built-in routes, the catalog's, and the built-in routes' second routes */
+#define EDGE_ROUTES_MAX (EDGE_ROUTE_CATALOG + EDGE_CATALOG_ROUTES + 2)
 typedef struct edge_worker_t edge_worker_t;
 
 /* What all workers share; written before the workers start, read-only after. */
@@ -47,27 +54,29 @@ struct edge_t {
     bool facilitator_token_set;
     uint8_t facilitator_token_sha256[32]; /* SHA-256 of FAREBOX_FACILITATOR_TOKEN */
     bool admin_token_set;
-    uint8_t admin_token_sha256[32];   /* SHA-256 of FAREBOX_ADMIN_TOKEN */
-    struct fb_apikey_mac *key_mac;    /* FAREBOX_KEY_HMAC_SECRET keyed once, or NULL: API keys are off */
-    struct edge_catalog_t *catalog;   /* the models and prices */
-    edge_upstream_conf_t upstream[2]; /* by edge_provider_t: OpenAI, Anthropic */
-    uint32_t upstream_timeout_ms;     /* a whole provider call, streams included */
-    uint32_t upstream_connect_ms;     /* connecting to a provider */
-    size_t upstream_keepalive;        /* idle provider connections kept per worker */
-    char pay_to_evm[64];              /* x402 payTo on EVM networks, or "" */
-    char pay_to_solana[64];           /* ... on Solana, or "" */
-    int64_t x402_timeout_s;           /* maxTimeoutSeconds of a quote */
-    bool x402_serve_broadcast;        /* x402 calls are served once their transfer is sent, not final */
-    struct edge_limit_t *limits;      /* rate limits and in-flight caps, shared by the workers */
-    int64_t key_concurrency;          /* the in-flight cap per key (0: none) */
-    int64_t slice_calls;              /* prepaid slices: ceilings a new slice covers (edge_purse) */
-    int64_t slice_max_micro;          /* ... the most money one slice holds */
-    int64_t slice_idle_ms;            /* ... closed after this long unused */
-    int64_t slice_age_ms;             /* ... take no new call after this long */
-    int64_t idem_keep_ms;             /* idempotent calls: how long a name and its answer are kept */
-    size_t idem_answer_max;           /* ... the largest answer kept for a retry */
-    int64_t topup_advance_max;        /* topups credited before settlement: an account's most (0: none) */
-    size_t rpc_max_message;           /* FAREBOX_RPC_MAX_MESSAGE */
+    uint8_t admin_token_sha256[32];       /* SHA-256 of FAREBOX_ADMIN_TOKEN */
+    struct fb_apikey_mac *key_mac;        /* FAREBOX_KEY_HMAC_SECRET keyed once, or NULL: API keys are off */
+    struct edge_catalog_t *catalog;       /* the models and prices */
+    edge_route_t routes[EDGE_ROUTES_MAX]; /* by index (edge_catalog.h: EDGE_ROUTE_CATALOG) */
+    int route_count;
+    char *route_keys[EDGE_CATALOG_ROUTES]; /* the catalog routes' keys, read from the environment */
+    uint32_t upstream_timeout_ms;          /* a whole provider call, streams included */
+    uint32_t upstream_connect_ms;          /* connecting to a provider */
+    size_t upstream_keepalive;             /* idle provider connections kept per worker */
+    char pay_to_evm[64];                   /* x402 payTo on EVM networks, or "" */
+    char pay_to_solana[64];                /* ... on Solana, or "" */
+    int64_t x402_timeout_s;                /* maxTimeoutSeconds of a quote */
+    bool x402_serve_broadcast;             /* x402 calls are served once their transfer is sent, not final */
+    struct edge_limit_t *limits;           /* rate limits and in-flight caps, shared by the workers */
+    int64_t key_concurrency;               /* the in-flight cap per key (0: none) */
+    int64_t slice_calls;                   /* prepaid slices: ceilings a new slice covers (edge_purse) */
+    int64_t slice_max_micro;               /* ... the most money one slice holds */
+    int64_t slice_idle_ms;                 /* ... closed after this long unused */
+    int64_t slice_age_ms;                  /* ... take no new call after this long */
+    int64_t idem_keep_ms;                  /* idempotent calls: how long a name and its answer are kept */
+    size_t idem_answer_max;                /* ... the largest answer kept for a retry */
+    int64_t topup_advance_max; /* topups credited before settlement: an account's most (0: none) */
+    size_t rpc_max_message;    /* FAREBOX_RPC_MAX_MESSAGE */
     edge_worker_t **workers;
     atomic_uint_fast64_t key_epoch; /* bumped when this edge revokes or changes a key (edge_keys_changed) */
 };

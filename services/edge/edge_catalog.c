@@ -43,6 +43,8 @@ typedef struct {
 } s_name_t;
 
 struct edge_catalog_t {
+    edge_route_spec_t *routes;
+    size_t nroutes;
     edge_model_t *models;
     size_t count;
     s_name_t *names; /* sorted by (len, bytes) for bsearch */
@@ -77,6 +79,151 @@ static bool s_name_ok(const char *s)
     return true;
 }
 
+/* route names: 1..64 of [A-Za-z0-9._-] */
+static bool s_route_name_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > EDGE_ROUTE_NAME_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+              c == '_' || c == '-'))
+            return false;
+    }
+    return true;
+}
+
+/* environment variable names: 1..128 of [A-Z0-9_], not starting with a digit */
+static bool s_env_name_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > EDGE_ROUTE_ENV_MAX || (s[0] >= '0' && s[0] <= '9'))
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_'))
+            return false;
+    }
+    return true;
+}
+
+static int s_provider(const char *text, edge_provider_t *out)
+{
+    if (text && strcmp(text, "openai") == 0)
+        *out = EDGE_PROVIDER_OPENAI;
+    else if (text && strcmp(text, "anthropic") == 0)
+        *out = EDGE_PROVIDER_ANTHROPIC;
+    else
+        return -1;
+    return 0;
+}
+
+/* The index of the route named name (the built-in ones, then the catalog's
+ * first n), or -1. */
+static int s_route_index(const edge_catalog_t *c, size_t n, const char *name)
+{
+    if (strcmp(name, "openai") == 0)
+        return EDGE_PROVIDER_OPENAI;
+    if (strcmp(name, "anthropic") == 0)
+        return EDGE_PROVIDER_ANTHROPIC;
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(c->routes[i].name, name) == 0)
+            return EDGE_ROUTE_CATALOG + (int)i;
+    return -1;
+}
+
+static edge_provider_t s_route_provider(const edge_catalog_t *c, int index)
+{
+    return index < EDGE_ROUTE_CATALOG ? (edge_provider_t)index
+                                      : c->routes[index - EDGE_ROUTE_CATALOG].provider;
+}
+
+/* Checks that known lists every field of o. */
+static int s_known_fields(json_t *o, const char *const *known, size_t n, const char *what, size_t index,
+                          char *err, size_t errlen)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach(o, key, v)
+    {
+        bool ok = false;
+        for (size_t i = 0; i < n && !ok; i++)
+            ok = strcmp(key, known[i]) == 0;
+        if (!ok)
+            return s_fail(err, errlen, "%s[%zu]: unknown field \"%.64s\"", what, index, key);
+    }
+    return 0;
+}
+
+/* routes[index], its fallback left to s_route_fallbacks (it may name a route
+ * further down). */
+static int s_parse_route(json_t *r, size_t index, edge_catalog_t *c, char *err, size_t errlen)
+{
+    edge_route_spec_t *out = &c->routes[index];
+    memset(out, 0, sizeof(*out));
+    out->fallback = -1;
+    if (!json_is_object(r))
+        return s_fail(err, errlen, "routes[%zu] must be an object", index);
+    static const char *const known[] = {"name", "provider", "base_url", "api_key_env", "fallback"};
+    if (s_known_fields(r, known, FB_ARRAY_SIZE(known), "routes", index, err, errlen) != 0)
+        return -1;
+    const char *name = json_string_value(json_object_get(r, "name"));
+    if (!name || !s_route_name_ok(name))
+        return s_fail(err, errlen, "routes[%zu]: name must be 1..%d characters of A-Z a-z 0-9 . _ -", index,
+                      EDGE_ROUTE_NAME_MAX);
+    if (s_route_index(c, index, name) >= 0)
+        return s_fail(err, errlen, "routes[%zu]: the name \"%s\" is %s", index, name,
+                      strcmp(name, "openai") == 0 || strcmp(name, "anthropic") == 0 ? "a built-in route's"
+                                                                                    : "used twice");
+    fb_copy_str(out->name, sizeof(out->name), name);
+    if (s_provider(json_string_value(json_object_get(r, "provider")), &out->provider) != 0)
+        return s_fail(err, errlen, "route \"%s\": provider must be \"openai\" or \"anthropic\"", name);
+    const char *url = json_string_value(json_object_get(r, "base_url"));
+    size_t n = url ? strlen(url) : 0;
+    if (!url || (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0) ||
+        n > EDGE_ROUTE_URL_MAX || url[n - 1] == '/' || strpbrk(url, " \t\r\n"))
+        return s_fail(err, errlen,
+                      "route \"%s\": base_url must be an http:// or https:// URL of at most %d characters "
+                      "without a trailing /",
+                      name, EDGE_ROUTE_URL_MAX);
+    fb_copy_str(out->base_url, sizeof(out->base_url), url);
+    json_t *env = json_object_get(r, "api_key_env");
+    if (env) {
+        if (!json_is_string(env) || !s_env_name_ok(json_string_value(env)))
+            return s_fail(err, errlen,
+                          "route \"%s\": api_key_env must name an environment variable (1..%d of A-Z 0-9 _)",
+                          name, EDGE_ROUTE_ENV_MAX);
+        fb_copy_str(out->api_key_env, sizeof(out->api_key_env), json_string_value(env));
+    }
+    json_t *fb = json_object_get(r, "fallback");
+    if (fb && !json_is_string(fb))
+        return s_fail(err, errlen, "route \"%s\": fallback must be a route's name", name);
+    return 0;
+}
+
+/* Each route's fallback: another route (built-in or in the catalog) of the
+ * same dialect. */
+static int s_route_fallbacks(json_t *routes, edge_catalog_t *c, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < c->nroutes; i++) {
+        edge_route_spec_t *r = &c->routes[i];
+        const char *name = json_string_value(json_object_get(json_array_get(routes, i), "fallback"));
+        if (!name)
+            continue;
+        int f = s_route_index(c, c->nroutes, name);
+        if (f < 0)
+            return s_fail(err, errlen, "route \"%s\": fallback \"%.64s\" is not a route", r->name, name);
+        if (f == EDGE_ROUTE_CATALOG + (int)i)
+            return s_fail(err, errlen, "route \"%s\": fallback names the route itself", r->name);
+        if (s_route_provider(c, f) != r->provider)
+            return s_fail(err, errlen, "route \"%s\": fallback \"%s\" speaks another provider's dialect",
+                          r->name, name);
+        r->fallback = f;
+    }
+    return 0;
+}
+
 static int s_int_field(json_t *m, const char *key, int64_t min, int64_t max, bool required, int64_t *out,
                        const char *id, char *err, size_t errlen)
 {
@@ -106,37 +253,41 @@ static int s_str_field(json_t *m, const char *key, char *out, size_t cap, const 
     return 0;
 }
 
-static int s_parse_model(json_t *m, size_t index, edge_model_t *out, char *err, size_t errlen)
+static int s_parse_model(json_t *m, size_t index, const edge_catalog_t *c, edge_model_t *out, char *err,
+                         size_t errlen)
 {
     memset(out, 0, sizeof(*out));
     out->cache_read_price = out->cache_write_price = -1; /* absent: the input price */
     if (!json_is_object(m))
         return s_fail(err, errlen, "models[%zu] must be an object", index);
-    static const char *known[] = {"id",           "provider",       "upstream",         "display_name",
-                                  "aliases",      "input_price",    "cache_read_price", "cache_write_price",
-                                  "output_price", "context_tokens", "max_output_tokens"};
-    const char *key;
+    static const char *const known[] = {"id",           "provider",         "route",
+                                        "upstream",     "display_name",     "aliases",
+                                        "input_price",  "cache_read_price", "cache_write_price",
+                                        "output_price", "context_tokens",   "max_output_tokens"};
+    if (s_known_fields(m, known, FB_ARRAY_SIZE(known), "models", index, err, errlen) != 0)
+        return -1;
     json_t *v;
-    json_object_foreach(m, key, v)
-    {
-        bool ok = false;
-        for (size_t i = 0; i < FB_ARRAY_SIZE(known); i++)
-            ok = ok || strcmp(key, known[i]) == 0;
-        if (!ok)
-            return s_fail(err, errlen, "models[%zu]: unknown field \"%.64s\"", index, key);
-    }
     json_t *id = json_object_get(m, "id");
     if (!json_is_string(id) || !s_name_ok(json_string_value(id)))
         return s_fail(err, errlen, "models[%zu]: id must be 1..%d characters of A-Z a-z 0-9 . _ : / @ -",
                       index, EDGE_MODEL_NAME_MAX);
     snprintf(out->id, sizeof(out->id), "%s", json_string_value(id));
-    const char *provider = json_string_value(json_object_get(m, "provider"));
-    if (provider && strcmp(provider, "openai") == 0)
-        out->provider = EDGE_PROVIDER_OPENAI;
-    else if (provider && strcmp(provider, "anthropic") == 0)
-        out->provider = EDGE_PROVIDER_ANTHROPIC;
-    else
+    if (s_provider(json_string_value(json_object_get(m, "provider")), &out->provider) != 0)
         return s_fail(err, errlen, "model \"%s\": provider must be \"openai\" or \"anthropic\"", out->id);
+    out->route = (int)out->provider;
+    json_t *route = json_object_get(m, "route");
+    if (route) {
+        int r = json_is_string(route) ? s_route_index(c, c->nroutes, json_string_value(route)) : -1;
+        if (r < 0)
+            return s_fail(err, errlen,
+                          "model \"%s\": route must name a route (\"openai\", \"anthropic\" or "
+                          "one of the catalog's routes)",
+                          out->id);
+        if (s_route_provider(c, r) != out->provider)
+            return s_fail(err, errlen, "model \"%s\": route \"%s\" speaks another provider's dialect",
+                          out->id, json_string_value(route));
+        out->route = r;
+    }
     snprintf(out->upstream, sizeof(out->upstream), "%s", out->id);
     snprintf(out->display_name, sizeof(out->display_name), "%s", out->id);
     if (s_str_field(m, "upstream", out->upstream, sizeof(out->upstream), out->id, err, errlen) != 0 ||
@@ -309,19 +460,30 @@ edge_catalog_t *edge_catalog_parse(const char *text, size_t len, char *err, size
         return NULL;
     }
     edge_catalog_t *c = fb_calloc(1, sizeof(*c));
-    json_t *models = json_object_get(doc, "models");
-    if (!json_is_object(doc) || json_object_size(doc) != 1 || !json_is_array(models) ||
-        json_array_size(models) == 0 || json_array_size(models) > EDGE_CATALOG_MODELS) {
-        s_fail(err, errlen, "the catalog must be {\"models\": [1..%d models]}", EDGE_CATALOG_MODELS);
+    json_t *models = json_object_get(doc, "models"), *routes = json_object_get(doc, "routes");
+    if (!json_is_object(doc) || json_object_size(doc) != (routes ? 2u : 1u) || !json_is_array(models) ||
+        json_array_size(models) == 0 || json_array_size(models) > EDGE_CATALOG_MODELS ||
+        (routes && (!json_is_array(routes) || json_array_size(routes) > EDGE_CATALOG_ROUTES))) {
+        s_fail(err, errlen, "the catalog must be {\"models\": [1..%d models], \"routes\": [0..%d routes]}",
+               EDGE_CATALOG_MODELS, EDGE_CATALOG_ROUTES);
         goto fail;
     }
-    c->count = json_array_size(models);
-    c->models = fb_calloc(c->count, sizeof(*c->models));
     size_t i;
     json_t *m;
+    c->routes = fb_calloc(json_array_size(routes) + 1, sizeof(*c->routes));
+    json_array_foreach(routes, i, m)
+    {
+        if (s_parse_route(m, i, c, err, errlen) != 0)
+            goto fail;
+        c->nroutes++;
+    }
+    if (s_route_fallbacks(routes, c, err, errlen) != 0)
+        goto fail;
+    c->count = json_array_size(models);
+    c->models = fb_calloc(c->count, sizeof(*c->models));
     json_array_foreach(models, i, m)
     {
-        if (s_parse_model(m, i, &c->models[i], err, errlen) != 0)
+        if (s_parse_model(m, i, c, &c->models[i], err, errlen) != 0)
             goto fail;
         c->nnames += 1 + c->models[i].naliases;
     }
@@ -380,6 +542,7 @@ void edge_catalog_free(edge_catalog_t **self_p)
     edge_catalog_t *c = *self_p;
     if (!c)
         return;
+    free(c->routes);
     free(c->models);
     free(c->names);
     free(c->models_openai);
@@ -399,6 +562,17 @@ const edge_model_t *edge_catalog_find(const edge_catalog_t *self, const char *na
 size_t edge_catalog_count(const edge_catalog_t *self)
 {
     return self->count;
+}
+
+size_t edge_catalog_route_count(const edge_catalog_t *self)
+{
+    return self->nroutes;
+}
+
+const edge_route_spec_t *edge_catalog_route(const edge_catalog_t *self, size_t i)
+{
+    FB_ASSERT(i < self->nroutes);
+    return &self->routes[i];
 }
 
 const char *edge_catalog_models_openai(const edge_catalog_t *self, size_t *len)
@@ -469,6 +643,9 @@ int edge_catalog_test(bool verbose)
     FB_ASSERT(strcmp(usd, "0") == 0);
 
     /* bad catalogs name what is wrong */
+#define M                                                                                                    \
+    "{\"id\":\"a\",\"provider\":\"openai\",\"input_price\":1,\"output_price\":1,\"context_tokens\":10,"      \
+    "\"max_output_tokens\":5"
     static const struct {
         const char *text, *want;
     } bad[] = {
@@ -493,6 +670,48 @@ int edge_catalog_test(bool verbose)
          "\"context_tokens\":10,\"max_output_tokens\":5,\"aliases\":[\"ok\",7]}]}",
          "aliases[1]"},
         {"{\"models\":", "not valid JSON"},
+        /* routes */
+        {"{\"models\":[" M "}],\"extra\":1}", "must be {"},
+        {"{\"models\":[" M "}],\"routes\":{}}", "must be {"},
+        {"{\"routes\":[],\"models\":[" M ",\"route\":\"nowhere\"}]}", "route must name a route"},
+        {"{\"routes\":[],\"models\":[" M ",\"route\":\"anthropic\"}]}", "another provider's dialect"},
+        {"{\"routes\":[{\"name\":\"v\",\"provider\":\"anthropic\",\"base_url\":\"http://v:1\"}],"
+         "\"models\":[" M ",\"route\":\"v\"}]}",
+         "another provider's dialect"},
+        {"{\"routes\":[7],\"models\":[" M "}]}", "routes[0] must be an object"},
+        {"{\"routes\":[{\"name\":\"v\",\"provider\":\"openai\",\"base_url\":\"http://v:1\",\"key\":1}],"
+         "\"models\":[" M "}]}",
+         "routes[0]: unknown field \"key\""},
+        {"{\"routes\":[{\"name\":\"v w\",\"provider\":\"openai\",\"base_url\":\"http://v:1\"}],"
+         "\"models\":[" M "}]}",
+         "name must be"},
+        {"{\"routes\":[{\"name\":\"openai\",\"provider\":\"openai\",\"base_url\":\"http://v:1\"}],"
+         "\"models\":[" M "}]}",
+         "a built-in route's"},
+        {"{\"routes\":[{\"name\":\"v\",\"provider\":\"openai\",\"base_url\":\"http://v:1\"},"
+         "{\"name\":\"v\",\"provider\":\"openai\",\"base_url\":\"http://w:1\"}],\"models\":[" M "}]}",
+         "\"v\" is used twice"},
+        {"{\"routes\":[{\"name\":\"v\",\"provider\":\"mistral\",\"base_url\":\"http://v:1\"}],"
+         "\"models\":[" M "}]}",
+         "provider must be"},
+        {"{\"routes\":[{\"name\":\"v\",\"provider\":\"openai\",\"base_url\":\"ftp://v:1\"}],"
+         "\"models\":[" M "}]}",
+         "base_url must be"},
+        {"{\"routes\":[{\"name\":\"v\",\"provider\":\"openai\",\"base_url\":\"http://v:1/\"}],"
+         "\"models\":[" M "}]}",
+         "base_url must be"},
+        {"{\"routes\":[{\"name\":\"v\",\"provider\":\"openai\",\"base_url\":\"http://v:1\","
+         "\"api_key_env\":\"lower\"}],\"models\":[" M "}]}",
+         "api_key_env must name"},
+        {"{\"routes\":[{\"name\":\"v\",\"provider\":\"openai\",\"base_url\":\"http://v:1\","
+         "\"fallback\":\"w\"}],\"models\":[" M "}]}",
+         "fallback \"w\" is not a route"},
+        {"{\"routes\":[{\"name\":\"v\",\"provider\":\"openai\",\"base_url\":\"http://v:1\","
+         "\"fallback\":\"v\"}],\"models\":[" M "}]}",
+         "names the route itself"},
+        {"{\"routes\":[{\"name\":\"v\",\"provider\":\"openai\",\"base_url\":\"http://v:1\","
+         "\"fallback\":\"anthropic\"}],\"models\":[" M "}]}",
+         "fallback \"anthropic\" speaks another"},
     };
     for (size_t i = 0; i < FB_ARRAY_SIZE(bad); i++) {
         err[0] = '\0';
@@ -512,6 +731,29 @@ int edge_catalog_test(bool verbose)
     FB_ASSERT(edge_input_cost_micro(&pm, &u) == 30); /* all 100 read from the cache, nothing written */
     u = (edge_usage_t){.input = 100, .cache_read = -5, .cache_write = 150};
     FB_ASSERT(edge_input_cost_micro(&pm, &u) == 375); /* all 100 written */
+
+    /* routes: models on the built-in routes by default, on a catalog route by
+     * name; a fallback may name a route further down or a built-in one */
+    static const char routed[] =
+        "{\"routes\":[{\"name\":\"local-vllm\",\"provider\":\"openai\",\"base_url\":\"http://vllm:8000\","
+        "\"api_key_env\":\"VLLM_KEY\",\"fallback\":\"gw\"},"
+        "{\"name\":\"gw\",\"provider\":\"openai\",\"base_url\":\"https://gw.example/x\","
+        "\"fallback\":\"openai\"}],"
+        "\"models\":[" M ",\"route\":\"local-vllm\"},"
+        "{\"id\":\"b\",\"provider\":\"anthropic\",\"input_price\":1,\"output_price\":1,"
+        "\"context_tokens\":10,\"max_output_tokens\":5}]}";
+    c = edge_catalog_parse(routed, strlen(routed), err, sizeof(err));
+    FB_ASSERT(c && edge_catalog_route_count(c) == 2);
+    const edge_route_spec_t *rs = edge_catalog_route(c, 0);
+    FB_ASSERT(strcmp(rs->name, "local-vllm") == 0 && rs->provider == EDGE_PROVIDER_OPENAI &&
+              strcmp(rs->base_url, "http://vllm:8000") == 0 && strcmp(rs->api_key_env, "VLLM_KEY") == 0 &&
+              rs->fallback == EDGE_ROUTE_CATALOG + 1);
+    rs = edge_catalog_route(c, 1);
+    FB_ASSERT(rs->api_key_env[0] == '\0' && rs->fallback == EDGE_PROVIDER_OPENAI);
+    FB_ASSERT(edge_catalog_find(c, "a", 1)->route == EDGE_ROUTE_CATALOG);
+    FB_ASSERT(edge_catalog_find(c, "b", 1)->route == EDGE_PROVIDER_ANTHROPIC);
+    edge_catalog_free(&c);
+#undef M
 
     /* cache prices: optional, the input price when absent */
     static const char one[] = "{\"models\":[{\"id\":\"a\",\"provider\":\"anthropic\",\"input_price\":7,"

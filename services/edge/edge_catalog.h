@@ -18,14 +18,35 @@
 #define EDGE_PRICE_MAX        10000000000LL /* micro-USDC per million tokens ($10,000) */
 #define EDGE_TOKENS_MAX       100000000LL   /* context or output tokens */
 #define EDGE_CATALOG_FILE_MAX (1 << 20)     /* bytes of a catalog file */
+#define EDGE_CATALOG_ROUTES   32            /* routes a catalog adds to the two built-in ones */
+#define EDGE_ROUTE_NAME_MAX   64            /* characters of a route's name */
+#define EDGE_ROUTE_URL_MAX    200           /* characters of a route's base URL */
+#define EDGE_ROUTE_ENV_MAX    128           /* characters of the variable naming a route's key */
 
 typedef enum { EDGE_PROVIDER_OPENAI = 0, EDGE_PROVIDER_ANTHROPIC } edge_provider_t;
+
+/* Routes, by index: EDGE_PROVIDER_OPENAI (0) and EDGE_PROVIDER_ANTHROPIC (1)
+ * are the built-in "openai" and "anthropic" routes (the providers' base URLs
+ * and keys from the environment, or the mock model); the catalog's routes
+ * follow from EDGE_ROUTE_CATALOG, in the file's order. */
+#define EDGE_ROUTE_CATALOG 2
+
+/* A route of the catalog file: another endpoint in a provider's dialect
+ * (a self-hosted model server, a gateway, another region) with its own key. */
+typedef struct {
+    char name[EDGE_ROUTE_NAME_MAX + 1];
+    edge_provider_t provider; /* the dialect it speaks */
+    char base_url[EDGE_ROUTE_URL_MAX + 1];
+    char api_key_env[EDGE_ROUTE_ENV_MAX + 1]; /* the variable holding its key ("" for none) */
+    int fallback;                             /* the route a failed call is retried on once, or -1 */
+} edge_route_spec_t;
 
 typedef struct {
     char id[EDGE_MODEL_NAME_MAX + 1];
     char upstream[EDGE_MODEL_NAME_MAX + 1]; /* the model name the provider knows */
     char display_name[EDGE_MODEL_NAME_MAX + 1];
     edge_provider_t provider;
+    int route;                         /* the route its calls take (above: EDGE_ROUTE_CATALOG) */
     int64_t input_price, output_price; /* micro-USDC per million tokens */
     int64_t cache_read_price;          /* ... of input tokens read from the provider's prompt cache */
     int64_t cache_write_price;         /* ... of input tokens written to it (Anthropic) */
@@ -52,6 +73,10 @@ void edge_catalog_free(edge_catalog_t **self_p);
 const edge_model_t *edge_catalog_find(const edge_catalog_t *self, const char *name, size_t len);
 
 size_t edge_catalog_count(const edge_catalog_t *self);
+
+/* The catalog's routes: route i has the index EDGE_ROUTE_CATALOG + i. */
+size_t edge_catalog_route_count(const edge_catalog_t *self);
+const edge_route_spec_t *edge_catalog_route(const edge_catalog_t *self, size_t i);
 
 /* The prepared answers: /v1/models in OpenAI's list shape, the same in
  * Anthropic's (for callers sending anthropic-version), and /v1/pricing. */

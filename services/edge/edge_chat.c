@@ -940,7 +940,7 @@ static void s_on_call_done(void *arg, edge_call_result_t result, long status, co
     }
     if (result != EDGE_CALL_OK || status < 200 || status > 299) {
         int64_t elapsed = fb_mono_ms() - c->call_t0_ms;
-        if (!c->retried && edge_call_has_fallback(c->w, c->model->provider) &&
+        if (!c->retried && edge_call_has_fallback(c->w, c->model->route) &&
             edge_call_retryable(result, c->up_status ? c->up_status : status, elapsed,
                                 (int64_t)c->w->edge->upstream_timeout_ms - 1000)) {
             /* nothing reached the caller: the provider's second route gets the call, once */
@@ -977,7 +977,7 @@ static void s_call_upstream(s_chat_t *c)
     } else {
         c->call_t0_ms = fb_mono_ms();
     }
-    c->call = edge_call_start(c->w, c->model->provider, c->retried, timeout_ms, c->up_body, c->up_len,
+    c->call = edge_call_start(c->w, c->model->route, c->retried, timeout_ms, c->up_body, c->up_len,
                               c->anthropic_version, c->anthropic_beta, &fn, c);
 }
 

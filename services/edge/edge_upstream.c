@@ -19,7 +19,7 @@ struct edge_call_t {
     long status;
     bool aborted; /* on_data asked to stop */
     edge_provider_t provider;
-    int kind; /* of its easy handle: provider and route (fb_curlm_easy) */
+    int kind; /* of its easy handle: its route (fb_curlm_easy) */
     int64_t t0_us;
 };
 
@@ -129,43 +129,36 @@ static char *s_env_proxy(const char *url)
     return fb_strdup(v ? v : "");
 }
 
-void edge_upstream_prepare(edge_upstream_conf_t *up, edge_provider_t provider)
+void edge_route_prepare(edge_route_t *r)
 {
     const char *no_proxy = getenv("no_proxy");
     if (!no_proxy)
         no_proxy = getenv("NO_PROXY");
-    up->no_proxy = no_proxy ? no_proxy : "";
-    for (int f = 0; f < 2; f++) {
-        const char *base = f ? up->fallback_url : up->base_url;
-        if (!base)
-            continue;
-        size_t len = strlen(base) + strlen(s_path(provider)) + 1;
-        up->url[f] = fb_malloc(len);
-        snprintf(up->url[f], len, "%s%s", base, s_path(provider));
-        if (provider == EDGE_PROVIDER_OPENAI)
-            up->headers[f] = s_headers(provider, f ? up->fallback_key : up->api_key, NULL, NULL);
-        up->proxy[f] = s_env_proxy(up->url[f]);
-        up->curlu[f] = curl_url();
-        FB_ASSERT(up->curlu[f] && curl_url_set(up->curlu[f], CURLUPART_URL, up->url[f], 0) == CURLUE_OK);
-    }
+    r->no_proxy = no_proxy ? no_proxy : "";
+    size_t len = strlen(r->base_url) + strlen(s_path(r->provider)) + 1;
+    r->url = fb_malloc(len);
+    snprintf(r->url, len, "%s%s", r->base_url, s_path(r->provider));
+    if (r->provider == EDGE_PROVIDER_OPENAI)
+        r->headers = s_headers(r->provider, r->api_key, NULL, NULL);
+    r->proxy = s_env_proxy(r->url);
+    r->curlu = curl_url();
+    FB_ASSERT(r->curlu && curl_url_set(r->curlu, CURLUPART_URL, r->url, 0) == CURLUE_OK);
 }
 
-void edge_upstream_release(edge_upstream_conf_t *up)
+void edge_route_release(edge_route_t *r)
 {
-    for (int f = 0; f < 2; f++) {
-        free(up->url[f]);
-        curl_url_cleanup(up->curlu[f]);
-        up->curlu[f] = NULL;
-        curl_slist_free_all(up->headers[f]);
-        free(up->proxy[f]);
-        up->url[f] = up->proxy[f] = NULL;
-        up->headers[f] = NULL;
-    }
+    free(r->url);
+    curl_url_cleanup(r->curlu);
+    curl_slist_free_all(r->headers);
+    free(r->proxy);
+    r->url = r->proxy = NULL;
+    r->curlu = NULL;
+    r->headers = NULL;
 }
 
-bool edge_call_has_fallback(const edge_worker_t *w, edge_provider_t provider)
+bool edge_call_has_fallback(const edge_worker_t *w, int route)
 {
-    return w->edge->upstream[provider].fallback_url != NULL;
+    return w->edge->routes[route].fallback >= 0;
 }
 
 bool edge_call_retryable(edge_call_result_t result, long status, int64_t elapsed_ms, int64_t deadline_ms)
@@ -177,35 +170,37 @@ bool edge_call_retryable(edge_call_result_t result, long status, int64_t elapsed
     return status == 429 || status == 500 || status == 502 || status == 503 || status == 504 || status == 529;
 }
 
-edge_call_t *edge_call_start(edge_worker_t *w, edge_provider_t provider, bool fallback, uint32_t timeout_ms,
+edge_call_t *edge_call_start(edge_worker_t *w, int route, bool fallback, uint32_t timeout_ms,
                              const char *body, size_t len, const char *anthropic_version,
                              const char *anthropic_beta, const edge_call_fn_t *fn, void *arg)
 {
-    const edge_upstream_conf_t *up = &w->edge->upstream[provider];
-    FB_ASSERT(!fallback || up->fallback_url);
+    FB_ASSERT(route >= 0 && route < w->edge->route_count);
+    if (fallback) {
+        route = w->edge->routes[route].fallback;
+        FB_ASSERT(route >= 0);
+    }
+    const edge_route_t *r = &w->edge->routes[route];
     edge_call_t *c = fb_calloc(1, sizeof(*c));
     c->w = w;
-    c->provider = provider;
+    c->provider = r->provider;
     c->t0_us = fb_mono_us();
     c->fn = *fn;
     c->arg = arg;
     c->body = fb_malloc(len + 1);
     memcpy(c->body, body, len);
     c->body[len] = '\0';
-    int route = fallback ? 1 : 0;
-    if (!up->headers[route]) /* Anthropic's vary by call */
-        c->headers =
-            s_headers(provider, fallback ? up->fallback_key : up->api_key, anthropic_version, anthropic_beta);
+    if (!r->headers) /* Anthropic's vary by call */
+        c->headers = s_headers(r->provider, r->api_key, anthropic_version, anthropic_beta);
     /* a handle keeps its route's options between calls: only this call's
      * are set on one used before */
-    c->kind = (int)provider * 2 + route;
+    c->kind = route;
     bool configured;
     CURL *e = fb_curlm_easy(w->curlm, c->kind, &configured);
     c->easy = e;
     if (!configured) {
-        curl_easy_setopt(e, CURLOPT_CURLU, up->curlu[route]);
-        curl_easy_setopt(e, CURLOPT_PROXY, up->proxy[route]);
-        curl_easy_setopt(e, CURLOPT_NOPROXY, up->no_proxy);
+        curl_easy_setopt(e, CURLOPT_CURLU, r->curlu);
+        curl_easy_setopt(e, CURLOPT_PROXY, r->proxy);
+        curl_easy_setopt(e, CURLOPT_NOPROXY, r->no_proxy);
         curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
         curl_easy_setopt(e, CURLOPT_POST, 1L);
         curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)w->edge->upstream_connect_ms);
@@ -220,7 +215,7 @@ edge_call_t *edge_call_start(edge_worker_t *w, edge_provider_t provider, bool fa
     }
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, c->body);
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, c->headers ? c->headers : up->headers[route]);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, c->headers ? c->headers : r->headers);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(timeout_ms ? timeout_ms : w->edge->upstream_timeout_ms));
     curl_easy_setopt(e, CURLOPT_WRITEDATA, c);
     fb_curlm_add(w->curlm, e, s_on_done, c);
@@ -281,19 +276,21 @@ int edge_upstream_test(bool verbose)
             unsetenv(vars[i]);
         free(saved[i]);
     }
-    edge_upstream_conf_t up = {
-        .base_url = "http://127.0.0.1:9", .api_key = "sk-x", .fallback_url = "http://b:1"};
-    edge_upstream_prepare(&up, EDGE_PROVIDER_OPENAI);
-    FB_ASSERT(strcmp(up.url[0], "http://127.0.0.1:9/v1/chat/completions") == 0);
-    FB_ASSERT(strcmp(up.url[1], "http://b:1/v1/chat/completions") == 0);
-    FB_ASSERT(strcmp(up.headers[0]->next->next->data, "Authorization: Bearer sk-x") == 0);
-    FB_ASSERT(up.headers[1]->next->next == NULL); /* the second route has no key */
-    edge_upstream_release(&up);
-    FB_ASSERT(!up.url[0] && !up.headers[0]);
-    up = (edge_upstream_conf_t){.base_url = "http://127.0.0.1:9"};
-    edge_upstream_prepare(&up, EDGE_PROVIDER_ANTHROPIC);
-    FB_ASSERT(strcmp(up.url[0], "http://127.0.0.1:9/v1/messages") == 0 && !up.headers[0] && !up.url[1]);
-    edge_upstream_release(&up);
+    edge_route_t r = {.provider = EDGE_PROVIDER_OPENAI, .base_url = "http://127.0.0.1:9", .api_key = "sk-x"};
+    edge_route_prepare(&r);
+    FB_ASSERT(strcmp(r.url, "http://127.0.0.1:9/v1/chat/completions") == 0);
+    FB_ASSERT(strcmp(r.headers->next->next->data, "Authorization: Bearer sk-x") == 0);
+    edge_route_release(&r);
+    FB_ASSERT(!r.url && !r.headers && !r.curlu);
+    r = (edge_route_t){.provider = EDGE_PROVIDER_OPENAI, .base_url = "http://b:1"};
+    edge_route_prepare(&r);
+    FB_ASSERT(strcmp(r.url, "http://b:1/v1/chat/completions") == 0);
+    FB_ASSERT(r.headers->next->next == NULL); /* a route without a key sends none */
+    edge_route_release(&r);
+    r = (edge_route_t){.provider = EDGE_PROVIDER_ANTHROPIC, .base_url = "http://127.0.0.1:9"};
+    edge_route_prepare(&r);
+    FB_ASSERT(strcmp(r.url, "http://127.0.0.1:9/v1/messages") == 0 && !r.headers);
+    edge_route_release(&r);
     /* unreachable, overloaded or failing routes are retried; refusals and spent deadlines are not */
     FB_ASSERT(edge_call_retryable(EDGE_CALL_FAILED, 0, 10, 1000));
     FB_ASSERT(edge_call_retryable(EDGE_CALL_TIMEOUT, 0, 10000, 239000));

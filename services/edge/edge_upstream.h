@@ -32,28 +32,28 @@ typedef struct {
     void (*on_done)(void *arg, edge_call_result_t result, long status, const char *why);
 } edge_call_fn_t;
 
-/* edge_upstream_prepare - fill up's per-route parts (URL, fixed headers,
- * proxy) for provider once, at start, so that no call builds them: read-only
- * afterwards, shared by the workers. The proxy comes from the environment as
- * libcurl itself would read it on every call (<scheme>_proxy, HTTPS_PROXY for
- * https, all_proxy, ALL_PROXY; no_proxy, NO_PROXY), read once. */
-void edge_upstream_prepare(edge_upstream_conf_t *up, edge_provider_t provider);
+/* edge_route_prepare - fill r's built parts (URL, fixed headers, proxy) from
+ * its provider, base URL and key once, at start, so that no call builds them:
+ * read-only afterwards, shared by the workers. The proxy comes from the
+ * environment as libcurl itself would read it on every call (<scheme>_proxy,
+ * HTTPS_PROXY for https, all_proxy, ALL_PROXY; no_proxy, NO_PROXY), read once. */
+void edge_route_prepare(edge_route_t *r);
 
-/* edge_upstream_release - free what edge_upstream_prepare built. */
-void edge_upstream_release(edge_upstream_conf_t *up);
+/* edge_route_release - free what edge_route_prepare built. */
+void edge_route_release(edge_route_t *r);
 
-/* edge_call_start - POST body (len bytes, copied) to the provider serving
- * provider: /v1/chat/completions for OpenAI, /v1/messages for Anthropic (with
- * anthropic_version and anthropic_beta, which may be NULL), on its main route
- * or, with fallback, on its second route (edge_call_has_fallback), within
- * timeout_ms (0: the edge's whole-call limit). Returns the call; callbacks run
- * from the loop, never inside this function. */
-edge_call_t *edge_call_start(edge_worker_t *w, edge_provider_t provider, bool fallback, uint32_t timeout_ms,
+/* edge_call_start - POST body (len bytes, copied) to route (an index of
+ * edge_t's routes) or, with fallback, to that route's second route
+ * (edge_call_has_fallback): /v1/chat/completions in OpenAI's dialect,
+ * /v1/messages in Anthropic's (with anthropic_version and anthropic_beta,
+ * which may be NULL), within timeout_ms (0: the edge's whole-call limit).
+ * Returns the call; callbacks run from the loop, never inside this function. */
+edge_call_t *edge_call_start(edge_worker_t *w, int route, bool fallback, uint32_t timeout_ms,
                              const char *body, size_t len, const char *anthropic_version,
                              const char *anthropic_beta, const edge_call_fn_t *fn, void *arg);
 
-/* edge_call_has_fallback - provider has a second route configured. */
-bool edge_call_has_fallback(const edge_worker_t *w, edge_provider_t provider);
+/* edge_call_has_fallback - route has a second route. */
+bool edge_call_has_fallback(const edge_worker_t *w, int route);
 
 /* edge_call_retryable - whether a call that ended so, before any output went
  * to the caller, is worth one try on another route: the provider could not be

@@ -21,6 +21,7 @@
 #include "edge_worker.h"
 #include "edge_upstream.h"
 #include "fb_apikey.h"
+#include "fb_curlm.h"
 #include "fb_evm.h"
 #include "fb_solana.h"
 #include "fb_http.h"
@@ -43,7 +44,7 @@ static int s_check_url(const char *text, char *err, size_t errlen)
                  "must be an http:// or https:// URL of at most 200 characters without a trailing /");
         return -1;
     }
-    /* parsed once here the way every call will use it (edge_upstream_prepare) */
+    /* parsed once here the way every call will use it (edge_route_prepare) */
     CURLU *u = curl_url();
     FB_ASSERT(u);
     CURLUcode uc = curl_url_set(u, CURLUPART_URL, text, 0);
@@ -194,6 +195,80 @@ static void s_on_stop(void *arg)
         edge_worker_stop(edge->workers[i]);
 }
 
+/* The routes calls take: the providers' own ("openai", "anthropic": their
+ * base URLs and keys, or the mock model without a key), the catalog's (their
+ * keys read from the variables they name), and the providers' second routes
+ * (FAREBOX_*_FALLBACK_URL). A catalog route whose base URL libcurl cannot
+ * parse, or whose key variable is unset or unreadable, stops the edge. */
+static void s_routes(edge_t *edge, const fb_config_t *cfg)
+{
+    static const char *const names[] = {"OPENAI", "ANTHROPIC"},
+                             *const route_names[] = {"openai", "anthropic"},
+                             *const fallback_names[] = {"openai-fallback", "anthropic-fallback"};
+    char var[64], err[400], line[700];
+    for (int p = 0; p < 2; p++) {
+        edge_route_t *r = &edge->routes[p];
+        r->name = route_names[p];
+        r->provider = (edge_provider_t)p;
+        r->fallback = -1;
+        snprintf(var, sizeof(var), "FAREBOX_%s_API_KEY", names[p]);
+        const char *api_key = fb_config_str(cfg, var);
+        if (api_key[0]) {
+            snprintf(var, sizeof(var), "FAREBOX_%s_BASE_URL", names[p]);
+            r->base_url = fb_config_str(cfg, var);
+            r->api_key = api_key;
+        } else {
+            r->base_url = fb_config_str(cfg, "FAREBOX_MOCK_MODEL_URL");
+            r->mock = true;
+        }
+    }
+    edge->route_count = EDGE_ROUTE_CATALOG;
+    size_t n = edge_catalog_route_count(edge->catalog);
+    FB_ASSERT(n <= EDGE_CATALOG_ROUTES);
+    for (size_t i = 0; i < n; i++) {
+        const edge_route_spec_t *spec = edge_catalog_route(edge->catalog, i);
+        edge_route_t *r = &edge->routes[edge->route_count++];
+        *r = (edge_route_t){.name = spec->name,
+                            .provider = spec->provider,
+                            .base_url = spec->base_url,
+                            .fallback = spec->fallback};
+        if (s_check_url(spec->base_url, err, sizeof(err)) != 0) {
+            snprintf(line, sizeof(line),
+                     "invalid configuration: FAREBOX_CATALOG_FILE: route \"%s\": base_url %s", spec->name,
+                     err);
+            fb_service_fail_config(line);
+        }
+        if (spec->api_key_env[0]) {
+            bool failed = false;
+            edge->route_keys[i] = fb_config_read_secret(spec->api_key_env, &failed, err, sizeof(err));
+            if (failed || !edge->route_keys[i] || !edge->route_keys[i][0]) {
+                snprintf(line, sizeof(line), "invalid configuration: FAREBOX_CATALOG_FILE: route \"%s\": %s",
+                         spec->name,
+                         failed ? err : "its api_key_env names a variable that is not set (nor its _FILE)");
+                fb_service_fail_config(line);
+            }
+            r->api_key = edge->route_keys[i];
+        }
+    }
+    for (int p = 0; p < 2; p++) {
+        snprintf(var, sizeof(var), "FAREBOX_%s_FALLBACK_URL", names[p]);
+        const char *fallback = fb_config_str(cfg, var);
+        if (!fallback[0])
+            continue;
+        snprintf(var, sizeof(var), "FAREBOX_%s_FALLBACK_API_KEY", names[p]);
+        const char *fallback_key = fb_config_str(cfg, var);
+        edge->routes[p].fallback = edge->route_count;
+        edge->routes[edge->route_count++] = (edge_route_t){.name = fallback_names[p],
+                                                           .provider = (edge_provider_t)p,
+                                                           .base_url = fallback,
+                                                           .api_key = fallback_key[0] ? fallback_key : NULL,
+                                                           .fallback = -1};
+    }
+    FB_ASSERT(edge->route_count <= EDGE_ROUTES_MAX && EDGE_ROUTES_MAX <= FB_CURLM_KINDS);
+    for (int i = 0; i < edge->route_count; i++)
+        edge_route_prepare(&edge->routes[i]);
+}
+
 int main(int argc, char **argv)
 {
     FB_ASSERT(sodium_init() >= 0);
@@ -259,30 +334,7 @@ int main(int argc, char **argv)
         snprintf(line, sizeof(line), "invalid configuration: FAREBOX_CATALOG_FILE: %s", err);
         fb_service_fail_config(line);
     }
-    static const char *const names[] = {"OPENAI", "ANTHROPIC"};
-    for (int p = 0; p < 2; p++) {
-        char var[64];
-        snprintf(var, sizeof(var), "FAREBOX_%s_API_KEY", names[p]);
-        const char *api_key = fb_config_str(cfg, var);
-        edge_upstream_conf_t *up = &edge.upstream[p];
-        if (api_key[0]) {
-            snprintf(var, sizeof(var), "FAREBOX_%s_BASE_URL", names[p]);
-            up->base_url = fb_config_str(cfg, var);
-            up->api_key = api_key;
-        } else {
-            up->base_url = fb_config_str(cfg, "FAREBOX_MOCK_MODEL_URL");
-            up->mock = true;
-        }
-        snprintf(var, sizeof(var), "FAREBOX_%s_FALLBACK_URL", names[p]);
-        const char *fallback = fb_config_str(cfg, var);
-        if (fallback[0]) {
-            up->fallback_url = fallback;
-            snprintf(var, sizeof(var), "FAREBOX_%s_FALLBACK_API_KEY", names[p]);
-            const char *fallback_key = fb_config_str(cfg, var);
-            up->fallback_key = fallback_key[0] ? fallback_key : NULL;
-        }
-        edge_upstream_prepare(up, (edge_provider_t)p);
-    }
+    s_routes(&edge, cfg);
     const char *pay_evm = fb_config_str(cfg, "FAREBOX_PAY_TO_EVM");
     if (pay_evm[0]) {
         fb_addr_t a;
@@ -314,10 +366,12 @@ int main(int argc, char **argv)
     edge.upstream_timeout_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_UPSTREAM_TIMEOUT_MS");
     edge.upstream_connect_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_UPSTREAM_CONNECT_MS");
     edge.upstream_keepalive = (size_t)fb_config_int(cfg, "FAREBOX_UPSTREAM_KEEPALIVE");
-    fb_log(FB_LOG_INFO, NULL, "providers", "openai=%s anthropic=%s openai_fallback=%s anthropic_fallback=%s",
-           edge.upstream[0].base_url, edge.upstream[1].base_url,
-           edge.upstream[0].fallback_url ? edge.upstream[0].fallback_url : "none",
-           edge.upstream[1].fallback_url ? edge.upstream[1].fallback_url : "none");
+    for (int i = 0; i < edge.route_count; i++) {
+        const edge_route_t *r = &edge.routes[i];
+        fb_log(FB_LOG_INFO, NULL, "provider route", "name=%s dialect=%s url=%s key=%s fallback=%s", r->name,
+               r->provider == EDGE_PROVIDER_ANTHROPIC ? "anthropic" : "openai", r->base_url,
+               r->api_key ? "set" : "none", r->fallback >= 0 ? edge.routes[r->fallback].name : "none");
+    }
     edge.workers = fb_calloc((size_t)edge.worker_count, sizeof(*edge.workers));
     for (int i = 0; i < edge.worker_count; i++) {
         edge.workers[i] = edge_worker_new(&edge, i, err, sizeof(err));
@@ -349,8 +403,13 @@ int main(int argc, char **argv)
     h2o_config_dispose(&edge.h2o);
     edge_catalog_free(&edge.catalog);
     fb_apikey_mac_free(&edge.key_mac);
-    for (int p = 0; p < 2; p++)
-        edge_upstream_release(&edge.upstream[p]);
+    for (int i = 0; i < edge.route_count; i++)
+        edge_route_release(&edge.routes[i]);
+    for (size_t i = 0; i < FB_ARRAY_SIZE(edge.route_keys); i++) {
+        if (edge.route_keys[i])
+            sodium_memzero(edge.route_keys[i], strlen(edge.route_keys[i]));
+        free(edge.route_keys[i]);
+    }
     edge_limit_destroy(&edge.limits);
     fb_service_destroy(&edge.service);
     return code;

@@ -238,6 +238,21 @@ test("a catalog file replaces the built-in one; a bad one stops the edge with on
     assert.match(r.stderr, re);
     assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
   }
+  // catalog routes: a key variable that is not set, or a base URL libcurl cannot parse, stops the edge
+  const route = (extra) => ({ routes: [{ name: "house", provider: "openai", base_url: "http://127.0.0.1:9", ...extra }],
+    models: [{ id: "m", provider: "openai", route: "house", input_price: 1, output_price: 1, context_tokens: 10,
+      max_output_tokens: 5 }] });
+  for (const [doc, re] of [
+    [route({ api_key_env: "FBT_NOT_SET_ANYWHERE" }), /route "house": its api_key_env names a variable that is not set/],
+    [route({ base_url: "http://[::1" }), /route "house": base_url is not a URL libcurl can use/],
+    [route({ fallback: "elsewhere" }), /route "house": fallback "elsewhere" is not a route/]]) {
+    fs.writeFileSync(file, JSON.stringify(doc));
+    const r = spawnSync(bin("farebox-edge"), [], { encoding: "utf8",
+      env: { ...process.env, FAREBOX_CATALOG_FILE: file, FAREBOX_HTTP_LISTEN: "127.0.0.1:0" } });
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, re);
+    assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+  }
   // a provider URL libcurl cannot parse is refused at start, not on every call
   const badUrl = spawnSync(bin("farebox-edge"), [], { encoding: "utf8",
     env: { ...process.env, FAREBOX_OPENAI_BASE_URL: "http://api example.com", FAREBOX_HTTP_LISTEN: "127.0.0.1:0" } });

@@ -11,12 +11,14 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import crypto from "node:crypto";
+import fs from "node:fs";
 import http from "node:http";
 import http2 from "node:http2";
+import path from "node:path";
 import OpenAI from "openai";
 import Anthropic from "@anthropic-ai/sdk";
 import { privateKeyToAccount, generatePrivateKey } from "viem/accounts";
-import { Proc, bin, freePort, sleep, startService, waitUntil, stopAll } from "../lib/harness.mjs";
+import { Proc, bin, freePort, sleep, startService, tmpDir, waitUntil, stopAll } from "../lib/harness.mjs";
 import { startPostgres } from "../lib/pg.mjs";
 import { RpcClient } from "../lib/rpc.mjs";
 
@@ -607,6 +609,111 @@ test("a provider route that fails before any output is retried once on its secon
   } finally {
     primary.close();
     second.close();
+  }
+  await audit();
+});
+
+test("a model on a catalog route goes to that route with that route's key; its fallback takes it when it fails", async () => {
+  // the catalog route: a recorder in front of the mock that answers what it is told
+  const seen = [];
+  let down = false;
+  const house = http.createServer((req, res) => {
+    let body = "";
+    req.on("data", (d) => { body += d; });
+    req.on("end", async () => {
+      seen.push({ path: req.url, auth: req.headers.authorization, apiKey: req.headers["x-api-key"], body });
+      if (down) {
+        res.writeHead(503, { "content-type": "application/json" });
+        res.end(JSON.stringify({ error: { message: "house route down", type: "server_error" } }));
+        return;
+      }
+      const up = await fetch(`http://127.0.0.1:${mp}${req.url}`, { method: "POST", body,
+        headers: { "content-type": "application/json" } });
+      res.writeHead(up.status, { "content-type": up.headers.get("content-type") });
+      res.end(Buffer.from(await up.arrayBuffer()));
+    });
+  });
+  await new Promise((r) => house.listen(0, "127.0.0.1", r));
+  const dir = tmpDir("routes");
+  const keyFile = path.join(dir, "house.key");
+  fs.writeFileSync(keyFile, "sk-house-route\n");
+  const HOUSE = [7000, 21000]; // micro-USDC per million input and output tokens
+  const catalog = path.join(dir, "catalog.json");
+  fs.writeFileSync(catalog, JSON.stringify({
+    routes: [{ name: "house", provider: "openai", base_url: `http://127.0.0.1:${house.address().port}`,
+      api_key_env: "FBT_HOUSE_KEY", fallback: "openai" },
+    { name: "house-anthropic", provider: "anthropic", base_url: `http://127.0.0.1:${house.address().port}`,
+      api_key_env: "FBT_HOUSE_ANTHROPIC_KEY" }],
+    models: [
+      { id: "house-claude", provider: "anthropic", route: "house-anthropic", upstream: "claude-3-5-haiku-20241022",
+        input_price: HOUSE[0], output_price: HOUSE[1], context_tokens: 8192, max_output_tokens: 1024 },
+      { id: "house-llama", provider: "openai", route: "house", upstream: "llama-3.1-8b", input_price: HOUSE[0],
+        output_price: HOUSE[1], context_tokens: 8192, max_output_tokens: 1024 },
+      { id: "gpt-4o-mini", provider: "openai", input_price: PRICES["gpt-4o-mini"][0],
+        output_price: PRICES["gpt-4o-mini"][1], context_tokens: 128000, max_output_tokens: 16384 }] }));
+  const routed = await startEdge({ FAREBOX_CATALOG_FILE: catalog, FBT_HOUSE_KEY_FILE: keyFile,
+    FBT_HOUSE_ANTHROPIC_KEY: "sk-ant-house", FAREBOX_PREPAID_SLICE_IDLE_MS: "50" });
+  const houseCost = (input, output) => Number(ceilDiv(BigInt(input) * BigInt(HOUSE[0]), 1000000n) +
+    ceilDiv(BigInt(output) * BigInt(HOUSE[1]), 1000000n));
+  try {
+    const { id, key } = await account(10_000_000);
+    const before = await available(id);
+    const client = new OpenAI({ baseURL: `${routed}/v1`, apiKey: key, maxRetries: 0 });
+    const msgs = (content) => [{ role: "user", content }];
+    let expected = 0;
+    // the catalog route: its own URL, its own key (from FBT_HOUSE_KEY_FILE), the upstream model name
+    const r = await client.chat.completions.create({ model: "house-llama", max_tokens: 7, messages: msgs("hi house") });
+    assert.equal(r.model, "llama-3.1-8b");
+    expected += houseCost(r.usage.prompt_tokens, r.usage.completion_tokens);
+    assert.equal(seen.length, 1);
+    assert.equal(seen[0].path, "/v1/chat/completions");
+    assert.equal(seen[0].auth, "Bearer sk-house-route");
+    assert.match(seen[0].body, /"model":"llama-3.1-8b"/);
+    // streamed too
+    let usage;
+    for await (const chunk of await client.chat.completions.create({ model: "house-llama", max_tokens: 4,
+      stream: true, stream_options: { include_usage: true }, messages: msgs("stream") })) {
+      if (chunk.usage) usage = chunk.usage;
+    }
+    expected += houseCost(usage.prompt_tokens, usage.completion_tokens);
+    assert.equal(seen.length, 2);
+    // a route in Anthropic's dialect: its key as x-api-key, through either client
+    const a = await new Anthropic({ baseURL: routed, apiKey: key, maxRetries: 0 }).messages.create({
+      model: "house-claude", max_tokens: 6, messages: msgs("hi claude") });
+    expected += houseCost(a.usage.input_tokens, a.usage.output_tokens);
+    const t = await client.chat.completions.create({ model: "house-claude", max_tokens: 2, messages: msgs("via openai") });
+    expected += houseCost(t.usage.prompt_tokens, t.usage.completion_tokens);
+    assert.equal(seen.length, 4);
+    for (const x of seen.slice(2)) {
+      assert.equal(x.path, "/v1/messages");
+      assert.equal(x.apiKey, "sk-ant-house");
+      assert.equal(x.auth, undefined);
+      assert.match(x.body, /"model":"claude-3-5-haiku-20241022"/);
+    }
+    // a model without a route takes its provider's built-in route (here the mock): the house route sees nothing
+    const o = await client.chat.completions.create({ model: "gpt-4o-mini", max_tokens: 3, messages: msgs("plain") });
+    expected += cost("gpt-4o-mini", o.usage.prompt_tokens, o.usage.completion_tokens);
+    assert.equal(seen.length, 4);
+    // the house route down: its fallback (the built-in OpenAI route) serves the call, at the model's own prices
+    down = true;
+    const f = await client.chat.completions.create({ model: "house-llama", max_tokens: 5, messages: msgs("down") });
+    assert.match(f.id, /^chatcmpl-mock/);
+    expected += houseCost(f.usage.prompt_tokens, f.usage.completion_tokens);
+    assert.equal(seen.length, 5);
+    // a route without a fallback: its failure is the caller's 502, nothing charged
+    await assert.rejects(new Anthropic({ baseURL: routed, apiKey: key, maxRetries: 0 }).messages.create({
+      model: "house-claude", max_tokens: 6, messages: msgs("down too") }),
+    (e) => e instanceof Anthropic.InternalServerError && e.status === 502);
+    assert.equal(seen.length, 6);
+
+    const list = await settled(id);
+    assert.equal(list.length, 6);
+    assert.equal(list.reduce((t, c) => t + c.amount_micro, 0), expected);
+    assert.equal(await available(id), before - expected);
+    assert.match(await (await fetch(`${routed}/metrics`)).text(),
+      /^farebox_edge_upstream_fallbacks_total\{provider="openai"\} 1$/m);
+  } finally {
+    house.close();
   }
   await audit();
 });
