@@ -2,6 +2,7 @@
 #include "edge_purse.h"
 #include "edge_metrics.h"
 #include "edge_reply.h"
+#include "fb_rpc_msg.h"
 #include "fb_log.h"
 #include "fb_util.h"
 
@@ -28,6 +29,10 @@
 #define WRITES_PER_SLICE  2
 #define SMALL_WRITE_ITEMS 2
 #define BUCKETS_MIN       64
+/* A charge write (or a slice's ledger.hold) whose outcome is unknown is sent
+ * again until the ledger answers it, up to this long past its hold's expiry
+ * (by then an answer is certain: the first one kept, or a refusal). */
+#define UNKNOWN_RETRY_MS 60000
 
 typedef struct s_wait {
     struct s_wait *next;
@@ -80,6 +85,7 @@ struct s_key {
     bool exact;            /* ... at exactly the first waiter's ceiling */
     s_wait_t *waiters, **waiters_tail;
     int64_t factor; /* ceilings per slice */
+    uint64_t gen;   /* counts the times its slices were all closed (revoked, changed, stopping) */
     size_t slices;  /* its slices not yet closed */
 };
 
@@ -94,8 +100,10 @@ struct edge_purse_t {
     uv_idle_t flush_wake; /* while armed: the loop's poll does not block first */
     uv_timer_t sweep;
     bool flush_armed;
-    bool dead;      /* shut down: no more ledger calls */
-    uint64_t epoch; /* the edge's key epoch the slices were opened under */
+    struct s_write *resend;    /* charge writes whose outcome is unknown, sent again by the sweep */
+    struct s_opening *orphans; /* slice holds whose outcome is unknown, asked again by the sweep */
+    bool dead;                 /* shut down: no more ledger calls */
+    uint64_t epoch;            /* the edge's key epoch the slices were opened under */
     int closed_handles;
 };
 
@@ -120,6 +128,14 @@ static void s_ledger(edge_purse_t *self, const char *method, json_t *body, const
     }
     edge_rpc_json(self->w->ledger, method, body, idem, rid && rid[0] ? rid : NULL, MONEY_DEADLINE_MS, fn,
                   arg);
+}
+
+/* No answer says what became of a write (the ledger was not reached, or did
+ * not answer in time, or failed to answer): it may have been applied. */
+static bool s_outcome_unknown(const fb_rpc_reply_t *reply)
+{
+    return strcmp(reply->code, FB_RPC_E_DEADLINE) == 0 || strcmp(reply->code, FB_RPC_E_UNAVAILABLE) == 0 ||
+           strcmp(reply->code, FB_RPC_E_OVERLOADED) == 0 || strcmp(reply->code, FB_RPC_E_INTERNAL) == 0;
 }
 
 /* --- keys --------------------------------------------------------------------------------- */
@@ -236,6 +252,8 @@ static void s_maybe_close(edge_purse_t *self, edge_slice_t *s)
     if (!s->retiring || s->closing || s->calls > 0 || s->items || s->writing > 0)
         return;
     s->closing = true;
+    if (self->dead)
+        return; /* no more ledger calls: its rest is released when it expires (freed by edge_purse_destroy) */
     s_close_t *c = fb_calloc(1, sizeof(*c));
     c->purse = self;
     c->slice = s;
@@ -316,12 +334,64 @@ static void s_serve_waiters(edge_purse_t *self, s_key_t *k)
     s_open(self, k, k->waiters->amount, k->waiters->rid, false);
 }
 
-typedef struct {
+typedef struct s_opening {
     edge_purse_t *purse;
-    s_key_t *key;
+    s_key_t *key; /* NULL once its outcome is only looked for (s_on_orphan) */
     int64_t amount;
-    bool ahead; /* asked before the current slice ran out */
+    bool ahead;    /* asked before the current slice ran out */
+    uint64_t gen;  /* the key's generation when asked (s_key_t) */
+    json_t *body;  /* as sent, with its key: */
+    char idem[40]; /* an unknown outcome is asked again (s_on_orphan) */
+    int64_t sent_ms;
+    struct s_opening *next_orphan;
 } s_opening_t;
+
+static void s_opening_free(s_opening_t *o)
+{
+    json_decref(o->body);
+    free(o);
+}
+
+static void s_on_orphan_void(void *arg, const fb_rpc_reply_t *reply)
+{
+    int64_t *hold_id = arg;
+    if (!reply->ok && strcmp(reply->code, "hold_not_open") != 0)
+        fb_log(FB_LOG_WARN, NULL,
+               "could not release a prepaid slice nobody took; it is released when it expires",
+               "hold_id=%" PRId64 " code=%s message=%s", *hold_id, reply->code, reply->message);
+    free(hold_id);
+}
+
+/* The answer to a slice's ledger.hold asked again after its first outcome
+ * was unknown (its calls had their answer then): a hold that was made is
+ * released at once instead of holding money until it expires. */
+static void s_on_orphan(void *arg, const fb_rpc_reply_t *reply)
+{
+    s_opening_t *o = arg;
+    edge_purse_t *self = o->purse;
+    if (!reply->ok && s_outcome_unknown(reply) && !self->dead &&
+        fb_mono_ms() - o->sent_ms < self->conf.hold_ttl_ms + UNKNOWN_RETRY_MS) {
+        o->next_orphan = self->orphans;
+        self->orphans = o;
+        return;
+    }
+    if (reply->ok) {
+        json_t *b = edge_reply_json(reply);
+        int64_t hold_id = json_integer_value(json_object_get(b, "hold_id"));
+        json_decref(b);
+        if (hold_id > 0) {
+            fb_log(FB_LOG_INFO, NULL, "a prepaid slice made while its answer was lost is released",
+                   "hold_id=%" PRId64, hold_id);
+            int64_t *arg2 = fb_malloc(sizeof(*arg2));
+            *arg2 = hold_id;
+            char idem[64];
+            snprintf(idem, sizeof(idem), "slice-close:%" PRId64, hold_id);
+            s_ledger(self, "ledger.void", json_pack("{sI}", "hold_id", (json_int_t)hold_id), idem, NULL,
+                     s_on_orphan_void, arg2);
+        }
+    }
+    s_opening_free(o);
+}
 
 static void s_on_hold(void *arg, const fb_rpc_reply_t *reply)
 {
@@ -329,8 +399,16 @@ static void s_on_hold(void *arg, const fb_rpc_reply_t *reply)
     edge_purse_t *self = o->purse;
     s_key_t *k = o->key;
     int64_t amount = o->amount;
-    bool ahead = o->ahead;
-    free(o);
+    bool ahead = o->ahead, stale = o->gen != k->gen;
+    if (!reply->ok && s_outcome_unknown(reply) && !self->dead) {
+        /* the hold may have been made: asked again (its key is the same) until
+         * the ledger says, and released if it was (s_on_orphan) */
+        o->key = NULL;
+        o->next_orphan = self->orphans;
+        self->orphans = o;
+    } else {
+        s_opening_free(o);
+    }
     k->opening = false;
     if (reply->ok) {
         json_t *b = edge_reply_json(reply);
@@ -350,6 +428,17 @@ static void s_on_hold(void *arg, const fb_rpc_reply_t *reply)
                 s->next->prev = s;
             self->slices = s;
             k->exact = false;
+            if (stale) {
+                /* asked for before its key's slices were closed (the key revoked
+                 * or changed, the edge stopping): it takes no call; waiters get
+                 * one asked for now */
+                s->retiring = true;
+                s_maybe_close(self, s);
+                if (k->waiters && !self->dead)
+                    s_serve_waiters(self, k);
+                s_key_maybe_free(self, k);
+                return;
+            }
             /* an ahead slice waits for the current one to run out (or retire) */
             if (k->current)
                 k->ahead = s;
@@ -414,12 +503,14 @@ static void s_open(edge_purse_t *self, s_key_t *k, int64_t first, const char *ri
     o->key = k;
     o->amount = amount;
     o->ahead = ahead;
-    char idem[40] = "slice:";
-    fb_random_hex(idem + 6, 16);
-    json_t *body = json_pack("{sI sI sI sI ss}", "account_id", (json_int_t)k->account_id, "amount_micro",
-                             (json_int_t)amount, "expires_in_ms", (json_int_t)self->conf.hold_ttl_ms,
-                             "key_id", (json_int_t)k->key_id, "memo", "prepaid slice");
-    s_ledger(self, "ledger.hold", body, idem, rid, s_on_hold, o);
+    o->gen = k->gen;
+    o->sent_ms = fb_mono_ms();
+    memcpy(o->idem, "slice:", 6);
+    fb_random_hex(o->idem + 6, 16);
+    o->body = json_pack("{sI sI sI sI ss}", "account_id", (json_int_t)k->account_id, "amount_micro",
+                        (json_int_t)amount, "expires_in_ms", (json_int_t)self->conf.hold_ttl_ms, "key_id",
+                        (json_int_t)k->key_id, "memo", "prepaid slice");
+    s_ledger(self, "ledger.hold", json_incref(o->body), o->idem, rid, s_on_hold, o);
 }
 
 bool edge_purse_reserve(edge_purse_t *self, int64_t account_id, int64_t key_id, int64_t amount,
@@ -468,11 +559,15 @@ void edge_purse_release(edge_purse_t *self, edge_purse_res_t *res)
 
 /* --- charges ------------------------------------------------------------------------------ */
 
-typedef struct {
+typedef struct s_write {
     edge_purse_t *purse;
     edge_slice_t *slice;
     s_item_t *items;
     size_t count;
+    json_t *body; /* as sent: a write whose outcome is unknown is sent again as is */
+    char idem[64];
+    char rid[EDGE_ID_TEXT_MAX + 1];
+    struct s_write *next_resend;
 } s_write_t;
 
 static void s_write(edge_purse_t *self, edge_slice_t *s);
@@ -482,13 +577,27 @@ static void s_on_charged(void *arg, const fb_rpc_reply_t *reply)
     s_write_t *wr = arg;
     edge_purse_t *self = wr->purse;
     edge_slice_t *s = wr->slice;
+    if (!reply->ok && s_outcome_unknown(reply) && !self->dead &&
+        fb_mono_ms() - s->opened_ms < self->conf.hold_ttl_ms + UNKNOWN_RETRY_MS) {
+        /* it may have been applied: the same write under the same key gets
+         * the ledger's first answer if it was, and is applied now if not (after
+         * the hold's expiry it can only be refused), so that no caller is told
+         * its call failed while it was charged, nor answered while it was not */
+        fb_log(FB_LOG_WARN, wr->rid, "a charge write's outcome is unknown; it is sent again",
+               "hold_id=%" PRId64 " idem=%s code=%s", s->hold_id, wr->idem, reply->code);
+        wr->next_resend = self->resend;
+        self->resend = wr;
+        return;
+    }
     s_item_t *items = wr->items;
     s->writing--;
     s->writing_items -= wr->count;
+    json_decref(wr->body);
     free(wr);
     if (!reply->ok) {
-        /* refused (the hold expired or was closed) or unknown (no answer): the
-         * slice is not trusted with more calls; its charges' callers get the error */
+        /* refused (the hold expired or was closed), or still unknown once the
+         * hold has long expired or the edge is stopping: the slice is not
+         * trusted with more calls; its charges' callers get the error */
         fb_log(FB_LOG_ERROR, NULL, "charges against a prepaid slice failed; their calls get an error",
                "hold_id=%" PRId64 " code=%s message=%s", s->hold_id, reply->code, reply->message);
         s_retire(self, s);
@@ -538,10 +647,10 @@ static void s_write(edge_purse_t *self, edge_slice_t *s)
     wr->slice = s;
     wr->items = batch;
     wr->count = n;
-    char idem[64];
-    snprintf(idem, sizeof(idem), "slice-charge:%" PRId64 ":%" PRIu64, s->hold_id, ++s->writes);
-    s_ledger(self, "ledger.charge", json_pack("{sI so}", "hold_id", (json_int_t)s->hold_id, "charges", list),
-             idem, batch->rid, s_on_charged, wr);
+    wr->body = json_pack("{sI so}", "hold_id", (json_int_t)s->hold_id, "charges", list);
+    snprintf(wr->idem, sizeof(wr->idem), "slice-charge:%" PRId64 ":%" PRIu64, s->hold_id, ++s->writes);
+    fb_copy_str(wr->rid, sizeof(wr->rid), batch->rid);
+    s_ledger(self, "ledger.charge", json_incref(wr->body), wr->idem, wr->rid, s_on_charged, wr);
 }
 
 static void s_on_flush(uv_check_t *h)
@@ -610,6 +719,20 @@ static void s_on_sweep(uv_timer_t *t)
 {
     edge_purse_t *self = t->data;
     int64_t now = fb_mono_ms();
+    s_write_t *resend = self->resend;
+    self->resend = NULL;
+    for (s_write_t *wr = resend, *next; wr; wr = next) {
+        next = wr->next_resend;
+        wr->next_resend = NULL;
+        s_ledger(self, "ledger.charge", json_incref(wr->body), wr->idem, wr->rid, s_on_charged, wr);
+    }
+    s_opening_t *orphans = self->orphans;
+    self->orphans = NULL;
+    for (s_opening_t *o = orphans, *next; o; o = next) {
+        next = o->next_orphan;
+        o->next_orphan = NULL;
+        s_ledger(self, "ledger.hold", json_incref(o->body), o->idem, NULL, s_on_orphan, o);
+    }
     for (edge_slice_t *s = self->slices, *next; s; s = next) {
         next = s->next;
         if (s->retiring)
@@ -626,6 +749,9 @@ static void s_on_sweep(uv_timer_t *t)
 
 void edge_purse_retire_key(edge_purse_t *self, int64_t key_id)
 {
+    s_key_t *k = s_key_find(self, key_id);
+    if (k)
+        k->gen++;
     for (edge_slice_t *s = self->slices, *next; s; s = next) {
         next = s->next;
         if (s->key && s->key->key_id == key_id)
@@ -636,6 +762,9 @@ void edge_purse_retire_key(edge_purse_t *self, int64_t key_id)
 size_t edge_purse_drain(edge_purse_t *self)
 {
     size_t n = 0;
+    for (size_t i = 0; i < self->nbuckets; i++)
+        for (s_key_t *k = self->buckets[i]; k; k = k->next)
+            k->gen++;
     for (edge_slice_t *s = self->slices, *next; s; s = next) {
         next = s->next;
         s_retire(self, s);
@@ -694,6 +823,20 @@ void edge_purse_destroy(edge_purse_t **self_p)
         return;
     *self_p = NULL;
     /* the process is ending: what is left open expires in the ledger */
+    for (s_opening_t *o = self->orphans, *next; o; o = next) {
+        next = o->next_orphan;
+        s_opening_free(o);
+    }
+    for (s_write_t *wr = self->resend, *next; wr; wr = next) {
+        next = wr->next_resend;
+        for (s_item_t *it = wr->items, *n2; it; it = n2) {
+            n2 = it->next;
+            json_decref(it->call);
+            free(it);
+        }
+        json_decref(wr->body);
+        free(wr);
+    }
     for (edge_slice_t *s = self->slices, *next; s; s = next) {
         next = s->next;
         for (s_item_t *it = s->items, *n2; it; it = n2) {

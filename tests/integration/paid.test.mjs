@@ -718,6 +718,38 @@ test("a model on a catalog route goes to that route with that route's key; its f
   await audit();
 });
 
+test("a charge write the ledger does not answer in time is sent again as is: the call is answered and charged once", async () => {
+  const stalled = await startEdge({ FAREBOX_PREPAID_SLICE_IDLE_MS: "50" });
+  const proc = extraEdges.at(-1);
+  const { id, key } = await account(10_000_000);
+  const client = new OpenAI({ baseURL: `${stalled}/v1`, apiKey: key, maxRetries: 0 });
+  const before = await available(id);
+  // the key looked up and its slice opened; then the ledger stops while the provider answers
+  await client.chat.completions.create({ model: "gpt-4o-mini", max_tokens: 2, messages: [{ role: "user", content: "warm" }] });
+  const pending = client.chat.completions.create({ model: "gpt-4o-mini", max_tokens: 4,
+    messages: [{ role: "user", content: "[mock:delay=1500] the ledger is away" }] });
+  await sleep(500);
+  ledger.signal("SIGSTOP");
+  let resumed = false;
+  try {
+    // no answer within the write's deadline (10 s): its outcome is unknown, so it is sent again
+    await proc.waitFor((e) => e.json?.msg === "a charge write's outcome is unknown; it is sent again",
+      { timeoutMs: 20000, what: "the charge write sent again" });
+    ledger.signal("SIGCONT");
+    resumed = true;
+    const r = await pending; // answered, not refused: the charge is known
+    assert.equal(r.usage.completion_tokens, 4);
+    const list = await settled(id);
+    assert.equal(list.length, 2);
+    const expected = list.reduce((t, c) => t + c.amount_micro, 0);
+    assert.equal(list[0].amount_micro, cost("gpt-4o-mini", r.usage.prompt_tokens, 4));
+    assert.equal(await available(id), before - expected);
+  } finally {
+    if (!resumed) ledger.signal("SIGCONT");
+  }
+  await audit();
+});
+
 test("rate limits per IP and per key, and the in-flight cap per key: 429 with Retry-After, nothing charged", async () => {
   // per IP: a burst of 2, then one a second; health checks are not counted
   const ipEdge = await startEdge({ FAREBOX_RATE_IP_PER_S: "1", FAREBOX_RATE_IP_BURST: "2" });
