@@ -41,7 +41,9 @@ static const fb_config_var_t s_common_vars[] = {
     {"FAREBOX_RPC_HEARTBEAT_MS", FB_CFG_INT, "1000", 50, 60000, NULL, NULL,
      "RPC heartbeat interval; a peer silent for 3 intervals is treated as dead"},
     {"FAREBOX_RPC_ATTEMPT_MS", FB_CFG_INT, "2000", 10, 600000, NULL, NULL,
-     "how long a call waits for one replica before it is retried on another"},
+     "how long a call waits for one replica before it is retried on another (not the edge's x402 "
+     "verifications and settlements: they wait their whole deadline on one replica, which would otherwise "
+     "start the same work twice)"},
     {"FAREBOX_RPC_RESOLVE_MS", FB_CFG_INT, "2000", 100, 600000, NULL, NULL,
      "how often service names in endpoint lists are resolved again (new replicas)"},
     {"FAREBOX_CURVE_SECRET_KEY", FB_CFG_SECRET, "", 0, 0, NULL, fb_curve_check_key,

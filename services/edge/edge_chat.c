@@ -14,6 +14,7 @@
 #include "edge_upstream.h"
 #include "edge_x402.h"
 #include "fb_log.h"
+#include "fb_rpc_msg.h"
 #include "fb_util.h"
 
 #include <inttypes.h>
@@ -27,6 +28,7 @@
 #define ANSWER_MAX         (32 << 20) /* bytes of a provider's whole answer */
 #define OUT_BACKLOG_MAX    (16 << 20) /* bytes waiting for a slow client */
 #define SETTLE_DEADLINE_MS 60000      /* an x402 settlement, receipt included */
+#define SETTLE_ASKS        1          /* more asks when a settlement's outcome is unknown */
 #define VERIFY_DEADLINE_MS 10000
 #define MAX_CHOICES        128 /* OpenAI's n, at most (the provider's own limit) */
 
@@ -69,6 +71,7 @@ struct s_chat {
     char *resource_url; /* this call's URL, for the quote */
     int64_t authorization_id;
     bool settling, settled;
+    int settle_asks;      /* settles asked again after an unknown outcome */
     char *pay_response;   /* the PAYMENT-RESPONSE value */
     s_then_fn *gate_then; /* what waits for the settlement */
     s_then_fn *then;      /* what to do once the money is resolved */
@@ -377,7 +380,12 @@ static void s_on_marked(void *arg, const fb_rpc_reply_t *reply)
 {
     s_chat_t *c = arg;
     c->pending--;
-    if (!reply->ok)
+    if (!reply->ok && strcmp(reply->code, "settlement_exists") == 0)
+        fb_log(FB_LOG_WARN, c->rid,
+               "the x402 payment's settlement had begun: its outcome decides (a retry with the same payment "
+               "and Idempotency-Key is served once it settles)",
+               "authorization_id=%" PRId64, c->authorization_id);
+    else if (!reply->ok)
         fb_log(FB_LOG_ERROR, c->rid, "could not mark the x402 authorization failed",
                "authorization_id=%" PRId64 " code=%s message=%s", c->authorization_id, reply->code,
                reply->message);
@@ -402,11 +410,45 @@ static void s_mark_failed(s_chat_t *c, const char *reason)
  * (FAREBOX_X402_SETTLE=broadcast: before its transfer is sent; the verifier's
  * tracker then follows it to its receipt, as one whose receipt is late) */
 
+static void s_on_settled(void *arg, const fb_rpc_reply_t *reply);
+
+/* Asks the verifier to settle the call's payment (again: it goes on with the
+ * settlement it began for this authorization, if any). */
+static void s_settle(s_chat_t *c)
+{
+    c->settling = true;
+    c->pending++;
+    char idem[64];
+    snprintf(idem, sizeof(idem), "x402-settle:%" PRId64, c->authorization_id);
+    edge_rpc_json_long(c->w->verifier, "verifier.settle",
+                       json_pack("{ss sO sb}", "header", c->pay_header, "requirements", c->pay_req, "wait",
+                                 !c->w->edge->x402_serve_broadcast),
+                       idem, c->rid, SETTLE_DEADLINE_MS, s_on_settled, c);
+}
+
+/* No answer says what became of a call to the ledger or the verifier: not
+ * reached, no answer in time, or its own answer from the ledger lost. */
+static bool s_outcome_unknown(const fb_rpc_reply_t *reply)
+{
+    return !reply->ok &&
+           (strcmp(reply->code, FB_RPC_E_DEADLINE) == 0 || strcmp(reply->code, FB_RPC_E_UNAVAILABLE) == 0 ||
+            strcmp(reply->code, FB_RPC_E_OVERLOADED) == 0 || strcmp(reply->code, FB_RPC_E_INTERNAL) == 0);
+}
+
 static void s_on_settled(void *arg, const fb_rpc_reply_t *reply)
 {
     s_chat_t *c = arg;
     c->pending--;
     c->settling = false;
+    if (s_outcome_unknown(reply) && c->req && c->settle_asks < SETTLE_ASKS && edge_purse_alive(c->w->purse)) {
+        /* a settlement may have begun: asking again gets its outcome (the
+         * caller waits) instead of reporting a failure it may not be */
+        c->settle_asks++;
+        fb_log(FB_LOG_WARN, c->rid, "an x402 settlement's outcome is unknown; the verifier is asked again",
+               "authorization_id=%" PRId64 " code=%s", c->authorization_id, reply->code);
+        s_settle(c);
+        return;
+    }
     json_t *b = edge_reply_json(reply);
     const char *tx = json_string_value(json_object_get(b, "transaction"));
     const char *reason = json_string_value(json_object_get(b, "errorReason"));
@@ -432,6 +474,8 @@ static void s_on_settled(void *arg, const fb_rpc_reply_t *reply)
         fb_log(FB_LOG_WARN, c->rid, "x402 settlement failed: the call is not served", "reason=%s", why);
         if (c->call)
             edge_call_cancel(&c->call);
+        /* refused by the ledger when a settlement had begun (its outcome decides) */
+        c->money_done = true;
         s_mark_failed(c, "not served: the settlement failed");
         if (c->req && !c->started) {
             s_set_error(c, reply->ok ? 402 : 503, reply->ok ? "payment_invalid" : "unavailable",
@@ -454,14 +498,7 @@ static void s_gate(s_chat_t *c, s_then_fn *then)
     c->gate_then = then;
     if (c->settling)
         return;
-    c->settling = true;
-    c->pending++;
-    char idem[64];
-    snprintf(idem, sizeof(idem), "x402-settle:%" PRId64, c->authorization_id);
-    edge_rpc_json(c->w->verifier, "verifier.settle",
-                  json_pack("{ss sO sb}", "header", c->pay_header, "requirements", c->pay_req, "wait",
-                            !c->w->edge->x402_serve_broadcast),
-                  idem, c->rid, SETTLE_DEADLINE_MS, s_on_settled, c);
+    s_settle(c);
 }
 
 static void s_set_pay_response(s_chat_t *c)
@@ -1116,7 +1153,10 @@ static void s_on_claim(void *arg, const fb_rpc_reply_t *reply)
     c->pending--;
     json_t *b = edge_reply_json(reply);
     bool claimed = reply->ok && json_is_true(json_object_get(b, "claimed"));
-    c->idem.claimed = claimed; /* a client gone meanwhile: released when c goes */
+    /* a client gone meanwhile: released when c goes; so is a claim whose
+     * outcome is unknown (it may have been made: released under its token,
+     * its retries need not wait for its lease) */
+    c->idem.claimed = claimed || s_outcome_unknown(reply);
     if (claimed)
         edge_metrics_idem(json_is_true(json_object_get(b, "taken_over")) ? EDGE_IDEM_TAKEN_OVER
                                                                          : EDGE_IDEM_CLAIMED);
@@ -1161,7 +1201,7 @@ static void s_claim(s_chat_t *c, s_then_fn *then)
     const edge_t *edge = c->w->edge;
     /* the lease covers the longest serving: money before, the provider, money after */
     int64_t lease = (int64_t)edge->upstream_timeout_ms + 2 * MONEY_DEADLINE_MS +
-                    (c->x402 ? VERIFY_DEADLINE_MS + SETTLE_DEADLINE_MS : 0);
+                    (c->x402 ? VERIFY_DEADLINE_MS + (1 + SETTLE_ASKS) * SETTLE_DEADLINE_MS : 0);
     char idem[EDGE_ID_TEXT_MAX + 32];
     snprintf(idem, sizeof(idem), "call-claim:%s", c->idem.claim);
     c->claim_then = then;
@@ -1300,10 +1340,10 @@ static void s_on_verified(void *arg, const fb_rpc_reply_t *reply)
 static void s_verify(s_chat_t *c)
 {
     c->pending++;
-    edge_rpc_json(c->w->verifier, "verifier.verify",
-                  json_pack("{ss sO sb ss}", "header", c->pay_header, "requirements", c->pay_req, "record", 1,
-                            "resource", c->resource_url),
-                  NULL, c->rid, VERIFY_DEADLINE_MS, s_on_verified, c);
+    edge_rpc_json_long(c->w->verifier, "verifier.verify",
+                       json_pack("{ss sO sb ss}", "header", c->pay_header, "requirements", c->pay_req,
+                                 "record", 1, "resource", c->resource_url),
+                       NULL, c->rid, VERIFY_DEADLINE_MS, s_on_verified, c);
 }
 
 /* The networks are known: quote, or check the payment the call carries. */

@@ -139,8 +139,9 @@ static void s_timed_done(void *arg, const fb_rpc_reply_t *reply)
     t.done(t.arg, reply);
 }
 
-void edge_rpc_json(fb_rpc_client_t *client, const char *method, json_t *doc, const char *idem,
-                   const char *trace, uint32_t deadline_ms, fb_rpc_done_fn *done, void *arg)
+static void s_rpc_json(fb_rpc_client_t *client, const char *method, json_t *doc, const char *idem,
+                       const char *trace, uint32_t deadline_ms, uint32_t attempt_ms, fb_rpc_done_fn *done,
+                       void *arg)
 {
     s_timed_t *t = fb_malloc(sizeof(*t));
     *t = (s_timed_t){done, arg, client, fb_mono_us()};
@@ -152,9 +153,22 @@ void edge_rpc_json(fb_rpc_client_t *client, const char *method, json_t *doc, con
         FB_ASSERT(fb_mp_pack_json(&pk, doc) == 0);
         json_decref(doc);
     }
-    fb_rpc_call_opts_t o = {.method = method, .idem = idem, .trace = trace, .deadline_ms = deadline_ms};
+    fb_rpc_call_opts_t o = {
+        .method = method, .idem = idem, .trace = trace, .deadline_ms = deadline_ms, .attempt_ms = attempt_ms};
     fb_rpc_client_call(client, &o, sb.data, sb.size, s_timed_done, t);
     msgpack_sbuffer_destroy(&sb);
+}
+
+void edge_rpc_json(fb_rpc_client_t *client, const char *method, json_t *doc, const char *idem,
+                   const char *trace, uint32_t deadline_ms, fb_rpc_done_fn *done, void *arg)
+{
+    s_rpc_json(client, method, doc, idem, trace, deadline_ms, 0, done, arg);
+}
+
+void edge_rpc_json_long(fb_rpc_client_t *client, const char *method, json_t *doc, const char *idem,
+                        const char *trace, uint32_t deadline_ms, fb_rpc_done_fn *done, void *arg)
+{
+    s_rpc_json(client, method, doc, idem, trace, deadline_ms, deadline_ms, done, arg);
 }
 
 json_t *edge_reply_json(const fb_rpc_reply_t *reply)

@@ -37,6 +37,13 @@ bool edge_id_text_ok(h2o_iovec_t v);
 void edge_rpc_json(fb_rpc_client_t *client, const char *method, json_t *doc, const char *idem,
                    const char *trace, uint32_t deadline_ms, fb_rpc_done_fn *done, void *arg);
 
+/* edge_rpc_json_long - the same for a call that may take long by nature (a
+ * settlement waiting for its receipt, a verification reading the chain): one
+ * attempt for the whole deadline, not resent to another replica after the
+ * client's attempt timeout (the verifier would start the same work again). */
+void edge_rpc_json_long(fb_rpc_client_t *client, const char *method, json_t *doc, const char *idem,
+                        const char *trace, uint32_t deadline_ms, fb_rpc_done_fn *done, void *arg);
+
 /* edge_reply_json - a reply body as a JSON document (caller owns it). */
 json_t *edge_reply_json(const fb_rpc_reply_t *reply);
 

@@ -218,10 +218,10 @@ static void s_settle(s_topup_t *t)
 {
     char idem[80];
     snprintf(idem, sizeof(idem), "topup-settle:%.60s", t->rid);
-    edge_rpc_json(t->w->verifier, "verifier.settle",
-                  json_pack("{ss sO sb}", "header", t->header, "requirements", t->requirements, "wait",
-                            t->w->edge->topup_advance_max == 0),
-                  idem, t->rid, SETTLE_DEADLINE_MS, s_on_settled, t);
+    edge_rpc_json_long(t->w->verifier, "verifier.settle",
+                       json_pack("{ss sO sb}", "header", t->header, "requirements", t->requirements, "wait",
+                                 t->w->edge->topup_advance_max == 0),
+                       idem, t->rid, SETTLE_DEADLINE_MS, s_on_settled, t);
 }
 
 static void s_on_verified(void *arg, const fb_rpc_reply_t *reply)
@@ -280,10 +280,10 @@ static void s_on_ready(void *arg, const char *error)
         s_free(t);
         return;
     }
-    edge_rpc_json(t->w->verifier, "verifier.verify",
-                  json_pack("{ss sO sb ss}", "header", t->header, "requirements", t->requirements, "record",
-                            1, "resource", t->resource),
-                  NULL, t->rid, VERIFY_DEADLINE_MS, s_on_verified, t);
+    edge_rpc_json_long(t->w->verifier, "verifier.verify",
+                       json_pack("{ss sO sb ss}", "header", t->header, "requirements", t->requirements,
+                                 "record", 1, "resource", t->resource),
+                       NULL, t->rid, VERIFY_DEADLINE_MS, s_on_verified, t);
 }
 
 static void s_on_key(void *arg, const edge_key_t *k)

@@ -183,10 +183,12 @@ void edge_worker_destroy(edge_worker_t **self_p)
     edge_x402_destroy(&self->x402);
     edge_metrics_destroy(&self->metrics);
     edge_purse_shutdown(self->purse);
-    fb_rpc_client_destroy(&self->ledger);
-    edge_purse_destroy(&self->purse);
+    /* the ledger's client goes last: the calls the others fail may still
+     * write to the ledger (an x402 payment marked failed), not the reverse */
     fb_rpc_client_destroy(&self->verifier);
     fb_rpc_client_destroy(&self->watcher);
+    fb_rpc_client_destroy(&self->ledger);
+    edge_purse_destroy(&self->purse);
     edge_key_cache_destroy(&self->key_cache);
     fb_curlm_destroy(&self->curlm);
     fb_http_close(&self->listen_plain);

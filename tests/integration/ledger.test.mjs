@@ -557,6 +557,31 @@ test("x402 authorizations: accepted once, then served, settled or failed", async
   const failed = await ok("ledger.mark_failed", { authorization_id: b.authorization_id, reason: "transfer reverted" });
   assert.equal(failed.state, "failed");
   assert.equal(failed.reason, "transfer reverted");
+
+  // an authorization whose settlement has begun cannot be marked failed: the settlement's outcome decides
+  const c = await ok("ledger.record_authorization", { ...auth, nonce: `${nonce}c` });
+  const s = await ok("ledger.settlement_begin", { network: auth.network, payer: auth.payer, nonce: `${nonce}c`,
+    amount_micro: auth.amount_micro, sender: "0x4444444444444444444444444444444444444444", evm: true,
+    chain_nonce: 0, calldata: "0xe3ee160e" });
+  assert.equal(s.authorization_id, c.authorization_id);
+  const early = await call("ledger.mark_failed", { authorization_id: c.authorization_id, reason: "answer lost" }, idem());
+  assert.equal(early.code, "settlement_exists");
+  assert.equal(early.body.state, "accepted");
+  await ok("ledger.settlement_signed", { settlement_id: s.settlement_id, tx_hash: `0x${"ab".repeat(32)}`, raw_tx: "0x02f8" });
+  assert.equal((await call("ledger.mark_failed", { authorization_id: c.authorization_id }, idem())).code,
+    "settlement_exists");
+  const done = await ok("ledger.settlement_result", { settlement_id: s.settlement_id, state: "confirmed" });
+  assert.equal(done.state, "confirmed");
+  assert.equal((await ok("ledger.authorization", { network: auth.network, payer: auth.payer, nonce: `${nonce}c` })).state,
+    "settled");
+  // one whose settlement failed is failed already; marking it so again answers as is
+  const d = await ok("ledger.record_authorization", { ...auth, nonce: `${nonce}d` });
+  const sd = await ok("ledger.settlement_begin", { network: auth.network, payer: auth.payer, nonce: `${nonce}d`,
+    amount_micro: auth.amount_micro, sender: "0x4444444444444444444444444444444444444444", evm: true,
+    chain_nonce: 0, calldata: "0xe3ee160e" });
+  await ok("ledger.settlement_signed", { settlement_id: sd.settlement_id, tx_hash: `0x${"cd".repeat(32)}`, raw_tx: "0x02f8" });
+  await ok("ledger.settlement_result", { settlement_id: sd.settlement_id, state: "failed", reason: "reverted" });
+  assert.equal((await ok("ledger.mark_failed", { authorization_id: d.authorization_id, reason: "x" })).state, "failed");
   await audit();
 });
 

@@ -492,8 +492,15 @@ test("Idempotency-Key with x402: a retry of a paid call gets its kept answer; a 
   const text = await first.text();
   const amount = before - await balance(payer.address);
   assert.ok(amount > 0n);
-  // the same payment and key: the kept answer and receipt, no new transfer
-  const again = await send(header, "x402-kept-1");
+  // the same payment and key: the kept answer and receipt, no new transfer (the answer is kept just after
+  // it is sent: a retry sent before that gets 409 idempotency_in_progress, as the SDKs expect)
+  let again;
+  for (let i = 0; i < 100; i++) {
+    again = await send(header, "x402-kept-1");
+    if (again.status !== 409) break;
+    assert.equal((await again.json()).error.code, "idempotency_in_progress");
+    await sleep(100);
+  }
   assert.equal(again.status, 200);
   assert.equal(again.headers.get("idempotent-replayed"), "true");
   assert.equal(await again.text(), text);
