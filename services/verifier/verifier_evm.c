@@ -590,6 +590,11 @@ static void s_on_begin(void *arg, const fb_rpc_reply_t *reply)
             s_settle_fail(j, "invalid_exact_evm_transaction_failed", reply->message);
             return;
         }
+        if (strcmp(reply->code, "authorization_conflict") == 0) {
+            /* another authorization with this nonce: only one can ever execute */
+            s_settle_fail(j, "invalid_exact_evm_nonce_already_used", reply->message);
+            return;
+        }
         s_rpc_error(j, "ledger", reply->message);
         s_unavailable(j, "the ledger did not begin the settlement");
         return;

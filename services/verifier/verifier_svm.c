@@ -345,6 +345,10 @@ static void s_on_begin(void *arg, const fb_rpc_reply_t *reply)
             s_fail(j, "invalid_exact_svm_transaction_failed", "%s", reply->message);
             return;
         }
+        if (strcmp(reply->code, "authorization_conflict") == 0) {
+            s_fail(j, "invalid_exact_svm_transaction_failed", "%s", reply->message);
+            return;
+        }
         s_rpc_error(j, "ledger", reply->message);
         s_unavailable(j, "the ledger did not begin the settlement");
         return;

@@ -135,6 +135,53 @@ test("supported is public and lists the network; verify and settle need the toke
   assert.equal((await post(`${base}/supported`, {}, "{}")).status, 405);
 });
 
+test("two authorizations sharing a payer and nonce: the second is refused as used, never answered with the first's transfer", async () => {
+  const post = (op, body) => fetch(`${base}/${op}`, { method: "POST", headers: { "content-type": "application/json", ...auth }, body });
+  const payer = privateKeyToAccount(evm.accounts[2].privateKey);
+  const other = privateKeyToAccount(toHex(crypto.randomBytes(32))).address;
+  const nonce = toHex(crypto.randomBytes(32));
+  const now = Math.floor(Date.now() / 1000);
+  async function payment(to, validBefore) {
+    const requirements = { scheme: "exact", network: NETWORK, amount: "10000", asset: evm.token, payTo: to,
+      maxTimeoutSeconds: 60, extra: { name: "USDC", version: "2" } };
+    const message = { from: payer.address, to, value: 10000n, validAfter: 0n, validBefore: BigInt(validBefore), nonce };
+    const signature = await payer.signTypedData({ domain: { name: "USDC", version: "2", chainId: 84532,
+      verifyingContract: evm.token }, types: { TransferWithAuthorization: [{ name: "from", type: "address" },
+      { name: "to", type: "address" }, { name: "value", type: "uint256" }, { name: "validAfter", type: "uint256" },
+      { name: "validBefore", type: "uint256" }, { name: "nonce", type: "bytes32" }] },
+      primaryType: "TransferWithAuthorization", message });
+    const paymentPayload = { x402Version: 2, resource: { url: "http://x/r" }, accepted: requirements, payload: {
+      signature, authorization: { ...message, value: "10000", validAfter: "0", validBefore: String(validBefore) } } };
+    return JSON.stringify({ x402Version: 2, paymentPayload, paymentRequirements: requirements });
+  }
+  const first = await payment(treasury, now + 120);
+  const toOther = await payment(other, now + 120);
+  const resigned = await payment(treasury, now + 90); // the same recipient, another signature
+  const treasuryBefore = await balance(treasury);
+  const s1 = await (await post("settle", first)).json();
+  assert.equal(s1.success, true, JSON.stringify(s1));
+  assert.equal(await balance(treasury), treasuryBefore + 10000n);
+  for (const body of [toOther, resigned]) {
+    const s = await (await post("settle", body)).json();
+    assert.equal(s.success, false, JSON.stringify(s));
+    assert.equal(s.errorReason, "invalid_exact_evm_nonce_already_used");
+    assert.notEqual(s.transaction, s1.transaction);
+  }
+  assert.equal(await balance(other), 0n);
+  assert.equal(await balance(treasury), treasuryBefore + 10000n);
+  // the first one settled again: its own answer
+  const again = await (await post("settle", first)).json();
+  assert.equal(again.success, true);
+  assert.equal(again.transaction, s1.transaction);
+  const l = new RpcClient(ledger.endpoint);
+  try {
+    const a = await l.call("ledger.audit", {});
+    assert.equal(a.body.ok, true, JSON.stringify(a.body.checks.filter((c) => !c.ok)));
+  } finally {
+    l.close();
+  }
+});
+
 test("bad bodies are 400 and refused payments are 200 with their reason, over HTTP/1.1 and h2c", async () => {
   const post = (op, body) => fetch(`${base}/${op}`, { method: "POST", headers: { "content-type": "application/json", ...auth }, body });
   for (const body of ["", "not json", "[]", JSON.stringify({ paymentPayload: {} }), JSON.stringify({ paymentRequirements: {} })]) {

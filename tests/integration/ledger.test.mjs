@@ -574,6 +574,25 @@ test("x402 authorizations: accepted once, then served, settled or failed", async
   assert.equal(done.state, "confirmed");
   assert.equal((await ok("ledger.authorization", { network: auth.network, payer: auth.payer, nonce: `${nonce}c` })).state,
     "settled");
+  // another authorization with the same payer and nonce (another recipient, or other calldata: another
+  // signature) never gets this one's settlement: refused before anything is allocated
+  const e = await ok("ledger.record_authorization", { ...auth, nonce: `${nonce}e` });
+  const begin = (extra) => call("ledger.settlement_begin", { network: auth.network, payer: auth.payer,
+    nonce: `${nonce}e`, amount_micro: auth.amount_micro, sender: "0x4444444444444444444444444444444444444444",
+    evm: true, chain_nonce: 0, pay_to: auth.pay_to, calldata: "0xe3ee160e01", ...extra }, idem());
+  const otherRecipient = await begin({ pay_to: "0x5555555555555555555555555555555555555555" });
+  assert.equal(otherRecipient.code, "authorization_conflict");
+  const se = await begin({ pay_to: auth.pay_to.toUpperCase().replace("0X", "0x") }); // the same recipient, any case
+  assert.equal(se.status, "ok", JSON.stringify(se));
+  assert.equal(se.body.authorization_id, e.authorization_id);
+  assert.equal(se.body.created, true);
+  assert.equal((await begin({})).body.settlement_id, se.body.settlement_id); // the same again: found
+  for (const extra of [{ calldata: "0xe3ee160e02" }, { calldata: "0xe3ee160e02", existing_only: true }]) {
+    const r = await begin(extra);
+    assert.equal(r.code, "authorization_conflict", JSON.stringify(r));
+  }
+  assert.equal((await begin({ existing_only: true })).body.settlement_id, se.body.settlement_id);
+
   // one whose settlement failed is failed already; marking it so again answers as is
   const d = await ok("ledger.record_authorization", { ...auth, nonce: `${nonce}d` });
   const sd = await ok("ledger.settlement_begin", { network: auth.network, payer: auth.payer, nonce: `${nonce}d`,
