@@ -624,6 +624,12 @@ test("topup advances: credited before settlement within a limit, settled as is, 
   const lossesBefore = await losses();
 
   const s1 = await settlement(account, 2000000);
+  // refusals are answered as such (not as an unknown outcome), nothing moved
+  const nobody = await advance(999999999, s1, 5000000);
+  assert.equal(nobody.code, "account_not_found", JSON.stringify(nobody));
+  const zero = await call("ledger.topup_advance", { account_id: account, amount_micro: 0,
+    source: { chain: network, tx: s1.tx, index: "0" }, advance_limit_micro: 5000000 }, idem("adv"));
+  assert.equal(zero.code, "bad_request", JSON.stringify(zero));
   const over = await advance(account, s1, 1999999);
   assert.equal(over.code, "advance_refused");
   assert.equal(over.body.limit_micro, 1999999);
