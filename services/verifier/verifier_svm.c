@@ -262,7 +262,10 @@ static void s_on_status(void *arg, json_t *result, const char *error, int64_t co
     if (!error && json_is_object(st)) {
         json_t *err = json_object_get(st, "err");
         const char *level = json_string_value(json_object_get(st, "confirmationStatus"));
-        if (err && !json_is_null(err)) {
+        bool settled_level = level && (strcmp(level, "confirmed") == 0 || strcmp(level, "finalized") == 0);
+        /* an error seen at "processed" may be on a fork that is dropped: only a
+         * confirmed one is the transaction's outcome */
+        if (err && !json_is_null(err) && settled_level) {
             j->res.ok = false;
             j->res.reason = "invalid_exact_svm_transaction_failed";
             char *text = json_dumps(err, JSON_COMPACT);
@@ -272,7 +275,7 @@ static void s_on_status(void *arg, json_t *result, const char *error, int64_t co
             s_record(j, false);
             return;
         }
-        if (level && (strcmp(level, "confirmed") == 0 || strcmp(level, "finalized") == 0)) {
+        if (settled_level && (!err || json_is_null(err))) {
             j->res.ok = true;
             s_record(j, true);
             return;
@@ -516,12 +519,12 @@ static void s_track_status(void *arg, json_t *result, const char *error, int64_t
     if (json_is_object(st)) {
         const char *level = json_string_value(json_object_get(st, "confirmationStatus"));
         json_t *err = json_object_get(st, "err");
-        if (err && !json_is_null(err))
+        if (!level || strcmp(level, "processed") == 0)
+            s_track_free(t); /* processed (its fork may be dropped): wait for confirmation, error or not */
+        else if (err && !json_is_null(err))
             s_track_record(t, "failed", "invalid_exact_svm_transaction_failed");
-        else if (level && strcmp(level, "processed") != 0)
-            s_track_record(t, "confirmed", "");
         else
-            s_track_free(t); /* processed: wait for confirmation */
+            s_track_record(t, "confirmed", "");
         return;
     }
     if (t->expired) {
