@@ -644,8 +644,9 @@ static void s_on_begin(void *arg, const fb_rpc_reply_t *reply)
     char *raw_hex = NULL;
     if (s_sign(j->net, j->tx_nonce, &j->base_fee, &j->priority, j->calldata, j->calldata_len, hex_hash,
                &raw_hex) != 0) {
-        s_settle_fail(j, "invalid_exact_evm_transaction_failed",
-                      "the settlement transaction could not be signed");
+        /* nothing was sent, but the settlement stays begun: the tracker signs
+         * it later, so the outcome is not a failure (the caller asks again) */
+        s_unavailable(j, "the settlement transaction could not be signed");
         return;
     }
     json_t *body = json_pack("{sI ss ss}", "settlement_id", (json_int_t)j->settlement_id, "tx_hash", hex_hash,
