@@ -75,9 +75,12 @@ static const fb_pg_statement_t s_statements[] = {
     {"lock", "SELECT ledger_lock($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[])", 5},
     {"read", "SELECT ledger_read_dispatch($1, $2::jsonb)::text", 2},
     {"audit", "SELECT ledger_audit_all()::text", 0},
+    /* $1: "limit,topup_credit_after_ms" */
     {"sweep",
      "SELECT json_build_object('status', 'ok', 'body', json_build_object('expired', "
-     "ledger_expire_holds($1::integer), 'calls_forgotten', ledger_forget_calls($1::integer)))::text",
+     "ledger_expire_holds(split_part($1, ',', 1)::integer), 'calls_forgotten', "
+     "ledger_forget_calls(split_part($1, ',', 1)::integer), 'topups_credited', "
+     "ledger_credit_due_topups(split_part($1, ',', 1)::integer, split_part($1, ',', 2)::bigint)))::text",
      1},
 };
 

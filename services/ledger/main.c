@@ -38,6 +38,9 @@ static const fb_config_var_t s_vars[] = {
      "operations one write transaction may carry (1 turns group commit off)"},
     {"FAREBOX_LEDGER_SWEEP_MS", FB_CFG_INT, "1000", 50, 60000, NULL, NULL,
      "how often expired holds are released"},
+    {"FAREBOX_TOPUP_CREDIT_AFTER_S", FB_CFG_INT, "300", 1, 86400, NULL, NULL,
+     "a topup whose transfer confirmed and that no edge credited (the edge gone, the caller never back) is "
+     "credited by the sweeper this long after its confirmation"},
     {"FAREBOX_DATABASE_WAIT_MS", FB_CFG_INT, "60000", 0, 3600000, NULL, NULL,
      "at start, how long to wait for the database to accept connections"},
 };
@@ -59,12 +62,15 @@ typedef struct {
     uv_timer_t sweep;
     bool sweeping;
     int schema_version;
+    char sweep_args[48]; /* the sweep's "limit,topup_credit_after_ms" */
 } s_ledger_t;
 
 static void s_on_notice(void *arg, const char *message)
 {
     FB_UNUSED(arg);
-    fb_log(FB_LOG_DEBUG, NULL, "postgres notice", "text=%s", message);
+    /* the functions' warnings are for the operator (a due topup refused) */
+    fb_log(strncmp(message, "WARNING", 7) == 0 ? FB_LOG_WARN : FB_LOG_DEBUG, NULL, "postgres notice",
+           "text=%s", message);
 }
 
 /* Migrates at start, waiting (with backoff) for the database to come up:
@@ -134,6 +140,11 @@ static void s_swept(void *arg, const char *result, const char *code, const char 
     long expired = n ? strtol(strchr(n, ':') + 1, NULL, 10) : 0;
     if (expired > 0)
         fb_log(FB_LOG_INFO, NULL, "expired holds released", "count=%ld", expired);
+    const char *t = strstr(result, "\"topups_credited\"");
+    long topups = t ? strtol(strchr(t, ':') + 1, NULL, 10) : 0;
+    if (topups > 0)
+        fb_log(FB_LOG_WARN, NULL, "confirmed topups no edge credited were credited by the sweeper",
+               "count=%ld", topups);
     if (expired >= atol(SWEEP_LIMIT))
         s_sweep_now(self);
 }
@@ -143,7 +154,7 @@ static void s_sweep_now(s_ledger_t *self)
     if (self->sweeping)
         return;
     self->sweeping = true;
-    ledger_op_spec_t spec = {.kind = LEDGER_OP_SWEEP, .method = "sweep", .args = SWEEP_LIMIT};
+    ledger_op_spec_t spec = {.kind = LEDGER_OP_SWEEP, .method = "sweep", .args = self->sweep_args};
     ledger_engine_submit(self->engine, &spec, s_swept, self);
 }
 
@@ -200,6 +211,8 @@ int main(int argc, char **argv)
 
     uv_timer_init(loop, &self.sweep);
     self.sweep.data = &self;
+    snprintf(self.sweep_args, sizeof(self.sweep_args), "%s,%lld", SWEEP_LIMIT,
+             (long long)fb_config_int(cfg, "FAREBOX_TOPUP_CREDIT_AFTER_S") * 1000);
     uint64_t every = (uint64_t)fb_config_int(cfg, "FAREBOX_LEDGER_SWEEP_MS");
     uv_timer_start(&self.sweep, s_on_sweep, every, every);
     fb_service_on_stop(self.service, s_on_stop, &self);

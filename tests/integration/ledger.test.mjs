@@ -8,7 +8,7 @@ import crypto from "node:crypto";
 import { spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
-import { freePort, sleep, startService, SOURCE, stopAll } from "../lib/harness.mjs";
+import { freePort, sleep, startService, SOURCE, stopAll, waitUntil } from "../lib/harness.mjs";
 import { startPostgres } from "../lib/pg.mjs";
 import { RpcClient } from "../lib/rpc.mjs";
 
@@ -19,7 +19,7 @@ const idem = (tag = "op") => `${tag}-${process.pid}-${++seq}`;
 
 function ledgerEnv(extra = {}) {
   return { FAREBOX_RPC_BIND: range, FAREBOX_DATABASE_URL: db.url, FAREBOX_KEY_HMAC_SECRET: SECRET,
-    FAREBOX_LEDGER_SWEEP_MS: "200", ...extra };
+    FAREBOX_LEDGER_SWEEP_MS: "200", FAREBOX_TOPUP_CREDIT_AFTER_S: "1", ...extra };
 }
 
 async function call(method, body = {}, key = undefined, opts = {}) {
@@ -601,6 +601,41 @@ test("x402 authorizations: accepted once, then served, settled or failed", async
   await ok("ledger.settlement_signed", { settlement_id: sd.settlement_id, tx_hash: `0x${"cd".repeat(32)}`, raw_tx: "0x02f8" });
   await ok("ledger.settlement_result", { settlement_id: sd.settlement_id, state: "failed", reason: "reverted" });
   assert.equal((await ok("ledger.mark_failed", { authorization_id: d.authorization_id, reason: "x" })).state, "failed");
+  await audit();
+});
+
+test("a confirmed topup no edge credited is credited by the sweeper, once, with the edge's own source", async () => {
+  const network = "eip155:84532";
+  const payer = "0x6666666666666666666666666666666666666666";
+  const account = await newAccount();
+  async function confirmed(resource, amount) {
+    const nonce = `0x${crypto.randomBytes(32).toString("hex")}`;
+    const s = await ok("ledger.settlement_begin", { network, payer, nonce, amount_micro: amount, resource,
+      sender: "0x4444444444444444444444444444444444444444", evm: true, chain_nonce: 0, calldata: "0xe3ee160e" });
+    const tx = `0x${crypto.randomBytes(32).toString("hex")}`;
+    await ok("ledger.settlement_signed", { settlement_id: s.settlement_id, tx_hash: tx, raw_tx: "0x02f8" });
+    await ok("ledger.settlement_result", { settlement_id: s.settlement_id, state: "confirmed" });
+    return tx;
+  }
+  const balance = async () => (await ok("ledger.balance", { account_id: account })).balance_micro;
+  // confirmed, and nobody asked for its credit: the sweeper credits it a second later
+  const tx1 = await confirmed(`topup:account:${account}`, 1_500_000);
+  assert.equal(await balance(), 0);
+  await waitUntil(async () => (await balance()) === 1_500_000, { what: "the due topup credited" });
+  // the edge coming back later gets the same credit (duplicate), nothing more
+  const late = await ok("ledger.credit", { account_id: account, amount_micro: 1_500_000, kind: "topup",
+    source: { chain: network, tx: tx1, index: "0" } });
+  assert.equal(late.duplicate, true);
+  // credited by its edge first: the sweeper adds nothing
+  const tx2 = await confirmed(`topup:account:${account}`, 700_000);
+  const first = await ok("ledger.credit", { account_id: account, amount_micro: 700_000, kind: "topup",
+    source: { chain: network, tx: tx2, index: "0" } });
+  assert.equal(first.duplicate, false);
+  // a call's payment is no topup: never credited
+  await confirmed("https://edge.example/v1/chat/completions", 900_000);
+  await sleep(1600);
+  assert.equal(await balance(), 2_200_000);
+  assert.equal(Number(pg.psql(db.name, "SELECT count(*) FROM topup_credits_due")), 0);
   await audit();
 });
 
