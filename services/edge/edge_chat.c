@@ -693,10 +693,29 @@ static void s_anthropic_event(s_chat_t *c, json_t *d)
         s_count_text(c, json_object_get(block, "text"));
         s_count_text(c, json_object_get(block, "name"));
     } else if (strcmp(type, "message_delta") == 0) {
-        json_t *o = json_object_get(json_object_get(d, "usage"), "output_tokens");
+        json_t *usage = json_object_get(d, "usage");
+        json_t *o = json_object_get(usage, "output_tokens");
         if (json_is_integer(o) && json_integer_value(o) >= 0) {
             c->out_tokens = json_integer_value(o);
             c->out_seen = true;
+        }
+        /* its counts are the message's so far: input and cache tokens grow
+         * when the provider runs a server tool (a search, a fetch) */
+        json_t *in = json_object_get(usage, "input_tokens"),
+               *r = json_object_get(usage, "cache_read_input_tokens"),
+               *w = json_object_get(usage, "cache_creation_input_tokens");
+        if ((json_is_integer(in) && json_integer_value(in) >= 0) ||
+            (json_is_integer(r) && json_integer_value(r) >= 0) ||
+            (json_is_integer(w) && json_integer_value(w) >= 0)) {
+            int64_t raw = c->in_seen ? c->in_tokens - c->cache_read - c->cache_write : 0;
+            if (json_is_integer(in) && json_integer_value(in) >= 0)
+                raw = json_integer_value(in);
+            if (json_is_integer(r) && json_integer_value(r) >= 0)
+                c->cache_read = json_integer_value(r);
+            if (json_is_integer(w) && json_integer_value(w) >= 0)
+                c->cache_write = json_integer_value(w);
+            c->in_tokens = edge_add_micro(edge_add_micro(raw > 0 ? raw : 0, c->cache_read), c->cache_write);
+            c->in_seen = true;
         }
     } else if (strcmp(type, "message_stop") == 0) {
         c->up_ended = true;
@@ -721,7 +740,7 @@ static int s_on_event(void *arg, const edge_sse_event_t *ev)
                 fb_buf_append(&c->out, ev->raw, ev->raw_len);
             return 0;
         }
-        json_t *d = json_loadb(ev->data, ev->data_len, 0, &jerr);
+        json_t *d = json_loadb(ev->data, ev->data_len, JSON_ALLOW_NUL, &jerr);
         bool forward = true;
         if (json_is_object(d)) {
             json_t *usage = json_object_get(d, "usage");
@@ -747,7 +766,7 @@ static int s_on_event(void *arg, const edge_sse_event_t *ev)
         json_decref(d);
         return 0;
     }
-    json_t *d = json_loadb(ev->data, ev->data_len, 0, &jerr);
+    json_t *d = json_loadb(ev->data, ev->data_len, JSON_ALLOW_NUL, &jerr);
     if (json_is_object(d)) {
         s_anthropic_event(c, d);
         if (c->translate) {
@@ -866,7 +885,8 @@ static void s_whole_answer(s_chat_t *c)
         return;
     }
     json_error_t jerr;
-    json_t *d = json_loadb(c->answer.data ? c->answer.data : "", c->answer.len, 0, &jerr);
+    /* \u0000 in content is valid JSON (a token the caller can ask for) */
+    json_t *d = json_loadb(c->answer.data ? c->answer.data : "", c->answer.len, JSON_ALLOW_NUL, &jerr);
     if (!json_is_object(d)) {
         json_decref(d);
         s_set_error(c, 502, "upstream_error", NULL,
@@ -1468,10 +1488,18 @@ static int s_read_chat(s_chat_t *c, json_t *body)
     }
     c->stream = json_is_true(stream);
     c->caller_usage = json_is_true(json_object_get(json_object_get(body, "stream_options"), "include_usage"));
-    json_t *mct = json_object_get(body, "max_completion_tokens");
-    const char *field = mct && !json_is_null(mct) ? "max_completion_tokens" : "max_tokens";
-    if (s_max_tokens(c, json_object_get(body, field), field, false) != 0)
+    /* both may be sent: each is checked, and the ceiling takes the larger
+     * (a provider might honour either) */
+    json_t *mct = json_object_get(body, "max_completion_tokens"), *mt = json_object_get(body, "max_tokens");
+    if (s_max_tokens(c, mt, "max_tokens", false) != 0)
         return -1;
+    if (mct && !json_is_null(mct)) {
+        int64_t other = mt && !json_is_null(mt) ? c->max_output : 0;
+        if (s_max_tokens(c, mct, "max_completion_tokens", false) != 0)
+            return -1;
+        if (other > c->max_output)
+            c->max_output = other;
+    }
     /* n answers may each produce max_output tokens: the ceiling covers them all
      * (translated models take n = 1 only, below) */
     json_t *n = json_object_get(body, "n");
@@ -1671,9 +1699,17 @@ static s_chat_t *s_scanned_chat(edge_worker_t *w, h2o_req_t *req, const char *ri
         (stream && q.include_usage.kind != EDGE_SCAN_TRUE))
         return NULL;
     edge_scan_value_t mct = q.max_completion_tokens;
+    bool has_mct = mct.kind != EDGE_SCAN_ABSENT && mct.kind != EDGE_SCAN_NULL,
+         has_mt = q.max_tokens.kind != EDGE_SCAN_ABSENT && q.max_tokens.kind != EDGE_SCAN_NULL;
     int64_t max_output =
-        s_scanned_count(mct.kind != EDGE_SCAN_ABSENT && mct.kind != EDGE_SCAN_NULL ? mct : q.max_tokens,
-                        m->max_output_tokens, m->max_output_tokens);
+        s_scanned_count(has_mct ? mct : q.max_tokens, m->max_output_tokens, m->max_output_tokens);
+    if (has_mct && has_mt) { /* both: each checked, the larger taken (as s_read_chat) */
+        int64_t other = s_scanned_count(q.max_tokens, m->max_output_tokens, m->max_output_tokens);
+        if (other < 0)
+            return NULL;
+        if (other > max_output && max_output >= 0)
+            max_output = other;
+    }
     int64_t choices = s_scanned_count(q.n, 1, MAX_CHOICES);
     if (max_output < 0 || choices < 0)
         return NULL;
@@ -1728,6 +1764,51 @@ static s_chat_t *s_parsed_chat(edge_worker_t *w, h2o_req_t *req, const char *rid
     return c;
 }
 
+/* After the key at k (a quote just past its name), a ':' and the start of a
+ * string value beginning with prefix (NULL: any value), whitespace allowed. */
+static bool s_value_starts(const char *k, const char *end, const char *prefix)
+{
+    while (k < end && (*k == ' ' || *k == '\t' || *k == '\n' || *k == '\r'))
+        k++;
+    if (k >= end || *k++ != ':')
+        return false;
+    if (!prefix)
+        return true;
+    while (k < end && (*k == ' ' || *k == '\t' || *k == '\n' || *k == '\r'))
+        k++;
+    size_t n = strlen(prefix);
+    return k < end && *k == '"' && (size_t)(end - k - 1) >= n && memcmp(k + 1, prefix, n) == 0;
+}
+
+bool edge_chat_input_unbounded(const char *body, size_t len)
+{
+    /* a key's name between quotes cannot appear inside a JSON string (its
+     * quotes would be escaped): these matches are keys, or, rarely, keys
+     * ending so — a larger hold, never a smaller one */
+    static const struct {
+        const char *key, *prefix;
+    } marks[] = {
+        {"\"url\"", "http"},       /* media or a document by URL, fetched by the provider */
+        {"\"file_id\"", NULL},     /* a file uploaded to the provider */
+        {"\"mcp_servers\"", NULL}, /* MCP servers the provider calls */
+        {"\"web_search_options\"", NULL},
+        {"\"type\"", "web_search"}, /* server tools: their results are input too */
+        {"\"type\"", "web_fetch"},
+        {"\"type\"", "code_execution"},
+        {"\"type\"", "mcp"},
+    };
+    if (!body)
+        return false;
+    const char *end = body + len;
+    for (size_t i = 0; i < FB_ARRAY_SIZE(marks); i++) {
+        size_t kl = strlen(marks[i].key);
+        for (const char *p = body; (p = memmem(p, (size_t)(end - p), marks[i].key, kl)); p += kl)
+            if (s_value_starts(p + kl, end, marks[i].prefix))
+                return true;
+    }
+    return false;
+}
+
 static int s_begin(edge_worker_t *w, h2o_req_t *req, const char *rid, s_route_t route)
 {
     edge_dialect_t dialect = route == ROUTE_MESSAGES ? EDGE_ANTHROPIC
@@ -1752,6 +1833,8 @@ static int s_begin(edge_worker_t *w, h2o_req_t *req, const char *rid, s_route_t 
         c->anthropic_beta = s_header_copy(req, "anthropic-beta", 512);
     }
     c->input_estimate = (int64_t)req->entity.len;
+    if (edge_chat_input_unbounded(req->entity.base, req->entity.len) && m->context_tokens > c->input_estimate)
+        c->input_estimate = m->context_tokens; /* the model's whole context: the most input it can take */
     int64_t a = edge_cost_micro(c->input_estimate, m->input_price),
             b = edge_cost_micro(c->max_output * c->choices, m->output_price);
     c->hold_micro = edge_add_micro(a, b);
@@ -1845,5 +1928,34 @@ int edge_chat_test(bool verbose)
     FB_ASSERT(edge_chat_output_estimate(5, 9) == 5);
     FB_ASSERT(edge_chat_output_estimate(2, 10) == 4);
     FB_ASSERT(edge_chat_output_estimate(0, 1) == 1);
+    /* input the provider adds: by URL, by file id, from server tools; not a
+     * data URL, not a URL in text */
+    static const struct {
+        const char *body;
+        bool unbounded;
+    } bodies[] = {
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", false},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"see https://example.com and \\\"url\\\": "
+         "\\\"http\"}]}",
+         false},
+        {"{\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,AAAA\"}}]}",
+         false},
+        {"{\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\": \"https://x/y.png\"}}]}", true},
+        {"{\"content\":[{\"type\":\"document\",\"source\":{\"type\":\"url\",\"url\" :\"http://x/a.pdf\"}}]}",
+         true},
+        {"{\"content\":[{\"type\":\"image\",\"source\":{\"type\":\"file\",\"file_id\":\"file_1\"}}]}", true},
+        {"{\"tools\":[{\"type\":\"web_search_20250305\",\"name\":\"web_search\"}]}", true},
+        {"{\"tools\":[{\"type\": \"code_execution_20250522\"}]}", true},
+        {"{\"mcp_servers\":[]}", true},
+        {"{\"web_search_options\":{}}", true},
+        {"{\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"web_search\"}}]}", false},
+    };
+    for (size_t i = 0; i < FB_ARRAY_SIZE(bodies); i++) {
+        if (edge_chat_input_unbounded(bodies[i].body, strlen(bodies[i].body)) != bodies[i].unbounded) {
+            fprintf(stderr, "input case %zu: %s\n", i, bodies[i].body);
+            FB_ASSERT(0);
+        }
+    }
+    FB_ASSERT(!edge_chat_input_unbounded(NULL, 0) && !edge_chat_input_unbounded("\"url\"", 5));
     return 0;
 }

@@ -37,6 +37,13 @@ void edge_chat_watch_keys(edge_worker_t *w);
  * and a third of the text bytes (rounded up), and at least 1. */
 int64_t edge_chat_output_estimate(int64_t events, int64_t bytes);
 
+/* edge_chat_input_unbounded - whether a request's input can cost more tokens
+ * than its body has bytes: it names media or documents by URL, files by id,
+ * or server tools (web search or fetch, code execution, MCP servers), whose
+ * content the provider adds. Such a call's ceiling counts the model's whole
+ * context as input. */
+bool edge_chat_input_unbounded(const char *body, size_t len);
+
 int edge_chat_test(bool verbose);
 
 #endif

@@ -1,5 +1,6 @@
 /* edge_translate - OpenAI chat completions <-> Anthropic messages. */
 #include "edge_translate.h"
+#include "edge_catalog.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -307,7 +308,8 @@ int edge_tr_usage(json_t *usage, int64_t *input, int64_t *output)
     for (size_t i = 0; i < FB_ARRAY_SIZE(cache); i++) {
         json_t *c = json_object_get(usage, cache[i]);
         if (json_is_integer(c) && json_integer_value(c) > 0)
-            total += json_integer_value(c);
+            total = edge_add_micro(total,
+                                   json_integer_value(c)); /* saturating: a provider's nonsense never wraps */
     }
     *input = total;
     *output = json_integer_value(out);

@@ -750,6 +750,55 @@ test("a charge write the ledger does not answer in time is sent again as is: the
   await audit();
 });
 
+test("an Anthropic stream whose input grows (a server tool ran) is charged its final counts", async () => {
+  // a provider that streams Anthropic events: message_start counts 12 input tokens; message_delta, after the
+  // tool ran, counts 900 input (40 of them read from the cache) and 5 output
+  const events = [
+    ["message_start", { type: "message_start", message: { id: "msg_1", type: "message", role: "assistant",
+      model: "claude-3-5-haiku-20241022", content: [], stop_reason: null,
+      usage: { input_tokens: 12, output_tokens: 1 } } }],
+    ["content_block_start", { type: "content_block_start", index: 0, content_block: { type: "text", text: "" } }],
+    ["content_block_delta", { type: "content_block_delta", index: 0, delta: { type: "text_delta", text: "Found it." } }],
+    ["content_block_stop", { type: "content_block_stop", index: 0 }],
+    ["message_delta", { type: "message_delta", delta: { stop_reason: "end_turn" },
+      usage: { input_tokens: 860, cache_read_input_tokens: 40, output_tokens: 5 } }],
+    ["message_stop", { type: "message_stop" }]];
+  const scripted = http.createServer((req, res) => {
+    req.resume();
+    req.on("end", () => {
+      res.writeHead(200, { "content-type": "text/event-stream" });
+      for (const [name, data] of events) res.write(`event: ${name}\ndata: ${JSON.stringify(data)}\n\n`);
+      res.end();
+    });
+  });
+  await new Promise((r) => scripted.listen(0, "127.0.0.1", r));
+  const dir = tmpDir("scripted");
+  const catalog = path.join(dir, "catalog.json");
+  const [pin, pout, pread] = [800000, 4000000, 80000];
+  fs.writeFileSync(catalog, JSON.stringify({
+    routes: [{ name: "scripted", provider: "anthropic", base_url: `http://127.0.0.1:${scripted.address().port}` }],
+    models: [{ id: "claude-3-5-haiku-20241022", provider: "anthropic", route: "scripted", input_price: pin,
+      output_price: pout, cache_read_price: pread, context_tokens: 200000, max_output_tokens: 8192 }] }));
+  const edgeUrl = await startEdge({ FAREBOX_CATALOG_FILE: catalog, FAREBOX_PREPAID_SLICE_IDLE_MS: "50" });
+  try {
+    const { id, key } = await account(10_000_000);
+    const stream = await new Anthropic({ baseURL: edgeUrl, apiKey: key, maxRetries: 0 }).messages.create({
+      model: "claude-3-5-haiku-20241022", max_tokens: 64, stream: true,
+      tools: [{ type: "web_search_20250305", name: "web_search", max_uses: 1 }], // its results are input too
+      messages: [{ role: "user", content: "search for it" }] });
+    let text = "";
+    for await (const e of stream) if (e.type === "content_block_delta") text += e.delta.text;
+    assert.equal(text, "Found it.");
+    const part = (tokens, price) => Number(ceilDiv(BigInt(tokens) * BigInt(price), 1000000n));
+    const list = await settled(id);
+    assert.equal(list.length, 1);
+    assert.equal(list[0].amount_micro, part(860, pin) + part(40, pread) + part(5, pout));
+  } finally {
+    scripted.close();
+  }
+  await audit();
+});
+
 test("rate limits per IP and per key, and the in-flight cap per key: 429 with Retry-After, nothing charged", async () => {
   // per IP: a burst of 2, then one a second; health checks are not counted
   const ipEdge = await startEdge({ FAREBOX_RATE_IP_PER_S: "1", FAREBOX_RATE_IP_BURST: "2" });

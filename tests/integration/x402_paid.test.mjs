@@ -120,6 +120,15 @@ test("no credentials: 402 with a quote for both networks, the call's ceiling", a
   assert.equal(s.extra.feePayer, sol.payer.address);
   assert.equal(err.error.code, "payment_required");
   assert.equal(err.error.accepts.length, 2);
+  // an image by URL (the provider fetches it: its tokens are not bounded by the body's bytes), or both
+  // max_tokens and max_completion_tokens (the larger): the model's context counts as input
+  const byUrl = JSON.stringify({ model: "gpt-4o-mini", max_tokens: 8, messages: [{ role: "user", content: [
+    { type: "text", text: "what is this?" }, { type: "image_url", image_url: { url: "https://example.com/a.png" } }] }] });
+  const wide = (await quoteOf(byUrl)).required.accepts[0].amount;
+  assert.equal(wide, String(Math.ceil(128000 * 150000 / 1e6) + Math.ceil(8 * 600000 / 1e6)));
+  const both = chat("quote me", { max_completion_tokens: 4, max_tokens: 30 });
+  assert.equal((await quoteOf(both)).required.accepts[0].amount,
+    String(Math.ceil(Buffer.byteLength(both) * 150000 / 1e6) + Math.ceil(30 * 600000 / 1e6)));
 });
 
 test("@x402/fetch with @x402/evm pays a chat completion on anvil, and a stream", async () => {
