@@ -852,9 +852,10 @@ watch_evm_t *watch_evm_new(watcher_t *w, const watch_evm_config_t *config, char 
     } else {
         char *end;
         long long d = strtoll(config->confirm, &end, 10);
-        if (!config->confirm[0] || *end || d < 0 || d > 100000) {
+        /* 1: the head block itself (0 would name a block that is not there yet) */
+        if (!config->confirm[0] || *end || d < 1 || d > 100000) {
             snprintf(err, errlen,
-                     "FAREBOX_EVM_CONFIRMATIONS: must be a block count (0..100000), safe or finalized");
+                     "FAREBOX_EVM_CONFIRMATIONS: must be a block count (1..100000), safe or finalized");
             free(self);
             return NULL;
         }

@@ -248,8 +248,14 @@ static void s_on_transaction(void *arg, json_t *result, const char *error, int64
         s_error(self, "getTransaction", error ? message : "no transaction (not at this commitment yet)");
         return s_job_end(j);
     }
+    json_t *meta = json_object_get(result, "meta");
+    if (!json_is_object(meta) || !json_object_get(meta, "err")) {
+        /* no status to go by: neither skipped nor credited, read again next poll */
+        s_error(self, "getTransaction", "the transaction has no meta.err (status unknown)");
+        return s_job_end(j);
+    }
     self->transactions++;
-    if (!json_is_null(json_object_get(json_object_get(result, "meta"), "err"))) {
+    if (!json_is_null(json_object_get(meta, "err"))) {
         self->skipped_failed++;
         j->next++;
         return s_job_next(j);

@@ -192,6 +192,12 @@ test("deposit addresses derive from the seed, are made once, and show in the adm
     assert.equal(r.status, 2, r.stderr);
     assert.match(r.stderr, /FAREBOX_DEPOSIT_/);
   }
+  // a depth of 0 would name a block not there yet
+  const zero = spawnSync(bin("farebox-chain-watcher"), [], { encoding: "utf8", env: { ...process.env,
+    ...watcherEnv("bad"), FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`, FAREBOX_METRICS_LISTEN: "",
+    FAREBOX_EVM_CONFIRMATIONS: "0" } });
+  assert.equal(zero.status, 2, zero.stderr);
+  assert.match(zero.stderr, /FAREBOX_EVM_CONFIRMATIONS: must be a block count \(1\.\.100000\)/);
   await audit();
 });
 
