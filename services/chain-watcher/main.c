@@ -44,7 +44,8 @@ static watch_svm_t *s_svm(watcher_t *w, const fb_config_t *cfg)
                             .mint = fb_config_str(cfg, "FAREBOX_SOLANA_MINT"),
                             .commitment = fb_config_str(cfg, "FAREBOX_SOLANA_COMMITMENT"),
                             .poll_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_WATCH_POLL_MS"),
-                            .timeout_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_CHAIN_TIMEOUT_MS")};
+                            .timeout_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_CHAIN_TIMEOUT_MS"),
+                            .signatures_max = (size_t)fb_config_int(cfg, "FAREBOX_SOLANA_SIGNATURES_MAX")};
     char err[256];
     watch_svm_t *svm = watch_svm_new(w, &c, err, sizeof(err));
     if (!svm) {
@@ -113,6 +114,10 @@ static const fb_config_var_t s_vars[] = {
      "commitment a Solana deposit needs before it is credited"},
     {"FAREBOX_SOLANA_MINT", FB_CFG_STRING, "4zMMC9srt5Ri5X14GAgXhaHii3GnPAEERYPJgZJDncDU", 0, 0, NULL, NULL,
      "the USDC mint: deposit token accounts are its associated token accounts"},
+    {"FAREBOX_SOLANA_SIGNATURES_MAX", FB_CFG_INT, "20000", 1, 1000000, NULL, NULL,
+     "new transactions of one deposit account handled in one poll, the oldest first (a flood of transfers to "
+     "an "
+     "address delays its deposits by polls, never stops them)"},
 };
 
 static const fb_service_def_t s_def = {

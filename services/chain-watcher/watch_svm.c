@@ -10,11 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define ADDR_PAGE     5000  /* deposit addresses per ledger read */
-#define SIG_PAGE      1000  /* signatures per getSignaturesForAddress (the node's maximum) */
-#define SIGS_MAX      20000 /* new signatures of one account handled in one poll */
-#define JOBS_INFLIGHT 8     /* token accounts polled at once */
-#define SIG_CHARS     100   /* room for a base58 signature */
+#define ADDR_PAGE     5000 /* deposit addresses per ledger read */
+#define SIG_PAGE      1000 /* signatures per getSignaturesForAddress (the node's maximum) */
+#define JOBS_INFLIGHT 8    /* token accounts polled at once */
+#define SIG_CHARS     100  /* room for a base58 signature */
 
 typedef struct {
     int64_t account;
@@ -37,7 +36,8 @@ typedef struct {
     size_t ata; /* index in atas */
     s_sig_t *sigs;
     size_t n, cap;
-    size_t next; /* next signature to handle, counting from the oldest */
+    size_t next;  /* next signature to handle, counting from the oldest */
+    bool trimmed; /* more than one poll handles: the newest were left for the next */
 } s_job_t;
 
 struct watch_svm_t {
@@ -50,6 +50,7 @@ struct watch_svm_t {
     char commitment[16];
     fb_jsonrpc_t *rpc;
     uint32_t poll_ms;
+    size_t signatures_max; /* new signatures of one account handled in one poll */
     uv_timer_t timer;
     bool busy, stopping;
     s_ata_t *atas;
@@ -329,16 +330,23 @@ static void s_on_signatures(void *arg, json_t *result, const char *error, int64_
         s->slot = slot;
         s->failed = !json_is_null(json_object_get(e, "err")) && json_object_get(e, "err") != NULL;
     }
-    if (json_array_size(result) == SIG_PAGE) {
-        if (j->n >= SIGS_MAX) {
-            /* too many at once to find the last one handled: keep the oldest
-             * pages for later is not possible (the list runs newest first),
-             * so this account is read again from its cursor next poll */
-            s_error(self, "getSignaturesForAddress", "more new signatures than one poll handles");
-            return s_job_end(j);
-        }
-        return s_signatures_page(j);
+    size_t max = self->signatures_max;
+    if (j->n > max) {
+        /* more new signatures than one poll handles (the list runs newest
+         * first, down to the cursor): the oldest max are kept and handled
+         * now, the cursor moves to the newest of them, and the next poll goes
+         * on from there — a flood of transfers to an address delays its
+         * deposits, it never stops them being credited */
+        size_t drop = j->n - max;
+        memmove(j->sigs, j->sigs + drop, max * sizeof(*j->sigs));
+        j->n = max;
+        j->trimmed = true;
     }
+    if (json_array_size(result) == SIG_PAGE)
+        return s_signatures_page(j);
+    if (j->trimmed)
+        fb_log(FB_LOG_WARN, NULL, "more new signatures than one poll handles: the oldest are handled first",
+               "network=%s address=%s handled=%zu", self->network, self->atas[j->ata].ata_text, max);
     j->next = 0;
     s_job_next(j);
 }
@@ -515,6 +523,7 @@ watch_svm_t *watch_svm_new(watcher_t *w, const watch_svm_config_t *config, char 
     }
     snprintf(self->commitment, sizeof(self->commitment), "%s", config->commitment);
     self->poll_ms = config->poll_ms;
+    self->signatures_max = config->signatures_max > 0 ? config->signatures_max : 20000;
     fb_jsonrpc_config_t rc = {.chain = self->network,
                               .urls = config->rpc_urls,
                               .timeout_ms = config->timeout_ms,

@@ -29,6 +29,7 @@ typedef struct {
     const char *commitment; /* "finalized" or "confirmed" */
     uint32_t poll_ms;       /* pause between polls */
     uint32_t timeout_ms;    /* per JSON-RPC attempt */
+    size_t signatures_max;  /* new signatures of one account handled in one poll (the oldest first) */
 } watch_svm_config_t;
 
 /* watch_svm_new - start watching. Returns the scanner (caller owns it) or

@@ -23,8 +23,8 @@ const SECRET = crypto.randomBytes(32).toString("hex");
 const SEED = crypto.randomBytes(32).toString("hex");
 let pg, chains, sol, solRpc, ledger, lp, wp, watchers = [], led, wat;
 
-function watcherEnv(replica) {
-  return { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${wp}-${wp + 9}`, FAREBOX_REPLICA: replica,
+function watcherEnv(replica, extra = {}) {
+  return { ...extra, FAREBOX_RPC_BIND: `tcp://127.0.0.1:${wp}-${wp + 9}`, FAREBOX_REPLICA: replica,
     FAREBOX_LEDGER_ENDPOINT: `tcp://127.0.0.1:${lp}`, FAREBOX_DEPOSIT_SEED: SEED, FAREBOX_EVM_NETWORK: "off",
     FAREBOX_SOLANA_NETWORK: sol.x402Network, FAREBOX_SOLANA_RPC_URLS: sol.rpcUrl, FAREBOX_SOLANA_MINT: sol.mint,
     FAREBOX_SOLANA_COMMITMENT: "confirmed", FAREBOX_WATCH_POLL_MS: "200" };
@@ -166,7 +166,7 @@ test("several transfers in one transaction are credited as their sum", async () 
   await audit();
 });
 
-test("transfers while the watcher is down, then two replicas: each credited once", async () => {
+test("transfers while the watcher is down, then two replicas handling two a poll: each credited once", async () => {
   const a = await account();
   assert.equal((await watchers[0].stop()).code, 0);
   wat.close();
@@ -176,8 +176,10 @@ test("transfers while the watcher is down, then two replicas: each credited once
     expected += amt;
     await send([{ wallet: i % 2, to: a.ata, amount: amt }]);
   }
-  watchers[0] = await startService("chain-watcher", watcherEnv("watcher-0"));
-  watchers.push(await startService("chain-watcher", watcherEnv("watcher-1")));
+  // two new transactions an account a poll (FAREBOX_SOLANA_SIGNATURES_MAX): the oldest first, the rest later
+  const two = { FAREBOX_SOLANA_SIGNATURES_MAX: "2" };
+  watchers[0] = await startService("chain-watcher", watcherEnv("watcher-0", two));
+  watchers.push(await startService("chain-watcher", watcherEnv("watcher-1", two)));
   wat = new RpcClient(watchers[0].endpoint);
   const second = new RpcClient(watchers[1].endpoint);
   try {
@@ -189,6 +191,8 @@ test("transfers while the watcher is down, then two replicas: each credited once
     const both = [await status(), await status(second)];
     assert.ok(both[0].transactions + both[1].transactions >= 6 && both.every((s) => s.last_error === ""),
       JSON.stringify(both));
+    assert.ok(watchers.some((w) => w.lines.some((e) =>
+      e.json?.msg === "more new signatures than one poll handles: the oldest are handled first")));
   } finally {
     second.close();
   }
