@@ -51,7 +51,8 @@ typedef struct {
     struct watch_evm_t *owner;
     char url[256];
     fb_jsonrpc_t *rpc;
-    int64_t head; /* -1 until it answered */
+    int64_t head;    /* -1 until it answered */
+    int64_t head_ms; /* when it last answered its head */
     bool asking;
 } s_provider_t;
 
@@ -319,8 +320,10 @@ static void s_on_provider_head(void *arg, json_t *result, const char *error, int
     s_provider_t *p = arg;
     p->asking = false;
     int64_t head;
-    if (!error && s_qty(result, &head) == 0)
+    if (!error && s_qty(result, &head) == 0) {
         p->head = head;
+        p->head_ms = fb_mono_ms();
+    }
 }
 
 /* every poll, each provider's own head (one call each, skipped while one is out) */
@@ -414,7 +417,16 @@ static void s_on_head(void *arg, json_t *result, const char *error, int64_t code
         return s_done(self);
     }
     /* a provider behind the last head seen moves nothing back: the cursor
-     * only follows the confirmed head forward */
+     * only follows the confirmed head forward. With several providers, a
+     * range's calls may be answered by any of them, and one that has not
+     * reached the range's end answers eth_getLogs with what it has (no
+     * error): the head is the lowest one the providers answered last */
+    int64_t recent = fb_mono_ms() - 5 * (int64_t)self->poll_ms - 10000; /* a provider gone quiet is left out */
+    for (size_t i = 0; i < self->nproviders; i++) {
+        const s_provider_t *p = &self->providers[i];
+        if (p->head > 0 && p->head_ms >= recent && p->head < head)
+            head = p->head;
+    }
     self->head = head;
     if (self->tag[0]) {
         json_t *params = json_pack("[s, b]", self->tag, 0);
