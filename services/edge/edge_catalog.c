@@ -257,13 +257,23 @@ static int s_parse_model(json_t *m, size_t index, const edge_catalog_t *c, edge_
                          size_t errlen)
 {
     memset(out, 0, sizeof(*out));
-    out->cache_read_price = out->cache_write_price = -1; /* absent: the input price */
+    out->cache_read_price = out->cache_write_price = out->cache_write_1h_price =
+        -1; /* absent: defaults below */
     if (!json_is_object(m))
         return s_fail(err, errlen, "models[%zu] must be an object", index);
-    static const char *const known[] = {"id",           "provider",         "route",
-                                        "upstream",     "display_name",     "aliases",
-                                        "input_price",  "cache_read_price", "cache_write_price",
-                                        "output_price", "context_tokens",   "max_output_tokens"};
+    static const char *const known[] = {"id",
+                                        "provider",
+                                        "route",
+                                        "upstream",
+                                        "display_name",
+                                        "aliases",
+                                        "input_price",
+                                        "cache_read_price",
+                                        "cache_write_price",
+                                        "cache_write_1h_price",
+                                        "output_price",
+                                        "context_tokens",
+                                        "max_output_tokens"};
     if (s_known_fields(m, known, FB_ARRAY_SIZE(known), "models", index, err, errlen) != 0)
         return -1;
     json_t *v;
@@ -301,6 +311,8 @@ static int s_parse_model(json_t *m, size_t index, const edge_catalog_t *c, edge_
                     errlen) != 0 ||
         s_int_field(m, "cache_write_price", 0, EDGE_PRICE_MAX, false, &out->cache_write_price, out->id, err,
                     errlen) != 0 ||
+        s_int_field(m, "cache_write_1h_price", 0, EDGE_PRICE_MAX, false, &out->cache_write_1h_price, out->id,
+                    err, errlen) != 0 ||
         s_int_field(m, "context_tokens", 1, EDGE_TOKENS_MAX, true, &out->context_tokens, out->id, err,
                     errlen) != 0 ||
         s_int_field(m, "max_output_tokens", 1, EDGE_TOKENS_MAX, true, &out->max_output_tokens, out->id, err,
@@ -310,6 +322,8 @@ static int s_parse_model(json_t *m, size_t index, const edge_catalog_t *c, edge_
         out->cache_read_price = out->input_price;
     if (out->cache_write_price < 0)
         out->cache_write_price = out->input_price;
+    if (out->cache_write_1h_price < 0) /* Anthropic's hour-long writes: twice the input price */
+        out->cache_write_1h_price = edge_add_micro(out->input_price, out->input_price);
     if (!s_name_ok(out->upstream))
         return s_fail(err, errlen, "model \"%s\": upstream has characters outside A-Z a-z 0-9 . _ : / @ -",
                       out->id);
@@ -369,23 +383,28 @@ int64_t edge_input_cost_micro(const edge_model_t *m, const edge_usage_t *u)
     int64_t in = u->input > 0 ? u->input : 0;
     int64_t r = u->cache_read > 0 ? (u->cache_read < in ? u->cache_read : in) : 0;
     int64_t w = u->cache_write > 0 ? (u->cache_write < in - r ? u->cache_write : in - r) : 0;
+    int64_t h = u->cache_write_1h > 0 ? (u->cache_write_1h < w ? u->cache_write_1h : w) : 0;
     return edge_add_micro(
         edge_add_micro(edge_cost_micro(in - r - w, m->input_price), edge_cost_micro(r, m->cache_read_price)),
-        edge_cost_micro(w, m->cache_write_price));
+        edge_add_micro(edge_cost_micro(w - h, m->cache_write_price),
+                       edge_cost_micro(h, m->cache_write_1h_price)));
 }
 
 static json_t *s_price_json(const edge_model_t *m)
 {
-    char in[32], outp[32], cr[32], cw[32];
+    char in[32], outp[32], cr[32], cw[32], ch[32];
     edge_usd_text(in, m->input_price);
     edge_usd_text(outp, m->output_price);
     edge_usd_text(cr, m->cache_read_price);
     edge_usd_text(cw, m->cache_write_price);
-    return json_pack("{sI sI sI sI ss ss ss ss}", "input_micro_per_mtok", (json_int_t)m->input_price,
+    edge_usd_text(ch, m->cache_write_1h_price);
+    return json_pack("{sI sI sI sI sI ss ss ss ss ss}", "input_micro_per_mtok", (json_int_t)m->input_price,
                      "output_micro_per_mtok", (json_int_t)m->output_price, "cache_read_micro_per_mtok",
                      (json_int_t)m->cache_read_price, "cache_write_micro_per_mtok",
-                     (json_int_t)m->cache_write_price, "input_usd_per_mtok", in, "output_usd_per_mtok", outp,
-                     "cache_read_usd_per_mtok", cr, "cache_write_usd_per_mtok", cw);
+                     (json_int_t)m->cache_write_price, "cache_write_1h_micro_per_mtok",
+                     (json_int_t)m->cache_write_1h_price, "input_usd_per_mtok", in, "output_usd_per_mtok",
+                     outp, "cache_read_usd_per_mtok", cr, "cache_write_usd_per_mtok", cw,
+                     "cache_write_1h_usd_per_mtok", ch);
 }
 
 static json_t *s_aliases_json(const edge_model_t *m)
@@ -611,6 +630,7 @@ int edge_catalog_test(bool verbose)
     m = edge_catalog_find(c, "claude-3-5-haiku-latest", 23);
     FB_ASSERT(m && m->provider == EDGE_PROVIDER_ANTHROPIC && m->max_output_tokens == 8192);
     FB_ASSERT(m->cache_read_price == 80000 && m->cache_write_price == 1000000); /* 0.1x and 1.25x input */
+    FB_ASSERT(m->cache_write_1h_price == 1600000);                              /* 2x for an hour */
     size_t n;
     const char *text = edge_catalog_models_openai(c, &n);
     json_t *doc = json_loadb(text, n, 0, NULL);
@@ -734,6 +754,11 @@ int edge_catalog_test(bool verbose)
     FB_ASSERT(edge_input_cost_micro(&pm, &u) == 30); /* all 100 read from the cache, nothing written */
     u = (edge_usage_t){.input = 100, .cache_read = -5, .cache_write = 150};
     FB_ASSERT(edge_input_cost_micro(&pm, &u) == 375); /* all 100 written */
+    pm.cache_write_1h_price = 6000000;
+    u = (edge_usage_t){.input = 100, .cache_write = 50, .cache_write_1h = 20};
+    FB_ASSERT(edge_input_cost_micro(&pm, &u) == 150 + 113 + 120); /* 50 x 3 + 30 x 3.75 (112.5) + 20 x 6 */
+    u = (edge_usage_t){.input = 100, .cache_write = 10, .cache_write_1h = 500};
+    FB_ASSERT(edge_input_cost_micro(&pm, &u) == 270 + 60); /* the hour's count clamped into the writes */
 
     /* routes: models on the built-in routes by default, on a catalog route by
      * name; a fallback may name a route further down or a built-in one */

@@ -50,6 +50,7 @@ typedef struct {
     int64_t input_price, output_price; /* micro-USDC per million tokens */
     int64_t cache_read_price;          /* ... of input tokens read from the provider's prompt cache */
     int64_t cache_write_price;         /* ... of input tokens written to it (Anthropic) */
+    int64_t cache_write_1h_price;      /* ... written to it for an hour (Anthropic's "ttl": "1h") */
     int64_t context_tokens, max_output_tokens;
     size_t naliases;
     char aliases[EDGE_MODEL_ALIASES][EDGE_MODEL_NAME_MAX + 1];
@@ -93,6 +94,7 @@ int64_t edge_cost_micro(int64_t tokens, int64_t price);
  * were read from or written to its prompt cache. */
 typedef struct {
     int64_t input, cache_read, cache_write;
+    int64_t cache_write_1h; /* of cache_write: written for an hour */
 } edge_usage_t;
 
 /* edge_input_cost_micro - what the input costs at the model's prices: the

@@ -88,6 +88,7 @@ struct s_chat {
     char up_error[256]; /* why the stream ended badly, for the caller */
     int64_t in_tokens, out_tokens;
     int64_t cache_read, cache_write; /* of in_tokens: read from / written to the provider's prompt cache */
+    int64_t cache_write_1h;          /* of cache_write: written for an hour (priced apart) */
     bool in_seen, out_seen;
     int64_t out_events, out_bytes; /* content delivered, for a stream without usage */
     /* our answer */
@@ -338,7 +339,10 @@ static int64_t s_input_cost(s_chat_t *c)
 {
     if (!c->in_seen)
         return edge_cost_micro(c->input_estimate, c->model->input_price);
-    edge_usage_t u = {.input = c->in_tokens, .cache_read = c->cache_read, .cache_write = c->cache_write};
+    edge_usage_t u = {.input = c->in_tokens,
+                      .cache_read = c->cache_read,
+                      .cache_write = c->cache_write,
+                      .cache_write_1h = c->cache_write_1h};
     return edge_input_cost_micro(c->model, &u);
 }
 
@@ -680,6 +684,8 @@ static void s_anthropic_event(s_chat_t *c, json_t *d)
                 c->in_tokens = in;
                 c->in_seen = true;
                 edge_tr_cache_tokens(u, &c->cache_read, &c->cache_write);
+                int64_t h = edge_tr_cache_1h_tokens(u);
+                c->cache_write_1h = h > 0 ? h : 0;
             }
             json_decref(u);
         }
@@ -717,6 +723,9 @@ static void s_anthropic_event(s_chat_t *c, json_t *d)
             c->in_tokens = edge_add_micro(edge_add_micro(raw > 0 ? raw : 0, c->cache_read), c->cache_write);
             c->in_seen = true;
         }
+        int64_t h = edge_tr_cache_1h_tokens(usage);
+        if (h >= 0)
+            c->cache_write_1h = h;
     } else if (strcmp(type, "message_stop") == 0) {
         c->up_ended = true;
     } else if (strcmp(type, "error") == 0) {
@@ -911,6 +920,8 @@ static void s_whole_answer(s_chat_t *c)
             c->out_tokens = out;
             c->in_seen = c->out_seen = true;
             edge_tr_cache_tokens(json_object_get(d, "usage"), &c->cache_read, &c->cache_write);
+            int64_t h = edge_tr_cache_1h_tokens(json_object_get(d, "usage"));
+            c->cache_write_1h = h > 0 ? h : 0;
         }
         size_t i;
         json_t *b;

@@ -324,6 +324,12 @@ void edge_tr_cache_tokens(json_t *usage, int64_t *read, int64_t *write)
     *write = json_is_integer(w) && json_integer_value(w) > 0 ? json_integer_value(w) : 0;
 }
 
+int64_t edge_tr_cache_1h_tokens(json_t *usage)
+{
+    json_t *h = json_object_get(json_object_get(usage, "cache_creation"), "ephemeral_1h_input_tokens");
+    return json_is_integer(h) && json_integer_value(h) >= 0 ? json_integer_value(h) : -1;
+}
+
 /* OpenAI's usage: prompt_tokens counts the cached ones, named in
  * prompt_tokens_details.cached_tokens (the tokens read from the cache). */
 static json_t *s_usage_openai(int64_t in, int64_t out, int64_t cached)

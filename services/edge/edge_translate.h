@@ -38,6 +38,11 @@ int edge_tr_usage(json_t *usage, int64_t *input, int64_t *output);
  * the prompt cache; 0 for a figure absent or not a whole number. */
 void edge_tr_cache_tokens(json_t *usage, int64_t *read, int64_t *write);
 
+/* edge_tr_cache_1h_tokens - of the tokens written to the cache, how many
+ * for an hour (usage.cache_creation.ephemeral_1h_input_tokens), or -1 when
+ * the usage does not say. */
+int64_t edge_tr_cache_1h_tokens(json_t *usage);
+
 #define EDGE_TR_BLOCKS 128 /* content blocks one streamed message may have */
 
 /* The state of one translated stream. */

@@ -72,9 +72,9 @@ test("the catalog through the official clients: /v1/models in both dialects, /v1
   assert.equal(mini.owned_by, "openai");
   assert.deepEqual(mini.aliases, ["openai/gpt-4o-mini"]);
   assert.deepEqual(mini.pricing, { input_micro_per_mtok: 150000, output_micro_per_mtok: 600000,
-    cache_read_micro_per_mtok: 75000, cache_write_micro_per_mtok: 150000,
+    cache_read_micro_per_mtok: 75000, cache_write_micro_per_mtok: 150000, cache_write_1h_micro_per_mtok: 300000,
     input_usd_per_mtok: "0.15", output_usd_per_mtok: "0.6", cache_read_usd_per_mtok: "0.075",
-    cache_write_usd_per_mtok: "0.15" });
+    cache_write_usd_per_mtok: "0.15", cache_write_1h_usd_per_mtok: "0.3" });
 
   const anthropic = new Anthropic({ baseURL: url, apiKey: "fbx_unused" });
   const page = await anthropic.models.list();
@@ -226,8 +226,9 @@ test("a catalog file replaces the built-in one; a bad one stops the edge with on
   const models = await (await fetch(`${custom.url}/v1/models`)).json();
   assert.deepEqual(models.data.map((m) => m.id), ["house-model"]);
   assert.deepEqual(models.data[0].pricing, { input_micro_per_mtok: 1, output_micro_per_mtok: 3,
-    cache_read_micro_per_mtok: 1, cache_write_micro_per_mtok: 1, input_usd_per_mtok: "0.000001",
-    output_usd_per_mtok: "0.000003", cache_read_usd_per_mtok: "0.000001", cache_write_usd_per_mtok: "0.000001" });
+    cache_read_micro_per_mtok: 1, cache_write_micro_per_mtok: 1, cache_write_1h_micro_per_mtok: 2,
+    input_usd_per_mtok: "0.000001", output_usd_per_mtok: "0.000003", cache_read_usd_per_mtok: "0.000001",
+    cache_write_usd_per_mtok: "0.000001", cache_write_1h_usd_per_mtok: "0.000002" });
 
   fs.writeFileSync(file, JSON.stringify({ models: [{ id: "x", provider: "openai", input_price: 1.5 }] }));
   for (const [value, re] of [[file, /FAREBOX_CATALOG_FILE: .*model "x": input_price must be an integer/],

@@ -266,6 +266,7 @@ test("prompt-cache tokens are charged at the model's cache prices, in both diale
   const row = p.body.models.find((x) => x.id === model);
   assert.equal(row.cache_read_micro_per_mtok, 80000);
   assert.equal(row.cache_write_micro_per_mtok, 1000000);
+  assert.equal(row.cache_write_1h_micro_per_mtok, 1600000); // Anthropic's hour-long writes: twice the input
   await audit();
 });
 
@@ -751,12 +752,14 @@ test("a charge write the ledger does not answer in time is sent again as is: the
 });
 
 test("an Anthropic stream whose input grows (a server tool ran) is charged its final counts", async () => {
-  // a provider that streams Anthropic events: message_start counts 12 input tokens; message_delta, after the
-  // tool ran, counts 900 input (40 of them read from the cache) and 5 output
+  // a provider that streams Anthropic events: message_start counts 12 input tokens and 100 written to the
+  // cache (70 of them for an hour); message_delta, after the tool ran, counts 860 input, 40 read from the
+  // cache and 5 output
   const events = [
     ["message_start", { type: "message_start", message: { id: "msg_1", type: "message", role: "assistant",
       model: "claude-3-5-haiku-20241022", content: [], stop_reason: null,
-      usage: { input_tokens: 12, output_tokens: 1 } } }],
+      usage: { input_tokens: 12, output_tokens: 1, cache_creation_input_tokens: 100,
+        cache_creation: { ephemeral_5m_input_tokens: 30, ephemeral_1h_input_tokens: 70 } } } }],
     ["content_block_start", { type: "content_block_start", index: 0, content_block: { type: "text", text: "" } }],
     ["content_block_delta", { type: "content_block_delta", index: 0, delta: { type: "text_delta", text: "Found it." } }],
     ["content_block_stop", { type: "content_block_stop", index: 0 }],
@@ -778,7 +781,8 @@ test("an Anthropic stream whose input grows (a server tool ran) is charged its f
   fs.writeFileSync(catalog, JSON.stringify({
     routes: [{ name: "scripted", provider: "anthropic", base_url: `http://127.0.0.1:${scripted.address().port}` }],
     models: [{ id: "claude-3-5-haiku-20241022", provider: "anthropic", route: "scripted", input_price: pin,
-      output_price: pout, cache_read_price: pread, context_tokens: 200000, max_output_tokens: 8192 }] }));
+      output_price: pout, cache_read_price: pread, cache_write_price: 1000000, context_tokens: 200000,
+      max_output_tokens: 8192 }] }));
   const edgeUrl = await startEdge({ FAREBOX_CATALOG_FILE: catalog, FAREBOX_PREPAID_SLICE_IDLE_MS: "50" });
   try {
     const { id, key } = await account(10_000_000);
@@ -792,7 +796,9 @@ test("an Anthropic stream whose input grows (a server tool ran) is charged its f
     const part = (tokens, price) => Number(ceilDiv(BigInt(tokens) * BigInt(price), 1000000n));
     const list = await settled(id);
     assert.equal(list.length, 1);
-    assert.equal(list[0].amount_micro, part(860, pin) + part(40, pread) + part(5, pout));
+    // hour-long cache writes at the model's cache_write_1h_price (by default twice the input price)
+    assert.equal(list[0].amount_micro, part(860, pin) + part(40, pread) + part(30, 1000000) + part(70, 2 * pin) +
+      part(5, pout));
   } finally {
     scripted.close();
   }
