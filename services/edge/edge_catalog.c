@@ -64,34 +64,30 @@ static int s_fail(char *err, size_t errlen, const char *fmt, ...)
     return -1;
 }
 
-/* ids and aliases: 1..128 of [A-Za-z0-9._:/@-] */
-static bool s_name_ok(const char *s)
+/* 1..max characters of A-Z a-z 0-9 and the punctuation in extra */
+static bool s_chars_ok(const char *s, size_t max, const char *extra)
 {
     size_t n = strlen(s);
-    if (n == 0 || n > EDGE_MODEL_NAME_MAX)
+    if (n == 0 || n > max)
         return false;
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-              c == '_' || c == ':' || c == '/' || c == '@' || c == '-'))
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || strchr(extra, c)))
             return false;
     }
     return true;
 }
 
+/* ids and aliases: 1..128 of [A-Za-z0-9._:/@-] */
+static bool s_name_ok(const char *s)
+{
+    return s_chars_ok(s, EDGE_MODEL_NAME_MAX, "._:/@-");
+}
+
 /* route names: 1..64 of [A-Za-z0-9._-] */
 static bool s_route_name_ok(const char *s)
 {
-    size_t n = strlen(s);
-    if (n == 0 || n > EDGE_ROUTE_NAME_MAX)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-              c == '_' || c == '-'))
-            return false;
-    }
-    return true;
+    return s_chars_ok(s, EDGE_ROUTE_NAME_MAX, "._-");
 }
 
 /* environment variable names: 1..128 of [A-Z0-9_], not starting with a digit */
