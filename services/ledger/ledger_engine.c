@@ -68,6 +68,11 @@ static const fb_pg_statement_t s_statements[] = {
      * re-plan some of them on every call (custom plans); measured: a
      * one-charge write ~25% cheaper. */
     {NULL, "SET plan_cache_mode = force_generic_plan", 0},
+    /* a batch is sent whole (BEGIN ... COMMIT in one pipeline): a transaction
+     * left idle is one whose ledger is gone (killed, cut off) while its
+     * connection lingers, and its row locks (an account's, revenue's) would
+     * stall every replica until TCP gave up on it */
+    {NULL, "SET idle_in_transaction_session_timeout = '15s'", 0},
     {"apply", "SELECT ledger_apply($1, $2, $3::bytea, $4::jsonb)::text", 4},
     /* ledger.charge: its own entry (0013), which gives every answer
      * ledger_apply would */
