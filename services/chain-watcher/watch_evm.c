@@ -421,7 +421,8 @@ static void s_on_head(void *arg, json_t *result, const char *error, int64_t code
      * range's calls may be answered by any of them, and one that has not
      * reached the range's end answers eth_getLogs with what it has (no
      * error): the head is the lowest one the providers answered last */
-    int64_t recent = fb_mono_ms() - 5 * (int64_t)self->poll_ms - 10000; /* a provider gone quiet is left out */
+    int64_t recent =
+        fb_mono_ms() - 5 * (int64_t)self->poll_ms - 10000; /* a provider gone quiet is left out */
     for (size_t i = 0; i < self->nproviders; i++) {
         const s_provider_t *p = &self->providers[i];
         if (p->head > 0 && p->head_ms >= recent && p->head < head)

@@ -603,8 +603,12 @@ static void s_sweep_solana_one(s_sweep_t *s, int64_t account, const char *owner_
         json_t *st = s_rpc(url, "getSignatureStatuses", json_pack("[[s]]", sig_text), why, sizeof(why));
         json_t *v = json_array_get(json_object_get(st, "value"), 0);
         const char *level = json_string_value(json_object_get(v, "confirmationStatus"));
-        bool failed = v && !json_is_null(json_object_get(v, "err"));
         bool landed = level && (strcmp(level, "confirmed") == 0 || strcmp(level, "finalized") == 0);
+        /* a status without an "err" says nothing yet (json_is_null(NULL) is
+         * false: it read as a failure with no reason), and an error seen
+         * before confirmation may be on a fork that is dropped */
+        json_t *e = json_object_get(v, "err");
+        bool failed = landed && e && !json_is_null(e);
         if (failed) {
             /* the chain's reason, as it gave it */
             char *err = json_dumps(json_object_get(v, "err"), JSON_COMPACT | JSON_ENCODE_ANY);
