@@ -815,7 +815,11 @@ static int s_on_data(void *arg, long status, const char *data, size_t len)
         return -1;
     if (c->out.len > OUT_BACKLOG_MAX)
         return -1;
-    if (c->out.len > 0) {
+    /* the stream starts with its first content (or its end): a role-only
+     * first chunk followed by a failure is a call that failed before any
+     * output — nothing charged, an x402 payment not settled, the second
+     * route still possible */
+    if (c->out.len > 0 && (c->out_events > 0 || c->up_ended)) {
         c->produced = true;
         s_gate(c, s_begin_output);
     }

@@ -805,6 +805,44 @@ test("an Anthropic stream whose input grows (a server tool ran) is charged its f
   await audit();
 });
 
+test("a stream whose provider fails after a role-only first chunk failed before any output: a 502, nothing charged", async () => {
+  let served = 0;
+  const scripted = http.createServer((req, res) => {
+    req.resume();
+    req.on("end", () => {
+      served++;
+      res.writeHead(200, { "content-type": "text/event-stream" });
+      res.write(`data: ${JSON.stringify({ id: "c1", object: "chat.completion.chunk", created: 0, model: "gpt-4o-mini",
+        choices: [{ index: 0, delta: { role: "assistant", content: "" }, finish_reason: null }] })}\n\n`);
+      setTimeout(() => res.socket.destroy(), 50); // cut before any content
+    });
+  });
+  await new Promise((r) => scripted.listen(0, "127.0.0.1", r));
+  const dir = tmpDir("rolecut");
+  const catalog = path.join(dir, "catalog.json");
+  fs.writeFileSync(catalog, JSON.stringify({
+    routes: [{ name: "cut", provider: "openai", base_url: `http://127.0.0.1:${scripted.address().port}` }],
+    models: [{ id: "gpt-4o-mini", provider: "openai", route: "cut", input_price: PRICES["gpt-4o-mini"][0],
+      output_price: PRICES["gpt-4o-mini"][1], context_tokens: 128000, max_output_tokens: 16384 }] }));
+  const edgeUrl = await startEdge({ FAREBOX_CATALOG_FILE: catalog, FAREBOX_PREPAID_SLICE_IDLE_MS: "50" });
+  try {
+    const { id, key } = await account(10_000_000);
+    const before = await available(id);
+    const client = new OpenAI({ baseURL: `${edgeUrl}/v1`, apiKey: key, maxRetries: 0 });
+    await assert.rejects(async () => {
+      const stream = await client.chat.completions.create({ model: "gpt-4o-mini", stream: true, max_tokens: 5,
+        messages: [{ role: "user", content: "hi" }] });
+      for await (const chunk of stream) assert.fail(`no chunk was due: ${JSON.stringify(chunk)}`);
+    }, (e) => e instanceof OpenAI.APIError && e.status === 502);
+    assert.equal(served, 1);
+    assert.equal((await settled(id)).length, 0);
+    assert.equal(await available(id), before);
+  } finally {
+    scripted.close();
+  }
+  await audit();
+});
+
 test("rate limits per IP and per key, and the in-flight cap per key: 429 with Retry-After, nothing charged", async () => {
   // per IP: a burst of 2, then one a second; health checks are not counted
   const ipEdge = await startEdge({ FAREBOX_RATE_IP_PER_S: "1", FAREBOX_RATE_IP_BURST: "2" });
