@@ -741,7 +741,8 @@ test("topup advances: credited before settlement within a limit, settled as is, 
   const spent = await ok("ledger.hold", { account_id: third, amount_micro: 500000, expires_in_ms: 60000 });
   await ok("ledger.commit", { hold_id: spent.hold_id, amount_micro: 500000 });
   const slice = await ok("ledger.hold", { account_id: third, amount_micro: 2000000, expires_in_ms: 60000 });
-  const slice2 = await ok("ledger.hold", { account_id: third, amount_micro: 400000, expires_in_ms: 1500 });
+  // (it must still be open when the first slice commits below: its expiry leaves room for a slow machine)
+  const slice2 = await ok("ledger.hold", { account_id: third, amount_micro: 400000, expires_in_ms: 6000 });
   const lossesMid = await losses();
   await ok("ledger.settlement_result", { settlement_id: s6.id, state: "failed", reason: "reverted" });
   let [r6] = (await ok("ledger.advances", { account_id: third })).advances;
@@ -757,8 +758,8 @@ test("topup advances: credited before settlement within a limit, settled as is, 
   assert.equal(r6.recovered_later_micro, 1700000);
   assert.equal(r6.lost_micro, 1200000);
   // the second hold expires unused: all of it comes back; the loss is what was spent (0.5 + 0.3)
-  for (let i = 0; i < 50 && (await ok("ledger.holds", { account_id: third, state: "expired" })).holds.length === 0; i++)
-    await sleep(100); // the sweeper runs every 200 ms in this test
+  await waitUntil(async () => (await ok("ledger.holds", { account_id: third, state: "expired" })).holds.length > 0,
+    { timeoutMs: 30000, what: "the second slice expired" }); // the sweeper runs every 200 ms in this test
   [r6] = (await ok("ledger.advances", { account_id: third })).advances;
   assert.equal(r6.recovered_later_micro, 2100000);
   assert.equal(r6.lost_micro, 800000);
