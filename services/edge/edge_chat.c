@@ -14,7 +14,6 @@
 #include "edge_upstream.h"
 #include "edge_x402.h"
 #include "fb_log.h"
-#include "fb_rpc_msg.h"
 #include "fb_util.h"
 
 #include <inttypes.h>
@@ -430,21 +429,13 @@ static void s_settle(s_chat_t *c)
                        idem, c->rid, SETTLE_DEADLINE_MS, s_on_settled, c);
 }
 
-/* No answer says what became of a call to the ledger or the verifier: not
- * reached, no answer in time, or its own answer from the ledger lost. */
-static bool s_outcome_unknown(const fb_rpc_reply_t *reply)
-{
-    return !reply->ok &&
-           (strcmp(reply->code, FB_RPC_E_DEADLINE) == 0 || strcmp(reply->code, FB_RPC_E_UNAVAILABLE) == 0 ||
-            strcmp(reply->code, FB_RPC_E_OVERLOADED) == 0 || strcmp(reply->code, FB_RPC_E_INTERNAL) == 0);
-}
-
 static void s_on_settled(void *arg, const fb_rpc_reply_t *reply)
 {
     s_chat_t *c = arg;
     c->pending--;
     c->settling = false;
-    if (s_outcome_unknown(reply) && c->req && c->settle_asks < SETTLE_ASKS && edge_purse_alive(c->w->purse)) {
+    if (edge_rpc_outcome_unknown(reply) && c->req && c->settle_asks < SETTLE_ASKS &&
+        edge_purse_alive(c->w->purse)) {
         /* a settlement may have begun: asking again gets its outcome (the
          * caller waits) instead of reporting a failure it may not be */
         c->settle_asks++;
@@ -1191,7 +1182,7 @@ static void s_on_claim(void *arg, const fb_rpc_reply_t *reply)
     /* a client gone meanwhile: released when c goes; so is a claim whose
      * outcome is unknown (it may have been made: released under its token,
      * its retries need not wait for its lease) */
-    c->idem.claimed = claimed || s_outcome_unknown(reply);
+    c->idem.claimed = claimed || edge_rpc_outcome_unknown(reply);
     if (claimed)
         edge_metrics_idem(json_is_true(json_object_get(b, "taken_over")) ? EDGE_IDEM_TAKEN_OVER
                                                                          : EDGE_IDEM_CLAIMED);

@@ -2,7 +2,6 @@
 #include "edge_purse.h"
 #include "edge_metrics.h"
 #include "edge_reply.h"
-#include "fb_rpc_msg.h"
 #include "fb_log.h"
 #include "fb_util.h"
 
@@ -128,14 +127,6 @@ static void s_ledger(edge_purse_t *self, const char *method, json_t *body, const
     }
     edge_rpc_json(self->w->ledger, method, body, idem, rid && rid[0] ? rid : NULL, MONEY_DEADLINE_MS, fn,
                   arg);
-}
-
-/* No answer says what became of a write (the ledger was not reached, or did
- * not answer in time, or failed to answer): it may have been applied. */
-static bool s_outcome_unknown(const fb_rpc_reply_t *reply)
-{
-    return strcmp(reply->code, FB_RPC_E_DEADLINE) == 0 || strcmp(reply->code, FB_RPC_E_UNAVAILABLE) == 0 ||
-           strcmp(reply->code, FB_RPC_E_OVERLOADED) == 0 || strcmp(reply->code, FB_RPC_E_INTERNAL) == 0;
 }
 
 /* --- keys --------------------------------------------------------------------------------- */
@@ -369,7 +360,7 @@ static void s_on_orphan(void *arg, const fb_rpc_reply_t *reply)
 {
     s_opening_t *o = arg;
     edge_purse_t *self = o->purse;
-    if (!reply->ok && s_outcome_unknown(reply) && !self->dead &&
+    if (edge_rpc_outcome_unknown(reply) && !self->dead &&
         fb_mono_ms() - o->sent_ms < self->conf.hold_ttl_ms + UNKNOWN_RETRY_MS) {
         o->next_orphan = self->orphans;
         self->orphans = o;
@@ -400,7 +391,7 @@ static void s_on_hold(void *arg, const fb_rpc_reply_t *reply)
     s_key_t *k = o->key;
     int64_t amount = o->amount;
     bool ahead = o->ahead, stale = o->gen != k->gen;
-    if (!reply->ok && s_outcome_unknown(reply) && !self->dead) {
+    if (edge_rpc_outcome_unknown(reply) && !self->dead) {
         /* the hold may have been made: asked again (its key is the same) until
          * the ledger says, and released if it was (s_on_orphan) */
         o->key = NULL;
@@ -577,7 +568,7 @@ static void s_on_charged(void *arg, const fb_rpc_reply_t *reply)
     s_write_t *wr = arg;
     edge_purse_t *self = wr->purse;
     edge_slice_t *s = wr->slice;
-    if (!reply->ok && s_outcome_unknown(reply) && !self->dead &&
+    if (edge_rpc_outcome_unknown(reply) && !self->dead &&
         fb_mono_ms() - s->opened_ms < self->conf.hold_ttl_ms + UNKNOWN_RETRY_MS) {
         /* it may have been applied: the same write under the same key gets
          * the ledger's first answer if it was, and is applied now if not (after

@@ -3,6 +3,7 @@
 #include "edge_metrics.h"
 #include "fb_http.h"
 #include "fb_msgpack.h"
+#include "fb_rpc_msg.h"
 #include "fb_util.h"
 
 #include <stdarg.h>
@@ -169,6 +170,13 @@ void edge_rpc_json_long(fb_rpc_client_t *client, const char *method, json_t *doc
                         const char *trace, uint32_t deadline_ms, fb_rpc_done_fn *done, void *arg)
 {
     s_rpc_json(client, method, doc, idem, trace, deadline_ms, deadline_ms, done, arg);
+}
+
+bool edge_rpc_outcome_unknown(const fb_rpc_reply_t *reply)
+{
+    return !reply->ok &&
+           (strcmp(reply->code, FB_RPC_E_DEADLINE) == 0 || strcmp(reply->code, FB_RPC_E_UNAVAILABLE) == 0 ||
+            strcmp(reply->code, FB_RPC_E_OVERLOADED) == 0 || strcmp(reply->code, FB_RPC_E_INTERNAL) == 0);
 }
 
 json_t *edge_reply_json(const fb_rpc_reply_t *reply)

@@ -44,6 +44,12 @@ void edge_rpc_json(fb_rpc_client_t *client, const char *method, json_t *doc, con
 void edge_rpc_json_long(fb_rpc_client_t *client, const char *method, json_t *doc, const char *idem,
                         const char *trace, uint32_t deadline_ms, fb_rpc_done_fn *done, void *arg);
 
+/* edge_rpc_outcome_unknown - a failed reply that does not say what became of
+ * the call (not reached, no answer in time, overloaded, or an internal error
+ * that may follow a commit): a write may have been applied, so it is asked
+ * again under its key rather than taken as refused. */
+bool edge_rpc_outcome_unknown(const fb_rpc_reply_t *reply);
+
 /* edge_reply_json - a reply body as a JSON document (caller owns it). */
 json_t *edge_reply_json(const fb_rpc_reply_t *reply);
 
