@@ -23,6 +23,10 @@ for (const [c, rs] of Object.entries(cases)) {
     spread: rs[rs.length - 1].replicas?.map((x) => x.answered),
     ...(rs[0].us_per_call != null && { us_per_call: median(rs.map((r) => r.us_per_call)) }),
     ...(rs[0].bytes != null && { bytes: median(rs.map((r) => r.bytes)) }),
+    ...(rs[0].wal_flush_us_mean != null && {
+      wal_flushes_per_call: median(rs.map((r) => r.wal_flushes_per_call)),
+      wal_flush_us_mean: median(rs.map((r) => r.wal_flush_us_mean)),
+    }),
     ...(rs[0].cpu_us_per_call != null && { cpu_us_per_call: Object.fromEntries(Object.keys(rs[0].cpu_us_per_call)
       .map((k) => [k, median(rs.map((r) => r.cpu_us_per_call[k]))])) }),
   };
@@ -129,12 +133,18 @@ if (name === "edge") {
       half_peak_nginx_cpu_us_per_call: e.nginx_half.cpu_us_per_call.nginx,
       half_peak_cpu_per_call_vs_nginx: (e.edge_half.cpu_us_per_call.edge + e.edge_half.cpu_us_per_call.ledger +
         e.edge_half.cpu_us_per_call.postgres) / e.nginx_half.cpu_us_per_call.nginx }),
+    // each answer waits for the WAL flush of its charge's commit: the floor under the added latency
+    ...(e.edge_half?.wal_flush_us_mean != null && { half_peak_wal_flush_us_mean: e.edge_half.wal_flush_us_mean,
+      half_peak_wal_flushes_per_call: e.edge_half.wal_flushes_per_call }),
     bytes_per_connection: e.memory_per_connection?.bytes, bytes_per_stream: e.memory_per_stream?.bytes };
   Object.assign(ratios, added);
   console.log("\nlatency the edge adds over calling the mock directly, at light load (h2load reports a mean, so p50 of h2 cases is a mean)");
   const cpu = (c) => Object.entries(c ?? {}).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(", ");
   if (e.edge_half?.cpu_us_per_call)
     console.log(`CPU us per call at half the edge's peak: ${cpu(e.edge_half.cpu_us_per_call)} | nginx's run: ${cpu(e.nginx_half.cpu_us_per_call)}`);
+  if (e.edge_half?.wal_flush_us_mean != null)
+    console.log(`Postgres WAL flushes at half the edge's peak: ${e.edge_half.wal_flushes_per_call.toFixed(3)} per call, ` +
+      `${Math.round(e.edge_half.wal_flush_us_mean)} us each on average (every answer waits for one)`);
 }
 console.log("\nratios (farebox / baseline)");
 for (const [k, v] of Object.entries(ratios)) console.log(`  ${pad(k, 28)} ${v == null ? "-" : Number.isInteger(v) ? v : v.toFixed(3)}`);
