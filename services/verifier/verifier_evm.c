@@ -30,6 +30,13 @@
 #define RECEIPT_POLL_MS 200
 #define CHAIN_CHECK_MS  60000 /* how often the endpoint's chain id is asked again */
 #define TRANSFER_TOPIC  "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
+/* EIP-3009's AuthorizationUsed(address,bytes32) and AuthorizationCanceled(address,bytes32) */
+#define USED_TOPIC     "0x98de503528ee59b575ef0c0a2576a82497bfc029a5685b209e9ec333479b10a5"
+#define CANCELED_TOPIC "0x1cdd46ff242716cdaa72d159d339a485b3438398348d68f09d7c8c0a59353d81"
+/* How far back from a reverted settlement's block the transaction that used
+ * its authorization is looked for: it came after the settlement's own chain
+ * checks, which found the authorization unused, and before that block. */
+#define USED_LOOKBACK_BLOCKS 5000
 
 typedef struct s_job {
     verifier_t *v;
@@ -390,11 +397,41 @@ static void s_on_result_recorded(void *arg, const fb_rpc_reply_t *reply)
     s_finish(j);
 }
 
-static void s_record_result(s_job_t *j, bool confirmed, const char *reason)
+static void s_record_result(s_job_t *j, bool confirmed, const char *reason, const char *settled_by)
 {
     json_t *body = json_pack("{sI ss ss}", "settlement_id", (json_int_t)j->settlement_id, "state",
                              confirmed ? "confirmed" : "failed", "reason", reason ? reason : "");
+    if (settled_by)
+        json_object_set_new(body, "settled_by", json_string(settled_by));
     s_ledger_call(j, "ledger.settlement_result", body, true, s_on_result_recorded);
+}
+
+/* --- the verdict on a settlement transaction ------------------------------------------------ */
+
+typedef enum { VERDICT_CONFIRMED, VERDICT_FAILED, VERDICT_UNKNOWN } s_verdict_t;
+
+/* settled_by: the transaction that executed the authorization when it is not
+ * the settlement's own (whose receipt was judged), else NULL; reason and
+ * message: why it failed, or why the verdict is not known yet. */
+typedef void(s_judged_fn)(void *arg, s_verdict_t verdict, const char *settled_by, const char *reason,
+                          const char *message);
+
+typedef struct {
+    verifier_evm_t *net;
+    fb_eip3009_t auth; /* from, to, value and nonce are what is judged */
+    uint64_t block;    /* of the reverted receipt */
+    char other_tx[67];
+    s_judged_fn *fn;
+    void *arg;
+} s_judge_t;
+
+static void s_judged(s_judge_t *g, s_verdict_t verdict, const char *settled_by, const char *reason,
+                     const char *message)
+{
+    s_judged_fn *fn = g->fn;
+    void *arg = g->arg;
+    free(g);
+    fn(arg, verdict, settled_by, reason, message);
 }
 
 static const char *s_jstr(json_t *v)
@@ -403,13 +440,19 @@ static const char *s_jstr(json_t *v)
     return s ? s : "";
 }
 
-/* Does the receipt carry the token's Transfer(from, to, value)? */
-static bool s_transfer_logged(s_job_t *j, json_t *receipt)
+static void s_topic_addr(char out[67], const fb_addr_t *a)
 {
-    char from[67] = "0x000000000000000000000000", to[67] = "0x000000000000000000000000", token[43];
-    fb_hex_encode(from + 26, j->chk.auth.from.b, 20);
-    fb_hex_encode(to + 26, j->chk.auth.to.b, 20);
-    s_lower_addr(token, &j->net->token);
+    memcpy(out, "0x000000000000000000000000", 26);
+    fb_hex_encode(out + 26, a->b, 20);
+}
+
+/* Does the receipt carry the token's Transfer(from, to, value)? */
+static bool s_transfer_logged(const verifier_evm_t *net, const fb_eip3009_t *auth, json_t *receipt)
+{
+    char from[67], to[67], token[43];
+    s_topic_addr(from, &auth->from);
+    s_topic_addr(to, &auth->to);
+    s_lower_addr(token, &net->token);
     size_t i;
     json_t *log;
     json_array_foreach(json_object_get(receipt, "logs"), i, log)
@@ -423,13 +466,182 @@ static bool s_transfer_logged(s_job_t *j, json_t *receipt)
         if (strcasecmp(s_jstr(json_array_get(topics, 0)), TRANSFER_TOPIC) == 0 &&
             strcasecmp(s_jstr(json_array_get(topics, 1)), from) == 0 &&
             strcasecmp(s_jstr(json_array_get(topics, 2)), to) == 0 && strlen(data) == 66 &&
-            fb_u256_from_hex(&v, data, 66) == 0 && fb_u256_cmp(&v, &j->chk.auth.value) == 0)
+            fb_u256_from_hex(&v, data, 66) == 0 && fb_u256_cmp(&v, &auth->value) == 0)
             return true;
     }
     return false;
 }
 
+static bool s_quantity(const char *text, uint64_t *out)
+{
+    fb_u256_t n;
+    return text && fb_u256_from_hex(&n, text, strlen(text)) == 0 && fb_u256_to_u64(&n, out);
+}
+
+static void s_on_other_receipt(void *arg, json_t *result, const char *error, int64_t code,
+                               const char *message)
+{
+    FB_UNUSED(code);
+    s_judge_t *g = arg;
+    if (error || !json_is_object(result)) {
+        char why[300];
+        snprintf(why, sizeof(why), "the receipt of %s, which used the authorization, could not be read: %s",
+                 g->other_tx, error ? (message ? message : error) : "none yet");
+        s_judged(g, VERDICT_UNKNOWN, NULL, "settlement_pending", why);
+        return;
+    }
+    const char *status = json_string_value(json_object_get(result, "status"));
+    if (status && strcmp(status, "0x1") == 0 && s_transfer_logged(g->net, &g->auth, result)) {
+        char tx[67];
+        memcpy(tx, g->other_tx, sizeof(tx));
+        s_judged(g, VERDICT_CONFIRMED, tx, NULL, NULL);
+        return;
+    }
+    /* the nonce went to another authorization of the payer's (another payee or amount) */
+    s_judged(g, VERDICT_FAILED, NULL, "invalid_exact_evm_nonce_already_used",
+             "the authorization's nonce was used by another transfer");
+}
+
+static void s_on_used_logs(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(code);
+    s_judge_t *g = arg;
+    if (error || !json_is_array(result)) {
+        char why[300];
+        snprintf(why, sizeof(why), "the transaction that used the authorization could not be looked up: %s",
+                 error ? (message ? message : error) : "not a list");
+        s_judged(g, VERDICT_UNKNOWN, NULL, "settlement_pending", why);
+        return;
+    }
+    char token[43];
+    s_lower_addr(token, &g->net->token);
+    bool canceled = false;
+    size_t i;
+    json_t *log;
+    json_array_foreach(result, i, log)
+    {
+        const char *addr = json_string_value(json_object_get(log, "address"));
+        const char *topic = s_jstr(json_array_get(json_object_get(log, "topics"), 0));
+        const char *tx = json_string_value(json_object_get(log, "transactionHash"));
+        if (!addr || strcasecmp(addr, token) != 0 || json_is_true(json_object_get(log, "removed")))
+            continue;
+        if (strcasecmp(topic, CANCELED_TOPIC) == 0)
+            canceled = true;
+        else if (strcasecmp(topic, USED_TOPIC) == 0 && tx && strlen(tx) == 66 &&
+                 fb_hex_decode((uint8_t[32]){0}, 32, tx + 2, 64) == 0) {
+            for (size_t k = 0; k < 66; k++)
+                g->other_tx[k] = (char)(tx[k] >= 'A' && tx[k] <= 'F' ? tx[k] + 32 : tx[k]);
+            g->other_tx[66] = '\0';
+            fb_jsonrpc_call(g->net->rpc, "eth_getTransactionReceipt", json_pack("[s]", g->other_tx),
+                            s_on_other_receipt, g);
+            return;
+        }
+    }
+    if (canceled) {
+        s_judged(g, VERDICT_FAILED, NULL, "invalid_exact_evm_nonce_already_used",
+                 "the payer canceled the authorization");
+        return;
+    }
+    s_judged(g, VERDICT_UNKNOWN, NULL, "settlement_pending",
+             "the token reports the authorization used, but no event of it was found yet");
+}
+
+static void s_on_used_state(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(code);
+    s_judge_t *g = arg;
+    fb_u256_t w;
+    if (error || !s_word(result, &w)) {
+        char why[300];
+        snprintf(why, sizeof(why), "the authorization's state could not be read: %s",
+                 error ? (message ? message : error) : "not a word");
+        s_judged(g, VERDICT_UNKNOWN, NULL, "settlement_pending", why);
+        return;
+    }
+    if (w.b[31] == 0) {
+        /* still unused: nothing moved (the payer's balance, the time window...) */
+        s_judged(g, VERDICT_FAILED, NULL, "invalid_exact_evm_transaction_failed",
+                 "the settlement transaction reverted");
+        return;
+    }
+    /* used or canceled: by whom, its events say */
+    char from[67], nonce[67], lo[24], hi[24];
+    s_topic_addr(from, &g->auth.from);
+    s_nonce_hex(nonce, g->auth.nonce);
+    snprintf(lo, sizeof(lo), "0x%llx",
+             (unsigned long long)(g->block > USED_LOOKBACK_BLOCKS ? g->block - USED_LOOKBACK_BLOCKS : 0));
+    snprintf(hi, sizeof(hi), "0x%llx", (unsigned long long)g->block);
+    json_t *filter = json_pack("{ss ss ss s[[ss] s s]}", "address", g->net->token_text, "fromBlock", lo,
+                               "toBlock", hi, "topics", USED_TOPIC, CANCELED_TOPIC, from, nonce);
+    fb_jsonrpc_call(g->net->rpc, "eth_getLogs", json_pack("[o]", filter), s_on_used_logs, g);
+}
+
+/* Judges a settlement transaction by its receipt: confirmed when it logged the
+ * token's Transfer(from, to, value); when it reverted, confirmed all the same
+ * if another transaction executed the same authorization (anyone holding it
+ * can, and the money goes to the signed payee: the payment was made), failed
+ * if the authorization is still unused, was canceled or its nonce paid
+ * another transfer, unknown when the chain could not tell. */
+static void s_judge_receipt(verifier_evm_t *net, const fb_eip3009_t *auth, json_t *receipt, s_judged_fn *fn,
+                            void *arg)
+{
+    const char *status = json_string_value(json_object_get(receipt, "status"));
+    if (status && strcmp(status, "0x1") == 0) {
+        if (s_transfer_logged(net, auth, receipt))
+            fn(arg, VERDICT_CONFIRMED, NULL, NULL, NULL);
+        else
+            fn(arg, VERDICT_FAILED, NULL, "invalid_exact_evm_transfer_event_mismatch",
+               "the transaction did not log the expected Transfer");
+        return;
+    }
+    s_judge_t *g = fb_calloc(1, sizeof(*g));
+    g->net = net;
+    g->auth = *auth;
+    g->fn = fn;
+    g->arg = arg;
+    if (!s_quantity(json_string_value(json_object_get(receipt, "blockNumber")), &g->block)) {
+        s_judged(g, VERDICT_UNKNOWN, NULL, "settlement_pending", "the receipt names no block");
+        return;
+    }
+    uint8_t *data;
+    size_t n = fb_abi_authorization_state(&data, &auth->from, auth->nonce);
+    char *hex = s_hex0x(data, n);
+    free(data);
+    fb_jsonrpc_call(net->rpc, "eth_call",
+                    json_pack("[{ss ss} s]", "to", net->token_text, "data", hex, "latest"), s_on_used_state,
+                    g);
+    free(hex);
+}
+
 static void s_on_poll_timer(uv_timer_t *t);
+
+static void s_on_judged(void *arg, s_verdict_t verdict, const char *settled_by, const char *reason,
+                        const char *message)
+{
+    s_job_t *j = arg;
+    if (verdict == VERDICT_UNKNOWN) {
+        /* not decided yet: the caller may ask again; the tracker follows it */
+        fb_log(FB_LOG_WARN, j->trace[0] ? j->trace : NULL, "settlement reverted, its outcome not known yet",
+               "tx=%s why=%s", j->tx_hash, message);
+        j->res.ok = false;
+        j->res.reason = "settlement_pending";
+        snprintf(j->res.message, sizeof(j->res.message), "%s", message);
+        s_finish(j);
+        return;
+    }
+    j->res.ok = verdict == VERDICT_CONFIRMED;
+    if (settled_by) {
+        fb_log(FB_LOG_WARN, j->trace[0] ? j->trace : NULL,
+               "settlement reverted: another transaction executed its authorization first",
+               "tx=%s settled_by=%s", j->tx_hash, settled_by);
+        snprintf(j->res.transaction, sizeof(j->res.transaction), "%s", settled_by);
+    }
+    if (!j->res.ok) {
+        j->res.reason = reason;
+        snprintf(j->res.message, sizeof(j->res.message), "%s", message);
+    }
+    s_record_result(j, j->res.ok, reason, settled_by);
+}
 
 static void s_on_receipt(void *arg, json_t *result, const char *error, int64_t code, const char *message)
 {
@@ -438,24 +650,7 @@ static void s_on_receipt(void *arg, json_t *result, const char *error, int64_t c
     s_job_t *j = arg;
     snprintf(j->res.transaction, sizeof(j->res.transaction), "%s", j->tx_hash);
     if (!error && json_is_object(result)) {
-        const char *status = json_string_value(json_object_get(result, "status"));
-        if (status && strcmp(status, "0x1") == 0) {
-            if (!s_transfer_logged(j, result)) {
-                j->res.ok = false;
-                j->res.reason = "invalid_exact_evm_transfer_event_mismatch";
-                snprintf(j->res.message, sizeof(j->res.message),
-                         "the transaction did not log the expected Transfer");
-                s_record_result(j, false, j->res.reason);
-                return;
-            }
-            j->res.ok = true;
-            s_record_result(j, true, NULL);
-            return;
-        }
-        j->res.ok = false;
-        j->res.reason = "invalid_exact_evm_transaction_failed";
-        snprintf(j->res.message, sizeof(j->res.message), "the settlement transaction reverted");
-        s_record_result(j, false, j->res.reason);
+        s_judge_receipt(j->net, &j->chk.auth, result, s_on_judged, j);
         return;
     }
     if (fb_mono_ms() >= j->wait_until) {
@@ -619,6 +814,10 @@ static void s_on_begin(void *arg, const fb_rpc_reply_t *reply)
     }
     if (fb_streq_n(state, sl, "confirmed")) {
         j->res.ok = true; /* settled before: the same answer again */
+        const char *by;
+        size_t bl;
+        if (fb_mp_get_str(reply->body, "settled_by", &by, &bl) && bl > 0 && bl < sizeof(j->res.transaction))
+            snprintf(j->res.transaction, sizeof(j->res.transaction), "%.*s", (int)bl, by);
         s_finish(j);
         return;
     }
@@ -806,6 +1005,7 @@ typedef struct {
     verifier_t *v;
     int64_t settlement_id;
     char tx_hash[67];
+    fb_eip3009_t auth; /* from, to, value, nonce: read from the settlement's calldata */
 } s_track_t;
 
 static void s_track_recorded(void *arg, const fb_rpc_reply_t *reply)
@@ -817,20 +1017,25 @@ static void s_track_recorded(void *arg, const fb_rpc_reply_t *reply)
     free(t);
 }
 
-static void s_track_receipt(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+static void s_track_judged(void *arg, s_verdict_t verdict, const char *settled_by, const char *reason,
+                           const char *message)
 {
-    FB_UNUSED(code);
-    FB_UNUSED(message);
     s_track_t *t = arg;
-    if (error || !json_is_object(result)) {
+    if (verdict == VERDICT_UNKNOWN) {
+        fb_log(FB_LOG_WARN, NULL, "pending settlement reverted, its outcome not known yet",
+               "settlement_id=%lld tx=%s why=%s", (long long)t->settlement_id, t->tx_hash, message);
         free(t);
         return;
     }
-    const char *status = json_string_value(json_object_get(result, "status"));
-    bool ok = status && strcmp(status, "0x1") == 0;
-    json_t *body =
-        json_pack("{sI ss ss}", "settlement_id", (json_int_t)t->settlement_id, "state",
-                  ok ? "confirmed" : "failed", "reason", ok ? "" : "invalid_exact_evm_transaction_failed");
+    bool ok = verdict == VERDICT_CONFIRMED;
+    json_t *body = json_pack("{sI ss ss}", "settlement_id", (json_int_t)t->settlement_id, "state",
+                             ok ? "confirmed" : "failed", "reason", reason ? reason : "");
+    if (settled_by) {
+        fb_log(FB_LOG_WARN, NULL,
+               "pending settlement reverted: another transaction executed its authorization",
+               "settlement_id=%lld tx=%s settled_by=%s", (long long)t->settlement_id, t->tx_hash, settled_by);
+        json_object_set_new(body, "settled_by", json_string(settled_by));
+    }
     msgpack_sbuffer sb;
     msgpack_sbuffer_init(&sb);
     msgpack_packer pk;
@@ -842,6 +1047,35 @@ static void s_track_receipt(void *arg, json_t *result, const char *error, int64_
     fb_rpc_call_opts_t o = {.method = "ledger.settlement_result", .idem = idem, .deadline_ms = 10000};
     fb_rpc_client_call(t->v->ledger, &o, sb.data, sb.size, s_track_recorded, t);
     msgpack_sbuffer_destroy(&sb);
+}
+
+static void s_track_receipt(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(code);
+    FB_UNUSED(message);
+    s_track_t *t = arg;
+    if (error || !json_is_object(result)) {
+        free(t);
+        return;
+    }
+    s_judge_receipt(&t->v->evm, &t->auth, result, s_track_judged, t);
+}
+
+/* from, to, value and nonce of transferWithAuthorization calldata (selector,
+ * then from, to, value, validAfter, validBefore, nonce, v, r, s: nine words) */
+static bool s_auth_from_calldata(fb_eip3009_t *a, const char *hex, size_t len)
+{
+    uint8_t data[4 + 9 * 32];
+    if (len != 2 + 2 * sizeof(data) || hex[0] != '0' || hex[1] != 'x' ||
+        fb_hex_decode(data, sizeof(data), hex + 2, len - 2) != 0)
+        return false;
+    const uint8_t *w = data + 4;
+    memset(a, 0, sizeof(*a));
+    memcpy(a->from.b, w + 12, 20);
+    memcpy(a->to.b, w + 32 + 12, 20);
+    memcpy(a->value.b, w + 64, 32);
+    memcpy(a->nonce, w + 5 * 32, 32);
+    return true;
 }
 
 static void s_track_sent(void *arg, json_t *result, const char *error, int64_t code, const char *message)
@@ -911,6 +1145,12 @@ static void s_track_one(verifier_t *v, const msgpack_object *s)
     t->v = v;
     t->settlement_id = id;
     memcpy(t->tx_hash, hash, hl);
+    if (!fb_mp_get_str(s, "calldata", &calldata, &cl) || !s_auth_from_calldata(&t->auth, calldata, cl)) {
+        fb_log(FB_LOG_ERROR, NULL, "an open settlement's calldata is not a transferWithAuthorization",
+               "settlement_id=%lld", (long long)id);
+        free(t);
+        return;
+    }
     char *rawz = fb_strndup(raw, rl);
     fb_jsonrpc_call(v->evm.rpc, "eth_sendRawTransaction", json_pack("[s]", rawz), s_track_sent, t);
     free(rawz);

@@ -48,7 +48,8 @@ before(async () => {
     FAREBOX_KEY_HMAC_SECRET: crypto.randomBytes(32).toString("hex") });
   verifier = await startService("verifier", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${vp}`,
     FAREBOX_LEDGER_ENDPOINT: `tcp://127.0.0.1:${lp}`, FAREBOX_EVM_NETWORK: NETWORK, FAREBOX_EVM_RPC_URLS: evm.rpcUrl,
-    FAREBOX_EVM_TOKEN: evm.token, FAREBOX_SETTLEMENT_KEY: evm.deployer.privateKey });
+    FAREBOX_EVM_TOKEN: evm.token, FAREBOX_SETTLEMENT_KEY: evm.deployer.privateKey,
+    FAREBOX_SETTLE_WAIT_MS: "3000" }); // a settlement not mined in 3 s is left to the tracker
   edge = await startEdge(lp, vp, { FAREBOX_FACILITATOR_TOKEN: TOKEN_SECRET });
   closedEdge = await startEdge(lp, vp, {});
   base = `${edge.url}/facilitator`;
@@ -175,6 +176,122 @@ test("two authorizations sharing a payer and nonce: the second is refused as use
   assert.equal(again.transaction, s1.transaction);
   const l = new RpcClient(ledger.endpoint);
   try {
+    const a = await l.call("ledger.audit", {});
+    assert.equal(a.body.ok, true, JSON.stringify(a.body.checks.filter((c) => !c.ok)));
+  } finally {
+    l.close();
+  }
+});
+
+// An EIP-3009 authorization is public once signed: whoever sends it first
+// executes it, and the money goes to the signed payee all the same. With
+// anvil's automine off, the settlement's own transaction waits in the pool
+// while another account sends the same authorization with a higher tip (or
+// the payer cancels it); one block then holds both, the other first, and the
+// settlement's own transaction reverts.
+test("a settlement whose authorization another transaction executes first is confirmed with that transaction; a canceled one fails (settle, and the tracker)", async () => {
+  const abi = parseAbi([
+    "function transferWithAuthorization(address,address,uint256,uint256,uint256,bytes32,bytes)",
+    "function cancelAuthorization(address,bytes32,bytes)"]);
+  const post = (op, body) => fetch(`${base}/${op}`, { method: "POST", headers: { "content-type": "application/json", ...auth }, body });
+  const payer = privateKeyToAccount(evm.accounts[3].privateKey);
+  const thirdParty = evm.accounts[4].address;
+  const domain = { name: "USDC", version: "2", chainId: 84532, verifyingContract: evm.token };
+  const l = new RpcClient(ledger.endpoint);
+  const settlementNonce = async () => BigInt(await ethRpc(evm.rpcUrl, "eth_getTransactionCount", [evm.deployer.address, "pending"]));
+  async function race(front, { tracker = false } = {}) {
+    const nonce = toHex(crypto.randomBytes(32));
+    const validBefore = Math.floor(Date.now() / 1000) + 300;
+    const message = { from: payer.address, to: treasury, value: 10000n, validAfter: 0n, validBefore: BigInt(validBefore), nonce };
+    const signature = await payer.signTypedData({ domain, types: { TransferWithAuthorization: [
+      { name: "from", type: "address" }, { name: "to", type: "address" }, { name: "value", type: "uint256" },
+      { name: "validAfter", type: "uint256" }, { name: "validBefore", type: "uint256" }, { name: "nonce", type: "bytes32" }] },
+      primaryType: "TransferWithAuthorization", message });
+    const requirements = { scheme: "exact", network: NETWORK, amount: "10000", asset: evm.token, payTo: treasury,
+      maxTimeoutSeconds: 300, extra: { name: "USDC", version: "2" } };
+    const body = JSON.stringify({ x402Version: 2, paymentRequirements: requirements, paymentPayload: { x402Version: 2,
+      resource: { url: "http://x/r" }, accepted: requirements, payload: { signature,
+        authorization: { ...message, value: "10000", validAfter: "0", validBefore: String(validBefore) } } } });
+    const before = await balance(treasury);
+    const n0 = await settlementNonce();
+    await ethRpc(evm.rpcUrl, "evm_setAutomine", [false]);
+    let other;
+    try {
+      const settling = post("settle", body).then((r) => r.json());
+      for (let i = 0; (await settlementNonce()) === n0; i++) {
+        assert.ok(i < 200, "the settlement transaction reached the pool");
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      // the other transaction, with a higher tip: first in the block
+      const fees = { maxFeePerGas: toHex(100_000_000_000n), maxPriorityFeePerGas: toHex(50_000_000_000n), gas: toHex(200000) };
+      if (front === "third party")
+        other = await ethRpc(evm.rpcUrl, "eth_sendTransaction", [{ from: thirdParty, to: evm.token, ...fees,
+          data: encodeFunctionData({ abi, functionName: "transferWithAuthorization",
+            args: [payer.address, treasury, 10000n, 0n, BigInt(validBefore), nonce, signature] }) }]);
+      else {
+        const cancel = await payer.signTypedData({ domain, types: { CancelAuthorization: [
+          { name: "authorizer", type: "address" }, { name: "nonce", type: "bytes32" }] },
+          primaryType: "CancelAuthorization", message: { authorizer: payer.address, nonce } });
+        other = await ethRpc(evm.rpcUrl, "eth_sendTransaction", [{ from: thirdParty, to: evm.token, ...fees,
+          data: encodeFunctionData({ abi, functionName: "cancelAuthorization", args: [payer.address, nonce, cancel] }) }]);
+      }
+      let answer;
+      if (tracker) {
+        answer = await settling; // not mined within the settle wait: left pending
+        assert.equal(answer.success, false, JSON.stringify(answer));
+        assert.equal(answer.errorReason, "settlement_pending");
+      }
+      await ethRpc(evm.rpcUrl, "evm_mine", []);
+      if (!tracker) answer = await settling;
+      const block = await ethRpc(evm.rpcUrl, "eth_getBlockByNumber", ["latest", false]);
+      assert.equal(block.transactions.length, 2, "one block holds both transactions");
+      assert.equal(block.transactions[0], other, "the other transaction first");
+      const own = await ethRpc(evm.rpcUrl, "eth_getTransactionReceipt", [block.transactions[1]]);
+      assert.equal(own.status, "0x0", "the settlement's own transaction reverted");
+      return { answer, other, body, own: own.transactionHash, before, key: { network: NETWORK,
+        payer: payer.address.toLowerCase(), nonce } };
+    } finally {
+      await ethRpc(evm.rpcUrl, "evm_setAutomine", [true]);
+    }
+  }
+  const record = async (key) => (await l.call("ledger.authorization", key)).body;
+  try {
+    // settle: the answer names the transaction that moved the money
+    const paid = await race("third party");
+    assert.equal(paid.answer.success, true, JSON.stringify(paid.answer));
+    assert.equal(paid.answer.transaction, paid.other);
+    assert.equal(await balance(treasury), paid.before + 10000n, "paid once");
+    const a1 = await record(paid.key);
+    assert.equal(a1.state, "settled");
+    assert.equal(a1.settlement_tx, paid.other);
+    const s1 = (await l.call("ledger.settlement", { authorization_id: a1.authorization_id })).body;
+    assert.equal(s1.state, "confirmed");
+    assert.equal(s1.settled_by, paid.other);
+    assert.equal(s1.tx_hash, paid.own, "the settlement keeps its own transaction");
+    // canceled by the payer: nothing moved, the settlement failed
+    const canceled = await race("cancel");
+    assert.equal(canceled.answer.success, false, JSON.stringify(canceled.answer));
+    assert.equal(canceled.answer.errorReason, "invalid_exact_evm_nonce_already_used");
+    assert.equal(await balance(treasury), canceled.before);
+    assert.equal((await record(canceled.key)).state, "failed");
+    // left pending, then resolved by the tracker the same way
+    const late = await race("third party", { tracker: true });
+    let a3;
+    for (let i = 0; i < 100; i++) {
+      a3 = await record(late.key);
+      if (a3.state === "settled") break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    assert.equal(a3.state, "settled", JSON.stringify(a3));
+    assert.equal(a3.settlement_tx, late.other);
+    assert.equal(await balance(treasury), late.before + 10000n);
+    // asked again: the recorded answer, naming the other transaction
+    for (const r of [paid, late]) {
+      const again = await (await post("settle", r.body)).json();
+      assert.equal(again.success, true, JSON.stringify(again));
+      assert.equal(again.transaction, r.other);
+    }
+    assert.equal(await balance(treasury), late.before + 10000n);
     const a = await l.call("ledger.audit", {});
     assert.equal(a.body.ok, true, JSON.stringify(a.body.checks.filter((c) => !c.ok)));
   } finally {
