@@ -434,6 +434,15 @@ static void s_judged(s_judge_t *g, s_verdict_t verdict, const char *settled_by, 
     fn(arg, verdict, settled_by, reason, message);
 }
 
+/* The chain could not tell (what: the question; error/message/fallback: why). */
+static void s_judged_unknown(s_judge_t *g, const char *what, const char *error, const char *message,
+                             const char *fallback)
+{
+    char why[300];
+    snprintf(why, sizeof(why), "%s: %s", what, error ? (message ? message : error) : fallback);
+    s_judged(g, VERDICT_UNKNOWN, NULL, "settlement_pending", why);
+}
+
 static const char *s_jstr(json_t *v)
 {
     const char *s = json_string_value(v);
@@ -484,10 +493,8 @@ static void s_on_other_receipt(void *arg, json_t *result, const char *error, int
     FB_UNUSED(code);
     s_judge_t *g = arg;
     if (error || !json_is_object(result)) {
-        char why[300];
-        snprintf(why, sizeof(why), "the receipt of %s, which used the authorization, could not be read: %s",
-                 g->other_tx, error ? (message ? message : error) : "none yet");
-        s_judged(g, VERDICT_UNKNOWN, NULL, "settlement_pending", why);
+        s_judged_unknown(g, "the receipt of the transaction that used the authorization could not be read",
+                         error, message, "none yet");
         return;
     }
     const char *status = json_string_value(json_object_get(result, "status"));
@@ -507,10 +514,8 @@ static void s_on_used_logs(void *arg, json_t *result, const char *error, int64_t
     FB_UNUSED(code);
     s_judge_t *g = arg;
     if (error || !json_is_array(result)) {
-        char why[300];
-        snprintf(why, sizeof(why), "the transaction that used the authorization could not be looked up: %s",
-                 error ? (message ? message : error) : "not a list");
-        s_judged(g, VERDICT_UNKNOWN, NULL, "settlement_pending", why);
+        s_judged_unknown(g, "the transaction that used the authorization could not be looked up", error,
+                         message, "not a list");
         return;
     }
     char token[43];
@@ -527,8 +532,8 @@ static void s_on_used_logs(void *arg, json_t *result, const char *error, int64_t
             continue;
         if (strcasecmp(topic, CANCELED_TOPIC) == 0)
             canceled = true;
-        else if (strcasecmp(topic, USED_TOPIC) == 0 && tx && strlen(tx) == 66 &&
-                 fb_hex_decode((uint8_t[32]){0}, 32, tx + 2, 64) == 0) {
+        else if (strcasecmp(topic, USED_TOPIC) == 0 && tx && strlen(tx) == 66 && tx[0] == '0' &&
+                 tx[1] == 'x' && strspn(tx + 2, "0123456789abcdefABCDEF") == 64) {
             for (size_t k = 0; k < 66; k++)
                 g->other_tx[k] = (char)(tx[k] >= 'A' && tx[k] <= 'F' ? tx[k] + 32 : tx[k]);
             g->other_tx[66] = '\0';
@@ -552,10 +557,7 @@ static void s_on_used_state(void *arg, json_t *result, const char *error, int64_
     s_judge_t *g = arg;
     fb_u256_t w;
     if (error || !s_word(result, &w)) {
-        char why[300];
-        snprintf(why, sizeof(why), "the authorization's state could not be read: %s",
-                 error ? (message ? message : error) : "not a word");
-        s_judged(g, VERDICT_UNKNOWN, NULL, "settlement_pending", why);
+        s_judged_unknown(g, "the authorization's state could not be read", error, message, "not a word");
         return;
     }
     if (w.b[31] == 0) {
