@@ -1038,17 +1038,7 @@ static void s_track_judged(void *arg, s_verdict_t verdict, const char *settled_b
                "settlement_id=%lld tx=%s settled_by=%s", (long long)t->settlement_id, t->tx_hash, settled_by);
         json_object_set_new(body, "settled_by", json_string(settled_by));
     }
-    msgpack_sbuffer sb;
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    fb_mp_pack_json(&pk, body);
-    json_decref(body);
-    char idem[64];
-    snprintf(idem, sizeof(idem), "tracker-result-%lld", (long long)t->settlement_id);
-    fb_rpc_call_opts_t o = {.method = "ledger.settlement_result", .idem = idem, .deadline_ms = 10000};
-    fb_rpc_client_call(t->v->ledger, &o, sb.data, sb.size, s_track_recorded, t);
-    msgpack_sbuffer_destroy(&sb);
+    verifier_ledger_call(t->v, "ledger.settlement_result", body, true, NULL, s_track_recorded, t);
 }
 
 static void s_track_receipt(void *arg, json_t *result, const char *error, int64_t code, const char *message)
@@ -1127,20 +1117,10 @@ static void s_track_one(verifier_t *v, const msgpack_object *s)
         json_t *body =
             json_pack("{sI ss ss}", "settlement_id", (json_int_t)id, "tx_hash", tx_hash, "raw_tx", raw_hex);
         free(raw_hex);
-        msgpack_sbuffer sb;
-        msgpack_sbuffer_init(&sb);
-        msgpack_packer pk;
-        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-        fb_mp_pack_json(&pk, body);
-        json_decref(body);
-        char idem[64];
-        snprintf(idem, sizeof(idem), "tracker-sign-%lld", (long long)id);
-        fb_rpc_call_opts_t o = {.method = "ledger.settlement_signed", .idem = idem, .deadline_ms = 10000};
         s_track_t *t = fb_calloc(1, sizeof(*t));
         t->v = v;
         t->settlement_id = id;
-        fb_rpc_client_call(v->ledger, &o, sb.data, sb.size, s_track_recorded, t);
-        msgpack_sbuffer_destroy(&sb);
+        verifier_ledger_call(v, "ledger.settlement_signed", body, true, NULL, s_track_recorded, t);
         return; /* broadcast on the next round, from the recorded transaction */
     }
     s_track_t *t = fb_calloc(1, sizeof(*t));
@@ -1180,13 +1160,5 @@ void verifier_evm_track(verifier_t *v)
     v->tracking = true;
     json_t *body = json_pack("{ss sI sI}", "network", v->evm.caip2, "older_than_ms",
                              (json_int_t)v->settle_wait_ms + 3000, "limit", (json_int_t)20);
-    msgpack_sbuffer sb;
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    fb_mp_pack_json(&pk, body);
-    json_decref(body);
-    fb_rpc_call_opts_t o = {.method = "ledger.open_settlements", .deadline_ms = 5000};
-    fb_rpc_client_call(v->ledger, &o, sb.data, sb.size, s_on_open, v);
-    msgpack_sbuffer_destroy(&sb);
+    verifier_ledger_call(v, "ledger.open_settlements", body, false, NULL, s_on_open, v);
 }
