@@ -1081,9 +1081,72 @@ static void s_track_sent(void *arg, json_t *result, const char *error, int64_t c
                     t);
 }
 
+/* An unsigned settlement (its replica stopped between allocating the nonce
+ * and recording the signed transaction): signed now with the chain's current
+ * fees, as the settle path signs, and recorded. Every later settlement of the
+ * wallet waits behind this nonce, so a transaction priced under the base fee
+ * would hold them all. */
+typedef struct {
+    verifier_t *v;
+    int64_t settlement_id;
+    uint64_t nonce;
+    uint8_t *calldata;
+    size_t calldata_len;
+    fb_u256_t base_fee, priority;
+    int pending; /* fee answers still to come */
+    bool no_fee; /* the base fee could not be read: signed on a later round */
+} s_tsign_t;
+
+static void s_tsign_step(s_tsign_t *g)
+{
+    if (--g->pending > 0)
+        return;
+    char tx_hash[67];
+    char *raw_hex = NULL;
+    if (g->no_fee || s_sign(&g->v->evm, g->nonce, &g->base_fee, &g->priority, g->calldata, g->calldata_len,
+                            tx_hash, &raw_hex) != 0) {
+        fb_log(FB_LOG_WARN, NULL, "unsigned settlement not signed this round", "settlement_id=%lld why=%s",
+               (long long)g->settlement_id, g->no_fee ? "no base fee from the chain" : "signing failed");
+    } else {
+        json_t *body = json_pack("{sI ss ss}", "settlement_id", (json_int_t)g->settlement_id, "tx_hash",
+                                 tx_hash, "raw_tx", raw_hex);
+        s_track_t *t = fb_calloc(1, sizeof(*t));
+        t->v = g->v;
+        t->settlement_id = g->settlement_id;
+        snprintf(t->tx_hash, sizeof(t->tx_hash), "%s", tx_hash);
+        /* broadcast on the next round, from the recorded transaction: another
+         * replica's, if it recorded first */
+        verifier_ledger_call(g->v, "ledger.settlement_signed", body, true, NULL, s_track_recorded, t);
+    }
+    free(raw_hex);
+    free(g->calldata);
+    free(g);
+}
+
+static void s_tsign_block(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(code);
+    FB_UNUSED(message);
+    s_tsign_t *g = arg;
+    const char *s = json_string_value(json_object_get(result, "baseFeePerGas"));
+    g->no_fee = error || !s || fb_u256_from_hex(&g->base_fee, s, strlen(s)) != 0;
+    s_tsign_step(g);
+}
+
+static void s_tsign_priority(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(code);
+    FB_UNUSED(message);
+    s_tsign_t *g = arg;
+    const char *s = json_string_value(result);
+    if (error || !s || fb_u256_from_hex(&g->priority, s, strlen(s)) != 0)
+        fb_u256_from_u64(&g->priority, 1000000); /* as the settle path: 0.001 gwei */
+    s_tsign_step(g);
+}
+
 /* One open settlement: rebroadcast its recorded transaction (harmless if it
- * is known or mined) or, when it was never signed (its replica died), sign and
- * record it now; then look for its receipt. */
+ * is known or mined) or, when it was never signed, sign and record it now;
+ * then look for its receipt. */
 static void s_track_one(verifier_t *v, const msgpack_object *s)
 {
     int64_t id = 0, nonce = 0;
@@ -1093,35 +1156,27 @@ static void s_track_one(verifier_t *v, const msgpack_object *s)
     fb_mp_get_int64(s, "nonce", &nonce);
     bool has_tx = fb_mp_get_str(s, "raw_tx", &raw, &rl) && fb_mp_get_str(s, "tx_hash", &hash, &hl) && hl < 67;
     if (!has_tx) {
-        if (!v->evm.has_key || !fb_mp_get_str(s, "calldata", &calldata, &cl) || cl < 4)
+        if (!v->evm.has_key || nonce < 0 || !fb_mp_get_str(s, "calldata", &calldata, &cl) || cl < 4 ||
+            cl % 2 != 0 || calldata[0] != '0' || calldata[1] != 'x')
             return;
         fb_log(FB_LOG_WARN, NULL, "unsigned settlement found; its replica stopped before signing",
                "settlement_id=%lld nonce=%lld", (long long)id, (long long)nonce);
-        /* signing needs fees: leave it to the settle path of the next call on
-         * this authorization, or sign with safe defaults here */
-        size_t bl = (cl - 2) / 2;
-        uint8_t *data = fb_malloc(bl + 1);
-        if (fb_hex_decode(data, bl, calldata, cl) != 0) {
-            free(data);
+        s_tsign_t *g = fb_calloc(1, sizeof(*g));
+        g->v = v;
+        g->settlement_id = id;
+        g->nonce = (uint64_t)nonce;
+        g->calldata_len = (cl - 2) / 2;
+        g->calldata = fb_malloc(g->calldata_len + 1);
+        if (fb_hex_decode(g->calldata, g->calldata_len, calldata + 2, cl - 2) != 0) {
+            free(g->calldata);
+            free(g);
             return;
         }
-        fb_u256_t base_fee, tip;
-        fb_u256_from_u64(&base_fee, 2000000000ULL); /* 2 gwei */
-        fb_u256_from_u64(&tip, 1000000ULL);
-        char tx_hash[67];
-        char *raw_hex = NULL;
-        int rc = s_sign(&v->evm, (uint64_t)nonce, &base_fee, &tip, data, bl, tx_hash, &raw_hex);
-        free(data);
-        if (rc != 0)
-            return;
-        json_t *body =
-            json_pack("{sI ss ss}", "settlement_id", (json_int_t)id, "tx_hash", tx_hash, "raw_tx", raw_hex);
-        free(raw_hex);
-        s_track_t *t = fb_calloc(1, sizeof(*t));
-        t->v = v;
-        t->settlement_id = id;
-        verifier_ledger_call(v, "ledger.settlement_signed", body, true, NULL, s_track_recorded, t);
-        return; /* broadcast on the next round, from the recorded transaction */
+        g->pending = 2;
+        fb_jsonrpc_call(v->evm.rpc, "eth_getBlockByNumber", json_pack("[s b]", "latest", 0), s_tsign_block,
+                        g);
+        fb_jsonrpc_call(v->evm.rpc, "eth_maxPriorityFeePerGas", json_array(), s_tsign_priority, g);
+        return;
     }
     s_track_t *t = fb_calloc(1, sizeof(*t));
     t->v = v;

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import crypto from "node:crypto";
 import { spawnSync } from "node:child_process";
 import express from "express";
-import { encodeFunctionData, parseAbi, toHex } from "viem";
+import { encodeFunctionData, parseAbi, parseSignature, toHex } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 import { paymentMiddleware, x402ResourceServer } from "@x402/express";
 import { HTTPFacilitatorClient } from "@x402/core/server";
@@ -341,4 +341,65 @@ test("bad bodies are 400 and refused payments are 200 with their reason, over HT
   const [json, status] = h2.stdout.trim().split("\n");
   assert.equal(status, "2 200");
   assert.equal(JSON.parse(json).invalidReason, "invalid_exact_evm_signature");
+});
+
+// A verifier replica that stops between the ledger allocating a settlement's
+// wallet nonce and recording its signed transaction leaves the settlement
+// unsigned; every later settlement of the wallet waits behind that nonce. The
+// tracker signs it, at the chain's current fees: here a base fee far above
+// the one the wallet's first transactions paid.
+test("a settlement left unsigned by its replica is signed by the tracker at the chain's current base fee, then confirmed", async () => {
+  const abi = parseAbi(["function transferWithAuthorization(address,address,uint256,uint256,uint256,bytes32,uint8,bytes32,bytes32)"]);
+  const payer = privateKeyToAccount(evm.accounts[5].privateKey);
+  const nonce = toHex(crypto.randomBytes(32));
+  const validBefore = BigInt(Math.floor(Date.now() / 1000) + 600);
+  const message = { from: payer.address, to: treasury, value: 10000n, validAfter: 0n, validBefore, nonce };
+  const signature = await payer.signTypedData({ domain: { name: "USDC", version: "2", chainId: 84532,
+    verifyingContract: evm.token }, types: { TransferWithAuthorization: [{ name: "from", type: "address" },
+    { name: "to", type: "address" }, { name: "value", type: "uint256" }, { name: "validAfter", type: "uint256" },
+    { name: "validBefore", type: "uint256" }, { name: "nonce", type: "bytes32" }] },
+    primaryType: "TransferWithAuthorization", message });
+  const { v, r, s } = parseSignature(signature);
+  const calldata = encodeFunctionData({ abi, functionName: "transferWithAuthorization",
+    args: [payer.address, treasury, 10000n, 0n, validBefore, nonce, Number(v), r, s] });
+  const baseFee = 40_000_000_000n; // 40 gwei: the chain's fees rose since the wallet's last settlement
+  await ethRpc(evm.rpcUrl, "anvil_setNextBlockBaseFeePerGas", [toHex(baseFee)]);
+  await ethRpc(evm.rpcUrl, "evm_mine", []);
+  const l = new RpcClient(ledger.endpoint);
+  try {
+    const before = await balance(treasury);
+    const key = { network: NETWORK, payer: payer.address.toLowerCase(), nonce };
+    // what a replica does before it signs: the settlement begun, its nonce allocated
+    const begun = await l.call("ledger.settlement_begin", { ...key, amount_micro: 10000,
+      pay_to: treasury.toLowerCase(), resource: "http://x/unsigned", sender: evm.deployer.address.toLowerCase(),
+      evm: true, chain_nonce: Number(await ethRpc(evm.rpcUrl, "eth_getTransactionCount", [evm.deployer.address, "pending"])),
+      calldata }, { idem: `unsigned:${nonce}` });
+    assert.equal(begun.status, "ok", JSON.stringify(begun));
+    assert.equal(begun.body.state, "begun");
+    assert.equal(begun.body.tx_hash, null);
+    let a;
+    for (let i = 0; i < 150; i++) {
+      a = (await l.call("ledger.authorization", key)).body;
+      if (a.state === "settled") break;
+      await new Promise((res) => setTimeout(res, 200));
+    }
+    assert.equal(a.state, "settled", JSON.stringify(a));
+    const st = (await l.call("ledger.settlement", { authorization_id: a.authorization_id })).body;
+    assert.equal(st.state, "confirmed");
+    assert.equal(st.nonce, begun.body.nonce, "the nonce the ledger allocated");
+    const tx = await ethRpc(evm.rpcUrl, "eth_getTransactionByHash", [st.tx_hash]);
+    const receipt = await ethRpc(evm.rpcUrl, "eth_getTransactionReceipt", [st.tx_hash]);
+    assert.equal(receipt.status, "0x1");
+    assert.equal(BigInt(tx.nonce), BigInt(begun.body.nonce));
+    const block = await ethRpc(evm.rpcUrl, "eth_getBlockByNumber", [receipt.blockNumber, false]);
+    assert.ok(BigInt(tx.maxFeePerGas) >= BigInt(block.baseFeePerGas), "priced for the block that took it");
+    assert.equal(await balance(treasury), before + 10000n, "paid once");
+    const audit = await l.call("ledger.audit", {});
+    assert.equal(audit.body.ok, true, JSON.stringify(audit.body.checks.filter((c) => !c.ok)));
+  } finally {
+    l.close();
+    // back to a cheap chain for whatever runs next on it
+    await ethRpc(evm.rpcUrl, "anvil_setNextBlockBaseFeePerGas", [toHex(1_000_000_000n)]);
+    await ethRpc(evm.rpcUrl, "evm_mine", []);
+  }
 });
