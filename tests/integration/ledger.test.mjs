@@ -639,6 +639,56 @@ test("a confirmed topup no edge credited is credited by the sweeper, once, with 
   await audit();
 });
 
+// A settlement whose authorization another transaction executed is confirmed
+// with settled_by naming it, and verifier.settle answers with that
+// transaction: the edge asks for the topup's credit with it, the sweeper of
+// uncredited topups with the settlement's own transaction. Both are the same
+// payment: one credit, under the settlement's own transaction.
+test("a topup settled by another transaction is credited once, under the settlement's own transaction, whichever of the two its credit names", async () => {
+  const network = "eip155:84532";
+  const payer = "0x7777777777777777777777777777777777777777";
+  const account = await newAccount();
+  const hex32 = () => `0x${crypto.randomBytes(32).toString("hex")}`;
+  async function settledBy(amount) {
+    const s = await ok("ledger.settlement_begin", { network, payer, nonce: hex32(), amount_micro: amount,
+      resource: `topup:account:${account}`, sender: "0x4444444444444444444444444444444444444444", evm: true,
+      chain_nonce: 0, calldata: "0xe3ee160e" });
+    const own = hex32(), other = hex32();
+    await ok("ledger.settlement_signed", { settlement_id: s.settlement_id, tx_hash: own, raw_tx: "0x02f8" });
+    await ok("ledger.settlement_result", { settlement_id: s.settlement_id, state: "confirmed", settled_by: other });
+    return { own, other };
+  }
+  const balance = async () => (await ok("ledger.balance", { account_id: account })).balance_micro;
+  const credit = (tx, amount) => ok("ledger.credit", { account_id: account, amount_micro: amount, kind: "topup",
+    source: { chain: network, tx, index: "0" } });
+  // the edge credits with the transaction settle answered (the other one)
+  const a = await settledBy(1_000_000);
+  const first = await credit(a.other, 1_000_000);
+  assert.equal(first.duplicate, false);
+  // the sweeper's turn comes (a second after the confirmation): nothing more
+  await sleep(1600);
+  assert.equal(await balance(), 1_000_000);
+  assert.equal(Number(pg.psql(db.name, "SELECT count(*) FROM topup_credits_due")), 0);
+  // either name of the payment is the same credit
+  for (const tx of [a.own, a.other]) {
+    const again = await credit(tx, 1_000_000);
+    assert.equal(again.duplicate, true);
+    assert.equal(again.credit_id, first.credit_id);
+  }
+  assert.equal(pg.psql(db.name, `SELECT source_tx FROM credits WHERE id = ${first.credit_id}`), a.own);
+  // an edge that credits at once (ledger.topup_advance) with the other transaction: a plain credit of the
+  // confirmed settlement, found by it (not settlement_not_found), and the sweeper adds nothing
+  const b = await settledBy(400_000);
+  const adv = await ok("ledger.topup_advance", { account_id: account, amount_micro: 400_000,
+    source: { chain: network, tx: b.other, index: 0 }, advance_limit_micro: 1_000_000 });
+  assert.equal(adv.duplicate, false, JSON.stringify(adv));
+  await sleep(1600);
+  assert.equal(await balance(), 1_400_000);
+  assert.equal((await credit(b.own, 400_000)).duplicate, true);
+  assert.equal(Number(pg.psql(db.name, "SELECT count(*) FROM topup_credits_due")), 0);
+  await audit();
+});
+
 test("topup advances: credited before settlement within a limit, settled as is, reversed on failure (what is spent written off)", async () => {
   const network = "eip155:84532";
   const payer = "0x3333333333333333333333333333333333333333";
