@@ -65,6 +65,7 @@ typedef struct s_job {
     int64_t settlement_id;
     uint64_t tx_nonce;
     char tx_hash[67];
+    bool resigned; /* tx_hash is the settlement's re-signed transaction (its first one lost its nonce) */
     char *raw_hex;
     uint8_t *calldata;
     size_t calldata_len;
@@ -408,7 +409,8 @@ static void s_record_result(s_job_t *j, bool confirmed, const char *reason, cons
 
 /* --- the verdict on a settlement transaction ------------------------------------------------ */
 
-typedef enum { VERDICT_CONFIRMED, VERDICT_FAILED, VERDICT_UNKNOWN } s_verdict_t;
+/* VERDICT_UNUSED (asked for only): the authorization is still unused */
+typedef enum { VERDICT_CONFIRMED, VERDICT_FAILED, VERDICT_UNKNOWN, VERDICT_UNUSED } s_verdict_t;
 
 /* settled_by: the transaction that executed the authorization when it is not
  * the settlement's own (whose receipt was judged), else NULL; reason and
@@ -418,8 +420,9 @@ typedef void(s_judged_fn)(void *arg, s_verdict_t verdict, const char *settled_by
 
 typedef struct {
     verifier_evm_t *net;
-    fb_eip3009_t auth; /* from, to, value and nonce are what is judged */
-    uint64_t block;    /* of the reverted receipt */
+    fb_eip3009_t auth;   /* from, to, value and nonce are what is judged */
+    uint64_t block;      /* of the reverted receipt, or the head */
+    bool unused_verdict; /* an unused authorization is VERDICT_UNUSED, not a failure */
     char other_tx[67];
     s_judged_fn *fn;
     void *arg;
@@ -562,8 +565,8 @@ static void s_on_used_state(void *arg, json_t *result, const char *error, int64_
     }
     if (w.b[31] == 0) {
         /* still unused: nothing moved (the payer's balance, the time window...) */
-        s_judged(g, VERDICT_FAILED, NULL, "invalid_exact_evm_transaction_failed",
-                 "the settlement transaction reverted");
+        s_judged(g, g->unused_verdict ? VERDICT_UNUSED : VERDICT_FAILED, NULL,
+                 "invalid_exact_evm_transaction_failed", "the settlement transaction reverted");
         return;
     }
     /* used or canceled: by whom, its events say */
@@ -576,6 +579,29 @@ static void s_on_used_state(void *arg, json_t *result, const char *error, int64_
     json_t *filter = json_pack("{ss ss ss s[[ss] s s]}", "address", g->net->token_text, "fromBlock", lo,
                                "toBlock", hi, "topics", USED_TOPIC, CANCELED_TOPIC, from, nonce);
     fb_jsonrpc_call(g->net->rpc, "eth_getLogs", json_pack("[o]", filter), s_on_used_logs, g);
+}
+
+/* Judges by the chain's state at block: the token's authorizationState, then
+ * the transaction that used the authorization (its AuthorizationUsed event in
+ * the USED_LOOKBACK_BLOCKS up to block, and its Transfer to the payee). */
+static void s_judge_state(verifier_evm_t *net, const fb_eip3009_t *auth, uint64_t block, bool unused_verdict,
+                          s_judged_fn *fn, void *arg)
+{
+    s_judge_t *g = fb_calloc(1, sizeof(*g));
+    g->net = net;
+    g->auth = *auth;
+    g->block = block;
+    g->unused_verdict = unused_verdict;
+    g->fn = fn;
+    g->arg = arg;
+    uint8_t *data;
+    size_t n = fb_abi_authorization_state(&data, &auth->from, auth->nonce);
+    char *hex = s_hex0x(data, n);
+    free(data);
+    fb_jsonrpc_call(net->rpc, "eth_call",
+                    json_pack("[{ss ss} s]", "to", net->token_text, "data", hex, "latest"), s_on_used_state,
+                    g);
+    free(hex);
 }
 
 /* Judges a settlement transaction by its receipt: confirmed when it logged the
@@ -596,23 +622,12 @@ static void s_judge_receipt(verifier_evm_t *net, const fb_eip3009_t *auth, json_
                "the transaction did not log the expected Transfer");
         return;
     }
-    s_judge_t *g = fb_calloc(1, sizeof(*g));
-    g->net = net;
-    g->auth = *auth;
-    g->fn = fn;
-    g->arg = arg;
-    if (!s_quantity(json_string_value(json_object_get(receipt, "blockNumber")), &g->block)) {
-        s_judged(g, VERDICT_UNKNOWN, NULL, "settlement_pending", "the receipt names no block");
+    uint64_t block;
+    if (!s_quantity(json_string_value(json_object_get(receipt, "blockNumber")), &block)) {
+        fn(arg, VERDICT_UNKNOWN, NULL, "settlement_pending", "the receipt names no block");
         return;
     }
-    uint8_t *data;
-    size_t n = fb_abi_authorization_state(&data, &auth->from, auth->nonce);
-    char *hex = s_hex0x(data, n);
-    free(data);
-    fb_jsonrpc_call(net->rpc, "eth_call",
-                    json_pack("[{ss ss} s]", "to", net->token_text, "data", hex, "latest"), s_on_used_state,
-                    g);
-    free(hex);
+    s_judge_state(net, auth, block, false, fn, arg);
 }
 
 static void s_on_poll_timer(uv_timer_t *t);
@@ -632,7 +647,9 @@ static void s_on_judged(void *arg, s_verdict_t verdict, const char *settled_by, 
         return;
     }
     j->res.ok = verdict == VERDICT_CONFIRMED;
-    if (settled_by) {
+    if (j->res.ok && !settled_by && j->resigned)
+        settled_by = j->tx_hash; /* the re-signed transaction moved the money */
+    if (settled_by && strcmp(settled_by, j->tx_hash) != 0) {
         fb_log(FB_LOG_WARN, j->trace[0] ? j->trace : NULL,
                "settlement reverted: another transaction executed its authorization first",
                "tx=%s settled_by=%s", j->tx_hash, settled_by);
@@ -808,6 +825,14 @@ static void s_on_begin(void *arg, const fb_rpc_reply_t *reply)
     }
     bool has_tx = fb_mp_get_str(reply->body, "tx_hash", &hash, &hl) && hl < sizeof(j->tx_hash) &&
                   fb_mp_get_str(reply->body, "raw_tx", &raw, &rl);
+    const char *rhash, *rraw;
+    size_t rhl, rrl;
+    if (fb_mp_get_str(reply->body, "resigned_tx", &rhash, &rhl) && rhl < sizeof(j->tx_hash) &&
+        fb_mp_get_str(reply->body, "resigned_raw", &rraw, &rrl)) {
+        /* its first transaction lost its nonce: the re-signed one is followed */
+        hash = rhash, hl = rhl, raw = rraw, rl = rrl;
+        j->resigned = true;
+    }
     if (has_tx) {
         memcpy(j->tx_hash, hash, hl);
         j->tx_hash[hl] = '\0';
@@ -834,6 +859,16 @@ static void s_on_begin(void *arg, const fb_rpc_reply_t *reply)
                             ? "invalid_exact_evm_transfer_event_mismatch"
                             : "invalid_exact_evm_transaction_failed";
         snprintf(j->res.message, sizeof(j->res.message), "this authorization's settlement failed before");
+        s_finish(j);
+        return;
+    }
+    if (has_tx && fb_streq_n(state, sl, "begun")) {
+        /* its transaction lost its nonce and it is being signed again: the
+         * tracker does that, and follows it */
+        j->res.ok = false;
+        j->res.reason = "settlement_pending";
+        snprintf(j->res.message, sizeof(j->res.message),
+                 "the settlement is being signed again: its transaction's nonce was taken");
         s_finish(j);
         return;
     }
@@ -1003,12 +1038,27 @@ void verifier_evm_run(verifier_t *v, bool settle, uint32_t wait_ms, json_t *payl
 
 /* --- tracker: settlements left pending ------------------------------------------------------------------ */
 
+/* One open settlement followed: its current transaction (the re-signed one,
+ * once the first lost its nonce) rebroadcast and its receipt judged; with no
+ * receipt while the wallet's mined nonce passed the transaction's, that
+ * transaction can never be mined: the authorization's state decides (used:
+ * judged by the transaction that used it; unused: the settlement gets a new
+ * nonce and is signed again). */
 typedef struct {
     verifier_t *v;
     int64_t settlement_id;
-    char tx_hash[67];
+    uint64_t nonce;    /* the current transaction's */
+    char tx_hash[67];  /* the current transaction */
+    bool resigned;     /* it is not the settlement's first */
+    char *calldata;    /* hex, to sign again */
     fb_eip3009_t auth; /* from, to, value, nonce: read from the settlement's calldata */
 } s_track_t;
+
+static void s_track_free(s_track_t *t)
+{
+    free(t->calldata);
+    free(t);
+}
 
 static void s_track_recorded(void *arg, const fb_rpc_reply_t *reply)
 {
@@ -1016,7 +1066,42 @@ static void s_track_recorded(void *arg, const fb_rpc_reply_t *reply)
     if (reply->ok)
         fb_log(FB_LOG_INFO, NULL, "pending settlement resolved", "settlement_id=%lld tx=%s",
                (long long)t->settlement_id, t->tx_hash);
-    free(t);
+    s_track_free(t);
+}
+
+static void s_tsign_start(verifier_t *v, int64_t settlement_id, int64_t nonce, bool resign,
+                          const char *calldata, size_t cl);
+
+static void s_track_renonced(void *arg, const fb_rpc_reply_t *reply)
+{
+    s_track_t *t = arg;
+    int64_t nonce = -1;
+    const msgpack_object *renonced = fb_mp_get(reply->body, "renonced");
+    if (reply->ok && renonced && renonced->type == MSGPACK_OBJECT_BOOLEAN && renonced->via.boolean &&
+        fb_mp_get_int64(reply->body, "nonce", &nonce)) {
+        fb_log(FB_LOG_WARN, NULL, "settlement signed again: its transaction's wallet nonce was taken",
+               "settlement_id=%lld displaced=%s nonce=%lld", (long long)t->settlement_id, t->tx_hash,
+               (long long)nonce);
+        s_tsign_start(t->v, t->settlement_id, nonce, true, t->calldata, strlen(t->calldata));
+    }
+    s_track_free(t);
+}
+
+/* The wallet's pending nonce: the new nonce is at least that. */
+static void s_track_pending_nonce(void *arg, json_t *result, const char *error, int64_t code,
+                                  const char *message)
+{
+    FB_UNUSED(code);
+    FB_UNUSED(message);
+    s_track_t *t = arg;
+    uint64_t pending;
+    if (error || !s_quantity(json_string_value(result), &pending) || pending > INT64_MAX) {
+        s_track_free(t);
+        return;
+    }
+    json_t *body = json_pack("{sI ss sI}", "settlement_id", (json_int_t)t->settlement_id, "tx_hash",
+                             t->tx_hash, "chain_nonce", (json_int_t)pending);
+    verifier_ledger_call(t->v, "ledger.settlement_renonce", body, true, NULL, s_track_renonced, t);
 }
 
 static void s_track_judged(void *arg, s_verdict_t verdict, const char *settled_by, const char *reason,
@@ -1024,21 +1109,77 @@ static void s_track_judged(void *arg, s_verdict_t verdict, const char *settled_b
 {
     s_track_t *t = arg;
     if (verdict == VERDICT_UNKNOWN) {
-        fb_log(FB_LOG_WARN, NULL, "pending settlement reverted, its outcome not known yet",
+        fb_log(FB_LOG_WARN, NULL, "pending settlement's outcome not known yet",
                "settlement_id=%lld tx=%s why=%s", (long long)t->settlement_id, t->tx_hash, message);
-        free(t);
+        s_track_free(t);
+        return;
+    }
+    if (verdict == VERDICT_UNUSED) {
+        /* nothing moved and this transaction never will: a new nonce */
+        fb_jsonrpc_call(t->v->evm.rpc, "eth_getTransactionCount",
+                        json_pack("[s s]", t->v->evm.sender_text, "pending"), s_track_pending_nonce, t);
         return;
     }
     bool ok = verdict == VERDICT_CONFIRMED;
+    if (ok && !settled_by && t->resigned)
+        settled_by = t->tx_hash; /* the re-signed transaction moved the money */
     json_t *body = json_pack("{sI ss ss}", "settlement_id", (json_int_t)t->settlement_id, "state",
                              ok ? "confirmed" : "failed", "reason", reason ? reason : "");
     if (settled_by) {
-        fb_log(FB_LOG_WARN, NULL,
-               "pending settlement reverted: another transaction executed its authorization",
-               "settlement_id=%lld tx=%s settled_by=%s", (long long)t->settlement_id, t->tx_hash, settled_by);
+        if (strcmp(settled_by, t->tx_hash) != 0)
+            fb_log(FB_LOG_WARN, NULL, "pending settlement: another transaction executed its authorization",
+                   "settlement_id=%lld tx=%s settled_by=%s", (long long)t->settlement_id, t->tx_hash,
+                   settled_by);
         json_object_set_new(body, "settled_by", json_string(settled_by));
     }
     verifier_ledger_call(t->v, "ledger.settlement_result", body, true, NULL, s_track_recorded, t);
+}
+
+static void s_track_head(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(code);
+    FB_UNUSED(message);
+    s_track_t *t = arg;
+    uint64_t head;
+    if (error || !s_quantity(json_string_value(result), &head)) {
+        s_track_free(t);
+        return;
+    }
+    s_judge_state(&t->v->evm, &t->auth, head, true, s_track_judged, t);
+}
+
+/* The receipt asked again once the nonce was seen taken: still none, the
+ * transaction was displaced. */
+static void s_track_recheck(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(code);
+    FB_UNUSED(message);
+    s_track_t *t = arg;
+    if (error) {
+        s_track_free(t);
+        return;
+    }
+    if (json_is_object(result)) {
+        s_judge_receipt(&t->v->evm, &t->auth, result, s_track_judged, t);
+        return;
+    }
+    fb_jsonrpc_call(t->v->evm.rpc, "eth_blockNumber", json_array(), s_track_head, t);
+}
+
+/* The wallet's mined nonce: past the transaction's, its nonce went to
+ * another transaction (or to it, mined since the receipt was asked). */
+static void s_track_count(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(code);
+    FB_UNUSED(message);
+    s_track_t *t = arg;
+    uint64_t mined;
+    if (error || !s_quantity(json_string_value(result), &mined) || mined <= t->nonce) {
+        s_track_free(t); /* not mined yet: followed again next round */
+        return;
+    }
+    fb_jsonrpc_call(t->v->evm.rpc, "eth_getTransactionReceipt", json_pack("[s]", t->tx_hash), s_track_recheck,
+                    t);
 }
 
 static void s_track_receipt(void *arg, json_t *result, const char *error, int64_t code, const char *message)
@@ -1046,11 +1187,16 @@ static void s_track_receipt(void *arg, json_t *result, const char *error, int64_
     FB_UNUSED(code);
     FB_UNUSED(message);
     s_track_t *t = arg;
-    if (error || !json_is_object(result)) {
-        free(t);
+    if (error) {
+        s_track_free(t);
         return;
     }
-    s_judge_receipt(&t->v->evm, &t->auth, result, s_track_judged, t);
+    if (json_is_object(result)) {
+        s_judge_receipt(&t->v->evm, &t->auth, result, s_track_judged, t);
+        return;
+    }
+    fb_jsonrpc_call(t->v->evm.rpc, "eth_getTransactionCount",
+                    json_pack("[s s]", t->v->evm.sender_text, "latest"), s_track_count, t);
 }
 
 /* from, to, value and nonce of transferWithAuthorization calldata (selector,
@@ -1081,21 +1227,52 @@ static void s_track_sent(void *arg, json_t *result, const char *error, int64_t c
                     t);
 }
 
-/* An unsigned settlement (its replica stopped between allocating the nonce
- * and recording the signed transaction): signed now with the chain's current
- * fees, as the settle path signs, and recorded. Every later settlement of the
- * wallet waits behind this nonce, so a transaction priced under the base fee
- * would hold them all. */
+/* A settlement to sign (never signed: its replica stopped between allocating
+ * the nonce and recording the signed transaction; or begun again with a new
+ * nonce): signed now with the chain's current fees, as the settle path signs,
+ * and recorded. Every later settlement of the wallet waits behind this nonce,
+ * so a transaction priced under the base fee would hold them all. */
 typedef struct {
     verifier_t *v;
     int64_t settlement_id;
     uint64_t nonce;
+    bool resign; /* a new nonce for a settlement signed before */
     uint8_t *calldata;
     size_t calldata_len;
     fb_u256_t base_fee, priority;
     int pending; /* fee answers still to come */
     bool no_fee; /* the base fee could not be read: signed on a later round */
 } s_tsign_t;
+
+static void s_tsign_sent(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(arg);
+    FB_UNUSED(result);
+    FB_UNUSED(error);
+    FB_UNUSED(code);
+    FB_UNUSED(message); /* the receipt is looked for on the next round */
+}
+
+/* Recorded: the recorded transaction (ours, or another replica's that came
+ * first) is broadcast at once; the next round follows it. */
+static void s_tsign_recorded(void *arg, const fb_rpc_reply_t *reply)
+{
+    s_tsign_t *g = arg;
+    const char *raw = NULL, *state = NULL;
+    size_t rl = 0, sl = 0;
+    if (!reply->ok) {
+        fb_log(FB_LOG_WARN, NULL, "signed settlement not recorded", "settlement_id=%lld why=%s",
+               (long long)g->settlement_id, reply->message);
+    } else if (fb_mp_get_str(reply->body, "state", &state, &sl) && fb_streq_n(state, sl, "signed") &&
+               (fb_mp_get_str(reply->body, "resigned_raw", &raw, &rl) ||
+                fb_mp_get_str(reply->body, "raw_tx", &raw, &rl))) {
+        char *rawz = fb_strndup(raw, rl);
+        fb_jsonrpc_call(g->v->evm.rpc, "eth_sendRawTransaction", json_pack("[s]", rawz), s_tsign_sent, NULL);
+        free(rawz);
+    }
+    free(g->calldata);
+    free(g);
+}
 
 static void s_tsign_step(s_tsign_t *g)
 {
@@ -1105,18 +1282,16 @@ static void s_tsign_step(s_tsign_t *g)
     char *raw_hex = NULL;
     if (g->no_fee || s_sign(&g->v->evm, g->nonce, &g->base_fee, &g->priority, g->calldata, g->calldata_len,
                             tx_hash, &raw_hex) != 0) {
-        fb_log(FB_LOG_WARN, NULL, "unsigned settlement not signed this round", "settlement_id=%lld why=%s",
+        fb_log(FB_LOG_WARN, NULL, "settlement not signed this round", "settlement_id=%lld why=%s",
                (long long)g->settlement_id, g->no_fee ? "no base fee from the chain" : "signing failed");
     } else {
         json_t *body = json_pack("{sI ss ss}", "settlement_id", (json_int_t)g->settlement_id, "tx_hash",
                                  tx_hash, "raw_tx", raw_hex);
-        s_track_t *t = fb_calloc(1, sizeof(*t));
-        t->v = g->v;
-        t->settlement_id = g->settlement_id;
-        snprintf(t->tx_hash, sizeof(t->tx_hash), "%s", tx_hash);
-        /* broadcast on the next round, from the recorded transaction: another
-         * replica's, if it recorded first */
-        verifier_ledger_call(g->v, "ledger.settlement_signed", body, true, NULL, s_track_recorded, t);
+        if (g->resign)
+            json_object_set_new(body, "nonce", json_integer((json_int_t)g->nonce));
+        free(raw_hex);
+        verifier_ledger_call(g->v, "ledger.settlement_signed", body, true, NULL, s_tsign_recorded, g);
+        return;
     }
     free(raw_hex);
     free(g->calldata);
@@ -1144,50 +1319,71 @@ static void s_tsign_priority(void *arg, json_t *result, const char *error, int64
     s_tsign_step(g);
 }
 
-/* One open settlement: rebroadcast its recorded transaction (harmless if it
- * is known or mined) or, when it was never signed, sign and record it now;
- * then look for its receipt. */
+static void s_tsign_start(verifier_t *v, int64_t settlement_id, int64_t nonce, bool resign,
+                          const char *calldata, size_t cl)
+{
+    if (!v->evm.has_key || nonce < 0 || cl < 4 || cl % 2 != 0 || calldata[0] != '0' || calldata[1] != 'x')
+        return;
+    s_tsign_t *g = fb_calloc(1, sizeof(*g));
+    g->v = v;
+    g->settlement_id = settlement_id;
+    g->nonce = (uint64_t)nonce;
+    g->resign = resign;
+    g->calldata_len = (cl - 2) / 2;
+    g->calldata = fb_malloc(g->calldata_len + 1);
+    if (fb_hex_decode(g->calldata, g->calldata_len, calldata + 2, cl - 2) != 0) {
+        free(g->calldata);
+        free(g);
+        return;
+    }
+    g->pending = 2;
+    fb_jsonrpc_call(v->evm.rpc, "eth_getBlockByNumber", json_pack("[s b]", "latest", 0), s_tsign_block, g);
+    fb_jsonrpc_call(v->evm.rpc, "eth_maxPriorityFeePerGas", json_array(), s_tsign_priority, g);
+}
+
+/* One open settlement: rebroadcast its current transaction (harmless if it
+ * is known or mined) and judge it by its receipt, or the chain's state once
+ * its nonce was taken; when it is to be signed (never signed, or begun again
+ * with a new nonce), sign and record it now. */
 static void s_track_one(verifier_t *v, const msgpack_object *s)
 {
-    int64_t id = 0, nonce = 0;
-    const char *raw = NULL, *hash = NULL, *calldata = NULL;
-    size_t rl = 0, hl = 0, cl = 0;
+    int64_t id = 0, nonce = -1;
+    const char *raw = NULL, *hash = NULL, *calldata = NULL, *state = NULL;
+    size_t rl = 0, hl = 0, cl = 0, sl = 0;
     fb_mp_get_int64(s, "settlement_id", &id);
     fb_mp_get_int64(s, "nonce", &nonce);
+    fb_mp_get_str(s, "state", &state, &sl);
+    bool has_calldata = fb_mp_get_str(s, "calldata", &calldata, &cl);
     bool has_tx = fb_mp_get_str(s, "raw_tx", &raw, &rl) && fb_mp_get_str(s, "tx_hash", &hash, &hl) && hl < 67;
-    if (!has_tx) {
-        if (!v->evm.has_key || nonce < 0 || !fb_mp_get_str(s, "calldata", &calldata, &cl) || cl < 4 ||
-            cl % 2 != 0 || calldata[0] != '0' || calldata[1] != 'x')
-            return;
-        fb_log(FB_LOG_WARN, NULL, "unsigned settlement found; its replica stopped before signing",
+    if (!has_calldata)
+        return;
+    if (!has_tx || (state && fb_streq_n(state, sl, "begun"))) {
+        fb_log(FB_LOG_WARN, NULL,
+               has_tx ? "settlement begun again with a new nonce, signing it"
+                      : "unsigned settlement found; its replica stopped before signing",
                "settlement_id=%lld nonce=%lld", (long long)id, (long long)nonce);
-        s_tsign_t *g = fb_calloc(1, sizeof(*g));
-        g->v = v;
-        g->settlement_id = id;
-        g->nonce = (uint64_t)nonce;
-        g->calldata_len = (cl - 2) / 2;
-        g->calldata = fb_malloc(g->calldata_len + 1);
-        if (fb_hex_decode(g->calldata, g->calldata_len, calldata + 2, cl - 2) != 0) {
-            free(g->calldata);
-            free(g);
-            return;
-        }
-        g->pending = 2;
-        fb_jsonrpc_call(v->evm.rpc, "eth_getBlockByNumber", json_pack("[s b]", "latest", 0), s_tsign_block,
-                        g);
-        fb_jsonrpc_call(v->evm.rpc, "eth_maxPriorityFeePerGas", json_array(), s_tsign_priority, g);
+        s_tsign_start(v, id, nonce, has_tx, calldata, cl);
         return;
     }
     s_track_t *t = fb_calloc(1, sizeof(*t));
     t->v = v;
     t->settlement_id = id;
+    t->nonce = nonce < 0 ? 0 : (uint64_t)nonce;
+    const char *rhash, *rraw;
+    size_t rhl, rrl;
+    if (fb_mp_get_str(s, "resigned_tx", &rhash, &rhl) && rhl < 67 &&
+        fb_mp_get_str(s, "resigned_raw", &rraw, &rrl)) {
+        hash = rhash, hl = rhl, raw = rraw, rl = rrl;
+        t->resigned = true;
+    }
     memcpy(t->tx_hash, hash, hl);
-    if (!fb_mp_get_str(s, "calldata", &calldata, &cl) || !s_auth_from_calldata(&t->auth, calldata, cl)) {
+    if (!s_auth_from_calldata(&t->auth, calldata, cl)) {
         fb_log(FB_LOG_ERROR, NULL, "an open settlement's calldata is not a transferWithAuthorization",
                "settlement_id=%lld", (long long)id);
-        free(t);
+        s_track_free(t);
         return;
     }
+    t->calldata = fb_strndup(calldata, cl);
     char *rawz = fb_strndup(raw, rl);
     fb_jsonrpc_call(v->evm.rpc, "eth_sendRawTransaction", json_pack("[s]", rawz), s_track_sent, t);
     free(rawz);

@@ -403,3 +403,86 @@ test("a settlement left unsigned by its replica is signed by the tracker at the 
     await ethRpc(evm.rpcUrl, "evm_mine", []);
   }
 });
+
+// The settlement wallet is an ordinary account: another transaction from it
+// (farebox-sweep pays its gas from it; an operator's own transfer) can take
+// the nonce a settlement was signed with before the settlement is mined. Here
+// the wallet's own replacement (same nonce, higher fee) takes it while anvil
+// is not mining: the settlement's transaction can never be mined. The tracker
+// sees the wallet's mined nonce past it, finds the authorization unused, has
+// a new nonce allocated and signs the settlement again.
+test("a settlement whose wallet nonce another transaction took is signed again with a new nonce, and confirmed by that transaction", async () => {
+  const post = (op, body) => fetch(`${base}/${op}`, { method: "POST", headers: { "content-type": "application/json", ...auth }, body });
+  const payer = privateKeyToAccount(evm.accounts[6].privateKey);
+  const nonce = toHex(crypto.randomBytes(32));
+  const validBefore = Math.floor(Date.now() / 1000) + 600;
+  const message = { from: payer.address, to: treasury, value: 10000n, validAfter: 0n, validBefore: BigInt(validBefore), nonce };
+  const signature = await payer.signTypedData({ domain: { name: "USDC", version: "2", chainId: 84532,
+    verifyingContract: evm.token }, types: { TransferWithAuthorization: [{ name: "from", type: "address" },
+    { name: "to", type: "address" }, { name: "value", type: "uint256" }, { name: "validAfter", type: "uint256" },
+    { name: "validBefore", type: "uint256" }, { name: "nonce", type: "bytes32" }] },
+    primaryType: "TransferWithAuthorization", message });
+  const requirements = { scheme: "exact", network: NETWORK, amount: "10000", asset: evm.token, payTo: treasury,
+    maxTimeoutSeconds: 600, extra: { name: "USDC", version: "2" } };
+  const body = JSON.stringify({ x402Version: 2, paymentRequirements: requirements, paymentPayload: { x402Version: 2,
+    resource: { url: "http://x/displaced" }, accepted: requirements, payload: { signature,
+      authorization: { ...message, value: "10000", validAfter: "0", validBefore: String(validBefore) } } } });
+  const wallet = evm.deployer.address;
+  const pendingNonce = async () => BigInt(await ethRpc(evm.rpcUrl, "eth_getTransactionCount", [wallet, "pending"]));
+  const before = await balance(treasury);
+  const l = new RpcClient(ledger.endpoint);
+  const key = { network: NETWORK, payer: payer.address.toLowerCase(), nonce };
+  try {
+    const n0 = await pendingNonce();
+    await ethRpc(evm.rpcUrl, "evm_setAutomine", [false]);
+    let answer;
+    try {
+      const settling = post("settle", body).then((r) => r.json());
+      for (let i = 0; (await pendingNonce()) === n0; i++) {
+        assert.ok(i < 200, "the settlement transaction reached the pool");
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      // the wallet's own transaction at the same nonce, paying more: it replaces the settlement's in the pool
+      await ethRpc(evm.rpcUrl, "eth_sendTransaction", [{ from: wallet, to: wallet, value: "0x0", nonce: toHex(n0),
+        maxFeePerGas: toHex(100_000_000_000n), maxPriorityFeePerGas: toHex(50_000_000_000n), gas: toHex(21000) }]);
+      answer = await settling; // not mined within the settle wait
+      await ethRpc(evm.rpcUrl, "evm_mine", []);
+    } finally {
+      await ethRpc(evm.rpcUrl, "evm_setAutomine", [true]);
+    }
+    assert.equal(answer.success, false, JSON.stringify(answer));
+    assert.equal(answer.errorReason, "settlement_pending");
+    const first = answer.transaction;
+    assert.equal(await ethRpc(evm.rpcUrl, "eth_getTransactionReceipt", [first]), null, "the first transaction is never mined");
+    assert.equal(BigInt(await ethRpc(evm.rpcUrl, "eth_getTransactionCount", [wallet, "latest"])), n0 + 1n, "its nonce was taken");
+    let a;
+    for (let i = 0; i < 200; i++) {
+      a = (await l.call("ledger.authorization", key)).body;
+      if (a.state === "settled") break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    assert.equal(a.state, "settled", JSON.stringify(a));
+    const st = (await l.call("ledger.settlement", { authorization_id: a.authorization_id })).body;
+    assert.equal(st.state, "confirmed");
+    assert.equal(st.tx_hash, first, "the settlement keeps its first transaction as its name");
+    assert.deepEqual(st.displaced, [first]);
+    assert.ok(st.resigned_tx && st.resigned_tx !== first, JSON.stringify(st));
+    assert.equal(st.settled_by, st.resigned_tx, "the re-signed transaction moved the money");
+    assert.equal(a.settlement_tx, st.resigned_tx);
+    const receipt = await ethRpc(evm.rpcUrl, "eth_getTransactionReceipt", [st.resigned_tx]);
+    assert.equal(receipt.status, "0x1");
+    const tx = await ethRpc(evm.rpcUrl, "eth_getTransactionByHash", [st.resigned_tx]);
+    assert.ok(BigInt(tx.nonce) > n0, "a new nonce");
+    assert.equal(BigInt(tx.nonce), BigInt(st.nonce));
+    assert.equal(await balance(treasury), before + 10000n, "paid once");
+    // settle asked again: the recorded answer, naming the transaction that moved the money
+    const again = await (await post("settle", body)).json();
+    assert.equal(again.success, true, JSON.stringify(again));
+    assert.equal(again.transaction, st.resigned_tx);
+    assert.equal(await balance(treasury), before + 10000n);
+    const audit = await l.call("ledger.audit", {});
+    assert.equal(audit.body.ok, true, JSON.stringify(audit.body.checks.filter((c) => !c.ok)));
+  } finally {
+    l.close();
+  }
+});

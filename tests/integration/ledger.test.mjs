@@ -689,6 +689,61 @@ test("a topup settled by another transaction is credited once, under the settlem
   await audit();
 });
 
+test("a settlement whose nonce was taken gets a new one once (renonce), is signed again under it, and its topup stays one source", async () => {
+  const network = "eip155:84532";
+  const payer = "0x8888888888888888888888888888888888888888";
+  const sender = "0x4545454545454545454545454545454545454545";
+  const account = await newAccount();
+  const hex32 = () => `0x${crypto.randomBytes(32).toString("hex")}`;
+  const s = await ok("ledger.settlement_begin", { network, payer, nonce: hex32(), amount_micro: 250_000,
+    resource: `topup:account:${account}`, sender, evm: true, chain_nonce: 40, calldata: "0xe3ee160e" });
+  assert.equal(s.nonce, 40);
+  const first = hex32(), second = hex32();
+  await ok("ledger.settlement_signed", { settlement_id: s.settlement_id, tx_hash: first, raw_tx: "0x02f801" });
+  // bad input changes nothing
+  const bad = await call("ledger.settlement_renonce", { settlement_id: s.settlement_id, tx_hash: first }, idem());
+  assert.equal(bad.code, "bad_request");
+  // a transaction that is not the settlement's current one: answered as it is
+  const stale = await ok("ledger.settlement_renonce", { settlement_id: s.settlement_id, tx_hash: hex32(), chain_nonce: 41 });
+  assert.equal(stale.renonced, false);
+  assert.equal(stale.nonce, 40);
+  // its nonce taken (the wallet's pending nonce is now 45): the next nonce, the settlement begun again
+  const r = await ok("ledger.settlement_renonce", { settlement_id: s.settlement_id, tx_hash: first, chain_nonce: 45 });
+  assert.equal(r.renonced, true);
+  assert.equal(r.nonce, 45);
+  assert.equal(r.state, "begun");
+  assert.deepEqual(r.displaced, [first]);
+  assert.equal(r.tx_hash, first, "the first transaction stays its name");
+  // a second replica doing the same: nothing more
+  assert.equal((await ok("ledger.settlement_renonce", { settlement_id: s.settlement_id, tx_hash: first, chain_nonce: 45 })).renonced, false);
+  // signed again: only with the new nonce
+  const wrong = await ok("ledger.settlement_signed", { settlement_id: s.settlement_id, tx_hash: second, raw_tx: "0x02f802", nonce: 44 });
+  assert.equal(wrong.state, "begun");
+  assert.equal(wrong.resigned_tx, null);
+  const signed = await ok("ledger.settlement_signed", { settlement_id: s.settlement_id, tx_hash: second, raw_tx: "0x02f802", nonce: 45 });
+  assert.equal(signed.state, "signed");
+  assert.equal(signed.resigned_tx, second);
+  assert.equal(signed.resigned_raw, "0x02f802");
+  // the wallet's next settlement gets the nonce after
+  const next = await ok("ledger.settlement_begin", { network, payer, nonce: hex32(), amount_micro: 1000,
+    resource: "http://x/next", sender, evm: true, chain_nonce: 0, calldata: "0xe3ee160e" });
+  assert.equal(next.nonce, 46);
+  // a topup credited with the re-signed transaction (settle answers with it) is under the first one
+  const c1 = await ok("ledger.credit", { account_id: account, amount_micro: 250_000, kind: "topup",
+    source: { chain: network, tx: second, index: "0" } });
+  assert.equal(c1.duplicate, false);
+  assert.equal(pg.psql(db.name, `SELECT source_tx FROM credits WHERE id = ${c1.credit_id}`), first);
+  await ok("ledger.settlement_result", { settlement_id: s.settlement_id, state: "confirmed", settled_by: second });
+  await sleep(1600);
+  assert.equal((await ok("ledger.balance", { account_id: account })).balance_micro, 250_000);
+  assert.equal((await ok("ledger.credit", { account_id: account, amount_micro: 250_000, kind: "topup",
+    source: { chain: network, tx: first, index: "0" } })).duplicate, true);
+  const st = await ok("ledger.settlement", { settlement_id: s.settlement_id });
+  assert.equal(st.state, "confirmed");
+  assert.equal(st.settled_by, second);
+  await audit();
+});
+
 test("topup advances: credited before settlement within a limit, settled as is, reversed on failure (what is spent written off)", async () => {
   const network = "eip155:84532";
   const payer = "0x3333333333333333333333333333333333333333";
