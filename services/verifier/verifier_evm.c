@@ -1050,6 +1050,7 @@ typedef struct {
     uint64_t nonce;    /* the current transaction's */
     char tx_hash[67];  /* the current transaction */
     bool resigned;     /* it is not the settlement's first */
+    bool nonce_taken;  /* the wallet's mined nonce passed it */
     char *calldata;    /* hex, to sign again */
     fb_eip3009_t auth; /* from, to, value, nonce: read from the settlement's calldata */
 } s_track_t;
@@ -1148,26 +1149,11 @@ static void s_track_head(void *arg, json_t *result, const char *error, int64_t c
     s_judge_state(&t->v->evm, &t->auth, head, true, s_track_judged, t);
 }
 
-/* The receipt asked again once the nonce was seen taken: still none, the
- * transaction was displaced. */
-static void s_track_recheck(void *arg, json_t *result, const char *error, int64_t code, const char *message)
-{
-    FB_UNUSED(code);
-    FB_UNUSED(message);
-    s_track_t *t = arg;
-    if (error) {
-        s_track_free(t);
-        return;
-    }
-    if (json_is_object(result)) {
-        s_judge_receipt(&t->v->evm, &t->auth, result, s_track_judged, t);
-        return;
-    }
-    fb_jsonrpc_call(t->v->evm.rpc, "eth_blockNumber", json_array(), s_track_head, t);
-}
+static void s_track_receipt(void *arg, json_t *result, const char *error, int64_t code, const char *message);
 
 /* The wallet's mined nonce: past the transaction's, its nonce went to
- * another transaction (or to it, mined since the receipt was asked). */
+ * another transaction, or to it, mined since its receipt was asked: the
+ * receipt is asked again. */
 static void s_track_count(void *arg, json_t *result, const char *error, int64_t code, const char *message)
 {
     FB_UNUSED(code);
@@ -1178,10 +1164,14 @@ static void s_track_count(void *arg, json_t *result, const char *error, int64_t 
         s_track_free(t); /* not mined yet: followed again next round */
         return;
     }
-    fb_jsonrpc_call(t->v->evm.rpc, "eth_getTransactionReceipt", json_pack("[s]", t->tx_hash), s_track_recheck,
+    t->nonce_taken = true;
+    fb_jsonrpc_call(t->v->evm.rpc, "eth_getTransactionReceipt", json_pack("[s]", t->tx_hash), s_track_receipt,
                     t);
 }
 
+/* Its receipt decides; without one, the wallet's mined nonce is asked, and
+ * once that passed it (the receipt asked again, still none) the transaction
+ * was displaced: the chain's state at the head decides. */
 static void s_track_receipt(void *arg, json_t *result, const char *error, int64_t code, const char *message)
 {
     FB_UNUSED(code);
@@ -1191,12 +1181,13 @@ static void s_track_receipt(void *arg, json_t *result, const char *error, int64_
         s_track_free(t);
         return;
     }
-    if (json_is_object(result)) {
+    if (json_is_object(result))
         s_judge_receipt(&t->v->evm, &t->auth, result, s_track_judged, t);
-        return;
-    }
-    fb_jsonrpc_call(t->v->evm.rpc, "eth_getTransactionCount",
-                    json_pack("[s s]", t->v->evm.sender_text, "latest"), s_track_count, t);
+    else if (t->nonce_taken)
+        fb_jsonrpc_call(t->v->evm.rpc, "eth_blockNumber", json_array(), s_track_head, t);
+    else
+        fb_jsonrpc_call(t->v->evm.rpc, "eth_getTransactionCount",
+                        json_pack("[s s]", t->v->evm.sender_text, "latest"), s_track_count, t);
 }
 
 /* from, to, value and nonce of transferWithAuthorization calldata (selector,
