@@ -27,6 +27,13 @@ const erc20 = parseAbi(["function balanceOf(address) view returns (uint256)"]);
 const balance = (who) => ethRpc(evm.rpcUrl, "eth_call", [{ to: evm.token,
   data: encodeFunctionData({ abi: erc20, functionName: "balanceOf", args: [who] }) }, "latest"]).then(BigInt);
 const auth = { authorization: `Bearer ${TOKEN_SECRET}` };
+// signs a TransferWithAuthorization of the test token (EIP-3009)
+const signTransfer = (signer, message) => signer.signTypedData({
+  domain: { name: "USDC", version: "2", chainId: 84532, verifyingContract: evm.token },
+  types: { TransferWithAuthorization: [{ name: "from", type: "address" }, { name: "to", type: "address" },
+    { name: "value", type: "uint256" }, { name: "validAfter", type: "uint256" },
+    { name: "validBefore", type: "uint256" }, { name: "nonce", type: "bytes32" }] },
+  primaryType: "TransferWithAuthorization", message });
 
 async function startEdge(lp, vp, env) {
   const port = await freePort();
@@ -146,11 +153,7 @@ test("two authorizations sharing a payer and nonce: the second is refused as use
     const requirements = { scheme: "exact", network: NETWORK, amount: "10000", asset: evm.token, payTo: to,
       maxTimeoutSeconds: 60, extra: { name: "USDC", version: "2" } };
     const message = { from: payer.address, to, value: 10000n, validAfter: 0n, validBefore: BigInt(validBefore), nonce };
-    const signature = await payer.signTypedData({ domain: { name: "USDC", version: "2", chainId: 84532,
-      verifyingContract: evm.token }, types: { TransferWithAuthorization: [{ name: "from", type: "address" },
-      { name: "to", type: "address" }, { name: "value", type: "uint256" }, { name: "validAfter", type: "uint256" },
-      { name: "validBefore", type: "uint256" }, { name: "nonce", type: "bytes32" }] },
-      primaryType: "TransferWithAuthorization", message });
+    const signature = await signTransfer(payer, message);
     const paymentPayload = { x402Version: 2, resource: { url: "http://x/r" }, accepted: requirements, payload: {
       signature, authorization: { ...message, value: "10000", validAfter: "0", validBefore: String(validBefore) } } };
     return JSON.stringify({ x402Version: 2, paymentPayload, paymentRequirements: requirements });
@@ -203,10 +206,7 @@ test("a settlement whose authorization another transaction executes first is con
     const nonce = toHex(crypto.randomBytes(32));
     const validBefore = Math.floor(Date.now() / 1000) + 300;
     const message = { from: payer.address, to: treasury, value: 10000n, validAfter: 0n, validBefore: BigInt(validBefore), nonce };
-    const signature = await payer.signTypedData({ domain, types: { TransferWithAuthorization: [
-      { name: "from", type: "address" }, { name: "to", type: "address" }, { name: "value", type: "uint256" },
-      { name: "validAfter", type: "uint256" }, { name: "validBefore", type: "uint256" }, { name: "nonce", type: "bytes32" }] },
-      primaryType: "TransferWithAuthorization", message });
+    const signature = await signTransfer(payer, message);
     const requirements = { scheme: "exact", network: NETWORK, amount: "10000", asset: evm.token, payTo: treasury,
       maxTimeoutSeconds: 300, extra: { name: "USDC", version: "2" } };
     const body = JSON.stringify({ x402Version: 2, paymentRequirements: requirements, paymentPayload: { x402Version: 2,
@@ -315,10 +315,7 @@ test("bad bodies are 400 and refused payments are 200 with their reason, over HT
     maxTimeoutSeconds: 60, extra: { name: "USDC", version: "2" } };
   const now = Math.floor(Date.now() / 1000);
   const message = { from: payer.address, to: treasury, value: 10000n, validAfter: 0n, validBefore: BigInt(now + 60), nonce: toHex(crypto.randomBytes(32)) };
-  const signature = await other.signTypedData({ domain: { name: "USDC", version: "2", chainId: 84532, verifyingContract: evm.token },
-    types: { TransferWithAuthorization: [{ name: "from", type: "address" }, { name: "to", type: "address" },
-      { name: "value", type: "uint256" }, { name: "validAfter", type: "uint256" }, { name: "validBefore", type: "uint256" },
-      { name: "nonce", type: "bytes32" }] }, primaryType: "TransferWithAuthorization", message });
+  const signature = await signTransfer(other, message);
   const paymentPayload = { x402Version: 2, resource: { url: "http://x/r" }, accepted: requirements, payload: { signature,
     authorization: { ...message, value: "10000", validAfter: "0", validBefore: String(now + 60) } } };
   const body = JSON.stringify({ x402Version: 2, paymentPayload, paymentRequirements: requirements });
@@ -354,11 +351,7 @@ test("a settlement left unsigned by its replica is signed by the tracker at the 
   const nonce = toHex(crypto.randomBytes(32));
   const validBefore = BigInt(Math.floor(Date.now() / 1000) + 600);
   const message = { from: payer.address, to: treasury, value: 10000n, validAfter: 0n, validBefore, nonce };
-  const signature = await payer.signTypedData({ domain: { name: "USDC", version: "2", chainId: 84532,
-    verifyingContract: evm.token }, types: { TransferWithAuthorization: [{ name: "from", type: "address" },
-    { name: "to", type: "address" }, { name: "value", type: "uint256" }, { name: "validAfter", type: "uint256" },
-    { name: "validBefore", type: "uint256" }, { name: "nonce", type: "bytes32" }] },
-    primaryType: "TransferWithAuthorization", message });
+  const signature = await signTransfer(payer, message);
   const { v, r, s } = parseSignature(signature);
   const calldata = encodeFunctionData({ abi, functionName: "transferWithAuthorization",
     args: [payer.address, treasury, 10000n, 0n, validBefore, nonce, Number(v), r, s] });
@@ -417,11 +410,7 @@ test("a settlement whose wallet nonce another transaction took is signed again w
   const nonce = toHex(crypto.randomBytes(32));
   const validBefore = Math.floor(Date.now() / 1000) + 600;
   const message = { from: payer.address, to: treasury, value: 10000n, validAfter: 0n, validBefore: BigInt(validBefore), nonce };
-  const signature = await payer.signTypedData({ domain: { name: "USDC", version: "2", chainId: 84532,
-    verifyingContract: evm.token }, types: { TransferWithAuthorization: [{ name: "from", type: "address" },
-    { name: "to", type: "address" }, { name: "value", type: "uint256" }, { name: "validAfter", type: "uint256" },
-    { name: "validBefore", type: "uint256" }, { name: "nonce", type: "bytes32" }] },
-    primaryType: "TransferWithAuthorization", message });
+  const signature = await signTransfer(payer, message);
   const requirements = { scheme: "exact", network: NETWORK, amount: "10000", asset: evm.token, payTo: treasury,
     maxTimeoutSeconds: 600, extra: { name: "USDC", version: "2" } };
   const body = JSON.stringify({ x402Version: 2, paymentRequirements: requirements, paymentPayload: { x402Version: 2,
