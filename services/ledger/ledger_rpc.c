@@ -270,13 +270,14 @@ static const s_method_t s_methods[] = {
       {"raw_tx", F_STR, true, 20000},
       {"nonce", F_INT, false, 0},
       END}},
-    {"ledger.settlement_renonce", /* its transaction's nonce was taken: a new one */
+    {"ledger.settlement_renonce", /* its transaction's nonce was taken (or it is re-priced): sign again */
      LEDGER_OP_WRITE,
      L_NONE,
      NULL,
      {{"settlement_id", F_INT, true, 0},
       {"tx_hash", F_STR, true, 200},
-      {"chain_nonce", F_INT, true, 0},
+      {"chain_nonce", F_INT, false, 0},
+      {"keep_nonce", F_BOOL, false, 0},
       END}},
     {"ledger.settlement_broadcast", LEDGER_OP_WRITE, L_NONE, NULL, {{"settlement_id", F_INT, true, 0}, END}},
     {"ledger.settlement_result",

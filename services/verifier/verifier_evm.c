@@ -1039,11 +1039,15 @@ void verifier_evm_run(verifier_t *v, bool settle, uint32_t wait_ms, json_t *payl
 /* --- tracker: settlements left pending ------------------------------------------------------------------ */
 
 /* One open settlement followed: its current transaction (the re-signed one,
- * once the first lost its nonce) rebroadcast and its receipt judged; with no
- * receipt while the wallet's mined nonce passed the transaction's, that
- * transaction can never be mined: the authorization's state decides (used:
- * judged by the transaction that used it; unused: the settlement gets a new
- * nonce and is signed again). */
+ * once the first lost its nonce or was re-priced) rebroadcast and its receipt
+ * judged; with no receipt while the wallet's mined nonce passed the
+ * transaction's, that transaction can never be mined: the authorization's
+ * state decides (used: judged by the transaction that used it; unused: the
+ * settlement gets a new nonce and is signed again). With no receipt and its
+ * nonce not mined yet, a transaction whose max fee is under the chain's base
+ * fee cannot be included: it is replaced at its own nonce, signed at the
+ * current fees (its tip raised by at least an eighth, as nodes require of a
+ * replacement); whichever of the two is mined, the judge finds it. */
 typedef struct {
     verifier_t *v;
     int64_t settlement_id;
@@ -1051,6 +1055,9 @@ typedef struct {
     char tx_hash[67];  /* the current transaction */
     bool resigned;     /* it is not the settlement's first */
     bool nonce_taken;  /* the wallet's mined nonce passed it */
+    bool reprice;      /* replaced at its own nonce: priced under the base fee */
+    uint64_t max_fee;  /* the transaction's */
+    uint64_t min_tip;  /* a replacement's tip at least */
     char *calldata;    /* hex, to sign again */
     fb_eip3009_t auth; /* from, to, value, nonce: read from the settlement's calldata */
 } s_track_t;
@@ -1070,7 +1077,7 @@ static void s_track_recorded(void *arg, const fb_rpc_reply_t *reply)
     s_track_free(t);
 }
 
-static void s_tsign_start(verifier_t *v, int64_t settlement_id, int64_t nonce, bool resign,
+static void s_tsign_start(verifier_t *v, int64_t settlement_id, int64_t nonce, bool resign, uint64_t min_tip,
                           const char *calldata, size_t cl);
 
 static void s_track_renonced(void *arg, const fb_rpc_reply_t *reply)
@@ -1080,10 +1087,12 @@ static void s_track_renonced(void *arg, const fb_rpc_reply_t *reply)
     const msgpack_object *renonced = fb_mp_get(reply->body, "renonced");
     if (reply->ok && renonced && renonced->type == MSGPACK_OBJECT_BOOLEAN && renonced->via.boolean &&
         fb_mp_get_int64(reply->body, "nonce", &nonce)) {
-        fb_log(FB_LOG_WARN, NULL, "settlement signed again: its transaction's wallet nonce was taken",
-               "settlement_id=%lld displaced=%s nonce=%lld", (long long)t->settlement_id, t->tx_hash,
+        fb_log(FB_LOG_WARN, NULL,
+               t->reprice ? "settlement signed again: its transaction is priced under the base fee"
+                          : "settlement signed again: its transaction's wallet nonce was taken",
+               "settlement_id=%lld replaced=%s nonce=%lld", (long long)t->settlement_id, t->tx_hash,
                (long long)nonce);
-        s_tsign_start(t->v, t->settlement_id, nonce, true, t->calldata, strlen(t->calldata));
+        s_tsign_start(t->v, t->settlement_id, nonce, true, t->min_tip, t->calldata, strlen(t->calldata));
     }
     s_track_free(t);
 }
@@ -1151,6 +1160,24 @@ static void s_track_head(void *arg, json_t *result, const char *error, int64_t c
 
 static void s_track_receipt(void *arg, json_t *result, const char *error, int64_t code, const char *message);
 
+/* The chain's base fee against the pending transaction's max fee. */
+static void s_track_base(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(code);
+    FB_UNUSED(message);
+    s_track_t *t = arg;
+    uint64_t base;
+    if (error || !s_quantity(json_string_value(json_object_get(result, "baseFeePerGas")), &base) ||
+        base <= t->max_fee) {
+        s_track_free(t); /* includable: followed again next round */
+        return;
+    }
+    t->reprice = true;
+    json_t *body = json_pack("{sI ss sb}", "settlement_id", (json_int_t)t->settlement_id, "tx_hash",
+                             t->tx_hash, "keep_nonce", 1);
+    verifier_ledger_call(t->v, "ledger.settlement_renonce", body, true, NULL, s_track_renonced, t);
+}
+
 /* The wallet's mined nonce: past the transaction's, its nonce went to
  * another transaction, or to it, mined since its receipt was asked: the
  * receipt is asked again. */
@@ -1160,8 +1187,15 @@ static void s_track_count(void *arg, json_t *result, const char *error, int64_t 
     FB_UNUSED(message);
     s_track_t *t = arg;
     uint64_t mined;
-    if (error || !s_quantity(json_string_value(result), &mined) || mined <= t->nonce) {
-        s_track_free(t); /* not mined yet: followed again next round */
+    if (error || !s_quantity(json_string_value(result), &mined)) {
+        s_track_free(t);
+        return;
+    }
+    if (mined <= t->nonce) {
+        /* not mined yet: can it be, at its max fee? (a node may also have
+         * dropped it, and refuse it again, for that) */
+        fb_jsonrpc_call(t->v->evm.rpc, "eth_getBlockByNumber", json_pack("[s b]", "latest", 0), s_track_base,
+                        t);
         return;
     }
     t->nonce_taken = true;
@@ -1227,7 +1261,8 @@ typedef struct {
     verifier_t *v;
     int64_t settlement_id;
     uint64_t nonce;
-    bool resign; /* a new nonce for a settlement signed before */
+    bool resign;      /* a new nonce for a settlement signed before, or a re-priced one */
+    uint64_t min_tip; /* the tip at least (a replacement's) */
     uint8_t *calldata;
     size_t calldata_len;
     fb_u256_t base_fee, priority;
@@ -1269,6 +1304,9 @@ static void s_tsign_step(s_tsign_t *g)
 {
     if (--g->pending > 0)
         return;
+    uint64_t tip;
+    if (!fb_u256_to_u64(&g->priority, &tip) || tip < g->min_tip)
+        fb_u256_from_u64(&g->priority, g->min_tip > 0 ? g->min_tip : 1000000);
     char tx_hash[67];
     char *raw_hex = NULL;
     if (g->no_fee || s_sign(&g->v->evm, g->nonce, &g->base_fee, &g->priority, g->calldata, g->calldata_len,
@@ -1310,7 +1348,7 @@ static void s_tsign_priority(void *arg, json_t *result, const char *error, int64
     s_tsign_step(g);
 }
 
-static void s_tsign_start(verifier_t *v, int64_t settlement_id, int64_t nonce, bool resign,
+static void s_tsign_start(verifier_t *v, int64_t settlement_id, int64_t nonce, bool resign, uint64_t min_tip,
                           const char *calldata, size_t cl)
 {
     if (!v->evm.has_key || nonce < 0 || cl < 4 || cl % 2 != 0 || calldata[0] != '0' || calldata[1] != 'x')
@@ -1320,6 +1358,7 @@ static void s_tsign_start(verifier_t *v, int64_t settlement_id, int64_t nonce, b
     g->settlement_id = settlement_id;
     g->nonce = (uint64_t)nonce;
     g->resign = resign;
+    g->min_tip = min_tip;
     g->calldata_len = (cl - 2) / 2;
     g->calldata = fb_malloc(g->calldata_len + 1);
     if (fb_hex_decode(g->calldata, g->calldata_len, calldata + 2, cl - 2) != 0) {
@@ -1330,6 +1369,47 @@ static void s_tsign_start(verifier_t *v, int64_t settlement_id, int64_t nonce, b
     g->pending = 2;
     fb_jsonrpc_call(v->evm.rpc, "eth_getBlockByNumber", json_pack("[s b]", "latest", 0), s_tsign_block, g);
     fb_jsonrpc_call(v->evm.rpc, "eth_maxPriorityFeePerGas", json_array(), s_tsign_priority, g);
+}
+
+/* The tip and max fee of a signed EIP-1559 transaction (0x02 || rlp([chain
+ * id, nonce, max priority fee, max fee, ...])), from its hex. */
+static bool s_rlp_u64(const uint8_t **p, const uint8_t *end, uint64_t *out)
+{
+    if (*p >= end)
+        return false;
+    uint8_t x = **p;
+    (*p)++;
+    if (x < 0x80) {
+        *out = x;
+        return true;
+    }
+    size_t n = (size_t)(x - 0x80);
+    if (x > 0x88 || (size_t)(end - *p) < n)
+        return false;
+    *out = 0;
+    for (size_t i = 0; i < n; i++)
+        *out = *out << 8 | (*p)[i];
+    *p += n;
+    return true;
+}
+
+static bool s_tx_fees(const char *hex, size_t len, uint64_t *tip, uint64_t *max_fee)
+{
+    if (len < 6 || len % 2 != 0 || hex[0] != '0' || hex[1] != 'x' || len > 2 + 2 * 20000)
+        return false;
+    size_t n = (len - 2) / 2;
+    uint8_t *b = fb_malloc(n);
+    bool ok = fb_hex_decode(b, n, hex, len) == 0 && b[0] == 0x02;
+    const uint8_t *p = b + 2, *end = b + n;
+    if (ok && b[1] >= 0xf8 && b[1] <= 0xfa) /* a list of more than 55 bytes: 1..3 length bytes */
+        p += b[1] - 0xf7;
+    else
+        ok = ok && b[1] >= 0xc0 && b[1] <= 0xf7;
+    uint64_t chain, nonce;
+    ok = ok && s_rlp_u64(&p, end, &chain) && s_rlp_u64(&p, end, &nonce) && s_rlp_u64(&p, end, tip) &&
+         s_rlp_u64(&p, end, max_fee);
+    free(b);
+    return ok;
 }
 
 /* One open settlement: rebroadcast its current transaction (harmless if it
@@ -1353,7 +1433,7 @@ static void s_track_one(verifier_t *v, const msgpack_object *s)
                has_tx ? "settlement begun again with a new nonce, signing it"
                       : "unsigned settlement found; its replica stopped before signing",
                "settlement_id=%lld nonce=%lld", (long long)id, (long long)nonce);
-        s_tsign_start(v, id, nonce, has_tx, calldata, cl);
+        s_tsign_start(v, id, nonce, has_tx, 0, calldata, cl);
         return;
     }
     s_track_t *t = fb_calloc(1, sizeof(*t));
@@ -1375,6 +1455,10 @@ static void s_track_one(verifier_t *v, const msgpack_object *s)
         return;
     }
     t->calldata = fb_strndup(calldata, cl);
+    uint64_t tip = 0;
+    if (!s_tx_fees(raw, rl, &tip, &t->max_fee) || tip > UINT64_MAX / 2)
+        t->max_fee = UINT64_MAX; /* not one of ours: never re-priced */
+    t->min_tip = tip + tip / 8 + 1;
     char *rawz = fb_strndup(raw, rl);
     fb_jsonrpc_call(v->evm.rpc, "eth_sendRawTransaction", json_pack("[s]", rawz), s_track_sent, t);
     free(rawz);

@@ -741,6 +741,20 @@ test("a settlement whose nonce was taken gets a new one once (renonce), is signe
   const st = await ok("ledger.settlement", { settlement_id: s.settlement_id });
   assert.equal(st.state, "confirmed");
   assert.equal(st.settled_by, second);
+  // re-priced at its own nonce (keep_nonce): no nonce allocated
+  const s2 = await ok("ledger.settlement_begin", { network, payer, nonce: hex32(), amount_micro: 1000,
+    resource: "http://x/repriced", sender, evm: true, chain_nonce: 0, calldata: "0xe3ee160e" });
+  assert.equal(s2.nonce, 47);
+  const cheap = hex32();
+  await ok("ledger.settlement_signed", { settlement_id: s2.settlement_id, tx_hash: cheap, raw_tx: "0x02f803" });
+  const kept = await ok("ledger.settlement_renonce", { settlement_id: s2.settlement_id, tx_hash: cheap, keep_nonce: true });
+  assert.equal(kept.renonced, true);
+  assert.equal(kept.nonce, 47);
+  assert.deepEqual(kept.displaced, [cheap]);
+  assert.equal((await ok("ledger.settlement_signed", { settlement_id: s2.settlement_id, tx_hash: hex32(), raw_tx: "0x02f804",
+    nonce: 47 })).state, "signed");
+  assert.equal((await ok("ledger.settlement_begin", { network, payer, nonce: hex32(), amount_micro: 1000,
+    resource: "http://x/after", sender, evm: true, chain_nonce: 0, calldata: "0xe3ee160e" })).nonce, 48);
   await audit();
 });
 

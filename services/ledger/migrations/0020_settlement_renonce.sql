@@ -15,7 +15,8 @@
 -- tx_hash stays the settlement's first transaction: the name of the payment
 -- a topup is credited under (0019). The transaction sent instead is
 -- resigned_tx; the ones whose nonce was taken are kept in displaced, oldest
--- first. A settlement confirmed by its re-signed transaction records it as
+-- first (with those replaced at their own nonce for being priced under the
+-- base fee). A settlement confirmed by its re-signed transaction records it as
 -- settled_by, the transaction that moved the money (0018), so settle answers
 -- with it and the authorization's settlement_tx names it. Executing the
 -- authorization is possible once only (EIP-3009), so a second transaction of
@@ -34,19 +35,23 @@ CREATE OR REPLACE FUNCTION ledger_settlement_view(s settlements) RETURNS jsonb L
 $$;
 
 -- settlement_renonce: the transaction tx_hash names (the settlement's
--- current one: resigned_tx, or tx_hash before any) lost its nonce. Only a
--- signed EVM settlement whose current transaction that still is changes: it
--- gets the wallet's next nonce (at least chain_nonce, the wallet's pending
--- nonce on chain) and goes back to begun, to be signed again
--- (ledger.settlement_signed with that nonce). Anything else is answered as it
--- is, with renonced false: another replica did it, or the chain decided.
+-- current one: resigned_tx, or tx_hash before any) lost its nonce, or, with
+-- keep_nonce, is priced under the chain's base fee and is to be replaced at
+-- the same nonce. Only a signed EVM settlement whose current transaction that
+-- still is changes: it gets the wallet's next nonce (at least chain_nonce,
+-- the wallet's pending nonce on chain), or keeps its own, and goes back to
+-- begun, to be signed again (ledger.settlement_signed with that nonce).
+-- Anything else is answered as it is, with renonced false: another replica
+-- did it, or the chain decided. A replaced transaction may still be mined
+-- (same nonce): the verifier then finds it by the authorization it used.
 CREATE FUNCTION ledger_settlement_renonce(p_args jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
     v_s settlements;
     v_floor bigint := ledger_amount(p_args, 'chain_nonce');
+    v_keep boolean := coalesce((p_args ->> 'keep_nonce')::boolean, false);
     v_nonce bigint;
 BEGIN
-    IF v_floor IS NULL OR coalesce(length(p_args ->> 'tx_hash'), 0) NOT BETWEEN 1 AND 200 THEN
+    IF (v_floor IS NULL AND NOT v_keep) OR coalesce(length(p_args ->> 'tx_hash'), 0) NOT BETWEEN 1 AND 200 THEN
         RETURN ledger_err('bad_request', 'tx_hash and chain_nonce (the wallet''s pending nonce on chain) are required');
     END IF;
     SELECT * INTO v_s FROM settlements WHERE id = ledger_id(p_args, 'settlement_id') FOR UPDATE;
@@ -57,9 +62,13 @@ BEGIN
        OR coalesce(v_s.resigned_tx, v_s.tx_hash) IS DISTINCT FROM p_args ->> 'tx_hash' THEN
         RETURN ledger_ok(ledger_settlement_view(v_s) || '{"renonced": false}');
     END IF;
-    UPDATE settlement_senders SET next_nonce = greatest(next_nonce, v_floor) + 1
-        WHERE network = v_s.network AND sender = v_s.sender
-        RETURNING next_nonce - 1 INTO v_nonce;
+    IF v_keep THEN
+        v_nonce := v_s.nonce;
+    ELSE
+        UPDATE settlement_senders SET next_nonce = greatest(next_nonce, v_floor) + 1
+            WHERE network = v_s.network AND sender = v_s.sender
+            RETURNING next_nonce - 1 INTO v_nonce;
+    END IF;
     UPDATE settlements SET nonce = v_nonce, displaced = displaced || coalesce(resigned_tx, tx_hash),
                            resigned_tx = NULL, resigned_raw = NULL, state = 'begun', updated_at = now()
         WHERE id = v_s.id RETURNING * INTO v_s;
