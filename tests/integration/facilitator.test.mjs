@@ -397,16 +397,13 @@ test("a settlement left unsigned by its replica is signed by the tracker at the 
   }
 });
 
-// The settlement wallet is an ordinary account: another transaction from it
-// (farebox-sweep pays its gas from it; an operator's own transfer) can take
-// the nonce a settlement was signed with before the settlement is mined. Here
-// the wallet's own replacement (same nonce, higher fee) takes it while anvil
-// is not mining: the settlement's transaction can never be mined. The tracker
-// sees the wallet's mined nonce past it, finds the authorization unused, has
-// a new nonce allocated and signs the settlement again.
-test("a settlement whose wallet nonce another transaction took is signed again with a new nonce, and confirmed by that transaction", async () => {
+// Settles a fresh payment of payer's with anvil not mining, calls
+// interfere(n0, own) once the settlement's transaction (wallet nonce n0, own:
+// the pending transaction) is in the pool, then mines one block; the settle
+// answers pending. Then waits for the tracker to settle it. Returns what the
+// checks need.
+async function settleDisturbed(payer, interfere) {
   const post = (op, body) => fetch(`${base}/${op}`, { method: "POST", headers: { "content-type": "application/json", ...auth }, body });
-  const payer = privateKeyToAccount(evm.accounts[6].privateKey);
   const nonce = toHex(crypto.randomBytes(32));
   const validBefore = Math.floor(Date.now() / 1000) + 600;
   const message = { from: payer.address, to: treasury, value: 10000n, validAfter: 0n, validBefore: BigInt(validBefore), nonce };
@@ -414,39 +411,35 @@ test("a settlement whose wallet nonce another transaction took is signed again w
   const requirements = { scheme: "exact", network: NETWORK, amount: "10000", asset: evm.token, payTo: treasury,
     maxTimeoutSeconds: 600, extra: { name: "USDC", version: "2" } };
   const body = JSON.stringify({ x402Version: 2, paymentRequirements: requirements, paymentPayload: { x402Version: 2,
-    resource: { url: "http://x/displaced" }, accepted: requirements, payload: { signature,
+    resource: { url: "http://x/disturbed" }, accepted: requirements, payload: { signature,
       authorization: { ...message, value: "10000", validAfter: "0", validBefore: String(validBefore) } } } });
   const wallet = evm.deployer.address;
   const pendingNonce = async () => BigInt(await ethRpc(evm.rpcUrl, "eth_getTransactionCount", [wallet, "pending"]));
   const before = await balance(treasury);
-  const l = new RpcClient(ledger.endpoint);
-  const key = { network: NETWORK, payer: payer.address.toLowerCase(), nonce };
+  const n0 = await pendingNonce();
+  await ethRpc(evm.rpcUrl, "evm_setAutomine", [false]);
+  let answer;
   try {
-    const n0 = await pendingNonce();
-    await ethRpc(evm.rpcUrl, "evm_setAutomine", [false]);
-    let answer;
-    try {
-      const settling = post("settle", body).then((r) => r.json());
-      for (let i = 0; (await pendingNonce()) === n0; i++) {
-        assert.ok(i < 200, "the settlement transaction reached the pool");
-        await new Promise((r) => setTimeout(r, 50));
-      }
-      // the wallet's own transaction at the same nonce, paying twice as much: it replaces the settlement's in the pool
-      const own = (await ethRpc(evm.rpcUrl, "eth_getBlockByNumber", ["pending", true])).transactions
-        .find((t) => BigInt(t.nonce) === n0 && t.from.toLowerCase() === wallet.toLowerCase());
-      await ethRpc(evm.rpcUrl, "eth_sendTransaction", [{ from: wallet, to: wallet, value: "0x0", nonce: toHex(n0),
-        maxFeePerGas: toHex(2n * BigInt(own.maxFeePerGas)), maxPriorityFeePerGas: toHex(2n * BigInt(own.maxPriorityFeePerGas)),
-        gas: toHex(21000) }]);
-      answer = await settling; // not mined within the settle wait
-      await ethRpc(evm.rpcUrl, "evm_mine", []);
-    } finally {
-      await ethRpc(evm.rpcUrl, "evm_setAutomine", [true]);
+    const settling = post("settle", body).then((r) => r.json());
+    for (let i = 0; (await pendingNonce()) === n0; i++) {
+      assert.ok(i < 200, "the settlement transaction reached the pool");
+      await new Promise((r) => setTimeout(r, 50));
     }
-    assert.equal(answer.success, false, JSON.stringify(answer));
-    assert.equal(answer.errorReason, "settlement_pending");
-    const first = answer.transaction;
-    assert.equal(await ethRpc(evm.rpcUrl, "eth_getTransactionReceipt", [first]), null, "the first transaction is never mined");
-    assert.equal(BigInt(await ethRpc(evm.rpcUrl, "eth_getTransactionCount", [wallet, "latest"])), n0 + 1n, "its nonce was taken");
+    const own = (await ethRpc(evm.rpcUrl, "eth_getBlockByNumber", ["pending", true])).transactions
+      .find((t) => BigInt(t.nonce) === n0 && t.from.toLowerCase() === wallet.toLowerCase());
+    await interfere(n0, own);
+    answer = await settling; // not mined within the settle wait
+    await ethRpc(evm.rpcUrl, "evm_mine", []);
+  } finally {
+    await ethRpc(evm.rpcUrl, "evm_setAutomine", [true]);
+  }
+  assert.equal(answer.success, false, JSON.stringify(answer));
+  assert.equal(answer.errorReason, "settlement_pending");
+  const first = answer.transaction;
+  assert.equal(await ethRpc(evm.rpcUrl, "eth_getTransactionReceipt", [first]), null, "not mined");
+  const l = new RpcClient(ledger.endpoint);
+  try {
+    const key = { network: NETWORK, payer: payer.address.toLowerCase(), nonce };
     let a;
     for (let i = 0; i < 200; i++) {
       a = (await l.call("ledger.authorization", key)).body;
@@ -461,11 +454,8 @@ test("a settlement whose wallet nonce another transaction took is signed again w
     assert.ok(st.resigned_tx && st.resigned_tx !== first, JSON.stringify(st));
     assert.equal(st.settled_by, st.resigned_tx, "the re-signed transaction moved the money");
     assert.equal(a.settlement_tx, st.resigned_tx);
-    const receipt = await ethRpc(evm.rpcUrl, "eth_getTransactionReceipt", [st.resigned_tx]);
-    assert.equal(receipt.status, "0x1");
-    const tx = await ethRpc(evm.rpcUrl, "eth_getTransactionByHash", [st.resigned_tx]);
-    assert.ok(BigInt(tx.nonce) > n0, "a new nonce");
-    assert.equal(BigInt(tx.nonce), BigInt(st.nonce));
+    assert.equal((await ethRpc(evm.rpcUrl, "eth_getTransactionReceipt", [st.resigned_tx])).status, "0x1");
+    assert.equal(await ethRpc(evm.rpcUrl, "eth_getTransactionReceipt", [first]), null, "the first never mined");
     assert.equal(await balance(treasury), before + 10000n, "paid once");
     // settle asked again: the recorded answer, naming the transaction that moved the money
     const again = await (await post("settle", body)).json();
@@ -474,83 +464,47 @@ test("a settlement whose wallet nonce another transaction took is signed again w
     assert.equal(await balance(treasury), before + 10000n);
     const audit = await l.call("ledger.audit", {});
     assert.equal(audit.body.ok, true, JSON.stringify(audit.body.checks.filter((c) => !c.ok)));
+    return { n0, st, tx: await ethRpc(evm.rpcUrl, "eth_getTransactionByHash", [st.resigned_tx]) };
   } finally {
     l.close();
   }
+}
+
+// The settlement wallet is an ordinary account: another transaction from it
+// (farebox-sweep pays its gas from it; an operator's own transfer) can take
+// the nonce a settlement was signed with before the settlement is mined. Here
+// the wallet's own replacement (same nonce, twice the fees) takes it while
+// anvil is not mining: the settlement's transaction can never be mined. The
+// tracker sees the wallet's mined nonce past it, finds the authorization
+// unused, has a new nonce allocated and signs the settlement again.
+test("a settlement whose wallet nonce another transaction took is signed again with a new nonce, and confirmed by that transaction", async () => {
+  const wallet = evm.deployer.address;
+  const { n0, st, tx } = await settleDisturbed(privateKeyToAccount(evm.accounts[6].privateKey), (n0, own) =>
+    ethRpc(evm.rpcUrl, "eth_sendTransaction", [{ from: wallet, to: wallet, value: "0x0", nonce: toHex(n0),
+      maxFeePerGas: toHex(2n * BigInt(own.maxFeePerGas)), maxPriorityFeePerGas: toHex(2n * BigInt(own.maxPriorityFeePerGas)),
+      gas: toHex(21000) }]));
+  assert.ok(BigInt(tx.nonce) > n0, "a new nonce");
+  assert.equal(BigInt(tx.nonce), BigInt(st.nonce));
 });
 
-// A settlement signed when the chain was cheap waits in the pool once the
-// base fee rises above its max fee: it cannot be included. The tracker
-// replaces it at its own nonce, signed at the current fees (its tip raised,
-// as a node requires of a replacement).
+// A settlement signed when the chain was cheap cannot be included once the
+// base fee passes its max fee. The tracker replaces it at its own nonce,
+// signed at the current fees (its tip raised, as a node requires of a
+// replacement).
 test("a settlement priced under the chain's base fee is replaced at its own nonce at the current fees, and confirmed by the replacement", async () => {
-  const post = (op, body) => fetch(`${base}/${op}`, { method: "POST", headers: { "content-type": "application/json", ...auth }, body });
-  const payer = privateKeyToAccount(evm.accounts[7].privateKey);
-  const nonce = toHex(crypto.randomBytes(32));
-  const validBefore = Math.floor(Date.now() / 1000) + 600;
-  const message = { from: payer.address, to: treasury, value: 10000n, validAfter: 0n, validBefore: BigInt(validBefore), nonce };
-  const signature = await signTransfer(payer, message);
-  const requirements = { scheme: "exact", network: NETWORK, amount: "10000", asset: evm.token, payTo: treasury,
-    maxTimeoutSeconds: 600, extra: { name: "USDC", version: "2" } };
-  const body = JSON.stringify({ x402Version: 2, paymentRequirements: requirements, paymentPayload: { x402Version: 2,
-    resource: { url: "http://x/repriced" }, accepted: requirements, payload: { signature,
-      authorization: { ...message, value: "10000", validAfter: "0", validBefore: String(validBefore) } } } });
-  const wallet = evm.deployer.address;
-  const pendingNonce = async () => BigInt(await ethRpc(evm.rpcUrl, "eth_getTransactionCount", [wallet, "pending"]));
-  const before = await balance(treasury);
-  const l = new RpcClient(ledger.endpoint);
-  const key = { network: NETWORK, payer: payer.address.toLowerCase(), nonce };
+  let jumped;
   try {
-    const n0 = await pendingNonce();
-    await ethRpc(evm.rpcUrl, "evm_setAutomine", [false]);
-    let answer, jumped;
-    try {
-      const settling = post("settle", body).then((r) => r.json());
-      for (let i = 0; (await pendingNonce()) === n0; i++) {
-        assert.ok(i < 200, "the settlement transaction reached the pool");
-        await new Promise((r) => setTimeout(r, 50));
-      }
-      // the base fee jumps before the next block to twice the settlement transaction's max fee: it no longer
-      // fits in one
-      const own = (await ethRpc(evm.rpcUrl, "eth_getBlockByNumber", ["pending", true])).transactions
-        .find((t) => BigInt(t.nonce) === n0 && t.from.toLowerCase() === wallet.toLowerCase());
+    const { n0, st, tx } = await settleDisturbed(privateKeyToAccount(evm.accounts[7].privateKey), (n0, own) => {
+      // the next block's base fee: twice the settlement transaction's max fee
       jumped = 2n * BigInt(own.maxFeePerGas);
-      await ethRpc(evm.rpcUrl, "anvil_setNextBlockBaseFeePerGas", [toHex(jumped)]);
-      await ethRpc(evm.rpcUrl, "evm_mine", []);
-      answer = await settling;
-    } finally {
-      await ethRpc(evm.rpcUrl, "evm_setAutomine", [true]);
-    }
-    assert.equal(answer.success, false, JSON.stringify(answer));
-    assert.equal(answer.errorReason, "settlement_pending");
-    const first = answer.transaction;
-    assert.equal(await ethRpc(evm.rpcUrl, "eth_getTransactionReceipt", [first]), null, "not mined");
-    let a;
-    for (let i = 0; i < 200; i++) {
-      a = (await l.call("ledger.authorization", key)).body;
-      if (a.state === "settled") break;
-      await new Promise((r) => setTimeout(r, 200));
-    }
-    assert.equal(a.state, "settled", JSON.stringify(a));
-    const st = (await l.call("ledger.settlement", { authorization_id: a.authorization_id })).body;
-    assert.equal(st.state, "confirmed");
-    assert.equal(st.tx_hash, first);
-    assert.deepEqual(st.displaced, [first]);
-    assert.equal(st.settled_by, st.resigned_tx);
-    assert.equal(a.settlement_tx, st.resigned_tx);
+      return ethRpc(evm.rpcUrl, "anvil_setNextBlockBaseFeePerGas", [toHex(jumped)]);
+    });
     const stuck = parseTransaction(st.raw_tx);
     assert.ok(stuck.maxFeePerGas < jumped, "the first was priced under the new base fee");
-    const tx = await ethRpc(evm.rpcUrl, "eth_getTransactionByHash", [st.resigned_tx]);
     assert.equal(BigInt(tx.nonce), n0, "replaced at its own nonce");
     assert.equal(BigInt(st.nonce), n0);
     assert.ok(BigInt(tx.maxPriorityFeePerGas) > stuck.maxPriorityFeePerGas, "a higher tip");
-    assert.equal((await ethRpc(evm.rpcUrl, "eth_getTransactionReceipt", [st.resigned_tx])).status, "0x1");
-    assert.equal(await ethRpc(evm.rpcUrl, "eth_getTransactionReceipt", [first]), null);
-    assert.equal(await balance(treasury), before + 10000n, "paid once");
-    const audit = await l.call("ledger.audit", {});
-    assert.equal(audit.body.ok, true, JSON.stringify(audit.body.checks.filter((c) => !c.ok)));
   } finally {
-    l.close();
     await ethRpc(evm.rpcUrl, "anvil_setNextBlockBaseFeePerGas", [toHex(1_000_000_000n)]);
     await ethRpc(evm.rpcUrl, "evm_mine", []);
   }
