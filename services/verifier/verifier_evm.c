@@ -940,14 +940,29 @@ static void s_on_tx_count(void *arg, json_t *result, const char *error, int64_t 
     s_settle_step(j);
 }
 
+/* The base fee of an eth_getBlockByNumber answer. */
+static bool s_base_fee(json_t *block, fb_u256_t *out)
+{
+    const char *s = json_string_value(json_object_get(block, "baseFeePerGas"));
+    return s && fb_u256_from_hex(out, s, strlen(s)) == 0;
+}
+
+/* The tip of an eth_maxPriorityFeePerGas answer: 0.001 gwei when the node
+ * has no opinion. */
+static void s_tip(json_t *result, const char *error, fb_u256_t *out)
+{
+    const char *s = json_string_value(result);
+    if (error || !s || fb_u256_from_hex(out, s, strlen(s)) != 0)
+        fb_u256_from_u64(out, 1000000);
+}
+
 static void s_on_block(void *arg, json_t *result, const char *error, int64_t code, const char *message)
 {
     FB_UNUSED(code);
     s_job_t *j = arg;
-    const char *s = json_string_value(json_object_get(result, "baseFeePerGas"));
     if (error)
         s_rpc_error(j, error, message);
-    else if (!s || fb_u256_from_hex(&j->base_fee, s, strlen(s)) != 0)
+    else if (!s_base_fee(result, &j->base_fee))
         s_rpc_error(j, "bad answer", "eth_getBlockByNumber without baseFeePerGas");
     s_settle_step(j);
 }
@@ -957,9 +972,7 @@ static void s_on_priority(void *arg, json_t *result, const char *error, int64_t 
     FB_UNUSED(code);
     FB_UNUSED(message);
     s_job_t *j = arg;
-    const char *s = json_string_value(result);
-    if (error || !s || fb_u256_from_hex(&j->priority, s, strlen(s)) != 0)
-        fb_u256_from_u64(&j->priority, 1000000); /* 0.001 gwei when the node has no opinion */
+    s_tip(result, error, &j->priority);
     s_settle_step(j);
 }
 
@@ -1332,8 +1345,7 @@ static void s_tsign_block(void *arg, json_t *result, const char *error, int64_t 
     FB_UNUSED(code);
     FB_UNUSED(message);
     s_tsign_t *g = arg;
-    const char *s = json_string_value(json_object_get(result, "baseFeePerGas"));
-    g->no_fee = error || !s || fb_u256_from_hex(&g->base_fee, s, strlen(s)) != 0;
+    g->no_fee = error || !s_base_fee(result, &g->base_fee);
     s_tsign_step(g);
 }
 
@@ -1342,9 +1354,7 @@ static void s_tsign_priority(void *arg, json_t *result, const char *error, int64
     FB_UNUSED(code);
     FB_UNUSED(message);
     s_tsign_t *g = arg;
-    const char *s = json_string_value(result);
-    if (error || !s || fb_u256_from_hex(&g->priority, s, strlen(s)) != 0)
-        fb_u256_from_u64(&g->priority, 1000000); /* as the settle path: 0.001 gwei */
+    s_tip(result, error, &g->priority);
     s_tsign_step(g);
 }
 
