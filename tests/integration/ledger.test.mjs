@@ -231,6 +231,27 @@ test("charges: drawn from an open hold one row each, all or nothing, kept by com
   assert.deepEqual(rows.charges.map((r) => [r.ref, r.amount_micro, r.hold_id]),
     [["call-3", 234, h.hold_id], ["call-2", 0, h.hold_id], ["call-1", 1000, h.hold_id]]);
   assert.equal(rows.charges[1].transfer_id, null);
+  // one write, one row (0021): its charges are numbered from the write's first id, in the order sent
+  assert.deepEqual(rows.charges.map((r) => r.charge_id), [2, 1, 0].map((n) => c.first_charge_id + n));
+  assert.equal(c.first_charge_id % 1000, 0);
+  assert.equal(pg.psql(db.name, `SELECT count(*) || ':' || array_to_string(amounts, ',') || ':' || ` +
+    `array_to_string(refs, ',') FROM charge_writes WHERE hold_id = ${h.hold_id} GROUP BY amounts, refs`),
+    "1:1000,0,234:call-1,call-2,call-3");
+  // pages of ledger.charges cut through a write
+  const page1 = await ok("ledger.charges", { account_id, limit: 2 });
+  assert.deepEqual(page1.charges.map((r) => r.ref), ["call-3", "call-2"]);
+  const page2 = await ok("ledger.charges", { account_id, limit: 2, before_id: page1.next_before_id });
+  assert.deepEqual(page2.charges.map((r) => r.ref), ["call-1"]);
+  assert.equal(page2.next_before_id, null);
+  assert.throws(() => pg.psql(db.name, `INSERT INTO charge_rows (hold_id, account_id, amount) VALUES (${h.hold_id}, ` +
+    `${account_id}, 1)`), /immutable/, "charges are written as charge_writes rows only");
+  assert.throws(() => pg.psql(db.name, `UPDATE charge_writes SET amounts = '{1,1,1}' WHERE hold_id = ${h.hold_id}`),
+    /immutable/);
+  for (const [first, amounts, refs] of [[1_000_000_000, "{-1}", "{x}"], [1_000_000_001, "{1}", "{x}"],
+    [1_000_000_000, "{1,2}", "{x}"], [1_000_000_000, "{}", "{}"], [1_000_000_000, "{NULL}", "{x}"]]) {
+    assert.throws(() => pg.psql(db.name, "INSERT INTO charge_writes (first_id, hold_id, account_id, amounts, refs) " +
+      `VALUES (${first}, ${h.hold_id}, ${account_id}, '${amounts}', '${refs}')`), /charge_writes_shape/);
+  }
   // the charges are counted at once, and move to revenue when the hold resolves
   const [open] = (await ok("ledger.holds", { account_id, state: "open" })).holds;
   assert.equal(open.charged_micro, 1234);
@@ -272,9 +293,9 @@ test("charges: drawn from an open hold one row each, all or nothing, kept by com
   // a charge must follow its hold (account, key): the audit says so when one does not
   const checks = (await audit()).checks.map((x) => x.name);
   assert.ok(checks.includes("charges_follow_their_holds") && checks.includes("charges_match_postings"));
-  const tamper = (set) => pg.psql(db.name, "ALTER TABLE charges DISABLE TRIGGER charges_immutable; " +
-    `UPDATE charges SET ${set} WHERE hold_id = ${h.hold_id} AND ref = 'call-1'; ` +
-    "ALTER TABLE charges ENABLE TRIGGER charges_immutable");
+  const tamper = (set) => pg.psql(db.name, "ALTER TABLE charge_writes DISABLE TRIGGER charge_writes_immutable; " +
+    `UPDATE charge_writes SET ${set} WHERE hold_id = ${h.hold_id} AND 'call-1' = ANY (refs); ` +
+    "ALTER TABLE charge_writes ENABLE TRIGGER charge_writes_immutable");
   tamper("key_id = NULL");
   const bad = await call("ledger.audit", {});
   assert.equal(bad.body.ok, false);
@@ -283,9 +304,9 @@ test("charges: drawn from an open hold one row each, all or nothing, kept by com
   await audit();
   // a charge whose hold is missing (no foreign key: ledger_charge writes rows only for the hold it
   // locked), and holds are never deleted
-  const move = (from, to) => pg.psql(db.name, "ALTER TABLE charges DISABLE TRIGGER charges_immutable; " +
-    `UPDATE charges SET hold_id = ${to} WHERE hold_id = ${from} AND ref = 'call-1'; ` +
-    "ALTER TABLE charges ENABLE TRIGGER charges_immutable");
+  const move = (from, to) => pg.psql(db.name, "ALTER TABLE charge_writes DISABLE TRIGGER charge_writes_immutable; " +
+    `UPDATE charge_writes SET hold_id = ${to} WHERE hold_id = ${from} AND 'call-1' = ANY (refs); ` +
+    "ALTER TABLE charge_writes ENABLE TRIGGER charge_writes_immutable");
   move(h.hold_id, 999999999);
   const orphan = await call("ledger.audit", {});
   assert.ok(orphan.body.checks.filter((x) => !x.ok).map((x) => x.name).includes("charges_follow_their_holds"));
@@ -348,6 +369,15 @@ test("upgrade: holds charged before 0009 (each charge posted at once) resolve ex
     await op("ledger.charge", { hold_id: h1, charges: [{ amount_micro: 1000, ref: "n1" }] });
     await op("ledger.charge", { hold_id: h2, charges: [{ amount_micro: 40, ref: "n2" }] });
     assert.equal(stored(), `${100_000 - 650} ${18_000 - 650}`, "nothing posted by the new charges");
+    // the charges kept as rows (before 0021) and the new writes' read as one list, newest first
+    const listed = (await op("ledger.charges", { account_id })).charges;
+    assert.deepEqual(listed.map((x) => `${x.ref}:${x.amount_micro}`), ["n2:40", "n1:1000", "o4:50", "o3:100",
+      "o2:200", "o1:300"]);
+    assert.ok(listed[1].charge_id > listed[2].charge_id && listed[1].charge_id % 1000 === 0);
+    const older = await op("ledger.charges", { account_id, hold_id: h1, limit: 2 });
+    assert.deepEqual(older.charges.map((x) => x.ref), ["n1", "o2"]);
+    assert.deepEqual((await op("ledger.charges", { account_id, hold_id: h1, before_id: older.next_before_id }))
+      .charges.map((x) => x.ref), ["o1"]);
     let bal = await op("ledger.balance", { account_id });
     assert.equal(bal.balance_micro, 100_000 - 1690);
     assert.equal(bal.held_micro, 18_000 - 1690);
@@ -454,6 +484,13 @@ test("idempotent calls: claimed once, answered from the charge's transaction, 40
   assert.equal(replay.body.status, 200);
   const rows = (await ok("ledger.charges", { account_id })).charges;
   assert.equal(rows.find((r) => r.ref === "r1").charge_id, replay.body.charge_id);
+  assert.equal(replay.body.charge_id, c.first_charge_id + 1, "a call's charge is the one at its place in the write");
+  // calls.charge_id has no foreign key since 0021 (charges are a view): the audit checks it
+  pg.psql(db.name, `UPDATE calls SET charge_id = charge_id + 7 WHERE scope = '${scope}' AND idem_key = 'k1'`);
+  const dangling = await call("ledger.audit", {});
+  assert.deepEqual(dangling.body.checks.filter((x) => !x.ok).map((x) => x.name), ["calls_name_their_charges"]);
+  pg.psql(db.name, `UPDATE calls SET charge_id = charge_id - 7 WHERE scope = '${scope}' AND idem_key = 'k1'`);
+  await audit();
   assert.equal((await claim("k1", "r3", "other")).code, "idempotency_key_mismatch");
 
   // a short lease runs out with nothing stored: the next serving takes over, the stale one stores nothing
