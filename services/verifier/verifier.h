@@ -32,8 +32,11 @@ typedef struct {
     char sender_text[43];
     int64_t valid_before_margin_s; /* validBefore must be at least now + this */
     uint64_t gas;                  /* gas limit of a settlement transaction */
-    bool code_checked;             /* eth_getCode(token) was non-empty once */
-    int64_t chain_checked_ms;      /* when eth_chainId last answered chain_id (0: never) */
+    int64_t
+        reprice_after_ms; /* a transaction the base fee admits, unmined this long: tip raised (0: never) */
+    uint64_t reprice_tip_max; /* the highest tip (wei per gas) such a replacement is given */
+    bool code_checked;        /* eth_getCode(token) was non-empty once */
+    int64_t chain_checked_ms; /* when eth_chainId last answered chain_id (0: never) */
 } verifier_evm_t;
 
 /* A Solana cluster farebox verifies and settles on. */

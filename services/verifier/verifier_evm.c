@@ -739,9 +739,11 @@ static void s_on_signed(void *arg, const fb_rpc_reply_t *reply)
     s_broadcast(j);
 }
 
-/* Signs the settlement transaction for the allocated nonce. */
+/* Signs the settlement transaction for the allocated nonce; its max fee at
+ * least min_max_fee (a replacement's). */
 static int s_sign(verifier_evm_t *net, uint64_t nonce, const fb_u256_t *base_fee, const fb_u256_t *priority,
-                  const uint8_t *calldata, size_t calldata_len, char tx_hash[67], char **raw_hex)
+                  uint64_t min_max_fee, const uint8_t *calldata, size_t calldata_len, char tx_hash[67],
+                  char **raw_hex)
 {
     fb_ethtx_t tx = {.chain_id = net->chain_id,
                      .nonce = nonce,
@@ -755,7 +757,7 @@ static int s_sign(verifier_evm_t *net, uint64_t nonce, const fb_u256_t *base_fee
     uint64_t bf = 0, tip = 0;
     if (!fb_u256_to_u64(base_fee, &bf) || !fb_u256_to_u64(priority, &tip) || bf > UINT64_MAX / 4 - tip)
         return -1;
-    fb_u256_from_u64(&tx.max_fee, bf * 3 + tip);
+    fb_u256_from_u64(&tx.max_fee, bf * 3 + tip > min_max_fee ? bf * 3 + tip : min_max_fee);
     uint8_t *raw, hash[32];
     size_t rl;
     if (fb_ethtx_sign(&tx, net->key, &raw, &rl, hash) != 0)
@@ -878,7 +880,7 @@ static void s_on_begin(void *arg, const fb_rpc_reply_t *reply)
     }
     char hex_hash[67];
     char *raw_hex = NULL;
-    if (s_sign(j->net, j->tx_nonce, &j->base_fee, &j->priority, j->calldata, j->calldata_len, hex_hash,
+    if (s_sign(j->net, j->tx_nonce, &j->base_fee, &j->priority, 0, j->calldata, j->calldata_len, hex_hash,
                &raw_hex) != 0) {
         /* nothing was sent, but the settlement stays begun: the tracker signs
          * it later, so the outcome is not a failure (the caller asks again) */
@@ -1060,7 +1062,11 @@ void verifier_evm_run(verifier_t *v, bool settle, uint32_t wait_ms, json_t *payl
  * nonce not mined yet, a transaction whose max fee is under the chain's base
  * fee cannot be included: it is replaced at its own nonce, signed at the
  * current fees (its tip raised by at least an eighth, as nodes require of a
- * replacement); whichever of the two is mined, the judge finds it. */
+ * replacement). One the base fee admits, next in its wallet's line and still
+ * not mined FAREBOX_EVM_REPRICE_AFTER_MS after it was signed is left out for
+ * its tip: it is replaced the same way, its tip and max fee each raised by
+ * an eighth at least, the tip no higher than FAREBOX_EVM_REPRICE_TIP_MAX_WEI.
+ * Whichever transaction of a settlement is mined, the judge finds it. */
 typedef struct {
     verifier_t *v;
     int64_t settlement_id;
@@ -1069,6 +1075,9 @@ typedef struct {
     bool resigned;     /* it is not the settlement's first */
     bool nonce_taken;  /* the wallet's mined nonce passed it */
     bool reprice;      /* replaced at its own nonce: priced under the base fee */
+    bool low_tip;      /* replaced at its own nonce: admitted, next in line, and left out */
+    bool head;         /* next in its wallet's line: the wallet's mined nonce is its own */
+    int64_t signed_ms; /* when it was signed (the settlement's updated_at while it is signed) */
     uint64_t max_fee;  /* the transaction's */
     uint64_t min_tip;  /* a replacement's tip at least */
     char *calldata;    /* hex, to sign again */
@@ -1091,7 +1100,7 @@ static void s_track_recorded(void *arg, const fb_rpc_reply_t *reply)
 }
 
 static void s_tsign_start(verifier_t *v, int64_t settlement_id, int64_t nonce, bool resign, uint64_t min_tip,
-                          const char *calldata, size_t cl);
+                          uint64_t min_max_fee, uint64_t tip_max, const char *calldata, size_t cl);
 
 static void s_track_renonced(void *arg, const fb_rpc_reply_t *reply)
 {
@@ -1101,11 +1110,17 @@ static void s_track_renonced(void *arg, const fb_rpc_reply_t *reply)
     if (reply->ok && renonced && renonced->type == MSGPACK_OBJECT_BOOLEAN && renonced->via.boolean &&
         fb_mp_get_int64(reply->body, "nonce", &nonce)) {
         fb_log(FB_LOG_WARN, NULL,
-               t->reprice ? "settlement signed again: its transaction is priced under the base fee"
-                          : "settlement signed again: its transaction's wallet nonce was taken",
+               t->reprice   ? "settlement signed again: its transaction is priced under the base fee"
+               : t->low_tip ? "settlement signed again: its transaction waited unmined, its tip raised"
+                            : "settlement signed again: its transaction's wallet nonce was taken",
                "settlement_id=%lld replaced=%s nonce=%lld", (long long)t->settlement_id, t->tx_hash,
                (long long)nonce);
-        s_tsign_start(t->v, t->settlement_id, nonce, true, t->min_tip, t->calldata, strlen(t->calldata));
+        /* a replacement of a transaction the base fee admits raises its
+         * max fee by an eighth too (nodes require both raised), and its tip
+         * goes no higher than the ceiling */
+        s_tsign_start(t->v, t->settlement_id, nonce, true, t->min_tip,
+                      t->low_tip ? t->max_fee + t->max_fee / 8 + 1 : 0,
+                      t->low_tip ? t->v->evm.reprice_tip_max : 0, t->calldata, strlen(t->calldata));
     }
     s_track_free(t);
 }
@@ -1173,19 +1188,38 @@ static void s_track_head(void *arg, json_t *result, const char *error, int64_t c
 
 static void s_track_receipt(void *arg, json_t *result, const char *error, int64_t code, const char *message);
 
-/* The chain's base fee against the pending transaction's max fee. */
+/* The chain's base fee against the pending transaction's max fee; or, the
+ * transaction next in line and admitted, how long it has waited. */
 static void s_track_base(void *arg, json_t *result, const char *error, int64_t code, const char *message)
 {
     FB_UNUSED(code);
     FB_UNUSED(message);
     s_track_t *t = arg;
+    const verifier_evm_t *e = &t->v->evm;
     uint64_t base;
-    if (error || !s_quantity(json_string_value(json_object_get(result, "baseFeePerGas")), &base) ||
-        base <= t->max_fee) {
-        s_track_free(t); /* includable: followed again next round */
+    if (error || !s_quantity(json_string_value(json_object_get(result, "baseFeePerGas")), &base)) {
+        s_track_free(t);
         return;
     }
-    t->reprice = true;
+    if (base <= t->max_fee) {
+        /* includable. Left out for longer than the wait (blocks kept being
+         * made without it: a tip too low to compete), and next in line (a
+         * transaction before it would be holding it back instead), its tip
+         * is raised, up to the ceiling. */
+        bool waited =
+            e->reprice_after_ms > 0 && t->signed_ms > 0 && fb_now_ms() - t->signed_ms >= e->reprice_after_ms;
+        if (!waited || !t->head || t->max_fee == UINT64_MAX || t->min_tip > e->reprice_tip_max ||
+            t->max_fee > UINT64_MAX / 4) {
+            if (waited && t->head && t->min_tip > e->reprice_tip_max)
+                fb_log(FB_LOG_WARN, NULL, "settlement transaction waits unmined with its tip at the ceiling",
+                       "settlement_id=%lld tx=%s", (long long)t->settlement_id, t->tx_hash);
+            s_track_free(t); /* followed again next round */
+            return;
+        }
+        t->low_tip = true;
+    } else {
+        t->reprice = true;
+    }
     json_t *body = json_pack("{sI ss sb}", "settlement_id", (json_int_t)t->settlement_id, "tx_hash",
                              t->tx_hash, "keep_nonce", 1);
     verifier_ledger_call(t->v, "ledger.settlement_renonce", body, true, NULL, s_track_renonced, t);
@@ -1207,6 +1241,7 @@ static void s_track_count(void *arg, json_t *result, const char *error, int64_t 
     if (mined <= t->nonce) {
         /* not mined yet: can it be, at its max fee? (a node may also have
          * dropped it, and refuse it again, for that) */
+        t->head = mined == t->nonce;
         fb_jsonrpc_call(t->v->evm.rpc, "eth_getBlockByNumber", json_pack("[s b]", "latest", 0), s_track_base,
                         t);
         return;
@@ -1274,8 +1309,10 @@ typedef struct {
     verifier_t *v;
     int64_t settlement_id;
     uint64_t nonce;
-    bool resign;      /* a new nonce for a settlement signed before, or a re-priced one */
-    uint64_t min_tip; /* the tip at least (a replacement's) */
+    bool resign;          /* a new nonce for a settlement signed before, or a re-priced one */
+    uint64_t min_tip;     /* the tip at least (a replacement's) */
+    uint64_t min_max_fee; /* the max fee at least (a replacement's; 0: as the fees give it) */
+    uint64_t tip_max;     /* the tip at most (0: as the chain suggests) */
     uint8_t *calldata;
     size_t calldata_len;
     fb_u256_t base_fee, priority;
@@ -1319,11 +1356,13 @@ static void s_tsign_step(s_tsign_t *g)
         return;
     uint64_t tip;
     if (!fb_u256_to_u64(&g->priority, &tip) || tip < g->min_tip)
-        fb_u256_from_u64(&g->priority, g->min_tip > 0 ? g->min_tip : 1000000);
+        fb_u256_from_u64(&g->priority, tip = g->min_tip > 0 ? g->min_tip : 1000000);
+    if (g->tip_max > 0 && tip > g->tip_max)
+        fb_u256_from_u64(&g->priority, g->tip_max > g->min_tip ? g->tip_max : g->min_tip);
     char tx_hash[67];
     char *raw_hex = NULL;
-    if (g->no_fee || s_sign(&g->v->evm, g->nonce, &g->base_fee, &g->priority, g->calldata, g->calldata_len,
-                            tx_hash, &raw_hex) != 0) {
+    if (g->no_fee || s_sign(&g->v->evm, g->nonce, &g->base_fee, &g->priority, g->min_max_fee, g->calldata,
+                            g->calldata_len, tx_hash, &raw_hex) != 0) {
         fb_log(FB_LOG_WARN, NULL, "settlement not signed this round", "settlement_id=%lld why=%s",
                (long long)g->settlement_id, g->no_fee ? "no base fee from the chain" : "signing failed");
     } else {
@@ -1359,7 +1398,7 @@ static void s_tsign_priority(void *arg, json_t *result, const char *error, int64
 }
 
 static void s_tsign_start(verifier_t *v, int64_t settlement_id, int64_t nonce, bool resign, uint64_t min_tip,
-                          const char *calldata, size_t cl)
+                          uint64_t min_max_fee, uint64_t tip_max, const char *calldata, size_t cl)
 {
     if (!v->evm.has_key || nonce < 0 || cl < 4 || cl % 2 != 0 || calldata[0] != '0' || calldata[1] != 'x')
         return;
@@ -1369,6 +1408,8 @@ static void s_tsign_start(verifier_t *v, int64_t settlement_id, int64_t nonce, b
     g->nonce = (uint64_t)nonce;
     g->resign = resign;
     g->min_tip = min_tip;
+    g->min_max_fee = min_max_fee;
+    g->tip_max = tip_max;
     g->calldata_len = (cl - 2) / 2;
     g->calldata = fb_malloc(g->calldata_len + 1);
     if (fb_hex_decode(g->calldata, g->calldata_len, calldata + 2, cl - 2) != 0) {
@@ -1443,7 +1484,7 @@ static void s_track_one(verifier_t *v, const msgpack_object *s)
                has_tx ? "settlement begun again with a new nonce, signing it"
                       : "unsigned settlement found; its replica stopped before signing",
                "settlement_id=%lld nonce=%lld", (long long)id, (long long)nonce);
-        s_tsign_start(v, id, nonce, has_tx, 0, calldata, cl);
+        s_tsign_start(v, id, nonce, has_tx, 0, 0, 0, calldata, cl);
         return;
     }
     s_track_t *t = fb_calloc(1, sizeof(*t));
@@ -1469,6 +1510,7 @@ static void s_track_one(verifier_t *v, const msgpack_object *s)
     if (!s_tx_fees(raw, rl, &tip, &t->max_fee) || tip > UINT64_MAX / 2)
         t->max_fee = UINT64_MAX; /* not one of ours: never re-priced */
     t->min_tip = tip + tip / 8 + 1;
+    fb_mp_get_int64(s, "updated_at_ms", &t->signed_ms); /* a signed settlement's last change: its signing */
     char *rawz = fb_strndup(raw, rl);
     fb_jsonrpc_call(v->evm.rpc, "eth_sendRawTransaction", json_pack("[s]", rawz), s_track_sent, t);
     free(rawz);

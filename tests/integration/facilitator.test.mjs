@@ -56,7 +56,8 @@ before(async () => {
   verifier = await startService("verifier", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${vp}`,
     FAREBOX_LEDGER_ENDPOINT: `tcp://127.0.0.1:${lp}`, FAREBOX_EVM_NETWORK: NETWORK, FAREBOX_EVM_RPC_URLS: evm.rpcUrl,
     FAREBOX_EVM_TOKEN: evm.token, FAREBOX_SETTLEMENT_KEY: evm.deployer.privateKey,
-    FAREBOX_SETTLE_WAIT_MS: "3000" }); // a settlement not mined in 3 s is left to the tracker
+    FAREBOX_SETTLE_WAIT_MS: "3000", // a settlement not mined in 3 s is left to the tracker
+    FAREBOX_EVM_REPRICE_AFTER_MS: "4000" }); // and its tip raised when it is still left out 4 s after signing
   edge = await startEdge(lp, vp, { FAREBOX_FACILITATOR_TOKEN: TOKEN_SECRET });
   closedEdge = await startEdge(lp, vp, {});
   base = `${edge.url}/facilitator`;
@@ -485,6 +486,30 @@ test("a settlement whose wallet nonce another transaction took is signed again w
       gas: toHex(21000) }]));
   assert.ok(BigInt(tx.nonce) > n0, "a new nonce");
   assert.equal(BigInt(tx.nonce), BigInt(st.nonce));
+});
+
+// A settlement the base fee admits can still be left out, for a tip too low
+// to compete (here anvil is not mining at all). Next in its wallet's line and
+// still unmined FAREBOX_EVM_REPRICE_AFTER_MS after its signing, it is replaced
+// at its own nonce with its tip and max fee each raised by an eighth (as a
+// node requires of a replacement), and the replacement is what gets mined.
+test("a settlement left out with a tip too low is replaced at its own nonce with its tip and max fee raised, and confirmed by the replacement", async () => {
+  const wallet = evm.deployer.address.toLowerCase();
+  let replaced;
+  const { n0, st, tx } = await settleDisturbed(privateKeyToAccount(evm.accounts[1].privateKey), async (n0, own) => {
+    // the tracker follows it once it is older than the settle wait and 3 s; the replacement takes its place
+    for (let i = 0; i < 120 && !replaced; i++) {
+      await new Promise((r) => setTimeout(r, 250));
+      replaced = (await ethRpc(evm.rpcUrl, "eth_getBlockByNumber", ["pending", true])).transactions
+        .find((t) => BigInt(t.nonce) === n0 && t.from.toLowerCase() === wallet && t.hash !== own.hash);
+    }
+    assert.ok(replaced, "the settlement's transaction was replaced in the pool");
+  });
+  const stuck = parseTransaction(st.raw_tx);
+  assert.equal(BigInt(tx.nonce), n0, "replaced at its own nonce");
+  assert.equal(tx.hash, replaced.hash);
+  assert.ok(BigInt(tx.maxPriorityFeePerGas) >= stuck.maxPriorityFeePerGas * 9n / 8n + 1n, "the tip raised by an eighth");
+  assert.ok(BigInt(tx.maxFeePerGas) >= stuck.maxFeePerGas * 9n / 8n + 1n, "the max fee raised by an eighth");
 });
 
 // A settlement signed when the chain was cheap cannot be included once the
