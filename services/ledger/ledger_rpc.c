@@ -269,6 +269,7 @@ static const s_method_t s_methods[] = {
       {"tx_hash", F_STR, true, 200},
       {"raw_tx", F_STR, true, 20000},
       {"nonce", F_INT, false, 0},
+      {"last_valid_height", F_INT, false, 0},
       END}},
     {"ledger.settlement_renonce", /* its transaction's nonce was taken (or it is re-priced): sign again */
      LEDGER_OP_WRITE,

@@ -26,6 +26,10 @@
 #include <string.h>
 
 #define STATUS_POLL_MS 250
+/* A transaction lands at most 150 blocks after its recent blockhash's block;
+ * the settling endpoint's height when it knew the blockhash is at least that
+ * block's, and as many again cover a height read from a node behind it. */
+#define VALID_BLOCKS_MARGIN 300
 
 typedef struct s_job {
     verifier_t *v;
@@ -42,6 +46,7 @@ typedef struct s_job {
     int pending;
     void (*after)(struct s_job *);
     bool rpc_failed, used_ledger, blockhash_expired, sim_failed;
+    int64_t height; /* settle: the endpoint's block height at the checks (-1: not read) */
     char rpc_error[200], sim_message[300];
     char sig_text[100]; /* the transaction id: base58 of the fee payer's signature */
     char *signed_b64;   /* the fully signed wire transaction */
@@ -177,11 +182,37 @@ static void s_on_simulation(void *arg, json_t *result, const char *error, int64_
     s_step_done(j);
 }
 
+/* The endpoint's block height (processed), from getBlockHeight's answer;
+ * -1 when it is not a height. */
+static int64_t s_height(json_t *result)
+{
+    return json_is_integer(result) && json_integer_value(result) >= 0 ? (int64_t)json_integer_value(result)
+                                                                      : -1;
+}
+
+static void s_on_height(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(code);
+    s_job_t *j = arg;
+    if (error)
+        s_rpc_error(j, error, message);
+    else if ((j->height = s_height(result)) < 0)
+        s_rpc_error(j, "bad answer", "getBlockHeight did not answer a height");
+    s_step_done(j);
+}
+
 static void s_chain_checks(s_job_t *j, bool with_ledger)
 {
     char blockhash[48];
     fb_sol_key_format(blockhash, &j->chk.tx.blockhash);
     j->pending = with_ledger ? 3 : 2;
+    j->height = -1;
+    if (j->settle) {
+        /* the height the transaction cannot land after, recorded with it */
+        j->pending++;
+        fb_jsonrpc_call(j->net->rpc, "getBlockHeight", json_pack("[{ss}]", "commitment", "processed"),
+                        s_on_height, j);
+    }
     if (with_ledger) {
         json_t *key = json_object();
         s_auth_key(j, key);
@@ -379,6 +410,9 @@ static void s_on_begin(void *arg, const fb_rpc_reply_t *reply)
     }
     json_t *body = json_pack("{sI ss ss}", "settlement_id", (json_int_t)j->settlement_id, "tx_hash",
                              j->sig_text, "raw_tx", j->signed_b64);
+    if (j->height >= 0)
+        json_object_set_new(body, "last_valid_height",
+                            json_integer((json_int_t)(j->height + VALID_BLOCKS_MARGIN)));
     verifier_ledger_call(j->v, "ledger.settlement_signed", body, true, j->trace, s_on_signed, j);
 }
 
@@ -463,7 +497,11 @@ void verifier_svm_run(verifier_t *v, bool settle, uint32_t wait_ms, json_t *payl
  * For each settlement signed but not resolved: is its blockhash still valid
  * (asked first), then what is its status. Confirmed or failed on chain is
  * recorded; no status while the blockhash is valid sends it again; no status
- * after the blockhash expired means it can never land: recorded as failed. */
+ * after the blockhash expired means it can never land: recorded as failed.
+ * An endpoint that has not seen the blockhash yet (behind the one the
+ * settlement was checked on) also calls it not valid: expiry is believed only
+ * once the endpoint's block height has passed the height recorded with the
+ * transaction (migration 0022; a settlement recorded before has none). */
 
 typedef struct {
     verifier_t *v;
@@ -471,6 +509,7 @@ typedef struct {
     char sig[100];
     char *raw;
     bool expired;
+    int64_t last_valid; /* the height it cannot land after (-1: not recorded) */
 } s_track_t;
 
 static void s_track_free(s_track_t *t)
@@ -536,6 +575,31 @@ static void s_track_status(void *arg, json_t *result, const char *error, int64_t
                     t);
 }
 
+static void s_track_statuses(s_track_t *t)
+{
+    fb_jsonrpc_call(t->v->svm.rpc, "getSignatureStatuses",
+                    json_pack("[[s] {sb}]", t->sig, "searchTransactionHistory", 1), s_track_status, t);
+}
+
+static void s_track_height(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(code);
+    FB_UNUSED(message);
+    s_track_t *t = arg;
+    int64_t height = error ? -1 : s_height(result);
+    if (height < 0) {
+        s_track_free(t);
+        return;
+    }
+    t->expired = height > t->last_valid;
+    if (!t->expired)
+        fb_log(FB_LOG_INFO, NULL,
+               "settlement's blockhash unknown to the endpoint before its last valid height",
+               "network=%s tx=%s height=%lld last_valid_height=%lld", t->v->svm.caip2, t->sig,
+               (long long)height, (long long)t->last_valid);
+    s_track_statuses(t);
+}
+
 static void s_track_blockhash(void *arg, json_t *result, const char *error, int64_t code, const char *message)
 {
     FB_UNUSED(code);
@@ -545,9 +609,13 @@ static void s_track_blockhash(void *arg, json_t *result, const char *error, int6
         s_track_free(t);
         return;
     }
+    if (json_is_false(json_object_get(result, "value")) && t->last_valid >= 0) {
+        fb_jsonrpc_call(t->v->svm.rpc, "getBlockHeight", json_pack("[{ss}]", "commitment", "processed"),
+                        s_track_height, t);
+        return;
+    }
     t->expired = json_is_false(json_object_get(result, "value"));
-    fb_jsonrpc_call(t->v->svm.rpc, "getSignatureStatuses",
-                    json_pack("[[s] {sb}]", t->sig, "searchTransactionHistory", 1), s_track_status, t);
+    s_track_statuses(t);
 }
 
 /* The blockhash of a signed transaction (base64 wire), as text. */
@@ -585,6 +653,8 @@ static void s_on_open(void *arg, const fb_rpc_reply_t *reply)
         t->id = id;
         memcpy(t->sig, hash, hl);
         t->raw = fb_strndup(raw, rl);
+        t->last_valid = -1;
+        fb_mp_get_int64(s, "last_valid_height", &t->last_valid);
         fb_jsonrpc_call(v->svm.rpc, "isBlockhashValid",
                         json_pack("[s {ss}]", blockhash, "commitment", "processed"), s_track_blockhash, t);
     }

@@ -604,7 +604,17 @@ test("x402 authorizations: accepted once, then served, settled or failed", async
   const early = await call("ledger.mark_failed", { authorization_id: c.authorization_id, reason: "answer lost" }, idem());
   assert.equal(early.code, "settlement_exists");
   assert.equal(early.body.state, "accepted");
-  await ok("ledger.settlement_signed", { settlement_id: s.settlement_id, tx_hash: `0x${"ab".repeat(32)}`, raw_tx: "0x02f8" });
+  for (const bad of [-1, 1.5, "12"]) {
+    assert.equal((await call("ledger.settlement_signed", { settlement_id: s.settlement_id, tx_hash: `0x${"ab".repeat(32)}`,
+      raw_tx: "0x02f8", last_valid_height: bad }, idem())).code, "bad_request", `last_valid_height ${bad}`);
+  }
+  const signed = await ok("ledger.settlement_signed", { settlement_id: s.settlement_id, tx_hash: `0x${"ab".repeat(32)}`,
+    raw_tx: "0x02f8", last_valid_height: 1234 });
+  assert.equal(signed.last_valid_height, 1234, "kept with the first recorded transaction (0022)");
+  const second = await ok("ledger.settlement_signed", { settlement_id: s.settlement_id, tx_hash: `0x${"ef".repeat(32)}`,
+    raw_tx: "0x02f9", last_valid_height: 99 });
+  assert.equal(second.tx_hash, `0x${"ab".repeat(32)}`, "the first recorded transaction wins");
+  assert.equal(second.last_valid_height, 1234);
   assert.equal((await call("ledger.mark_failed", { authorization_id: c.authorization_id }, idem())).code,
     "settlement_exists");
   const done = await ok("ledger.settlement_result", { settlement_id: s.settlement_id, state: "confirmed" });

@@ -7,6 +7,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import crypto from "node:crypto";
+import http from "node:http";
 import {
   address, appendTransactionMessageInstructions, createKeyPairFromBytes, createKeyPairSignerFromBytes, signBytes, createSolanaRpc,
   createTransactionMessage, getBase58Decoder, getBase58Encoder, getBase64EncodedWireTransaction, getBase64Encoder,
@@ -239,6 +240,86 @@ test("30 concurrent settles of one transaction across 3 verifier replicas send i
   assert.equal(new Set(results.map((r) => r.replica)).size, 3, "all three replicas took part");
   assert.equal(await tokens(wallet.address), before - 10000n, "paid once");
   await ledgerAudit();
+});
+
+// An endpoint behind the one a settlement was checked on (a lagging node, or
+// another behind a load balancer) answers isBlockhashValid false for a
+// blockhash it has not seen, while the transaction can still land. The
+// tracker does not take that for expiry until the endpoint's block height has
+// passed the height recorded with the transaction (the settling endpoint's,
+// plus a margin). Here a JSON-RPC proxy in front of surfpool drops the
+// settlement's sends (so it never lands), then denies its blockhash, then
+// reports a height past the recorded one.
+test("a settlement whose blockhash an endpoint does not know is not judged expired before its last valid height", async () => {
+  const lie = { dropSend: true, blockhashUnknown: false, height: null };
+  const proxy = http.createServer((req, res) => {
+    let data = "";
+    req.on("data", (c) => { data += c; });
+    req.on("end", async () => {
+      const call = JSON.parse(data);
+      const answer = (result) => res.end(JSON.stringify({ jsonrpc: "2.0", id: call.id, result }));
+      if (call.method === "sendTransaction" && lie.dropSend) {
+        const wire = Buffer.from(call.params[0], "base64");
+        return answer(getBase58Decoder().decode(wire.subarray(1, 65))); // its id: the first signature
+      }
+      if (call.method === "isBlockhashValid" && lie.blockhashUnknown) return answer({ context: { slot: 1 }, value: false });
+      if (call.method === "getBlockHeight" && lie.height !== null) return answer(lie.height);
+      const r = await fetch(sol.rpcUrl, { method: "POST", headers: { "content-type": "application/json" }, body: data });
+      res.end(await r.text());
+    });
+  });
+  await new Promise((r) => proxy.listen(0, "127.0.0.1", r));
+  // its own ledger: the other verifiers' trackers (on surfpool itself) would send the transaction
+  const db = pg.createDatabase("svm_lagging");
+  const lp = await freePort();
+  const led = await startService("ledger", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${lp}`, FAREBOX_DATABASE_URL: db.url,
+    FAREBOX_KEY_HMAC_SECRET: SECRET, FAREBOX_REPLICA: "ledger-lagging" });
+  const ver = await startService("verifier", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`,
+    FAREBOX_REPLICA: "verifier-lagging", FAREBOX_LEDGER_ENDPOINT: `tcp://127.0.0.1:${lp}`, FAREBOX_EVM_NETWORK: "off",
+    FAREBOX_SOLANA_NETWORK: NETWORK, FAREBOX_SOLANA_RPC_URLS: `http://127.0.0.1:${proxy.address().port}`,
+    FAREBOX_SOLANA_MINT: sol.mint, FAREBOX_SOLANA_FEE_PAYER_KEY: sol.payer.secretKey, FAREBOX_SETTLE_WAIT_MS: "1500" });
+  const v = new RpcClient(ver.endpoint), l = new RpcClient(led.endpoint);
+  try {
+    const wallet = sol.wallets[1];
+    const before = await tokens(wallet.address);
+    const height = BigInt(await solRpc.getBlockHeight({ commitment: "processed" }).send());
+    const s = (await v.call("verifier.settle", { payload: await kitPayload(wallet), requirements: requirements() },
+      { deadlineMs: 30000 })).body;
+    assert.equal(s.success, false, JSON.stringify(s));
+    assert.equal(s.errorReason, "settlement_pending");
+    const key = { network: NETWORK, payer: wallet.address, nonce: s.transaction };
+    const auth = (await l.call("ledger.authorization", key)).body;
+    const settlement = async () => (await l.call("ledger.settlement", { authorization_id: auth.authorization_id })).body;
+    const st = await settlement();
+    assert.equal(st.state, "signed");
+    assert.ok(BigInt(st.last_valid_height) >= height + 300n, `recorded ${st.last_valid_height}, height was ${height}`);
+    // the endpoint no longer knows the blockhash: three tracker rounds later the settlement is still open
+    lie.blockhashUnknown = true;
+    const seen = () => ver.lines.filter((e) => e.json?.msg === "settlement's blockhash unknown to the endpoint before its last valid height").length;
+    for (let i = 0; i < 100 && seen() < 3; i++) await new Promise((r) => setTimeout(r, 200));
+    assert.ok(seen() >= 3, "the tracker looked at it");
+    assert.equal((await settlement()).state, "signed", "not judged expired");
+    // past its last valid height: expired, failed, nothing moved
+    lie.height = Number(st.last_valid_height) + 1;
+    let end;
+    for (let i = 0; i < 100; i++) {
+      end = await settlement();
+      if (end.state !== "signed") break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    assert.equal(end.state, "failed", JSON.stringify(end));
+    assert.equal(end.reason, "invalid_exact_svm_blockhash_expired");
+    assert.equal((await l.call("ledger.authorization", key)).body.state, "failed");
+    assert.equal(await tokens(wallet.address), before, "nothing moved");
+    const audit = await l.call("ledger.audit", {});
+    assert.equal(audit.body.ok, true, JSON.stringify(audit.body.checks.filter((c) => !c.ok)));
+  } finally {
+    v.close();
+    l.close();
+    assert.equal((await ver.stop()).code, 0);
+    assert.equal((await led.stop()).code, 0);
+    proxy.close();
+  }
 });
 
 test("signed-message proofs (ed25519): a Solana wallet's proof verifies once, in base58 or base64", async () => {
