@@ -73,6 +73,10 @@ static const fb_config_var_t s_vars[] = {
     {"FAREBOX_SETTLEMENT_KEY", FB_CFG_SECRET, "", 0, 0, NULL, s_check_key_hex,
      "secret key (hex) of the wallet that submits settlements and pays their gas (unset: verify only)"},
     {"FAREBOX_EVM_SETTLE_GAS", FB_CFG_INT, "150000", 50000, 2000000, NULL, NULL, "gas limit of a settlement"},
+    {"FAREBOX_EVM_SETTLE_CONFIRMATIONS", FB_CFG_INT, "1", 1, 1000, NULL, NULL,
+     "blocks a settlement's receipt (and any transaction that decided it) must be deep before it is "
+     "confirmed or "
+     "failed, its own block counting as one: settle keeps waiting for them, the tracker after it"},
     {"FAREBOX_EVM_REPRICE_AFTER_MS", FB_CFG_INT, "60000", 0, 86400000, NULL, NULL,
      "a settlement transaction next in its wallet's line, priced over the base fee and still not mined this "
      "long "
@@ -137,6 +141,7 @@ static void s_config_evm(verifier_t *v, const fb_config_t *cfg)
     snprintf(e->name, sizeof(e->name), "%s", fb_config_str(cfg, "FAREBOX_EVM_TOKEN_NAME"));
     snprintf(e->version, sizeof(e->version), "%s", fb_config_str(cfg, "FAREBOX_EVM_TOKEN_VERSION"));
     e->gas = (uint64_t)fb_config_int(cfg, "FAREBOX_EVM_SETTLE_GAS");
+    e->confirmations = (uint64_t)fb_config_int(cfg, "FAREBOX_EVM_SETTLE_CONFIRMATIONS");
     e->reprice_after_ms = fb_config_int(cfg, "FAREBOX_EVM_REPRICE_AFTER_MS");
     e->reprice_tip_max = (uint64_t)fb_config_int(cfg, "FAREBOX_EVM_REPRICE_TIP_MAX_WEI");
     e->valid_before_margin_s = fb_config_int(cfg, "FAREBOX_EVM_VALID_BEFORE_MARGIN_S");

@@ -32,6 +32,7 @@ typedef struct {
     char sender_text[43];
     int64_t valid_before_margin_s; /* validBefore must be at least now + this */
     uint64_t gas;                  /* gas limit of a settlement transaction */
+    uint64_t confirmations;        /* a settlement's verdict stands once its blocks are this deep */
     int64_t
         reprice_after_ms; /* a transaction the base fee admits, unmined this long: tip raised (0: never) */
     uint64_t reprice_tip_max; /* the highest tip (wei per gas) such a replacement is given */

@@ -410,7 +410,15 @@ static void s_record_result(s_job_t *j, bool confirmed, const char *reason, cons
 /* --- the verdict on a settlement transaction ------------------------------------------------ */
 
 /* VERDICT_UNUSED (asked for only): the authorization is still unused */
-typedef enum { VERDICT_CONFIRMED, VERDICT_FAILED, VERDICT_UNKNOWN, VERDICT_UNUSED } s_verdict_t;
+/* VERDICT_SHALLOW: decided by blocks not FAREBOX_EVM_SETTLE_CONFIRMATIONS
+ * deep yet (a reorg could still change it): asked again later. */
+typedef enum {
+    VERDICT_CONFIRMED,
+    VERDICT_FAILED,
+    VERDICT_UNKNOWN,
+    VERDICT_UNUSED,
+    VERDICT_SHALLOW
+} s_verdict_t;
 
 /* settled_by: the transaction that executed the authorization when it is not
  * the settlement's own (whose receipt was judged), else NULL; reason and
@@ -424,17 +432,74 @@ typedef struct {
     uint64_t block;      /* of the reverted receipt, or the head */
     bool unused_verdict; /* an unused authorization is VERDICT_UNUSED, not a failure */
     char other_tx[67];
+    uint64_t decisive; /* the highest block the verdict rests on (0: none) */
+    s_verdict_t verdict;
+    char settled_by[67];
+    const char *reason;
+    char message[300];
     s_judged_fn *fn;
     void *arg;
 } s_judge_t;
 
-static void s_judged(s_judge_t *g, s_verdict_t verdict, const char *settled_by, const char *reason,
-                     const char *message)
+static bool s_quantity(const char *text, uint64_t *out);
+
+static void s_judge_deliver(s_judge_t *g, s_verdict_t verdict, const char *settled_by, const char *reason,
+                            const char *message)
 {
     s_judged_fn *fn = g->fn;
     void *arg = g->arg;
+    char by[67], msg[300];
+    snprintf(by, sizeof(by), "%s", settled_by ? settled_by : "");
+    snprintf(msg, sizeof(msg), "%s", message ? message : "");
     free(g);
-    fn(arg, verdict, settled_by, reason, message);
+    fn(arg, verdict, settled_by ? by : NULL, reason, message ? msg : NULL);
+}
+
+static void s_on_judge_head(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(code);
+    FB_UNUSED(message);
+    s_judge_t *g = arg;
+    uint64_t head;
+    if (error || !s_quantity(json_string_value(result), &head)) {
+        s_judge_deliver(g, VERDICT_UNKNOWN, NULL, "settlement_pending", "the chain's head could not be read");
+        return;
+    }
+    if (head + 1 < g->decisive + g->net->confirmations) {
+        char why[160];
+        snprintf(why, sizeof(why), "decided in block %llu, %llu of %llu confirmations so far",
+                 (unsigned long long)g->decisive,
+                 (unsigned long long)(head >= g->decisive ? head - g->decisive + 1 : 0),
+                 (unsigned long long)g->net->confirmations);
+        s_judge_deliver(g, VERDICT_SHALLOW, NULL, "settlement_pending", why);
+        return;
+    }
+    s_judge_deliver(g, g->verdict, g->settled_by[0] ? g->settled_by : NULL, g->reason,
+                    g->message[0] ? g->message : NULL);
+}
+
+/* A final verdict (confirmed, failed) stands once the blocks it rests on are
+ * FAREBOX_EVM_SETTLE_CONFIRMATIONS deep (their own block counts as one). */
+static void s_judged(s_judge_t *g, s_verdict_t verdict, const char *settled_by, const char *reason,
+                     const char *message)
+{
+    if ((verdict != VERDICT_CONFIRMED && verdict != VERDICT_FAILED) || g->net->confirmations <= 1 ||
+        g->decisive == 0) {
+        s_judge_deliver(g, verdict, settled_by, reason, message);
+        return;
+    }
+    g->verdict = verdict;
+    snprintf(g->settled_by, sizeof(g->settled_by), "%s", settled_by ? settled_by : "");
+    g->reason = reason;
+    snprintf(g->message, sizeof(g->message), "%s", message ? message : "");
+    fb_jsonrpc_call(g->net->rpc, "eth_blockNumber", json_array(), s_on_judge_head, g);
+}
+
+/* The block a receipt or log names (0: none). */
+static uint64_t s_block_of(json_t *o)
+{
+    uint64_t block = 0;
+    return s_quantity(json_string_value(json_object_get(o, "blockNumber")), &block) ? block : 0;
 }
 
 /* The chain could not tell (what: the question; error/message/fallback: why). */
@@ -500,6 +565,9 @@ static void s_on_other_receipt(void *arg, json_t *result, const char *error, int
                          error, message, "none yet");
         return;
     }
+    uint64_t block = s_block_of(result);
+    if (block > g->decisive)
+        g->decisive = block;
     const char *status = json_string_value(json_object_get(result, "status"));
     if (status && strcmp(status, "0x1") == 0 && s_transfer_logged(g->net, &g->auth, result)) {
         char tx[67];
@@ -533,10 +601,12 @@ static void s_on_used_logs(void *arg, json_t *result, const char *error, int64_t
         const char *tx = json_string_value(json_object_get(log, "transactionHash"));
         if (!addr || strcasecmp(addr, token) != 0 || json_is_true(json_object_get(log, "removed")))
             continue;
-        if (strcasecmp(topic, CANCELED_TOPIC) == 0)
+        if (strcasecmp(topic, CANCELED_TOPIC) == 0) {
             canceled = true;
-        else if (strcasecmp(topic, USED_TOPIC) == 0 && tx && strlen(tx) == 66 && tx[0] == '0' &&
-                 tx[1] == 'x' && strspn(tx + 2, "0123456789abcdefABCDEF") == 64) {
+            if (s_block_of(log) > g->decisive)
+                g->decisive = s_block_of(log);
+        } else if (strcasecmp(topic, USED_TOPIC) == 0 && tx && strlen(tx) == 66 && tx[0] == '0' &&
+                   tx[1] == 'x' && strspn(tx + 2, "0123456789abcdefABCDEF") == 64) {
             for (size_t k = 0; k < 66; k++)
                 g->other_tx[k] = (char)(tx[k] >= 'A' && tx[k] <= 'F' ? tx[k] + 32 : tx[k]);
             g->other_tx[66] = '\0';
@@ -584,8 +654,8 @@ static void s_on_used_state(void *arg, json_t *result, const char *error, int64_
 /* Judges by the chain's state at block: the token's authorizationState, then
  * the transaction that used the authorization (its AuthorizationUsed event in
  * the USED_LOOKBACK_BLOCKS up to block, and its Transfer to the payee). */
-static void s_judge_state(verifier_evm_t *net, const fb_eip3009_t *auth, uint64_t block, bool unused_verdict,
-                          s_judged_fn *fn, void *arg)
+static s_judge_t *s_judge_new(verifier_evm_t *net, const fb_eip3009_t *auth, uint64_t block,
+                              bool unused_verdict, s_judged_fn *fn, void *arg)
 {
     s_judge_t *g = fb_calloc(1, sizeof(*g));
     g->net = net;
@@ -594,6 +664,13 @@ static void s_judge_state(verifier_evm_t *net, const fb_eip3009_t *auth, uint64_
     g->unused_verdict = unused_verdict;
     g->fn = fn;
     g->arg = arg;
+    return g;
+}
+
+static void s_judge_state_of(s_judge_t *g)
+{
+    verifier_evm_t *net = g->net;
+    const fb_eip3009_t *auth = &g->auth;
     uint8_t *data;
     size_t n = fb_abi_authorization_state(&data, &auth->from, auth->nonce);
     char *hex = s_hex0x(data, n);
@@ -602,6 +679,12 @@ static void s_judge_state(verifier_evm_t *net, const fb_eip3009_t *auth, uint64_
                     json_pack("[{ss ss} s]", "to", net->token_text, "data", hex, "latest"), s_on_used_state,
                     g);
     free(hex);
+}
+
+static void s_judge_state(verifier_evm_t *net, const fb_eip3009_t *auth, uint64_t block, bool unused_verdict,
+                          s_judged_fn *fn, void *arg)
+{
+    s_judge_state_of(s_judge_new(net, auth, block, unused_verdict, fn, arg));
 }
 
 /* Judges a settlement transaction by its receipt: confirmed when it logged the
@@ -613,21 +696,23 @@ static void s_judge_state(verifier_evm_t *net, const fb_eip3009_t *auth, uint64_
 static void s_judge_receipt(verifier_evm_t *net, const fb_eip3009_t *auth, json_t *receipt, s_judged_fn *fn,
                             void *arg)
 {
-    const char *status = json_string_value(json_object_get(receipt, "status"));
-    if (status && strcmp(status, "0x1") == 0) {
-        if (s_transfer_logged(net, auth, receipt))
-            fn(arg, VERDICT_CONFIRMED, NULL, NULL, NULL);
-        else
-            fn(arg, VERDICT_FAILED, NULL, "invalid_exact_evm_transfer_event_mismatch",
-               "the transaction did not log the expected Transfer");
-        return;
-    }
-    uint64_t block;
-    if (!s_quantity(json_string_value(json_object_get(receipt, "blockNumber")), &block)) {
+    uint64_t block = s_block_of(receipt);
+    if (block == 0) {
         fn(arg, VERDICT_UNKNOWN, NULL, "settlement_pending", "the receipt names no block");
         return;
     }
-    s_judge_state(net, auth, block, false, fn, arg);
+    s_judge_t *g = s_judge_new(net, auth, block, false, fn, arg);
+    g->decisive = block;
+    const char *status = json_string_value(json_object_get(receipt, "status"));
+    if (status && strcmp(status, "0x1") == 0) {
+        if (s_transfer_logged(net, auth, receipt))
+            s_judged(g, VERDICT_CONFIRMED, NULL, NULL, NULL);
+        else
+            s_judged(g, VERDICT_FAILED, NULL, "invalid_exact_evm_transfer_event_mismatch",
+                     "the transaction did not log the expected Transfer");
+        return;
+    }
+    s_judge_state_of(g);
 }
 
 static void s_on_poll_timer(uv_timer_t *t);
@@ -636,6 +721,17 @@ static void s_on_judged(void *arg, s_verdict_t verdict, const char *settled_by, 
                         const char *message)
 {
     s_job_t *j = arg;
+    if (verdict == VERDICT_SHALLOW && fb_mono_ms() < j->wait_until) {
+        uv_timer_start(&j->poll, s_on_poll_timer, RECEIPT_POLL_MS, 0); /* its receipt again, deeper */
+        return;
+    }
+    if (verdict == VERDICT_SHALLOW) {
+        j->res.ok = false;
+        j->res.reason = "settlement_pending";
+        snprintf(j->res.message, sizeof(j->res.message), "the transaction is not confirmed yet: %s", message);
+        s_finish(j);
+        return;
+    }
     if (verdict == VERDICT_UNKNOWN) {
         /* not decided yet: the caller may ask again; the tracker follows it */
         fb_log(FB_LOG_WARN, j->trace[0] ? j->trace : NULL, "settlement reverted, its outcome not known yet",
@@ -1146,6 +1242,12 @@ static void s_track_judged(void *arg, s_verdict_t verdict, const char *settled_b
                            const char *message)
 {
     s_track_t *t = arg;
+    if (verdict == VERDICT_SHALLOW) {
+        fb_log(FB_LOG_INFO, NULL, "pending settlement not confirmed deep enough yet",
+               "settlement_id=%lld tx=%s why=%s", (long long)t->settlement_id, t->tx_hash, message);
+        s_track_free(t);
+        return;
+    }
     if (verdict == VERDICT_UNKNOWN) {
         fb_log(FB_LOG_WARN, NULL, "pending settlement's outcome not known yet",
                "settlement_id=%lld tx=%s why=%s", (long long)t->settlement_id, t->tx_hash, message);

@@ -313,3 +313,77 @@ test("an endpoint serving another chain id: verify and settle answer unavailable
     assert.equal((await wrong.stop()).code, 0);
   }
 });
+
+// FAREBOX_EVM_SETTLE_CONFIRMATIONS: a settlement's verdict waits until its
+// block is that deep. Here with 3: a settlement mined at once (anvil's
+// automine) with no block after it is still pending when settle's wait ends;
+// a reorg (anvil's evm_revert) then takes its block away, and the payment
+// moves only when the transaction is mined again. The tracker, sending it
+// again, confirms it once two more blocks are on top. With one confirmation
+// (the default) settle would have answered success for the block the reorg
+// undid. Its own ledger: the file's other verifiers (one confirmation) would
+// confirm it from their trackers.
+test("FAREBOX_EVM_SETTLE_CONFIRMATIONS: a settlement stands only once its block is that deep; a reorg before that undoes nothing recorded", async () => {
+  const db = pg.createDatabase("verifier_depth");
+  const lp = await freePort();
+  const led = await startService("ledger", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${lp}`, FAREBOX_DATABASE_URL: db.url,
+    FAREBOX_KEY_HMAC_SECRET: SECRET, FAREBOX_REPLICA: "ledger-depth" });
+  const ver = await startService("verifier", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`,
+    FAREBOX_REPLICA: "verifier-depth", FAREBOX_LEDGER_ENDPOINT: `tcp://127.0.0.1:${lp}`, FAREBOX_EVM_NETWORK: NETWORK,
+    FAREBOX_EVM_RPC_URLS: evm.rpcUrl, FAREBOX_EVM_TOKEN: evm.token, FAREBOX_SETTLEMENT_KEY: evm.deployer.privateKey,
+    FAREBOX_SOLANA_NETWORK: "off", FAREBOX_SETTLE_WAIT_MS: "3000", FAREBOX_EVM_SETTLE_CONFIRMATIONS: "3" });
+  const v = new RpcClient(ver.endpoint), l = new RpcClient(led.endpoint);
+  try {
+    const payer = privateKeyToAccount(evm.accounts[5].privateKey);
+    const before = await balance(payer.address), tBefore = await balance(treasury);
+    const p = await viemPayload(payer);
+    const snap = await ethRpc(evm.rpcUrl, "evm_snapshot", []);
+    const first = (await v.call("verifier.settle", { payload: p, requirements: requirements() }, { deadlineMs: 30000 })).body;
+    assert.equal(first.success, false, JSON.stringify(first));
+    assert.equal(first.errorReason, "settlement_pending");
+    assert.match(first.errorMessage, /1 of 3 confirmations/);
+    const tx = first.transaction;
+    assert.equal((await ethRpc(evm.rpcUrl, "eth_getTransactionReceipt", [tx])).status, "0x1", "mined, one block deep");
+    const key = { network: NETWORK, payer: payer.address.toLowerCase(), nonce: p.payload.authorization.nonce };
+    const auth = (await l.call("ledger.authorization", key)).body;
+    const settlement = async () => (await l.call("ledger.settlement", { authorization_id: auth.authorization_id })).body;
+    assert.equal((await settlement()).state, "signed", "not recorded confirmed");
+    // a reorg takes its block away: the transfer is gone, and nothing was recorded of it
+    await ethRpc(evm.rpcUrl, "evm_revert", [snap]);
+    assert.equal(await ethRpc(evm.rpcUrl, "eth_getTransactionReceipt", [tx]), null);
+    assert.equal(await balance(payer.address), before);
+    // mined again (the tracker sends it again), then two blocks on top: confirmed
+    let receipt = null;
+    for (let i = 0; i < 40 && !receipt; i++) {
+      await sleep(500);
+      receipt = await ethRpc(evm.rpcUrl, "eth_getTransactionReceipt", [tx]);
+      if (!receipt && i % 4 === 3) await ethRpc(evm.rpcUrl, "evm_mine", []); // in case the pool kept it
+    }
+    assert.ok(receipt, "mined again");
+    await sleep(7000); // tracker rounds while it is one block deep: still open
+    assert.equal((await settlement()).state, "signed");
+    assert.ok(ver.lines.some((e) => e.json?.msg === "pending settlement not confirmed deep enough yet"));
+    await ethRpc(evm.rpcUrl, "evm_mine", []);
+    await ethRpc(evm.rpcUrl, "evm_mine", []);
+    let st;
+    for (let i = 0; i < 60; i++) {
+      st = await settlement();
+      if (st.state !== "signed") break;
+      await sleep(250);
+    }
+    assert.equal(st.state, "confirmed", JSON.stringify(st));
+    assert.equal((await l.call("ledger.authorization", key)).body.state, "settled");
+    const again = (await v.call("verifier.settle", { payload: p, requirements: requirements() }, { deadlineMs: 30000 })).body;
+    assert.equal(again.success, true, JSON.stringify(again));
+    assert.equal(again.transaction, tx);
+    assert.equal(await balance(payer.address), before - 10000n, "paid once");
+    assert.equal(await balance(treasury), tBefore + 10000n);
+    const audit = await l.call("ledger.audit", {});
+    assert.equal(audit.body.ok, true, JSON.stringify(audit.body.checks.filter((c) => !c.ok)));
+  } finally {
+    v.close();
+    l.close();
+    assert.equal((await ver.stop()).code, 0);
+    assert.equal((await led.stop()).code, 0);
+  }
+});
