@@ -18,7 +18,7 @@ import { getSetComputeUnitLimitInstruction, getSetComputeUnitPriceInstruction } 
 import { TOKEN_PROGRAM_ADDRESS, findAssociatedTokenPda, getTransferCheckedInstruction } from "@solana-program/token";
 import { x402Client, x402HTTPClient } from "@x402/core/client";
 import { ExactSvmScheme } from "@x402/svm/exact/client";
-import { freePort, startService, stopAll } from "../lib/harness.mjs";
+import { freePort, startService, stopAll, withOwnLedger } from "../lib/harness.mjs";
 import { startPostgres } from "../lib/pg.mjs";
 import { startChains } from "../lib/chains.mjs";
 import { RpcClient } from "../lib/rpc.mjs";
@@ -270,54 +270,44 @@ test("a settlement whose blockhash an endpoint does not know is not judged expir
   });
   await new Promise((r) => proxy.listen(0, "127.0.0.1", r));
   // its own ledger: the other verifiers' trackers (on surfpool itself) would send the transaction
-  const db = pg.createDatabase("svm_lagging");
-  const lp = await freePort();
-  const led = await startService("ledger", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${lp}`, FAREBOX_DATABASE_URL: db.url,
-    FAREBOX_KEY_HMAC_SECRET: SECRET, FAREBOX_REPLICA: "ledger-lagging" });
-  const ver = await startService("verifier", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`,
-    FAREBOX_REPLICA: "verifier-lagging", FAREBOX_LEDGER_ENDPOINT: `tcp://127.0.0.1:${lp}`, FAREBOX_EVM_NETWORK: "off",
-    FAREBOX_SOLANA_NETWORK: NETWORK, FAREBOX_SOLANA_RPC_URLS: `http://127.0.0.1:${proxy.address().port}`,
-    FAREBOX_SOLANA_MINT: sol.mint, FAREBOX_SOLANA_FEE_PAYER_KEY: sol.payer.secretKey, FAREBOX_SETTLE_WAIT_MS: "1500" });
-  const v = new RpcClient(ver.endpoint), l = new RpcClient(led.endpoint);
+  const env = { FAREBOX_EVM_NETWORK: "off", FAREBOX_SOLANA_NETWORK: NETWORK,
+    FAREBOX_SOLANA_RPC_URLS: `http://127.0.0.1:${proxy.address().port}`, FAREBOX_SOLANA_MINT: sol.mint,
+    FAREBOX_SOLANA_FEE_PAYER_KEY: sol.payer.secretKey, FAREBOX_SETTLE_WAIT_MS: "1500" };
   try {
-    const wallet = sol.wallets[1];
-    const before = await tokens(wallet.address);
-    const height = BigInt(await solRpc.getBlockHeight({ commitment: "processed" }).send());
-    const s = (await v.call("verifier.settle", { payload: await kitPayload(wallet), requirements: requirements() },
-      { deadlineMs: 30000 })).body;
-    assert.equal(s.success, false, JSON.stringify(s));
-    assert.equal(s.errorReason, "settlement_pending");
-    const key = { network: NETWORK, payer: wallet.address, nonce: s.transaction };
-    const auth = (await l.call("ledger.authorization", key)).body;
-    const settlement = async () => (await l.call("ledger.settlement", { authorization_id: auth.authorization_id })).body;
-    const st = await settlement();
-    assert.equal(st.state, "signed");
-    assert.ok(BigInt(st.last_valid_height) >= height + 300n, `recorded ${st.last_valid_height}, height was ${height}`);
-    // the endpoint no longer knows the blockhash: three tracker rounds later the settlement is still open
-    lie.blockhashUnknown = true;
-    const seen = () => ver.lines.filter((e) => e.json?.msg === "settlement's blockhash unknown to the endpoint before its last valid height").length;
-    for (let i = 0; i < 100 && seen() < 3; i++) await new Promise((r) => setTimeout(r, 200));
-    assert.ok(seen() >= 3, "the tracker looked at it");
-    assert.equal((await settlement()).state, "signed", "not judged expired");
-    // past its last valid height: expired, failed, nothing moved
-    lie.height = Number(st.last_valid_height) + 1;
-    let end;
-    for (let i = 0; i < 100; i++) {
-      end = await settlement();
-      if (end.state !== "signed") break;
-      await new Promise((r) => setTimeout(r, 200));
-    }
-    assert.equal(end.state, "failed", JSON.stringify(end));
-    assert.equal(end.reason, "invalid_exact_svm_blockhash_expired");
-    assert.equal((await l.call("ledger.authorization", key)).body.state, "failed");
-    assert.equal(await tokens(wallet.address), before, "nothing moved");
-    const audit = await l.call("ledger.audit", {});
-    assert.equal(audit.body.ok, true, JSON.stringify(audit.body.checks.filter((c) => !c.ok)));
+    await withOwnLedger(pg.createDatabase("svm_lagging"), SECRET, "lagging", env, async ({ l, v, verifier: ver }) => {
+      const wallet = sol.wallets[1];
+      const before = await tokens(wallet.address);
+      const height = BigInt(await solRpc.getBlockHeight({ commitment: "processed" }).send());
+      const s = (await v.call("verifier.settle", { payload: await kitPayload(wallet), requirements: requirements() },
+        { deadlineMs: 30000 })).body;
+      assert.equal(s.success, false, JSON.stringify(s));
+      assert.equal(s.errorReason, "settlement_pending");
+      const key = { network: NETWORK, payer: wallet.address, nonce: s.transaction };
+      const auth = (await l.call("ledger.authorization", key)).body;
+      const settlement = async () => (await l.call("ledger.settlement", { authorization_id: auth.authorization_id })).body;
+      const st = await settlement();
+      assert.equal(st.state, "signed");
+      assert.ok(BigInt(st.last_valid_height) >= height + 300n, `recorded ${st.last_valid_height}, height was ${height}`);
+      // the endpoint no longer knows the blockhash: three tracker rounds later the settlement is still open
+      lie.blockhashUnknown = true;
+      const seen = () => ver.lines.filter((e) => e.json?.msg === "settlement's blockhash unknown to the endpoint before its last valid height").length;
+      for (let i = 0; i < 100 && seen() < 3; i++) await new Promise((r) => setTimeout(r, 200));
+      assert.ok(seen() >= 3, "the tracker looked at it");
+      assert.equal((await settlement()).state, "signed", "not judged expired");
+      // past its last valid height: expired, failed, nothing moved
+      lie.height = Number(st.last_valid_height) + 1;
+      let end;
+      for (let i = 0; i < 100; i++) {
+        end = await settlement();
+        if (end.state !== "signed") break;
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      assert.equal(end.state, "failed", JSON.stringify(end));
+      assert.equal(end.reason, "invalid_exact_svm_blockhash_expired");
+      assert.equal((await l.call("ledger.authorization", key)).body.state, "failed");
+      assert.equal(await tokens(wallet.address), before, "nothing moved");
+    });
   } finally {
-    v.close();
-    l.close();
-    assert.equal((await ver.stop()).code, 0);
-    assert.equal((await led.stop()).code, 0);
     proxy.close();
   }
 });

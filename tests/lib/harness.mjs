@@ -1,6 +1,7 @@
 // harness.mjs - processes, ports, temp dirs and the farebox binaries for the
 // integration tests. Everything a test starts is stopped when the test process
 // exits, even on failure.
+import assert from "node:assert/strict";
 import { spawn, spawnSync, execFileSync } from "node:child_process";
 import fs from "node:fs";
 import net from "node:net";
@@ -8,6 +9,7 @@ import os from "node:os";
 import path from "node:path";
 import readline from "node:readline";
 import { fileURLToPath } from "node:url";
+import { RpcClient } from "./rpc.mjs";
 
 export const SOURCE = process.env.FAREBOX_SOURCE ?? path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 export const BIN = process.env.FAREBOX_BIN ?? path.join(SOURCE, "build/bin");
@@ -207,6 +209,35 @@ export async function startService(name, env = {}, { binary } = {}) {
   p.endpoint = serving.json.endpoint;
   await p.waitForMsg("started", { timeoutMs: 30000 });
   return p;
+}
+
+/**
+ * A ledger of its own (on the database db) and one verifier on it, with verifierEnv (its chains), for a
+ * test whose settlements the file's other verifiers must not follow. fn gets { l, v } (RPC clients of
+ * the ledger and the verifier) and { ledger, verifier } (the processes). The ledger's audit must be
+ * clean after fn, and both must stop with 0.
+ */
+export async function withOwnLedger(db, secret, name, verifierEnv, fn) {
+  const lp = await freePort();
+  const ledger = await startService("ledger", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${lp}`,
+    FAREBOX_DATABASE_URL: db.url, FAREBOX_KEY_HMAC_SECRET: secret, FAREBOX_REPLICA: `ledger-${name}` });
+  const l = new RpcClient(ledger.endpoint);
+  try {
+    const verifier = await startService("verifier", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`,
+      FAREBOX_REPLICA: `verifier-${name}`, FAREBOX_LEDGER_ENDPOINT: `tcp://127.0.0.1:${lp}`, ...verifierEnv });
+    const v = new RpcClient(verifier.endpoint);
+    try {
+      await fn({ l, v, ledger, verifier });
+      const audit = await l.call("ledger.audit", {});
+      assert.equal(audit.body.ok, true, JSON.stringify(audit.body.checks.filter((c) => !c.ok)));
+    } finally {
+      v.close();
+      assert.equal((await verifier.stop()).code, 0);
+    }
+  } finally {
+    l.close();
+    assert.equal((await ledger.stop()).code, 0);
+  }
 }
 
 /** Runs farebox-rpc and parses its one JSON line. */
