@@ -726,20 +726,14 @@ static void s_on_judged(void *arg, s_verdict_t verdict, const char *settled_by, 
         return;
     }
     if (verdict == VERDICT_SHALLOW) {
-        j->res.ok = false;
-        j->res.reason = "settlement_pending";
-        snprintf(j->res.message, sizeof(j->res.message), "the transaction is not confirmed yet: %s", message);
-        s_finish(j);
+        s_fail(j, "settlement_pending", "the transaction is not confirmed yet: %s", message);
         return;
     }
     if (verdict == VERDICT_UNKNOWN) {
         /* not decided yet: the caller may ask again; the tracker follows it */
         fb_log(FB_LOG_WARN, j->trace[0] ? j->trace : NULL, "settlement reverted, its outcome not known yet",
                "tx=%s why=%s", j->tx_hash, message);
-        j->res.ok = false;
-        j->res.reason = "settlement_pending";
-        snprintf(j->res.message, sizeof(j->res.message), "%s", message);
-        s_finish(j);
+        s_fail(j, "settlement_pending", "%s", message);
         return;
     }
     j->res.ok = verdict == VERDICT_CONFIRMED;
@@ -770,10 +764,7 @@ static void s_on_receipt(void *arg, json_t *result, const char *error, int64_t c
     }
     if (fb_mono_ms() >= j->wait_until) {
         /* not final yet: the caller may ask again; the tracker follows it */
-        j->res.ok = false;
-        j->res.reason = "settlement_pending";
-        snprintf(j->res.message, sizeof(j->res.message), "the transaction is not confirmed yet");
-        s_finish(j);
+        s_fail(j, "settlement_pending", "the transaction is not confirmed yet");
         return;
     }
     uv_timer_start(&j->poll, s_on_poll_timer, RECEIPT_POLL_MS, 0);
@@ -963,11 +954,8 @@ static void s_on_begin(void *arg, const fb_rpc_reply_t *reply)
     if (has_tx && fb_streq_n(state, sl, "begun")) {
         /* its transaction lost its nonce and it is being signed again: the
          * tracker does that, and follows it */
-        j->res.ok = false;
-        j->res.reason = "settlement_pending";
-        snprintf(j->res.message, sizeof(j->res.message),
-                 "the settlement is being signed again: its transaction's nonce was taken");
-        s_finish(j);
+        s_fail(j, "settlement_pending",
+               "the settlement is being signed again: its transaction's nonce was taken");
         return;
     }
     if (has_tx) {
