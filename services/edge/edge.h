@@ -72,6 +72,7 @@ struct edge_t {
     int64_t slice_calls;                   /* prepaid slices: ceilings a new slice covers (edge_purse) */
     int64_t slice_max_micro;               /* ... the most money one slice holds */
     int64_t slice_idle_ms;                 /* ... closed after this long unused */
+    int64_t charge_defer_ms;               /* ... answers wait for their charge (0) or not (edge_purse) */
     int64_t slice_age_ms;                  /* ... take no new call after this long */
     int64_t idem_keep_ms;                  /* idempotent calls: how long a name and its answer are kept */
     size_t idem_answer_max;                /* ... the largest answer kept for a retry */

@@ -26,6 +26,7 @@ typedef enum {
     EDGE_MONEY_X402,      /* x402 payments settled for calls */
     EDGE_MONEY_TOPUP,     /* topups credited */
     EDGE_MONEY_ADVANCED,  /* ... of them, credited before their settlement was final */
+    EDGE_MONEY_UNBILLED,  /* deferred charges of answered calls that could not be written */
     EDGE_MONEY_KINDS
 } edge_money_t;
 

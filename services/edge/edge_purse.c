@@ -48,7 +48,7 @@ typedef struct s_item {
     json_t *call;        /* an idempotent call's name and answer, or NULL */
     size_t answer_bytes; /* of call's answer */
     char rid[EDGE_ID_TEXT_MAX + 1];
-    edge_purse_fn *fn;
+    edge_purse_fn *fn; /* NULL: a deferred charge, its call answered already */
     void *arg;
 } s_item_t;
 
@@ -98,7 +98,11 @@ struct edge_purse_t {
     uv_check_t flush;     /* writes the turn's charges */
     uv_idle_t flush_wake; /* while armed: the loop's poll does not block first */
     uv_timer_t sweep;
+    uv_timer_t defer; /* writes deferred charges (conf.defer_ms) */
     bool flush_armed;
+    bool defer_armed;
+    size_t queued;             /* charges waiting in slices for a write */
+    int64_t unbilled;          /* micro-USDC of deferred charges that could not be written */
     struct s_write *resend;    /* charge writes whose outcome is unknown, sent again by the sweep */
     struct s_opening *orphans; /* slice holds whose outcome is unknown, asked again by the sweep */
     bool dead;                 /* shut down: no more ledger calls */
@@ -243,6 +247,16 @@ static void s_maybe_close(edge_purse_t *self, edge_slice_t *s)
     if (!s->retiring || s->closing || s->calls > 0 || s->items || s->writing > 0)
         return;
     s->closing = true;
+    if (s->dirty) {
+        /* its charges went with a write since it was marked (deferred ones
+         * wait for a timer): nothing is left to write */
+        edge_slice_t **p = &self->dirty;
+        while (*p != s)
+            p = &(*p)->dirty_next;
+        *p = s->dirty_next;
+        s->dirty = false;
+        s->dirty_next = NULL;
+    }
     if (self->dead)
         return; /* no more ledger calls: its rest is released when it expires (freed by edge_purse_destroy) */
     s_close_t *c = fb_calloc(1, sizeof(*c));
@@ -563,6 +577,17 @@ typedef struct s_write {
 
 static void s_write(edge_purse_t *self, edge_slice_t *s);
 
+/* Deferred charges of answered calls that will never be written (refused, or
+ * the edge stops before they could be): the callers were served unpaid. */
+static void s_unbilled(edge_purse_t *self, size_t calls, int64_t micro, const char *why)
+{
+    self->unbilled += micro;
+    edge_metrics_money(EDGE_MONEY_UNBILLED, micro);
+    fb_log(FB_LOG_ERROR, NULL,
+           "deferred charges of answered calls could not be written; those calls go unpaid",
+           "calls=%zu amount_micro=%" PRId64 " code=%s", calls, micro, why);
+}
+
 static void s_on_charged(void *arg, const fb_rpc_reply_t *reply)
 {
     s_write_t *wr = arg;
@@ -593,11 +618,20 @@ static void s_on_charged(void *arg, const fb_rpc_reply_t *reply)
                "hold_id=%" PRId64 " code=%s message=%s", s->hold_id, reply->code, reply->message);
         s_retire(self, s);
     }
+    int64_t lost = 0;
+    size_t lost_calls = 0;
     for (s_item_t *it = items, *next; it; it = next) {
         next = it->next;
-        it->fn(it->arg, reply);
+        if (it->fn) {
+            it->fn(it->arg, reply);
+        } else if (!reply->ok) {
+            lost += it->cost;
+            lost_calls++;
+        }
         free(it);
     }
+    if (lost_calls > 0)
+        s_unbilled(self, lost_calls, lost, reply->code);
     if (s->items)
         s_write(self, s);
     else
@@ -629,6 +663,7 @@ static void s_write(edge_purse_t *self, edge_slice_t *s)
     }
     s->items = last->next;
     last->next = NULL;
+    self->queued -= n;
     if (!s->items)
         s->items_tail = &s->items;
     s->writing++;
@@ -644,20 +679,33 @@ static void s_write(edge_purse_t *self, edge_slice_t *s)
     s_ledger(self, "ledger.charge", json_incref(wr->body), wr->idem, wr->rid, s_on_charged, wr);
 }
 
-static void s_on_flush(uv_check_t *h)
+/* Writes the charges waiting in every slice that has some. */
+static void s_flush_all(edge_purse_t *self)
 {
-    edge_purse_t *self = h->data;
     edge_slice_t *list = self->dirty;
     self->dirty = NULL;
-    self->flush_armed = false;
-    uv_check_stop(&self->flush);
-    uv_idle_stop(&self->flush_wake);
     for (edge_slice_t *s = list, *next; s; s = next) {
         next = s->dirty_next;
         s->dirty = false;
         s->dirty_next = NULL;
         s_write(self, s);
     }
+}
+
+static void s_on_flush(uv_check_t *h)
+{
+    edge_purse_t *self = h->data;
+    self->flush_armed = false;
+    uv_check_stop(&self->flush);
+    uv_idle_stop(&self->flush_wake);
+    s_flush_all(self);
+}
+
+static void s_on_defer(uv_timer_t *t)
+{
+    edge_purse_t *self = t->data;
+    self->defer_armed = false;
+    s_flush_all(self);
 }
 
 static void s_on_wake(uv_idle_t *h)
@@ -687,21 +735,33 @@ void edge_purse_charge(edge_purse_t *self, edge_purse_res_t *res, int64_t cost, 
     s->calls--;
     s->used += cost;
     s->last_ms = fb_mono_ms();
+    /* an idempotent call's answer is kept with its charge: it always waits */
+    bool deferred = self->conf.defer_ms > 0 && !call;
     s_item_t *it = fb_calloc(1, sizeof(*it));
     it->cost = cost;
     it->call = call;
     it->answer_bytes = json_string_length(json_object_get(call, "answer"));
     fb_copy_str(it->rid, sizeof(it->rid), rid);
-    it->fn = fn;
-    it->arg = arg;
+    it->fn = deferred ? NULL : fn;
+    it->arg = deferred ? NULL : arg;
     *s->items_tail = it;
     s->items_tail = &it->next;
+    self->queued++;
     if (!s->dirty) {
         s->dirty = true;
         s->dirty_next = self->dirty;
         self->dirty = s;
     }
-    s_arm_flush(self);
+    if (!deferred || self->queued >= CHARGES_PER_WRITE) {
+        s_arm_flush(self);
+    } else if (!self->defer_armed) {
+        self->defer_armed = true;
+        uv_timer_start(&self->defer, s_on_defer, (uint64_t)self->conf.defer_ms, 0);
+    }
+    if (deferred) {
+        fb_rpc_reply_t queued = {.ok = true, .body = &s_empty_map};
+        fn(arg, &queued);
+    }
 }
 
 /* --- upkeep ------------------------------------------------------------------------------- */
@@ -760,6 +820,7 @@ size_t edge_purse_drain(edge_purse_t *self)
         next = s->next;
         s_retire(self, s);
     }
+    s_flush_all(self); /* deferred charges go now */
     for (edge_slice_t *s = self->slices; s; s = s->next)
         n++;
     return n;
@@ -783,6 +844,8 @@ edge_purse_t *edge_purse_new(edge_worker_t *w, const edge_purse_conf_t *conf)
     self->sweep.data = self;
     uv_timer_start(&self->sweep, s_on_sweep, SWEEP_MS, SWEEP_MS);
     uv_unref((uv_handle_t *)&self->sweep);
+    uv_timer_init(w->loop, &self->defer);
+    self->defer.data = self;
     return self;
 }
 
@@ -800,7 +863,7 @@ void edge_purse_shutdown(edge_purse_t *self)
 static void s_on_handle_closed(uv_handle_t *h)
 {
     edge_purse_t *self = h->data;
-    if (++self->closed_handles == 3) {
+    if (++self->closed_handles == 4) {
         free(self->buckets);
         free(self);
     }
@@ -813,7 +876,10 @@ void edge_purse_destroy(edge_purse_t **self_p)
     if (!self)
         return;
     *self_p = NULL;
-    /* the process is ending: what is left open expires in the ledger */
+    /* the process is ending: what is left open expires in the ledger, and
+     * deferred charges not written by now are never written */
+    int64_t lost = 0;
+    size_t lost_calls = 0;
     for (s_opening_t *o = self->orphans, *next; o; o = next) {
         next = o->next_orphan;
         s_opening_free(o);
@@ -822,6 +888,8 @@ void edge_purse_destroy(edge_purse_t **self_p)
         next = wr->next_resend;
         for (s_item_t *it = wr->items, *n2; it; it = n2) {
             n2 = it->next;
+            lost += it->fn ? 0 : it->cost;
+            lost_calls += it->fn ? 0 : 1;
             json_decref(it->call);
             free(it);
         }
@@ -832,6 +900,8 @@ void edge_purse_destroy(edge_purse_t **self_p)
         next = s->next;
         for (s_item_t *it = s->items, *n2; it; it = n2) {
             n2 = it->next;
+            lost += it->fn ? 0 : it->cost;
+            lost_calls += it->fn ? 0 : 1;
             json_decref(it->call);
             free(it);
         }
@@ -850,4 +920,7 @@ void edge_purse_destroy(edge_purse_t **self_p)
     uv_close((uv_handle_t *)&self->flush, s_on_handle_closed);
     uv_close((uv_handle_t *)&self->flush_wake, s_on_handle_closed);
     uv_close((uv_handle_t *)&self->sweep, s_on_handle_closed);
+    uv_close((uv_handle_t *)&self->defer, s_on_handle_closed);
+    if (lost_calls > 0)
+        s_unbilled(self, lost_calls, lost, "stopped");
 }

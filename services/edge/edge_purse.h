@@ -7,7 +7,8 @@
  * trip. When the call ends, its cost is charged:
  * the charges of every call that ended in the same loop turn go to the ledger
  * as one ledger.charge (one row per call, one transfer), and each call gets its
- * answer only once that write is durable. A call that fails before any output
+ * answer only once that write is durable (or, with FAREBOX_PREPAID_CHARGE_DEFER_MS,
+ * at once, its charge written with those of the next few milliseconds). A call that fails before any output
  * just gives its reservation back. A slice is closed (ledger.void of its
  * uncharged rest) when it runs short, when it has been idle or open long
  * enough, when its key is revoked, and when the edge stops; an edge that dies
@@ -39,6 +40,8 @@ typedef struct {
     int64_t max_age_ms;      /* a slice this old takes no new calls */
     int64_t hold_ttl_ms;     /* the slice hold's expiry: outlives any call it covers */
     size_t answer_budget;    /* bytes of stored answers one ledger.charge may carry */
+    int64_t defer_ms;        /* 0: a call is answered once its charge is durable; else at once, its
+                                charge written within this long (edge_purse_charge) */
 } edge_purse_conf_t;
 
 /* One call's reservation in a slice. */
@@ -71,7 +74,11 @@ bool edge_purse_reserve(edge_purse_t *self, int64_t account_id, int64_t key_id, 
  * the charge's ref; fn runs once the charge is durable (reply->ok) or could
  * not be made. The reservation is consumed either way. call (stolen, may be
  * NULL) is an idempotent call's name and answer, stored with the charge
- * (edge_idem.h); one write carries at most answer_budget bytes of answers. */
+ * (edge_idem.h); one write carries at most answer_budget bytes of answers.
+ * With defer_ms set, a charge without call is deferred: fn runs at once
+ * (reply->ok), and the charge goes with the others queued within defer_ms; if
+ * it can never be written (its slice's hold refused it, or the edge stopped
+ * first) the call goes unpaid: logged, and counted as "unbilled" money. */
 void edge_purse_charge(edge_purse_t *self, edge_purse_res_t *res, int64_t cost, const char *rid, json_t *call,
                        edge_purse_fn *fn, void *arg);
 

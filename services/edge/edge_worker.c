@@ -129,6 +129,7 @@ edge_worker_t *edge_worker_new(edge_t *edge, int index, char *err, size_t errlen
         /* a slice's hold outlives the last call it may take by the longest provider call */
         .hold_ttl_ms = edge->slice_age_ms + edge->upstream_timeout_ms + PURSE_MARGIN_MS,
         .answer_budget = edge->rpc_max_message / 2,
+        .defer_ms = edge->charge_defer_ms,
     };
     self->purse = edge_purse_new(self, &purse);
     uv_timer_init(self->loop, &self->key_watch);

@@ -164,6 +164,12 @@ static const fb_config_var_t s_vars[] = {
     {"FAREBOX_PREPAID_SLICE_AGE_MS", FB_CFG_INT, "60000", 100, 3600000, NULL, NULL,
      "a prepaid slice this old takes no new call (its hold expires this + the upstream timeout + 60 s "
      "later)"},
+    {"FAREBOX_PREPAID_CHARGE_DEFER_MS", FB_CFG_INT, "0", 0, 10000, NULL, NULL,
+     "0: a prepaid call's answer waits until its charge is durable in the ledger, so an edge killed at "
+     "any moment leaves no answered call unpaid. N: the answer goes at once and its charge is written "
+     "with the others of the next N ms: faster, but an edge killed outright leaves its last N ms of "
+     "answered calls unpaid (a clean stop writes every charge first). Calls with an Idempotency-Key "
+     "always wait"},
     {"FAREBOX_IDEMPOTENCY_KEEP_S", FB_CFG_INT, "86400", 60, 2592000, NULL, NULL,
      "a paid call sent with an Idempotency-Key (with its API key, or its x402 payment) is remembered "
      "this long: a retry gets its kept answer and pays nothing again"},
@@ -350,6 +356,7 @@ int main(int argc, char **argv)
     edge.slice_max_micro = fb_config_int(cfg, "FAREBOX_PREPAID_SLICE_MAX_MICRO");
     edge.slice_idle_ms = fb_config_int(cfg, "FAREBOX_PREPAID_SLICE_IDLE_MS");
     edge.slice_age_ms = fb_config_int(cfg, "FAREBOX_PREPAID_SLICE_AGE_MS");
+    edge.charge_defer_ms = fb_config_int(cfg, "FAREBOX_PREPAID_CHARGE_DEFER_MS");
     edge.idem_keep_ms = fb_config_int(cfg, "FAREBOX_IDEMPOTENCY_KEEP_S") * 1000;
     edge.topup_advance_max = fb_config_int(cfg, "FAREBOX_TOPUP_ADVANCE_MAX_MICRO");
     edge.rpc_max_message = (size_t)fb_config_int(cfg, "FAREBOX_RPC_MAX_MESSAGE");

@@ -1123,6 +1123,90 @@ test("prepaid slices: a balance too small for a slice still pays call by call; a
   await audit();
 });
 
+test("FAREBOX_PREPAID_CHARGE_DEFER_MS: answers go before their charges, which follow within the window, exactly; a clean stop writes them; a refused write is counted unbilled; a killed edge leaves its last answers unpaid", async () => {
+  const ask = (client, i, extra = {}) => client.chat.completions.create({ model: "gpt-4o-mini", max_tokens: 4,
+    messages: [{ role: "user", content: `deferred ${i}` }], ...extra });
+  const priced = (a) => cost("gpt-4o-mini", a.usage.prompt_tokens, a.usage.completion_tokens);
+  const charges = async (id) => (await call("GET", `/admin/accounts/${id}/charges?limit=500`)).body.charges;
+  const { id, key } = await account(10_000_000);
+  const before = (await call("GET", `/admin/accounts/${id}`)).body.balance_micro;
+  // a window far longer than the test's calls: what is written when is decided by the test
+  const base = await startEdge({ FAREBOX_PREPAID_CHARGE_DEFER_MS: "10000", FAREBOX_PREPAID_SLICE_IDLE_MS: "600000" });
+  const p = extraEdges.at(-1);
+  const client = new OpenAI({ baseURL: `${base}/v1`, apiKey: key, maxRetries: 0 });
+  let total = 0;
+  const refs = [];
+  for (let i = 0; i < 4; i++) {
+    const a = await ask(client, i);
+    total += priced(a);
+    refs.push(a._request_id);
+  }
+  // a stream's charge is deferred too: its usage chunk is sent, then its end
+  let streamed = null;
+  for await (const chunk of await ask(client, "s", { stream: true, stream_options: { include_usage: true } }))
+    if (chunk.usage) streamed = chunk.usage;
+  total += cost("gpt-4o-mini", streamed.prompt_tokens, streamed.completion_tokens);
+  assert.equal((await charges(id)).length, 0, "answered, not yet charged");
+  assert.equal((await holds(id))[0].state, "open");
+  // a call with an Idempotency-Key waits for its charge, and the deferred ones go with it
+  const kept = await client.chat.completions.create({ model: "gpt-4o-mini", max_tokens: 4,
+    messages: [{ role: "user", content: "deferred kept" }] }, { headers: { "Idempotency-Key": "defer-1" } });
+  total += priced(kept);
+  let list = await charges(id);
+  assert.equal(list.length, 6, "the kept call's write carried the deferred charges");
+  assert.equal(list.reduce((sum, c) => sum + c.amount_micro, 0), total);
+  assert.deepEqual(list.slice(2).map((c) => c.ref).reverse(), refs);
+  // deferred calls, then a clean stop: every charge written, the slice closed
+  for (let i = 4; i < 7; i++)
+    total += priced(await ask(client, i));
+  assert.equal((await charges(id)).length, 6);
+  extraEdges.splice(extraEdges.indexOf(p), 1);
+  assert.equal((await p.stop()).code, 0);
+  list = await charges(id);
+  assert.equal(list.length, 9);
+  assert.equal(list.reduce((sum, c) => sum + c.amount_micro, 0), total);
+  assert.ok((await holds(id)).every((h) => h.state === "committed"), "closed by the stop");
+  assert.equal((await call("GET", `/admin/accounts/${id}`)).body.balance_micro, before - total, "charged exactly");
+
+  // the slice's hold closed behind the edge's back: the deferred write is refused, the calls go unpaid,
+  // counted as unbilled (and logged), and the next call opens another slice
+  const short = await startEdge({ FAREBOX_PREPAID_CHARGE_DEFER_MS: "1500", FAREBOX_PREPAID_SLICE_IDLE_MS: "600000" });
+  const sp = extraEdges.at(-1);
+  const sc = new OpenAI({ baseURL: `${short}/v1`, apiKey: key, maxRetries: 0 });
+  let lost = 0;
+  for (let i = 0; i < 3; i++)
+    lost += priced(await ask(sc, `lost ${i}`));
+  const open = (await holds(id)).find((h) => h.state === "open");
+  const voided = await ledgerRpc.call("ledger.void", { hold_id: open.hold_id }, { idem: `test-void-${open.hold_id}` });
+  assert.equal(voided.status, "ok", JSON.stringify(voided));
+  await sp.waitForMsg("deferred charges of answered calls could not be written; those calls go unpaid");
+  const metrics = await (await fetch(`${short}/metrics`)).text();
+  assert.match(metrics, new RegExp(`^farebox_edge_money_unbilled_micro_total ${lost}$`, "m"));
+  assert.equal((await charges(id)).length, 9, "nothing charged for them");
+  const next = await ask(sc, "after");
+  total += priced(next);
+  extraEdges.splice(extraEdges.indexOf(sp), 1);
+  assert.equal((await sp.stop()).code, 0);
+  assert.equal((await charges(id)).length, 10);
+
+  // SIGKILL inside the window: the answered calls' charges are never written; the slice stays open
+  // until it expires and then gives its whole rest back (those callers were served unpaid)
+  const killed = await startEdge({ FAREBOX_PREPAID_CHARGE_DEFER_MS: "10000", FAREBOX_PREPAID_SLICE_IDLE_MS: "600000" });
+  const k = extraEdges.at(-1);
+  extraEdges.splice(extraEdges.indexOf(k), 1);
+  const kc = new OpenAI({ baseURL: `${killed}/v1`, apiKey: key, maxRetries: 0 });
+  const balance = (await call("GET", `/admin/accounts/${id}`)).body.balance_micro;
+  for (let i = 0; i < 3; i++)
+    assert.ok((await ask(kc, `killed ${i}`)).choices[0].message.content.length > 0);
+  k.signal("SIGKILL");
+  await k.exited;
+  assert.equal((await charges(id)).length, 10, "the killed edge's answered calls are not charged");
+  const acct = (await call("GET", `/admin/accounts/${id}`)).body;
+  assert.equal(acct.balance_micro, balance);
+  assert.ok(acct.held_micro > 0, "the killed edge's slice is left to expire, whole");
+  await audit();
+});
+
 test("Idempotency-Key: a retried call gets its kept answer and pays once; 409 while it runs, 422 for another body", async () => {
   const { id, key, keyId } = await account(10_000_000);
   const openai = new OpenAI({ baseURL: `${url}/v1`, apiKey: key, maxRetries: 0 });
