@@ -67,6 +67,11 @@ if (name === "edge") {
   ratios.h2_throughput_vs_nginx = e.edge_h2.calls_per_s / e.nginx_h2.calls_per_s;
   ratios.light_p50_vs_nginx = e.edge_light.p50_us / e.nginx_light.p50_us;
   ratios.light_p99_vs_nginx = e.edge_light.p99_us / e.nginx_light.p99_us;
+  // the same against an edge with FAREBOX_PREPAID_CHARGE_DEFER_MS (answers before their charges)
+  if (e.edged_h1) {
+    ratios.deferred_h1_throughput_vs_nginx = e.edged_h1.calls_per_s / e.nginx_h1.calls_per_s;
+    ratios.deferred_h2_throughput_vs_nginx = e.edged_h2.calls_per_s / e.nginx_h2.calls_per_s;
+  }
 }
 
 const labels = {
@@ -80,6 +85,12 @@ const labels = {
   nginx_half: "nginx proxy, the same rate, open loop",
   mock_half: "mock model direct, the same rate, open loop",
   mock_light: "mock model direct, 2 conns",
+  edged_h1: "deferred-charge edge, HTTP/1.1, 64 conns",
+  edged_h2: "deferred-charge edge, h2c, 8 conns x 16",
+  edged_light: "deferred-charge edge, 2 conns",
+  edged_half: "deferred-charge edge, half its peak",
+  nginxd_half: "nginx proxy, that same rate",
+  mockd_half: "mock model direct, that same rate",
   memory_per_connection: "edge bytes per idle keep-alive conn",
   memory_per_stream: "edge bytes per open stream",
   batched_hot: "ledger, group commit, 1 hot account",
@@ -136,18 +147,33 @@ if (name === "edge") {
     // each answer waits for the WAL flush of its charge's commit: the floor under the added latency
     ...(e.edge_half?.wal_flush_us_mean != null && { half_peak_wal_flush_us_mean: e.edge_half.wal_flush_us_mean,
       half_peak_wal_flushes_per_call: e.edge_half.wal_flushes_per_call }),
+    ...(e.edged_half && { deferred_added_p50_us: e.edged_light.p50_us - e.mock_light.p50_us,
+      deferred_added_p99_us: e.edged_light.p99_us - e.mock_light.p99_us,
+      deferred_half_peak_calls_per_s: e.edged_half.calls_per_s,
+      deferred_half_peak_added_p50_us: e.edged_half.p50_us - e.mockd_half.p50_us,
+      deferred_half_peak_added_p99_us: e.edged_half.p99_us - e.mockd_half.p99_us,
+      deferred_half_peak_nginx_added_p50_us: e.nginxd_half.p50_us - e.mockd_half.p50_us,
+      deferred_half_peak_nginx_added_p99_us: e.nginxd_half.p99_us - e.mockd_half.p99_us,
+      ...(e.edged_half.cpu_us_per_call && e.nginxd_half?.cpu_us_per_call && {
+        deferred_half_peak_cpu_us_per_call: e.edged_half.cpu_us_per_call.edge + e.edged_half.cpu_us_per_call.ledger +
+          e.edged_half.cpu_us_per_call.postgres,
+        deferred_half_peak_cpu_per_call_vs_nginx: (e.edged_half.cpu_us_per_call.edge +
+          e.edged_half.cpu_us_per_call.ledger + e.edged_half.cpu_us_per_call.postgres) /
+          e.nginxd_half.cpu_us_per_call.nginx }) }),
     bytes_per_connection: e.memory_per_connection?.bytes, bytes_per_stream: e.memory_per_stream?.bytes };
   Object.assign(ratios, added);
   console.log("\nlatency the edge adds over calling the mock directly, at light load (h2load reports a mean, so p50 of h2 cases is a mean)");
   const cpu = (c) => Object.entries(c ?? {}).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(", ");
   if (e.edge_half?.cpu_us_per_call)
     console.log(`CPU us per call at half the edge's peak: ${cpu(e.edge_half.cpu_us_per_call)} | nginx's run: ${cpu(e.nginx_half.cpu_us_per_call)}`);
+  if (e.edged_half?.cpu_us_per_call)
+    console.log(`CPU us per call at half the deferred-charge edge's peak: ${cpu(e.edged_half.cpu_us_per_call)} | nginx's run: ${cpu(e.nginxd_half.cpu_us_per_call)}`);
   if (e.edge_half?.wal_flush_us_mean != null)
     console.log(`Postgres WAL flushes at half the edge's peak: ${e.edge_half.wal_flushes_per_call.toFixed(3)} per call, ` +
       `${Math.round(e.edge_half.wal_flush_us_mean)} us each on average (every answer waits for one)`);
 }
 console.log("\nratios (farebox / baseline)");
-for (const [k, v] of Object.entries(ratios)) console.log(`  ${pad(k, 28)} ${v == null ? "-" : Number.isInteger(v) ? v : v.toFixed(3)}`);
+for (const [k, v] of Object.entries(ratios)) console.log(`  ${pad(k, 40)} ${v == null ? "-" : Number.isInteger(v) ? v : v.toFixed(3)}`);
 
 fs.writeFileSync(outFile, JSON.stringify({
   benchmark: name,

@@ -52,6 +52,14 @@ typedef struct s_item {
     void *arg;
 } s_item_t;
 
+/* A call whose charge was deferred: told so from the loop's next check, never
+ * from inside edge_purse_charge (its caller may be freeing the call). */
+typedef struct s_ack {
+    struct s_ack *next;
+    edge_purse_fn *fn;
+    void *arg;
+} s_ack_t;
+
 typedef struct s_key s_key_t;
 
 struct edge_slice_t {
@@ -99,14 +107,16 @@ struct edge_purse_t {
     uv_idle_t flush_wake; /* while armed: the loop's poll does not block first */
     uv_timer_t sweep;
     uv_timer_t defer; /* writes deferred charges (conf.defer_ms) */
-    bool flush_armed;
+    bool flush_armed; /* the check handle runs: acks to give, or charges to write now */
+    bool flush_now;   /* ... charges to write now */
     bool defer_armed;
-    size_t queued;             /* charges waiting in slices for a write */
-    int64_t unbilled;          /* micro-USDC of deferred charges that could not be written */
-    struct s_write *resend;    /* charge writes whose outcome is unknown, sent again by the sweep */
-    struct s_opening *orphans; /* slice holds whose outcome is unknown, asked again by the sweep */
-    bool dead;                 /* shut down: no more ledger calls */
-    uint64_t epoch;            /* the edge's key epoch the slices were opened under */
+    struct s_ack *acks, **acks_tail; /* deferred charges' calls, told "charged" from the check handle */
+    size_t queued;                   /* charges waiting in slices for a write */
+    int64_t unbilled;                /* micro-USDC of deferred charges that could not be written */
+    struct s_write *resend;          /* charge writes whose outcome is unknown, sent again by the sweep */
+    struct s_opening *orphans;       /* slice holds whose outcome is unknown, asked again by the sweep */
+    bool dead;                       /* shut down: no more ledger calls */
+    uint64_t epoch;                  /* the edge's key epoch the slices were opened under */
     int closed_handles;
 };
 
@@ -695,10 +705,21 @@ static void s_flush_all(edge_purse_t *self)
 static void s_on_flush(uv_check_t *h)
 {
     edge_purse_t *self = h->data;
-    self->flush_armed = false;
+    bool now = self->flush_now;
+    s_ack_t *acks = self->acks;
+    self->acks = NULL;
+    self->acks_tail = &self->acks;
+    self->flush_armed = self->flush_now = false;
     uv_check_stop(&self->flush);
     uv_idle_stop(&self->flush_wake);
-    s_flush_all(self);
+    if (now)
+        s_flush_all(self);
+    fb_rpc_reply_t queued = {.ok = true, .body = &s_empty_map};
+    for (s_ack_t *a = acks, *next; a; a = next) {
+        next = a->next;
+        a->fn(a->arg, &queued);
+        free(a);
+    }
 }
 
 static void s_on_defer(uv_timer_t *t)
@@ -715,14 +736,20 @@ static void s_on_wake(uv_idle_t *h)
 
 /* A charge queued from a timer or before the loop polls must not wait for the
  * poll to time out: the idle handle makes that poll return at once, and the
- * check handle runs right after it. */
-static void s_arm_flush(edge_purse_t *self)
+ * check handle runs right after it (so do deferred charges' acks). */
+static void s_arm_check(edge_purse_t *self)
 {
     if (self->flush_armed)
         return;
     self->flush_armed = true;
     uv_check_start(&self->flush, s_on_flush);
     uv_idle_start(&self->flush_wake, s_on_wake);
+}
+
+static void s_arm_flush(edge_purse_t *self)
+{
+    self->flush_now = true;
+    s_arm_check(self);
 }
 
 void edge_purse_charge(edge_purse_t *self, edge_purse_res_t *res, int64_t cost, const char *rid, json_t *call,
@@ -759,8 +786,12 @@ void edge_purse_charge(edge_purse_t *self, edge_purse_res_t *res, int64_t cost, 
         uv_timer_start(&self->defer, s_on_defer, (uint64_t)self->conf.defer_ms, 0);
     }
     if (deferred) {
-        fb_rpc_reply_t queued = {.ok = true, .body = &s_empty_map};
-        fn(arg, &queued);
+        s_ack_t *a = fb_calloc(1, sizeof(*a));
+        a->fn = fn;
+        a->arg = arg;
+        *self->acks_tail = a;
+        self->acks_tail = &a->next;
+        s_arm_check(self);
     }
 }
 
@@ -836,6 +867,7 @@ edge_purse_t *edge_purse_new(edge_worker_t *w, const edge_purse_conf_t *conf)
         self->conf.slice_calls = 1;
     self->nbuckets = BUCKETS_MIN;
     self->buckets = fb_calloc(self->nbuckets, sizeof(*self->buckets));
+    self->acks_tail = &self->acks;
     uv_check_init(w->loop, &self->flush);
     self->flush.data = self;
     uv_idle_init(w->loop, &self->flush_wake);
@@ -883,6 +915,10 @@ void edge_purse_destroy(edge_purse_t **self_p)
     for (s_opening_t *o = self->orphans, *next; o; o = next) {
         next = o->next_orphan;
         s_opening_free(o);
+    }
+    for (s_ack_t *a = self->acks, *next; a; a = next) {
+        next = a->next;
+        free(a);
     }
     for (s_write_t *wr = self->resend, *next; wr; wr = next) {
         next = wr->next_resend;

@@ -1156,6 +1156,13 @@ test("FAREBOX_PREPAID_CHARGE_DEFER_MS: answers go before their charges, which fo
   assert.equal(list.length, 6, "the kept call's write carried the deferred charges");
   assert.equal(list.reduce((sum, c) => sum + c.amount_micro, 0), total);
   assert.deepEqual(list.slice(2).map((c) => c.ref).reverse(), refs);
+  // a client leaving a slow stream: its charge (input and what was produced) is deferred like the others
+  const slowBody = { model: "gpt-4o-mini", stream: true, max_tokens: 200,
+    messages: [{ role: "user", content: "[mock:tokens=200][mock:rate=50]" }] };
+  let seen = 0;
+  const slow = await client.chat.completions.create(slowBody).withResponse();
+  for await (const c of slow.data)
+    if (c.choices[0]?.delta?.content && ++seen === 3) break; // the SDK aborts the request
   // deferred calls, then a clean stop: every charge written, the slice closed
   for (let i = 4; i < 7; i++)
     total += priced(await ask(client, i));
@@ -1163,7 +1170,10 @@ test("FAREBOX_PREPAID_CHARGE_DEFER_MS: answers go before their charges, which fo
   extraEdges.splice(extraEdges.indexOf(p), 1);
   assert.equal((await p.stop()).code, 0);
   list = await charges(id);
-  assert.equal(list.length, 9);
+  assert.equal(list.length, 10);
+  const left = list.find((c) => c.ref === slow.response.headers.get("x-request-id")).amount_micro, inputCost = cost("gpt-4o-mini", Buffer.byteLength(JSON.stringify(slowBody)), 0);
+  assert.ok(left >= inputCost + cost("gpt-4o-mini", 0, 3) && left < inputCost + cost("gpt-4o-mini", 0, 100), `${left}`);
+  total += left;
   assert.equal(list.reduce((sum, c) => sum + c.amount_micro, 0), total);
   assert.ok((await holds(id)).every((h) => h.state === "committed"), "closed by the stop");
   assert.equal((await call("GET", `/admin/accounts/${id}`)).body.balance_micro, before - total, "charged exactly");
@@ -1182,12 +1192,12 @@ test("FAREBOX_PREPAID_CHARGE_DEFER_MS: answers go before their charges, which fo
   await sp.waitForMsg("deferred charges of answered calls could not be written; those calls go unpaid");
   const metrics = await (await fetch(`${short}/metrics`)).text();
   assert.match(metrics, new RegExp(`^farebox_edge_money_unbilled_micro_total ${lost}$`, "m"));
-  assert.equal((await charges(id)).length, 9, "nothing charged for them");
+  assert.equal((await charges(id)).length, 10, "nothing charged for them");
   const next = await ask(sc, "after");
   total += priced(next);
   extraEdges.splice(extraEdges.indexOf(sp), 1);
   assert.equal((await sp.stop()).code, 0);
-  assert.equal((await charges(id)).length, 10);
+  assert.equal((await charges(id)).length, 11);
 
   // SIGKILL inside the window: the answered calls' charges are never written; the slice stays open
   // until it expires and then gives its whole rest back (those callers were served unpaid)
@@ -1200,7 +1210,7 @@ test("FAREBOX_PREPAID_CHARGE_DEFER_MS: answers go before their charges, which fo
     assert.ok((await ask(kc, `killed ${i}`)).choices[0].message.content.length > 0);
   k.signal("SIGKILL");
   await k.exited;
-  assert.equal((await charges(id)).length, 10, "the killed edge's answered calls are not charged");
+  assert.equal((await charges(id)).length, 11, "the killed edge's answered calls are not charged");
   const acct = (await call("GET", `/admin/accounts/${id}`)).body;
   assert.equal(acct.balance_micro, balance);
   assert.ok(acct.held_micro > 0, "the killed edge's slice is left to expire, whole");
