@@ -223,7 +223,8 @@ static void s_render(const edge_t *edge, fb_buf_t *b)
         "micro-USDC of x402 payments settled for calls",
         "micro-USDC of topups credited",
         "micro-USDC of topups credited before their settlement was final (included in topup_credited)",
-        "micro-USDC of answered calls whose deferred charges could not be written (never charged)"};
+        "micro-USDC of answered calls whose deferred charges could not be written (never charged, though "
+        "counted in committed when answered)"};
     static const char *providers[2] = {"openai", "anthropic"};
     static const char *services[2] = {"ledger", "verifier"};
     uint64_t requests[EDGE_METRICS_ROUTES + 1][STATUSES + 1] = {{0}};
