@@ -1123,7 +1123,7 @@ test("prepaid slices: a balance too small for a slice still pays call by call; a
   await audit();
 });
 
-test("FAREBOX_PREPAID_CHARGE_DEFER_MS: answers go before their charges, which follow within the window, exactly; a clean stop writes them; a refused write is counted unbilled; a killed edge leaves its last answers unpaid", async () => {
+test("FAREBOX_PREPAID_CHARGE_DEFER_MS: answers go before their charges, which follow within the window, exactly; a clean stop writes them; a refused write is counted unbilled; a killed edge leaves its last answers unpaid; a paused ledger is caught up", async () => {
   const ask = (client, i, extra = {}) => client.chat.completions.create({ model: "gpt-4o-mini", max_tokens: 4,
     messages: [{ role: "user", content: `deferred ${i}` }], ...extra });
   const priced = (a) => cost("gpt-4o-mini", a.usage.prompt_tokens, a.usage.completion_tokens);
@@ -1214,6 +1214,32 @@ test("FAREBOX_PREPAID_CHARGE_DEFER_MS: answers go before their charges, which fo
   const acct = (await call("GET", `/admin/accounts/${id}`)).body;
   assert.equal(acct.balance_micro, balance);
   assert.ok(acct.held_micro > 0, "the killed edge's slice is left to expire, whole");
+
+  // the ledger paused (SIGSTOP): a key's open slice still serves its calls, and their charges land
+  // once it resumes, exactly
+  const paused = await account(10_000_000);
+  const pe = await startEdge({ FAREBOX_PREPAID_CHARGE_DEFER_MS: "100" });
+  const pp = extraEdges.at(-1);
+  const pc = new OpenAI({ baseURL: `${pe}/v1`, apiKey: paused.key, maxRetries: 0 });
+  let owed = priced(await ask(pc, "opens the slice")); // and looks the key up: its answer is fresh
+  ledger.signal("SIGSTOP");
+  let resumed = false;
+  try {
+    for (let i = 0; i < 5; i++)
+      owed += priced(await ask(pc, `paused ${i}`));
+    await sleep(300); // their write is sent, and waits
+    ledger.signal("SIGCONT");
+    resumed = true;
+  } finally {
+    if (!resumed) ledger.signal("SIGCONT");
+  }
+  await waitUntil(async () => (await charges(paused.id)).length === 6, { what: "the paused calls' charges" });
+  extraEdges.splice(extraEdges.indexOf(pp), 1);
+  assert.equal((await pp.stop()).code, 0);
+  const after = await charges(paused.id);
+  assert.equal(after.length, 6);
+  assert.equal(after.reduce((sum, c) => sum + c.amount_micro, 0), owed);
+  assert.equal(await available(paused.id), 10_000_000 - owed);
   await audit();
 });
 
