@@ -81,8 +81,9 @@ static const fb_config_var_t s_vars[] = {
      "a settlement transaction next in its wallet's line, priced over the base fee and still not mined this "
      "long "
      "after it was signed, is replaced at its own nonce with its tip raised by an eighth (0: never)"},
-    {"FAREBOX_EVM_REPRICE_TIP_MAX_WEI", FB_CFG_INT, "10000000000", 1, INT64_MAX, NULL, NULL,
-     "the highest tip (wei per gas) those replacements go to: past it the transaction waits as it is"},
+    {"FAREBOX_EVM_TIP_MAX_WEI", FB_CFG_INT, "10000000000", 1, INT64_MAX, NULL, NULL,
+     "the highest tip (wei per gas) a settlement transaction offers: a node's suggested tip is capped to it, "
+     "and a re-priced one goes no higher (past it, it waits as it is)"},
     {"FAREBOX_EVM_VALID_BEFORE_MARGIN_S", FB_CFG_INT, "6", 0, 3600, NULL, NULL,
      "an authorization must stay valid at least this many seconds after now"},
     {"FAREBOX_VERIFY_CHAIN_CHECKS", FB_CFG_BOOL, "true", 0, 0, NULL, NULL,
@@ -143,7 +144,7 @@ static void s_config_evm(verifier_t *v, const fb_config_t *cfg)
     e->gas = (uint64_t)fb_config_int(cfg, "FAREBOX_EVM_SETTLE_GAS");
     e->confirmations = (uint64_t)fb_config_int(cfg, "FAREBOX_EVM_SETTLE_CONFIRMATIONS");
     e->reprice_after_ms = fb_config_int(cfg, "FAREBOX_EVM_REPRICE_AFTER_MS");
-    e->reprice_tip_max = (uint64_t)fb_config_int(cfg, "FAREBOX_EVM_REPRICE_TIP_MAX_WEI");
+    e->tip_max = (uint64_t)fb_config_int(cfg, "FAREBOX_EVM_TIP_MAX_WEI");
     e->valid_before_margin_s = fb_config_int(cfg, "FAREBOX_EVM_VALID_BEFORE_MARGIN_S");
     const char *key = fb_config_str(cfg, "FAREBOX_SETTLEMENT_KEY");
     if (key[0]) {

@@ -35,8 +35,8 @@ typedef struct {
     uint64_t confirmations;        /* a settlement's verdict stands once its blocks are this deep */
     int64_t
         reprice_after_ms; /* a transaction the base fee admits, unmined this long: tip raised (0: never) */
-    uint64_t reprice_tip_max; /* the highest tip (wei per gas) such a replacement is given */
-    bool code_checked;        /* eth_getCode(token) was non-empty once */
+    uint64_t tip_max;     /* the highest tip (wei per gas) a settlement transaction offers */
+    bool code_checked;    /* eth_getCode(token) was non-empty once */
     int64_t chain_checked_ms; /* when eth_chainId last answered chain_id (0: never) */
 } verifier_evm_t;
 

@@ -1034,12 +1034,17 @@ static bool s_base_fee(json_t *block, fb_u256_t *out)
 }
 
 /* The tip of an eth_maxPriorityFeePerGas answer: 0.001 gwei when the node
- * has no opinion. */
-static void s_tip(json_t *result, const char *error, fb_u256_t *out)
+ * has no opinion, and never more than FAREBOX_EVM_TIP_MAX_WEI (a node's
+ * suggestion is only that: the tip is what the settlement wallet pays on top
+ * of the base fee, to whoever builds the block). */
+static void s_tip(const verifier_evm_t *net, json_t *result, const char *error, fb_u256_t *out)
 {
     const char *s = json_string_value(result);
+    uint64_t tip;
     if (error || !s || fb_u256_from_hex(out, s, strlen(s)) != 0)
         fb_u256_from_u64(out, 1000000);
+    if (!fb_u256_to_u64(out, &tip) || tip > net->tip_max)
+        fb_u256_from_u64(out, net->tip_max);
 }
 
 static void s_on_block(void *arg, json_t *result, const char *error, int64_t code, const char *message)
@@ -1058,7 +1063,7 @@ static void s_on_priority(void *arg, json_t *result, const char *error, int64_t 
     FB_UNUSED(code);
     FB_UNUSED(message);
     s_job_t *j = arg;
-    s_tip(result, error, &j->priority);
+    s_tip(j->net, result, error, &j->priority);
     s_settle_step(j);
 }
 
@@ -1149,7 +1154,7 @@ void verifier_evm_run(verifier_t *v, bool settle, uint32_t wait_ms, json_t *payl
  * replacement). One the base fee admits, next in its wallet's line and still
  * not mined FAREBOX_EVM_REPRICE_AFTER_MS after it was signed is left out for
  * its tip: it is replaced the same way, its tip and max fee each raised by
- * an eighth at least, the tip no higher than FAREBOX_EVM_REPRICE_TIP_MAX_WEI.
+ * an eighth at least, the tip no higher than FAREBOX_EVM_TIP_MAX_WEI.
  * Whichever transaction of a settlement is mined, the judge finds it. */
 typedef struct {
     verifier_t *v;
@@ -1184,7 +1189,7 @@ static void s_track_recorded(void *arg, const fb_rpc_reply_t *reply)
 }
 
 static void s_tsign_start(verifier_t *v, int64_t settlement_id, int64_t nonce, bool resign, uint64_t min_tip,
-                          uint64_t min_max_fee, uint64_t tip_max, const char *calldata, size_t cl);
+                          uint64_t min_max_fee, const char *calldata, size_t cl);
 
 static void s_track_renonced(void *arg, const fb_rpc_reply_t *reply)
 {
@@ -1203,8 +1208,7 @@ static void s_track_renonced(void *arg, const fb_rpc_reply_t *reply)
          * max fee by an eighth too (nodes require both raised), and its tip
          * goes no higher than the ceiling */
         s_tsign_start(t->v, t->settlement_id, nonce, true, t->min_tip,
-                      t->low_tip ? t->max_fee + t->max_fee / 8 + 1 : 0,
-                      t->low_tip ? t->v->evm.reprice_tip_max : 0, t->calldata, strlen(t->calldata));
+                      t->low_tip ? t->max_fee + t->max_fee / 8 + 1 : 0, t->calldata, strlen(t->calldata));
     }
     s_track_free(t);
 }
@@ -1298,9 +1302,9 @@ static void s_track_base(void *arg, json_t *result, const char *error, int64_t c
          * is raised, up to the ceiling. */
         bool waited =
             e->reprice_after_ms > 0 && t->signed_ms > 0 && fb_now_ms() - t->signed_ms >= e->reprice_after_ms;
-        if (!waited || !t->head || t->max_fee == UINT64_MAX || t->min_tip > e->reprice_tip_max ||
+        if (!waited || !t->head || t->max_fee == UINT64_MAX || t->min_tip > e->tip_max ||
             t->max_fee > UINT64_MAX / 4) {
-            if (waited && t->head && t->min_tip > e->reprice_tip_max)
+            if (waited && t->head && t->min_tip > e->tip_max)
                 fb_log(FB_LOG_WARN, NULL, "settlement transaction waits unmined with its tip at the ceiling",
                        "settlement_id=%lld tx=%s", (long long)t->settlement_id, t->tx_hash);
             s_track_free(t); /* followed again next round */
@@ -1402,7 +1406,6 @@ typedef struct {
     bool resign;          /* a new nonce for a settlement signed before, or a re-priced one */
     uint64_t min_tip;     /* the tip at least (a replacement's) */
     uint64_t min_max_fee; /* the max fee at least (a replacement's; 0: as the fees give it) */
-    uint64_t tip_max;     /* the tip at most (0: as the chain suggests) */
     uint8_t *calldata;
     size_t calldata_len;
     fb_u256_t base_fee, priority;
@@ -1447,8 +1450,6 @@ static void s_tsign_step(s_tsign_t *g)
     uint64_t tip;
     if (!fb_u256_to_u64(&g->priority, &tip) || tip < g->min_tip)
         fb_u256_from_u64(&g->priority, tip = g->min_tip > 0 ? g->min_tip : 1000000);
-    if (g->tip_max > 0 && tip > g->tip_max)
-        fb_u256_from_u64(&g->priority, g->tip_max > g->min_tip ? g->tip_max : g->min_tip);
     char tx_hash[67];
     char *raw_hex = NULL;
     if (g->no_fee || s_sign(&g->v->evm, g->nonce, &g->base_fee, &g->priority, g->min_max_fee, g->calldata,
@@ -1483,12 +1484,12 @@ static void s_tsign_priority(void *arg, json_t *result, const char *error, int64
     FB_UNUSED(code);
     FB_UNUSED(message);
     s_tsign_t *g = arg;
-    s_tip(result, error, &g->priority);
+    s_tip(&g->v->evm, result, error, &g->priority);
     s_tsign_step(g);
 }
 
 static void s_tsign_start(verifier_t *v, int64_t settlement_id, int64_t nonce, bool resign, uint64_t min_tip,
-                          uint64_t min_max_fee, uint64_t tip_max, const char *calldata, size_t cl)
+                          uint64_t min_max_fee, const char *calldata, size_t cl)
 {
     if (!v->evm.has_key || nonce < 0 || cl < 4 || cl % 2 != 0 || calldata[0] != '0' || calldata[1] != 'x')
         return;
@@ -1499,7 +1500,6 @@ static void s_tsign_start(verifier_t *v, int64_t settlement_id, int64_t nonce, b
     g->resign = resign;
     g->min_tip = min_tip;
     g->min_max_fee = min_max_fee;
-    g->tip_max = tip_max;
     g->calldata_len = (cl - 2) / 2;
     g->calldata = fb_malloc(g->calldata_len + 1);
     if (fb_hex_decode(g->calldata, g->calldata_len, calldata + 2, cl - 2) != 0) {
@@ -1574,7 +1574,7 @@ static void s_track_one(verifier_t *v, const msgpack_object *s)
                has_tx ? "settlement begun again with a new nonce, signing it"
                       : "unsigned settlement found; its replica stopped before signing",
                "settlement_id=%lld nonce=%lld", (long long)id, (long long)nonce);
-        s_tsign_start(v, id, nonce, has_tx, 0, 0, 0, calldata, cl);
+        s_tsign_start(v, id, nonce, has_tx, 0, 0, calldata, cl);
         return;
     }
     s_track_t *t = fb_calloc(1, sizeof(*t));

@@ -11,6 +11,7 @@ import { privateKeyToAccount } from "viem/accounts";
 import { x402Client, x402HTTPClient } from "@x402/core/client";
 import { registerExactEvmScheme } from "@x402/evm/exact/client";
 import { freePort, sleep, startService, stopAll, withOwnLedger } from "../lib/harness.mjs";
+import nodeHttp from "node:http";
 import { startPostgres } from "../lib/pg.mjs";
 import { startChains, ethRpc } from "../lib/chains.mjs";
 import { RpcClient } from "../lib/rpc.mjs";
@@ -373,4 +374,47 @@ test("FAREBOX_EVM_SETTLE_CONFIRMATIONS: a settlement stands only once its block 
     assert.equal(await balance(payer.address), before - 10000n, "paid once");
     assert.equal(await balance(treasury), tBefore + 10000n);
   });
+});
+
+// FAREBOX_EVM_TIP_MAX_WEI caps the tip a node suggests: the tip is what the
+// settlement wallet pays on top of the base fee, so a node (or a proxy in
+// front of one) suggesting 100 gwei must not make farebox offer it. Here a
+// JSON-RPC proxy in front of anvil answers eth_maxPriorityFeePerGas with 100
+// gwei; the settlement's transaction offers the 2 gwei ceiling, and is mined.
+test("FAREBOX_EVM_TIP_MAX_WEI: a node's suggested tip above the ceiling is capped at the first signing", async () => {
+  const suggested = 100_000_000_000n, ceiling = 2_000_000_000n;
+  let asked = 0;
+  const proxy = nodeHttp.createServer((req, res) => {
+    let data = "";
+    req.on("data", (c) => { data += c; });
+    req.on("end", async () => {
+      const call = JSON.parse(data);
+      if (call.method === "eth_maxPriorityFeePerGas") {
+        asked++;
+        return res.end(JSON.stringify({ jsonrpc: "2.0", id: call.id, result: `0x${suggested.toString(16)}` }));
+      }
+      const r = await fetch(evm.rpcUrl, { method: "POST", headers: { "content-type": "application/json" }, body: data });
+      res.end(await r.text());
+    });
+  });
+  await new Promise((r) => proxy.listen(0, "127.0.0.1", r));
+  const env = { FAREBOX_EVM_NETWORK: NETWORK, FAREBOX_EVM_RPC_URLS: `http://127.0.0.1:${proxy.address().port}`,
+    FAREBOX_EVM_TOKEN: evm.token, FAREBOX_SETTLEMENT_KEY: evm.deployer.privateKey, FAREBOX_SOLANA_NETWORK: "off",
+    FAREBOX_EVM_TIP_MAX_WEI: ceiling.toString() };
+  try {
+    await withOwnLedger(pg.createDatabase("verifier_tip"), SECRET, "tip", env, async ({ v }) => {
+      const payer = privateKeyToAccount(evm.accounts[6].privateKey);
+      const before = await balance(payer.address);
+      const p = await viemPayload(payer);
+      const r = (await v.call("verifier.settle", { payload: p, requirements: requirements() }, { deadlineMs: 30000 })).body;
+      assert.equal(r.success, true, JSON.stringify(r));
+      assert.ok(asked >= 1, "the node was asked for a tip");
+      const tx = await ethRpc(evm.rpcUrl, "eth_getTransactionByHash", [r.transaction]);
+      assert.equal(BigInt(tx.maxPriorityFeePerGas), ceiling, "the suggestion capped");
+      assert.ok(BigInt(tx.maxFeePerGas) < suggested, `max fee ${BigInt(tx.maxFeePerGas)}`);
+      assert.equal(await balance(payer.address), before - 10000n);
+    });
+  } finally {
+    proxy.close();
+  }
 });
