@@ -112,7 +112,6 @@ struct edge_purse_t {
     bool defer_armed;
     struct s_ack *acks, **acks_tail; /* deferred charges' calls, told "charged" from the check handle */
     size_t queued;                   /* charges waiting in slices for a write */
-    int64_t unbilled;                /* micro-USDC of deferred charges that could not be written */
     struct s_write *resend;          /* charge writes whose outcome is unknown, sent again by the sweep */
     struct s_opening *orphans;       /* slice holds whose outcome is unknown, asked again by the sweep */
     bool dead;                       /* shut down: no more ledger calls */
@@ -589,9 +588,8 @@ static void s_write(edge_purse_t *self, edge_slice_t *s);
 
 /* Deferred charges of answered calls that will never be written (refused, or
  * the edge stops before they could be): the callers were served unpaid. */
-static void s_unbilled(edge_purse_t *self, size_t calls, int64_t micro, const char *why)
+static void s_unbilled(size_t calls, int64_t micro, const char *why)
 {
-    self->unbilled += micro;
     edge_metrics_money(EDGE_MONEY_UNBILLED, micro);
     fb_log(FB_LOG_ERROR, NULL,
            "deferred charges of answered calls could not be written; those calls go unpaid",
@@ -641,7 +639,7 @@ static void s_on_charged(void *arg, const fb_rpc_reply_t *reply)
         free(it);
     }
     if (lost_calls > 0)
-        s_unbilled(self, lost_calls, lost, reply->code);
+        s_unbilled(lost_calls, lost, reply->code);
     if (s->items)
         s_write(self, s);
     else
@@ -958,5 +956,5 @@ void edge_purse_destroy(edge_purse_t **self_p)
     uv_close((uv_handle_t *)&self->sweep, s_on_handle_closed);
     uv_close((uv_handle_t *)&self->defer, s_on_handle_closed);
     if (lost_calls > 0)
-        s_unbilled(self, lost_calls, lost, "stopped");
+        s_unbilled(lost_calls, lost, "stopped");
 }
