@@ -1449,7 +1449,7 @@ static void s_tsign_step(s_tsign_t *g)
         return;
     uint64_t tip;
     if (!fb_u256_to_u64(&g->priority, &tip) || tip < g->min_tip)
-        fb_u256_from_u64(&g->priority, tip = g->min_tip > 0 ? g->min_tip : 1000000);
+        fb_u256_from_u64(&g->priority, g->min_tip > 0 ? g->min_tip : 1000000);
     char tx_hash[67];
     char *raw_hex = NULL;
     if (g->no_fee || s_sign(&g->v->evm, g->nonce, &g->base_fee, &g->priority, g->min_max_fee, g->calldata,
