@@ -19,6 +19,7 @@
 #include "edge_translate.h"
 #include "edge_reverse.h"
 #include "edge_upstream.h"
+#include "edge_journal.h"
 #include "edge_x402.h"
 #include "edge_limit.h"
 #include "edge_metrics.h"
@@ -82,6 +83,7 @@ static const s_test_t s_tests[] = {
     {"edge_reverse", edge_reverse_test},
     {"edge_chat", edge_chat_test},
     {"edge_upstream", edge_upstream_test},
+    {"edge_journal", edge_journal_test},
     {"edge_x402", edge_x402_test},
     {"edge_limit", edge_limit_test},
     {"edge_metrics", edge_metrics_test},

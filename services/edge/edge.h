@@ -73,9 +73,11 @@ struct edge_t {
     int64_t slice_max_micro;               /* ... the most money one slice holds */
     int64_t slice_idle_ms;                 /* ... closed after this long unused */
     int64_t charge_defer_ms;               /* ... answers wait for their charge (0) or not (edge_purse) */
-    int64_t slice_age_ms;                  /* ... take no new call after this long */
-    int64_t idem_keep_ms;                  /* idempotent calls: how long a name and its answer are kept */
-    size_t idem_answer_max;                /* ... the largest answer kept for a retry */
+    const char *journal_dir;   /* ... deferred charges journaled there first ("": not; edge_journal) */
+    size_t journal_max_bytes;  /* ... each journal replaced by a shorter one past this */
+    int64_t slice_age_ms;      /* ... take no new call after this long */
+    int64_t idem_keep_ms;      /* idempotent calls: how long a name and its answer are kept */
+    size_t idem_answer_max;    /* ... the largest answer kept for a retry */
     int64_t topup_advance_max; /* topups credited before settlement: an account's most (0: none) */
     size_t rpc_max_message;    /* FAREBOX_RPC_MAX_MESSAGE */
     edge_worker_t **workers;

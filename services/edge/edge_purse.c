@@ -1,10 +1,12 @@
 /* edge_purse - prepaid calls served from slices of the balance (see the header). */
 #include "edge_purse.h"
+#include "edge_journal.h"
 #include "edge_metrics.h"
 #include "edge_reply.h"
 #include "fb_log.h"
 #include "fb_util.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -32,6 +34,7 @@
  * again until the ledger answers it, up to this long past its hold's expiry
  * (by then an answer is certain: the first one kept, or a refusal). */
 #define UNKNOWN_RETRY_MS 60000
+#define SCAN_MS          1000 /* how often the journal directory is looked at for dead edges' journals */
 
 typedef struct s_wait {
     struct s_wait *next;
@@ -50,6 +53,7 @@ typedef struct s_item {
     char rid[EDGE_ID_TEXT_MAX + 1];
     edge_purse_fn *fn; /* NULL: a deferred charge, its call answered already */
     void *arg;
+    uint64_t uid; /* a deferred charge's number in the journal (0: not journaled) */
 } s_item_t;
 
 /* A call whose charge was deferred: told so from the loop's next check, never
@@ -113,9 +117,21 @@ struct edge_purse_t {
     struct s_ack *acks, **acks_tail; /* deferred charges' calls, told "charged" from the check handle */
     size_t queued;                   /* charges waiting in slices for a write */
     struct s_write *resend;          /* charge writes whose outcome is unknown, sent again by the sweep */
-    struct s_opening *orphans;       /* slice holds whose outcome is unknown, asked again by the sweep */
-    bool dead;                       /* shut down: no more ledger calls */
-    uint64_t epoch;                  /* the edge's key epoch the slices were opened under */
+    /* the journal of deferred charges (FAREBOX_PREPAID_JOURNAL_DIR) */
+    edge_journal_t *journal;
+    char ledger_id[EDGE_JOURNAL_LEDGER_MAX + 1]; /* the ledger's name, once asked (ledger.identity) */
+    bool identity_asking;
+    bool journal_lost;               /* it could not be written: charges no longer deferred */
+    uint64_t uid;                    /* the last deferred charge's number */
+    size_t deferred_out;             /* deferred charges not written (nor refused) yet */
+    struct s_ack *held, **held_tail; /* acks of charges not journaled when it was lost: after their writes */
+    struct s_write *out;             /* writes in flight that carry journaled charges */
+    struct s_recovery *recovery;     /* a dead edge's journal being written */
+    int64_t next_scan_ms;
+    size_t foreign_seen;       /* journals of another ledger seen in the last scan */
+    struct s_opening *orphans; /* slice holds whose outcome is unknown, asked again by the sweep */
+    bool dead;                 /* shut down: no more ledger calls */
+    uint64_t epoch;            /* the edge's key epoch the slices were opened under */
     int closed_handles;
 };
 
@@ -582,6 +598,8 @@ typedef struct s_write {
     char idem[64];
     char rid[EDGE_ID_TEXT_MAX + 1];
     struct s_write *next_resend;
+    bool journaled; /* carries journaled charges: in the purse's list out */
+    struct s_write *out_prev, *out_next;
 } s_write_t;
 
 static void s_write(edge_purse_t *self, edge_slice_t *s);
@@ -594,6 +612,278 @@ static void s_unbilled(size_t calls, int64_t micro, const char *why)
     fb_log(FB_LOG_ERROR, NULL,
            "deferred charges of answered calls could not be written; those calls go unpaid",
            "calls=%zu amount_micro=%" PRId64 " code=%s", calls, micro, why);
+}
+
+/* --- the journal ---------------------------------------------------------------------------- */
+
+static void s_flush_all(edge_purse_t *self);
+static void s_arm_check(edge_purse_t *self);
+static void s_arm_flush(edge_purse_t *self);
+
+static bool s_journaling(const edge_purse_t *self)
+{
+    return self->conf.journal_dir && self->conf.journal_dir[0];
+}
+
+static void s_out_unlink(edge_purse_t *self, s_write_t *wr)
+{
+    if (!wr->journaled)
+        return;
+    wr->journaled = false;
+    if (wr->out_prev)
+        wr->out_prev->out_next = wr->out_next;
+    else
+        self->out = wr->out_next;
+    if (wr->out_next)
+        wr->out_next->out_prev = wr->out_prev;
+    wr->out_prev = wr->out_next = NULL;
+}
+
+/* The journal's record of a write about to be sent: its key, the journaled
+ * charges it carries, its body. */
+static void s_journal_write(edge_purse_t *self, const s_write_t *wr)
+{
+    uint64_t *uids = fb_malloc(wr->count * sizeof(*uids));
+    size_t n = 0;
+    for (const s_item_t *it = wr->items; it; it = it->next)
+        if (it->uid)
+            uids[n++] = it->uid;
+    char *body = json_dumps(wr->body, JSON_COMPACT);
+    edge_journal_write(self->journal, wr->slice->hold_id, wr->idem, uids, n, body);
+    free(body);
+    free(uids);
+}
+
+/* The journal could not be written. It is deleted: it may lack a write's
+ * record, and a write sent without one would be written twice by a recovery.
+ * Charges wait for the ledger from now on, and the calls whose charges it
+ * may not hold get their answers once every deferred charge is written. */
+static void s_journal_lost(edge_purse_t *self, int err)
+{
+    fb_log(FB_LOG_ERROR, NULL,
+           "the charge journal could not be written; prepaid answers wait for their charges from now on",
+           "path=%s error=%s", edge_journal_path(self->journal), strerror(err));
+    edge_journal_close(&self->journal, true);
+    self->journal_lost = true;
+    while (self->out)
+        s_out_unlink(self, self->out);
+    if (self->acks) {
+        *self->held_tail = self->acks;
+        self->held_tail = self->acks_tail;
+        self->acks = NULL;
+        self->acks_tail = &self->acks;
+    }
+    s_arm_flush(self);
+}
+
+/* Replaces the journal by one of what is pending: the charges queued and the
+ * writes in flight. */
+static void s_rotate(edge_purse_t *self)
+{
+    if (edge_journal_snapshot_begin(self->journal) != 0) {
+        s_journal_lost(self, errno);
+        return;
+    }
+    for (edge_slice_t *s = self->slices; s; s = s->next)
+        for (s_item_t *it = s->items; it; it = it->next)
+            if (it->uid)
+                edge_journal_charge(self->journal, it->uid, s->hold_id, it->cost, it->rid);
+    for (s_write_t *wr = self->out; wr; wr = wr->out_next)
+        s_journal_write(self, wr);
+    if (edge_journal_snapshot_end(self->journal) != 0)
+        fb_log(FB_LOG_WARN, NULL,
+               "the charge journal could not be replaced by a shorter one; it keeps growing",
+               "path=%s error=%s", edge_journal_path(self->journal), strerror(errno));
+}
+
+static void s_on_identity(void *arg, const fb_rpc_reply_t *reply)
+{
+    edge_purse_t *self = arg;
+    self->identity_asking = false;
+    if (!reply->ok || self->ledger_id[0])
+        return; /* asked again by the sweep */
+    json_t *b = edge_reply_json(reply);
+    const char *id = json_string_value(json_object_get(b, "ledger_id"));
+    if (id && id[0] && strlen(id) <= EDGE_JOURNAL_LEDGER_MAX && !strpbrk(id, " \n"))
+        fb_copy_str(self->ledger_id, sizeof(self->ledger_id), id);
+    json_decref(b);
+    if (!self->ledger_id[0] || self->conf.defer_ms == 0 || self->journal || self->journal_lost || self->dead)
+        return;
+    char err[256];
+    self->journal = edge_journal_open(self->conf.journal_dir, self->ledger_id, self->conf.journal_max_bytes,
+                                      err, sizeof(err));
+    if (self->journal) {
+        fb_log(FB_LOG_INFO, NULL, "deferred charges are journaled", "path=%s",
+               edge_journal_path(self->journal));
+    } else {
+        self->journal_lost = true;
+        fb_log(FB_LOG_ERROR, NULL,
+               "the charge journal could not be made; prepaid answers wait for their charges", "error=%s",
+               err);
+    }
+}
+
+/* The journal's name for the ledger; until it is known, charges are not deferred. */
+static void s_ask_identity(edge_purse_t *self)
+{
+    if (!s_journaling(self) || self->ledger_id[0] || self->identity_asking || self->dead)
+        return;
+    self->identity_asking = true;
+    edge_rpc_json(self->w->ledger, "ledger.identity", NULL, NULL, NULL, MONEY_DEADLINE_MS, s_on_identity,
+                  self);
+}
+
+/* --- a dead edge's journal ------------------------------------------------------------------ */
+
+typedef struct s_recovery {
+    edge_journal_claim_t claim;
+    edge_journal_plan_t plan;
+    bool *sent;   /* per write: answered for good */
+    bool *closed; /* per hold */
+    size_t out;   /* ledger calls in flight */
+    int64_t charged, unbilled;
+    size_t charged_calls, unbilled_calls;
+} s_recovery_t;
+
+typedef struct {
+    edge_purse_t *purse;
+    size_t index;
+} s_recovery_call_t;
+
+static void s_recovery_free(edge_purse_t *self, edge_journal_end_t end)
+{
+    s_recovery_t *r = self->recovery;
+    self->recovery = NULL;
+    edge_journal_release(&r->claim, end);
+    edge_journal_plan_free(&r->plan);
+    free(r->sent);
+    free(r->closed);
+    free(r);
+}
+
+static void s_on_recovered_charge(void *arg, const fb_rpc_reply_t *reply)
+{
+    s_recovery_call_t *c = arg;
+    s_recovery_t *r = c->purse->recovery;
+    edge_journal_send_t *s = &r->plan.sends[c->index];
+    r->out--;
+    if (!edge_rpc_outcome_unknown(reply)) {
+        r->sent[c->index] = true;
+        if (reply->ok) {
+            r->charged += s->amount;
+            r->charged_calls += s->calls;
+        } else {
+            r->unbilled += s->amount;
+            r->unbilled_calls += s->calls;
+            fb_log(FB_LOG_ERROR, NULL,
+                   "a stopped edge's journaled charges were refused; those calls go unpaid",
+                   "hold_id=%" PRId64 " idem=%s code=%s message=%s", s->hold_id, s->idem, reply->code,
+                   reply->message);
+            edge_metrics_money(EDGE_MONEY_UNBILLED, s->amount);
+        }
+    }
+    free(c);
+}
+
+static void s_on_recovered_void(void *arg, const fb_rpc_reply_t *reply)
+{
+    s_recovery_call_t *c = arg;
+    s_recovery_t *r = c->purse->recovery;
+    r->out--;
+    if (!edge_rpc_outcome_unknown(reply)) {
+        r->closed[c->index] = true;
+        if (!reply->ok && strcmp(reply->code, "hold_not_open") != 0)
+            fb_log(FB_LOG_WARN, NULL,
+                   "could not close a stopped edge's slice; its rest is released when it expires",
+                   "hold_id=%" PRId64 " code=%s", r->plan.holds[c->index], reply->code);
+    }
+    free(c);
+}
+
+/* One step of a recovery, from the sweep once nothing of it is in flight:
+ * the writes not answered for good are sent (again), then the holds closed,
+ * then the journal deleted. */
+static void s_recovery_step(edge_purse_t *self)
+{
+    s_recovery_t *r = self->recovery;
+    if (!r || r->out > 0)
+        return;
+    if (self->dead) {
+        s_recovery_free(self, EDGE_JOURNAL_KEEP); /* another edge finishes it */
+        return;
+    }
+    bool pending = false;
+    for (size_t i = 0; i < r->plan.nsends; i++) {
+        if (r->sent[i])
+            continue;
+        pending = true;
+        s_recovery_call_t *c = fb_calloc(1, sizeof(*c));
+        c->purse = self;
+        c->index = i;
+        r->out++;
+        s_ledger(self, "ledger.charge", json_loads(r->plan.sends[i].body, 0, NULL), r->plan.sends[i].idem,
+                 NULL, s_on_recovered_charge, c);
+    }
+    if (pending)
+        return;
+    for (size_t i = 0; i < r->plan.nholds; i++) {
+        if (r->closed[i])
+            continue;
+        pending = true;
+        s_recovery_call_t *c = fb_calloc(1, sizeof(*c));
+        c->purse = self;
+        c->index = i;
+        r->out++;
+        char idem[64];
+        snprintf(idem, sizeof(idem), "slice-close:%" PRId64, r->plan.holds[i]);
+        s_ledger(self, "ledger.void", json_pack("{sI}", "hold_id", (json_int_t)r->plan.holds[i]), idem, NULL,
+                 s_on_recovered_void, c);
+    }
+    if (pending)
+        return;
+    fb_log(FB_LOG_INFO, NULL, "a stopped edge's journaled charges are written",
+           "path=%s writes=%zu charged_calls=%zu charged_micro=%" PRId64
+           " unbilled_calls=%zu unbilled_micro=%" PRId64 " holds_closed=%zu",
+           r->claim.path, r->plan.nsends, r->charged_calls, r->charged, r->unbilled_calls, r->unbilled,
+           r->plan.nholds);
+    s_recovery_free(self, EDGE_JOURNAL_DONE);
+    self->next_scan_ms = 0; /* another may be waiting */
+}
+
+/* Looks for a dead edge's journal (one worker of each edge does, each second). */
+static void s_scan(edge_purse_t *self)
+{
+    int64_t now = fb_mono_ms();
+    if (!self->conf.recover || !s_journaling(self) || !self->ledger_id[0] || self->recovery || self->dead ||
+        now < self->next_scan_ms)
+        return;
+    self->next_scan_ms = now + SCAN_MS;
+    size_t foreign = 0;
+    s_recovery_t *r = fb_calloc(1, sizeof(*r));
+    if (edge_journal_claim(self->conf.journal_dir, self->ledger_id, &r->claim, &foreign) != 1) {
+        free(r);
+        if (foreign > 0 && foreign != self->foreign_seen)
+            fb_log(FB_LOG_WARN, NULL,
+                   "the journal directory holds journals of another ledger; they are left alone",
+                   "dir=%s journals=%zu", self->conf.journal_dir, foreign);
+        self->foreign_seen = foreign;
+        return;
+    }
+    self->recovery = r;
+    char err[256];
+    if (edge_journal_plan(r->claim.text, r->claim.len, r->claim.token, &r->plan, err, sizeof(err)) != 0) {
+        fb_log(FB_LOG_ERROR, NULL,
+               "a charge journal could not be read; it is set aside (.bad) for the operator",
+               "path=%s error=%s", r->claim.path, err);
+        s_recovery_free(self, EDGE_JOURNAL_BAD);
+        return;
+    }
+    FB_ASSERT(strcmp(r->plan.ledger_id, self->ledger_id) == 0); /* edge_journal_claim read it so */
+    fb_log(FB_LOG_INFO, NULL, "writing the journaled charges of a stopped edge",
+           "path=%s writes=%zu holds=%zu", r->claim.path, r->plan.nsends, r->plan.nholds);
+    r->sent = fb_calloc(r->plan.nsends + 1, sizeof(*r->sent));
+    r->closed = fb_calloc(r->plan.nholds + 1, sizeof(*r->closed));
+    s_recovery_step(self);
 }
 
 static void s_on_charged(void *arg, const fb_rpc_reply_t *reply)
@@ -616,6 +906,12 @@ static void s_on_charged(void *arg, const fb_rpc_reply_t *reply)
     s_item_t *items = wr->items;
     s->writing--;
     s->writing_items -= wr->count;
+    /* journaled, with its outcome unknown for good (the edge is stopping): left
+     * in the journal for another edge to send again */
+    bool left = wr->journaled && self->journal && edge_rpc_outcome_unknown(reply);
+    if (wr->journaled && self->journal && !left)
+        edge_journal_answered(self->journal, wr->idem);
+    s_out_unlink(self, wr);
     json_decref(wr->body);
     free(wr);
     if (!reply->ok) {
@@ -632,14 +928,25 @@ static void s_on_charged(void *arg, const fb_rpc_reply_t *reply)
         next = it->next;
         if (it->fn) {
             it->fn(it->arg, reply);
-        } else if (!reply->ok) {
-            lost += it->cost;
+        } else if (left) {
             lost_calls++;
+        } else {
+            self->deferred_out--;
+            if (!reply->ok) {
+                lost += it->cost;
+                lost_calls++;
+            }
         }
         free(it);
     }
-    if (lost_calls > 0)
+    if (left)
+        fb_log(FB_LOG_WARN, NULL,
+               "a charge write's outcome is unknown as the edge stops; its journal keeps it",
+               "hold_id=%" PRId64 " calls=%zu", s->hold_id, lost_calls);
+    else if (lost_calls > 0)
         s_unbilled(lost_calls, lost, reply->code);
+    if (self->held && self->deferred_out == 0)
+        s_arm_check(self); /* the answers held since the journal was lost */
     if (s->items)
         s_write(self, s);
     else
@@ -684,6 +991,21 @@ static void s_write(edge_purse_t *self, edge_slice_t *s)
     wr->body = json_pack("{sI so}", "hold_id", (json_int_t)s->hold_id, "charges", list);
     snprintf(wr->idem, sizeof(wr->idem), "slice-charge:%" PRId64 ":%" PRIu64, s->hold_id, ++s->writes);
     fb_copy_str(wr->rid, sizeof(wr->rid), batch->rid);
+    bool journaled = false;
+    for (s_item_t *it = batch; it && self->journal && !journaled; it = it->next)
+        journaled = it->uid != 0;
+    if (journaled) {
+        /* recorded before it is sent: a recovery sends it again, never its
+         * charges under another key */
+        wr->journaled = true;
+        wr->out_next = self->out;
+        if (self->out)
+            self->out->out_prev = wr;
+        self->out = wr;
+        s_journal_write(self, wr);
+        if (edge_journal_sync(self->journal) != 0)
+            s_journal_lost(self, errno);
+    }
     s_ledger(self, "ledger.charge", json_incref(wr->body), wr->idem, wr->rid, s_on_charged, wr);
 }
 
@@ -704,12 +1026,23 @@ static void s_on_flush(uv_check_t *h)
 {
     edge_purse_t *self = h->data;
     bool now = self->flush_now;
-    s_ack_t *acks = self->acks;
-    self->acks = NULL;
-    self->acks_tail = &self->acks;
     self->flush_armed = self->flush_now = false;
     uv_check_stop(&self->flush);
     uv_idle_stop(&self->flush_wake);
+    /* a deferred charge is in the journal before its call is answered */
+    if (self->journal && self->acks && edge_journal_sync(self->journal) != 0)
+        s_journal_lost(self, errno);
+    if (self->journal && edge_journal_full(self->journal))
+        s_rotate(self);
+    if (self->held && self->deferred_out == 0) {
+        *self->acks_tail = self->held;
+        self->acks_tail = self->held_tail;
+        self->held = NULL;
+        self->held_tail = &self->held;
+    }
+    s_ack_t *acks = self->acks;
+    self->acks = NULL;
+    self->acks_tail = &self->acks;
     if (now)
         s_flush_all(self);
     fb_rpc_reply_t queued = {.ok = true, .body = &s_empty_map};
@@ -760,8 +1093,9 @@ void edge_purse_charge(edge_purse_t *self, edge_purse_res_t *res, int64_t cost, 
     s->calls--;
     s->used += cost;
     s->last_ms = fb_mono_ms();
-    /* an idempotent call's answer is kept with its charge: it always waits */
-    bool deferred = self->conf.defer_ms > 0 && !call;
+    /* an idempotent call's answer is kept with its charge: it always waits;
+     * with a journal configured, a charge is deferred only once it is open */
+    bool deferred = self->conf.defer_ms > 0 && !call && (!s_journaling(self) || self->journal);
     s_item_t *it = fb_calloc(1, sizeof(*it));
     it->cost = cost;
     it->call = call;
@@ -769,6 +1103,13 @@ void edge_purse_charge(edge_purse_t *self, edge_purse_res_t *res, int64_t cost, 
     fb_copy_str(it->rid, sizeof(it->rid), rid);
     it->fn = deferred ? NULL : fn;
     it->arg = deferred ? NULL : arg;
+    if (deferred) {
+        self->deferred_out++;
+        if (self->journal) {
+            it->uid = ++self->uid;
+            edge_journal_charge(self->journal, it->uid, s->hold_id, cost, rid);
+        }
+    }
     *s->items_tail = it;
     s->items_tail = &it->next;
     self->queued++;
@@ -799,6 +1140,9 @@ static void s_on_sweep(uv_timer_t *t)
 {
     edge_purse_t *self = t->data;
     int64_t now = fb_mono_ms();
+    s_ask_identity(self);
+    s_recovery_step(self);
+    s_scan(self);
     s_write_t *resend = self->resend;
     self->resend = NULL;
     for (s_write_t *wr = resend, *next; wr; wr = next) {
@@ -866,6 +1210,7 @@ edge_purse_t *edge_purse_new(edge_worker_t *w, const edge_purse_conf_t *conf)
     self->nbuckets = BUCKETS_MIN;
     self->buckets = fb_calloc(self->nbuckets, sizeof(*self->buckets));
     self->acks_tail = &self->acks;
+    self->held_tail = &self->held;
     uv_check_init(w->loop, &self->flush);
     self->flush.data = self;
     uv_idle_init(w->loop, &self->flush_wake);
@@ -876,6 +1221,7 @@ edge_purse_t *edge_purse_new(edge_worker_t *w, const edge_purse_conf_t *conf)
     uv_unref((uv_handle_t *)&self->sweep);
     uv_timer_init(w->loop, &self->defer);
     self->defer.data = self;
+    s_ask_identity(self);
     return self;
 }
 
@@ -918,6 +1264,12 @@ void edge_purse_destroy(edge_purse_t **self_p)
         next = a->next;
         free(a);
     }
+    for (s_ack_t *a = self->held, *next; a; a = next) {
+        next = a->next;
+        free(a);
+    }
+    if (self->recovery)
+        s_recovery_free(self, EDGE_JOURNAL_KEEP); /* another edge finishes it */
     for (s_write_t *wr = self->resend, *next; wr; wr = next) {
         next = wr->next_resend;
         for (s_item_t *it = wr->items, *n2; it; it = n2) {
@@ -955,6 +1307,13 @@ void edge_purse_destroy(edge_purse_t **self_p)
     uv_close((uv_handle_t *)&self->flush_wake, s_on_handle_closed);
     uv_close((uv_handle_t *)&self->sweep, s_on_handle_closed);
     uv_close((uv_handle_t *)&self->defer, s_on_handle_closed);
-    if (lost_calls > 0)
+    /* deferred charges not written are in the journal, left for another edge
+     * (the lock goes with the file's descriptor) */
+    bool kept = self->journal && self->deferred_out > 0;
+    if (kept)
+        fb_log(FB_LOG_WARN, NULL, "deferred charges not written as the edge stops are left in its journal",
+               "path=%s calls=%zu", edge_journal_path(self->journal), self->deferred_out);
+    edge_journal_close(&self->journal, !kept);
+    if (lost_calls > 0 && !kept)
         s_unbilled(lost_calls, lost, "stopped");
 }

@@ -42,6 +42,10 @@ typedef struct {
     size_t answer_budget;    /* bytes of stored answers one ledger.charge may carry */
     int64_t defer_ms;        /* 0: a call is answered once its charge is durable; else at once, its
                                 charge written within this long (edge_purse_charge) */
+    const char
+        *journal_dir; /* deferred charges are journaled there first (edge_journal.h); NULL or "": not */
+    size_t journal_max_bytes; /* ... replaced by one of what is pending past this size */
+    bool recover;             /* this worker writes dead edges' journals found in journal_dir */
 } edge_purse_conf_t;
 
 /* One call's reservation in a slice. */
@@ -78,7 +82,10 @@ bool edge_purse_reserve(edge_purse_t *self, int64_t account_id, int64_t key_id, 
  * With defer_ms set, a charge without call is deferred: fn runs at once
  * (reply->ok), and the charge goes with the others queued within defer_ms; if
  * it can never be written (its slice's hold refused it, or the edge stopped
- * first) the call goes unpaid: logged, and counted as "unbilled" money. */
+ * first) the call goes unpaid: logged, and counted as "unbilled" money. With
+ * journal_dir set, a charge is deferred only once the journal is open, and
+ * is in it before fn runs: charges the edge stops (or dies) before writing are
+ * left in the journal for another edge (or its next start) to write. */
 void edge_purse_charge(edge_purse_t *self, edge_purse_res_t *res, int64_t cost, const char *rid, json_t *call,
                        edge_purse_fn *fn, void *arg);
 

@@ -130,6 +130,9 @@ edge_worker_t *edge_worker_new(edge_t *edge, int index, char *err, size_t errlen
         .hold_ttl_ms = edge->slice_age_ms + edge->upstream_timeout_ms + PURSE_MARGIN_MS,
         .answer_budget = edge->rpc_max_message / 2,
         .defer_ms = edge->charge_defer_ms,
+        .journal_dir = edge->journal_dir,
+        .journal_max_bytes = edge->journal_max_bytes,
+        .recover = index == 0, /* one worker of each edge looks for dead edges' journals */
     };
     self->purse = edge_purse_new(self, &purse);
     uv_timer_init(self->loop, &self->key_watch);

@@ -168,8 +168,14 @@ static const fb_config_var_t s_vars[] = {
      "0: a prepaid call's answer waits until its charge is durable in the ledger, so an edge killed at "
      "any moment leaves no answered call unpaid. N: the answer goes at once and its charge is written "
      "with the others of the next N ms: faster, but an edge killed outright leaves its last N ms of "
-     "answered calls unpaid (a clean stop writes every charge first). Calls with an Idempotency-Key "
-     "always wait"},
+     "answered calls unpaid (a clean stop writes every charge first), unless FAREBOX_PREPAID_JOURNAL_DIR "
+     "is set. Calls with an Idempotency-Key always wait"},
+    {"FAREBOX_PREPAID_JOURNAL_DIR", FB_CFG_STRING, "", 0, 0, NULL, NULL,
+     "a directory (created if missing) where deferred charges are journaled before their calls are "
+     "answered, shared by the edges of one host and one ledger: each edge writes the charges a killed "
+     "edge left there (checked each second), and an edge restarted writes its own. Unset: not journaled"},
+    {"FAREBOX_PREPAID_JOURNAL_MAX_BYTES", FB_CFG_INT, "4194304", 4096, 1073741824, NULL, NULL,
+     "a worker's journal past this size is replaced by one of the charges still pending"},
     {"FAREBOX_IDEMPOTENCY_KEEP_S", FB_CFG_INT, "86400", 60, 2592000, NULL, NULL,
      "a paid call sent with an Idempotency-Key (with its API key, or its x402 payment) is remembered "
      "this long: a retry gets its kept answer and pays nothing again"},
@@ -357,6 +363,13 @@ int main(int argc, char **argv)
     edge.slice_idle_ms = fb_config_int(cfg, "FAREBOX_PREPAID_SLICE_IDLE_MS");
     edge.slice_age_ms = fb_config_int(cfg, "FAREBOX_PREPAID_SLICE_AGE_MS");
     edge.charge_defer_ms = fb_config_int(cfg, "FAREBOX_PREPAID_CHARGE_DEFER_MS");
+    edge.journal_dir = fb_config_str(cfg, "FAREBOX_PREPAID_JOURNAL_DIR");
+    edge.journal_max_bytes = (size_t)fb_config_int(cfg, "FAREBOX_PREPAID_JOURNAL_MAX_BYTES");
+    if (edge.charge_defer_ms > 0 && !edge.journal_dir[0])
+        fb_log(FB_LOG_WARN, NULL,
+               "prepaid charges are deferred without a journal: an edge killed outright leaves its last "
+               "calls unpaid (set FAREBOX_PREPAID_JOURNAL_DIR)",
+               "defer_ms=%" PRId64, edge.charge_defer_ms);
     edge.idem_keep_ms = fb_config_int(cfg, "FAREBOX_IDEMPOTENCY_KEEP_S") * 1000;
     edge.topup_advance_max = fb_config_int(cfg, "FAREBOX_TOPUP_ADVANCE_MAX_MICRO");
     edge.rpc_max_message = (size_t)fb_config_int(cfg, "FAREBOX_RPC_MAX_MESSAGE");

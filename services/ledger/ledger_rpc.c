@@ -207,6 +207,7 @@ static const s_method_t s_methods[] = {
      NULL,
      {{"scope", F_STR, true, 200}, {"idem_key", F_STR, false, 255}, END}},
     {"ledger.audit", LEDGER_OP_AUDIT, L_NONE, NULL, {END}},
+    {"ledger.identity", LEDGER_OP_READ, L_NONE, NULL, {END}}, /* 0023: names the ledger for edge journals */
     {"ledger.call_claim",
      LEDGER_OP_WRITE,
      L_NONE,

@@ -1243,6 +1243,108 @@ test("FAREBOX_PREPAID_CHARGE_DEFER_MS: answers go before their charges, which fo
   await audit();
 });
 
+test("FAREBOX_PREPAID_JOURNAL_DIR: a killed edge's deferred charges are written by another edge, exactly and once; a live edge's journal, another ledger's, and an unreadable one are left alone", async () => {
+  const ask = (client, i, extra = {}) => client.chat.completions.create({ model: "gpt-4o-mini", max_tokens: 4,
+    messages: [{ role: "user", content: `journaled ${i}` }], ...extra });
+  const priced = (a) => cost("gpt-4o-mini", a.usage.prompt_tokens, a.usage.completion_tokens);
+  const charges = async (id) => (await call("GET", `/admin/accounts/${id}/charges?limit=500`)).body.charges;
+  const journals = (dir) => fs.readdirSync(dir).filter((f) => f.endsWith(".journal")).sort();
+  const dir = path.join(tmpDir("journal"), "charges");
+  const ledgerId = (await ledgerRpc.call("ledger.identity", {})).body.ledger_id;
+  assert.match(ledgerId, /^[0-9a-f-]{36}$/);
+  assert.equal((await ledgerRpc.call("ledger.identity", {})).body.ledger_id, ledgerId, "one name, kept");
+  const { id, key } = await account(10_000_000);
+  const before = (await call("GET", `/admin/accounts/${id}`)).body.balance_micro;
+  const env = { FAREBOX_PREPAID_CHARGE_DEFER_MS: "10000", FAREBOX_PREPAID_SLICE_IDLE_MS: "600000",
+    FAREBOX_PREPAID_JOURNAL_DIR: dir, FAREBOX_PREPAID_JOURNAL_MAX_BYTES: "4096", FAREBOX_RATE_KEY_PER_S: "0" };
+  // a journal of another ledger, and one that cannot be read: both left alone (the bad one set aside)
+  fs.mkdirSync(dir);
+  fs.writeFileSync(path.join(dir, "charges-foreign.journal"), "farebox-charge-journal 1 another-ledger\nC 1 1 5 r\n");
+  fs.writeFileSync(path.join(dir, "charges-broken.journal"), `farebox-charge-journal 1 ${ledgerId}\nC one 1 5 r\n`);
+  // the edge that will be killed, and another one beside it (not deferring, looking after the directory)
+  const doomedUrl = await startEdge(env);
+  const doomed = extraEdges.at(-1);
+  extraEdges.splice(extraEdges.indexOf(doomed), 1);
+  await doomed.waitForMsg("deferred charges are journaled");
+  await doomed.waitForMsg("a charge journal could not be read; it is set aside (.bad) for the operator");
+  await doomed.waitForMsg("the journal directory holds journals of another ledger; they are left alone");
+  assert.ok(fs.existsSync(path.join(dir, "charges-broken.journal.bad")));
+  assert.equal(journals(dir).length, 2, "its one worker's journal, and the other ledger's");
+  const journal = path.join(dir, journals(dir).find((f) => f !== "charges-foreign.journal"));
+  await startEdge({ FAREBOX_PREPAID_JOURNAL_DIR: dir });
+  const keeper = extraEdges.at(-1);
+  const client = new OpenAI({ baseURL: `${doomedUrl}/v1`, apiKey: key, maxRetries: 0 });
+  let total = 0;
+  const refs = [];
+  for (let i = 0; i < 4; i++) {
+    const a = await ask(client, i);
+    total += priced(a);
+    refs.push(a._request_id);
+  }
+  let streamed = null;
+  const s = await ask(client, "s", { stream: true, stream_options: { include_usage: true } }).withResponse();
+  for await (const chunk of s.data)
+    if (chunk.usage) streamed = chunk.usage;
+  total += cost("gpt-4o-mini", streamed.prompt_tokens, streamed.completion_tokens);
+  refs.push(s.response.headers.get("x-request-id"));
+  // enough calls, 10 at a time, for the journal to pass its 4 KiB more than once: each time it is replaced
+  // (a new file under its name) by one of what is pending, here every charge so far
+  const first = fs.statSync(journal).ino;
+  for (let i = 0; i < 15; i++) {
+    for (const a of await Promise.all(Array.from({ length: 10 }, (_, j) => ask(client, `many ${i} ${j}`)))) {
+      total += priced(a);
+      refs.push(a._request_id);
+    }
+  }
+  assert.notEqual(fs.statSync(journal).ino, first, "replaced");
+  assert.ok(fs.statSync(journal).size < 4096 + 200 * 60, `${fs.statSync(journal).size}`);
+  const text = fs.readFileSync(journal, "utf8");
+  for (const ref of refs)
+    assert.match(text, new RegExp(`^C \\d+ \\d+ \\d+ ${ref}$`, "m"), "journaled before it was answered");
+  await sleep(2500); // the keeper looks at the directory each second: a live edge's journal is not touched
+  assert.equal((await charges(id)).length, 0, "answered, not yet charged");
+  assert.ok(fs.existsSync(journal));
+
+  // killed: the keeper writes the answered calls' charges, closes the slice, deletes the journal
+  const saved = fs.readFileSync(journal);
+  doomed.signal("SIGKILL");
+  await doomed.exited;
+  await keeper.waitForMsg("a stopped edge's journaled charges are written", { timeoutMs: 30000 });
+  let list = await charges(id);
+  assert.equal(list.length, refs.length);
+  assert.deepEqual(list.map((c) => c.ref).sort(), [...refs].sort(), "each call charged once");
+  assert.equal(list.reduce((sum, c) => sum + c.amount_micro, 0), total);
+  assert.ok((await holds(id)).every((h) => h.state === "committed"), "the slice closed at once, not left to expire");
+  assert.equal((await call("GET", `/admin/accounts/${id}`)).body.balance_micro, before - total, "charged exactly");
+  assert.ok(!fs.existsSync(journal));
+  assert.deepEqual(journals(dir), ["charges-foreign.journal"]);
+
+  // a recovery cut short after its writes (the journal back, as if its writer died before deleting it):
+  // written again under the same keys, nothing charged twice
+  fs.writeFileSync(journal, saved);
+  const line = (await keeper.waitFor((e) => e.json?.msg === "a stopped edge's journaled charges are written" &&
+    keeper.lines.filter((x) => x.json?.msg === e.json.msg).length === 2, { what: "the second recovery" })).json;
+  assert.equal(line.charged_micro, total, "the ledger's first answers");
+  assert.equal((await charges(id)).length, refs.length);
+  assert.equal((await call("GET", `/admin/accounts/${id}`)).body.balance_micro, before - total);
+
+  // a clean stop of a journaling edge writes its charges and deletes its journal
+  const cleanUrl = await startEdge(env);
+  const clean = extraEdges.at(-1);
+  await clean.waitForMsg("deferred charges are journaled");
+  const more = priced(await ask(new OpenAI({ baseURL: `${cleanUrl}/v1`, apiKey: key, maxRetries: 0 }), "clean"));
+  assert.equal(journals(dir).length, 2, "the other ledger's, and the clean one's");
+  extraEdges.splice(extraEdges.indexOf(clean), 1);
+  assert.equal((await clean.stop()).code, 0);
+  assert.deepEqual(journals(dir), ["charges-foreign.journal"]);
+  list = await charges(id);
+  assert.equal(list.length, refs.length + 1);
+  assert.equal(list[0].amount_micro, more);
+  extraEdges.splice(extraEdges.indexOf(keeper), 1);
+  assert.equal((await keeper.stop()).code, 0);
+  await audit();
+});
+
 test("Idempotency-Key: a retried call gets its kept answer and pays once; 409 while it runs, 422 for another body", async () => {
   const { id, key, keyId } = await account(10_000_000);
   const openai = new OpenAI({ baseURL: `${url}/v1`, apiKey: key, maxRetries: 0 });
