@@ -1342,6 +1342,18 @@ test("FAREBOX_PREPAID_JOURNAL_DIR: a killed edge's deferred charges are written 
   assert.equal(list[0].amount_micro, more);
   extraEdges.splice(extraEdges.indexOf(keeper), 1);
   assert.equal((await keeper.stop()).code, 0);
+
+  // a journal that cannot be made: charges are not deferred (each answer waits for its charge)
+  const noJournal = await startEdge({ ...env, FAREBOX_PREPAID_JOURNAL_DIR: "/dev/null/journal" });
+  const nj = extraEdges.at(-1);
+  await nj.waitForMsg("the charge journal could not be made; prepaid answers wait for their charges");
+  const waited = await ask(new OpenAI({ baseURL: `${noJournal}/v1`, apiKey: key, maxRetries: 0 }), "no journal");
+  list = await charges(id);
+  assert.equal(list.length, refs.length + 2, "charged before it was answered");
+  assert.equal(list[0].ref, waited._request_id);
+  assert.equal(list[0].amount_micro, priced(waited));
+  extraEdges.splice(extraEdges.indexOf(nj), 1);
+  assert.equal((await nj.stop()).code, 0);
   await audit();
 });
 
