@@ -14,11 +14,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define MAGIC           "farebox-charge-journal 1 "
-#define PREFIX          "charges-"
-#define SUFFIX          ".journal"
-#define JOURNAL_MAX     (64u << 20) /* a file larger than this is not read (rotation keeps them far smaller) */
-#define CHARGES_A_WRITE 1000        /* the ledger's limit per ledger.charge */
+#define MAGIC  "farebox-charge-journal 1 "
+#define PREFIX "charges-"
+#define SUFFIX ".journal"
+#define JOURNAL_MAX                                                                                          \
+    (256u << 20)             /* a larger file is set aside unread (they are replaced past 64 MiB at most) */
+#define CHARGES_A_WRITE 1000 /* the ledger's limit per ledger.charge */
 
 struct edge_journal_t {
     int fd;
@@ -476,15 +477,16 @@ int edge_journal_claim(const char *dir, const char *ledger_id, edge_journal_clai
          * name any more (the lock was on the old one) */
         struct stat a, b;
         if (flock(fd, LOCK_EX | LOCK_NB) != 0 || fstat(fd, &a) != 0 || !S_ISREG(a.st_mode) ||
-            a.st_nlink == 0 || stat(path, &b) != 0 || a.st_ino != b.st_ino || a.st_dev != b.st_dev ||
-            a.st_size > JOURNAL_MAX) {
+            a.st_nlink == 0 || stat(path, &b) != 0 || a.st_ino != b.st_ino || a.st_dev != b.st_dev) {
             close(fd);
             continue;
         }
-        char *text = fb_malloc((size_t)a.st_size + 1);
+        /* too large to read: claimed empty, to be set aside as unreadable */
+        size_t size = a.st_size > (off_t)JOURNAL_MAX ? 0 : (size_t)a.st_size;
+        char *text = fb_malloc(size + 1);
         size_t len = 0;
-        for (ssize_t r; len < (size_t)a.st_size; len += (size_t)r) {
-            r = pread(fd, text + len, (size_t)a.st_size - len, (off_t)len);
+        for (ssize_t r; len < size; len += (size_t)r) {
+            r = pread(fd, text + len, size - len, (off_t)len);
             if (r <= 0)
                 break;
         }

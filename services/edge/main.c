@@ -174,7 +174,7 @@ static const fb_config_var_t s_vars[] = {
      "a directory (created if missing) where deferred charges are journaled before their calls are "
      "answered, shared by the edges of one host and one ledger: each edge writes the charges a killed "
      "edge left there (checked each second), and an edge restarted writes its own. Unset: not journaled"},
-    {"FAREBOX_PREPAID_JOURNAL_MAX_BYTES", FB_CFG_INT, "4194304", 4096, 1073741824, NULL, NULL,
+    {"FAREBOX_PREPAID_JOURNAL_MAX_BYTES", FB_CFG_INT, "4194304", 4096, 67108864, NULL, NULL,
      "a worker's journal past this size is replaced by one of the charges still pending"},
     {"FAREBOX_IDEMPOTENCY_KEEP_S", FB_CFG_INT, "86400", 60, 2592000, NULL, NULL,
      "a paid call sent with an Idempotency-Key (with its API key, or its x402 payment) is remembered "
