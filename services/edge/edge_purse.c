@@ -750,6 +750,16 @@ typedef struct {
     size_t index;
 } s_recovery_call_t;
 
+/* A ledger call of the recovery, about its index-th write or hold. */
+static s_recovery_call_t *s_recovery_call(edge_purse_t *self, size_t index)
+{
+    s_recovery_call_t *c = fb_calloc(1, sizeof(*c));
+    c->purse = self;
+    c->index = index;
+    self->recovery->out++;
+    return c;
+}
+
 static void s_recovery_free(edge_purse_t *self, edge_journal_end_t end)
 {
     s_recovery_t *r = self->recovery;
@@ -812,32 +822,24 @@ static void s_recovery_step(edge_purse_t *self)
         s_recovery_free(self, EDGE_JOURNAL_KEEP); /* another edge finishes it */
         return;
     }
+    /* (an answer may come at once: what was sent is counted, not what is in flight) */
     bool pending = false;
     for (size_t i = 0; i < r->plan.nsends; i++) {
         if (r->sent[i])
             continue;
         pending = true;
-        s_recovery_call_t *c = fb_calloc(1, sizeof(*c));
-        c->purse = self;
-        c->index = i;
-        r->out++;
         s_ledger(self, "ledger.charge", json_loads(r->plan.sends[i].body, 0, NULL), r->plan.sends[i].idem,
-                 NULL, s_on_recovered_charge, c);
+                 NULL, s_on_recovered_charge, s_recovery_call(self, i));
     }
-    if (pending)
-        return;
-    for (size_t i = 0; i < r->plan.nholds; i++) {
+    bool charged = !pending; /* the holds are closed once every write is answered */
+    for (size_t i = 0; i < r->plan.nholds && charged; i++) {
         if (r->closed[i])
             continue;
         pending = true;
-        s_recovery_call_t *c = fb_calloc(1, sizeof(*c));
-        c->purse = self;
-        c->index = i;
-        r->out++;
         char idem[64];
         snprintf(idem, sizeof(idem), "slice-close:%" PRId64, r->plan.holds[i]);
         s_ledger(self, "ledger.void", json_pack("{sI}", "hold_id", (json_int_t)r->plan.holds[i]), idem, NULL,
-                 s_on_recovered_void, c);
+                 s_on_recovered_void, s_recovery_call(self, i));
     }
     if (pending)
         return;

@@ -508,6 +508,24 @@ test("HTTP/2 (h2c): the same paid calls, whole and streamed", async () => {
   await audit();
 });
 
+/** A short gpt-4o-mini call through an OpenAI client, and what it costs. */
+const miniCall = (client, content, extra = {}) => client.chat.completions.create({ model: "gpt-4o-mini", max_tokens: 4,
+  messages: [{ role: "user", content }], ...extra });
+const miniCost = (a) => cost("gpt-4o-mini", a.usage.prompt_tokens, a.usage.completion_tokens);
+/** n of them one after another: their cost in all, and their request ids in order. */
+async function miniCalls(client, prefix, n) {
+  let total = 0;
+  const refs = [];
+  for (let i = 0; i < n; i++) {
+    const a = await miniCall(client, `${prefix} ${i}`);
+    total += miniCost(a);
+    refs.push(a._request_id);
+  }
+  return { total, refs };
+}
+/** An account's charges, newest first. */
+const chargesOf = async (id) => (await call("GET", `/admin/accounts/${id}/charges?limit=500`)).body.charges;
+
 async function startEdge(env) {
   const port = await freePort();
   const p = await startService("edge", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`,
@@ -1124,23 +1142,15 @@ test("prepaid slices: a balance too small for a slice still pays call by call; a
 });
 
 test("FAREBOX_PREPAID_CHARGE_DEFER_MS: answers go before their charges, which follow within the window, exactly; a clean stop writes them; a refused write is counted unbilled; a killed edge leaves its last answers unpaid; a paused ledger is caught up", async () => {
-  const ask = (client, i, extra = {}) => client.chat.completions.create({ model: "gpt-4o-mini", max_tokens: 4,
-    messages: [{ role: "user", content: `deferred ${i}` }], ...extra });
-  const priced = (a) => cost("gpt-4o-mini", a.usage.prompt_tokens, a.usage.completion_tokens);
-  const charges = async (id) => (await call("GET", `/admin/accounts/${id}/charges?limit=500`)).body.charges;
+  const ask = (client, i, extra) => miniCall(client, `deferred ${i}`, extra);
+  const priced = miniCost, charges = chargesOf;
   const { id, key } = await account(10_000_000);
   const before = (await call("GET", `/admin/accounts/${id}`)).body.balance_micro;
   // a window far longer than the test's calls: what is written when is decided by the test
   const base = await startEdge({ FAREBOX_PREPAID_CHARGE_DEFER_MS: "10000", FAREBOX_PREPAID_SLICE_IDLE_MS: "600000" });
   const p = extraEdges.at(-1);
   const client = new OpenAI({ baseURL: `${base}/v1`, apiKey: key, maxRetries: 0 });
-  let total = 0;
-  const refs = [];
-  for (let i = 0; i < 4; i++) {
-    const a = await ask(client, i);
-    total += priced(a);
-    refs.push(a._request_id);
-  }
+  let { total, refs } = await miniCalls(client, "deferred", 4);
   // a stream's charge is deferred too: its usage chunk is sent, then its end
   let streamed = null;
   for await (const chunk of await ask(client, "s", { stream: true, stream_options: { include_usage: true } }))
@@ -1244,10 +1254,8 @@ test("FAREBOX_PREPAID_CHARGE_DEFER_MS: answers go before their charges, which fo
 });
 
 test("FAREBOX_PREPAID_JOURNAL_DIR: a killed edge's deferred charges are written by another edge, exactly and once; a live edge's journal, another ledger's, and an unreadable one are left alone", async () => {
-  const ask = (client, i, extra = {}) => client.chat.completions.create({ model: "gpt-4o-mini", max_tokens: 4,
-    messages: [{ role: "user", content: `journaled ${i}` }], ...extra });
-  const priced = (a) => cost("gpt-4o-mini", a.usage.prompt_tokens, a.usage.completion_tokens);
-  const charges = async (id) => (await call("GET", `/admin/accounts/${id}/charges?limit=500`)).body.charges;
+  const ask = (client, i, extra) => miniCall(client, `journaled ${i}`, extra);
+  const priced = miniCost, charges = chargesOf;
   const journals = (dir) => fs.readdirSync(dir).filter((f) => f.endsWith(".journal")).sort();
   const dir = path.join(tmpDir("journal"), "charges");
   const ledgerId = (await ledgerRpc.call("ledger.identity", {})).body.ledger_id;
@@ -1274,13 +1282,7 @@ test("FAREBOX_PREPAID_JOURNAL_DIR: a killed edge's deferred charges are written 
   await startEdge({ FAREBOX_PREPAID_JOURNAL_DIR: dir });
   const keeper = extraEdges.at(-1);
   const client = new OpenAI({ baseURL: `${doomedUrl}/v1`, apiKey: key, maxRetries: 0 });
-  let total = 0;
-  const refs = [];
-  for (let i = 0; i < 4; i++) {
-    const a = await ask(client, i);
-    total += priced(a);
-    refs.push(a._request_id);
-  }
+  let { total, refs } = await miniCalls(client, "journaled", 4);
   let streamed = null;
   const s = await ask(client, "s", { stream: true, stream_options: { include_usage: true } }).withResponse();
   for await (const chunk of s.data)
