@@ -8,7 +8,8 @@
  * the charges of every call that ended in the same loop turn go to the ledger
  * as one ledger.charge (one row per call, one transfer), and each call gets its
  * answer only once that write is durable (or, with FAREBOX_PREPAID_CHARGE_DEFER_MS,
- * at once, its charge written with those of the next few milliseconds). A call that fails before any output
+ * at once, its charge written with those of the next few milliseconds, and
+ * journaled first with FAREBOX_PREPAID_JOURNAL_DIR: edge_journal.h). A call that fails before any output
  * just gives its reservation back. A slice is closed (ledger.void of its
  * uncharged rest) when it runs short, when it has been idle or open long
  * enough, when its key is revoked, and when the edge stops; an edge that dies
