@@ -76,6 +76,7 @@ struct edge_slice_t {
     int64_t calls;    /* reservations not yet charged or released */
     int64_t opened_ms, last_ms;
     s_item_t *items, **items_tail; /* charges waiting for the next write */
+    size_t waiting;                /* ... of calls not answered until it is done */
     bool dirty;                    /* in the purse's list of slices to write */
     int writing;                   /* ledger.charge writes in flight */
     size_t writing_items;          /* ... and the charges they carry */
@@ -603,6 +604,7 @@ typedef struct s_write {
 } s_write_t;
 
 static void s_write(edge_purse_t *self, edge_slice_t *s);
+static void s_defer_write(edge_purse_t *self, edge_slice_t *s);
 
 /* Deferred charges of answered calls that will never be written (refused, or
  * the edge stops before they could be): the callers were served unpaid. */
@@ -949,10 +951,12 @@ static void s_on_charged(void *arg, const fb_rpc_reply_t *reply)
         s_unbilled(lost_calls, lost, reply->code);
     if (self->held && self->deferred_out == 0)
         s_arm_check(self); /* the answers held since the journal was lost */
-    if (s->items)
+    if (!s->items)
+        s_maybe_close(self, s);
+    else if (s->waiting > 0 || s->retiring)
         s_write(self, s);
     else
-        s_maybe_close(self, s);
+        s_defer_write(self, s); /* answered calls' charges: they go with the next defer_ms' */
 }
 
 /* Sends the slice's waiting charges (up to the ledger's limit per write). */
@@ -970,6 +974,8 @@ static void s_write(edge_purse_t *self, edge_slice_t *s)
         if (n > 0 && bytes + it->answer_bytes > self->conf.answer_budget)
             break;
         bytes += it->answer_bytes;
+        if (it->fn)
+            s->waiting--;
         json_t *item = json_pack("{sI ss}", "amount_micro", (json_int_t)it->cost, "ref", it->rid);
         if (it->call) {
             json_object_set_new(item, "call", it->call);
@@ -1062,6 +1068,27 @@ static void s_on_defer(uv_timer_t *t)
     s_flush_all(self);
 }
 
+static void s_mark_dirty(edge_purse_t *self, edge_slice_t *s)
+{
+    if (s->dirty)
+        return;
+    s->dirty = true;
+    s->dirty_next = self->dirty;
+    self->dirty = s;
+}
+
+/* The slice's charges, all of answered calls, go with the next defer_ms' (a
+ * write that ends does not take them at once: that would make as many writes
+ * as the ledger's round trips allow, each costing Postgres a transaction). */
+static void s_defer_write(edge_purse_t *self, edge_slice_t *s)
+{
+    s_mark_dirty(self, s);
+    if (!self->defer_armed) {
+        self->defer_armed = true;
+        uv_timer_start(&self->defer, s_on_defer, (uint64_t)self->conf.defer_ms, 0);
+    }
+}
+
 static void s_on_wake(uv_idle_t *h)
 {
     FB_UNUSED(h);
@@ -1115,16 +1142,12 @@ void edge_purse_charge(edge_purse_t *self, edge_purse_res_t *res, int64_t cost, 
     *s->items_tail = it;
     s->items_tail = &it->next;
     self->queued++;
-    if (!s->dirty) {
-        s->dirty = true;
-        s->dirty_next = self->dirty;
-        self->dirty = s;
-    }
     if (!deferred || self->queued >= CHARGES_PER_WRITE) {
+        s->waiting += !deferred;
+        s_mark_dirty(self, s);
         s_arm_flush(self);
-    } else if (!self->defer_armed) {
-        self->defer_armed = true;
-        uv_timer_start(&self->defer, s_on_defer, (uint64_t)self->conf.defer_ms, 0);
+    } else {
+        s_defer_write(self, s);
     }
     if (deferred) {
         s_ack_t *a = fb_calloc(1, sizeof(*a));

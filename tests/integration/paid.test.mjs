@@ -28,7 +28,7 @@ const PRICES = { // micro-USDC per million tokens, as the built-in catalog says
   "gpt-4o-mini": [150000, 600000],
   "claude-3-5-haiku-20241022": [800000, 4000000],
 };
-let pg, ledger, verifier, edge, mock, url, ledgerRpc, lp, vp, mp;
+let pg, db, ledger, verifier, edge, mock, url, ledgerRpc, lp, vp, mp;
 const extraEdges = [];
 const admin = { authorization: `Bearer ${ADMIN}`, "content-type": "application/json" };
 
@@ -92,7 +92,7 @@ async function audit() {
 
 before(async () => {
   pg = await startPostgres();
-  const db = pg.createDatabase("paid");
+  db = pg.createDatabase("paid");
   lp = await freePort();
   vp = await freePort();
   mp = await freePort();
@@ -1250,6 +1250,40 @@ test("FAREBOX_PREPAID_CHARGE_DEFER_MS: answers go before their charges, which fo
   assert.equal(after.length, 6);
   assert.equal(after.reduce((sum, c) => sum + c.amount_micro, 0), owed);
   assert.equal(await available(paused.id), 10_000_000 - owed);
+
+  // under steady calls the charges go in one write per window, not one per ledger round trip: a write
+  // that ends leaves the charges answered meanwhile to the next window
+  const steady = await account(10_000_000);
+  const WINDOW = 400;
+  const se = await startEdge({ FAREBOX_PREPAID_CHARGE_DEFER_MS: String(WINDOW), FAREBOX_PREPAID_SLICE_IDLE_MS: "600000",
+    FAREBOX_RATE_IP_PER_S: "0", FAREBOX_RATE_KEY_PER_S: "0" });
+  const sq = extraEdges.at(-1);
+  const stc = new OpenAI({ baseURL: `${se}/v1`, apiKey: steady.key, maxRetries: 0 });
+  let steadyOwed = 0, steadyCalls = 0;
+  const started = Date.now();
+  // four callers without pause for 3 s: calls answered while a write is in flight wait for the next window
+  await Promise.all([0, 1, 2, 3].map(async (lane) => {
+    while (Date.now() - started < 3000) {
+      const answer = await ask(stc, `steady ${lane} ${steadyCalls}`);
+      steadyOwed += priced(answer);
+      steadyCalls++;
+    }
+  }));
+  const elapsed = Date.now() - started;
+  const written = () => pg.psql(db.name, "SELECT count(*) || ' ' || count(DISTINCT w.first_id) || ' ' || " +
+    `coalesce(sum(a), 0) FROM charge_writes w, unnest(w.amounts) a WHERE w.account_id = ${steady.id}`).split(" ").map(Number);
+  await waitUntil(async () => written()[0] === steadyCalls, { what: "the steady calls' charges" });
+  extraEdges.splice(extraEdges.indexOf(sq), 1);
+  assert.equal((await sq.stop()).code, 0);
+  const [steadyCharged, writes, steadySum] = written();
+  // a window's timer writes each slice with charges once (the key's current slice, and the next one
+  // opened ahead of it): two writes a window at most, and the stop's
+  const bound = 2 * (Math.ceil(elapsed / WINDOW) + 1) + 2;
+  assert.ok(steadyCalls > 4 * bound, `${steadyCalls} calls: too few to tell`);
+  assert.ok(writes <= bound, `${steadyCalls} calls in ${elapsed} ms took ${writes} charge writes (at most ${bound})`);
+  assert.equal(steadyCharged, steadyCalls);
+  assert.equal(steadySum, steadyOwed);
+  assert.equal(await available(steady.id), 10_000_000 - steadyOwed);
   await audit();
 });
 
