@@ -135,6 +135,11 @@ void edge_journal_charge(edge_journal_t *j, uint64_t uid, int64_t hold_id, int64
              ref && ref[0] ? ref : "-");
 }
 
+void edge_journal_hold(edge_journal_t *j, int64_t hold_id)
+{
+    s_append(j, "h %" PRId64 "\n", hold_id);
+}
+
 void edge_journal_write(edge_journal_t *j, int64_t hold_id, const char *idem, const uint64_t *uids, size_t n,
                         const char *body)
 {
@@ -224,13 +229,114 @@ static int s_uid_cmp(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-static void s_hold_seen(edge_journal_plan_t *plan, int64_t hold)
+/* A hold named in a journal, and the order it was first named in. */
+typedef struct {
+    int64_t hold;
+    size_t order;
+} s_seen_t;
+
+static int s_seen_hold_cmp(const void *a, const void *b)
 {
-    for (size_t i = plan->nholds; i-- > 0;)
-        if (plan->holds[i] == hold)
-            return;
-    plan->holds = fb_realloc(plan->holds, (plan->nholds + 1) * sizeof(*plan->holds));
-    plan->holds[plan->nholds++] = hold;
+    const s_seen_t *x = a, *y = b;
+    if (x->hold != y->hold)
+        return (x->hold > y->hold) - (x->hold < y->hold);
+    return (x->order > y->order) - (x->order < y->order);
+}
+
+static int s_seen_order_cmp(const void *a, const void *b)
+{
+    const s_seen_t *x = a, *y = b;
+    return (x->order > y->order) - (x->order < y->order);
+}
+
+/* The plan's holds: each of the n named once, in the order first named.
+ * Returns them by hold, each with its place in the plan (free it). */
+static s_seen_t *s_holds_collect(edge_journal_plan_t *plan, const int64_t *named, size_t n)
+{
+    s_seen_t *seen = fb_calloc(n + 1, sizeof(*seen));
+    for (size_t i = 0; i < n; i++)
+        seen[i] = (s_seen_t){.hold = named[i], .order = i};
+    qsort(seen, n, sizeof(*seen), s_seen_hold_cmp);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (k == 0 || seen[k - 1].hold != seen[i].hold)
+            seen[k++] = seen[i];
+    qsort(seen, k, sizeof(*seen), s_seen_order_cmp);
+    plan->holds = fb_calloc(k + 1, sizeof(*plan->holds));
+    plan->nholds = k;
+    for (size_t i = 0; i < k; i++) {
+        plan->holds[i] = seen[i].hold;
+        seen[i].order = i;
+    }
+    qsort(seen, k, sizeof(*seen), s_seen_hold_cmp);
+    return seen;
+}
+
+/* A charge no write carried, with its hold's place in the plan. */
+typedef struct {
+    size_t rank;
+    const s_charge_t *c;
+} s_uncarried_t;
+
+static int s_uncarried_cmp(const void *a, const void *b)
+{
+    const s_uncarried_t *x = a, *y = b;
+    if (x->rank != y->rank)
+        return (x->rank > y->rank) - (x->rank < y->rank);
+    return (x->c->uid > y->c->uid) - (x->c->uid < y->c->uid);
+}
+
+static edge_journal_send_t *s_send_add(edge_journal_plan_t *plan);
+static void s_send_body(edge_journal_send_t *s, json_t *list);
+
+/* Writes for the charges no write carried: by hold in the plan's order, by
+ * uid within one, at most CHARGES_A_WRITE each, under keys made of the
+ * journal's token and the first charge's hold and uid (the same keys if the
+ * same journal is recovered again). */
+static void s_plan_uncarried(edge_journal_plan_t *plan, const s_charge_t *charges, size_t ncharges,
+                             const s_seen_t *ranks, const char *token)
+{
+    s_uncarried_t *list = fb_calloc(ncharges + 1, sizeof(*list));
+    size_t n = 0;
+    for (size_t i = 0; i < ncharges; i++) {
+        if (charges[i].carried)
+            continue;
+        /* its hold's entry (one each, by hold) */
+        size_t lo = 0, hi = plan->nholds;
+        while (lo < hi) {
+            size_t mid = lo + (hi - lo) / 2;
+            if (ranks[mid].hold < charges[i].hold)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        FB_ASSERT(lo < plan->nholds && ranks[lo].hold == charges[i].hold);
+        list[n++] = (s_uncarried_t){.rank = ranks[lo].order, .c = &charges[i]};
+    }
+    qsort(list, n, sizeof(*list), s_uncarried_cmp);
+    edge_journal_send_t *s = NULL;
+    json_t *items = NULL;
+    for (size_t i = 0; i < n; i++) {
+        const s_charge_t *c = list[i].c;
+        if (s && (s->hold_id != c->hold || s->calls == CHARGES_A_WRITE)) {
+            s_send_body(s, items);
+            s = NULL;
+        }
+        if (!s) {
+            s = s_send_add(plan);
+            s->hold_id = c->hold;
+            snprintf(s->idem, sizeof(s->idem), "slice-recover:%s:%" PRId64 ":%" PRIu64, token, c->hold,
+                     c->uid);
+            items = json_array();
+        }
+        json_array_append_new(items,
+                              json_pack("{sI ss}", "amount_micro", (json_int_t)c->amount, "ref", c->ref));
+        s->amount += c->amount;
+        s->calls++;
+    }
+    if (s)
+        s_send_body(s, items);
+    free(list);
 }
 
 static edge_journal_send_t *s_send_add(edge_journal_plan_t *plan)
@@ -303,6 +409,8 @@ int edge_journal_plan(const char *text, size_t len, const char *token, edge_jour
     }
     memcpy(plan->ledger_id, t + magic, (size_t)(nl - t) - magic);
     s_charge_t *charges = NULL;
+    int64_t *opened = NULL; /* the slices named by h records */
+    size_t nopened = 0;
     const char **uid_at = NULL; /* each write's list of uids in t, or NULL */
     size_t ncharges = 0, line = 2;
     int rc = 0;
@@ -368,7 +476,15 @@ int edge_journal_plan(const char *text, size_t len, const char *token, edge_jour
                     }
                 }
             }
-        } else {
+        } else if (p[0] == 'h') {
+            int64_t hold;
+            if (!s_int(&q, &hold) || q != end || hold <= 0) {
+                rc = s_fail(err, errlen, line, "a bad slice");
+            } else {
+                opened = fb_realloc(opened, (nopened + 1) * sizeof(*opened));
+                opened[nopened++] = hold;
+            }
+        } else if (!(p[0] >= 'a' && p[0] <= 'z')) {
             rc = s_fail(err, errlen, line, "an unknown record");
         }
         p = end + 1;
@@ -393,50 +509,33 @@ int edge_journal_plan(const char *text, size_t len, const char *token, edge_jour
     }
     /* the writes the dead edge sent and saw no answer to, in order; then the
      * charges no write carried, by hold, in order, at most a write's worth each */
-    size_t kept = 0;
-    for (size_t i = 0; rc == 0 && i < plan->nsends; i++) {
-        s_hold_seen(plan, plan->sends[i].hold_id);
-        if (plan->sends[i].again) {
-            plan->sends[kept++] = plan->sends[i];
-        } else {
-            free(plan->sends[i].body);
-        }
-    }
-    if (rc == 0)
-        plan->nsends = kept;
     if (rc == 0) {
-        /* back in journal order (the uids grow with it within a file's writer;
-         * a replacement file lists pending charges by slice: order by uid is a
-         * stable, repeatable order either way) */
+        size_t n = 0;
+        int64_t *named = fb_calloc(plan->nsends + ncharges + nopened + 1, sizeof(*named));
+        for (size_t i = 0; i < plan->nsends; i++)
+            named[n++] = plan->sends[i].hold_id;
+        /* (by uid: the uids grow with the journal within a file's writer; a
+         * replacement file lists pending charges by slice: by uid is a stable,
+         * repeatable order either way) */
         for (size_t i = 0; i < ncharges; i++)
-            s_hold_seen(plan, charges[i].hold);
-        for (size_t h = 0; h < plan->nholds; h++) {
-            json_t *list = NULL;
-            edge_journal_send_t *s = NULL;
-            for (size_t i = 0; i < ncharges; i++) {
-                s_charge_t *c = &charges[i];
-                if (c->carried || c->hold != plan->holds[h])
-                    continue;
-                if (!s) {
-                    s = s_send_add(plan);
-                    s->hold_id = c->hold;
-                    snprintf(s->idem, sizeof(s->idem), "slice-recover:%s:%" PRId64 ":%" PRIu64, token,
-                             c->hold, c->uid);
-                    list = json_array();
-                }
-                json_array_append_new(
-                    list, json_pack("{sI ss}", "amount_micro", (json_int_t)c->amount, "ref", c->ref));
-                s->amount += c->amount;
-                s->calls++;
-                if (s->calls == CHARGES_A_WRITE) {
-                    s_send_body(s, list);
-                    s = NULL;
-                }
+            named[n++] = charges[i].hold;
+        for (size_t i = 0; i < nopened; i++) /* slices nothing was charged to are closed too */
+            named[n++] = opened[i];
+        s_seen_t *ranks = s_holds_collect(plan, named, n);
+        free(named);
+        size_t kept = 0;
+        for (size_t i = 0; i < plan->nsends; i++) {
+            if (plan->sends[i].again) {
+                plan->sends[kept++] = plan->sends[i];
+            } else {
+                free(plan->sends[i].body);
             }
-            if (s)
-                s_send_body(s, list);
         }
+        plan->nsends = kept;
+        s_plan_uncarried(plan, charges, ncharges, ranks, token);
+        free(ranks);
     }
+    free(opened);
     free(charges);
     free(uid_at);
     free(t);
@@ -657,10 +756,40 @@ int edge_journal_test(bool verbose)
     FB_ASSERT(edge_journal_sync(j) == 0 && !edge_journal_full(j));
     edge_journal_close(&j, true);
 
+    /* slices opened (h) are closed, charged or not, each once; a lowercase
+     * record a reader does not know is skipped */
+    static const char opened[] =
+        "farebox-charge-journal 1 ledger-1\nh 5\nC 1 6 3 r\nh 6\nq what is this\nh 4\n"
+        "h 5\n";
+    FB_ASSERT(edge_journal_plan(opened, strlen(opened), "t", &plan, err, sizeof(err)) == 0);
+    FB_ASSERT(plan.nsends == 1 && plan.sends[0].hold_id == 6 && plan.sends[0].amount == 3);
+    FB_ASSERT(plan.nholds == 3 && plan.holds[0] == 6 && plan.holds[1] == 5 && plan.holds[2] == 4);
+    edge_journal_plan_free(&plan);
+    /* many slices, their charges interleaved: one write a slice, in the
+     * order the slices were first named, its charges by uid */
+    size_t cap = 64 + 3000 * 40, at = 0;
+    char *many = fb_malloc(cap);
+    at += (size_t)snprintf(many + at, cap - at, "farebox-charge-journal 1 ledger-1\n");
+    for (int k = 0; k < 3000; k++)
+        at += (size_t)snprintf(many + at, cap - at, "C %d %d %d r%d\n", k + 1, 1000 - k % 1000, k + 1, k);
+    FB_ASSERT(edge_journal_plan(many, at, "t", &plan, err, sizeof(err)) == 0);
+    FB_ASSERT(plan.nholds == 1000 && plan.holds[0] == 1000 && plan.holds[999] == 1 && plan.nsends == 1000);
+    for (size_t k = 0; k < plan.nsends; k++) {
+        FB_ASSERT(plan.sends[k].hold_id == 1000 - (int64_t)k && plan.sends[k].calls == 3);
+        FB_ASSERT(plan.sends[k].amount == (int64_t)(3 * (k + 1) + 3000));
+        snprintf(want, sizeof(want), "slice-recover:t:%" PRId64 ":%zu", 1000 - (int64_t)k, k + 1);
+        FB_ASSERT(strcmp(plan.sends[k].idem, want) == 0);
+    }
+    edge_journal_plan_free(&plan);
+    free(many);
+
     /* a file that is not a journal's, or has a line it cannot read, is set aside */
-    static const char *bad[] = {"hello\n", "farebox-charge-journal 1 ledger-1\nC 1 x 1 r\n",
+    static const char *bad[] = {"hello\n",
+                                "farebox-charge-journal 1 ledger-1\nC 1 x 1 r\n",
                                 "farebox-charge-journal 1 ledger-1\nW 1 k - {\"hold_id\":2,\"charges\":[]}\n",
-                                "farebox-charge-journal 1 ledger-1\nZ 1\n"};
+                                "farebox-charge-journal 1 ledger-1\nZ 1\n",
+                                "farebox-charge-journal 1 ledger-1\nh x\n",
+                                "farebox-charge-journal 1 ledger-1\nh 0\n"};
     for (size_t i = 0; i < FB_ARRAY_SIZE(bad); i++)
         FB_ASSERT(edge_journal_plan(bad[i], strlen(bad[i]), "t", &plan, err, sizeof(err)) == -1);
     snprintf(path, sizeof(path), "%s/" PREFIX "bad" SUFFIX, sub);

@@ -18,6 +18,10 @@
  *   C <uid> <hold_id> <amount_micro> <ref>   a deferred charge, answered once this line was written
  *   W <hold_id> <idem> <uid,uid,...|-> <body> a ledger.charge about to be sent (its JSON body)
  *   A <idem>                                 ... answered (applied, or refused for good)
+ *   h <hold_id>                              a slice the edge opened (closed by a recovery even
+ *                                            if nothing was charged to it)
+ * A record whose letter is lowercase only hastens a recovery: a reader that
+ * does not know it skips it.
  * A last line without its newline was cut by the owner's death: what it
  * recorded was neither answered nor sent. The file is only ever replaced whole
  * (rename): when it grows past a limit, by one holding only what is still
@@ -45,6 +49,7 @@ void edge_journal_charge(edge_journal_t *j, uint64_t uid, int64_t hold_id, int64
 void edge_journal_write(edge_journal_t *j, int64_t hold_id, const char *idem, const uint64_t *uids, size_t n,
                         const char *body);
 void edge_journal_answered(edge_journal_t *j, const char *idem);
+void edge_journal_hold(edge_journal_t *j, int64_t hold_id);
 /* edge_journal_sync - writes what is buffered; 0, or -1 (errno set): the
  * journal can no longer be trusted. */
 int edge_journal_sync(edge_journal_t *j);

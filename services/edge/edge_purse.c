@@ -227,6 +227,7 @@ static void s_key_maybe_free(edge_purse_t *self, s_key_t *k)
 /* --- slices ------------------------------------------------------------------------------- */
 
 static void s_open(edge_purse_t *self, s_key_t *k, int64_t first, const char *rid, bool ahead);
+static void s_journal_slice(edge_purse_t *self, const edge_slice_t *s);
 
 static bool s_fits(const edge_slice_t *s, int64_t amount)
 {
@@ -458,6 +459,7 @@ static void s_on_hold(void *arg, const fb_rpc_reply_t *reply)
             if (s->next)
                 s->next->prev = s;
             self->slices = s;
+            s_journal_slice(self, s);
             k->exact = false;
             if (stale) {
                 /* asked for before its key's slices were closed (the key revoked
@@ -680,16 +682,29 @@ static void s_journal_lost(edge_purse_t *self, int err)
 
 /* Replaces the journal by one of what is pending: the charges queued and the
  * writes in flight. */
+/* A slice's hold in the journal: if the edge dies, a recovery closes it at
+ * once, charged or not (else its rest waits for the hold's expiry). */
+static void s_journal_slice(edge_purse_t *self, const edge_slice_t *s)
+{
+    if (!self->journal)
+        return;
+    edge_journal_hold(self->journal, s->hold_id);
+    if (edge_journal_sync(self->journal) != 0)
+        s_journal_lost(self, errno);
+}
+
 static void s_rotate(edge_purse_t *self)
 {
     if (edge_journal_snapshot_begin(self->journal) != 0) {
         s_journal_lost(self, errno);
         return;
     }
-    for (edge_slice_t *s = self->slices; s; s = s->next)
+    for (edge_slice_t *s = self->slices; s; s = s->next) {
+        edge_journal_hold(self->journal, s->hold_id);
         for (s_item_t *it = s->items; it; it = it->next)
             if (it->uid)
                 edge_journal_charge(self->journal, it->uid, s->hold_id, it->cost, it->rid);
+    }
     for (s_write_t *wr = self->out; wr; wr = wr->out_next)
         s_journal_write(self, wr);
     if (edge_journal_snapshot_end(self->journal) != 0)
@@ -717,6 +732,8 @@ static void s_on_identity(void *arg, const fb_rpc_reply_t *reply)
     if (self->journal) {
         fb_log(FB_LOG_INFO, NULL, "deferred charges are journaled", "path=%s",
                edge_journal_path(self->journal));
+        for (edge_slice_t *s = self->slices; s; s = s->next)
+            s_journal_slice(self, s);
     } else {
         self->journal_lost = true;
         fb_log(FB_LOG_ERROR, NULL,

@@ -1305,8 +1305,7 @@ test("FAREBOX_PREPAID_JOURNAL_DIR: a killed edge's deferred charges are written 
   fs.writeFileSync(path.join(dir, "charges-broken.journal"), `farebox-charge-journal 1 ${ledgerId}\nC one 1 5 r\n`);
   // the edge that will be killed, and another one beside it (not deferring, looking after the directory)
   const doomedUrl = await startEdge(env);
-  const doomed = extraEdges.at(-1);
-  extraEdges.splice(extraEdges.indexOf(doomed), 1);
+  const doomed = extraEdges.at(-1); // left in extraEdges until it is killed: a failure before stops it
   await doomed.waitForMsg("deferred charges are journaled");
   await doomed.waitForMsg("a charge journal could not be read; it is set aside (.bad) for the operator");
   await doomed.waitForMsg("the journal directory holds journals of another ledger; they are left alone");
@@ -1337,12 +1336,19 @@ test("FAREBOX_PREPAID_JOURNAL_DIR: a killed edge's deferred charges are written 
   const text = fs.readFileSync(journal, "utf8");
   for (const ref of refs)
     assert.match(text, new RegExp(`^C \\d+ \\d+ \\d+ ${ref}$`, "m"), "journaled before it was answered");
+  // another key's slice opened for a call its provider failed: nothing charged to it, its hold in the journal
+  const idle = await account(10_000_000);
+  await assert.rejects(miniCall(new OpenAI({ baseURL: `${doomedUrl}/v1`, apiKey: idle.key, maxRetries: 0 }),
+    "[mock:fail=500]"), (e) => e.status === 502);
+  assert.equal((await holds(idle.id)).filter((h) => h.state === "open").length, 1, "its slice stays open");
+  assert.match(fs.readFileSync(journal, "utf8"), new RegExp(`^h ${(await holds(idle.id))[0].hold_id}$`, "m"));
   await sleep(2500); // the keeper looks at the directory each second: a live edge's journal is not touched
   assert.equal((await charges(id)).length, 0, "answered, not yet charged");
   assert.ok(fs.existsSync(journal));
 
   // killed: the keeper writes the answered calls' charges, closes the slice, deletes the journal
   const saved = fs.readFileSync(journal);
+  extraEdges.splice(extraEdges.indexOf(doomed), 1);
   doomed.signal("SIGKILL");
   await doomed.exited;
   await keeper.waitForMsg("a stopped edge's journaled charges are written", { timeoutMs: 30000 });
@@ -1351,6 +1357,8 @@ test("FAREBOX_PREPAID_JOURNAL_DIR: a killed edge's deferred charges are written 
   assert.deepEqual(list.map((c) => c.ref).sort(), [...refs].sort(), "each call charged once");
   assert.equal(list.reduce((sum, c) => sum + c.amount_micro, 0), total);
   assert.ok((await holds(id)).every((h) => h.state === "committed"), "the slice closed at once, not left to expire");
+  assert.ok((await holds(idle.id)).every((h) => h.state !== "open"), "the uncharged slice closed at once too");
+  assert.equal(await available(idle.id), 10_000_000, "nothing charged, nothing held");
   assert.equal((await call("GET", `/admin/accounts/${id}`)).body.balance_micro, before - total, "charged exactly");
   assert.ok(!fs.existsSync(journal));
   assert.deepEqual(journals(dir), ["charges-foreign.journal"]);
