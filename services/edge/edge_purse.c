@@ -733,7 +733,9 @@ static void s_on_identity(void *arg, const fb_rpc_reply_t *reply)
         fb_log(FB_LOG_INFO, NULL, "deferred charges are journaled", "path=%s",
                edge_journal_path(self->journal));
         for (edge_slice_t *s = self->slices; s; s = s->next)
-            s_journal_slice(self, s);
+            edge_journal_hold(self->journal, s->hold_id);
+        if (edge_journal_sync(self->journal) != 0)
+            s_journal_lost(self, errno);
     } else {
         self->journal_lost = true;
         fb_log(FB_LOG_ERROR, NULL,
