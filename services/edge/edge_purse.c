@@ -77,6 +77,7 @@ struct edge_slice_t {
     int64_t opened_ms, last_ms;
     s_item_t *items, **items_tail; /* charges waiting for the next write */
     size_t waiting;                /* ... of calls not answered until it is done */
+    bool overdue;                  /* ... their window ended while a write was in flight */
     bool dirty;                    /* in the purse's list of slices to write */
     int writing;                   /* ledger.charge writes in flight */
     size_t writing_items;          /* ... and the charges they carry */
@@ -680,8 +681,6 @@ static void s_journal_lost(edge_purse_t *self, int err)
     s_arm_flush(self);
 }
 
-/* Replaces the journal by one of what is pending: the charges queued and the
- * writes in flight. */
 /* A slice's hold in the journal: if the edge dies, a recovery closes it at
  * once, charged or not (else its rest waits for the hold's expiry). */
 static void s_journal_slice(edge_purse_t *self, const edge_slice_t *s)
@@ -693,6 +692,8 @@ static void s_journal_slice(edge_purse_t *self, const edge_slice_t *s)
         s_journal_lost(self, errno);
 }
 
+/* Replaces the journal by one of what is pending: the charges queued and the
+ * writes in flight. */
 static void s_rotate(edge_purse_t *self)
 {
     if (edge_journal_snapshot_begin(self->journal) != 0) {
@@ -972,7 +973,7 @@ static void s_on_charged(void *arg, const fb_rpc_reply_t *reply)
         s_arm_check(self); /* the answers held since the journal was lost */
     if (!s->items)
         s_maybe_close(self, s);
-    else if (s->waiting > 0 || s->retiring)
+    else if (s->waiting > 0 || s->retiring || s->overdue)
         s_write(self, s);
     else
         s_defer_write(self, s); /* answered calls' charges: they go with the next defer_ms' */
@@ -1006,8 +1007,10 @@ static void s_write(edge_purse_t *self, edge_slice_t *s)
     s->items = last->next;
     last->next = NULL;
     self->queued -= n;
-    if (!s->items)
+    if (!s->items) {
         s->items_tail = &s->items;
+        s->overdue = false;
+    }
     s->writing++;
     s->writing_items += n;
     s_write_t *wr = fb_calloc(1, sizeof(*wr));
@@ -1046,6 +1049,9 @@ static void s_flush_all(edge_purse_t *self)
         s->dirty = false;
         s->dirty_next = NULL;
         s_write(self, s);
+        /* not all sent (a write in flight, or the limits of one): the rest
+         * goes as soon as that write ends, not a whole window later */
+        s->overdue = s->items != NULL;
     }
 }
 
