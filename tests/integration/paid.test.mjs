@@ -15,6 +15,7 @@ import fs from "node:fs";
 import http from "node:http";
 import http2 from "node:http2";
 import path from "node:path";
+import { spawn } from "node:child_process";
 import OpenAI from "openai";
 import Anthropic from "@anthropic-ai/sdk";
 import { privateKeyToAccount, generatePrivateKey } from "viem/accounts";
@@ -1250,6 +1251,43 @@ test("FAREBOX_PREPAID_CHARGE_DEFER_MS: answers go before their charges, which fo
   assert.equal(after.length, 6);
   assert.equal(after.reduce((sum, c) => sum + c.amount_micro, 0), owed);
   assert.equal(await available(paused.id), 10_000_000 - owed);
+
+  // a window's timer that finds its slice's write still in flight (the hold's row locked in Postgres, so
+  // that write waits): the charges it could not send go the moment that write ends, not a window later
+  const late = await account(10_000_000);
+  const slowUrl = await startEdge({ FAREBOX_PREPAID_CHARGE_DEFER_MS: "1000", FAREBOX_PREPAID_SLICE_IDLE_MS: "600000",
+    FAREBOX_RATE_KEY_PER_S: "0" });
+  const slowEdge = extraEdges.at(-1);
+  const slowClient = new OpenAI({ baseURL: `${slowUrl}/v1`, apiKey: late.key, maxRetries: 0 });
+  let slowOwed = priced(await ask(slowClient, "opens"));
+  await waitUntil(async () => (await charges(late.id)).length === 1, { what: "the first window's charge" });
+  const slowHold = (await holds(late.id)).find((h) => h.state === "open").hold_id;
+  const locker = spawn(path.join(pg.bindir, "psql"), ["-X", "-q", db.url, "-c",
+    `BEGIN; SELECT 1 FROM holds WHERE id = ${slowHold} FOR UPDATE; SELECT pg_sleep(3); COMMIT;`]);
+  const unlocked = new Promise((resolve) => locker.on("exit", resolve));
+  await waitUntil(() => pg.psql(db.name, "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'") === "1",
+    { what: "the hold's row locked" });
+  const lockedAt = Date.now();
+  for (const i of [0, 1]) {
+    const a = await ask(slowClient, `first window ${i}`); // their window's write will wait for the lock
+    slowOwed += priced(a);
+  }
+  await sleep(Math.max(0, 1300 - (Date.now() - lockedAt))); // that write is out, waiting
+  for (const i of [0, 1]) {
+    const a = await ask(slowClient, `second window ${i}`); // their window ends while it waits
+    slowOwed += priced(a);
+  }
+  // (their window, 1 s, must end before the lock goes, 3 s after it was taken)
+  assert.ok(Date.now() - lockedAt < 1800, `the second window began ${Date.now() - lockedAt} ms in: too late to tell`);
+  assert.equal(await unlocked, 0);
+  await waitUntil(async () => (await charges(late.id)).length >= 3, { what: "the first window's write" });
+  const firstWritten = Date.now();
+  await waitUntil(async () => (await charges(late.id)).length === 5, { what: "the second window's charges" });
+  assert.ok(Date.now() - firstWritten < 600, `the second window's charges waited ${Date.now() - firstWritten} ms more`);
+  extraEdges.splice(extraEdges.indexOf(slowEdge), 1);
+  assert.equal((await slowEdge.stop()).code, 0);
+  assert.equal((await charges(late.id)).reduce((sum, c) => sum + c.amount_micro, 0), slowOwed);
+  assert.equal(await available(late.id), 10_000_000 - slowOwed);
 
   // under steady calls the charges go in one write per window, not one per ledger round trip: a write
   // that ends leaves the charges answered meanwhile to the next window
