@@ -243,6 +243,12 @@ static int s_seen_hold_cmp(const void *a, const void *b)
     return (x->order > y->order) - (x->order < y->order);
 }
 
+static int s_seen_hold_only_cmp(const void *a, const void *b)
+{
+    const s_seen_t *x = a, *y = b;
+    return (x->hold > y->hold) - (x->hold < y->hold);
+}
+
 static int s_seen_order_cmp(const void *a, const void *b)
 {
     const s_seen_t *x = a, *y = b;
@@ -268,7 +274,7 @@ static s_seen_t *s_holds_collect(edge_journal_plan_t *plan, const int64_t *named
         plan->holds[i] = seen[i].hold;
         seen[i].order = i;
     }
-    qsort(seen, k, sizeof(*seen), s_seen_hold_cmp);
+    qsort(seen, k, sizeof(*seen), s_seen_hold_only_cmp); /* one each now */
     return seen;
 }
 
@@ -286,8 +292,20 @@ static int s_uncarried_cmp(const void *a, const void *b)
     return (x->c->uid > y->c->uid) - (x->c->uid < y->c->uid);
 }
 
-static edge_journal_send_t *s_send_add(edge_journal_plan_t *plan);
-static void s_send_body(edge_journal_send_t *s, json_t *list);
+static edge_journal_send_t *s_send_add(edge_journal_plan_t *plan)
+{
+    plan->sends = fb_realloc(plan->sends, (plan->nsends + 1) * sizeof(*plan->sends));
+    edge_journal_send_t *s = &plan->sends[plan->nsends++];
+    memset(s, 0, sizeof(*s));
+    return s;
+}
+
+static void s_send_body(edge_journal_send_t *s, json_t *list)
+{
+    json_t *body = json_pack("{sI so}", "hold_id", (json_int_t)s->hold_id, "charges", list);
+    s->body = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+}
 
 /* Writes for the charges no write carried: by hold in the plan's order, by
  * uid within one, at most CHARGES_A_WRITE each, under keys made of the
@@ -301,17 +319,10 @@ static void s_plan_uncarried(edge_journal_plan_t *plan, const s_charge_t *charge
     for (size_t i = 0; i < ncharges; i++) {
         if (charges[i].carried)
             continue;
-        /* its hold's entry (one each, by hold) */
-        size_t lo = 0, hi = plan->nholds;
-        while (lo < hi) {
-            size_t mid = lo + (hi - lo) / 2;
-            if (ranks[mid].hold < charges[i].hold)
-                lo = mid + 1;
-            else
-                hi = mid;
-        }
-        FB_ASSERT(lo < plan->nholds && ranks[lo].hold == charges[i].hold);
-        list[n++] = (s_uncarried_t){.rank = ranks[lo].order, .c = &charges[i]};
+        s_seen_t key = {.hold = charges[i].hold};
+        const s_seen_t *seen = bsearch(&key, ranks, plan->nholds, sizeof(*ranks), s_seen_hold_only_cmp);
+        FB_ASSERT(seen);
+        list[n++] = (s_uncarried_t){.rank = seen->order, .c = &charges[i]};
     }
     qsort(list, n, sizeof(*list), s_uncarried_cmp);
     edge_journal_send_t *s = NULL;
@@ -337,21 +348,6 @@ static void s_plan_uncarried(edge_journal_plan_t *plan, const s_charge_t *charge
     if (s)
         s_send_body(s, items);
     free(list);
-}
-
-static edge_journal_send_t *s_send_add(edge_journal_plan_t *plan)
-{
-    plan->sends = fb_realloc(plan->sends, (plan->nsends + 1) * sizeof(*plan->sends));
-    edge_journal_send_t *s = &plan->sends[plan->nsends++];
-    memset(s, 0, sizeof(*s));
-    return s;
-}
-
-static void s_send_body(edge_journal_send_t *s, json_t *list)
-{
-    json_t *body = json_pack("{sI so}", "hold_id", (json_int_t)s->hold_id, "charges", list);
-    s->body = json_dumps(body, JSON_COMPACT);
-    json_decref(body);
 }
 
 static bool s_int(const char **p, int64_t *out)
