@@ -66,4 +66,6 @@ void fb_curlm_remove(fb_curlm_t *self, CURL *easy);
 /* fb_curlm_running - transfers added and not yet done or removed. */
 size_t fb_curlm_running(const fb_curlm_t *self);
 
+int fb_curlm_test(bool verbose);
+
 #endif

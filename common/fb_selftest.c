@@ -3,6 +3,7 @@
  *
  *   farebox-selftest [-v] [class ...]      farebox-selftest --list */
 #include "fb_config.h"
+#include "fb_curlm.h"
 #include "fb_curve.h"
 #include "fb_endpoint.h"
 #include "fb_log.h"
@@ -60,6 +61,7 @@ static const s_test_t s_tests[] = {
     {"fb_msgpack", fb_msgpack_test},
     {"fb_endpoint", fb_endpoint_test},
     {"fb_curve", fb_curve_test},
+    {"fb_curlm", fb_curlm_test},
     {"fb_rpc_msg", fb_rpc_msg_test},
     {"fb_codec", fb_codec_test},
     {"fb_apikey", fb_apikey_test},

@@ -14,6 +14,7 @@ import crypto from "node:crypto";
 import fs from "node:fs";
 import http from "node:http";
 import http2 from "node:http2";
+import os from "node:os";
 import path from "node:path";
 import { spawn } from "node:child_process";
 import OpenAI from "openai";
@@ -536,6 +537,64 @@ async function startEdge(env) {
   extraEdges.push(p);
   return `http://127.0.0.1:${port}`;
 }
+
+// A name the system's resolver maps to this machine, looked up by libcurl on its resolver thread (it
+// answers "localhost" itself): another name of 127.x in /etc/hosts, or else the host's own name.
+function resolvedName() {
+  for (const line of fs.readFileSync("/etc/hosts", "utf8").split("\n")) {
+    const [addr, ...names] = line.replace(/#.*/, "").trim().split(/\s+/);
+    if (/^127\./.test(addr ?? "")) for (const n of names) if (n && !/localhost/i.test(n)) return n;
+  }
+  return os.hostname();
+}
+
+test("a provider named by host name: every call is answered, each on a new connection", async () => {
+  // libcurl resolves the name on a thread that signals through a socket pair, which it closes
+  // without CURLOPT_CLOSESOCKETFUNCTION; the watcher put on that socket must not outlive it, or
+  // the next connection accepted on the same descriptor is never read (stop 29: HAProxy's 502
+  // after the edge had held the request unread for 10 s)
+  const port = await freePort();
+  const named = new Proc(bin("farebox-mock-model"), [], { env: { FAREBOX_MOCK_LISTEN: `0.0.0.0:${port}` },
+    name: "mock-by-name" });
+  await named.waitForMsg("mock model listening");
+  try {
+    const name = resolvedName();
+    const edgeUrl = await startEdge({ FAREBOX_MOCK_MODEL_URL: `http://${name}:${port}` });
+    const { id, key } = await account(10_000_000);
+    const once = (i) => new Promise((resolve, reject) => {
+      const body = JSON.stringify({ model: "gpt-4o-mini", max_tokens: 3, messages: [{ role: "user", content: `n${i}` }] });
+      const req = http.request(`${edgeUrl}/v1/chat/completions`, { method: "POST", agent: false, timeout: 4000,
+        headers: { authorization: `Bearer ${key}`, "content-type": "application/json", "x-request-id": `named-${i}` } },
+      (res) => {
+        let text = "";
+        res.on("data", (d) => (text += d));
+        res.on("end", () => resolve({ status: res.statusCode, text }));
+      });
+      req.on("timeout", () => req.destroy(new Error(`call ${i} not answered within 4 s (name ${name})`)));
+      req.on("error", reject);
+      req.end(body);
+    });
+    // calls at once, each having the name looked up (their socket pairs are closed after the
+    // connections are made, above the descriptors in use), then more at once than before, so that
+    // the new connections take those descriptors; each call on a connection of its own
+    const range = (from, n) => Array.from({ length: n }, (_, i) => from + i);
+    const answers = await Promise.all(range(0, 6).map(once));
+    answers.push(...await Promise.all(range(6, 24).map(once)));
+    let paid = 0;
+    for (const r of answers) {
+      assert.equal(r.status, 200, r.text);
+      const u = JSON.parse(r.text).usage;
+      paid += cost("gpt-4o-mini", u.prompt_tokens, u.completion_tokens);
+    }
+    await waitUntil(async () => (await settled(id)).length === answers.length, { timeoutMs: 10000,
+      what: "a charge for each call" });
+    assert.equal((await settled(id)).reduce((n, c) => n + c.amount_micro, 0), paid);
+    await audit();
+  } finally {
+    named.signal("SIGTERM");
+    await named.exited;
+  }
+});
 
 test("a provider route that fails before any output is retried once on its second route; refusals are not", async () => {
   // the main OpenAI route: a server that answers what it is told; the second route: the mock
