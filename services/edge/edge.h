@@ -49,6 +49,7 @@ struct edge_t {
     const char *https_listen;  /* TLS listen address (h2 and http/1.1 by ALPN) */
     uint32_t ready_timeout_ms; /* /readyz deadline for the dependency checks */
     uint32_t grace_ms;         /* how long a stop waits for requests in flight */
+    uint32_t stop_delay_ms;    /* a stop's health checks fail this long before it stops serving */
     int worker_count;          /* worker threads, the first runs on the main loop */
     bool facilitator_open;     /* /facilitator/verify and /settle need no token */
     bool facilitator_token_set;

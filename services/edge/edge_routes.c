@@ -97,10 +97,11 @@ static int s_healthz(edge_worker_t *w, h2o_req_t *req, const char *rid)
     char body[256], esc[160];
     const char *replica = fb_service_replica(w->edge->service);
     edge_json_escape(esc, sizeof(esc), replica, strlen(replica));
+    /* a stopping edge fails its health checks (FAREBOX_STOP_DELAY_MS) */
     int n = snprintf(body, sizeof(body),
-                     "{\"status\":\"ok\",\"service\":\"edge\",\"replica\":\"%s\",\"version\":\"%s\"}", esc,
-                     FAREBOX_VERSION);
-    fb_http_send(req, 200, "application/json", body, (size_t)n);
+                     "{\"status\":\"%s\",\"service\":\"edge\",\"replica\":\"%s\",\"version\":\"%s\"}",
+                     w->stopping ? "stopping" : "ok", esc, FAREBOX_VERSION);
+    fb_http_send(req, w->stopping ? 503 : 200, "application/json", body, (size_t)n);
     return 0;
 }
 
@@ -167,6 +168,11 @@ static void s_ready_verifier(void *arg, const fb_rpc_reply_t *reply)
 
 static int s_readyz(edge_worker_t *w, h2o_req_t *req, const char *rid)
 {
+    if (w->stopping) {
+        static const char body[] = "{\"ready\":false,\"stopping\":true}";
+        fb_http_send(req, 503, "application/json", body, sizeof(body) - 1);
+        return 0;
+    }
     s_ready_t *r = fb_calloc(1, sizeof(*r));
     r->guard = fb_http_guard_new(req);
     r->waiting = 2;

@@ -59,16 +59,35 @@ static void s_drain_check(uv_timer_t *t)
         uv_stop(self->loop);
 }
 
-static void s_begin_stop(edge_worker_t *self)
+/* The stop proper: no new connection, no more keep-alive, the requests in
+ * flight finish. */
+static void s_stop_serving(uv_timer_t *t)
 {
-    if (self->stopping)
-        return;
-    self->stopping = true;
+    edge_worker_t *self = t->data;
     fb_http_close(&self->listen_plain);
     fb_http_close(&self->listen_tls);
     h2o_context_request_shutdown(&self->ctx); /* GOAWAY on HTTP/2, no more keep-alive on HTTP/1 */
     self->stop_deadline = fb_mono_ms() + self->edge->grace_ms;
     uv_timer_start(&self->drain, s_drain_check, 0, 20);
+}
+
+/* SIGTERM: /healthz and /readyz answer 503 at once; with a stop delay the edge
+ * goes on serving everything else as before for that long, so that a load
+ * balancer checking it takes it out of rotation before its listener closes
+ * and its idle connections are shut (no request is then sent to an edge that
+ * is closing its connections). */
+static void s_begin_stop(edge_worker_t *self)
+{
+    if (self->stopping)
+        return;
+    self->stopping = true;
+    uint32_t delay = self->edge->stop_delay_ms;
+    if (delay > 0 && self->index == 0)
+        fb_log(FB_LOG_INFO, NULL, "stopping: health checks fail first", "delay_ms=%u", delay);
+    if (delay > 0)
+        uv_timer_start(&self->drain, s_stop_serving, delay, 0);
+    else
+        s_stop_serving(&self->drain);
 }
 
 static void s_on_key_watch(uv_timer_t *t)

@@ -98,6 +98,10 @@ static const fb_config_var_t s_vars[] = {
      "HTTP worker threads (each has its own loop)"},
     {"FAREBOX_HTTP_MAX_BODY", FB_CFG_INT, "1048576", 1024, 67108864, NULL, NULL,
      "largest request body accepted, in bytes"},
+    {"FAREBOX_STOP_DELAY_MS", FB_CFG_INT, "0", 0, 60000, NULL, NULL,
+     "on SIGTERM, /healthz and /readyz answer 503 at once, and the edge goes on serving everything else "
+     "this long before it stops accepting (set it above the time a load balancer takes to see a failed "
+     "health check)"},
     {"FAREBOX_READY_TIMEOUT_MS", FB_CFG_INT, "1000", 10, 60000, NULL, NULL,
      "/readyz waits this long for the ledger and verifier to answer"},
     {"FAREBOX_FACILITATOR_TOKEN", FB_CFG_SECRET, "", 0, 0, NULL, NULL,
@@ -311,6 +315,7 @@ int main(int argc, char **argv)
     edge.https_listen = fb_config_str(cfg, "FAREBOX_HTTPS_LISTEN");
     edge.ready_timeout_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_READY_TIMEOUT_MS");
     edge.grace_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_STOP_GRACE_MS");
+    edge.stop_delay_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_STOP_DELAY_MS");
     edge.worker_count = (int)fb_config_int(cfg, "FAREBOX_EDGE_THREADS");
     edge.facilitator_open = fb_config_bool(cfg, "FAREBOX_FACILITATOR_OPEN");
     const char *token = fb_config_str(cfg, "FAREBOX_FACILITATOR_TOKEN");

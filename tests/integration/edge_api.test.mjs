@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
+import http from "node:http";
 import { spawnSync } from "node:child_process";
 import OpenAI from "openai";
 import Anthropic from "@anthropic-ai/sdk";
@@ -304,4 +305,45 @@ test("fareboxctl drives the admin API with run.env's variables", () => {
   const file = path.join(tmpDir("ctl"), "token");
   fs.writeFileSync(file, `${ADMIN}\n`);
   assert.equal(ctl(["audit"], { FAREBOX_URL: url, FAREBOX_ADMIN_TOKEN: "", FAREBOX_ADMIN_TOKEN_FILE: file }).status, 0);
+});
+
+test("SIGTERM with FAREBOX_STOP_DELAY_MS: health checks fail at once, everything else is served until the delay ends", async () => {
+  const p = await startEdge({ FAREBOX_ADMIN_TOKEN: ADMIN, FAREBOX_KEY_HMAC_SECRET: HMAC, FAREBOX_STOP_DELAY_MS: "1500" });
+  // each request on a connection of its own: the listener must still take new ones
+  const get = (path, headers = {}) => new Promise((resolve, reject) => {
+    const u = new URL(path, p.url);
+    http.get(u, { agent: false, headers }, (res) => {
+      let body = "";
+      res.on("data", (d) => (body += d));
+      res.on("end", () => resolve({ status: res.statusCode, body: JSON.parse(body) }));
+    }).on("error", reject);
+  });
+  const { account_id: id } = await (await fetch(`${p.url}/admin/accounts`, { method: "POST", headers: admin,
+    body: JSON.stringify({ label: "stop-delay" }) })).json();
+  const { key } = await (await fetch(`${p.url}/admin/accounts/${id}/keys`, { method: "POST", headers: admin,
+    body: "{}" })).json();
+  assert.equal((await get("/healthz")).status, 200);
+  assert.equal((await get("/readyz")).status, 200);
+
+  const t0 = Date.now();
+  p.signal("SIGTERM");
+  await p.waitForMsg("stopping: health checks fail first", { timeoutMs: 5000 });
+  const health = await get("/healthz");
+  assert.equal(health.status, 503);
+  assert.equal(health.body.status, "stopping");
+  assert.deepEqual(await get("/readyz"), { status: 503, body: { ready: false, stopping: true } });
+  // still serving, on new connections too: the catalog, a key's balance (through the ledger), admin
+  assert.equal((await get("/v1/models")).status, 200);
+  const balance = await get("/v1/balance", { authorization: `Bearer ${key}` });
+  assert.equal(balance.status, 200, JSON.stringify(balance.body));
+  assert.equal(balance.body.balance_micro, 0);
+  assert.equal((await get(`/admin/accounts/${id}`, admin)).status, 200);
+  assert.ok(Date.now() - t0 < 1500, "all of it within the delay");
+
+  // then the stop proper: no new connection, and a clean exit
+  const { code } = await p.exited;
+  assert.equal(code, 0);
+  assert.ok(Date.now() - t0 >= 1500, `not before the delay (${Date.now() - t0} ms)`);
+  await assert.rejects(get("/healthz"), /ECONNREFUSED/);
+  await audit();
 });
