@@ -98,6 +98,10 @@ static const fb_config_var_t s_vars[] = {
      "HTTP worker threads (each has its own loop)"},
     {"FAREBOX_HTTP_MAX_BODY", FB_CFG_INT, "1048576", 1024, 67108864, NULL, NULL,
      "largest request body accepted, in bytes"},
+    {"FAREBOX_HTTP_IDLE_TIMEOUT_MS", FB_CFG_INT, "10000", 1000, 3600000, NULL, NULL,
+     "a client connection idle this long is closed, and a request must arrive whole within it; behind a load "
+     "balancer, set it above the balancer's own keep-alive, so that the balancer, not the edge, ends idle "
+     "connections (an edge closing one as the balancer sends on it fails that request)"},
     {"FAREBOX_STOP_DELAY_MS", FB_CFG_INT, "0", 0, 60000, NULL, NULL,
      "on SIGTERM, /healthz and /readyz answer 503 at once, and the edge goes on serving everything else "
      "this long before it stops accepting (set it above the time a load balancer takes to see a failed "
@@ -296,6 +300,10 @@ int main(int argc, char **argv)
     h2o_config_init(&edge.h2o);
     edge.h2o.max_request_entity_size = (size_t)fb_config_int(cfg, "FAREBOX_HTTP_MAX_BODY");
     edge.h2o.server_name = h2o_iovec_init(H2O_STRLIT("farebox"));
+    /* an idle connection's life, and the time a request has to arrive whole */
+    uint64_t idle_ms = (uint64_t)fb_config_int(cfg, "FAREBOX_HTTP_IDLE_TIMEOUT_MS");
+    edge.h2o.http1.req_timeout = idle_ms;
+    edge.h2o.http2.idle_timeout = idle_ms;
     edge_routes_register(&edge);
 
     const char *cert = fb_config_str(cfg, "FAREBOX_TLS_CERT_FILE"),

@@ -347,3 +347,39 @@ test("SIGTERM with FAREBOX_STOP_DELAY_MS: health checks fail at once, everything
   await assert.rejects(get("/healthz"), /ECONNREFUSED/);
   await audit();
 });
+
+test("FAREBOX_HTTP_IDLE_TIMEOUT_MS: an idle keep-alive connection lives that long, and no longer", async () => {
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  const get = (agent, target) => new Promise((resolve, reject) => {
+    const req = http.get(`${target}/healthz`, { agent }, (res) => {
+      const socket = res.socket; // given back to the agent (and detached) at the end
+      res.resume();
+      res.on("end", () => resolve({ status: res.statusCode, socket, reused: req.reusedSocket }));
+    });
+    req.on("error", reject);
+  });
+  for (const [idle, open] of [[1500, false], [6000, true]]) {
+    const p = await startEdge({ FAREBOX_HTTP_IDLE_TIMEOUT_MS: String(idle) });
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    try {
+      const first = await get(agent, p.url);
+      assert.equal(first.status, 200);
+      let closedAfter = null;
+      const t0 = Date.now();
+      first.socket.on("close", () => (closedAfter = Date.now() - t0));
+      await sleep(3000);
+      if (open) {
+        assert.equal(closedAfter, null, `idle ${idle} ms: still open after 3 s`);
+        const second = await get(agent, p.url);
+        assert.equal(second.status, 200);
+        assert.equal(second.reused, true, "the second request went on the same connection");
+      } else {
+        assert.ok(closedAfter !== null && closedAfter >= 1300, `idle ${idle} ms: closed by the edge at ${closedAfter} ms`);
+      }
+    } finally {
+      agent.destroy();
+      p.signal("SIGTERM");
+    }
+    assert.equal((await p.exited).code, 0);
+  }
+});
