@@ -82,12 +82,13 @@ static void s_begin_stop(edge_worker_t *self)
         return;
     self->stopping = true;
     uint32_t delay = self->edge->stop_delay_ms;
-    if (delay > 0 && self->index == 0)
-        fb_log(FB_LOG_INFO, NULL, "stopping: health checks fail first", "delay_ms=%u", delay);
-    if (delay > 0)
-        uv_timer_start(&self->drain, s_stop_serving, delay, 0);
-    else
+    if (delay == 0) {
         s_stop_serving(&self->drain);
+        return;
+    }
+    if (self->index == 0)
+        fb_log(FB_LOG_INFO, NULL, "stopping: health checks fail first", "delay_ms=%u", delay);
+    uv_timer_start(&self->drain, s_stop_serving, delay, 0);
 }
 
 static void s_on_key_watch(uv_timer_t *t)
