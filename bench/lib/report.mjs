@@ -72,6 +72,11 @@ if (name === "edge") {
     ratios.deferred_h1_throughput_vs_nginx = e.edged_h1.calls_per_s / e.nginx_h1.calls_per_s;
     ratios.deferred_h2_throughput_vs_nginx = e.edged_h2.calls_per_s / e.nginx_h2.calls_per_s;
   }
+  // ... and with FAREBOX_PREPAID_JOURNAL_FSYNC too (answers wait for the journal's fdatasync)
+  if (e.edgef_h1) {
+    ratios.fsync_h1_throughput_vs_nginx = e.edgef_h1.calls_per_s / e.nginx_h1.calls_per_s;
+    ratios.fsync_h2_throughput_vs_nginx = e.edgef_h2.calls_per_s / e.nginx_h2.calls_per_s;
+  }
 }
 
 const labels = {
@@ -91,6 +96,12 @@ const labels = {
   edged_half: "deferred-charge edge, half its peak",
   nginxd_half: "nginx proxy, that same rate",
   mockd_half: "mock model direct, that same rate",
+  edgef_h1: "fsync-journal edge, HTTP/1.1, 64 conns",
+  edgef_h2: "fsync-journal edge, h2c, 8 conns x 16",
+  edgef_light: "fsync-journal edge, 2 conns",
+  edgef_half: "fsync-journal edge, half its peak",
+  nginxf_half: "nginx proxy, the fsync edge's rate",
+  mockf_half: "mock model direct, the fsync edge's rate",
   memory_per_connection: "edge bytes per idle keep-alive conn",
   memory_per_stream: "edge bytes per open stream",
   batched_hot: "ledger, group commit, 1 hot account",
@@ -129,6 +140,19 @@ if (name === "verify") {
 }
 if (name === "edge") {
   const e = summary;
+  // the figures of an edge with another charge mode (PREFIX_...), against the mock and nginx at its half peak
+  const sum3 = (c) => c.edge + c.ledger + c.postgres;
+  const mode = (prefix, light, half, nginx, mock) => half ? {
+    [`${prefix}_added_p50_us`]: light.p50_us - e.mock_light.p50_us,
+    [`${prefix}_added_p99_us`]: light.p99_us - e.mock_light.p99_us,
+    [`${prefix}_half_peak_calls_per_s`]: half.calls_per_s,
+    [`${prefix}_half_peak_added_p50_us`]: half.p50_us - mock.p50_us,
+    [`${prefix}_half_peak_added_p99_us`]: half.p99_us - mock.p99_us,
+    [`${prefix}_half_peak_nginx_added_p50_us`]: nginx.p50_us - mock.p50_us,
+    [`${prefix}_half_peak_nginx_added_p99_us`]: nginx.p99_us - mock.p99_us,
+    ...(half.cpu_us_per_call && nginx.cpu_us_per_call && {
+      [`${prefix}_half_peak_cpu_us_per_call`]: sum3(half.cpu_us_per_call),
+      [`${prefix}_half_peak_cpu_per_call_vs_nginx`]: sum3(half.cpu_us_per_call) / nginx.cpu_us_per_call.nginx }) } : {};
   const added = { added_p50_us: e.edge_light.p50_us - e.mock_light.p50_us, added_p99_us: e.edge_light.p99_us - e.mock_light.p99_us,
     nginx_added_p50_us: e.nginx_light.p50_us - e.mock_light.p50_us, nginx_added_p99_us: e.nginx_light.p99_us - e.mock_light.p99_us,
     light_load_share_of_peak: e.edge_light.calls_per_s / e.edge_h1.calls_per_s,
@@ -147,19 +171,8 @@ if (name === "edge") {
     // each answer waits for the WAL flush of its charge's commit: the floor under the added latency
     ...(e.edge_half?.wal_flush_us_mean != null && { half_peak_wal_flush_us_mean: e.edge_half.wal_flush_us_mean,
       half_peak_wal_flushes_per_call: e.edge_half.wal_flushes_per_call }),
-    ...(e.edged_half && { deferred_added_p50_us: e.edged_light.p50_us - e.mock_light.p50_us,
-      deferred_added_p99_us: e.edged_light.p99_us - e.mock_light.p99_us,
-      deferred_half_peak_calls_per_s: e.edged_half.calls_per_s,
-      deferred_half_peak_added_p50_us: e.edged_half.p50_us - e.mockd_half.p50_us,
-      deferred_half_peak_added_p99_us: e.edged_half.p99_us - e.mockd_half.p99_us,
-      deferred_half_peak_nginx_added_p50_us: e.nginxd_half.p50_us - e.mockd_half.p50_us,
-      deferred_half_peak_nginx_added_p99_us: e.nginxd_half.p99_us - e.mockd_half.p99_us,
-      ...(e.edged_half.cpu_us_per_call && e.nginxd_half?.cpu_us_per_call && {
-        deferred_half_peak_cpu_us_per_call: e.edged_half.cpu_us_per_call.edge + e.edged_half.cpu_us_per_call.ledger +
-          e.edged_half.cpu_us_per_call.postgres,
-        deferred_half_peak_cpu_per_call_vs_nginx: (e.edged_half.cpu_us_per_call.edge +
-          e.edged_half.cpu_us_per_call.ledger + e.edged_half.cpu_us_per_call.postgres) /
-          e.nginxd_half.cpu_us_per_call.nginx }) }),
+    ...mode("deferred", e.edged_light, e.edged_half, e.nginxd_half, e.mockd_half),
+    ...mode("fsync", e.edgef_light, e.edgef_half, e.nginxf_half, e.mockf_half),
     bytes_per_connection: e.memory_per_connection?.bytes, bytes_per_stream: e.memory_per_stream?.bytes };
   Object.assign(ratios, added);
   console.log("\nlatency the edge adds over calling the mock directly, at light load (h2load reports a mean, so p50 of h2 cases is a mean)");
@@ -168,6 +181,8 @@ if (name === "edge") {
     console.log(`CPU us per call at half the edge's peak: ${cpu(e.edge_half.cpu_us_per_call)} | nginx's run: ${cpu(e.nginx_half.cpu_us_per_call)}`);
   if (e.edged_half?.cpu_us_per_call)
     console.log(`CPU us per call at half the deferred-charge edge's peak: ${cpu(e.edged_half.cpu_us_per_call)} | nginx's run: ${cpu(e.nginxd_half.cpu_us_per_call)}`);
+  if (e.edgef_half?.cpu_us_per_call)
+    console.log(`CPU us per call at half the fsync-journal edge's peak: ${cpu(e.edgef_half.cpu_us_per_call)} | nginx's run: ${cpu(e.nginxf_half.cpu_us_per_call)}`);
   if (e.edge_half?.wal_flush_us_mean != null)
     console.log(`Postgres WAL flushes at half the edge's peak: ${e.edge_half.wal_flushes_per_call.toFixed(3)} per call, ` +
       `${Math.round(e.edge_half.wal_flush_us_mean)} us each on average (every answer waits for one)`);

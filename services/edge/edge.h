@@ -76,6 +76,7 @@ struct edge_t {
     int64_t charge_defer_ms;               /* ... answers wait for their charge (0) or not (edge_purse) */
     const char *journal_dir;   /* ... deferred charges journaled there first ("": not; edge_journal) */
     size_t journal_max_bytes;  /* ... each journal replaced by a shorter one past this */
+    bool journal_fsync;        /* ... and answers wait for their records' fdatasync */
     int64_t slice_age_ms;      /* ... take no new call after this long */
     int64_t idem_keep_ms;      /* idempotent calls: how long a name and its answer are kept */
     size_t idem_answer_max;    /* ... the largest answer kept for a retry */

@@ -32,6 +32,7 @@ struct edge_journal_t {
     size_t size;      /* bytes in the file */
     size_t rotate_at; /* the size that asks for a new file */
     size_t max_bytes;
+    bool durable;  /* each file is on the disk before its name is (edge_journal_open) */
     bool snapshot; /* records go to the next file */
 };
 
@@ -68,10 +69,25 @@ static int s_write_all(int fd, const char *p, size_t n)
     return 0;
 }
 
+/* Syncs dir's entries (a rename or a new name in it) to the disk. */
+static int s_sync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int rc = fsync(fd);
+    int e = errno;
+    close(fd);
+    errno = e;
+    return rc;
+}
+
 /* Writes buf as a new file at path, locked (fd returned), by way of path.tmp
  * and a rename: the path never names a file that is partly written or not
- * locked. -1 on failure, nothing left behind. */
-static int s_replace(const char *path, const char *buf, size_t len)
+ * locked. durable: the file's bytes are on the disk before the rename (the
+ * rename itself is made durable by s_sync_dir). -1 on failure, nothing left
+ * behind. */
+static int s_replace(const char *path, const char *buf, size_t len, bool durable)
 {
     char tmp[4200];
     snprintf(tmp, sizeof(tmp), "%s.tmp", path);
@@ -79,7 +95,8 @@ static int s_replace(const char *path, const char *buf, size_t len)
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0)
         return -1;
-    if (flock(fd, LOCK_EX | LOCK_NB) != 0 || s_write_all(fd, buf, len) != 0 || rename(tmp, path) != 0) {
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0 || s_write_all(fd, buf, len) != 0 ||
+        (durable && fdatasync(fd) != 0) || rename(tmp, path) != 0) {
         int e = errno;
         close(fd);
         unlink(tmp);
@@ -89,8 +106,8 @@ static int s_replace(const char *path, const char *buf, size_t len)
     return fd;
 }
 
-edge_journal_t *edge_journal_open(const char *dir, const char *ledger_id, size_t max_bytes, char *err,
-                                  size_t errlen)
+edge_journal_t *edge_journal_open(const char *dir, const char *ledger_id, size_t max_bytes, bool durable,
+                                  char *err, size_t errlen)
 {
     if (strlen(dir) >= sizeof(((edge_journal_t *)0)->dir) || !ledger_id[0] ||
         strlen(ledger_id) > EDGE_JOURNAL_LEDGER_MAX || strpbrk(ledger_id, " \n")) {
@@ -110,7 +127,15 @@ edge_journal_t *edge_journal_open(const char *dir, const char *ledger_id, size_t
     j->cap = 1 << 16;
     j->buf = fb_malloc(j->cap);
     s_append(j, MAGIC "%s\n", ledger_id);
-    j->fd = s_replace(j->path, j->buf, j->len);
+    j->durable = durable;
+    j->fd = s_replace(j->path, j->buf, j->len, durable);
+    if (j->fd >= 0 && durable && s_sync_dir(dir) != 0) {
+        int e = errno;
+        unlink(j->path);
+        close(j->fd);
+        j->fd = -1;
+        errno = e;
+    }
     if (j->fd < 0) {
         snprintf(err, errlen, "cannot write %s: %s", j->path, strerror(errno));
         free(j->buf);
@@ -165,6 +190,11 @@ int edge_journal_sync(edge_journal_t *j)
     return 0;
 }
 
+int edge_journal_dup(const edge_journal_t *j)
+{
+    return fcntl(j->fd, F_DUPFD_CLOEXEC, 0);
+}
+
 bool edge_journal_full(const edge_journal_t *j)
 {
     return j->size + j->len >= j->rotate_at;
@@ -184,7 +214,7 @@ int edge_journal_snapshot_end(edge_journal_t *j)
 {
     FB_ASSERT(j->snapshot);
     j->snapshot = false;
-    int fd = s_replace(j->path, j->buf, j->len);
+    int fd = s_replace(j->path, j->buf, j->len, j->durable);
     size_t len = j->len;
     j->len = 0;
     if (fd < 0) {
@@ -196,7 +226,9 @@ int edge_journal_snapshot_end(edge_journal_t *j)
     j->fd = fd;
     j->size = len;
     j->rotate_at = len < j->max_bytes / 2 ? j->max_bytes : len + j->max_bytes / 2;
-    return 0;
+    /* the new file is in place; if its name may not survive a crash, the
+     * records appended to it from now on may not either */
+    return j->durable && s_sync_dir(j->dir) != 0 ? -2 : 0;
 }
 
 void edge_journal_close(edge_journal_t **j_p, bool remove)
@@ -649,9 +681,9 @@ int edge_journal_test(bool verbose)
     FB_ASSERT(mkdtemp(dir));
     char sub[sizeof(dir) + 8], err[256];
     snprintf(sub, sizeof(sub), "%s/j", dir);
-    edge_journal_t *j = edge_journal_open(sub, "ledger-1", 1 << 20, err, sizeof(err));
+    edge_journal_t *j = edge_journal_open(sub, "ledger-1", 1 << 20, false, err, sizeof(err));
     FB_ASSERT(j);
-    FB_ASSERT(!edge_journal_open(sub, "two words", 1 << 20, err, sizeof(err)));
+    FB_ASSERT(!edge_journal_open(sub, "two words", 1 << 20, false, err, sizeof(err)));
     edge_journal_charge(j, 1, 7, 5, "r1");
     edge_journal_charge(j, 2, 7, 6, "r2");
     edge_journal_charge(j, 3, 8, 1, "");
@@ -709,7 +741,7 @@ int edge_journal_test(bool verbose)
     FB_ASSERT(access(path, F_OK) != 0);
 
     /* a replacement holds only what is pending, and replaces the file whole */
-    j = edge_journal_open(sub, "ledger-1", 1 << 20, err, sizeof(err));
+    j = edge_journal_open(sub, "ledger-1", 1 << 20, false, err, sizeof(err));
     FB_ASSERT(j);
     for (uint64_t u = 1; u <= 100; u++)
         edge_journal_charge(j, u, 3, 10, "x");
@@ -736,21 +768,36 @@ int edge_journal_test(bool verbose)
     FB_ASSERT(access(path, F_OK) != 0);
 
     /* past its size, the journal asks to be replaced; a replacement as large
-     * as the limit asks again only after half as much more */
-    j = edge_journal_open(sub, "ledger-1", 4096, err, sizeof(err));
-    FB_ASSERT(j && !edge_journal_full(j));
-    uint64_t u = 0;
-    while (!edge_journal_full(j) && u < 10000)
-        edge_journal_charge(j, ++u, 3, 10, "a-reference-of-some-length");
-    FB_ASSERT(u > 50 && u < 200);
-    FB_ASSERT(edge_journal_snapshot_begin(j) == 0);
-    for (uint64_t k = 1; k <= u; k++)
-        edge_journal_charge(j, k, 3, 10, "a-reference-of-some-length");
-    FB_ASSERT(edge_journal_snapshot_end(j) == 0 && !edge_journal_full(j));
-    for (uint64_t k = 0; k < 40; k++)
-        edge_journal_charge(j, ++u, 3, 10, "a-reference-of-some-length");
-    FB_ASSERT(edge_journal_sync(j) == 0 && !edge_journal_full(j));
-    edge_journal_close(&j, true);
+     * as the limit asks again only after half as much more; durable or not.
+     * A descriptor taken before the replacement stays usable (a sync in
+     * flight), and the replacement holds what was pending */
+    for (int durable = 0; durable < 2; durable++) {
+        j = edge_journal_open(sub, "ledger-1", 4096, durable, err, sizeof(err));
+        FB_ASSERT(j && !edge_journal_full(j));
+        uint64_t u = 0;
+        while (!edge_journal_full(j) && u < 10000)
+            edge_journal_charge(j, ++u, 3, 10, "a-reference-of-some-length");
+        FB_ASSERT(u > 50 && u < 200);
+        FB_ASSERT(edge_journal_sync(j) == 0);
+        int before = edge_journal_dup(j);
+        FB_ASSERT(before >= 0);
+        FB_ASSERT(edge_journal_snapshot_begin(j) == 0);
+        for (uint64_t k = 1; k <= u; k++)
+            edge_journal_charge(j, k, 3, 10, "a-reference-of-some-length");
+        FB_ASSERT(edge_journal_snapshot_end(j) == 0 && !edge_journal_full(j));
+        FB_ASSERT(fdatasync(before) == 0 && close(before) == 0);
+        for (uint64_t k = 0; k < 40; k++)
+            edge_journal_charge(j, ++u, 3, 10, "a-reference-of-some-length");
+        FB_ASSERT(edge_journal_sync(j) == 0 && !edge_journal_full(j));
+        fb_copy_str(path, sizeof(path), edge_journal_path(j));
+        text = s_file(path, &len);
+        FB_ASSERT(text && edge_journal_plan(text, len, "t", &plan, err, sizeof(err)) == 0);
+        FB_ASSERT(plan.nsends == 1 && plan.sends[0].calls == (size_t)u);
+        edge_journal_plan_free(&plan);
+        free(text);
+        edge_journal_close(&j, true);
+        FB_ASSERT(access(path, F_OK) != 0);
+    }
 
     /* slices opened (h) are closed, charged or not, each once; a lowercase
      * record a reader does not know is skipped */

@@ -40,9 +40,12 @@ typedef struct edge_journal_t edge_journal_t;
 
 /* edge_journal_open - a new journal in dir (created if missing, mode 0700)
  * for the ledger named ledger_id, locked, to be replaced by a shorter one
- * once past max_bytes. NULL with err filled on failure. */
-edge_journal_t *edge_journal_open(const char *dir, const char *ledger_id, size_t max_bytes, char *err,
-                                  size_t errlen);
+ * once past max_bytes. durable: the file and each one replacing it are on
+ * the disk (fdatasync, and fsync of dir) before their names are, so that the
+ * records the owner syncs itself (edge_journal_dup) survive a crash of the
+ * host. NULL with err filled on failure. */
+edge_journal_t *edge_journal_open(const char *dir, const char *ledger_id, size_t max_bytes, bool durable,
+                                  char *err, size_t errlen);
 const char *edge_journal_path(const edge_journal_t *j);
 /* Records, buffered until edge_journal_sync. */
 void edge_journal_charge(edge_journal_t *j, uint64_t uid, int64_t hold_id, int64_t amount, const char *ref);
@@ -53,12 +56,17 @@ void edge_journal_hold(edge_journal_t *j, int64_t hold_id);
 /* edge_journal_sync - writes what is buffered; 0, or -1 (errno set): the
  * journal can no longer be trusted. */
 int edge_journal_sync(edge_journal_t *j);
+/* edge_journal_dup - a descriptor of the journal's file as it is now (to
+ * fdatasync off the loop: it stays valid if the journal is replaced or
+ * closed meanwhile), or -1 (errno set). The caller closes it. */
+int edge_journal_dup(const edge_journal_t *j);
 /* edge_journal_full - time to replace the file by one of what is pending. */
 bool edge_journal_full(const edge_journal_t *j);
 /* edge_journal_snapshot_begin - syncs, then the records until
  * edge_journal_snapshot_end make the new file; end replaces the file with it
  * (0), or keeps the old one, complete, and tries again only after as many
- * bytes more (-1). */
+ * bytes more (-1); a durable journal whose new name could not be synced
+ * answers -2 (replaced, but not to be trusted past a crash). */
 int edge_journal_snapshot_begin(edge_journal_t *j);
 int edge_journal_snapshot_end(edge_journal_t *j);
 /* edge_journal_close - remove: nothing in it is pending any more (else it is

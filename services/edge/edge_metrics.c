@@ -37,6 +37,8 @@ struct edge_metrics_t {
     uint64_t idem[EDGE_IDEM_KINDS];
     uint64_t keys[EDGE_KEY_KINDS];
     uint64_t slices[EDGE_SLICE_KINDS];
+    s_hist_t journal_sync[2]; /* ok, failed */
+    uint64_t journal_synced_calls;
     int64_t open_streams;
 };
 
@@ -160,6 +162,16 @@ void edge_metrics_slice(edge_slice_outcome_t outcome)
         ADD(m->slices[outcome], 1);
 }
 
+void edge_metrics_journal_sync(int64_t us, bool ok, size_t calls)
+{
+    edge_metrics_t *m = s_mine;
+    if (!m)
+        return;
+    s_observe(&m->journal_sync[ok ? 0 : 1], us);
+    if (ok)
+        ADD(m->journal_synced_calls, calls);
+}
+
 void edge_metrics_streams(int delta)
 {
     edge_metrics_t *m = s_mine;
@@ -228,13 +240,14 @@ static void s_render(const edge_t *edge, fb_buf_t *b)
     static const char *providers[2] = {"openai", "anthropic"};
     static const char *services[2] = {"ledger", "verifier"};
     uint64_t requests[EDGE_METRICS_ROUTES + 1][STATUSES + 1] = {{0}};
-    s_hist_t latency[EDGE_METRICS_ROUTES + 1], upstream[2], rpc[2];
+    s_hist_t latency[EDGE_METRICS_ROUTES + 1], upstream[2], rpc[2], journal_sync[2];
+    memset(journal_sync, 0, sizeof(journal_sync));
     memset(latency, 0, sizeof(latency));
     memset(upstream, 0, sizeof(upstream));
     memset(rpc, 0, sizeof(rpc));
     uint64_t failures[2] = {0}, fallbacks[2] = {0}, money[EDGE_MONEY_KINDS] = {0},
              idem[EDGE_IDEM_KINDS] = {0}, keys[EDGE_KEY_KINDS] = {0}, slices[EDGE_SLICE_KINDS] = {0},
-             in_flight = 0;
+             in_flight = 0, journal_synced_calls = 0;
     int64_t streams = 0;
     for (int w = 0; w < edge->worker_count; w++) {
         edge_worker_t *wk = edge->workers[w];
@@ -260,6 +273,9 @@ static void s_render(const edge_t *edge, fb_buf_t *b)
             keys[k] += GET(m->keys[k]);
         for (int k = 0; k < EDGE_SLICE_KINDS; k++)
             slices[k] += GET(m->slices[k]);
+        for (int k = 0; k < 2; k++)
+            s_sum_hist(&journal_sync[k], &m->journal_sync[k]);
+        journal_synced_calls += GET(m->journal_synced_calls);
         streams += GET(m->open_streams);
         in_flight += GET(wk->active_requests);
     }
@@ -330,6 +346,17 @@ static void s_render(const edge_t *edge, fb_buf_t *b)
                "Prepaid calls reserved at once in their key's open slice or after waiting for one to open; "
                "slices opened for a call that did not fit, and ahead of the current one running out",
                "outcome", slice_names, slices, EDGE_SLICE_KINDS);
+    s_printf(b, "# HELP farebox_edge_journal_fsync_duration_seconds fdatasyncs of the charge journal "
+                "(FAREBOX_PREPAID_JOURNAL_FSYNC), by result.\n"
+                "# TYPE farebox_edge_journal_fsync_duration_seconds histogram\n");
+    static const char *sync_results[2] = {"ok", "failed"};
+    for (int k = 0; k < 2; k++)
+        s_hist(b, "farebox_edge_journal_fsync_duration_seconds", "result", sync_results[k], &journal_sync[k]);
+    s_printf(b,
+             "# HELP farebox_edge_journal_fsynced_calls_total Deferred prepaid calls answered once their "
+             "journal record was on the disk.\n# TYPE farebox_edge_journal_fsynced_calls_total counter\n"
+             "farebox_edge_journal_fsynced_calls_total %" PRIu64 "\n",
+             journal_synced_calls);
     s_printf(b,
              "# HELP farebox_edge_open_streams Streams being answered now.\n# TYPE farebox_edge_open_streams "
              "gauge\nfarebox_edge_open_streams %" PRId64 "\n",

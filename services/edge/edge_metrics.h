@@ -80,6 +80,8 @@ void edge_metrics_streams(int delta);
 void edge_metrics_idem(edge_idem_outcome_t outcome);
 void edge_metrics_key(edge_key_outcome_t outcome);
 void edge_metrics_slice(edge_slice_outcome_t outcome);
+/* An fdatasync of the charge journal that took us; ok: calls were answered after it. */
+void edge_metrics_journal_sync(int64_t us, bool ok, size_t calls);
 
 /* GET /metrics */
 int edge_metrics_serve(edge_worker_t *w, h2o_req_t *req, const char *rid);

@@ -127,8 +127,11 @@ struct edge_purse_t {
     uint64_t uid;                    /* the last deferred charge's number */
     size_t deferred_out;             /* deferred charges not written (nor refused) yet */
     struct s_ack *held, **held_tail; /* acks of charges not journaled when it was lost: after their writes */
-    struct s_write *out;             /* writes in flight that carry journaled charges */
-    struct s_recovery *recovery;     /* a dead edge's journal being written */
+    /* FAREBOX_PREPAID_JOURNAL_FSYNC: acks wait for the journal's fdatasync */
+    struct s_sync *syncing;                    /* the one in flight (libuv's thread pool) */
+    struct s_ack *sync_wait, **sync_wait_tail; /* ... acks of records written after it began */
+    struct s_write *out;                       /* writes in flight that carry journaled charges */
+    struct s_recovery *recovery;               /* a dead edge's journal being written */
     int64_t next_scan_ms;
     size_t foreign_seen;       /* journals of another ledger seen in the last scan */
     struct s_opening *orphans; /* slice holds whose outcome is unknown, asked again by the sweep */
@@ -624,6 +627,7 @@ static void s_unbilled(size_t calls, int64_t micro, const char *why)
 static void s_flush_all(edge_purse_t *self);
 static void s_arm_check(edge_purse_t *self);
 static void s_arm_flush(edge_purse_t *self);
+static void s_sync_start(edge_purse_t *self);
 
 static bool s_journaling(const edge_purse_t *self)
 {
@@ -678,6 +682,12 @@ static void s_journal_lost(edge_purse_t *self, int err)
         self->acks = NULL;
         self->acks_tail = &self->acks;
     }
+    if (self->sync_wait) {
+        *self->held_tail = self->sync_wait;
+        self->held_tail = self->sync_wait_tail;
+        self->sync_wait = NULL;
+        self->sync_wait_tail = &self->sync_wait;
+    }
     s_arm_flush(self);
 }
 
@@ -708,7 +718,10 @@ static void s_rotate(edge_purse_t *self)
     }
     for (s_write_t *wr = self->out; wr; wr = wr->out_next)
         s_journal_write(self, wr);
-    if (edge_journal_snapshot_end(self->journal) != 0)
+    int rc = edge_journal_snapshot_end(self->journal);
+    if (rc == -2)
+        s_journal_lost(self, errno);
+    else if (rc != 0)
         fb_log(FB_LOG_WARN, NULL,
                "the charge journal could not be replaced by a shorter one; it keeps growing",
                "path=%s error=%s", edge_journal_path(self->journal), strerror(errno));
@@ -729,7 +742,7 @@ static void s_on_identity(void *arg, const fb_rpc_reply_t *reply)
         return;
     char err[256];
     self->journal = edge_journal_open(self->conf.journal_dir, self->ledger_id, self->conf.journal_max_bytes,
-                                      err, sizeof(err));
+                                      self->conf.journal_fsync, err, sizeof(err));
     if (self->journal) {
         fb_log(FB_LOG_INFO, NULL, "deferred charges are journaled", "path=%s",
                edge_journal_path(self->journal));
@@ -1055,6 +1068,94 @@ static void s_flush_all(edge_purse_t *self)
     }
 }
 
+/* One fdatasync of the journal, on a descriptor of its own (the journal may
+ * be replaced or closed while it runs), and the acks of the records written
+ * before it began. */
+typedef struct s_sync {
+    uv_fs_t req;
+    edge_purse_t *purse; /* NULL once the purse is gone */
+    int fd;
+    int64_t started_us;
+    s_ack_t *acks;
+} s_sync_t;
+
+static void s_acks_free(s_ack_t *a)
+{
+    for (s_ack_t *next; a; a = next) {
+        next = a->next;
+        free(a);
+    }
+}
+
+static void s_on_synced(uv_fs_t *req)
+{
+    s_sync_t *sy = req->data;
+    ssize_t result = req->result;
+    uv_fs_req_cleanup(req);
+    close(sy->fd);
+    edge_purse_t *self = sy->purse;
+    s_ack_t *acks = sy->acks;
+    size_t calls = 0;
+    for (s_ack_t *a = acks; a; a = a->next)
+        calls++;
+    bool answered = result >= 0 && self && !self->journal_lost;
+    edge_metrics_journal_sync(fb_mono_us() - sy->started_us, result >= 0, answered ? calls : 0);
+    free(sy);
+    if (!self) {
+        s_acks_free(acks);
+        return;
+    }
+    self->syncing = NULL;
+    if (result < 0 && self->journal)
+        s_journal_lost(self, (int)-result);
+    if (result < 0 || self->journal_lost) {
+        /* not known to be on the disk: they wait for their charges' writes */
+        if (acks) {
+            s_ack_t **tail = &acks;
+            while (*tail)
+                tail = &(*tail)->next;
+            *self->held_tail = acks;
+            self->held_tail = tail;
+        }
+        s_arm_check(self);
+    } else {
+        fb_rpc_reply_t queued = {.ok = true, .body = &s_empty_map};
+        for (s_ack_t *a = acks, *next; a; a = next) {
+            next = a->next;
+            a->fn(a->arg, &queued);
+            free(a);
+        }
+    }
+    s_sync_start(self);
+}
+
+/* Starts a sync for the acks waiting, unless one is in flight (they go with
+ * the next, when it ends: one fdatasync covers every record before it). */
+static void s_sync_start(edge_purse_t *self)
+{
+    if (self->syncing || !self->sync_wait || !self->journal)
+        return;
+    int fd = edge_journal_dup(self->journal);
+    if (fd < 0) {
+        s_journal_lost(self, errno);
+        return;
+    }
+    s_sync_t *sy = fb_calloc(1, sizeof(*sy));
+    sy->purse = self;
+    sy->fd = fd;
+    sy->acks = self->sync_wait;
+    sy->started_us = fb_mono_us();
+    sy->req.data = sy;
+    self->sync_wait = NULL;
+    self->sync_wait_tail = &self->sync_wait;
+    self->syncing = sy;
+    int rc = uv_fs_fdatasync(self->w->loop, &sy->req, fd, s_on_synced);
+    if (rc < 0) {
+        sy->req.result = rc;
+        s_on_synced(&sy->req);
+    }
+}
+
 static void s_on_flush(uv_check_t *h)
 {
     edge_purse_t *self = h->data;
@@ -1074,6 +1175,13 @@ static void s_on_flush(uv_check_t *h)
         self->held_tail = &self->held;
     }
     s_ack_t *acks = self->acks;
+    if (acks && self->journal && self->conf.journal_fsync) {
+        /* answered once the journal's records are on the disk */
+        *self->sync_wait_tail = acks;
+        self->sync_wait_tail = self->acks_tail;
+        acks = NULL;
+        s_sync_start(self);
+    }
     self->acks = NULL;
     self->acks_tail = &self->acks;
     if (now)
@@ -1261,6 +1369,7 @@ edge_purse_t *edge_purse_new(edge_worker_t *w, const edge_purse_conf_t *conf)
     self->buckets = fb_calloc(self->nbuckets, sizeof(*self->buckets));
     self->acks_tail = &self->acks;
     self->held_tail = &self->held;
+    self->sync_wait_tail = &self->sync_wait;
     uv_check_init(w->loop, &self->flush);
     self->flush.data = self;
     uv_idle_init(w->loop, &self->flush_wake);
@@ -1318,6 +1427,9 @@ void edge_purse_destroy(edge_purse_t **self_p)
         next = a->next;
         free(a);
     }
+    s_acks_free(self->sync_wait);
+    if (self->syncing)
+        self->syncing->purse = NULL; /* it ends on its own */
     if (self->recovery)
         s_recovery_free(self, EDGE_JOURNAL_KEEP); /* another edge finishes it */
     for (s_write_t *wr = self->resend, *next; wr; wr = next) {

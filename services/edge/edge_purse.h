@@ -9,7 +9,9 @@
  * as one ledger.charge (one row per call, one transfer), and each call gets its
  * answer only once that write is durable (or, with FAREBOX_PREPAID_CHARGE_DEFER_MS,
  * at once, its charge written with those of the next few milliseconds, and
- * journaled first with FAREBOX_PREPAID_JOURNAL_DIR: edge_journal.h). A call that fails before any output
+ * journaled first with FAREBOX_PREPAID_JOURNAL_DIR: edge_journal.h; with
+ * FAREBOX_PREPAID_JOURNAL_FSYNC too, answered once that record is on the
+ * disk). A call that fails before any output
  * just gives its reservation back. A slice is closed (ledger.void of its
  * uncharged rest) when it runs short, when it has been idle or open long
  * enough, when its key is revoked, and when the edge stops; an edge that dies
@@ -46,7 +48,9 @@ typedef struct {
     const char
         *journal_dir; /* deferred charges are journaled there first (edge_journal.h); NULL or "": not */
     size_t journal_max_bytes; /* ... replaced by one of what is pending past this size */
-    bool recover;             /* this worker writes dead edges' journals found in journal_dir */
+    bool journal_fsync; /* ... and a deferred call is answered once its record is on the disk (fdatasync,
+                           one for every record written while the one before ran) */
+    bool recover;       /* this worker writes dead edges' journals found in journal_dir */
 } edge_purse_conf_t;
 
 /* One call's reservation in a slice. */

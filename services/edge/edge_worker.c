@@ -152,6 +152,7 @@ edge_worker_t *edge_worker_new(edge_t *edge, int index, char *err, size_t errlen
         .defer_ms = edge->charge_defer_ms,
         .journal_dir = edge->journal_dir,
         .journal_max_bytes = edge->journal_max_bytes,
+        .journal_fsync = edge->journal_fsync,
         .recover = index == 0, /* one worker of each edge looks for dead edges' journals */
     };
     self->purse = edge_purse_new(self, &purse);

@@ -16,7 +16,7 @@ import http from "node:http";
 import http2 from "node:http2";
 import os from "node:os";
 import path from "node:path";
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import OpenAI from "openai";
 import Anthropic from "@anthropic-ai/sdk";
 import { privateKeyToAccount, generatePrivateKey } from "viem/accounts";
@@ -1495,6 +1495,71 @@ test("FAREBOX_PREPAID_JOURNAL_DIR: a killed edge's deferred charges are written 
   assert.equal(list[0].amount_micro, priced(waited));
   extraEdges.splice(extraEdges.indexOf(nj), 1);
   assert.equal((await nj.stop()).code, 0);
+  await audit();
+});
+
+test("FAREBOX_PREPAID_JOURNAL_FSYNC: deferred calls are answered once their journal records are synced (several a sync), the journal replaced durably; a killed edge's charges are written exactly", async () => {
+  // it needs deferred, journaled charges: alone it stops the edge with one line
+  for (const bad of [{ FAREBOX_PREPAID_JOURNAL_DIR: "/tmp" }, { FAREBOX_PREPAID_CHARGE_DEFER_MS: "20" }]) {
+    const r = spawnSync(bin("farebox-edge"), [], { encoding: "utf8", timeout: 10000, env: { ...process.env,
+      FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`, FAREBOX_HTTP_LISTEN: `127.0.0.1:${await freePort()}`,
+      FAREBOX_ADMIN_TOKEN: ADMIN, FAREBOX_KEY_HMAC_SECRET: HMAC, FAREBOX_PREPAID_JOURNAL_FSYNC: "true", ...bad } });
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, /FAREBOX_PREPAID_JOURNAL_FSYNC needs FAREBOX_PREPAID_CHARGE_DEFER_MS and FAREBOX_PREPAID_JOURNAL_DIR/);
+  }
+  const dir = path.join(tmpDir("fsync"), "charges");
+  const journals = () => fs.readdirSync(dir).filter((f) => f.endsWith(".journal"));
+  const { id, key } = await account(10_000_000);
+  const before = (await call("GET", `/admin/accounts/${id}`)).body.balance_micro;
+  const env = { FAREBOX_PREPAID_CHARGE_DEFER_MS: "10000", FAREBOX_PREPAID_SLICE_IDLE_MS: "600000",
+    FAREBOX_PREPAID_JOURNAL_DIR: dir, FAREBOX_PREPAID_JOURNAL_FSYNC: "true", FAREBOX_PREPAID_JOURNAL_MAX_BYTES: "4096",
+    FAREBOX_RATE_KEY_PER_S: "0", FAREBOX_KEY_CONCURRENCY: "0" };
+  const edgeUrl = await startEdge(env);
+  const doomed = extraEdges.at(-1);
+  await doomed.waitForMsg("deferred charges are journaled");
+  const journal = path.join(dir, journals()[0]);
+  const first = fs.statSync(journal).ino;
+  const client = new OpenAI({ baseURL: `${edgeUrl}/v1`, apiKey: key, maxRetries: 0 });
+  let total = 0, replaced = false;
+  const refs = [];
+  // 8 rounds of 25 at once: many records each sync; past 4 KiB the journal is replaced (a new file, synced)
+  for (let i = 0; i < 8; i++) {
+    for (const a of await Promise.all(Array.from({ length: 25 }, (_, j) => miniCall(client, `synced ${i} ${j}`)))) {
+      total += miniCost(a);
+      refs.push(a._request_id);
+    }
+    replaced ||= fs.statSync(journal).ino !== first; // (a later file may get the first one's inode again)
+  }
+  let streamed = null;
+  const s = await miniCall(client, "synced stream", { stream: true, stream_options: { include_usage: true } }).withResponse();
+  for await (const chunk of s.data)
+    if (chunk.usage) streamed = chunk.usage;
+  total += cost("gpt-4o-mini", streamed.prompt_tokens, streamed.completion_tokens);
+  refs.push(s.response.headers.get("x-request-id"));
+  assert.equal((await chargesOf(id)).length, 0, "answered, not yet charged");
+  assert.ok(replaced, "replaced");
+  const text = fs.readFileSync(journal, "utf8");
+  for (const ref of refs)
+    assert.match(text, new RegExp(`^C \\d+ \\d+ \\d+ ${ref}$`, "m"), "journaled before it was answered");
+  const metrics = await (await fetch(`${edgeUrl}/metrics`)).text();
+  assert.match(metrics, new RegExp(`^farebox_edge_journal_fsynced_calls_total ${refs.length}$`, "m"), "each call answered after a sync");
+  const syncs = Number(metrics.match(/^farebox_edge_journal_fsync_duration_seconds_count\{result="ok"\} (\d+)$/m)[1]);
+  assert.ok(syncs >= 1 && syncs < refs.length, `${syncs} syncs for ${refs.length} calls: several records a sync`);
+  assert.match(metrics, /^farebox_edge_journal_fsync_duration_seconds_count\{result="failed"\} 0$/m);
+  // killed: another edge writes every answered call's charge, once
+  await startEdge({ FAREBOX_PREPAID_JOURNAL_DIR: dir });
+  const keeper = extraEdges.at(-1);
+  extraEdges.splice(extraEdges.indexOf(doomed), 1);
+  doomed.signal("SIGKILL");
+  await doomed.exited;
+  await keeper.waitForMsg("a stopped edge's journaled charges are written", { timeoutMs: 30000 });
+  const list = await chargesOf(id);
+  assert.deepEqual(list.map((c) => c.ref).sort(), [...refs].sort(), "each call charged once");
+  assert.equal(list.reduce((sum, c) => sum + c.amount_micro, 0), total);
+  assert.equal((await call("GET", `/admin/accounts/${id}`)).body.balance_micro, before - total, "charged exactly");
+  assert.deepEqual(journals(), []);
+  extraEdges.splice(extraEdges.indexOf(keeper), 1);
+  assert.equal((await keeper.stop()).code, 0);
   await audit();
 });
 
