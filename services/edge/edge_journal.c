@@ -114,9 +114,26 @@ edge_journal_t *edge_journal_open(const char *dir, const char *ledger_id, size_t
         snprintf(err, errlen, "bad journal directory or ledger id");
         return NULL;
     }
-    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+    bool made = mkdir(dir, 0700) == 0;
+    if (!made && errno != EEXIST) {
         snprintf(err, errlen, "cannot create %s: %s", dir, strerror(errno));
         return NULL;
+    }
+    if (made && durable) {
+        /* the directory's own name, in its parent */
+        char parent[3800];
+        fb_copy_str(parent, sizeof(parent), dir);
+        char *slash = strrchr(parent, '/');
+        if (slash == parent)
+            slash[1] = '\0';
+        else if (slash)
+            *slash = '\0';
+        else
+            fb_copy_str(parent, sizeof(parent), ".");
+        if (s_sync_dir(parent) != 0) {
+            snprintf(err, errlen, "cannot sync %s: %s", parent, strerror(errno));
+            return NULL;
+        }
     }
     edge_journal_t *j = fb_calloc(1, sizeof(*j));
     fb_copy_str(j->dir, sizeof(j->dir), dir);
