@@ -7,7 +7,8 @@
 //     and x402 on the dev anvil (paid by the quote, PAYMENT-RESPONSE), HTTP/1.1, h2c and h2 over
 //     TLS, the spread of calls over the edge, ledger and verifier replicas, and the dev profile's
 //     demo account (funded by a USDC deposit on the dev chain) whose key pays a call;
-//   - deferred charges (the edges recreated with FAREBOX_PREPAID_CHARGE_DEFER_MS): calls answered
+//   - deferred charges (the edges recreated with FAREBOX_PREPAID_CHARGE_DEFER_MS and a synced
+//     journal, FAREBOX_PREPAID_JOURNAL_FSYNC): calls answered, each after its record's fdatasync,
 //     before their charges, both edges killed outright and started again, every answered call
 //     charged once, exactly, from the journals in the volume the edge containers share;
 //   - chaos under steady load for 60 s (prepaid and x402, stream and non-stream, and USDC deposits
@@ -386,8 +387,9 @@ test("paid calls spread over the replicas: every edge serves, every ledger write
 
 test("deferred charges with the journal volume: an edge killed outright leaves no answered call unpaid", async () => {
   // the edges again, answering before their charges (written within 10 s), journaling them in the
-  // volume the edge containers share
-  const deferring = new Stack(project, { ...stack.env, FAREBOX_PREPAID_CHARGE_DEFER_MS: "10000" });
+  // volume the edge containers share, each answer after its record's fdatasync
+  const deferring = new Stack(project, { ...stack.env, FAREBOX_PREPAID_CHARGE_DEFER_MS: "10000",
+    FAREBOX_PREPAID_JOURNAL_FSYNC: "true" });
   const recreate = async (s) => {
     await s.compose(["up", "-d", "--no-build", "--no-deps", "--scale", `edge=${SCALE.edge}`, "edge"], { timeoutMs: 300000 });
     await stack.waitHealthy(await stack.containers("edge"));
@@ -421,6 +423,12 @@ test("deferred charges with the journal volume: an edge killed outright leaves n
     })));
   }
   assert.ok((await charges(id)).length < calls.length, "answered before their charges");
+  let synced = 0;
+  for (const c of edges) {
+    const metrics = (await exec("docker", ["exec", c, "curl", "-fsS", "http://127.0.0.1:8402/metrics"])).stdout;
+    synced += Number(metrics.match(/^farebox_edge_journal_fsynced_calls_total (\d+)$/m)[1]);
+  }
+  assert.equal(synced, calls.length, "each answered after its journal record's fdatasync");
   // both edges killed outright: each one's journal is left in the volume; started again, each writes
   // the journal it finds unlocked (its own old one, or the other's)
   for (const c of edges) await stack.docker(["kill", c]);
