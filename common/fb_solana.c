@@ -385,8 +385,80 @@ static void s_secret_parse_test(void)
         FB_ASSERT(got[i] == 0); /* wiped on refusal */
 }
 
+/* --- clusters ------------------------------------------------------------------------------ */
+
+const char FB_SOL_MAINNET_CAIP2[] = "solana:5eykt4UsFv8P8NJdTREpY1vzqKqZKvdp";
+
+static bool s_is_mainnet(const char *caip2)
+{
+    return strcmp(caip2, FB_SOL_MAINNET_CAIP2) == 0;
+}
+
+/* genesis begins with the CAIP-2 reference of caip2 ("solana:<reference>") */
+static bool s_names(const char *caip2, const char *genesis)
+{
+    const char *ref = strncmp(caip2, "solana:", 7) == 0 ? caip2 + 7 : "";
+    size_t n = strlen(ref);
+    return n > 0 && strlen(genesis) > n && strncmp(genesis, ref, n) == 0;
+}
+
+int fb_sol_cluster_config(const char *caip2, const char *expect, const char **why)
+{
+    fb_sol_key_t hash;
+    if (expect[0] && fb_sol_key_parse(&hash, expect, strlen(expect)) != 0) {
+        *why = "not a base58 genesis hash (32 bytes)";
+        return -1;
+    }
+    if (expect[0] && s_is_mainnet(caip2) && !s_names(caip2, expect)) {
+        *why = "mainnet's id names mainnet's genesis hash: another cluster cannot serve under it";
+        return -1;
+    }
+    return 0;
+}
+
+bool fb_sol_cluster_checked(const char *caip2, const char *expect)
+{
+    return expect[0] || s_is_mainnet(caip2);
+}
+
+bool fb_sol_cluster_ok(const char *caip2, const char *expect, const char *genesis)
+{
+    fb_sol_key_t hash;
+    if (!genesis || fb_sol_key_parse(&hash, genesis, strlen(genesis)) != 0)
+        return false;
+    if (expect[0])
+        return strcmp(genesis, expect) == 0;
+    return s_names(caip2, genesis);
+}
+
+static void s_cluster_test(void)
+{
+    static const char mainnet[] = "5eykt4UsFv8P8NJdTREpY1vzqKqZKvdpKuc147dw2N9d";
+    static const char devnet[] = "EtWTRABZaYq6iMfeYKouRu166VU2xqa1wcaWoxPkrZBG";
+    static const char devnet_id[] = "solana:EtWTRABZaYq6iMfeYKouRu166VU2xqa1";
+    const char *why = NULL;
+    /* mainnet: always checked, against its own hash; it cannot be borrowed */
+    FB_ASSERT(fb_sol_cluster_checked(FB_SOL_MAINNET_CAIP2, ""));
+    FB_ASSERT(fb_sol_cluster_ok(FB_SOL_MAINNET_CAIP2, "", mainnet));
+    FB_ASSERT(!fb_sol_cluster_ok(FB_SOL_MAINNET_CAIP2, "", devnet));
+    FB_ASSERT(!fb_sol_cluster_ok(FB_SOL_MAINNET_CAIP2, "", "5eykt4UsFv8P8NJdTREpY1vzqKqZKvdp"));
+    FB_ASSERT(!fb_sol_cluster_ok(FB_SOL_MAINNET_CAIP2, "", NULL));
+    FB_ASSERT(!fb_sol_cluster_ok(FB_SOL_MAINNET_CAIP2, "", "5eykt4UsFv8P8NJdTREpY1vzqKqZKvdp0OIl"));
+    FB_ASSERT(fb_sol_cluster_config(FB_SOL_MAINNET_CAIP2, "", &why) == 0);
+    FB_ASSERT(fb_sol_cluster_config(FB_SOL_MAINNET_CAIP2, mainnet, &why) == 0);
+    FB_ASSERT(fb_sol_cluster_config(FB_SOL_MAINNET_CAIP2, devnet, &why) == -1 && strstr(why, "mainnet"));
+    FB_ASSERT(fb_sol_cluster_config(devnet_id, "not base58 0OIl", &why) == -1 && strstr(why, "base58"));
+    /* another id: checked only against a hash given, exactly (a local validator under devnet's id) */
+    FB_ASSERT(!fb_sol_cluster_checked(devnet_id, ""));
+    FB_ASSERT(fb_sol_cluster_checked(devnet_id, mainnet));
+    FB_ASSERT(fb_sol_cluster_config(devnet_id, mainnet, &why) == 0);
+    FB_ASSERT(fb_sol_cluster_ok(devnet_id, mainnet, mainnet));
+    FB_ASSERT(!fb_sol_cluster_ok(devnet_id, mainnet, devnet));
+}
+
 int fb_solana_test(bool verbose)
 {
+    s_cluster_test();
     s_secret_parse_test();
     const struct {
         const char *text;

@@ -97,6 +97,26 @@ void fb_sol_key_format(char *out, const fb_sol_key_t *k);
 
 bool fb_sol_key_eq(const fb_sol_key_t *a, const fb_sol_key_t *b);
 
+/* Solana mainnet's CAIP-2 id: "solana:" and its genesis hash's first 32
+ * characters. */
+extern const char FB_SOL_MAINNET_CAIP2[];
+
+/* fb_sol_cluster_config - checks expect (FAREBOX_SOLANA_GENESIS_HASH: "" or a
+ * genesis hash) against the network caip2 served. Mainnet cannot be served
+ * by another cluster: its expected hash, if given, must be mainnet's. Returns
+ * 0, or -1 with why. */
+int fb_sol_cluster_config(const char *caip2, const char *expect, const char **why);
+
+/* fb_sol_cluster_checked - whether the endpoints' cluster is checked: a hash
+ * is expected, or the network is mainnet (a devnet, testnet or local
+ * validator, often serving under a borrowed id, is not, unless one is). */
+bool fb_sol_cluster_checked(const char *caip2, const char *expect);
+
+/* fb_sol_cluster_ok - whether genesis, an endpoint's getGenesisHash answer,
+ * is the cluster expected: exactly expect when set, else (mainnet) one whose
+ * hash begins with the network's reference. */
+bool fb_sol_cluster_ok(const char *caip2, const char *expect, const char *genesis);
+
 /* Well-known program ids. */
 extern const char FB_SOL_SYSTEM_PROGRAM[];
 extern const char FB_SOL_TOKEN_PROGRAM[];

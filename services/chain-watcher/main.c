@@ -42,6 +42,7 @@ static watch_svm_t *s_svm(watcher_t *w, const fb_config_t *cfg)
     watch_svm_config_t c = {.network = net,
                             .rpc_urls = fb_config_str(cfg, "FAREBOX_SOLANA_RPC_URLS"),
                             .mint = fb_config_str(cfg, "FAREBOX_SOLANA_MINT"),
+                            .genesis = fb_config_str(cfg, "FAREBOX_SOLANA_GENESIS_HASH"),
                             .commitment = fb_config_str(cfg, "FAREBOX_SOLANA_COMMITMENT"),
                             .poll_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_WATCH_POLL_MS"),
                             .timeout_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_CHAIN_TIMEOUT_MS"),
@@ -114,6 +115,11 @@ static const fb_config_var_t s_vars[] = {
      "commitment a Solana deposit needs before it is credited"},
     {"FAREBOX_SOLANA_MINT", FB_CFG_STRING, "4zMMC9srt5Ri5X14GAgXhaHii3GnPAEERYPJgZJDncDU", 0, 0, NULL, NULL,
      "the USDC mint: deposit token accounts are its associated token accounts"},
+    {"FAREBOX_SOLANA_GENESIS_HASH", FB_CFG_STRING, "", 0, 0, NULL, NULL,
+     "the genesis hash the Solana endpoints must answer (getGenesisHash, asked again each minute; "
+     "another: nothing is scanned). Unset: mainnet's when FAREBOX_SOLANA_NETWORK is mainnet's id, which no "
+     "other cluster can serve under; no check for another id (devnet, testnet, a local validator under a "
+     "borrowed id)"},
     {"FAREBOX_SOLANA_SIGNATURES_MAX", FB_CFG_INT, "20000", 1, 1000000, NULL, NULL,
      "new transactions of one deposit account handled in one poll, the oldest first (a flood of transfers to "
      "an "

@@ -10,10 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define ADDR_PAGE     5000 /* deposit addresses per ledger read */
-#define SIG_PAGE      1000 /* signatures per getSignaturesForAddress (the node's maximum) */
-#define JOBS_INFLIGHT 8    /* token accounts polled at once */
-#define SIG_CHARS     100  /* room for a base58 signature */
+#define ADDR_PAGE        5000  /* deposit addresses per ledger read */
+#define SIG_PAGE         1000  /* signatures per getSignaturesForAddress (the node's maximum) */
+#define JOBS_INFLIGHT    8     /* token accounts polled at once */
+#define SIG_CHARS        100   /* room for a base58 signature */
+#define CLUSTER_CHECK_MS 60000 /* how often the endpoints' genesis hash is asked again */
 
 typedef struct {
     int64_t account;
@@ -48,6 +49,11 @@ struct watch_svm_t {
     fb_sol_key_t program; /* the mint's owner: Token or Token-2022 */
     bool program_known;
     char commitment[16];
+    /* the endpoints must serve the cluster (fb_sol_cluster_checked): getGenesisHash is asked
+     * before the first poll and every CLUSTER_CHECK_MS after */
+    char genesis[64];
+    bool cluster_check;
+    int64_t cluster_checked_ms; /* 0: not (or no longer) confirmed */
     fb_jsonrpc_t *rpc;
     uint32_t poll_ms;
     size_t signatures_max; /* new signatures of one account handled in one poll */
@@ -489,6 +495,33 @@ static void s_on_mint(void *arg, json_t *result, const char *error, int64_t code
     s_addresses_read(self);
 }
 
+static void s_poll(watch_svm_t *self);
+
+static void s_on_genesis(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(code);
+    watch_svm_t *self = arg;
+    if (self->stopping)
+        return s_done(self);
+    const char *hash = json_string_value(result);
+    if (error || !hash) {
+        s_error(self, "getGenesisHash", error ? message : "not a hash");
+        return s_done(self);
+    }
+    if (!fb_sol_cluster_ok(self->network, self->genesis, hash)) {
+        /* a deposit read from another cluster would be credited for nothing */
+        self->cluster_checked_ms = 0;
+        self->errors++;
+        snprintf(self->last_error, sizeof(self->last_error),
+                 "the chain endpoint serves another cluster (genesis hash %.60s): nothing is scanned", hash);
+        fb_log(FB_LOG_ERROR, NULL, "solana endpoint serves another cluster; nothing is scanned or credited",
+               "network=%s genesis_hash=%s", self->network, hash);
+        return s_done(self);
+    }
+    self->cluster_checked_ms = fb_mono_ms();
+    s_poll(self);
+}
+
 static void s_on_timer(uv_timer_t *t)
 {
     watch_svm_t *self = t->data;
@@ -496,6 +529,14 @@ static void s_on_timer(uv_timer_t *t)
         return;
     self->busy = true;
     self->polls++;
+    if (self->cluster_check &&
+        (!self->cluster_checked_ms || fb_mono_ms() - self->cluster_checked_ms >= CLUSTER_CHECK_MS))
+        return fb_jsonrpc_call(self->rpc, "getGenesisHash", json_array(), s_on_genesis, self);
+    s_poll(self);
+}
+
+static void s_poll(watch_svm_t *self)
+{
     if (!self->program_known) {
         json_t *params = json_pack("[s, {s:s}]", self->mint_text, "encoding", "base64");
         return fb_jsonrpc_call(self->rpc, "getAccountInfo", params, s_on_mint, self);
@@ -522,6 +563,16 @@ watch_svm_t *watch_svm_new(watcher_t *w, const watch_svm_config_t *config, char 
         return NULL;
     }
     snprintf(self->commitment, sizeof(self->commitment), "%s", config->commitment);
+    const char *genesis = config->genesis ? config->genesis : "", *why;
+    if (strlen(genesis) >= sizeof(self->genesis) ||
+        fb_sol_cluster_config(self->network, genesis, &why) != 0) {
+        snprintf(err, errlen, "FAREBOX_SOLANA_GENESIS_HASH: %s",
+                 strlen(genesis) >= sizeof(self->genesis) ? "too long" : why);
+        free(self);
+        return NULL;
+    }
+    snprintf(self->genesis, sizeof(self->genesis), "%s", genesis);
+    self->cluster_check = fb_sol_cluster_checked(self->network, self->genesis);
     self->poll_ms = config->poll_ms;
     self->signatures_max = config->signatures_max > 0 ? config->signatures_max : 20000;
     fb_jsonrpc_config_t rc = {.chain = self->network,

@@ -26,6 +26,7 @@ typedef struct {
     const char *network;    /* CAIP-2 "solana:<genesis hash prefix>" */
     const char *rpc_urls;   /* comma-separated */
     const char *mint;       /* the USDC mint */
+    const char *genesis;    /* the genesis hash the endpoints must answer, or "" (fb_sol_cluster_checked) */
     const char *commitment; /* "finalized" or "confirmed" */
     uint32_t poll_ms;       /* pause between polls */
     uint32_t timeout_ms;    /* per JSON-RPC attempt */

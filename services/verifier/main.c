@@ -96,6 +96,11 @@ static const fb_config_var_t s_vars[] = {
      "Solana JSON-RPC endpoints, comma-separated, tried in order with failover"},
     {"FAREBOX_SOLANA_MINT", FB_CFG_STRING, "4zMMC9srt5Ri5X14GAgXhaHii3GnPAEERYPJgZJDncDU", 0, 0, NULL,
      s_check_sol_key, "the SPL mint accepted (default: devnet USDC)"},
+    {"FAREBOX_SOLANA_GENESIS_HASH", FB_CFG_STRING, "", 0, 0, NULL, NULL,
+     "the genesis hash the Solana endpoints must answer (getGenesisHash, asked again each minute; "
+     "another: verify and settle answer unavailable and pending settlements are left alone). Unset: "
+     "mainnet's when FAREBOX_SOLANA_NETWORK is mainnet's id, which no other cluster can serve under; no "
+     "check for another id (devnet, testnet, a local validator under a borrowed id)"},
     {"FAREBOX_SOLANA_FEE_PAYER_KEY", FB_CFG_SECRET, "", 0, 0, NULL, s_check_sol_secret,
      "64-byte secret key (base58, or solana-keygen's JSON array) of the fee payer that co-signs and pays "
      "for settlements (unset: verify only)"},
@@ -175,6 +180,15 @@ static void s_config_svm(verifier_t *v, const fb_config_t *cfg)
         fb_service_fail_config(
             "invalid configuration: FAREBOX_SOLANA_NETWORK must be solana:<genesis hash prefix>");
     snprintf(s->caip2, sizeof(s->caip2), "%s", n.caip2);
+    const char *genesis = fb_config_str(cfg, "FAREBOX_SOLANA_GENESIS_HASH"), *why;
+    if (strlen(genesis) >= sizeof(s->genesis) || fb_sol_cluster_config(s->caip2, genesis, &why) != 0) {
+        char line[300];
+        snprintf(line, sizeof(line), "invalid configuration: FAREBOX_SOLANA_GENESIS_HASH: %s",
+                 strlen(genesis) >= sizeof(s->genesis) ? "too long" : why);
+        fb_service_fail_config(line);
+    }
+    snprintf(s->genesis, sizeof(s->genesis), "%s", genesis);
+    s->cluster_check = fb_sol_cluster_checked(s->caip2, s->genesis);
     const char *mint = fb_config_str(cfg, "FAREBOX_SOLANA_MINT");
     FB_ASSERT(fb_sol_key_parse(&s->mint, mint, strlen(mint)) == 0);
     fb_sol_key_format(s->mint_text, &s->mint);

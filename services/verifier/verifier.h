@@ -51,6 +51,12 @@ typedef struct {
     fb_sol_key_t fee_payer;
     char fee_payer_text[48];
     uint64_t max_price_micro_lamports; /* compute unit price cap */
+    /* the endpoints must serve the cluster (fb_sol_cluster_checked): getGenesisHash is asked
+     * with the chain checks and before tracking, again after a minute */
+    char genesis[64];           /* the genesis hash expected (FAREBOX_SOLANA_GENESIS_HASH), or "" */
+    bool cluster_check;         /* checked at all */
+    int64_t cluster_checked_ms; /* when it last answered the right one (0: never) */
+    char cluster_logged[64];    /* the last wrong answer logged by the tracker */
 } verifier_svm_t;
 
 typedef struct verifier_t {

@@ -30,6 +30,7 @@
  * the settling endpoint's height when it knew the blockhash is at least that
  * block's, and as many again cover a height read from a node behind it. */
 #define VALID_BLOCKS_MARGIN 300
+#define CLUSTER_CHECK_MS    60000 /* how often the endpoint's genesis hash is asked again */
 
 typedef struct s_job {
     verifier_t *v;
@@ -48,8 +49,9 @@ typedef struct s_job {
     bool rpc_failed, used_ledger, blockhash_expired, sim_failed;
     int64_t height; /* settle: the endpoint's block height at the checks (-1: not read) */
     char rpc_error[200], sim_message[300];
-    char sig_text[100]; /* the transaction id: base58 of the fee payer's signature */
-    char *signed_b64;   /* the fully signed wire transaction */
+    char cluster_seen[64]; /* the endpoint's genesis hash when it is not the cluster's, else "" */
+    char sig_text[100];    /* the transaction id: base58 of the fee payer's signature */
+    char *signed_b64;      /* the fully signed wire transaction */
     int64_t settlement_id;
     int64_t wait_until;
     uint32_t wait_ms; /* how long a settlement waits for its final receipt */
@@ -201,6 +203,43 @@ static void s_on_height(void *arg, json_t *result, const char *error, int64_t co
     s_step_done(j);
 }
 
+/* The endpoint must serve the network's cluster: its reads would otherwise
+ * judge the payment on another cluster's state (fb_sol_cluster_checked). */
+static bool s_cluster_due(const verifier_svm_t *net)
+{
+    return net->cluster_check &&
+           (!net->cluster_checked_ms || fb_mono_ms() - net->cluster_checked_ms >= CLUSTER_CHECK_MS);
+}
+
+static void s_on_genesis(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(code);
+    s_job_t *j = arg;
+    const char *hash = json_string_value(result);
+    if (error)
+        s_rpc_error(j, error, message);
+    else if (!hash || strlen(hash) >= sizeof(j->cluster_seen))
+        s_rpc_error(j, "bad answer", "getGenesisHash did not answer a hash");
+    else if (!fb_sol_cluster_ok(j->net->caip2, j->net->genesis, hash)) {
+        snprintf(j->cluster_seen, sizeof(j->cluster_seen), "%s", hash);
+        fb_log(FB_LOG_ERROR, j->trace[0] ? j->trace : NULL, "solana endpoint serves another cluster",
+               "network=%s genesis_hash=%s", j->net->caip2, hash);
+    } else
+        j->net->cluster_checked_ms = fb_mono_ms();
+    s_step_done(j);
+}
+
+/* A misconfigured endpoint is the operator's fault, not the payer's. */
+static bool s_wrong_cluster(s_job_t *j)
+{
+    if (!j->cluster_seen[0])
+        return false;
+    snprintf(j->rpc_error, sizeof(j->rpc_error), "its genesis hash is %s, not %s's", j->cluster_seen,
+             j->net->genesis[0] ? j->net->genesis : j->net->caip2);
+    s_unavailable(j, "the chain endpoint serves another cluster");
+    return true;
+}
+
 static void s_chain_checks(s_job_t *j, bool with_ledger)
 {
     char blockhash[48];
@@ -217,6 +256,10 @@ static void s_chain_checks(s_job_t *j, bool with_ledger)
         json_t *key = json_object();
         s_auth_key(j, key);
         verifier_ledger_call(j->v, "ledger.authorization", key, false, j->trace, s_on_ledger_auth, j);
+    }
+    if (s_cluster_due(j->net)) {
+        j->pending++;
+        fb_jsonrpc_call(j->net->rpc, "getGenesisHash", json_array(), s_on_genesis, j);
     }
     fb_jsonrpc_call(j->net->rpc, "isBlockhashValid",
                     json_pack("[s {ss}]", blockhash, "commitment", "processed"), s_on_blockhash, j);
@@ -242,6 +285,8 @@ static const char *s_objection(s_job_t *j, char *msg, size_t msglen)
 
 static void s_verify_decide(s_job_t *j)
 {
+    if (s_wrong_cluster(j))
+        return;
     if (j->used_ledger) {
         s_fail(j, "duplicate_settlement", "farebox has already accepted this transaction");
         return;
@@ -418,6 +463,8 @@ static void s_on_begin(void *arg, const fb_rpc_reply_t *reply)
 
 static void s_settle_begin(s_job_t *j)
 {
+    if (s_wrong_cluster(j))
+        return;
     if (j->rpc_failed) {
         s_unavailable(j, "the chain could not be asked");
         return;
@@ -660,10 +707,47 @@ static void s_on_open(void *arg, const fb_rpc_reply_t *reply)
     }
 }
 
+static void s_track_open(verifier_t *v);
+
+/* Before settlements are judged on an endpoint's word, its cluster (once a
+ * minute): on another cluster a transaction's blockhash is unknown and its
+ * height unrelated, and a settlement would be recorded failed. */
+static void s_track_genesis(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(code);
+    FB_UNUSED(message);
+    verifier_t *v = arg;
+    verifier_svm_t *net = &v->svm;
+    const char *hash = json_string_value(result);
+    if (error || !hash)
+        return; /* the next round asks again */
+    if (fb_sol_cluster_ok(net->caip2, net->genesis, hash)) {
+        net->cluster_checked_ms = fb_mono_ms();
+        net->cluster_logged[0] = '\0';
+        s_track_open(v);
+        return;
+    }
+    if (strncmp(net->cluster_logged, hash, sizeof(net->cluster_logged) - 1) != 0) {
+        snprintf(net->cluster_logged, sizeof(net->cluster_logged), "%s", hash);
+        fb_log(FB_LOG_ERROR, NULL,
+               "solana endpoint serves another cluster; pending settlements are left alone",
+               "network=%s genesis_hash=%s", net->caip2, hash);
+    }
+}
+
 void verifier_svm_track(verifier_t *v)
 {
     if (!v->svm.caip2[0] || !v->svm.has_key)
         return;
+    if (s_cluster_due(&v->svm)) {
+        fb_jsonrpc_call(v->svm.rpc, "getGenesisHash", json_array(), s_track_genesis, v);
+        return;
+    }
+    s_track_open(v);
+}
+
+static void s_track_open(verifier_t *v)
+{
     json_t *body = json_pack("{ss sI sI}", "network", v->svm.caip2, "older_than_ms",
                              (json_int_t)v->settle_wait_ms + 3000, "limit", (json_int_t)20);
     verifier_ledger_call(v, "ledger.open_settlements", body, false, NULL, s_on_open, v);

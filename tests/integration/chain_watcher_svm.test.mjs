@@ -24,10 +24,11 @@ const SEED = crypto.randomBytes(32).toString("hex");
 let pg, chains, sol, solRpc, ledger, lp, wp, watchers = [], led, wat;
 
 function watcherEnv(replica, extra = {}) {
-  return { ...extra, FAREBOX_RPC_BIND: `tcp://127.0.0.1:${wp}-${wp + 9}`, FAREBOX_REPLICA: replica,
+  return { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${wp}-${wp + 9}`, FAREBOX_REPLICA: replica,
     FAREBOX_LEDGER_ENDPOINT: `tcp://127.0.0.1:${lp}`, FAREBOX_DEPOSIT_SEED: SEED, FAREBOX_EVM_NETWORK: "off",
     FAREBOX_SOLANA_NETWORK: sol.x402Network, FAREBOX_SOLANA_RPC_URLS: sol.rpcUrl, FAREBOX_SOLANA_MINT: sol.mint,
-    FAREBOX_SOLANA_COMMITMENT: "confirmed", FAREBOX_WATCH_POLL_MS: "200" };
+    FAREBOX_SOLANA_GENESIS_HASH: sol.genesisHash, // surfpool's own: checked exactly
+    FAREBOX_SOLANA_COMMITMENT: "confirmed", FAREBOX_WATCH_POLL_MS: "200", ...extra };
 }
 
 before(async () => {
@@ -197,6 +198,22 @@ test("transfers while the watcher is down, then two replicas handling two a poll
     second.close();
   }
   await audit();
+});
+
+test("an endpoint serving another cluster: nothing is scanned, and the status says why", async () => {
+  const wrong = await startService("chain-watcher", watcherEnv("watcher-wrong-cluster",
+    { FAREBOX_SOLANA_GENESIS_HASH: "EtWTRABZaYq6iMfeYKouRu166VU2xqa1wcaWoxPkrZBG" })); // devnet's
+  const client = new RpcClient(wrong.endpoint);
+  try {
+    await wrong.waitForMsg("solana endpoint serves another cluster; nothing is scanned or credited");
+    const s = await status(client);
+    assert.match(s.last_error, /serves another cluster \(genesis hash [1-9A-HJ-NP-Za-km-z]{43,44}\): nothing is scanned/);
+    assert.equal(s.watched, 0, "no deposit address read");
+    assert.equal(s.transactions, 0);
+  } finally {
+    client.close();
+    assert.equal((await wrong.stop()).code, 0);
+  }
 });
 
 test("sweep: every deposit token account's balance moves to the treasury, which pays the fee; again, nothing", async () => {

@@ -18,7 +18,9 @@ import { getSetComputeUnitLimitInstruction, getSetComputeUnitPriceInstruction } 
 import { TOKEN_PROGRAM_ADDRESS, findAssociatedTokenPda, getTransferCheckedInstruction } from "@solana-program/token";
 import { x402Client, x402HTTPClient } from "@x402/core/client";
 import { ExactSvmScheme } from "@x402/svm/exact/client";
-import { freePort, startService, stopAll, withOwnLedger } from "../lib/harness.mjs";
+import { freePort, startService, stopAll, waitUntil, withOwnLedger } from "../lib/harness.mjs";
+import { spawnSync } from "node:child_process";
+import { bin } from "../lib/harness.mjs";
 import { startPostgres } from "../lib/pg.mjs";
 import { startChains } from "../lib/chains.mjs";
 import { RpcClient } from "../lib/rpc.mjs";
@@ -102,6 +104,7 @@ before(async () => {
       FAREBOX_RPC_BIND: `tcp://127.0.0.1:${base}-${base + 9}`, FAREBOX_REPLICA: `verifier-${i}`,
       FAREBOX_LEDGER_ENDPOINT: `tcp://127.0.0.1:${lp}`, FAREBOX_EVM_NETWORK: "off",
       FAREBOX_SOLANA_NETWORK: NETWORK, FAREBOX_SOLANA_RPC_URLS: sol.rpcUrl, FAREBOX_SOLANA_MINT: sol.mint,
+      FAREBOX_SOLANA_GENESIS_HASH: sol.genesisHash, // surfpool's own: checked exactly
       FAREBOX_SOLANA_FEE_PAYER_KEY: sol.payer.secretKey, FAREBOX_SETTLE_WAIT_MS: "15000" }));
   }
   rpc = new RpcClient(verifiers.map((v) => v.endpoint));
@@ -272,6 +275,7 @@ test("a settlement whose blockhash an endpoint does not know is not judged expir
   // its own ledger: the other verifiers' trackers (on surfpool itself) would send the transaction
   const env = { FAREBOX_EVM_NETWORK: "off", FAREBOX_SOLANA_NETWORK: NETWORK,
     FAREBOX_SOLANA_RPC_URLS: `http://127.0.0.1:${proxy.address().port}`, FAREBOX_SOLANA_MINT: sol.mint,
+    FAREBOX_SOLANA_GENESIS_HASH: sol.genesisHash,
     FAREBOX_SOLANA_FEE_PAYER_KEY: sol.payer.secretKey, FAREBOX_SETTLE_WAIT_MS: "1500" };
   try {
     await withOwnLedger(pg.createDatabase("svm_lagging"), SECRET, "lagging", env, async ({ l, v, verifier: ver }) => {
@@ -309,6 +313,100 @@ test("a settlement whose blockhash an endpoint does not know is not judged expir
     });
   } finally {
     proxy.close();
+  }
+});
+
+// A proxy in front of surfpool that can lie: the send dropped (the transaction known by its id), the
+// blockhash unknown, the height given, the genesis hash of another cluster.
+async function lyingProxy(lie) {
+  const proxy = http.createServer((req, res) => {
+    let data = "";
+    req.on("data", (c) => { data += c; });
+    req.on("end", async () => {
+      const call = JSON.parse(data);
+      const answer = (result) => res.end(JSON.stringify({ jsonrpc: "2.0", id: call.id, result }));
+      if (call.method === "sendTransaction" && lie.dropSend) {
+        const wire = Buffer.from(call.params[0], "base64");
+        return answer(getBase58Decoder().decode(wire.subarray(1, 65)));
+      }
+      if (call.method === "getGenesisHash" && lie.genesis) return answer(lie.genesis);
+      if (call.method === "isBlockhashValid" && lie.blockhashUnknown) return answer({ context: { slot: 1 }, value: false });
+      if (call.method === "getBlockHeight" && lie.height !== null) return answer(lie.height);
+      const r = await fetch(sol.rpcUrl, { method: "POST", headers: { "content-type": "application/json" }, body: data });
+      res.end(await r.text());
+    });
+  });
+  await new Promise((r) => proxy.listen(0, "127.0.0.1", r));
+  return proxy;
+}
+
+test("an endpoint serving another cluster: verify and settle answer unavailable, a pending settlement is left alone until the cluster is right", async () => {
+  // the hash expected, given or (mainnet's id) implied, is checked at start: mainnet cannot be borrowed
+  const DEVNET_GENESIS = "EtWTRABZaYq6iMfeYKouRu166VU2xqa1wcaWoxPkrZBG";
+  for (const [net, hash, why] of [["solana:5eykt4UsFv8P8NJdTREpY1vzqKqZKvdp", DEVNET_GENESIS, /mainnet's id names mainnet's genesis hash/],
+    [NETWORK, "not-base58-0OIl", /not a base58 genesis hash/]]) {
+    for (const service of ["farebox-verifier", "farebox-chain-watcher"]) {
+      const r = spawnSync(bin(service), [], { encoding: "utf8", timeout: 10000, env: { ...process.env,
+        FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`, FAREBOX_METRICS_LISTEN: "", FAREBOX_EVM_NETWORK: "off",
+        FAREBOX_SOLANA_NETWORK: net, FAREBOX_SOLANA_GENESIS_HASH: hash } });
+      assert.equal(r.status, 2, `${service}: ${r.stderr}`);
+      assert.match(r.stderr, /FAREBOX_SOLANA_GENESIS_HASH/);
+      assert.match(r.stderr, why);
+    }
+  }
+  const honest = { dropSend: true, blockhashUnknown: false, height: null, genesis: null };
+  const lying = { dropSend: true, blockhashUnknown: true, height: null, genesis: DEVNET_GENESIS };
+  const [pa, pb] = [await lyingProxy(honest), await lyingProxy(lying)];
+  const env = (proxy) => ({ FAREBOX_EVM_NETWORK: "off", FAREBOX_SOLANA_NETWORK: NETWORK,
+    FAREBOX_SOLANA_RPC_URLS: `http://127.0.0.1:${proxy.address().port}`, FAREBOX_SOLANA_MINT: sol.mint,
+    FAREBOX_SOLANA_GENESIS_HASH: sol.genesisHash, FAREBOX_SOLANA_FEE_PAYER_KEY: sol.payer.secretKey,
+    FAREBOX_SETTLE_WAIT_MS: "1500" });
+  let other;
+  try {
+    await withOwnLedger(pg.createDatabase("svm_cluster"), SECRET, "cluster", env(pa), async ({ l, v, ledger: own }) => {
+      // a settlement left pending (its send dropped) through an endpoint of the right cluster
+      const wallet = sol.wallets[1];
+      const before = await tokens(wallet.address);
+      const s = (await v.call("verifier.settle", { payload: await kitPayload(wallet), requirements: requirements() },
+        { deadlineMs: 30000 })).body;
+      assert.equal(s.errorReason, "settlement_pending", JSON.stringify(s));
+      const key = { network: NETWORK, payer: wallet.address, nonce: s.transaction };
+      const auth = (await l.call("ledger.authorization", key)).body;
+      const settlement = async () => (await l.call("ledger.settlement", { authorization_id: auth.authorization_id })).body;
+      const st = await settlement();
+      assert.equal(st.state, "signed");
+      // a verifier whose endpoint answers devnet's genesis hash (and, were it believed, a blockhash
+      // unknown past the settlement's last valid height: a failed settlement)
+      lying.height = Number(st.last_valid_height) + 1;
+      other = await startService("verifier", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`,
+        FAREBOX_REPLICA: "verifier-wrong-cluster", FAREBOX_LEDGER_ENDPOINT: own.endpoint, ...env(pb) });
+      const ov = new RpcClient(other.endpoint);
+      try {
+        for (const method of ["verifier.verify", "verifier.settle"]) {
+          const r = await ov.call(method, { payload: await kitPayload(sol.wallets[0]), requirements: requirements() },
+            { deadlineMs: 15000 });
+          assert.equal(r.status, "error", `${method}: ${JSON.stringify(r.body)}`);
+          assert.equal(r.code, "unavailable");
+          assert.match(r.message, new RegExp(`serves another cluster: its genesis hash is ${DEVNET_GENESIS}, not ${sol.genesisHash}'s`));
+        }
+        await other.waitForMsg("solana endpoint serves another cluster; pending settlements are left alone", { timeoutMs: 15000 });
+        await new Promise((r) => setTimeout(r, 3500)); // another tracker round
+        assert.equal((await settlement()).state, "signed", "not judged on another cluster's word");
+        // the endpoint right again: the tracker believes it, and the settlement has expired
+        lying.genesis = null;
+        await waitUntil(async () => (await settlement()).state !== "signed", { timeoutMs: 20000, what: "the settlement judged" });
+        const end = await settlement();
+        assert.equal(end.state, "failed", JSON.stringify(end));
+        assert.equal(end.reason, "invalid_exact_svm_blockhash_expired");
+        assert.equal(await tokens(wallet.address), before, "nothing moved");
+      } finally {
+        ov.close();
+        assert.equal((await other.stop()).code, 0);
+      }
+    });
+  } finally {
+    pa.close();
+    pb.close();
   }
 });
 

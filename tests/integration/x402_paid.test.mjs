@@ -82,7 +82,8 @@ before(async () => {
   verifierEnv = { FAREBOX_LEDGER_ENDPOINT: `tcp://127.0.0.1:${lp}`, FAREBOX_EVM_NETWORK: evm.network,
     FAREBOX_EVM_RPC_URLS: evm.rpcUrl, FAREBOX_EVM_TOKEN: evm.token, FAREBOX_SETTLEMENT_KEY: evm.deployer.privateKey,
     FAREBOX_SOLANA_NETWORK: sol.x402Network, FAREBOX_SOLANA_RPC_URLS: sol.rpcUrl, FAREBOX_SOLANA_MINT: sol.mint,
-    FAREBOX_SOLANA_FEE_PAYER_KEY: sol.payer.secretKey, FAREBOX_SETTLE_WAIT_MS: "15000" };
+    FAREBOX_SOLANA_GENESIS_HASH: sol.genesisHash, FAREBOX_SOLANA_FEE_PAYER_KEY: sol.payer.secretKey,
+    FAREBOX_SETTLE_WAIT_MS: "15000" };
   verifier = await startService("verifier", { ...verifierEnv, FAREBOX_RPC_BIND: `tcp://127.0.0.1:${vp}` });
   edgeEnv = { FAREBOX_LEDGER_ENDPOINT: `tcp://127.0.0.1:${lp}`,
     FAREBOX_VERIFIER_ENDPOINT: `tcp://127.0.0.1:${vp}`, FAREBOX_MOCK_MODEL_URL: `http://127.0.0.1:${mp}`,
