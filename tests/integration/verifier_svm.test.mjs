@@ -8,6 +8,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import crypto from "node:crypto";
 import http from "node:http";
+import { spawnSync } from "node:child_process";
 import {
   address, appendTransactionMessageInstructions, createKeyPairFromBytes, createKeyPairSignerFromBytes, signBytes, createSolanaRpc,
   createTransactionMessage, getBase58Decoder, getBase58Encoder, getBase64EncodedWireTransaction, getBase64Encoder,
@@ -18,9 +19,7 @@ import { getSetComputeUnitLimitInstruction, getSetComputeUnitPriceInstruction } 
 import { TOKEN_PROGRAM_ADDRESS, findAssociatedTokenPda, getTransferCheckedInstruction } from "@solana-program/token";
 import { x402Client, x402HTTPClient } from "@x402/core/client";
 import { ExactSvmScheme } from "@x402/svm/exact/client";
-import { freePort, startService, stopAll, waitUntil, withOwnLedger } from "../lib/harness.mjs";
-import { spawnSync } from "node:child_process";
-import { bin } from "../lib/harness.mjs";
+import { bin, freePort, startService, stopAll, waitUntil, withOwnLedger } from "../lib/harness.mjs";
 import { startPostgres } from "../lib/pg.mjs";
 import { startChains } from "../lib/chains.mjs";
 import { RpcClient } from "../lib/rpc.mjs";
@@ -254,24 +253,8 @@ test("30 concurrent settles of one transaction across 3 verifier replicas send i
 // settlement's sends (so it never lands), then denies its blockhash, then
 // reports a height past the recorded one.
 test("a settlement whose blockhash an endpoint does not know is not judged expired before its last valid height", async () => {
-  const lie = { dropSend: true, blockhashUnknown: false, height: null };
-  const proxy = http.createServer((req, res) => {
-    let data = "";
-    req.on("data", (c) => { data += c; });
-    req.on("end", async () => {
-      const call = JSON.parse(data);
-      const answer = (result) => res.end(JSON.stringify({ jsonrpc: "2.0", id: call.id, result }));
-      if (call.method === "sendTransaction" && lie.dropSend) {
-        const wire = Buffer.from(call.params[0], "base64");
-        return answer(getBase58Decoder().decode(wire.subarray(1, 65))); // its id: the first signature
-      }
-      if (call.method === "isBlockhashValid" && lie.blockhashUnknown) return answer({ context: { slot: 1 }, value: false });
-      if (call.method === "getBlockHeight" && lie.height !== null) return answer(lie.height);
-      const r = await fetch(sol.rpcUrl, { method: "POST", headers: { "content-type": "application/json" }, body: data });
-      res.end(await r.text());
-    });
-  });
-  await new Promise((r) => proxy.listen(0, "127.0.0.1", r));
+  const lie = { dropSend: true, blockhashUnknown: false, height: null, genesis: null };
+  const proxy = await lyingProxy(lie);
   // its own ledger: the other verifiers' trackers (on surfpool itself) would send the transaction
   const env = { FAREBOX_EVM_NETWORK: "off", FAREBOX_SOLANA_NETWORK: NETWORK,
     FAREBOX_SOLANA_RPC_URLS: `http://127.0.0.1:${proxy.address().port}`, FAREBOX_SOLANA_MINT: sol.mint,
