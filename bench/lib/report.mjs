@@ -102,6 +102,11 @@ const labels = {
   edgef_half: "fsync-journal edge, half its peak",
   nginxf_half: "nginx proxy, the fsync edge's rate",
   mockf_half: "mock model direct, the fsync edge's rate",
+  edge_fixed: "edge, fixed rate (FIXED_RATE), open loop",
+  edged_fixed: "deferred-charge edge, fixed rate",
+  edgef_fixed: "fsync-journal edge, fixed rate",
+  nginx_fixed: "nginx proxy, fixed rate",
+  mock_fixed: "mock model direct, fixed rate",
   memory_per_connection: "edge bytes per idle keep-alive conn",
   memory_per_stream: "edge bytes per open stream",
   batched_hot: "ledger, group commit, 1 hot account",
@@ -173,6 +178,12 @@ if (name === "edge") {
       half_peak_wal_flushes_per_call: e.edge_half.wal_flushes_per_call }),
     ...mode("deferred", e.edged_light, e.edged_half, e.nginxd_half, e.mockd_half),
     ...mode("fsync", e.edgef_light, e.edgef_half, e.nginxf_half, e.mockf_half),
+    // every mode at one fixed rate: the p99 each adds over the mock there
+    ...(e.mock_fixed && { fixed_rate_calls_per_s: e.mock_fixed.calls_per_s,
+      fixed_rate_added_p99_us: e.edge_fixed.p99_us - e.mock_fixed.p99_us,
+      fixed_rate_deferred_added_p99_us: e.edged_fixed.p99_us - e.mock_fixed.p99_us,
+      fixed_rate_fsync_added_p99_us: e.edgef_fixed.p99_us - e.mock_fixed.p99_us,
+      fixed_rate_nginx_added_p99_us: e.nginx_fixed.p99_us - e.mock_fixed.p99_us }),
     bytes_per_connection: e.memory_per_connection?.bytes, bytes_per_stream: e.memory_per_stream?.bytes };
   Object.assign(ratios, added);
   console.log("\nlatency the edge adds over calling the mock directly, at light load (h2load reports a mean, so p50 of h2 cases is a mean)");
