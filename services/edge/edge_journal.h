@@ -5,7 +5,9 @@
  * in the ledger. With FAREBOX_PREPAID_JOURNAL_DIR, each such charge is first
  * appended to the worker's journal (a write(2): the page cache, which outlives
  * the process), and so is every ledger.charge write that carries deferred
- * charges, before it is sent (its idempotency key and body), and its answer.
+ * charges, before it is sent (its idempotency key and body; the owner syncs it
+ * to the disk first, so that a crash of the host cannot leave the charges
+ * without the write that carried them), and its answer.
  * An edge killed outright leaves its journal behind, unlocked: every edge
  * looks in the directory each second, locks a journal whose owner is gone,
  * sends again each write not answered (the same key and body: the ledger's

@@ -346,9 +346,11 @@ static void s_render(const edge_t *edge, fb_buf_t *b)
                "Prepaid calls reserved at once in their key's open slice or after waiting for one to open; "
                "slices opened for a call that did not fit, and ahead of the current one running out",
                "outcome", slice_names, slices, EDGE_SLICE_KINDS);
-    s_printf(b, "# HELP farebox_edge_journal_fsync_duration_seconds fdatasyncs of the charge journal "
-                "(FAREBOX_PREPAID_JOURNAL_FSYNC), by result.\n"
-                "# TYPE farebox_edge_journal_fsync_duration_seconds histogram\n");
+    s_printf(b,
+             "# HELP farebox_edge_journal_fsync_duration_seconds fdatasyncs of the charge journal (before "
+             "the writes it records are sent; with FAREBOX_PREPAID_JOURNAL_FSYNC, before deferred answers), "
+             "by result.\n"
+             "# TYPE farebox_edge_journal_fsync_duration_seconds histogram\n");
     static const char *sync_results[2] = {"ok", "failed"};
     for (int k = 0; k < 2; k++)
         s_hist(b, "farebox_edge_journal_fsync_duration_seconds", "result", sync_results[k], &journal_sync[k]);

@@ -127,11 +127,13 @@ struct edge_purse_t {
     uint64_t uid;                    /* the last deferred charge's number */
     size_t deferred_out;             /* deferred charges not written (nor refused) yet */
     struct s_ack *held, **held_tail; /* acks of charges not journaled when it was lost: after their writes */
-    /* FAREBOX_PREPAID_JOURNAL_FSYNC: acks wait for the journal's fdatasync */
-    struct s_sync *syncing;                    /* the one in flight (libuv's thread pool) */
-    struct s_ack *sync_wait, **sync_wait_tail; /* ... acks of records written after it began */
-    struct s_write *out;                       /* writes in flight that carry journaled charges */
-    struct s_recovery *recovery;               /* a dead edge's journal being written */
+    /* the journal's fdatasync: a write carrying journaled charges is sent once its record is on
+     * the disk, and (FAREBOX_PREPAID_JOURNAL_FSYNC) a deferred call answered once its charge is */
+    struct s_sync *syncing;                        /* the one in flight (libuv's thread pool) */
+    struct s_ack *sync_wait, **sync_wait_tail;     /* ... acks of records written after it began */
+    struct s_write *sync_sends, **sync_sends_tail; /* ... and writes */
+    struct s_write *out;                           /* writes in flight that carry journaled charges */
+    struct s_recovery *recovery;                   /* a dead edge's journal being written */
     int64_t next_scan_ms;
     size_t foreign_seen;       /* journals of another ledger seen in the last scan */
     struct s_opening *orphans; /* slice holds whose outcome is unknown, asked again by the sweep */
@@ -605,12 +607,14 @@ typedef struct s_write {
     char idem[64];
     char rid[EDGE_ID_TEXT_MAX + 1];
     struct s_write *next_resend;
-    bool journaled; /* carries journaled charges: in the purse's list out */
+    struct s_write *next_send; /* waiting for the journal's sync before it is sent */
+    bool journaled;            /* carries journaled charges: in the purse's list out */
     struct s_write *out_prev, *out_next;
 } s_write_t;
 
 static void s_write(edge_purse_t *self, edge_slice_t *s);
 static void s_defer_write(edge_purse_t *self, edge_slice_t *s);
+static void s_send_writes(edge_purse_t *self, s_write_t *list);
 
 /* Deferred charges of answered calls that will never be written (refused, or
  * the edge stops before they could be): the callers were served unpaid. */
@@ -688,6 +692,11 @@ static void s_journal_lost(edge_purse_t *self, int err)
         self->sync_wait = NULL;
         self->sync_wait_tail = &self->sync_wait;
     }
+    /* writes waiting for a sync go now: no recovery can send them again */
+    s_write_t *sends = self->sync_sends;
+    self->sync_sends = NULL;
+    self->sync_sends_tail = &self->sync_sends;
+    s_send_writes(self, sends);
     s_arm_flush(self);
 }
 
@@ -741,8 +750,10 @@ static void s_on_identity(void *arg, const fb_rpc_reply_t *reply)
     if (!self->ledger_id[0] || self->conf.defer_ms == 0 || self->journal || self->journal_lost || self->dead)
         return;
     char err[256];
+    /* durable: a replacement journal is on the disk before its name is (a crash must not leave a
+     * journal holding charges without the write, already sent, that carried them) */
     self->journal = edge_journal_open(self->conf.journal_dir, self->ledger_id, self->conf.journal_max_bytes,
-                                      self->conf.journal_fsync, err, sizeof(err));
+                                      true, err, sizeof(err));
     if (self->journal) {
         fb_log(FB_LOG_INFO, NULL, "deferred charges are journaled", "path=%s",
                edge_journal_path(self->journal));
@@ -1049,7 +1060,38 @@ static void s_write(edge_purse_t *self, edge_slice_t *s)
         if (edge_journal_sync(self->journal) != 0)
             s_journal_lost(self, errno);
     }
+    if (journaled && self->journal) {
+        /* sent once its record is on the disk: after a crash of the host, a
+         * journal naming these charges without the write that carried them
+         * would have a recovery charge them again, if the ledger had applied it */
+        *self->sync_sends_tail = wr;
+        self->sync_sends_tail = &wr->next_send;
+        s_sync_start(self);
+        return;
+    }
     s_ledger(self, "ledger.charge", json_incref(wr->body), wr->idem, wr->rid, s_on_charged, wr);
+}
+
+static void s_send_writes(edge_purse_t *self, s_write_t *list)
+{
+    for (s_write_t *wr = list, *next; wr; wr = next) {
+        next = wr->next_send;
+        wr->next_send = NULL;
+        s_ledger(self, "ledger.charge", json_incref(wr->body), wr->idem, wr->rid, s_on_charged, wr);
+    }
+}
+
+/* A write never sent, once its purse is gone (the process ends; its
+ * charges are in the journal another edge writes). */
+static void s_write_drop(s_write_t *wr)
+{
+    for (s_item_t *it = wr->items, *next; it; it = next) {
+        next = it->next;
+        json_decref(it->call);
+        free(it);
+    }
+    json_decref(wr->body);
+    free(wr);
 }
 
 /* Writes the charges waiting in every slice that has some. */
@@ -1077,6 +1119,7 @@ typedef struct s_sync {
     int fd;
     int64_t started_us;
     s_ack_t *acks;
+    s_write_t *sends;
 } s_sync_t;
 
 static void s_acks_free(s_ack_t *a)
@@ -1100,14 +1143,21 @@ static void s_on_synced(uv_fs_t *req)
         calls++;
     bool answered = result >= 0 && self && !self->journal_lost;
     edge_metrics_journal_sync(fb_mono_us() - sy->started_us, result >= 0, answered ? calls : 0);
+    s_write_t *sends = sy->sends;
     free(sy);
     if (!self) {
         s_acks_free(acks);
+        for (s_write_t *wr = sends, *next; wr; wr = next) {
+            next = wr->next_send;
+            s_write_drop(wr);
+        }
         return;
     }
     self->syncing = NULL;
     if (result < 0 && self->journal)
         s_journal_lost(self, (int)-result);
+    /* on the disk, or the journal is gone (deleted: no recovery sends them) */
+    s_send_writes(self, sends);
     if (result < 0 || self->journal_lost) {
         /* not known to be on the disk: they wait for their charges' writes */
         if (acks) {
@@ -1133,7 +1183,7 @@ static void s_on_synced(uv_fs_t *req)
  * the next, when it ends: one fdatasync covers every record before it). */
 static void s_sync_start(edge_purse_t *self)
 {
-    if (self->syncing || !self->sync_wait || !self->journal)
+    if (self->syncing || (!self->sync_wait && !self->sync_sends) || !self->journal)
         return;
     int fd = edge_journal_dup(self->journal);
     if (fd < 0) {
@@ -1144,10 +1194,13 @@ static void s_sync_start(edge_purse_t *self)
     sy->purse = self;
     sy->fd = fd;
     sy->acks = self->sync_wait;
+    sy->sends = self->sync_sends;
     sy->started_us = fb_mono_us();
     sy->req.data = sy;
     self->sync_wait = NULL;
     self->sync_wait_tail = &self->sync_wait;
+    self->sync_sends = NULL;
+    self->sync_sends_tail = &self->sync_sends;
     self->syncing = sy;
     int rc = uv_fs_fdatasync(self->w->loop, &sy->req, fd, s_on_synced);
     if (rc < 0) {
@@ -1370,6 +1423,7 @@ edge_purse_t *edge_purse_new(edge_worker_t *w, const edge_purse_conf_t *conf)
     self->acks_tail = &self->acks;
     self->held_tail = &self->held;
     self->sync_wait_tail = &self->sync_wait;
+    self->sync_sends_tail = &self->sync_sends;
     uv_check_init(w->loop, &self->flush);
     self->flush.data = self;
     uv_idle_init(w->loop, &self->flush_wake);
@@ -1428,6 +1482,10 @@ void edge_purse_destroy(edge_purse_t **self_p)
         free(a);
     }
     s_acks_free(self->sync_wait);
+    for (s_write_t *wr = self->sync_sends, *next; wr; wr = next) {
+        next = wr->next_send;
+        s_write_drop(wr);
+    }
     if (self->syncing)
         self->syncing->purse = NULL; /* it ends on its own */
     if (self->recovery)

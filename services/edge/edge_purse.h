@@ -9,9 +9,9 @@
  * as one ledger.charge (one row per call, one transfer), and each call gets its
  * answer only once that write is durable (or, with FAREBOX_PREPAID_CHARGE_DEFER_MS,
  * at once, its charge written with those of the next few milliseconds, and
- * journaled first with FAREBOX_PREPAID_JOURNAL_DIR: edge_journal.h; with
- * FAREBOX_PREPAID_JOURNAL_FSYNC too, answered once that record is on the
- * disk). A call that fails before any output
+ * journaled first with FAREBOX_PREPAID_JOURNAL_DIR: edge_journal.h, each write
+ * carrying such charges sent once its record is on the disk; with
+ * FAREBOX_PREPAID_JOURNAL_FSYNC too, answered once the charge's record is). A call that fails before any output
  * just gives its reservation back. A slice is closed (ledger.void of its
  * uncharged rest) when it runs short, when it has been idle or open long
  * enough, when its key is revoked, and when the edge stops; an edge that dies
