@@ -7,16 +7,17 @@
  * trip. When the call ends, its cost is charged:
  * the charges of every call that ended in the same loop turn go to the ledger
  * as one ledger.charge (one row per call, one transfer), and each call gets its
- * answer only once that write is durable (or, with FAREBOX_PREPAID_CHARGE_DEFER_MS,
- * at once, its charge written with those of the next few milliseconds, and
- * journaled first with FAREBOX_PREPAID_JOURNAL_DIR: edge_journal.h, each write
- * carrying such charges sent once its record is on the disk; with
- * FAREBOX_PREPAID_JOURNAL_FSYNC too, answered once the charge's record is). A call that fails before any output
- * just gives its reservation back. A slice is closed (ledger.void of its
- * uncharged rest) when it runs short, when it has been idle or open long
- * enough, when its key is revoked, and when the edge stops; an edge that dies
- * leaves its slices to expire, and then only their uncharged rest comes back:
- * every served call stays charged, once.
+ * answer only once that write is durable (or, with
+ * FAREBOX_PREPAID_CHARGE_DEFER_MS, at once, its charge written with those of
+ * the next few milliseconds, and journaled first with
+ * FAREBOX_PREPAID_JOURNAL_DIR: edge_journal.h, each write carrying such
+ * charges sent once its record is on the disk; with
+ * FAREBOX_PREPAID_JOURNAL_FSYNC too, answered once the charge's record is).
+ * A call that fails before any output just gives its reservation back. A
+ * slice is closed (ledger.void of its uncharged rest) when it runs short, when
+ * it has been idle or open long enough, when its key is revoked, and when the
+ * edge stops; an edge that dies leaves its slices to expire, and then only
+ * their uncharged rest comes back: every served call stays charged, once.
  *
  * Slices start at FAREBOX_PREPAID_SLICE_CALLS times the call's ceiling and
  * grow fourfold each time one runs out within two seconds (a busy key), up to
