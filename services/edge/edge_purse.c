@@ -1473,14 +1473,8 @@ void edge_purse_destroy(edge_purse_t **self_p)
         next = o->next_orphan;
         s_opening_free(o);
     }
-    for (s_ack_t *a = self->acks, *next; a; a = next) {
-        next = a->next;
-        free(a);
-    }
-    for (s_ack_t *a = self->held, *next; a; a = next) {
-        next = a->next;
-        free(a);
-    }
+    s_acks_free(self->acks);
+    s_acks_free(self->held);
     s_acks_free(self->sync_wait);
     for (s_write_t *wr = self->sync_sends, *next; wr; wr = next) {
         next = wr->next_send;
