@@ -183,10 +183,11 @@ static const fb_config_var_t s_vars[] = {
      "answered, shared by the edges of one host and one ledger: each edge writes the charges a killed "
      "edge left there (checked each second), and an edge restarted writes its own. Unset: not journaled"},
     {"FAREBOX_PREPAID_JOURNAL_FSYNC", FB_CFG_BOOL, "false", 0, 0, NULL, NULL,
-     "with FAREBOX_PREPAID_JOURNAL_DIR: a deferred call is answered only once its journal record is on the "
-     "disk (fdatasync, one for all the records written meanwhile), so that a crash or power loss of the "
-     "host, not only an edge killed, leaves no answered call unpaid; only the loss of the journal's disk "
-     "can"},
+     "with FAREBOX_PREPAID_CHARGE_DEFER_MS (no effect without it: answers then wait for the ledger) and "
+     "FAREBOX_PREPAID_JOURNAL_DIR (needed): a deferred call is answered only once its journal record is on "
+     "the disk (fdatasync, one for all the records written meanwhile), so that a crash or power loss of "
+     "the host, not only an edge killed, leaves no answered call unpaid; only the loss of the journal's "
+     "disk can"},
     {"FAREBOX_PREPAID_JOURNAL_MAX_BYTES", FB_CFG_INT, "4194304", 4096, 67108864, NULL, NULL,
      "a worker's journal past this size is replaced by one of the charges still pending"},
     {"FAREBOX_IDEMPOTENCY_KEEP_S", FB_CFG_INT, "86400", 60, 2592000, NULL, NULL,
@@ -384,9 +385,13 @@ int main(int argc, char **argv)
     edge.journal_dir = fb_config_str(cfg, "FAREBOX_PREPAID_JOURNAL_DIR");
     edge.journal_max_bytes = (size_t)fb_config_int(cfg, "FAREBOX_PREPAID_JOURNAL_MAX_BYTES");
     edge.journal_fsync = fb_config_bool(cfg, "FAREBOX_PREPAID_JOURNAL_FSYNC");
-    if (edge.journal_fsync && (edge.charge_defer_ms == 0 || !edge.journal_dir[0]))
-        fb_service_fail_config("invalid configuration: FAREBOX_PREPAID_JOURNAL_FSYNC needs "
-                               "FAREBOX_PREPAID_CHARGE_DEFER_MS and FAREBOX_PREPAID_JOURNAL_DIR");
+    /* without the deferral, answers wait for the ledger: nothing to sync (compose sets both
+     * journal settings whatever the deferral) */
+    if (edge.journal_fsync && edge.charge_defer_ms > 0 && !edge.journal_dir[0])
+        fb_service_fail_config("invalid configuration: FAREBOX_PREPAID_JOURNAL_FSYNC with "
+                               "FAREBOX_PREPAID_CHARGE_DEFER_MS needs FAREBOX_PREPAID_JOURNAL_DIR");
+    if (edge.charge_defer_ms == 0)
+        edge.journal_fsync = false;
     if (edge.charge_defer_ms > 0 && !edge.journal_dir[0])
         fb_log(FB_LOG_WARN, NULL,
                "prepaid charges are deferred without a journal: an edge killed outright leaves its last "

@@ -3,12 +3,13 @@
 // Builds the images, starts compose.yaml with the dev profile and several replicas (verifier=3,
 // ledger=2, edge=2, chain-watcher=2) behind HAProxy, then:
 //   - the compose file validates (docker-compose config);
-//   - the paid API end to end through the load balancer: a prepaid key (charged exactly its usage)
+//   - the paid API end to end through the load balancer: a prepaid key (charged exactly its usage;
+//     in compose's charge mode, a call answered once its charge is synced in its edge's journal)
 //     and x402 on the dev anvil (paid by the quote, PAYMENT-RESPONSE), HTTP/1.1, h2c and h2 over
 //     TLS, the spread of calls over the edge, ledger and verifier replicas, and the dev profile's
 //     demo account (funded by a USDC deposit on the dev chain) whose key pays a call;
-//   - deferred charges (the edges recreated with FAREBOX_PREPAID_CHARGE_DEFER_MS and a synced
-//     journal, FAREBOX_PREPAID_JOURNAL_FSYNC): calls answered, each after its record's fdatasync,
+//   - deferred charges (the edges recreated with a 10 s FAREBOX_PREPAID_CHARGE_DEFER_MS and the
+//     synced journal, FAREBOX_PREPAID_JOURNAL_FSYNC): calls answered, each after its record's fdatasync,
 //     before their charges, both edges killed outright and started again, every answered call
 //     charged once, exactly, from the journals in the volume the edge containers share;
 //   - chaos under steady load for 60 s (prepaid and x402, stream and non-stream, and USDC deposits
@@ -98,6 +99,16 @@ async function charges(id) {
     if (!page.next_before_id) return all;
     before = `&before_id=${page.next_before_id}`;
   }
+}
+
+/** Deferred prepaid calls answered once their journal record was synced, over every edge. */
+async function fsyncedCalls() {
+  let n = 0;
+  for (const c of await stack.containers("edge")) {
+    const metrics = (await exec("docker", ["exec", c, "curl", "-fsS", "http://127.0.0.1:8402/metrics"])).stdout;
+    n += Number(metrics.match(/^farebox_edge_journal_fsynced_calls_total (\d+)$/m)[1]);
+  }
+  return n;
 }
 
 async function openHolds(id) {
@@ -310,7 +321,22 @@ test("end to end through the load balancer: a prepaid key and x402, over HTTP/1.
   const results = [];
   for (let i = 0; i < 6; i++) results.push(await prepaid(key, `e2e-${i}`, i % 2 === 1));
   for (const r of results) assert.ok(r.ok, JSON.stringify(r));
+  // compose's charge mode (FAREBOX_PREPAID_CHARGE_DEFER_MS=20, FAREBOX_PREPAID_JOURNAL_FSYNC=true):
+  // a call without an Idempotency-Key is answered once its charge is in its edge's journal, synced,
+  // and is in the ledger within the window (those above, with one, waited for the ledger)
+  const syncedBefore = await fsyncedCalls();
+  const d = await fetch(`${url}/v1/chat/completions`, { method: "POST", signal: AbortSignal.timeout(30000),
+    headers: { authorization: `Bearer ${key}`, "content-type": "application/json", "x-request-id": "e2e-deferred" },
+    body: JSON.stringify({ model: MODEL, max_tokens: 12, messages: [{ role: "user", content: "hello e2e-deferred" }] }) });
+  const dText = await d.text();
+  assert.equal(d.status, 200, dText);
+  assert.equal(await fsyncedCalls(), syncedBefore + 1, "answered after its journal record's fdatasync");
+  const dUsage = JSON.parse(dText).usage;
+  results.push({ rid: "e2e-deferred", usage: dUsage });
+  await waitUntil(async () => (await charges(id)).length >= results.length, { timeoutMs: 10000, intervalMs: 100,
+    what: "the deferred call's charge in the ledger" });
   const byRef = new Map((await charges(id)).map((c) => [c.ref, c.amount_micro]));
+  assert.equal(byRef.size, results.length);
   for (const r of results) {
     assert.equal(byRef.get(r.rid), cost(r.usage.prompt_tokens, r.usage.completion_tokens), `charge of ${r.rid}`);
   }
@@ -386,10 +412,9 @@ test("paid calls spread over the replicas: every edge serves, every ledger write
 });
 
 test("deferred charges with the journal volume: an edge killed outright leaves no answered call unpaid", async () => {
-  // the edges again, answering before their charges (written within 10 s), journaling them in the
-  // volume the edge containers share, each answer after its record's fdatasync
-  const deferring = new Stack(project, { ...stack.env, FAREBOX_PREPAID_CHARGE_DEFER_MS: "10000",
-    FAREBOX_PREPAID_JOURNAL_FSYNC: "true" });
+  // the edges again, their window 10 s (compose's default is 20 ms): answering before their charges,
+  // journaling them in the volume the edge containers share, each answer after its record's fdatasync
+  const deferring = new Stack(project, { ...stack.env, FAREBOX_PREPAID_CHARGE_DEFER_MS: "10000" });
   const recreate = async (s) => {
     await s.compose(["up", "-d", "--no-build", "--no-deps", "--scale", `edge=${SCALE.edge}`, "edge"], { timeoutMs: 300000 });
     await stack.waitHealthy(await stack.containers("edge"));
@@ -423,12 +448,7 @@ test("deferred charges with the journal volume: an edge killed outright leaves n
     })));
   }
   assert.ok((await charges(id)).length < calls.length, "answered before their charges");
-  let synced = 0;
-  for (const c of edges) {
-    const metrics = (await exec("docker", ["exec", c, "curl", "-fsS", "http://127.0.0.1:8402/metrics"])).stdout;
-    synced += Number(metrics.match(/^farebox_edge_journal_fsynced_calls_total (\d+)$/m)[1]);
-  }
-  assert.equal(synced, calls.length, "each answered after its journal record's fdatasync");
+  assert.equal(await fsyncedCalls(), calls.length, "each answered after its journal record's fdatasync");
   // both edges killed outright: each one's journal is left in the volume; started again, each writes
   // the journal it finds unlocked (its own old one, or the other's)
   for (const c of edges) await stack.docker(["kill", c]);
@@ -447,7 +467,7 @@ test("deferred charges with the journal volume: an edge killed outright leaves n
   // their slices closed by the recoveries (one opened ahead and never used is not in a journal: it expires)
   await waitUntil(async () => (await openHolds(id)).length === 0, { timeoutMs: 120000, intervalMs: 1000,
     what: "the killed edges' slices closed" });
-  // back to the default for the tests after (a clean stop: nothing is left deferred)
+  // back to the default for the tests after (a clean stop writes what its window holds)
   await recreate(stack);
 });
 

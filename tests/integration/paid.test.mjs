@@ -1499,17 +1499,32 @@ test("FAREBOX_PREPAID_JOURNAL_DIR: a killed edge's deferred charges are written 
 });
 
 test("FAREBOX_PREPAID_JOURNAL_FSYNC: deferred calls are answered once their journal records are synced (several a sync), the journal replaced durably; a killed edge's charges are written exactly", async () => {
-  // it needs deferred, journaled charges: alone it stops the edge with one line
-  for (const bad of [{ FAREBOX_PREPAID_JOURNAL_DIR: "/tmp" }, { FAREBOX_PREPAID_CHARGE_DEFER_MS: "20" }]) {
-    const r = spawnSync(bin("farebox-edge"), [], { encoding: "utf8", timeout: 10000, env: { ...process.env,
-      FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`, FAREBOX_HTTP_LISTEN: `127.0.0.1:${await freePort()}`,
-      FAREBOX_ADMIN_TOKEN: ADMIN, FAREBOX_KEY_HMAC_SECRET: HMAC, FAREBOX_PREPAID_JOURNAL_FSYNC: "true", ...bad } });
-    assert.equal(r.status, 2, r.stderr);
-    assert.match(r.stderr, /FAREBOX_PREPAID_JOURNAL_FSYNC needs FAREBOX_PREPAID_CHARGE_DEFER_MS and FAREBOX_PREPAID_JOURNAL_DIR/);
-  }
+  // deferred charges without a journal to sync: it stops the edge with one line
+  const r = spawnSync(bin("farebox-edge"), [], { encoding: "utf8", timeout: 10000, env: { ...process.env,
+    FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`, FAREBOX_HTTP_LISTEN: `127.0.0.1:${await freePort()}`,
+    FAREBOX_ADMIN_TOKEN: ADMIN, FAREBOX_KEY_HMAC_SECRET: HMAC, FAREBOX_PREPAID_JOURNAL_FSYNC: "true",
+    FAREBOX_PREPAID_CHARGE_DEFER_MS: "20" } });
+  assert.equal(r.status, 2, r.stderr);
+  assert.match(r.stderr, /FAREBOX_PREPAID_JOURNAL_FSYNC with FAREBOX_PREPAID_CHARGE_DEFER_MS needs FAREBOX_PREPAID_JOURNAL_DIR/);
   const dir = path.join(tmpDir("fsync"), "charges");
   const journals = () => fs.readdirSync(dir).filter((f) => f.endsWith(".journal"));
   const { id, key } = await account(10_000_000);
+  // without the deferral (compose's journal settings with FAREBOX_PREPAID_CHARGE_DEFER_MS=0) it has
+  // no effect: each answer waits for its charge in the ledger, no journal is made, nothing synced
+  let waited = 0;
+  {
+    const waitUrl = await startEdge({ FAREBOX_PREPAID_JOURNAL_DIR: dir, FAREBOX_PREPAID_JOURNAL_FSYNC: "true" });
+    const waiting = extraEdges.at(-1);
+    const c = new OpenAI({ baseURL: `${waitUrl}/v1`, apiKey: key, maxRetries: 0 });
+    waited = miniCost(await miniCall(c, "not deferred"));
+    assert.deepEqual((await chargesOf(id)).map((x) => x.amount_micro), [waited], "charged before the answer");
+    const m = await (await fetch(`${waitUrl}/metrics`)).text();
+    assert.match(m, /^farebox_edge_journal_fsynced_calls_total 0$/m);
+    assert.match(m, /^farebox_edge_journal_fsync_duration_seconds_count\{result="ok"\} 0$/m);
+    assert.deepEqual(fs.existsSync(dir) ? journals() : [], []);
+    extraEdges.splice(extraEdges.indexOf(waiting), 1);
+    assert.equal((await waiting.stop()).code, 0);
+  }
   // without it, answers do not wait for a sync, but a write carrying journaled charges is sent only
   // once its record is synced (a host's crash must not leave the charges without their write)
   {
@@ -1518,13 +1533,13 @@ test("FAREBOX_PREPAID_JOURNAL_FSYNC: deferred calls are answered once their jour
     await plain.waitForMsg("deferred charges are journaled");
     const c = new OpenAI({ baseURL: `${plainUrl}/v1`, apiKey: key, maxRetries: 0 });
     const answered = await Promise.all(Array.from({ length: 5 }, (_, j) => miniCall(c, `plain ${j}`)));
-    await waitUntil(async () => (await chargesOf(id)).length === 5, { what: "the window's charges written" });
+    await waitUntil(async () => (await chargesOf(id)).length === 6, { what: "the window's charges written" });
     const m = await (await fetch(`${plainUrl}/metrics`)).text();
     assert.match(m, /^farebox_edge_journal_fsynced_calls_total 0$/m, "answers did not wait");
     const synced = Number(m.match(/^farebox_edge_journal_fsync_duration_seconds_count\{result="ok"\} (\d+)$/m)[1]);
     assert.ok(synced >= 1, "the write's record synced before it was sent");
     assert.equal((await chargesOf(id)).reduce((sum, x) => sum + x.amount_micro, 0),
-      answered.reduce((sum, a) => sum + miniCost(a), 0));
+      answered.reduce((sum, a) => sum + miniCost(a), waited));
     extraEdges.splice(extraEdges.indexOf(plain), 1);
     assert.equal((await plain.stop()).code, 0);
   }
