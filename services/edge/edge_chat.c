@@ -154,6 +154,7 @@ static void s_resolve(s_chat_t *c, int64_t cost, s_then_fn *then);
 static void s_send_answer(s_chat_t *c);
 static int64_t s_cost(s_chat_t *c);
 static void s_mark_failed(s_chat_t *c, const char *reason);
+static void s_x402_done(s_chat_t *c, const char *type, const fb_buf_t *a, const fb_buf_t *b);
 static void s_gate(s_chat_t *c, s_then_fn *then);
 static void s_set_pay_response(s_chat_t *c);
 
@@ -182,6 +183,11 @@ static void s_req_gone(void *p)
         c->money_done = true;
         s_mark_failed(c, "not served: the client left");
     }
+    /* a named x402 stream the client left after its payment settled and its
+     * output began: served and paid, so its name is done (no answer kept: a
+     * retry is told idempotency_key_used), never freed for a free second serving */
+    if (c->x402 && c->settled && c->started)
+        s_x402_done(c, "text/event-stream", NULL, NULL);
     s_maybe_free(c);
 }
 
@@ -506,11 +512,11 @@ static void s_set_pay_response(s_chat_t *c)
  * call. */
 static void s_add_answer(s_chat_t *c, json_t *call, const char *type, const fb_buf_t *a, const fb_buf_t *b)
 {
-    size_t n = a->len + (b ? b->len : 0);
+    size_t n = a ? a->len + (b ? b->len : 0) : 0;
     json_object_set_new(call, "status", json_integer(200));
     json_object_set_new(call, "content_type", json_string(type));
     json_object_set_new(call, "answer_bytes", json_integer((json_int_t)n));
-    if (n > c->w->edge->idem_answer_max || (a == &c->rec && c->rec_over))
+    if (!a || n > c->w->edge->idem_answer_max || (a == &c->rec && c->rec_over))
         return;
     fb_buf_t all = {0};
     fb_buf_append(&all, a->data ? a->data : "", a->len);
@@ -560,7 +566,8 @@ static void s_on_answer_kept(void *arg, const fb_rpc_reply_t *reply)
 
 /* An x402 named call was served and its payment settled: its answer is kept
  * for a retry of the same payment (sent meanwhile; a retry before it is kept
- * waits for the lease, then is served again without paying again). */
+ * waits for the lease, then is served again without paying again). a NULL:
+ * the call is done, its answer not kept (the client left during it). */
 static void s_x402_done(s_chat_t *c, const char *type, const fb_buf_t *a, const fb_buf_t *b)
 {
     if (!c->x402 || !c->settled || !c->idem.claimed || c->idem.resolved)

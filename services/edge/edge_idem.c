@@ -100,7 +100,7 @@ void edge_idem_replay(h2o_req_t *req, edge_dialect_t dialect, json_t *body, int 
             req, dialect, 409, "idempotency_key_used",
             json_pack("{sI}", "answer_bytes", json_integer_value(json_object_get(body, "answer_bytes"))),
             "the call with this Idempotency-Key (or this payment) was served and paid; its answer was "
-            "too large to keep for a retry");
+            "not kept for a retry (too large, or cut short when the client left)");
         return;
     }
     fb_http_set_header(req, "idempotent-replayed", "true", 4);

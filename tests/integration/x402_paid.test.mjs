@@ -8,10 +8,13 @@
 // one transfer. A call whose provider fails is not settled. /v1/topup: an
 // x402 payment credits the key's account once (a retry answers the same
 // credit; a call's payment cannot be reused), and the key then pays calls.
+// With Idempotency-Key: a retry gets the kept answer; a stream its client left
+// after paying is not served again for the same payment.
 // Ends with the ledger's audit.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import crypto from "node:crypto";
+import http from "node:http";
 import { encodeFunctionData, parseAbi } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 import { address, createKeyPairSignerFromBytes, createSolanaRpc, getBase58Encoder } from "@solana/kit";
@@ -568,5 +571,45 @@ test("Idempotency-Key with x402: a retry of a paid call gets its kept answer; a 
   } finally {
     verifierRpc.close();
   }
+
+  // a stream the client leaves once its payment settled and its output began: that payment bought this
+  // serving, so a retry of the same payment and key is told idempotency_key_used, not served again (else
+  // leaving each stream before its end would buy stream after stream with one payment)
+  const body3 = chat("left [mock:tokens=200][mock:rate=50]", { stream: true, max_tokens: 200 });
+  const header3 = await paymentHeader(evmClient(2), body3);
+  const send3 = () => fetch(`${url}/v1/chat/completions`, { method: "POST",
+    headers: { ...json, "payment-signature": header3, "idempotency-key": "x402-left-1" }, body: body3 });
+  const before3 = await balance(payer.address);
+  const first3 = await new Promise((resolve, reject) => {
+    const req = http.request(`${url}/v1/chat/completions`, { method: "POST",
+      headers: { ...json, "payment-signature": header3, "idempotency-key": "x402-left-1" } }, (res) => {
+      let got = "";
+      res.on("data", (d) => {
+        got += d;
+        if (/"content":"[^"]+"/.test(got)) { // its output began: the client leaves
+          res.socket.destroy();
+          resolve({ status: res.statusCode, receipt: res.headers["payment-response"] });
+        }
+      });
+      res.on("end", () => reject(new Error(`the stream ended before its output: ${got}`)));
+    });
+    req.on("error", reject);
+    req.end(body3);
+  });
+  assert.equal(first3.status, 200);
+  assert.equal(JSON.parse(Buffer.from(first3.receipt, "base64").toString()).success, true);
+  const paid3 = before3 - await balance(payer.address);
+  assert.ok(paid3 > 0n, "paid");
+  let retry3, code3;
+  for (let i = 0; i < 100; i++) {
+    retry3 = await send3();
+    if (retry3.status !== 409) break;
+    code3 = (await retry3.json()).error.code;
+    if (code3 !== "idempotency_in_progress") break;
+    await sleep(100);
+  }
+  assert.equal(retry3.status, 409, "not served again");
+  assert.equal(code3, "idempotency_key_used");
+  assert.equal(await balance(payer.address), before3 - paid3, "paid once");
   await audit();
 });
