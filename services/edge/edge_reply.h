@@ -30,6 +30,10 @@ size_t edge_json_escape(char *out, size_t cap, const char *s, size_t n);
 /* edge_id_text_ok - v is 1..128 characters of A-Z a-z 0-9 - _ . : (what the
  * edge accepts as a caller's X-Request-Id or Idempotency-Key). */
 #define EDGE_ID_TEXT_MAX 128
+/* A caller's X-Request-Id is kept up to this many characters: it becomes the
+ * ref of the call's charge and the claim of its name in the ledger, which
+ * keeps 100 (a longer one refused a whole charge write: its calls unpaid). */
+#define EDGE_REQUEST_ID_MAX 100
 bool edge_id_text_ok(h2o_iovec_t v);
 
 /* edge_rpc_json - call method on an RPC client with doc (stolen, may be NULL

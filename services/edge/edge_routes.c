@@ -41,13 +41,14 @@ static void s_rid_init(void)
     fb_random_hex(s_rid_prefix, 6);
 }
 
-/* A caller's well-formed X-Request-Id is kept; otherwise one is made from a
- * random per-process prefix, the worker and a counter (no syscall per request). */
+/* A caller's well-formed X-Request-Id (up to EDGE_REQUEST_ID_MAX) is kept;
+ * otherwise one is made from a random per-process prefix, the worker and a
+ * counter (no syscall per request). */
 static const char *s_request_id(edge_worker_t *w, h2o_req_t *req)
 {
     h2o_iovec_t given = fb_http_header(req, "x-request-id");
     char *rid;
-    if (edge_id_text_ok(given)) {
+    if (given.len <= EDGE_REQUEST_ID_MAX && edge_id_text_ok(given)) {
         rid = h2o_mem_alloc_pool(&req->pool, given.len + 1);
         memcpy(rid, given.base, given.len);
         rid[given.len] = '\0';

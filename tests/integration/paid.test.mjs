@@ -165,6 +165,22 @@ test("OpenAI client, non-stream and stream: the charge is the price of the repor
   const promptTokens = Math.ceil("abcd [mock:tokens=5]".length / 4);
   assert.equal(list[0].amount_micro, cost("gpt-4o-mini", promptTokens, 5));
   assert.equal(await available(id), before - list.reduce((s, h) => s + h.amount_micro, 0));
+
+  // a caller's X-Request-Id names its call's charge, up to the 100 characters the ledger keeps; a
+  // longer one is replaced (sent as it was, it had the ledger refuse the whole charge write it was
+  // in: every call of that write unpaid)
+  const given = ["k".repeat(100), "l".repeat(128)];
+  const named = await Promise.all(given.map((rid) => openai.chat.completions.create({ model: "gpt-4o-mini",
+    max_tokens: 4, messages: [{ role: "user", content: `named ${rid.length}` }] }, { headers: { "x-request-id": rid } })
+    .withResponse()));
+  assert.equal(named[0].response.headers.get("x-request-id"), given[0]);
+  const made = named[1].response.headers.get("x-request-id");
+  assert.match(made, /^req_/);
+  list = await settled(id);
+  const byRef = new Map(list.map((c) => [c.ref, c.amount_micro]));
+  for (const [i, ref] of [given[0], made].entries())
+    assert.equal(byRef.get(ref), cost("gpt-4o-mini", named[i].data.usage.prompt_tokens, 4), `charged ${ref.slice(0, 8)}`);
+  assert.equal(await available(id), before - list.reduce((s, h) => s + h.amount_micro, 0));
   await audit();
 });
 
