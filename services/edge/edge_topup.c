@@ -28,6 +28,7 @@
 #include "edge_x402.h"
 #include "fb_log.h"
 #include "fb_util.h"
+#include "fb_x402.h"
 
 #include <inttypes.h>
 #include <sodium.h>
@@ -173,31 +174,36 @@ static void s_on_settled(void *arg, const fb_rpc_reply_t *reply)
     const char *tx = json_string_value(json_object_get(b, "transaction"));
     const char *network = json_string_value(json_object_get(b, "network"));
     const char *payer = json_string_value(json_object_get(b, "payer"));
+    /* the receipt names the network as the payment did (a v1 name for X-PAYMENT); the
+     * credit's source names it as the settlement does (CAIP-2), the one source its
+     * sweeper (ledger 0017) credits under: a v1 name made a second credit of it */
+    fb_x402_network_t net;
+    const char *source = network && fb_x402_network(network, &net) == 0 ? net.caip2 : NULL;
     const char *reason = json_string_value(json_object_get(b, "errorReason"));
     if (!reply->ok) {
         if (req)
             edge_error(req, EDGE_OPENAI, 503, "unavailable", NULL,
                        "the payment could not be settled now; send the same request again");
-    } else if (json_is_true(json_object_get(b, "success")) && tx && tx[0] && network) {
+    } else if (json_is_true(json_object_get(b, "success")) && tx && tx[0] && source) {
         t->pay_response = edge_x402_receipt(tx, network, payer);
         t->tx = fb_strdup(tx);
         if (t->w->edge->topup_advance_max > 0) {
-            s_advance(t, network, tx); /* the credit may be an advance already: its answer tells */
+            s_advance(t, source, tx); /* the credit may be an advance already: its answer tells */
         } else {
             char idem[400];
-            s_credit_idem(idem, sizeof(idem), "topup", network, tx);
+            s_credit_idem(idem, sizeof(idem), "topup", source, tx);
             json_t *body = json_pack("{sI sI ss s{ss ss si}}", "account_id", (json_int_t)t->account_id,
                                      "amount_micro", (json_int_t)t->amount, "kind", "topup", "source",
-                                     "chain", network, "tx", tx, "index", 0);
+                                     "chain", source, "tx", tx, "index", 0);
             edge_rpc_json(t->w->ledger, "ledger.credit", body, idem, t->rid, CREDIT_DEADLINE_MS, s_on_credit,
                           t);
         }
         json_decref(b);
         return;
-    } else if (reason && strcmp(reason, "settlement_pending") == 0 && tx && tx[0] && network) {
+    } else if (reason && strcmp(reason, "settlement_pending") == 0 && tx && tx[0] && source) {
         t->tx = fb_strdup(tx);
         if (t->w->edge->topup_advance_max > 0) {
-            s_advance(t, network, tx);
+            s_advance(t, source, tx);
             json_decref(b);
             return;
         }

@@ -678,10 +678,25 @@ test("a confirmed topup no edge credited is credited by the sweeper, once, with 
   const first = await ok("ledger.credit", { account_id: account, amount_micro: 700_000, kind: "topup",
     source: { chain: network, tx: tx2, index: "0" } });
   assert.equal(first.duplicate, false);
-  // a call's payment is no topup: never credited
-  await confirmed("https://edge.example/v1/chat/completions", 900_000);
+  // a topup credit names its settlement: another name of the network (x402 v1's), a transaction no
+  // settlement has, another amount or a payment that is not this account's topup are refused,
+  // changing nothing (a v1 name was a second credit of the same payment once the sweeper came)
+  const tx3 = await confirmed(`topup:account:${account}`, 300_000);
+  const refused = async (args, code) => {
+    const r = await call("ledger.credit", { account_id: account, kind: "topup", ...args }, idem("credit"));
+    assert.equal(r.code, code, JSON.stringify(r));
+  };
+  await refused({ amount_micro: 300_000, source: { chain: "base-sepolia", tx: tx3, index: "0" } }, "settlement_not_found");
+  await refused({ amount_micro: 300_000, source: { chain: network, tx: `0x${"ab".repeat(32)}`, index: "0" } },
+    "settlement_not_found");
+  await refused({ amount_micro: 300_001, source: { chain: network, tx: tx3, index: "0" } }, "settlement_mismatch");
+  const callTx = await confirmed("https://edge.example/v1/chat/completions", 900_000);
+  await refused({ amount_micro: 900_000, source: { chain: network, tx: callTx, index: "0" } }, "settlement_mismatch");
+  // the sweeper credits that topup once, under its own source (any refused credit would show here as more
+  // money); a call's payment is no topup: never credited
+  await waitUntil(async () => (await balance()) === 2_500_000, { what: "the refused topup credited by the sweeper" });
   await sleep(1600);
-  assert.equal(await balance(), 2_200_000);
+  assert.equal(await balance(), 2_500_000);
   assert.equal(Number(pg.psql(db.name, "SELECT count(*) FROM topup_credits_due")), 0);
   await audit();
 });

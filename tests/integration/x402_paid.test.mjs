@@ -30,7 +30,7 @@ import { RpcClient } from "../lib/rpc.mjs";
 
 const ADMIN = crypto.randomBytes(24).toString("hex");
 const HMAC = crypto.randomBytes(32).toString("hex");
-let pg, chains, evm, sol, solRpc, ledger, verifier, verifierEnv, edge, edgeEnv, mock, url, ledgerRpc, evmTreasury, solTreasury;
+let pg, db, chains, evm, sol, solRpc, ledger, verifier, verifierEnv, edge, edgeEnv, mock, url, ledgerRpc, evmTreasury, solTreasury;
 const erc20 = parseAbi(["function balanceOf(address) view returns (uint256)"]);
 const balance = (who) => ethRpc(evm.rpcUrl, "eth_call", [{ to: evm.token,
   data: encodeFunctionData({ abi: erc20, functionName: "balanceOf", args: [who] }) }, "latest"]).then(BigInt);
@@ -70,7 +70,7 @@ async function audit() {
 
 before(async () => {
   pg = await startPostgres();
-  const db = pg.createDatabase("x402_paid");
+  db = pg.createDatabase("x402_paid");
   chains = await startChains({ solana: true });
   evm = chains.evm;
   sol = chains.solana;
@@ -270,6 +270,25 @@ test("/v1/topup: an x402 payment credits the key's account once; the key then pa
   const bal = await (await fetch(`${url}/v1/balance`, { headers: auth })).json();
   assert.equal(bal.available_micro, 250000);
 
+  // the same with x402 v1 (X-PAYMENT, the network named "base-sepolia"): credited once, under the
+  // settlement's own source (CAIP-2), so the ledger's sweeper of uncredited topups finds it credited (a
+  // credit under the v1 name had the sweeper credit the same payment a second time)
+  const v1Payer = privateKeyToAccount(evm.accounts[7].privateKey);
+  const v1Before = await balance(v1Payer.address);
+  const v2 = await new x402HTTPClient(evmClient(7)).createPaymentPayload(
+    { ...required, accepts: required.accepts.filter((a) => a.network === evm.network) });
+  const xPayment = Buffer.from(JSON.stringify({ x402Version: 1, scheme: "exact", network: "base-sepolia",
+    payload: v2.payload })).toString("base64");
+  const v1 = await topup({ "x-payment": xPayment });
+  assert.equal(v1.status, 200, await v1.clone().text());
+  assert.equal((await v1.json()).available_micro, 500000);
+  assert.equal(JSON.parse(Buffer.from(v1.headers.get("x-payment-response"), "base64").toString()).network, "base-sepolia");
+  assert.equal(await balance(v1Payer.address), v1Before - 250000n);
+  assert.equal(pg.psql(db.name, "SELECT string_agg(DISTINCT source_chain, ',') FROM credits WHERE kind = 'topup'"),
+    evm.network);
+  assert.equal(pg.psql(db.name, "SELECT ledger_credit_due_topups(100, 0)"), "0", "the sweeper credits nothing more");
+  assert.equal((await (await fetch(`${url}/v1/balance`, { headers: auth })).json()).available_micro, 500000);
+
   // a payment made for a call cannot top up
   const callBody = chat("for a call");
   const callHeader = await paymentHeader(evmClient(4), callBody);
@@ -291,7 +310,7 @@ test("/v1/topup: an x402 payment credits the key's account once; the key then pa
   const tBefore = await tokens(solTreasury);
   const solCredit = await topup({ "payment-signature": solHeader });
   assert.equal(solCredit.status, 200, await solCredit.clone().text());
-  assert.equal((await solCredit.json()).available_micro, 500000);
+  assert.equal((await solCredit.json()).available_micro, 750000);
   assert.equal((await (await topup({ "payment-signature": solHeader })).json()).duplicate, true);
   assert.equal(await tokens(solTreasury), tBefore + 250000n);
 
@@ -299,7 +318,7 @@ test("/v1/topup: an x402 payment credits the key's account once; the key then pa
   const paid = await fetch(`${url}/v1/chat/completions`, { method: "POST", headers: auth, body: chat("on balance") });
   assert.equal(paid.status, 200);
   const after = await (await fetch(`${url}/v1/balance`, { headers: auth })).json();
-  assert.ok(after.available_micro < 500000 && after.available_micro > 0);
+  assert.ok(after.available_micro < 750000 && after.available_micro > 0);
   await audit();
 });
 
