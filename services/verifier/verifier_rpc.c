@@ -67,6 +67,25 @@ static int s_read(const msgpack_object *body, json_t **payload, json_t **req, ch
         json_decref(*req);
         return -1;
     }
+    /* the resource a settlement records comes from the payment when no
+     * authorization was recorded first; "topup:account:<id>" is what makes the
+     * ledger credit an account once the settlement confirms, and only the
+     * edge's POST /v1/topup may name it (through "resource", after checking the
+     * payment pays its treasury): a facilitator caller naming it, paying
+     * itself, was credited that much */
+    const char *named[] = {json_string_value(json_object_get(json_object_get(*payload, "resource"), "url")),
+                           json_string_value(json_object_get(*payload, "resource")),
+                           json_string_value(json_object_get(*req, "resource"))};
+    for (size_t i = 0; i < FB_ARRAY_SIZE(named); i++) {
+        if (named[i] && strncmp(named[i], "topup:", 6) == 0) {
+            snprintf(err, errlen,
+                     "the resource \"%.60s\" is reserved: topups are paid through POST /v1/topup", named[i]);
+            json_decref(*payload);
+            json_decref(*req);
+            *payload = *req = NULL;
+            return -1;
+        }
+    }
     return 0;
 }
 

@@ -333,6 +333,33 @@ test("bad bodies are 400 and refused payments are 200 with their reason, over HT
   assert.equal(sb.transaction, "");
   assert.equal(sb.network, NETWORK);
 
+  // a valid payment naming a topup's resource (what has the ledger credit an account once the
+  // settlement confirms): refused as a bad request, nothing settled or recorded (settled, it credited
+  // the named account that much, whoever it paid)
+  const payer3 = privateKeyToAccount(evm.accounts[3].privateKey);
+  const self = { ...requirements, payTo: payer3.address };
+  const m3 = { from: payer3.address, to: payer3.address, value: 10000n, validAfter: 0n, validBefore: BigInt(now + 60),
+    nonce: toHex(crypto.randomBytes(32)) };
+  const signed3 = { signature: await signTransfer(payer3, m3),
+    authorization: { ...m3, value: "10000", validAfter: "0", validBefore: String(now + 60) } };
+  for (const [payload3, reqs3] of [
+    [{ x402Version: 2, resource: { url: "topup:account:1" }, accepted: self, payload: signed3 }, self],
+    [{ x402Version: 2, resource: { url: "http://x/r" }, accepted: self, payload: signed3 }, { ...self, resource: "topup:account:1" }]]) {
+    for (const op of ["verify", "settle"]) {
+      const r = await post(op, JSON.stringify({ x402Version: 2, paymentPayload: payload3, paymentRequirements: reqs3 }));
+      assert.equal(r.status, 400, op);
+      assert.match((await r.json()).error, /reserved: topups are paid through POST \/v1\/topup/);
+    }
+  }
+  const l = new RpcClient(ledger.endpoint);
+  const found = await l.call("ledger.authorization", { network: NETWORK, payer: payer3.address.toLowerCase(), nonce: m3.nonce });
+  l.close();
+  assert.equal(found.code, "authorization_not_found", JSON.stringify(found));
+  const used = await ethRpc(evm.rpcUrl, "eth_call", [{ to: evm.token, data: encodeFunctionData({
+    abi: parseAbi(["function authorizationState(address,bytes32) view returns (bool)"]), functionName: "authorizationState",
+    args: [payer3.address, m3.nonce] }) }, "latest"]);
+  assert.equal(BigInt(used), 0n, "the authorization was never executed");
+
   // the same over cleartext HTTP/2
   const h2 = spawnSync("curl", ["-sS", "--http2-prior-knowledge", "-H", "content-type: application/json", "-H",
     `authorization: Bearer ${TOKEN_SECRET}`, "--data-binary", body, "-w", "\n%{http_version} %{http_code}", `${base}/verify`], { encoding: "utf8" });
