@@ -189,6 +189,17 @@ static bool s_wrong_chain(s_job_t *j)
     return true;
 }
 
+/* The verified payment's key and amount in its result (what recording it needs). */
+static void s_result_key(s_job_t *j)
+{
+    uint64_t amount = 0;
+    fb_u256_to_u64(&j->chk.auth.value, &amount);
+    json_t *key = json_object();
+    s_auth_key(j, key);
+    verifier_result_key(&j->res, key, amount > INT64_MAX ? INT64_MAX : (int64_t)amount, j->r.pay_to);
+    json_decref(key);
+}
+
 static void s_verify_decide(s_job_t *j)
 {
     if (s_wrong_chain(j))
@@ -223,12 +234,7 @@ static void s_verify_decide(s_job_t *j)
                j->sim_message);
         return;
     }
-    uint64_t amount = 0;
-    fb_u256_to_u64(&j->chk.auth.value, &amount);
-    json_t *key = json_object();
-    s_auth_key(j, key);
-    verifier_result_key(&j->res, key, amount > INT64_MAX ? INT64_MAX : (int64_t)amount, j->r.pay_to);
-    json_decref(key);
+    s_result_key(j);
     j->res.ok = true;
     s_finish(j);
 }
@@ -1133,6 +1139,9 @@ void verifier_evm_run(verifier_t *v, bool settle, uint32_t wait_ms, json_t *payl
         return;
     }
     if (!v->chain_checks) {
+        /* the payment's key and amount, as after the chain checks: a verify that
+         * records the payment (the edge's) needs them */
+        s_result_key(j);
         j->res.ok = true;
         s_finish(j);
         return;

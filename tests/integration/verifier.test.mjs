@@ -315,6 +315,32 @@ test("an endpoint serving another chain id: verify and settle answer unavailable
   }
 });
 
+test("FAREBOX_VERIFY_CHAIN_CHECKS=false: a verify that records the payment (the edge's) records it, without asking the chain", async () => {
+  const offline = await startService("verifier", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`,
+    FAREBOX_REPLICA: "verifier-no-chain-checks", FAREBOX_LEDGER_ENDPOINT: ledger.endpoint,
+    FAREBOX_EVM_NETWORK: NETWORK, FAREBOX_EVM_RPC_URLS: evm.rpcUrl, FAREBOX_EVM_TOKEN: evm.token,
+    FAREBOX_SOLANA_NETWORK: "off", FAREBOX_VERIFY_CHAIN_CHECKS: "false" });
+  const client = new RpcClient(offline.endpoint);
+  try {
+    const payer = privateKeyToAccount(evm.accounts[5].privateKey);
+    const p = await viemPayload(payer);
+    const r = await client.call("verifier.verify", { payload: p, requirements: requirements(), record: true,
+      resource: "http://farebox.test/r" }, { deadlineMs: 15000 });
+    assert.equal(r.status, "ok", `${r.code}: ${r.message}`);
+    assert.equal(r.body.isValid, true, JSON.stringify(r.body));
+    assert.ok(r.body.authorizationId > 0, JSON.stringify(r.body));
+    // recorded: the same payment again is used
+    const again = await client.call("verifier.verify", { payload: p, requirements: requirements(), record: true,
+      resource: "http://farebox.test/r" }, { deadlineMs: 15000 });
+    assert.equal(again.body.isValid, false);
+    assert.equal(again.body.invalidReason, "invalid_exact_evm_nonce_already_used");
+  } finally {
+    client.close();
+    assert.equal((await offline.stop()).code, 0);
+  }
+  await ledgerAudit();
+});
+
 // FAREBOX_EVM_SETTLE_CONFIRMATIONS: a settlement's verdict waits until its
 // block is that deep. Here with 3: a settlement mined at once (anvil's
 // automine) with no block after it is still pending when settle's wait ends;
