@@ -600,6 +600,12 @@ static void s_resolve(s_chat_t *c, int64_t cost, s_then_fn *then)
             then(c);
         return;
     }
+    if (c->res.slice && !edge_purse_alive(c->w->purse)) {
+        /* a call that outlived its edge's stop (its slice closed, perhaps freed) */
+        fb_log(FB_LOG_ERROR, c->rid, "a prepaid call ended after its edge's slices were closed: not charged",
+               "cost_micro=%" PRId64, cost);
+        c->res.slice = NULL;
+    }
     if (!c->res.slice) {
         if (then && c->req)
             then(c);

@@ -954,9 +954,10 @@ static void s_on_charged(void *arg, const fb_rpc_reply_t *reply)
     s_item_t *items = wr->items;
     s->writing--;
     s->writing_items -= wr->count;
-    /* journaled, with its outcome unknown for good (the edge is stopping): left
-     * in the journal for another edge to send again */
-    bool left = wr->journaled && self->journal && edge_rpc_outcome_unknown(reply);
+    /* journaled, with its outcome unknown for good as the edge stops: left in
+     * the journal for another edge to send again (unknown long past its hold's
+     * expiry while the edge runs, it is done with: nothing can charge it now) */
+    bool left = self->dead && wr->journaled && self->journal && edge_rpc_outcome_unknown(reply);
     if (wr->journaled && self->journal && !left)
         edge_journal_answered(self->journal, wr->idem);
     s_out_unlink(self, wr);
