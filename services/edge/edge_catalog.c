@@ -457,11 +457,11 @@ static void s_prepare(edge_catalog_t *c)
             "{ss ss si ss ss so}", "object", "pricing", "currency", "USDC", "decimals", 6, "unit",
             "micro-USDC per million tokens, costs rounded up to a whole micro-USDC", "quote",
             "a call holds (or, paid with x402, is quoted) ceil(request body bytes x input price / 10^6) (the "
-            "model's context_tokens instead of the body bytes when the request names media or documents by "
-            "URL, "
-            "files by id or server tools, whose tokens the provider adds) + "
-            "ceil(max_tokens x output price / 10^6), max_tokens being the model's max_output_tokens when the "
-            "request sets none; it is charged ceil(input tokens x input price / 10^6) + ceil(output tokens x "
+            "model's context_tokens instead of the body bytes when the request has media, inline or by URL, "
+            "documents, audio, files by id or server tools, whose tokens its bytes do not bound) + "
+            "ceil(n x max_tokens x output price / 10^6), max_tokens being the model's max_output_tokens when "
+            "the request sets none and n the choices asked (1 unless set); it is charged ceil(input tokens x "
+            "input price / 10^6) + ceil(output tokens x "
             "output price / 10^6) from the usage the provider reports, input tokens read from or written to "
             "the provider's prompt cache at the cache read and cache write prices (each part rounded up), "
             "never more than the hold or quote",

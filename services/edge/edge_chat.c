@@ -351,10 +351,15 @@ static int64_t s_input_cost(s_chat_t *c)
     return edge_input_cost_micro(c->model, &u);
 }
 
-static int64_t s_cost(s_chat_t *c)
+static int64_t s_cost_uncapped(s_chat_t *c)
 {
     int64_t out = c->out_seen ? c->out_tokens : edge_chat_output_estimate(c->out_events, c->out_bytes);
-    int64_t cost = edge_add_micro(s_input_cost(c), edge_cost_micro(out, c->model->output_price));
+    return edge_add_micro(s_input_cost(c), edge_cost_micro(out, c->model->output_price));
+}
+
+static int64_t s_cost(s_chat_t *c)
+{
+    int64_t cost = s_cost_uncapped(c);
     return cost > c->hold_micro ? c->hold_micro : cost;
 }
 
@@ -591,6 +596,14 @@ static void s_resolve(s_chat_t *c, int64_t cost, s_then_fn *then)
     FB_ASSERT(!c->money_done);
     c->money_done = true;
     c->then = then;
+    int64_t full = cost >= 0 ? s_cost_uncapped(c) : 0;
+    if (full > c->hold_micro) {
+        /* the ceiling is the most a call pays: what its usage says above it is the operator's loss */
+        fb_log(FB_LOG_WARN, c->rid,
+               "a call's reported usage costs more than its ceiling: charged the ceiling",
+               "model=%s cost_micro=%" PRId64 " ceiling_micro=%" PRId64, c->model->id, full, c->hold_micro);
+        edge_metrics_money(EDGE_MONEY_CAPPED, full - c->hold_micro);
+    }
     if (c->x402) {
         /* the payment is the quote, settled at the first output: a call that
          * ends unserved has its authorization marked failed, so it never settles */
@@ -866,7 +879,7 @@ static void s_prompt_answer(s_chat_t *c, const char *text, size_t text_len)
         in_cost = total;
     json_t *doc = json_pack("{sb ss% ss s{sI sI sI}}", "success", 1, "text", text, text_len, "model",
                             c->requested, "usage", "inputTokens", (json_int_t)in, "outputTokens",
-                            (json_int_t)out, "totalTokens", (json_int_t)(in + out));
+                            (json_int_t)out, "totalTokens", (json_int_t)edge_add_micro(in, out));
     char *head = json_dumps(doc, JSON_COMPACT);
     json_decref(doc);
     char a[32], b[32], t[32], rid[300];
@@ -1799,7 +1812,7 @@ static bool s_value_starts(const char *k, const char *end, const char *prefix)
     return k < end && *k == '"' && (size_t)(end - k - 1) >= n && memcmp(k + 1, prefix, n) == 0;
 }
 
-bool edge_chat_input_unbounded(const char *body, size_t len)
+static bool s_input_marks(const char *body, size_t len)
 {
     /* a key's name between quotes cannot appear inside a JSON string (its
      * quotes would be escaped): these matches are keys, or, rarely, keys
@@ -1809,6 +1822,12 @@ bool edge_chat_input_unbounded(const char *body, size_t len)
     } marks[] = {
         {"\"url\"", "http"},       /* media or a document by URL, fetched by the provider */
         {"\"file_id\"", NULL},     /* a file uploaded to the provider */
+        {"\"image_url\"", NULL},   /* an image, even inline: a provider bills an image's */
+        {"\"input_audio\"", NULL}, /* tokens by its pixels or length, not its bytes */
+        {"\"type\"", "image"},
+        {"\"type\"", "document"},
+        {"\"type\"", "file"},
+        {"\"type\"", "input_audio"},
         {"\"mcp_servers\"", NULL}, /* MCP servers the provider calls */
         {"\"web_search_options\"", NULL},
         {"\"type\"", "web_search"}, /* server tools: their results are input too */
@@ -1816,8 +1835,6 @@ bool edge_chat_input_unbounded(const char *body, size_t len)
         {"\"type\"", "code_execution"},
         {"\"type\"", "mcp"},
     };
-    if (!body)
-        return false;
     const char *end = body + len;
     for (size_t i = 0; i < FB_ARRAY_SIZE(marks); i++) {
         size_t kl = strlen(marks[i].key);
@@ -1826,6 +1843,23 @@ bool edge_chat_input_unbounded(const char *body, size_t len)
                 return true;
     }
     return false;
+}
+
+bool edge_chat_input_unbounded(const char *body, size_t len)
+{
+    if (!body)
+        return false;
+    if (!memmem(body, len, "\\u", 2))
+        return s_input_marks(body, len);
+    /* \u escapes can spell a mark's key or value ("\u0075rl"), which the
+     * provider reads as the mark itself: look at the document re-encoded, its
+     * strings as they read (not parsed: refused elsewhere; a larger hold here) */
+    json_t *doc = json_loadb(body, len, 0, NULL);
+    char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+    bool unbounded = !text || s_input_marks(text, strlen(text));
+    free(text);
+    json_decref(doc);
+    return unbounded;
 }
 
 static int s_begin(edge_worker_t *w, h2o_req_t *req, const char *rid, s_route_t route)
@@ -1947,8 +1981,9 @@ int edge_chat_test(bool verbose)
     FB_ASSERT(edge_chat_output_estimate(5, 9) == 5);
     FB_ASSERT(edge_chat_output_estimate(2, 10) == 4);
     FB_ASSERT(edge_chat_output_estimate(0, 1) == 1);
-    /* input the provider adds: by URL, by file id, from server tools; not a
-     * data URL, not a URL in text */
+    /* input the provider adds or bills beyond its bytes: by URL, by file id,
+     * media even inline, server tools, escapes spelling any of them; not a URL
+     * or a key's name in text */
     static const struct {
         const char *body;
         bool unbounded;
@@ -1958,7 +1993,17 @@ int edge_chat_test(bool verbose)
          "\\\"http\"}]}",
          false},
         {"{\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,AAAA\"}}]}",
-         false},
+         true},
+        {"{\"content\":[{\"type\":\"image\",\"source\":{\"type\":\"base64\",\"data\":\"AAAA\"}}]}", true},
+        {"{\"content\":[{\"type\":\"input_audio\",\"input_audio\":{\"data\":\"AAAA\"}}]}", true},
+        {"{\"content\":[{\"type\":\"file\",\"file\":{\"file_data\":\"AAAA\"}}]}", true},
+        {"{\"content\":[{\"type\":\"text\",\"text\":\"an image_url \\\"type\\\": \\\"image\"}]}", false},
+        /* escapes that spell a mark */
+        {"{\"content\":[{\"x\":{\"url\":\"\\u0068ttps://example.com/a.png\"}}]}", true},
+        {"{\"content\":[{\"x\":{\"\\u0075rl\":\"https://example.com/a.png\"}}]}", true},
+        {"{\"tools\":[{\"typ\\u0065\":\"web_search_20250305\"}]}", true},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"caf\\u00e9\"}]}", false},
+        {"{\"messages\":[\"\\u0075rl\" broken", true},
         {"{\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\": \"https://x/y.png\"}}]}", true},
         {"{\"content\":[{\"type\":\"document\",\"source\":{\"type\":\"url\",\"url\" :\"http://x/a.pdf\"}}]}",
          true},

@@ -226,8 +226,9 @@ static void s_counters(fb_buf_t *b, const char *family, const char *help, const 
 
 static void s_render(const edge_t *edge, fb_buf_t *b)
 {
-    static const char *money_names[EDGE_MONEY_KINDS] = {
-        "held", "committed", "released", "x402_settled", "topup_credited", "topup_advanced", "unbilled"};
+    static const char *money_names[EDGE_MONEY_KINDS] = {"held",         "committed",      "released",
+                                                        "x402_settled", "topup_credited", "topup_advanced",
+                                                        "unbilled",     "capped"};
     static const char *money_help[EDGE_MONEY_KINDS] = {
         "micro-USDC held for prepaid calls",
         "micro-USDC charged from holds",
@@ -236,7 +237,9 @@ static void s_render(const edge_t *edge, fb_buf_t *b)
         "micro-USDC of topups credited",
         "micro-USDC of topups credited before their settlement was final (included in topup_credited)",
         "micro-USDC of answered calls whose deferred charges could not be written (never charged, though "
-        "counted in committed when answered)"};
+        "counted in committed when answered)",
+        "micro-USDC of reported usage above calls' holds or x402 quotes (not charged: a call pays at most "
+        "its ceiling; the provider may bill it)"};
     static const char *providers[2] = {"openai", "anthropic"};
     static const char *services[2] = {"ledger", "verifier"};
     uint64_t requests[EDGE_METRICS_ROUTES + 1][STATUSES + 1] = {{0}};

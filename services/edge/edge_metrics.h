@@ -27,6 +27,7 @@ typedef enum {
     EDGE_MONEY_TOPUP,     /* topups credited */
     EDGE_MONEY_ADVANCED,  /* ... of them, credited before their settlement was final */
     EDGE_MONEY_UNBILLED,  /* deferred charges of answered calls that could not be written */
+    EDGE_MONEY_CAPPED,    /* reported usage above a call's hold or quote: not charged */
     EDGE_MONEY_KINDS
 } edge_money_t;
 

@@ -335,8 +335,8 @@ int64_t edge_tr_cache_1h_tokens(json_t *usage)
 static json_t *s_usage_openai(int64_t in, int64_t out, int64_t cached)
 {
     return json_pack("{sI sI sI s{sI}}", "prompt_tokens", (json_int_t)in, "completion_tokens",
-                     (json_int_t)out, "total_tokens", (json_int_t)(in + out), "prompt_tokens_details",
-                     "cached_tokens", (json_int_t)cached);
+                     (json_int_t)out, "total_tokens", (json_int_t)edge_add_micro(in, out),
+                     "prompt_tokens_details", "cached_tokens", (json_int_t)cached);
 }
 
 json_t *edge_tr_response(json_t *a, const char *model)

@@ -880,7 +880,8 @@ test("an Anthropic stream whose input grows (a server tool ran) is charged its f
   const edgeUrl = await startEdge({ FAREBOX_CATALOG_FILE: catalog, FAREBOX_PREPAID_SLICE_IDLE_MS: "50" });
   try {
     const { id, key } = await account(10_000_000);
-    const stream = await new Anthropic({ baseURL: edgeUrl, apiKey: key, maxRetries: 0 }).messages.create({
+    const anthropic = new Anthropic({ baseURL: edgeUrl, apiKey: key, maxRetries: 0 });
+    const stream = await anthropic.messages.create({
       model: "claude-3-5-haiku-20241022", max_tokens: 64, stream: true,
       tools: [{ type: "web_search_20250305", name: "web_search", max_uses: 1 }], // its results are input too
       messages: [{ role: "user", content: "search for it" }] });
@@ -891,8 +892,18 @@ test("an Anthropic stream whose input grows (a server tool ran) is charged its f
     const list = await settled(id);
     assert.equal(list.length, 1);
     // hour-long cache writes at the model's cache_write_1h_price (by default twice the input price)
-    assert.equal(list[0].amount_micro, part(860, pin) + part(40, pread) + part(30, 1000000) + part(70, 2 * pin) +
-      part(5, pout));
+    const full = part(860, pin) + part(40, pread) + part(30, 1000000) + part(70, 2 * pin) + part(5, pout);
+    assert.equal(list[0].amount_micro, full);
+    // the same usage reported for a call without the server tool, whose ceiling counts its bytes as input:
+    // charged its ceiling, never more, and what the usage says above it counted (and logged)
+    const bounded = await anthropic.messages.create({ model: "claude-3-5-haiku-20241022", max_tokens: 64,
+      stream: true, messages: [{ role: "user", content: "no tool" }] });
+    for await (const e of bounded) assert.ok(e.type);
+    const [capped] = await settled(id);
+    assert.ok(capped.amount_micro < full, `charged ${capped.amount_micro} of ${full}`);
+    assert.ok(capped.amount_micro >= part(64, pout), "its ceiling");
+    const m = await (await fetch(`${edgeUrl}/metrics`)).text();
+    assert.match(m, new RegExp(`^farebox_edge_money_capped_micro_total ${full - capped.amount_micro}$`, "m"));
   } finally {
     scripted.close();
   }

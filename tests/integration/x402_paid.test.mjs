@@ -130,6 +130,13 @@ test("no credentials: 402 with a quote for both networks, the call's ceiling", a
     { type: "text", text: "what is this?" }, { type: "image_url", image_url: { url: "https://example.com/a.png" } }] }] });
   const wide = (await quoteOf(byUrl)).required.accepts[0].amount;
   assert.equal(wide, String(Math.ceil(128000 * 150000 / 1e6) + Math.ceil(8 * 600000 / 1e6)));
+  // so does an image sent inline (billed by its pixels, not its bytes), and a URL spelled with JSON
+  // escapes (the provider reads the URL; the body's bytes do not show it)
+  const inline = JSON.stringify({ model: "gpt-4o-mini", max_tokens: 8, messages: [{ role: "user", content: [
+    { type: "image_url", image_url: { url: "data:image/png;base64,iVBORw0KGgo=" } }] }] });
+  const escaped = byUrl.replace('"url":"https', '"\\u0075rl":"\\u0068ttps');
+  assert.notEqual(escaped, byUrl);
+  for (const b of [inline, escaped]) assert.equal((await quoteOf(b)).required.accepts[0].amount, wide, b);
   const both = chat("quote me", { max_completion_tokens: 4, max_tokens: 30 });
   assert.equal((await quoteOf(both)).required.accepts[0].amount,
     String(Math.ceil(Buffer.byteLength(both) * 150000 / 1e6) + Math.ceil(30 * 600000 / 1e6)));
