@@ -402,7 +402,10 @@ static void s_on_confirmed(void *arg, json_t *result, const char *error, int64_t
         s_error(self, "confirmed block", error ? message : "no block number");
         return s_done(self);
     }
-    s_confirmed(self, n);
+    /* the tag's block, from whichever provider answered, no higher than the
+     * lowest head: a provider short of it answers the range's eth_getLogs with
+     * what it has, and the cursor would pass its missing blocks for good */
+    s_confirmed(self, n < self->head ? n : self->head);
 }
 
 static void s_on_head(void *arg, json_t *result, const char *error, int64_t code, const char *message)

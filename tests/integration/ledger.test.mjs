@@ -687,8 +687,8 @@ test("a confirmed topup no edge credited is credited by the sweeper, once, with 
     assert.equal(r.code, code, JSON.stringify(r));
   };
   await refused({ amount_micro: 300_000, source: { chain: "base-sepolia", tx: tx3, index: "0" } }, "settlement_not_found");
-  await refused({ amount_micro: 300_000, source: { chain: network, tx: `0x${"ab".repeat(32)}`, index: "0" } },
-    "settlement_not_found");
+  await refused({ amount_micro: 300_000, source: { chain: network, tx: `0x${crypto.randomBytes(32).toString("hex")}`,
+    index: "0" } }, "settlement_not_found");
   await refused({ amount_micro: 300_001, source: { chain: network, tx: tx3, index: "0" } }, "settlement_mismatch");
   const callTx = await confirmed("https://edge.example/v1/chat/completions", 900_000);
   await refused({ amount_micro: 900_000, source: { chain: network, tx: callTx, index: "0" } }, "settlement_mismatch");
@@ -790,12 +790,18 @@ test("a settlement whose nonce was taken gets a new one once (renonce), is signe
   const next = await ok("ledger.settlement_begin", { network, payer, nonce: hex32(), amount_micro: 1000,
     resource: "http://x/next", sender, evm: true, chain_nonce: 0, calldata: "0xe3ee160e" });
   assert.equal(next.nonce, 46);
-  // a topup credited with the re-signed transaction (settle answers with it) is under the first one
+  // a topup is credited plainly once its settlement is confirmed (before that, only as an advance, whose
+  // limit and reversal apply): refused meanwhile, nothing credited
+  const early = await call("ledger.credit", { account_id: account, amount_micro: 250_000, kind: "topup",
+    source: { chain: network, tx: second, index: "0" } }, idem("credit"));
+  assert.equal(early.code, "settlement_not_confirmed", JSON.stringify(early));
+  assert.equal((await ok("ledger.balance", { account_id: account })).balance_micro, 0);
+  await ok("ledger.settlement_result", { settlement_id: s.settlement_id, state: "confirmed", settled_by: second });
+  // credited with the re-signed transaction (settle answers with it): under the first one
   const c1 = await ok("ledger.credit", { account_id: account, amount_micro: 250_000, kind: "topup",
     source: { chain: network, tx: second, index: "0" } });
   assert.equal(c1.duplicate, false);
   assert.equal(pg.psql(db.name, `SELECT source_tx FROM credits WHERE id = ${c1.credit_id}`), first);
-  await ok("ledger.settlement_result", { settlement_id: s.settlement_id, state: "confirmed", settled_by: second });
   await sleep(1600);
   assert.equal((await ok("ledger.balance", { account_id: account })).balance_micro, 250_000);
   assert.equal((await ok("ledger.credit", { account_id: account, amount_micro: 250_000, kind: "topup",
