@@ -324,8 +324,10 @@ void edge_auth_lookup(edge_worker_t *w, const uint8_t mac[32], bool fresh, const
             return;
         }
         s_lookup_t *l = s_slot(cache, mac)->inflight;
-        if (l && memcmp(l->mac, mac, 32) == 0 && l->epoch == atomic_load(&w->edge->key_epoch)) {
-            /* the same question is on its way: wait for its answer */
+        if (l && memcmp(l->mac, mac, 32) == 0 && l->epoch == atomic_load(&w->edge->key_epoch) &&
+            fb_mono_ms() - l->asked_ms < CACHE_TTL_MS) {
+            /* the same question is on its way, asked recently enough that its
+             * answer is as fresh as a remembered one may be: wait for it */
             s_add_asker(l, done, arg);
             edge_metrics_key(EDGE_KEY_JOINED);
             return;

@@ -1178,6 +1178,30 @@ test("a busy key's calls do not wait on the ledger: one lookup for many concurre
   assert.ok(slices.every((h) => h.amount_micro <= 2 * ceiling), "no slice grew past the limit");
   assert.ok(slices.every((h) => (h.state === "committed" && h.committed_micro === h.charged_micro) ||
     (h.state === "voided" && h.charged_micro === 0)), JSON.stringify(slices));
+
+  // a lookup still unanswered after a second (the ledger paused) is not joined: its answer could be
+  // older than the second a key's answer may be (a revocation missed); a later call asks again
+  const late = await account(1_000_000);
+  const lookups = await counts();
+  const postAs = (k) => fetch(`${busy}/v1/chat/completions`, { method: "POST", body,
+    headers: { authorization: `Bearer ${k}`, "content-type": "application/json" } });
+  ledger.signal("SIGSTOP");
+  let answers;
+  try {
+    const first = postAs(late.key);
+    await sleep(1300);
+    const second = postAs(late.key);
+    await sleep(200);
+    ledger.signal("SIGCONT");
+    answers = await Promise.all([first, second]);
+  } finally {
+    ledger.signal("SIGCONT");
+  }
+  for (const r of answers) assert.equal(r.status, 200, await r.text());
+  const after = await counts();
+  assert.equal(after["key_lookups.asked"] - lookups["key_lookups.asked"], 2, JSON.stringify(after));
+  assert.equal(after["key_lookups.joined"] ?? 0, lookups["key_lookups.joined"] ?? 0);
+  await settled(late.id);
   await audit();
 });
 
