@@ -60,6 +60,8 @@ typedef struct s_call {
     uint32_t fnext; /* free list link (slot index + 1, 0 = end) */
     char method[FB_RPC_METHOD_MAX + 1];
     char trace[FB_RPC_STR_MAX + 1];
+    const char *refused; /* fb_rpc_client_refuse: the error code its timer completes it with */
+    char refused_why[160];
     uv_timer_t timer; /* attempt or deadline timer */
 } s_call_t;
 
@@ -249,6 +251,7 @@ static s_call_t *s_call_alloc(fb_rpc_client_t *self)
     c->gen = c->gen + 1 >= PING_GEN ? 1 : c->gen + 1;
     c->active = true;
     c->queued = c->ever_sent = false;
+    c->refused = NULL;
     c->replica = NULL;
     c->tried_count = 0;
     c->qnext = 0;
@@ -447,6 +450,10 @@ static void s_on_call_timer(uv_timer_t *t)
     fb_rpc_client_t *self = c->client;
     if (!c->active)
         return;
+    if (c->refused) {
+        s_fail(self, c, c->refused, c->refused_why);
+        return;
+    }
     if (c->queued) {
         s_queue_remove(self, c);
         s_fail_timeout(self, c);
@@ -495,6 +502,20 @@ void fb_rpc_client_call(fb_rpc_client_t *self, const fb_rpc_call_opts_t *opts, c
         return;
     }
     s_dispatch(self, c);
+}
+
+void fb_rpc_client_refuse(fb_rpc_client_t *self, const char *method, const char *code, const char *why,
+                          fb_rpc_done_fn *done, void *arg)
+{
+    FB_ASSERT(!self->dead && method && code && done);
+    s_call_t *c = s_call_alloc(self);
+    c->done = done;
+    c->arg = arg;
+    fb_copy_str(c->method, sizeof(c->method), method);
+    c->trace[0] = '\0';
+    c->refused = code;
+    fb_copy_str(c->refused_why, sizeof(c->refused_why), why);
+    s_arm(c, 0); /* completed from the loop, never inside this function */
 }
 
 /* --- receiving ------------------------------------------------------------------ */

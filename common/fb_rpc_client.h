@@ -73,6 +73,12 @@ void fb_rpc_client_destroy(fb_rpc_client_t **self_p);
 void fb_rpc_client_call(fb_rpc_client_t *self, const fb_rpc_call_opts_t *opts, const char *body,
                         size_t body_len, fb_rpc_done_fn *done, void *arg);
 
+/* fb_rpc_client_refuse - a call that is not sent: done gets code (an FB_RPC_E_
+ * code) and why, from the loop, never inside this function (a request the
+ * caller cannot encode, say). */
+void fb_rpc_client_refuse(fb_rpc_client_t *self, const char *method, const char *code, const char *why,
+                          fb_rpc_done_fn *done, void *arg);
+
 /* fb_rpc_client_ready - replicas connected and responsive now. */
 size_t fb_rpc_client_ready(const fb_rpc_client_t *self);
 

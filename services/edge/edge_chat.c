@@ -1624,10 +1624,15 @@ static int s_read_prompt(s_chat_t *c, json_t *body)
     }
     json_t *payment = json_object_get(body, "payment");
     if (payment) {
-        if (!json_is_object(payment) || json_object_size(payment) > 8) {
+        bool scalars = json_is_object(payment);
+        const char *pk;
+        json_t *pv;
+        json_object_foreach(payment, pk, pv) scalars = scalars && !json_is_object(pv) && !json_is_array(pv);
+        if (!scalars || json_object_size(payment) > 8) {
             s_set_error(
                 c, 400, "invalid_request", NULL,
-                "payment must be an object: {network, from, amount, timestamp, requestId, signature}");
+                "payment must be an object of plain values: {network, from, amount, timestamp, requestId, "
+                "signature}");
             return -1;
         }
         c->proof = json_incref(payment);

@@ -151,8 +151,15 @@ static void s_rpc_json(fb_rpc_client_t *client, const char *method, json_t *doc,
     if (doc) {
         msgpack_packer pk;
         msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-        FB_ASSERT(fb_mp_pack_json(&pk, doc) == 0);
+        int packed = fb_mp_pack_json(&pk, doc);
         json_decref(doc);
+        if (packed != 0) {
+            /* what a caller sent, nested deeper than a message may be: refused, nothing sent */
+            msgpack_sbuffer_destroy(&sb);
+            fb_rpc_client_refuse(client, method, FB_RPC_E_BAD_REQUEST,
+                                 "the request is nested deeper than an RPC message may be", s_timed_done, t);
+            return;
+        }
     }
     fb_rpc_call_opts_t o = {
         .method = method, .idem = idem, .trace = trace, .deadline_ms = deadline_ms, .attempt_ms = attempt_ms};

@@ -370,6 +370,17 @@ test("/api/v1/prompt answers in Chat402's shape with exact costs", async () => {
     payment: await proof(1) }, auth); // 1 cent: below gpt-4o's ceiling at its output cap (16,384 x $10/Mtok)
   assert.equal(tiny.status, 402);
   assert.equal(tiny.body.details.reason, "amount_too_low");
+  // a proof whose fields are not plain values (nested deeper than an RPC message may be: it once aborted
+  // the edge), and an admin body so nested: 400, and the edge still serves
+  let deep = "x";
+  for (let i = 0; i < 20; i++) deep = [deep];
+  const nested = await call("POST", "/api/v1/prompt", { model: "gpt-4o-mini", prompt: "nested",
+    payment: { ...(await proof(100)), network: deep } }, auth);
+  assert.equal(nested.status, 400, JSON.stringify(nested.body));
+  assert.equal(nested.body.code, "invalid_request");
+  const adminDeep = await call("POST", "/admin/accounts", { label: deep });
+  assert.equal(adminDeep.status, 400, JSON.stringify(adminDeep.body));
+  assert.equal((await fetch(`${url}/healthz`)).status, 200);
   const list = await settled(id);
   assert.equal(list.length, 2, "refused proofs charged nothing");
   await audit();
