@@ -225,6 +225,29 @@ h2o_iovec_t fb_http_header(h2o_req_t *req, const char *name)
     return req->headers.entries[i].value;
 }
 
+h2o_iovec_t fb_http_header_all(h2o_req_t *req, const char *name)
+{
+    size_t nl = strlen(name), total = 0, count = 0;
+    h2o_iovec_t one = h2o_iovec_init(NULL, 0);
+    for (ssize_t i = -1; (i = h2o_find_header_by_str(&req->headers, name, nl, i)) >= 0;) {
+        one = req->headers.entries[i].value;
+        total += one.len + 1;
+        count++;
+    }
+    if (count <= 1)
+        return one;
+    char *joined = h2o_mem_alloc_pool(&req->pool, total);
+    size_t at = 0;
+    for (ssize_t i = -1; (i = h2o_find_header_by_str(&req->headers, name, nl, i)) >= 0;) {
+        h2o_iovec_t v = req->headers.entries[i].value;
+        if (at)
+            joined[at++] = ',';
+        memcpy(joined + at, v.base, v.len);
+        at += v.len;
+    }
+    return h2o_iovec_init(joined, at);
+}
+
 void fb_http_set_header(h2o_req_t *req, const char *name, const char *value, size_t value_len)
 {
     size_t nl = strlen(name);

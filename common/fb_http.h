@@ -51,6 +51,9 @@ void fb_http_send(h2o_req_t *req, int status, const char *content_type, const ch
 /* fb_http_header - the value of a request header (lower-case name), or a
  * {NULL, 0} iovec when absent. */
 h2o_iovec_t fb_http_header(h2o_req_t *req, const char *name);
+/* fb_http_header_all - every line of header name in order, joined with ','
+ * (one list, as RFC 9110 reads a repeated list header); base NULL if absent. */
+h2o_iovec_t fb_http_header_all(h2o_req_t *req, const char *name);
 
 /* fb_http_set_header - add a response header; name and value are copied. */
 void fb_http_set_header(h2o_req_t *req, const char *name, const char *value, size_t value_len);

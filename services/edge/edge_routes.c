@@ -269,7 +269,8 @@ static bool s_ip_allowed(edge_worker_t *w, h2o_req_t *req, h2o_iovec_t path)
     struct sockaddr_storage sa;
     memset(&sa, 0, sizeof(sa));
     req->conn->callbacks->get_peername(req->conn, (struct sockaddr *)&sa);
-    h2o_iovec_t xff = fb_http_header(req, "x-forwarded-for");
+    /* every line: a proxy may append its own line after the caller's (HAProxy's option forwardfor) */
+    h2o_iovec_t xff = fb_http_header_all(req, "x-forwarded-for");
     uint8_t ip[16];
     size_t iplen = edge_limit_client(w->edge->limits, (struct sockaddr *)&sa, xff.base, xff.len, ip);
     if (!iplen)

@@ -978,6 +978,16 @@ test("rate limits per IP and per key, and the in-flight cap per key: 429 with Re
   const from = (ip) => fetch(`${lbEdge}/v1/models`, { headers: { "x-forwarded-for": `203.0.113.50, ${ip}` } }).then((r) => r.status);
   assert.deepEqual([await from("198.51.100.1"), await from("198.51.100.1"), await from("198.51.100.1")], [200, 200, 429]);
   assert.equal(await from("198.51.100.2"), 200, "another client behind the balancer has its own bucket");
+  // the caller's own X-Forwarded-For line first, the balancer's appended as a second line (HAProxy's option
+  // forwardfor): the lines read as one list, so the balancer's names the client, not the caller's
+  const twoLines = (callers) => new Promise((resolve, reject) => {
+    const r = http.request(`${lbEdge}/v1/models`, { headers: ["x-forwarded-for", callers, "x-forwarded-for", "198.51.100.3"] },
+      (res) => { res.resume(); res.on("end", () => resolve(res.statusCode)); });
+    r.on("error", reject);
+    r.end();
+  });
+  assert.deepEqual([await twoLines("203.0.113.1"), await twoLines("203.0.113.2"), await twoLines("203.0.113.3")],
+    [200, 200, 429]);
   const spoofed = [];
   for (let i = 0; i < 3; i++) spoofed.push((await fetch(`${ipEdge}/v1/models`, { headers: { "x-forwarded-for": `10.0.0.${i}` } })).status);
   assert.equal(spoofed.at(-1), 429, "an untrusted peer cannot pick its bucket");
