@@ -165,7 +165,8 @@ fb_config_t *fb_config_load(const fb_config_var_t *vars, size_t count, char *err
         if (v->check) {
             char why[256] = "";
             if (v->check(value, why, sizeof(why)) != 0) {
-                if (v->type == FB_CFG_SECRET)
+                /* a secret, or an http(s) URL (a hosted node's API key is in its path), is not shown */
+                if (v->type == FB_CFG_SECRET || strstr(value, "http://") || strstr(value, "https://"))
                     snprintf(err, errlen, "invalid configuration: %s: %s", v->name, why);
                 else
                     snprintf(err, errlen, "invalid configuration: %s=\"%s\": %s", v->name, value, why);
@@ -298,6 +299,7 @@ int fb_config_test(bool verbose)
         {"FBT_LEVEL", "loud", "FBT_LEVEL=\"loud\" is not one of debug|info|warn|error"},
         {"FBT_NAME", "", "FBT_NAME must not be empty"},
         {"FBT_EP", "udp://x", "FBT_EP=\"udp://x\": must start with tcp://"},
+        {"FBT_EP", "https://h/KEY", "FBT_EP: must start with tcp://"},
         {"FBT_TOKEN", "direct", "set FBT_TOKEN or FBT_TOKEN_FILE, not both"},
     };
     for (size_t i = 0; i < FB_ARRAY_SIZE(bad); i++) {

@@ -18,6 +18,7 @@
 
 typedef struct {
     char url[256];
+    char shown[256];    /* fb_jsonrpc_url_shown */
     int64_t rest_until; /* monotonic ms; 0 when healthy */
     int64_t rest_ms;    /* next backoff */
     uint64_t calls, failures;
@@ -57,6 +58,28 @@ struct fb_jsonrpc_t {
 
 /* --- endpoints ------------------------------------------------------------------- */
 
+void fb_jsonrpc_url_shown(const char *url, char *out, size_t len)
+{
+    const char *host = strstr(url, "://");
+    host = host ? host + 3 : url;
+    size_t alen = strcspn(host, "/?#");
+    const char *at = NULL;
+    for (const char *q = host; q < host + alen; q++)
+        if (*q == '@')
+            at = q;
+    const char *from = at ? at + 1 : host;
+    const char *rest = host + alen;
+    if (!at && (rest[0] == '\0' || (rest[0] == '/' && rest[1] == '\0'))) {
+        snprintf(out, len, "%s", url);
+        return;
+    }
+    uint32_t h = 2166136261u; /* FNV-1a: tells URLs apart, no secret to keep */
+    for (const char *q = url; *q; q++)
+        h = (h ^ (uint8_t)*q) * 16777619u;
+    snprintf(out, len, "%.*s%.*s/...%04x", (int)(host - url), url, (int)(host + alen - from), from,
+             (unsigned)(h & 0xffff));
+}
+
 static int s_parse_urls(const char *text, s_endpoint_t *out, char *err, size_t errlen)
 {
     int n = 0;
@@ -84,6 +107,7 @@ static int s_parse_urls(const char *text, s_endpoint_t *out, char *err, size_t e
         if (out) {
             memset(&out[n], 0, sizeof(out[n]));
             memcpy(out[n].url, p, len);
+            fb_jsonrpc_url_shown(out[n].url, out[n].shown, sizeof(out[n].shown));
             out[n].rest_ms = REST_MIN_MS;
         }
         n++;
@@ -135,14 +159,14 @@ static void s_rest(fb_jsonrpc_t *self, int i, int64_t retry_after_ms, const char
     e->rest_ms = e->rest_ms * 2 > REST_MAX_MS ? REST_MAX_MS : e->rest_ms * 2;
     e->failures++;
     fb_log(FB_LOG_WARN, NULL, "chain endpoint failed", "chain=%s url=%s reason=%s rest_ms=%lld", self->chain,
-           e->url, why, (long long)ms);
+           e->shown, why, (long long)ms);
 }
 
 static void s_healthy(fb_jsonrpc_t *self, int i)
 {
     s_endpoint_t *e = &self->endpoints[i];
     if (e->rest_until)
-        fb_log(FB_LOG_INFO, NULL, "chain endpoint back", "chain=%s url=%s", self->chain, e->url);
+        fb_log(FB_LOG_INFO, NULL, "chain endpoint back", "chain=%s url=%s", self->chain, e->shown);
     e->rest_until = 0;
     e->rest_ms = REST_MIN_MS;
 }
@@ -355,11 +379,37 @@ size_t fb_jsonrpc_stats(const fb_jsonrpc_t *self, fb_jsonrpc_endpoint_stat_t *ou
     int64_t now = fb_mono_ms();
     for (int i = 0; i < self->nendpoints && n < max; i++, n++) {
         const s_endpoint_t *e = &self->endpoints[i];
-        snprintf(out[n].url, sizeof(out[n].url), "%s", e->url);
+        snprintf(out[n].url, sizeof(out[n].url), "%s", e->shown);
         out[n].resting = e->rest_until > now;
         out[n].calls = e->calls;
         out[n].failures = e->failures;
         out[n].last_latency_us = e->last_latency_us;
     }
     return n;
+}
+
+int fb_jsonrpc_test(bool verbose)
+{
+    FB_UNUSED(verbose);
+    static const struct {
+        const char *url, *shown;
+    } cases[] = {
+        {"http://127.0.0.1:8545", "http://127.0.0.1:8545"},
+        {"https://node.example/", "https://node.example/"},
+        {"https://base-mainnet.g.alchemy.com/v2/SECRETKEY", "https://base-mainnet.g.alchemy.com/..."},
+        {"https://user:pass@node.example:8443", "https://node.example:8443/..."},
+        {"https://node.example?apikey=SECRET", "https://node.example/..."},
+    };
+    for (size_t i = 0; i < FB_ARRAY_SIZE(cases); i++) {
+        char out[256];
+        fb_jsonrpc_url_shown(cases[i].url, out, sizeof(out));
+        FB_ASSERT(strncmp(out, cases[i].shown, strlen(cases[i].shown)) == 0);
+        FB_ASSERT(!strstr(out, "SECRET") && !strstr(out, "pass"));
+    }
+    /* two keys of one host are told apart */
+    char a[256], b[256];
+    fb_jsonrpc_url_shown("https://h.example/v2/KEYONE", a, sizeof(a));
+    fb_jsonrpc_url_shown("https://h.example/v2/KEYTWO", b, sizeof(b));
+    FB_ASSERT(strcmp(a, b) != 0);
+    return 0;
 }

@@ -43,6 +43,12 @@ typedef struct {
 /* fb_jsonrpc_check_urls - fb_config_check_fn for an endpoint list. */
 int fb_jsonrpc_check_urls(const char *text, char *err, size_t errlen);
 
+/* fb_jsonrpc_url_shown - url as logs, metrics and status show it: scheme,
+ * host and port only, since hosted providers put their API key in the path
+ * (or the user part); anything after the host is "/..." and four hex digits
+ * of a hash of the whole URL, so that two URLs of one host differ. */
+void fb_jsonrpc_url_shown(const char *url, char *out, size_t len);
+
 /* fb_jsonrpc_new - Returns the client (caller owns it) or NULL with err. */
 fb_jsonrpc_t *fb_jsonrpc_new(uv_loop_t *loop, const fb_jsonrpc_config_t *config, char *err, size_t errlen);
 
@@ -57,4 +63,5 @@ void fb_jsonrpc_call(fb_jsonrpc_t *self, const char *method, json_t *params, fb_
 /* fb_jsonrpc_stats - per-endpoint figures; returns the count written. */
 size_t fb_jsonrpc_stats(const fb_jsonrpc_t *self, fb_jsonrpc_endpoint_stat_t *out, size_t max);
 
+int fb_jsonrpc_test(bool verbose);
 #endif

@@ -6,6 +6,7 @@
 #include "fb_curlm.h"
 #include "fb_curve.h"
 #include "fb_endpoint.h"
+#include "fb_jsonrpc.h"
 #include "fb_log.h"
 #include "fb_msgpack.h"
 #include "fb_rpc_msg.h"
@@ -62,6 +63,7 @@ static const s_test_t s_tests[] = {
     {"fb_endpoint", fb_endpoint_test},
     {"fb_curve", fb_curve_test},
     {"fb_curlm", fb_curlm_test},
+    {"fb_jsonrpc", fb_jsonrpc_test},
     {"fb_rpc_msg", fb_rpc_msg_test},
     {"fb_codec", fb_codec_test},
     {"fb_apikey", fb_apikey_test},

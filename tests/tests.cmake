@@ -1,7 +1,7 @@
 # tests.cmake - every test ctest runs: the self-test of each class, then the
 # integration tests under tests/ (Node's test runner and shell), which start
 # their own peers. FAREBOX_BIN tells them which build to test.
-set(FAREBOX_SELFTESTS fb_util fb_log fb_config fb_msgpack fb_endpoint fb_curve fb_curlm fb_rpc_msg fb_codec fb_apikey
+set(FAREBOX_SELFTESTS fb_util fb_log fb_config fb_msgpack fb_endpoint fb_curve fb_curlm fb_jsonrpc fb_rpc_msg fb_codec fb_apikey
     fb_keccak fb_evm fb_secp fb_hdkey fb_eip712 fb_rlp fb_ethtx fb_solana fb_x402
     edge_routes edge_facilitator edge_reply edge_catalog edge_auth edge_admin edge_sse edge_translate edge_reverse edge_chat edge_upstream edge_x402 edge_limit edge_metrics edge_scan edge_journal ledger_rpc evm_exact svm_exact message_proof)
 foreach (t ${FAREBOX_SELFTESTS})

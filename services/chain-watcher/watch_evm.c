@@ -50,6 +50,7 @@ typedef struct {
 typedef struct {
     struct watch_evm_t *owner;
     char url[256];
+    char shown[256]; /* fb_jsonrpc_url_shown */
     fb_jsonrpc_t *rpc;
     int64_t head;    /* -1 until it answered */
     int64_t head_ms; /* when it last answered its head */
@@ -917,6 +918,7 @@ watch_evm_t *watch_evm_new(watcher_t *w, const watch_evm_config_t *config, char 
         pr->owner = self;
         pr->head = -1;
         snprintf(pr->url, sizeof(pr->url), "%.*s", (int)len, p);
+        fb_jsonrpc_url_shown(pr->url, pr->shown, sizeof(pr->shown));
         p += len;
     }
     if (self->nproviders > 1) {
@@ -979,7 +981,7 @@ void watch_evm_status(const watch_evm_t *self, msgpack_packer *pk)
     msgpack_pack_array(pk, (uint32_t)self->nproviders);
     for (size_t i = 0; i < self->nproviders; i++) {
         msgpack_pack_map(pk, 2);
-        fb_mp_pack_kv_cstr(pk, "url", self->providers[i].url);
+        fb_mp_pack_kv_cstr(pk, "url", self->providers[i].shown);
         fb_mp_pack_kv_int(pk, "head", self->nproviders > 1 ? self->providers[i].head : self->head);
     }
     fb_mp_pack_kv_cstr(pk, "network", self->network);
@@ -1035,7 +1037,7 @@ void watch_evm_metrics(const watch_evm_t *self, FILE *out)
             self->chain_seen >= 0 && self->chain_seen != self->chain_id ? 1 : 0);
     for (size_t i = 0; i < self->nproviders; i++)
         fprintf(out, "farebox_watch_evm_provider_head{network=\"%s\",endpoint=\"%s\"} %lld\n", n,
-                self->providers[i].url,
+                self->providers[i].shown,
                 (long long)(self->nproviders > 1 ? self->providers[i].head : self->head));
 }
 
