@@ -122,6 +122,15 @@ test("admin API: accounts, keys shown once, credits applied once, balance throug
   const retry = await call("POST", `/admin/accounts/${id}/credits`, { amount_micro: 2500000, reference: "wire-42" },
     { ...admin, "idempotency-key": "credit-wire-42" });
   assert.equal(retry.body.replayed, true);
+  // an Idempotency-Key of the longest accepted size (128 characters) works the same
+  const longKey = "k".repeat(128);
+  const other = (await call("POST", "/admin/accounts", { label: "long-key" })).body.account_id;
+  const long1 = await call("POST", `/admin/accounts/${other}/credits`, { amount_micro: 1, reference: "wire-long" },
+    { ...admin, "idempotency-key": longKey });
+  assert.equal(long1.status, 201, JSON.stringify(long1.body));
+  const long2 = await call("POST", `/admin/accounts/${other}/credits`, { amount_micro: 1, reference: "wire-long" },
+    { ...admin, "idempotency-key": longKey });
+  assert.equal(long2.body.replayed, true, JSON.stringify(long2.body));
   const conflict = await call("POST", `/admin/accounts/${id}/credits`, { amount_micro: 7, reference: "wire-42" });
   assert.equal(conflict.status, 409);
   assert.equal(conflict.body.error.code, "idempotency_conflict");
