@@ -998,6 +998,14 @@ static void s_upstream_failed(s_chat_t *c, edge_call_result_t result, long statu
     } else if (status == 408 || status == 504) {
         s_set_error(c, 504, "upstream_timeout", NULL,
                     "the provider timed out (status %ld); nothing was charged", status);
+    } else if (status == 401 || status == 403 || status == 429) {
+        /* about the operator's account with the provider (its key, organization, quota): its
+         * words are logged, not shown to callers */
+        s_upstream_message(c, msg, sizeof(msg));
+        fb_log(FB_LOG_ERROR, c->rid, "the provider refused the operator's account",
+               "model=%s status=%ld message=%s", c->model->id, status, msg);
+        s_set_error(c, 502, "upstream_error", NULL,
+                    "the provider refused this gateway's account (status %ld); nothing was charged", status);
     } else {
         s_upstream_message(c, msg, sizeof(msg));
         s_set_error(c, 502, "upstream_error", NULL,

@@ -273,6 +273,7 @@ static void s_routes(edge_t *edge, const fb_config_t *cfg)
                          failed ? err : "its api_key_env names a variable that is not set (nor its _FILE)");
                 fb_service_fail_config(line);
             }
+            fb_log_redact(edge->route_keys[i]);
             r->api_key = edge->route_keys[i];
         }
     }

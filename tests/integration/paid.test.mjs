@@ -466,6 +466,18 @@ test("refused and failed calls charge nothing and surface as the SDK's exception
       return true;
     });
   }
+  // the provider refusing the gateway's own account (its key, its quota): a 502 that does not repeat the
+  // provider's words (they may name the operator's key or organization), which are logged
+  for (const status of [401, 403, 429]) {
+    await assert.rejects(openai.chat.completions.create({ model: "gpt-4o-mini", messages: msgs(`[mock:fail=${status}]`) }),
+      (e) => {
+        assert.ok(e instanceof OpenAI.InternalServerError, `${status}: ${e.constructor.name} ${e.message}`);
+        assert.equal(e.code, "upstream_error");
+        assert.doesNotMatch(e.message, /mock failure/);
+        assert.match(e.message, new RegExp(`refused this gateway's account \\(status ${status}\\)`));
+        return true;
+      });
+  }
   // the Anthropic client on /v1/messages: its own exceptions
   const anthropic = new Anthropic({ baseURL: url, apiKey: key, maxRetries: 0 });
   await assert.rejects(anthropic.messages.create({ model: "claude-3-5-haiku-20241022", max_tokens: 5,
