@@ -314,6 +314,12 @@ test("fareboxctl drives the admin API with run.env's variables", () => {
   const file = path.join(tmpDir("ctl"), "token");
   fs.writeFileSync(file, `${ADMIN}\n`);
   assert.equal(ctl(["audit"], { FAREBOX_URL: url, FAREBOX_ADMIN_TOKEN: "", FAREBOX_ADMIN_TOKEN_FILE: file }).status, 0);
+  // read as the edge reads it: trailing spaces and newlines cut, and not both the variable and the file
+  fs.writeFileSync(file, `${ADMIN}  \n\n`);
+  assert.equal(ctl(["audit"], { FAREBOX_URL: url, FAREBOX_ADMIN_TOKEN: "", FAREBOX_ADMIN_TOKEN_FILE: file }).status, 0);
+  const both = ctl(["audit"], { FAREBOX_URL: url, FAREBOX_ADMIN_TOKEN: ADMIN, FAREBOX_ADMIN_TOKEN_FILE: file });
+  assert.equal(both.status, 2);
+  assert.match(both.stderr, /not both/);
 });
 
 test("SIGTERM with FAREBOX_STOP_DELAY_MS: health checks fail at once, everything else is served until the delay ends", async () => {

@@ -20,10 +20,12 @@
  *   fareboxctl key revoke KEY
  *   fareboxctl audit
  *   fareboxctl watcher */
+#include "fb_config.h"
 #include "fb_util.h"
 
 #include <curl/curl.h>
 #include <jansson.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,25 +67,23 @@ static int s_usage(void)
     return 2;
 }
 
-/* The admin token: the variable, or the first line of the file it names. */
+/* The admin token, read as the edge reads it: the variable, or the file its
+ * _FILE names (trailing newlines and spaces cut), not both. */
 static char *s_token(void)
 {
-    const char *t = getenv("FAREBOX_ADMIN_TOKEN");
-    if (t && t[0])
-        return strdup(t);
-    const char *f = getenv("FAREBOX_ADMIN_TOKEN_FILE");
-    if (!f || !f[0])
-        return NULL;
-    FILE *fp = fopen(f, "r");
-    if (!fp)
-        return NULL;
-    char line[512] = "";
-    char *got = fgets(line, sizeof(line), fp);
-    fclose(fp);
-    if (!got)
-        return NULL;
-    line[strcspn(line, "\r\n")] = '\0';
-    return line[0] ? strdup(line) : NULL;
+    const char *empty = getenv("FAREBOX_ADMIN_TOKEN");
+    if (empty && !empty[0])
+        unsetenv("FAREBOX_ADMIN_TOKEN"); /* set empty: not set (run.env may name the file instead) */
+    bool failed = false;
+    char err[300];
+    char *t = fb_config_read_secret("FAREBOX_ADMIN_TOKEN", &failed, err, sizeof(err));
+    if (failed)
+        fprintf(stderr, "fareboxctl: %s\n", err);
+    if (t && !t[0]) {
+        free(t);
+        t = NULL;
+    }
+    return t;
 }
 
 /* A digits-only id or amount. */
@@ -121,9 +121,12 @@ static int s_call(const char *method, const char *path, json_t *body)
         json_decref(body);
         return 2;
     }
-    char full[2048], auth[600];
+    char full[2048];
     snprintf(full, sizeof(full), "%s%s", url, path);
-    snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token);
+    size_t auth_len = strlen(token) + 32;
+    char *auth = fb_malloc(auth_len);
+    snprintf(auth, auth_len, "Authorization: Bearer %s", token);
+    sodium_memzero(token, strlen(token));
     free(token);
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
     json_decref(body);
@@ -143,6 +146,8 @@ static int s_call(const char *method, const char *path, json_t *body)
     long status = 0;
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
     curl_slist_free_all(h);
+    sodium_memzero(auth, strlen(auth));
+    free(auth);
     curl_easy_cleanup(c);
     free(text);
     int exit_code;
