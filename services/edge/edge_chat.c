@@ -16,10 +16,12 @@
 #include "fb_log.h"
 #include "fb_util.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <string.h>
 
 #define MONEY_DEADLINE_MS  10000      /* ledger calls of one request, retries included */
@@ -108,7 +110,8 @@ struct s_chat {
     s_then_fn *claim_then; /* what runs once the name is claimed */
     fb_buf_t rec;
     bool rec_over;              /* the stream outgrew what is kept */
-    bool watched;               /* in the worker's list of prepaid calls */
+    bool linked;                /* h2o holds the request's link to it (s_req_gone not run yet) */
+    bool watched;               /* in the worker's list of calls watched each second */
     struct s_chat *prev, *next; /* that list */
 };
 
@@ -116,7 +119,7 @@ struct s_chat {
 
 static void s_maybe_free(s_chat_t *c)
 {
-    if (c->req || c->call || c->pending)
+    if (c->req || c->linked || c->call || c->pending)
         return;
     c->w->active_requests--;
     if (c->watched) {
@@ -150,6 +153,20 @@ static void s_maybe_free(s_chat_t *c)
     free(c);
 }
 
+/* In the worker's list of calls looked at each second (a prepaid call's key
+ * still valid, an HTTP/1.x client still there). */
+static void s_watch(s_chat_t *c)
+{
+    if (c->watched)
+        return;
+    c->watched = true;
+    c->prev = NULL;
+    c->next = c->w->chats;
+    if (c->next)
+        c->next->prev = c;
+    c->w->chats = c;
+}
+
 static void s_resolve(s_chat_t *c, int64_t cost, s_then_fn *then);
 static void s_send_answer(s_chat_t *c);
 static int64_t s_cost(s_chat_t *c);
@@ -165,10 +182,10 @@ typedef struct {
 /* h2o disposed the request: the client is gone or the answer is complete.
  * A provider call still running is cancelled, and the input plus the output
  * produced so far is charged. */
-static void s_req_gone(void *p)
+/* The client is gone (c->req NULL): a provider call still running is
+ * cancelled, and the input plus the output produced so far is charged. */
+static void s_client_gone(s_chat_t *c)
 {
-    s_chat_t *c = ((s_link_t *)p)->chat;
-    c->req = NULL;
     if (c->call) {
         edge_call_cancel(&c->call);
         fb_log(FB_LOG_INFO, c->rid, "client left during the provider call", "model=%s events=%" PRId64,
@@ -188,7 +205,55 @@ static void s_req_gone(void *p)
      * retry is told idempotency_key_used), never freed for a free second serving */
     if (c->x402 && c->settled && c->started)
         s_x402_done(c, "text/event-stream", NULL, NULL);
+}
+
+/* h2o disposed the request: the client is gone or the answer is complete. */
+static void s_req_gone(void *p)
+{
+    s_chat_t *c = ((s_link_t *)p)->chat;
+    c->linked = false;
+    if (c->req) {
+        c->req = NULL;
+        s_client_gone(c);
+    }
     s_maybe_free(c);
+}
+
+/* An HTTP/1.x client that closed its connection while its provider call
+ * runs: h2o reads nothing from the connection meanwhile, so it would learn
+ * of it only at its next write (a model thinking for minutes before its first
+ * token). Looked for each second (a peek at the socket: end of stream, or a
+ * reset), the call ends as if h2o had disposed of it, and the connection is
+ * shut and its response ended, so that h2o closes it. A client that only
+ * half-closes (its requests sent, still reading) is taken as gone too, as
+ * proxies do. */
+static void s_check_client(s_chat_t *c)
+{
+    h2o_req_t *req = c->req;
+    if (!req || !c->call || c->money_done || req->version >= 0x200 || !req->conn->callbacks->get_socket)
+        return;
+    h2o_socket_t *sock = req->conn->callbacks->get_socket(req->conn);
+    int fd = sock ? h2o_socket_get_fd(sock) : -1;
+    if (fd < 0)
+        return;
+    char b;
+    ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)))
+        return;
+    fb_log(FB_LOG_INFO, c->rid, "the client closed its connection during the provider call",
+           "model=%s events=%" PRId64, c->model->id, c->out_events);
+    shutdown(fd, SHUT_RDWR);
+    c->req = NULL; /* h2o keeps the request until it closes the connection: c->linked */
+    s_client_gone(c);
+    if (c->started) {
+        if (!c->sending) /* a write in flight fails by itself */
+            h2o_send(req, NULL, 0, H2O_SEND_STATE_ERROR);
+    } else {
+        req->http1_is_persistent = 0;
+        req->res.status = 499;
+        req->res.reason = "Client Closed Request";
+        h2o_send_inline(req, "", 0);
+    }
 }
 
 /* --- answering --------------------------------------------------------------------------- */
@@ -1076,6 +1141,7 @@ static void s_call_upstream(s_chat_t *c)
     }
     c->call = edge_call_start(c->w, c->model->route, c->retried, timeout_ms, c->up_body, c->up_len,
                               c->anthropic_version, c->anthropic_beta, &fn, c);
+    s_watch(c); /* an x402 call too: its client looked for each second */
 }
 
 /* --- key and hold ------------------------------------------------------------------------ */
@@ -1307,11 +1373,7 @@ static void s_on_key(void *arg, const edge_key_t *k)
         c->account_id = k->account_id;
         c->key_id = k->key_id;
         memcpy(c->mac, k->mac, sizeof(c->mac));
-        c->watched = true;
-        c->next = c->w->chats;
-        if (c->next)
-            c->next->prev = c;
-        c->w->chats = c;
+        s_watch(c);
         if (c->idem.named) {
             snprintf(c->idem.scope, sizeof(c->idem.scope), "key:%" PRId64, c->key_id);
             s_claim(c, s_key_pays);
@@ -1710,6 +1772,7 @@ static s_chat_t *s_new_chat(edge_worker_t *w, h2o_req_t *req, const char *rid, s
     c->requested[n] = '\0';
     s_link_t *link = h2o_mem_alloc_shared(&req->pool, sizeof(*link), s_req_gone);
     link->chat = c;
+    c->linked = true;
     return c;
 }
 
@@ -1969,10 +2032,14 @@ void edge_chat_watch_keys(edge_worker_t *w)
 {
     enum { MAX_KEYS = 256 };
     static __thread uint8_t seen[MAX_KEYS][32];
+    for (s_chat_t *c = w->chats, *next; c; c = next) {
+        next = c->next; /* c stays listed until h2o disposes of its request */
+        s_check_client(c);
+    }
     int n = 0;
     int64_t now = fb_mono_ms();
     for (s_chat_t *c = w->chats; c && n < MAX_KEYS; c = c->next) {
-        if (!c->call || now - c->t0_ms < 1000)
+        if (c->x402 || !c->call || now - c->t0_ms < 1000)
             continue;
         bool dup = false;
         for (int i = 0; i < n && !dup; i++)

@@ -425,6 +425,25 @@ test("streams that break: no usage, cut mid-stream, a client that leaves", async
     max_tokens: 200, messages: [{ role: "user", content: "[mock:tokens=200][mock:rate=50]" }] })), 0);
   assert.ok(h.amount_micro >= inputCost + cost("gpt-4o-mini", 0, 3), `charged ${h.amount_micro}`);
   assert.ok(h.amount_micro < inputCost + cost("gpt-4o-mini", 0, 100), "the unproduced output was released");
+
+  // a client over HTTP/1.1 that leaves while the provider is silent (5 s before its first token): the edge
+  // looks at the connection each second, cancels the provider call and charges the input only (else
+  // it would have learnt of it at its first write, and charged the whole answer), whole or streamed
+  for (const stream of [true, false]) {
+    const quiet = JSON.stringify({ model: "gpt-4o-mini", stream, max_tokens: 50,
+      messages: [{ role: "user", content: `[mock:delay=5000][mock:tokens=50] quiet ${stream}` }] });
+    await new Promise((resolve, reject) => {
+      const r = http.request(`${url}/v1/chat/completions`, { method: "POST", agent: false,
+        headers: { authorization: `Bearer ${key}`, "content-type": "application/json" } });
+      r.on("error", () => {}); // it is destroyed below
+      r.end(quiet, () => setTimeout(() => { r.destroy(); resolve(); }, 300));
+      r.on("response", () => reject(new Error("answered before the provider spoke")));
+    });
+    await waitUntil(async () => (await settled(id)).length === list.length + 1, { timeoutMs: 20000, intervalMs: 100,
+      what: "the left call charged" });
+    list = await settled(id);
+    assert.equal(list[0].amount_micro, cost("gpt-4o-mini", Buffer.byteLength(quiet), 0), `stream ${stream}: the input only`);
+  }
   await audit();
 });
 
