@@ -323,10 +323,14 @@ static void s_flush(s_chat_t *c)
 
 static void s_on_proceed(h2o_generator_t *g, h2o_req_t *req)
 {
-    FB_UNUSED(req);
     s_chat_t *c = (s_chat_t *)g;
     c->sending = false;
     fb_buf_reset(&c->flight);
+    if (!c->req) {
+        /* its client closed the connection while this write was in flight (s_check_client) */
+        h2o_send(req, NULL, 0, H2O_SEND_STATE_ERROR);
+        return;
+    }
     s_flush(c);
 }
 
