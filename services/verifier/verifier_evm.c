@@ -38,6 +38,9 @@
  * checks, which found the authorization unused, and before that block. */
 #define USED_LOOKBACK_BLOCKS 5000
 
+/* an authorization past its time window (evm_exact_check's reason) */
+#define LATE_REASON "invalid_exact_evm_payload_authorization_valid_before"
+
 typedef struct s_job {
     verifier_t *v;
     verifier_evm_t *net;
@@ -46,6 +49,10 @@ typedef struct s_job {
     fb_x402_payload_t p;
     fb_x402_requirements_t r;
     evm_check_t chk;
+    /* past its time window, every other check passed as of the window's end: only an
+     * authorization the ledger recorded (settle: one with a settlement) in its window goes on */
+    bool late;
+    char late_msg[200];
     char trace[129];
     verifier_done_fn *done;
     void *arg;
@@ -206,6 +213,10 @@ static void s_verify_decide(s_job_t *j)
         return;
     if (j->used_ledger) {
         s_fail(j, "invalid_exact_evm_nonce_already_used", "farebox has already accepted this authorization");
+        return;
+    }
+    if (j->late) {
+        s_fail(j, LATE_REASON, "%s", j->late_msg);
         return;
     }
     if (j->rpc_failed) {
@@ -866,6 +877,10 @@ static int s_sign(verifier_evm_t *net, uint64_t nonce, const fb_u256_t *base_fee
 /* The chain's objection to a new settlement, or NULL. */
 static const char *s_chain_objection(s_job_t *j, char *msg, size_t msglen)
 {
+    if (j->late) {
+        snprintf(msg, msglen, "%s", j->late_msg);
+        return LATE_REASON;
+    }
     if (j->used_chain) {
         snprintf(msg, msglen, "the token reports this authorization as used or canceled");
         return "invalid_exact_evm_nonce_already_used";
@@ -1114,7 +1129,18 @@ void verifier_evm_run(verifier_t *v, bool settle, uint32_t wait_ms, json_t *payl
         s_fail(j, "invalid_network", "farebox does not serve %s", r->network);
         return;
     }
-    evm_exact_check(&j->p, &j->r, fb_now_ms() / 1000, v->evm.valid_before_margin_s, &j->chk);
+    int64_t margin = v->evm.valid_before_margin_s;
+    evm_exact_check(&j->p, &j->r, fb_now_ms() / 1000, margin, &j->chk);
+    uint64_t vb;
+    if (j->chk.reason && strcmp(j->chk.reason, LATE_REASON) == 0 &&
+        fb_u256_to_u64(&j->chk.auth.valid_before, &vb) && vb >= (uint64_t)margin && vb < INT64_MAX) {
+        /* past its window, it may still have been accepted within it (a retry of a call
+         * served, or of a topup, whose answer was lost): the other checks as of the window's
+         * end, then only the ledger's record of it can answer (evm_exact_check's stages) */
+        snprintf(j->late_msg, sizeof(j->late_msg), "%s", j->chk.message);
+        evm_exact_check(&j->p, &j->r, (int64_t)(vb - (uint64_t)margin), margin, &j->chk);
+        j->late = j->chk.reason == NULL;
+    }
     if (j->chk.reason) {
         s_fail(j, j->chk.reason, "%s", j->chk.message);
         return;
@@ -1136,6 +1162,10 @@ void verifier_evm_run(verifier_t *v, bool settle, uint32_t wait_ms, json_t *payl
         }
         j->wait_until = fb_mono_ms() + j->wait_ms;
         s_settle_chain(j);
+        return;
+    }
+    if (!v->chain_checks && j->late) {
+        s_fail(j, LATE_REASON, "%s", j->late_msg);
         return;
     }
     if (!v->chain_checks) {

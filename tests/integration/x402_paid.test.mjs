@@ -519,6 +519,52 @@ test("FAREBOX_X402_SETTLE=broadcast: a call is served once its transfer is sent;
   }
 });
 
+test("a payment settled by a serving that died is served again after its authorization's time window ended", async () => {
+  // the official client signs validBefore = now + the quote's maxTimeoutSeconds (here 12 s); a retry comes
+  // after the verifier's margin (6 s) has eaten the rest: the payment settled within its window is still
+  // the call's (its settlement found, not made again), not refused as expired
+  const payer = privateKeyToAccount(evm.accounts[2].privateKey);
+  const body = chat("late [mock:tokens=3]");
+  const { required } = await quoteOf(body);
+  const h = new x402HTTPClient(evmClient(2));
+  const payload = await h.createPaymentPayload({ ...required,
+    accepts: required.accepts.filter((a) => a.network === evm.network).map((a) => ({ ...a, maxTimeoutSeconds: 12 })) });
+  const header = h.encodePaymentSignatureHeader(payload)["PAYMENT-SIGNATURE"];
+  const requirements = JSON.parse(Buffer.from(header, "base64").toString()).accepted;
+  const sha = (x) => crypto.createHash("sha256").update(x).digest("hex");
+  const name = { scope: `x402:${sha(header)}`, idem_key: "x402-late-1", claim: "late-serving" };
+  const claimed = await ledgerRpc.call("ledger.call_claim", { ...name, request_hash: sha(`chat\n${body}`),
+    lease_ms: 1000, keep_ms: 600_000 }, { idem: "late-claim" });
+  assert.equal(claimed.body.claimed, true, JSON.stringify(claimed));
+  const verifierRpc = new RpcClient(verifier.endpoint);
+  try {
+    const v = await verifierRpc.call("verifier.verify", { header, requirements, record: true,
+      resource: `${url}/v1/chat/completions` }, { deadlineMs: 15000 });
+    assert.equal(v.body.isValid, true, JSON.stringify(v.body));
+    await ledgerRpc.call("ledger.call_link", { ...name, authorization_id: v.body.authorizationId }, { idem: "late-link" });
+    const before = await balance(payer.address);
+    const st = await verifierRpc.call("verifier.settle", { header, requirements },
+      { idem: `x402-settle:${v.body.authorizationId}`, deadlineMs: 30000 });
+    assert.equal(st.body.success, true, JSON.stringify(st.body));
+    const paid = before - await balance(payer.address);
+    assert.ok(paid > 0n);
+    const validBefore = Number(payload.payload.authorization.validBefore);
+    await sleep(Math.max(0, (validBefore - 6) * 1000 - Date.now()) + 1500);
+    // a new payment past its window is refused as before
+    const fresh = await verifierRpc.call("verifier.verify", { header, requirements }, { deadlineMs: 15000 });
+    assert.equal(fresh.body.isValid, false);
+    const retry = await fetch(`${url}/v1/chat/completions`, { method: "POST",
+      headers: { ...json, "payment-signature": header, "idempotency-key": "x402-late-1" }, body });
+    assert.equal(retry.status, 200, await retry.clone().text());
+    const receipt = JSON.parse(Buffer.from(retry.headers.get("payment-response"), "base64").toString());
+    assert.equal(receipt.transaction, st.body.transaction, "the settlement found, not made again");
+    assert.equal(await balance(payer.address), before - paid, "paid once");
+  } finally {
+    verifierRpc.close();
+  }
+  await audit();
+});
+
 test("Idempotency-Key with x402: a retry of a paid call gets its kept answer; a payment settled by a serving that died is served again, never paid twice", async () => {
   const payer = privateKeyToAccount(evm.accounts[2].privateKey);
   const body = chat("kept [mock:tokens=4]");
