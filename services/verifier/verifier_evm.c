@@ -662,15 +662,18 @@ static void s_on_used_state(void *arg, json_t *result, const char *error, int64_
     s_nonce_hex(nonce, g->auth.nonce);
     snprintf(lo, sizeof(lo), "0x%llx",
              (unsigned long long)(g->block > USED_LOOKBACK_BLOCKS ? g->block - USED_LOOKBACK_BLOCKS : 0));
-    snprintf(hi, sizeof(hi), "0x%llx", (unsigned long long)g->block);
+    /* up to the head, as the state was read there: an execution after block (ours reverted,
+     * then the payer's own transaction used it) is the payment too; searched only to block,
+     * it was never found and the settlement stayed open for good */
+    snprintf(hi, sizeof(hi), "latest");
     json_t *filter = json_pack("{ss ss ss s[[ss] s s]}", "address", g->net->token_text, "fromBlock", lo,
                                "toBlock", hi, "topics", USED_TOPIC, CANCELED_TOPIC, from, nonce);
     fb_jsonrpc_call(g->net->rpc, "eth_getLogs", json_pack("[o]", filter), s_on_used_logs, g);
 }
 
-/* Judges by the chain's state at block: the token's authorizationState, then
- * the transaction that used the authorization (its AuthorizationUsed event in
- * the USED_LOOKBACK_BLOCKS up to block, and its Transfer to the payee). */
+/* Judges by the chain's state now: the token's authorizationState, then the
+ * transaction that used the authorization (its AuthorizationUsed event from
+ * USED_LOOKBACK_BLOCKS before block to the head, and its Transfer to the payee). */
 static s_judge_t *s_judge_new(verifier_evm_t *net, const fb_eip3009_t *auth, uint64_t block,
                               bool unused_verdict, s_judged_fn *fn, void *arg)
 {
@@ -1351,6 +1354,16 @@ static void s_track_base(void *arg, json_t *result, const char *error, int64_t c
         }
         t->low_tip = true;
     } else {
+        if (t->min_tip > e->tip_max) {
+            /* a replacement must raise the tip too (nodes refuse one that does not): past the
+             * ceiling, it waits for the base fee to come back under its max fee */
+            fb_log(FB_LOG_WARN, NULL,
+                   "settlement transaction priced under the base fee waits: a replacement's tip would pass "
+                   "the ceiling",
+                   "settlement_id=%lld tx=%s", (long long)t->settlement_id, t->tx_hash);
+            s_track_free(t);
+            return;
+        }
         t->reprice = true;
     }
     json_t *body = json_pack("{sI ss sb}", "settlement_id", (json_int_t)t->settlement_id, "tx_hash",

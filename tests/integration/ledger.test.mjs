@@ -751,6 +751,27 @@ test("a topup settled by another transaction is credited once, under the settlem
   await audit();
 });
 
+test("open settlements come to a tracker lowest wallet nonce first, however recently the head was touched", async () => {
+  const network = "eip155:31337";
+  const sender = "0x5656565656565656565656565656565656565656";
+  const hex32 = () => `0x${crypto.randomBytes(32).toString("hex")}`;
+  const ids = [];
+  for (let i = 0; i < 4; i++) {
+    const s = await ok("ledger.settlement_begin", { network, payer: "0x9999999999999999999999999999999999999999",
+      nonce: hex32(), amount_micro: 1000, resource: "http://x/order", sender, evm: true, chain_nonce: 7,
+      calldata: "0xe3ee160e" });
+    await ok("ledger.settlement_signed", { settlement_id: s.settlement_id, tx_hash: hex32(), raw_tx: "0x02f8" });
+    ids.push([s.settlement_id, s.nonce]);
+  }
+  // the head (nonce 7) re-priced last: its row is the most recently updated
+  pg.psql(db.name, `UPDATE settlements SET updated_at = now() - interval '1 second' WHERE id = ${ids[0][0]}`);
+  pg.psql(db.name, `UPDATE settlements SET updated_at = now() - interval '1 minute' WHERE id IN (${ids.slice(1).map((x) => x[0]).join(",")})`);
+  const open = await ok("ledger.open_settlements", { network, older_than_ms: 500, limit: 2 });
+  assert.deepEqual(open.settlements.map((x) => x.nonce), [7, 8]);
+  for (const [id] of ids) await ok("ledger.settlement_result", { settlement_id: id, state: "failed", reason: "test" });
+  await audit();
+});
+
 test("a settlement whose nonce was taken gets a new one once (renonce), is signed again under it, and its topup stays one source", async () => {
   const network = "eip155:84532";
   const payer = "0x8888888888888888888888888888888888888888";
