@@ -797,6 +797,9 @@ test("a settlement whose nonce was taken gets a new one once (renonce), is signe
   assert.equal(r.state, "begun");
   assert.deepEqual(r.displaced, [first]);
   assert.equal(r.tx_hash, first, "the first transaction stays its name");
+  // a result judged from the old transaction meanwhile is refused: the new nonce must be used first
+  const judged = await call("ledger.settlement_result", { settlement_id: s.settlement_id, state: "confirmed" }, idem());
+  assert.equal(judged.code, "invalid_state", JSON.stringify(judged));
   // a second replica doing the same: nothing more
   assert.equal((await ok("ledger.settlement_renonce", { settlement_id: s.settlement_id, tx_hash: first, chain_nonce: 45 })).renonced, false);
   // signed again: only with the new nonce
