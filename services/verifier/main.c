@@ -88,8 +88,9 @@ static const fb_config_var_t s_vars[] = {
      "an authorization must stay valid at least this many seconds after now"},
     {"FAREBOX_VERIFY_CHAIN_CHECKS", FB_CFG_BOOL, "true", 0, 0, NULL, NULL,
      "verify asks the chain: authorization state, balance, code, simulation"},
-    {"FAREBOX_SETTLE_WAIT_MS", FB_CFG_INT, "30000", 1000, 600000, NULL, NULL,
-     "settle waits this long for the receipt, then answers settlement_pending"},
+    {"FAREBOX_SETTLE_WAIT_MS", FB_CFG_INT, "30000", 1000, 50000, NULL, NULL,
+     "settle waits this long for the receipt, then answers settlement_pending (at most 50 s: the edge "
+     "gives a settle 60 s)"},
     {"FAREBOX_SOLANA_NETWORK", FB_CFG_STRING, "off", 0, 0, NULL, NULL,
      "CAIP-2 id of the Solana cluster served (devnet: solana:EtWTRABZaYq6iMfeYKouRu166VU2xqa1), or off"},
     {"FAREBOX_SOLANA_RPC_URLS", FB_CFG_STRING, "http://127.0.0.1:8899", 0, 0, NULL, fb_jsonrpc_check_urls,
