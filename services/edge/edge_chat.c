@@ -543,6 +543,10 @@ static void s_on_settled(void *arg, const fb_rpc_reply_t *reply)
                c->hold_micro);
         if (c->req && c->gate_then)
             c->gate_then(c);
+        else if (!c->req && c->gate_then == s_send_answer)
+            /* its client left while it settled: the whole answer it paid for is kept for a retry
+             * of its name (a call without one is paid and lost: its client is gone) */
+            s_x402_done(c, "application/json", &c->answer, NULL);
     } else {
         const char *why = reply->ok ? (reason ? reason : "settlement_failed") : reply->code;
         const char *msg = reply->ok ? json_string_value(json_object_get(b, "errorMessage")) : reply->message;
