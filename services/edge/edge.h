@@ -107,14 +107,9 @@ struct edge_worker_t {
     struct edge_key_cache_t *key_cache; /* recent key lookups */
     struct edge_purse_t *purse;         /* prepaid slices of this worker's keys */
     uv_timer_t key_watch;               /* re-checks the keys of calls in flight */
-    struct s_chat *chats;               /* calls in flight watched each second (edge_chat) */
-    struct s_ready *ready;              /* /readyz: the check in flight, or NULL (edge_routes) */
-    int64_t ready_at_ms;                /* ... when the last one ended */
-    int ready_status;                   /* ... and its answer, given again for a second */
-    size_t ready_len;
-    char ready_body[1024];
-    uint64_t active_requests; /* requests received and not yet disposed */
-    int64_t stop_deadline;    /* monotonic ms when a stop gives up waiting */
+    struct s_chat *chats;               /* prepaid calls in flight (edge_chat) */
+    uint64_t active_requests;           /* requests received and not yet disposed */
+    int64_t stop_deadline;              /* monotonic ms when a stop gives up waiting */
     bool stopping;
     bool conns_closing;        /* a stop has shut the remaining connections down */
     fb_http_conns_t conns;     /* connections open on this worker's listeners */

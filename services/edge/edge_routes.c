@@ -108,13 +108,9 @@ static int s_healthz(edge_worker_t *w, h2o_req_t *req, const char *rid)
 
 /* --- /readyz: the ledger and the verifier answer "health" within a deadline ---------- */
 
-#define READY_REUSE_MS 1000 /* a check's answer is given again this long: /readyz is public and unlimited */
-
-typedef struct s_ready {
-    edge_worker_t *w;
-    fb_http_guard_t **guards; /* the requests it answers, while they exist */
-    size_t nguards, cap;
-    int waiting; /* health calls not yet answered */
+typedef struct {
+    fb_http_guard_t *guard; /* the request, while it exists */
+    int waiting;            /* health calls not yet answered */
     int64_t started_us;
     struct {
         bool ok;
@@ -126,34 +122,28 @@ typedef struct s_ready {
 
 static void s_ready_finish(s_ready_t *r)
 {
-    static const char *names[] = {"ledger", "verifier"};
-    edge_worker_t *w = r->w;
-    bool ready = r->check[0].ok && r->check[1].ok;
-    char *body = w->ready_body;
-    size_t cap = sizeof(w->ready_body);
-    size_t o = (size_t)snprintf(body, cap, "{\"ready\":%s,\"checks\":{", ready ? "true" : "false");
-    for (int i = 0; i < 2; i++) {
-        char esc[200];
-        if (r->check[i].ok)
-            edge_json_escape(esc, sizeof(esc), r->check[i].replica, strlen(r->check[i].replica));
-        else
-            edge_json_escape(esc, sizeof(esc), r->check[i].error, strlen(r->check[i].error));
-        o += (size_t)snprintf(body + o, cap - o, "%s\"%s\":{\"ok\":%s,\"%s\":\"%s\",\"latency_ms\":%.3f}",
-                              i ? "," : "", names[i], r->check[i].ok ? "true" : "false",
-                              r->check[i].ok ? "replica" : "error", esc, r->check[i].latency_us / 1000.0);
+    h2o_req_t *req = r->guard->req;
+    if (req) {
+        static const char *names[] = {"ledger", "verifier"};
+        bool ready = r->check[0].ok && r->check[1].ok;
+        char body[2048];
+        size_t o =
+            (size_t)snprintf(body, sizeof(body), "{\"ready\":%s,\"checks\":{", ready ? "true" : "false");
+        for (int i = 0; i < 2; i++) {
+            char esc[300];
+            if (r->check[i].ok)
+                edge_json_escape(esc, sizeof(esc), r->check[i].replica, strlen(r->check[i].replica));
+            else
+                edge_json_escape(esc, sizeof(esc), r->check[i].error, strlen(r->check[i].error));
+            o += (size_t)snprintf(body + o, sizeof(body) - o,
+                                  "%s\"%s\":{\"ok\":%s,\"%s\":\"%s\",\"latency_ms\":%.3f}", i ? "," : "",
+                                  names[i], r->check[i].ok ? "true" : "false",
+                                  r->check[i].ok ? "replica" : "error", esc, r->check[i].latency_us / 1000.0);
+        }
+        o += (size_t)snprintf(body + o, sizeof(body) - o, "}}");
+        fb_http_send(req, ready ? 200 : 503, "application/json", body, o);
     }
-    o += (size_t)snprintf(body + o, cap - o, "}}");
-    w->ready_len = o < cap ? o : cap - 1;
-    w->ready_status = ready ? 200 : 503;
-    w->ready_at_ms = fb_mono_ms();
-    w->ready = NULL;
-    for (size_t i = 0; i < r->nguards; i++) {
-        h2o_req_t *req = r->guards[i]->req;
-        if (req)
-            fb_http_send(req, w->ready_status, "application/json", w->ready_body, w->ready_len);
-        fb_http_guard_release(&r->guards[i]);
-    }
-    free(r->guards);
+    fb_http_guard_release(&r->guard);
     free(r);
 }
 
@@ -177,15 +167,6 @@ static void s_ready_verifier(void *arg, const fb_rpc_reply_t *reply)
     s_ready_done(arg, 1, reply);
 }
 
-static void s_ready_wait(s_ready_t *r, h2o_req_t *req)
-{
-    if (r->nguards == r->cap) {
-        r->cap = r->cap ? 2 * r->cap : 4;
-        r->guards = fb_realloc(r->guards, r->cap * sizeof(*r->guards));
-    }
-    r->guards[r->nguards++] = fb_http_guard_new(req);
-}
-
 static int s_readyz(edge_worker_t *w, h2o_req_t *req, const char *rid)
 {
     if (w->stopping) {
@@ -193,23 +174,10 @@ static int s_readyz(edge_worker_t *w, h2o_req_t *req, const char *rid)
         fb_http_send(req, 503, "application/json", body, sizeof(body) - 1);
         return 0;
     }
-    /* one check at a time per worker, its answer given again for a second:
-     * the endpoint is public, and each check costs the ledger and the verifier
-     * a call */
-    if (w->ready_len && fb_mono_ms() - w->ready_at_ms < READY_REUSE_MS) {
-        fb_http_send(req, w->ready_status, "application/json", w->ready_body, w->ready_len);
-        return 0;
-    }
-    if (w->ready) {
-        s_ready_wait(w->ready, req);
-        return 0;
-    }
     s_ready_t *r = fb_calloc(1, sizeof(*r));
-    r->w = w;
-    s_ready_wait(r, req);
+    r->guard = fb_http_guard_new(req);
     r->waiting = 2;
     r->started_us = fb_mono_us();
-    w->ready = r;
     uint32_t t = w->edge->ready_timeout_ms;
     /* one attempt per replica set: the deadline is the readiness budget */
     fb_rpc_call_opts_t opts = {.method = "health", .trace = rid, .deadline_ms = t, .attempt_ms = t};

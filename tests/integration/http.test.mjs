@@ -125,22 +125,11 @@ test("/readyz is ready with the ledger and verifier, unready without the ledger,
   assert.equal(ok.ready, true);
   assert.equal(ok.checks.ledger.ok, true);
   assert.equal(ok.checks.verifier.ok, true);
-  // a worker's check answers the requests that come meanwhile, and its answer serves for a second (the
-  // endpoint is public and unlimited; each check costs the ledger and the verifier a call): 50 at once on
-  // this edge's two workers get at most two answers, latencies included
-  const many = await Promise.all(Array.from({ length: 50 }, () => fetch(url).then(async (r) => [r.status, await r.text()])));
-  assert.ok(many.every(([st]) => st === 200));
-  assert.ok(new Set(many.map(([, b]) => b)).size <= 2, JSON.stringify([...new Set(many.map(([, b]) => b))]));
 
-  // (each worker's answer may be a second old)
   const { code } = await ledger.stop();
   assert.equal(code, 0);
-  let down;
-  await waitUntil(() => {
-    const r = get(url);
-    down = r.status === 503 ? JSON.parse(r.body) : null;
-    return down !== null;
-  }, { what: "unready", timeoutMs: 10000 });
+  await waitUntil(() => get(url).status === 503, { what: "unready", timeoutMs: 10000 });
+  const down = JSON.parse(get(url).body);
   assert.equal(down.ready, false);
   assert.equal(down.checks.ledger.ok, false);
   assert.equal(down.checks.verifier.ok, true);
@@ -148,5 +137,6 @@ test("/readyz is ready with the ledger and verifier, unready without the ledger,
   ledger = await startService("ledger", { FAREBOX_RPC_BIND: ledgerBind, FAREBOX_DATABASE_URL: db.url, FAREBOX_KEY_HMAC_SECRET: SECRET });
   await waitUntil(() => get(url).status === 200, { what: "ready again", timeoutMs: 10000 });
   // over HTTP/2 as well
-  await waitUntil(() => get(url, ["--http2-prior-knowledge"]).status === 200, { what: "ready over h2", timeoutMs: 10000 });
+  const h2 = get(url, ["--http2-prior-knowledge"]);
+  assert.equal(h2.status, 200);
 });
