@@ -6,7 +6,6 @@
 #include "fb_log.h"
 #include "fb_util.h"
 
-#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -326,15 +325,8 @@ int edge_admin(edge_worker_t *w, h2o_req_t *req, const char *rid)
                        "Idempotency-Key must be 1..128 characters of A-Z a-z 0-9 - _ . :");
             return 0;
         }
-        if (given.base && given.len + 6 <= FB_RPC_STR_MAX) {
-            snprintf(idem, sizeof(idem), "admin:%.*s", (int)given.len, given.base);
-        } else if (given.base) {
-            /* too long with its prefix for an RPC idempotency key: the same key by its digest */
-            uint8_t d[crypto_hash_sha256_BYTES];
-            crypto_hash_sha256(d, (const uint8_t *)given.base, given.len);
-            char hex[2 * sizeof(d) + 1];
-            sodium_bin2hex(hex, sizeof(hex), d, sizeof(d));
-            snprintf(idem, sizeof(idem), "admin:sha256:%s", hex);
+        if (given.base) {
+            edge_rpc_idem(idem, sizeof(idem), "admin", given.base, given.len);
         } else {
             char rnd[33];
             fb_random_hex(rnd, 16);

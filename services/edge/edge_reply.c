@@ -6,6 +6,7 @@
 #include "fb_rpc_msg.h"
 #include "fb_util.h"
 
+#include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -194,12 +195,31 @@ json_t *edge_reply_json(const fb_rpc_reply_t *reply)
     return doc ? doc : json_object();
 }
 
+void edge_rpc_idem(char *out, size_t len, const char *prefix, const char *value, size_t value_len)
+{
+    int n = snprintf(out, len, "%s:%.*s", prefix, (int)value_len, value);
+    if (n >= 0 && (size_t)n <= FB_RPC_STR_MAX && (size_t)n < len)
+        return;
+    uint8_t d[crypto_hash_sha256_BYTES];
+    crypto_hash_sha256(d, (const uint8_t *)value, value_len);
+    char hex[2 * sizeof(d) + 1];
+    sodium_bin2hex(hex, sizeof(hex), d, sizeof(d));
+    snprintf(out, len, "%s:%s", prefix, hex);
+}
+
 int edge_reply_test(bool verbose)
 {
     FB_UNUSED(verbose);
     char out[64];
     edge_json_escape(out, sizeof(out), "a\"b\\c\n", 6);
     FB_ASSERT(strcmp(out, "a\\\"b\\\\c\\u000a") == 0);
+    char idem[FB_RPC_STR_MAX + 1];
+    edge_rpc_idem(idem, sizeof(idem), "admin", "k1", 2);
+    FB_ASSERT(strcmp(idem, "admin:k1") == 0);
+    char long_key[130];
+    memset(long_key, 'k', sizeof(long_key));
+    edge_rpc_idem(idem, sizeof(idem), "admin", long_key, sizeof(long_key));
+    FB_ASSERT(strlen(idem) == 6 + 64 && strncmp(idem, "admin:", 6) == 0);
     FB_ASSERT(strcmp(s_openai_type(402), "payment_required") == 0);
     FB_ASSERT(strcmp(s_openai_type(502), "api_error") == 0);
     FB_ASSERT(strcmp(s_anthropic_type(413), "request_too_large") == 0);

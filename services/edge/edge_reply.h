@@ -54,6 +54,10 @@ void edge_rpc_json_long(fb_rpc_client_t *client, const char *method, json_t *doc
  * again under its key rather than taken as refused. */
 bool edge_rpc_outcome_unknown(const fb_rpc_reply_t *reply);
 
+/* edge_rpc_idem - an RPC idempotency key: "<prefix>:<value>" when it fits
+ * (FB_RPC_STR_MAX bytes), else "<prefix>:" and the SHA-256 (hex) of value. */
+void edge_rpc_idem(char *out, size_t len, const char *prefix, const char *value, size_t value_len);
+
 /* edge_reply_json - a reply body as a JSON document (caller owns it). */
 json_t *edge_reply_json(const fb_rpc_reply_t *reply);
 

@@ -31,7 +31,6 @@
 #include "fb_x402.h"
 
 #include <inttypes.h>
-#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,15 +78,9 @@ static void s_quote(s_topup_t *t, const char *code, const char *reason, const ch
  * "<network>:<tx>" (a Solana signature is 88 characters). */
 static void s_credit_idem(char *out, size_t len, const char *kind, const char *network, const char *tx)
 {
-    if ((size_t)snprintf(out, len, "%s:%s:%s", kind, network, tx) <= 128)
-        return;
     char source[400];
-    snprintf(source, sizeof(source), "%s:%s", network, tx);
-    uint8_t d[crypto_hash_sha256_BYTES];
-    crypto_hash_sha256(d, (const uint8_t *)source, strlen(source));
-    char hex[2 * sizeof(d) + 1];
-    sodium_bin2hex(hex, sizeof(hex), d, sizeof(d));
-    snprintf(out, len, "%s:%s", kind, hex);
+    int n = snprintf(source, sizeof(source), "%s:%s", network, tx);
+    edge_rpc_idem(out, len, kind, source, n > 0 && (size_t)n < sizeof(source) ? (size_t)n : strlen(source));
 }
 
 /* 202: the transfer is broadcast, its credit waits for it to be final. */
