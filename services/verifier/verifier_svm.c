@@ -475,9 +475,12 @@ static void s_settle_begin(s_job_t *j)
         s_fail(j, "invalid_payment_requirements", "the amount is outside 1..10^15 atomic units");
         return;
     }
-    json_t *body = json_pack("{sI ss ss ss sb sb}", "amount_micro", (json_int_t)j->chk.amount, "pay_to",
-                             j->r.pay_to, "resource", j->p.resource_url ? j->p.resource_url : "", "sender",
-                             j->net->fee_payer_text, "evm", 0, "existing_only", existing_only);
+    /* the signed transaction goes with the settlement (its calldata), so that
+     * a tracker can record and send it if this replica stops before it does */
+    json_t *body =
+        json_pack("{sI ss ss ss sb sb ss}", "amount_micro", (json_int_t)j->chk.amount, "pay_to", j->r.pay_to,
+                  "resource", j->p.resource_url ? j->p.resource_url : "", "sender", j->net->fee_payer_text,
+                  "evm", 0, "existing_only", existing_only, "calldata", j->signed_b64);
     s_auth_key(j, body);
     verifier_ledger_call(j->v, "ledger.settlement_begin", body, true, j->trace, s_on_begin, j);
 }
@@ -665,19 +668,80 @@ static void s_track_blockhash(void *arg, json_t *result, const char *error, int6
     s_track_statuses(t);
 }
 
-/* The blockhash of a signed transaction (base64 wire), as text. */
-static int s_raw_blockhash(const char *raw, size_t rl, char out[48])
+/* The blockhash of a signed transaction (base64 wire), as text; with
+ * fee_payer, also its id (the first signature, base58) once that signature
+ * is the fee payer's, by its key, over the message. */
+static int s_raw_blockhash(const char *raw, size_t rl, char out[48], const fb_sol_key_t *fee_payer,
+                           char id[100])
 {
     uint8_t *wire = fb_malloc(FB_SOL_TX_MAX);
     fb_sol_tx_t tx;
     const char *why;
     int rc = -1, n = fb_base64_decode(wire, FB_SOL_TX_MAX, raw, rl);
-    if (n >= 0 && fb_sol_tx_decode(&tx, wire, (size_t)n, &why) == 0) {
+    if (n >= 0 && fb_sol_tx_decode(&tx, wire, (size_t)n, &why) == 0 &&
+        (!fee_payer || (tx.nsigs > 0 && fb_sol_key_eq(&tx.keys[0], fee_payer) && fb_sol_sig_verify(&tx, 0) &&
+                        fb_base58_encode(id, 100, tx.sigs, 64) > 0))) {
         fb_sol_key_format(out, &tx.blockhash);
         rc = 0;
     }
     free(wire);
     return rc;
+}
+
+/* A settlement begun whose replica stopped before recording its signed
+ * transaction (that transaction is its calldata, 0027: nothing was sent):
+ * recorded signed, with the height it cannot land after read now (the
+ * blockhash's block is at or below an endpoint's height unless that endpoint
+ * lags, which the margin covers), then sent. The next rounds judge it as any
+ * other: confirmed, failed on chain, or expired. */
+static void s_unsigned_recorded(void *arg, const fb_rpc_reply_t *reply)
+{
+    s_track_t *t = arg;
+    if (!reply->ok) {
+        fb_log(FB_LOG_WARN, NULL, "an unsigned settlement's transaction was not recorded", "id=%lld code=%s",
+               (long long)t->id, reply->code);
+        s_track_free(t);
+        return;
+    }
+    fb_log(FB_LOG_INFO, NULL,
+           "unsigned settlement found; its replica stopped before sending it: recorded and sent",
+           "network=%s tx=%s id=%lld", t->v->svm.caip2, t->sig, (long long)t->id);
+    fb_jsonrpc_call(t->v->svm.rpc, "sendTransaction",
+                    json_pack("[s {ss sb}]", t->raw, "encoding", "base64", "skipPreflight", 1), s_track_sent,
+                    t);
+}
+
+static void s_unsigned_height(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(code);
+    FB_UNUSED(message);
+    s_track_t *t = arg;
+    int64_t height = error ? -1 : s_height(result);
+    if (height < 0) {
+        s_track_free(t);
+        return;
+    }
+    json_t *body = json_pack("{sI ss ss sI}", "settlement_id", (json_int_t)t->id, "tx_hash", t->sig, "raw_tx",
+                             t->raw, "last_valid_height", (json_int_t)(height + VALID_BLOCKS_MARGIN));
+    verifier_ledger_call(t->v, "ledger.settlement_signed", body, true, NULL, s_unsigned_recorded, t);
+}
+
+static void s_track_unsigned(verifier_t *v, int64_t id, const char *raw, size_t rl)
+{
+    char blockhash[48], sig[100];
+    if (s_raw_blockhash(raw, rl, blockhash, &v->svm.fee_payer, sig) != 0) {
+        fb_log(FB_LOG_ERROR, NULL,
+               "an unsigned settlement's transaction is not one signed by this fee payer; it is left alone",
+               "network=%s id=%lld", v->svm.caip2, (long long)id);
+        return;
+    }
+    s_track_t *t = fb_calloc(1, sizeof(*t));
+    t->v = v;
+    t->id = id;
+    memcpy(t->sig, sig, sizeof(t->sig));
+    t->raw = fb_strndup(raw, rl);
+    fb_jsonrpc_call(v->svm.rpc, "getBlockHeight", json_pack("[{ss}]", "commitment", "processed"),
+                    s_unsigned_height, t);
 }
 
 static void s_on_open(void *arg, const fb_rpc_reply_t *reply)
@@ -688,12 +752,20 @@ static void s_on_open(void *arg, const fb_rpc_reply_t *reply)
         return;
     for (uint32_t i = 0; i < list->via.array.size; i++) {
         const msgpack_object *s = &list->via.array.ptr[i];
-        const char *raw, *hash;
-        size_t rl, hl;
+        const char *raw, *hash, *state;
+        size_t rl, hl, sl;
         int64_t id;
         char blockhash[48];
-        if (!fb_mp_get_str(s, "raw_tx", &raw, &rl) || !fb_mp_get_str(s, "tx_hash", &hash, &hl) || hl >= 100 ||
-            !fb_mp_get_int64(s, "settlement_id", &id) || s_raw_blockhash(raw, rl, blockhash) != 0)
+        if (!fb_mp_get_int64(s, "settlement_id", &id))
+            continue;
+        if (!fb_mp_get_str(s, "raw_tx", &raw, &rl)) {
+            if (fb_mp_get_str(s, "state", &state, &sl) && fb_streq_n(state, sl, "begun") &&
+                fb_mp_get_str(s, "calldata", &raw, &rl) && rl > 0)
+                s_track_unsigned(v, id, raw, rl);
+            continue;
+        }
+        if (!fb_mp_get_str(s, "tx_hash", &hash, &hl) || hl >= 100 ||
+            s_raw_blockhash(raw, rl, blockhash, NULL, NULL) != 0)
             continue;
         s_track_t *t = fb_calloc(1, sizeof(*t));
         t->v = v;

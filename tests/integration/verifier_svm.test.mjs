@@ -299,6 +299,78 @@ test("a settlement whose blockhash an endpoint does not know is not judged expir
   }
 });
 
+// A replica that stops between beginning a settlement and recording its signed transaction leaves
+// it begun, nothing sent. The transaction went with the settlement (its calldata): a tracker records
+// it signed with the height it cannot land after and sends it, and it is judged as any other — here
+// one lands (the payer pays once, as for the call it began for), and one is never let through by the
+// endpoint and expires (failed, nothing moved). The replica's stop is played through the ledger.
+test("a Solana settlement begun by a replica that stopped before signing is recorded, sent and judged by a tracker", async () => {
+  const lie = { dropSend: false, blockhashUnknown: false, height: null, genesis: null };
+  const proxy = await lyingProxy(lie);
+  const env = { FAREBOX_EVM_NETWORK: "off", FAREBOX_SOLANA_NETWORK: NETWORK,
+    FAREBOX_SOLANA_RPC_URLS: `http://127.0.0.1:${proxy.address().port}`, FAREBOX_SOLANA_MINT: sol.mint,
+    FAREBOX_SOLANA_GENESIS_HASH: sol.genesisHash,
+    FAREBOX_SOLANA_FEE_PAYER_KEY: sol.payer.secretKey, FAREBOX_SETTLE_WAIT_MS: "1500" };
+  const feePayer = await createKeyPairFromBytes(getBase58Encoder().encode(sol.payer.secretKey));
+  // what the settling replica had begun with: the payer's transaction with the fee payer's signature
+  const begun = async (l, wallet) => {
+    const payload = await kitPayload(wallet);
+    const tx = getTransactionDecoder().decode(getBase64Encoder().encode(payload.payload.transaction));
+    const sig = await signBytes(feePayer.privateKey, tx.messageBytes);
+    const wire = getTransactionEncoder().encode({ ...tx, signatures: { ...tx.signatures, [sol.payer.address]: sig } });
+    const key = { network: NETWORK, payer: wallet.address, nonce: getBase58Decoder().decode(sig) };
+    const r = await l.call("ledger.settlement_begin", { ...key, amount_micro: 10000, pay_to: treasury,
+      resource: "http://farebox.test/r", sender: sol.payer.address, evm: false,
+      calldata: Buffer.from(wire).toString("base64") }, { idem: `svm-unsigned:${key.nonce}` });
+    assert.equal(r.status, "ok", `${r.code}: ${r.message}`);
+    assert.equal(r.body.state, "begun");
+    assert.equal(r.body.tx_hash, null);
+    return { key, id: r.body.settlement_id };
+  };
+  const until = async (l, id, pred, what) => {
+    let st;
+    for (let i = 0; i < 150; i++) {
+      st = (await l.call("ledger.settlement", { settlement_id: id })).body;
+      if (pred(st)) return st;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    assert.fail(`${what}: ${JSON.stringify(st)}`);
+  };
+  try {
+    await withOwnLedger(pg.createDatabase("svm_unsigned"), SECRET, "unsigned", env, async ({ l, verifier: ver }) => {
+      // one the endpoint lets through: recorded, sent, confirmed; the tokens moved once
+      const wallet = sol.wallets[1];
+      const before = await tokens(wallet.address), paidBefore = await tokens(treasury);
+      const height = BigInt(await solRpc.getBlockHeight({ commitment: "processed" }).send());
+      const a = await begun(l, wallet);
+      const signed = await until(l, a.id, (s) => s.state !== "begun", "recorded by the tracker");
+      assert.equal(signed.tx_hash, a.key.nonce, "its id is the fee payer's signature");
+      assert.ok(BigInt(signed.last_valid_height) >= height + 300n, `last valid ${signed.last_valid_height}, height was ${height}`);
+      const done = await until(l, a.id, (s) => s.state === "confirmed" || s.state === "failed", "judged");
+      assert.equal(done.state, "confirmed", JSON.stringify(done));
+      assert.equal((await l.call("ledger.authorization", a.key)).body.state, "settled");
+      assert.equal(await tokens(wallet.address), before - 10000n);
+      assert.equal(await tokens(treasury), paidBefore + 10000n);
+      assert.ok(ver.lines.some((e) => e.json?.msg?.startsWith("unsigned settlement found")), "the tracker says so");
+      // one the endpoint never lets through: sent in vain, expired past its last valid height, failed
+      lie.dropSend = true;
+      const wallet2 = sol.wallets[0];
+      const before2 = await tokens(wallet2.address);
+      const b = await begun(l, wallet2);
+      const signed2 = await until(l, b.id, (s) => s.state !== "begun", "recorded by the tracker");
+      lie.height = Number(signed2.last_valid_height) + 1;
+      lie.blockhashUnknown = true;
+      const end = await until(l, b.id, (s) => s.state !== "signed", "judged expired");
+      assert.equal(end.state, "failed", JSON.stringify(end));
+      assert.equal(end.reason, "invalid_exact_svm_blockhash_expired");
+      assert.equal((await l.call("ledger.authorization", b.key)).body.state, "failed");
+      assert.equal(await tokens(wallet2.address), before2, "nothing moved");
+    });
+  } finally {
+    proxy.close();
+  }
+});
+
 // A proxy in front of surfpool that can lie: the send dropped (the transaction known by its id), the
 // blockhash unknown, the height given, the genesis hash of another cluster.
 async function lyingProxy(lie) {
