@@ -458,7 +458,8 @@ static void s_prepare(edge_catalog_t *c)
             "micro-USDC per million tokens, costs rounded up to a whole micro-USDC", "quote",
             "a call holds (or, paid with x402, is quoted) ceil(request body bytes x input price / 10^6) (the "
             "model's context_tokens instead of the body bytes when the request has media, inline or by URL, "
-            "documents, audio, files by id or server tools, whose tokens its bytes do not bound) + "
+            "documents, audio, files by id or server tools, whose tokens its bytes do not bound; 400 more "
+            "with tools on an Anthropic model, for the tool prompt that provider adds) + "
             "ceil(n x max_tokens x output price / 10^6), max_tokens being the model's max_output_tokens when "
             "the request sets none and n the choices asked (1 unless set); it is charged ceil(input tokens x "
             "input price / 10^6) + ceil(output tokens x "

@@ -30,8 +30,11 @@
 #define OUT_BACKLOG_MAX    (16 << 20) /* bytes waiting for a slow client */
 #define SETTLE_DEADLINE_MS 60000      /* an x402 settlement, receipt included */
 #define SETTLE_ASKS        1          /* more asks when a settlement's outcome is unknown */
-#define VERIFY_DEADLINE_MS 10000
-#define MAX_CHOICES        128 /* OpenAI's n, at most (the provider's own limit) */
+/* Anthropic's own system prompt for a call with tools: 264 to 346 tokens by
+ * model and tool_choice in its documentation, rounded up */
+#define ANTHROPIC_TOOL_PROMPT_TOKENS 400
+#define VERIFY_DEADLINE_MS           10000
+#define MAX_CHOICES                  128 /* OpenAI's n, at most (the provider's own limit) */
 
 typedef enum { ROUTE_CHAT, ROUTE_MESSAGES, ROUTE_PROMPT } s_route_t;
 
@@ -59,6 +62,7 @@ struct s_chat {
     /* money */
     int64_t input_estimate; /* tokens: the caller's body bytes */
     int64_t max_output;     /* tokens: the caller's max, or the model's cap */
+    bool tool_prompt;       /* an Anthropic model called with tools: its tool prompt counts as input */
     int64_t choices;        /* answers asked for (OpenAI's n): each may reach max_output */
     int64_t hold_micro, account_id, key_id, hold_id;
     edge_purse_res_t res;  /* the call's ceiling reserved in its key's slice */
@@ -797,22 +801,7 @@ static void s_anthropic_event(s_chat_t *c, json_t *d)
         }
         /* its counts are the message's so far: input and cache tokens grow
          * when the provider runs a server tool (a search, a fetch) */
-        json_t *in = json_object_get(usage, "input_tokens"),
-               *r = json_object_get(usage, "cache_read_input_tokens"),
-               *w = json_object_get(usage, "cache_creation_input_tokens");
-        if ((json_is_integer(in) && json_integer_value(in) >= 0) ||
-            (json_is_integer(r) && json_integer_value(r) >= 0) ||
-            (json_is_integer(w) && json_integer_value(w) >= 0)) {
-            int64_t raw = c->in_seen ? c->in_tokens - c->cache_read - c->cache_write : 0;
-            if (json_is_integer(in) && json_integer_value(in) >= 0)
-                raw = json_integer_value(in);
-            if (json_is_integer(r) && json_integer_value(r) >= 0)
-                c->cache_read = json_integer_value(r);
-            if (json_is_integer(w) && json_integer_value(w) >= 0)
-                c->cache_write = json_integer_value(w);
-            c->in_tokens = edge_add_micro(edge_add_micro(raw > 0 ? raw : 0, c->cache_read), c->cache_write);
-            c->in_seen = true;
-        }
+        edge_tr_usage_running(usage, &c->in_tokens, &c->cache_read, &c->cache_write, &c->in_seen);
         int64_t h = edge_tr_cache_1h_tokens(usage);
         if (h >= 0)
             c->cache_write_1h = h;
@@ -1603,10 +1592,12 @@ static int s_read_chat(s_chat_t *c, json_t *body)
     json_t *mct = json_object_get(body, "max_completion_tokens"), *mt = json_object_get(body, "max_tokens");
     if (s_max_tokens(c, mt, "max_tokens", false) != 0)
         return -1;
+    int64_t asked = c->max_output; /* what a translated call sends: max_completion_tokens first */
     if (mct && !json_is_null(mct)) {
         int64_t other = mt && !json_is_null(mt) ? c->max_output : 0;
         if (s_max_tokens(c, mct, "max_completion_tokens", false) != 0)
             return -1;
+        asked = c->max_output;
         if (other > c->max_output)
             c->max_output = other;
     }
@@ -1622,7 +1613,7 @@ static int s_read_chat(s_chat_t *c, json_t *body)
     }
     if (c->model->provider == EDGE_PROVIDER_ANTHROPIC) {
         char err[300];
-        json_t *up = edge_tr_request(body, c->model->upstream, c->max_output, err, sizeof(err));
+        json_t *up = edge_tr_request(body, c->model->upstream, asked, err, sizeof(err));
         if (!up) {
             s_set_error(c, 400, "invalid_request", NULL, "%s", err);
             return -1;
@@ -1872,6 +1863,9 @@ static s_chat_t *s_parsed_chat(edge_worker_t *w, h2o_req_t *req, const char *rid
     int rc = route == ROUTE_CHAT       ? s_read_chat(c, body)
              : route == ROUTE_MESSAGES ? s_read_messages(c, body)
                                        : s_read_prompt(c, body);
+    /* Anthropic adds a system prompt of its own to a call with tools, billed as input */
+    c->tool_prompt =
+        c->model->provider == EDGE_PROVIDER_ANTHROPIC && json_array_size(json_object_get(body, "tools")) > 0;
     json_decref(body);
     if (rc != 0) {
         s_send_error(c);
@@ -1970,6 +1964,8 @@ static int s_begin(edge_worker_t *w, h2o_req_t *req, const char *rid, s_route_t 
         c->anthropic_beta = s_header_copy(req, "anthropic-beta", 512);
     }
     c->input_estimate = (int64_t)req->entity.len;
+    if (c->tool_prompt)
+        c->input_estimate += ANTHROPIC_TOOL_PROMPT_TOKENS;
     if (edge_chat_input_unbounded(req->entity.base, req->entity.len) && m->context_tokens > c->input_estimate)
         c->input_estimate = m->context_tokens; /* the model's whole context: the most input it can take */
     int64_t a = edge_cost_micro(c->input_estimate, m->input_price),

@@ -79,8 +79,9 @@ static int s_content(json_t *content, json_t *blocks, char *err, size_t errlen)
     return 0;
 }
 
-/* Plain text of system content (string or text parts), appended to sys. */
-static int s_system_text(json_t *content, fb_buf_t *sys, char *err, size_t errlen)
+/* System content (string or text parts) as text blocks appended to sys,
+ * each part's cache_control kept. */
+static int s_system_text(json_t *content, json_t *sys, char *err, size_t errlen)
 {
     json_t *blocks = json_array();
     int rc = s_content(content, blocks, err, errlen);
@@ -88,18 +89,56 @@ static int s_system_text(json_t *content, fb_buf_t *sys, char *err, size_t errle
     json_t *b;
     json_array_foreach(blocks, i, b)
     {
-        const char *t = json_string_value(json_object_get(b, "text"));
-        if (!t) {
+        if (!json_is_string(json_object_get(b, "text"))) {
             s_fail(err, errlen, "system messages may hold only text");
             rc = -1;
             break;
         }
-        if (sys->len)
-            fb_buf_append_str(sys, "\n\n");
-        fb_buf_append_str(sys, t);
     }
+    if (rc == 0)
+        json_array_extend(sys, blocks);
     json_decref(blocks);
     return rc;
+}
+
+/* Anthropic's system: one string of the texts, or the blocks themselves when
+ * one of them marks a cache breakpoint (a string cannot carry it). NULL for
+ * none. */
+static json_t *s_system(json_t *sys)
+{
+    if (json_array_size(sys) == 0)
+        return NULL;
+    fb_buf_t text = {0};
+    size_t i;
+    json_t *b;
+    json_array_foreach(sys, i, b)
+    {
+        if (json_object_get(b, "cache_control")) {
+            fb_buf_free(&text);
+            return json_incref(sys);
+        }
+        if (text.len)
+            fb_buf_append_str(&text, "\n\n");
+        fb_buf_append_str(&text, json_string_value(json_object_get(b, "text")));
+    }
+    json_t *out = json_stringn(text.data ? text.data : "", text.len);
+    fb_buf_free(&text);
+    return out;
+}
+
+/* Sampling settings: Anthropic's temperature is 0..1 (OpenAI's 0..2, capped
+ * here), and its newer models refuse temperature and top_p together (top_p
+ * is then left out). */
+static void s_sampling(json_t *in, json_t *out)
+{
+    json_t *t = json_object_get(in, "temperature"), *p = json_object_get(in, "top_p");
+    bool has_t = t && !json_is_null(t);
+    if (has_t)
+        json_object_set_new(out, "temperature",
+                            json_is_number(t) && json_number_value(t) > 1.0 ? json_real(1.0)
+                                                                            : json_incref(t));
+    if (p && !json_is_null(p) && !has_t)
+        json_object_set(out, "top_p", p);
 }
 
 /* The last message of msgs if it has role, else a new one appended. */
@@ -198,7 +237,7 @@ json_t *edge_tr_request(json_t *in, const char *upstream_model, int64_t max_toke
         return s_fail(err, errlen, "response_format %s is not available for this model", rft ? rft : "?");
     json_t *out = json_pack("{ss sI}", "model", upstream_model, "max_tokens", (json_int_t)max_tokens);
     json_t *msgs = json_array();
-    fb_buf_t sys = {0};
+    json_t *sys = json_array();
     size_t i;
     json_t *m;
     json_array_foreach(json_object_get(in, "messages"), i, m)
@@ -210,7 +249,7 @@ json_t *edge_tr_request(json_t *in, const char *upstream_model, int64_t max_toke
             s_fail(err, errlen, "messages[%zu] needs a role", i);
             rc = -1;
         } else if (strcmp(role, "system") == 0 || strcmp(role, "developer") == 0) {
-            rc = s_system_text(content, &sys, err, errlen);
+            rc = s_system_text(content, sys, err, errlen);
         } else if (strcmp(role, "user") == 0) {
             rc = s_content(content, s_message_for(msgs, "user"), err, errlen);
         } else if (strcmp(role, "assistant") == 0) {
@@ -240,7 +279,7 @@ json_t *edge_tr_request(json_t *in, const char *upstream_model, int64_t max_toke
             rc = -1;
         }
         if (rc != 0) {
-            fb_buf_free(&sys);
+            json_decref(sys);
             json_decref(msgs);
             json_decref(out);
             return NULL;
@@ -248,17 +287,23 @@ json_t *edge_tr_request(json_t *in, const char *upstream_model, int64_t max_toke
     }
     /* a message whose content is only text keeps the short string form */
     json_object_set_new(out, "messages", msgs);
-    if (sys.len)
-        json_object_set_new(out, "system", json_stringn(sys.data, sys.len));
-    fb_buf_free(&sys);
-    static const char *same[] = {"temperature", "top_p", "top_k", "stream", "metadata"};
+    json_t *system = s_system(sys);
+    json_decref(sys);
+    if (system)
+        json_object_set_new(out, "system", system);
+    static const char *same[] = {"top_k", "stream"};
     for (size_t k = 0; k < FB_ARRAY_SIZE(same); k++) {
         json_t *v = json_object_get(in, same[k]);
         if (v && !json_is_null(v))
             json_object_set(out, same[k], v);
     }
-    json_t *user = json_object_get(in, "user");
-    if (json_is_string(user) && !json_object_get(out, "metadata"))
+    s_sampling(in, out);
+    /* Anthropic's metadata holds user_id alone: OpenAI's metadata (tags
+     * for stored completions) has no counterpart */
+    json_t *user = json_object_get(json_object_get(in, "metadata"), "user_id");
+    if (!json_is_string(user))
+        user = json_object_get(in, "user");
+    if (json_is_string(user))
         json_object_set_new(out, "metadata", json_pack("{sO}", "user_id", user));
     json_t *stop = json_object_get(in, "stop");
     if (json_is_string(stop))
@@ -288,7 +333,7 @@ const char *edge_tr_finish_reason(const char *stop_reason)
 {
     if (!stop_reason)
         return NULL;
-    if (strcmp(stop_reason, "max_tokens") == 0)
+    if (strcmp(stop_reason, "max_tokens") == 0 || strcmp(stop_reason, "model_context_window_exceeded") == 0)
         return "length";
     if (strcmp(stop_reason, "tool_use") == 0)
         return "tool_calls";
@@ -322,6 +367,33 @@ void edge_tr_cache_tokens(json_t *usage, int64_t *read, int64_t *write)
            *w = json_object_get(usage, "cache_creation_input_tokens");
     *read = json_is_integer(r) && json_integer_value(r) > 0 ? json_integer_value(r) : 0;
     *write = json_is_integer(w) && json_integer_value(w) > 0 ? json_integer_value(w) : 0;
+}
+
+static bool s_count(json_t *v, int64_t *out)
+{
+    if (!json_is_integer(v) || json_integer_value(v) < 0)
+        return false;
+    *out = json_integer_value(v);
+    return true;
+}
+
+void edge_tr_usage_running(json_t *usage, int64_t *input, int64_t *read, int64_t *write, bool *seen)
+{
+    int64_t in, r, w;
+    bool has_in = s_count(json_object_get(usage, "input_tokens"), &in),
+         has_r = s_count(json_object_get(usage, "cache_read_input_tokens"), &r),
+         has_w = s_count(json_object_get(usage, "cache_creation_input_tokens"), &w);
+    if (!has_in && !has_r && !has_w)
+        return;
+    int64_t raw = *seen ? *input - *read - *write : 0;
+    if (has_in)
+        raw = in;
+    if (has_r)
+        *read = r;
+    if (has_w)
+        *write = w;
+    *input = edge_add_micro(edge_add_micro(raw > 0 ? raw : 0, *read), *write);
+    *seen = true;
 }
 
 int64_t edge_tr_cache_1h_tokens(json_t *usage)
@@ -438,16 +510,8 @@ int edge_tr_stream_event(edge_tr_stream_t *st, const char *name, json_t *data, f
         const char *id = json_string_value(json_object_get(msg, "id"));
         if (id)
             snprintf(st->id, sizeof(st->id), "%s", id);
-        json_t *usage = json_object_get(msg, "usage");
-        json_t *in = json_object_get(usage, "input_tokens");
-        if (json_is_integer(in)) {
-            int64_t total = json_integer_value(in), o = 0;
-            edge_tr_usage(usage, &total, &o);
-            st->input_tokens = total;
-            int64_t written;
-            edge_tr_cache_tokens(usage, &st->cached_tokens, &written);
-            st->input_seen = true;
-        }
+        edge_tr_usage_running(json_object_get(msg, "usage"), &st->input_tokens, &st->cached_tokens,
+                              &st->cache_written, &st->input_seen);
         s_chunk(st, out, json_pack("{ss ss}", "role", "assistant", "content", ""), NULL);
     } else if (strcmp(type, "content_block_start") == 0) {
         int idx = s_block_index(data);
@@ -489,6 +553,9 @@ int edge_tr_stream_event(edge_tr_stream_t *st, const char *name, json_t *data, f
             st->output_tokens = json_integer_value(o);
             st->output_seen = true;
         }
+        /* the usage chunk tells what is charged: the input as the message ended */
+        edge_tr_usage_running(usage, &st->input_tokens, &st->cached_tokens, &st->cache_written,
+                              &st->input_seen);
         const char *fr = edge_tr_finish_reason(
             json_string_value(json_object_get(json_object_get(data, "delta"), "stop_reason")));
         if (fr)
@@ -560,6 +627,37 @@ int edge_translate_test(bool verbose)
     json_decref(out);
     json_decref(in);
 
+    /* a system part marking a cache breakpoint keeps its blocks; sampling and
+     * metadata as Anthropic takes them */
+    in =
+        s_json("{\"messages\":[{\"role\":\"system\",\"content\":[{\"type\":\"text\",\"text\":\"long\","
+               "\"cache_control\":{\"type\":\"ephemeral\"}}]},{\"role\":\"developer\",\"content\":\"brief\"},"
+               "{\"role\":\"user\",\"content\":\"x\"}],\"temperature\":1.5,\"top_p\":0.9,"
+               "\"metadata\":{\"tag\":\"a\"},\"user\":\"u1\"}");
+    out = edge_tr_request(in, "m", 10, err, sizeof(err));
+    FB_ASSERT(out);
+    json_t *sys = json_object_get(out, "system");
+    FB_ASSERT(json_array_size(sys) == 2);
+    FB_ASSERT(json_object_get(json_array_get(sys, 0), "cache_control"));
+    FB_ASSERT(strcmp(json_string_value(json_object_get(json_array_get(sys, 1), "text")), "brief") == 0);
+    FB_ASSERT(json_real_value(json_object_get(out, "temperature")) == 1.0);
+    FB_ASSERT(!json_object_get(out, "top_p"));
+    FB_ASSERT(json_object_size(json_object_get(out, "metadata")) == 1);
+    FB_ASSERT(strcmp(json_string_value(json_object_get(json_object_get(out, "metadata"), "user_id")), "u1") ==
+              0);
+    json_decref(out);
+    json_decref(in);
+    in = s_json("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"top_p\":0.9,"
+                "\"metadata\":{\"user_id\":\"u2\"},\"user\":\"u1\"}");
+    out = edge_tr_request(in, "m", 10, err, sizeof(err));
+    FB_ASSERT(out && json_real_value(json_object_get(out, "top_p")) == 0.9);
+    FB_ASSERT(!json_object_get(out, "system"));
+    FB_ASSERT(strcmp(json_string_value(json_object_get(json_object_get(out, "metadata"), "user_id")), "u2") ==
+              0);
+    json_decref(out);
+    json_decref(in);
+    FB_ASSERT(strcmp(edge_tr_finish_reason("model_context_window_exceeded"), "length") == 0);
+
     /* refusals */
     const char *bad[] = {
         "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"n\":2}",
@@ -616,7 +714,7 @@ int edge_translate_test(bool verbose)
         {"content_block_delta", "{\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_"
                                 "json_delta\",\"partial_json\":\"{}\"}}"},
         {"message_delta", "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{"
-                          "\"output_tokens\":4}}"},
+                          "\"output_tokens\":4,\"input_tokens\":9,\"cache_read_input_tokens\":5}}"},
         {"message_stop", "{\"type\":\"message_stop\"}"},
     };
     for (size_t i = 0; i < FB_ARRAY_SIZE(events); i++) {
@@ -624,11 +722,13 @@ int edge_translate_test(bool verbose)
         FB_ASSERT(edge_tr_stream_event(&st, events[i][0], d, &buf) == 0);
         json_decref(d);
     }
-    FB_ASSERT(st.finished && st.input_tokens == 7 && st.output_tokens == 4);
+    /* the usage chunk gives the last message_delta's input: what is charged */
+    FB_ASSERT(st.finished && st.input_tokens == 14 && st.cached_tokens == 5 && st.output_tokens == 4);
     FB_ASSERT(strstr(buf.data, "\"content\":\"Hel\""));
     FB_ASSERT(strstr(buf.data, "\"finish_reason\":\"stop\""));
     FB_ASSERT(strstr(buf.data, "\"name\":\"f\""));
-    FB_ASSERT(strstr(buf.data, "\"prompt_tokens\":7,\"completion_tokens\":4"));
+    FB_ASSERT(strstr(buf.data, "\"prompt_tokens\":14,\"completion_tokens\":4"));
+    FB_ASSERT(strstr(buf.data, "\"cached_tokens\":5"));
     FB_ASSERT(strstr(buf.data, "data: [DONE]\n\n"));
     fb_buf_free(&buf);
     return 0;

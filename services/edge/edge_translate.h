@@ -38,6 +38,14 @@ int edge_tr_usage(json_t *usage, int64_t *input, int64_t *output);
  * the prompt cache; 0 for a figure absent or not a whole number. */
 void edge_tr_cache_tokens(json_t *usage, int64_t *read, int64_t *write);
 
+/* edge_tr_usage_running - folds the usage of a streamed Anthropic message
+ * (message_start's, or a message_delta's: its counts are the message's so
+ * far, and input and cache tokens grow when the provider runs a server tool)
+ * into running figures: *input counts the cache reads and writes, as
+ * edge_tr_usage's does. A figure absent keeps its value; *seen is set once
+ * any input figure was given. */
+void edge_tr_usage_running(json_t *usage, int64_t *input, int64_t *read, int64_t *write, bool *seen);
+
 /* edge_tr_cache_1h_tokens - of the tokens written to the cache, how many
  * for an hour (usage.cache_creation.ephemeral_1h_input_tokens), or -1 when
  * the usage does not say. */
@@ -55,6 +63,7 @@ typedef struct {
     int16_t block_tool[EDGE_TR_BLOCKS];  /* Anthropic block -> tool index, -1 for text */
     int64_t input_tokens, output_tokens; /* as reported so far */
     int64_t cached_tokens;               /* of input_tokens, read from the prompt cache */
+    int64_t cache_written;               /* of input_tokens, written to the prompt cache */
     bool input_seen, output_seen;
     bool finished; /* message_stop seen: [DONE] written */
 } edge_tr_stream_t;

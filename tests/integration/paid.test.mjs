@@ -902,9 +902,12 @@ test("an Anthropic stream whose input grows (a server tool ran) is charged its f
     ["message_delta", { type: "message_delta", delta: { stop_reason: "end_turn" },
       usage: { input_tokens: 860, cache_read_input_tokens: 40, output_tokens: 5 } }],
     ["message_stop", { type: "message_stop" }]];
+  const bodies = [];
   const scripted = http.createServer((req, res) => {
-    req.resume();
+    let data = "";
+    req.on("data", (c) => { data += c; });
     req.on("end", () => {
+      bodies.push(JSON.parse(data));
       res.writeHead(200, { "content-type": "text/event-stream" });
       for (const [name, data] of events) res.write(`event: ${name}\ndata: ${JSON.stringify(data)}\n\n`);
       res.end();
@@ -946,6 +949,27 @@ test("an Anthropic stream whose input grows (a server tool ran) is charged its f
     assert.ok(capped.amount_micro >= part(64, pout), "its ceiling");
     const m = await (await fetch(`${edgeUrl}/metrics`)).text();
     assert.match(m, new RegExp(`^farebox_edge_money_capped_micro_total ${full - capped.amount_micro}$`, "m"));
+    // the same stream translated for the OpenAI client: its usage chunk gives the input counts charged
+    // (the last message_delta's: 860 + 40 read + 100 written), and the request went as Anthropic takes
+    // it — max_completion_tokens before max_tokens, the system part's cache breakpoint kept, the
+    // temperature capped at 1 and top_p left out, only user as metadata
+    const openai = new OpenAI({ baseURL: `${edgeUrl}/v1`, apiKey: key, maxRetries: 0 });
+    const chunks = await openai.chat.completions.create({ model: "claude-3-5-haiku-20241022", stream: true,
+      stream_options: { include_usage: true }, max_tokens: 4000, max_completion_tokens: 64, temperature: 1.5,
+      top_p: 0.5, metadata: { tag: "x" }, user: "u1",
+      messages: [{ role: "system", content: [{ type: "text", text: "a".repeat(2000), cache_control: { type: "ephemeral" } }] },
+        { role: "user", content: "search for it" }] });
+    let usage;
+    for await (const c of chunks) if (c.usage) usage = c.usage;
+    assert.deepEqual([usage.prompt_tokens, usage.prompt_tokens_details.cached_tokens, usage.completion_tokens], [1000, 40, 5]);
+    const [translated] = await settled(id);
+    assert.equal(translated.amount_micro, full, "charged what the usage chunk says");
+    const up = bodies.at(-1);
+    assert.equal(up.max_tokens, 64);
+    assert.deepEqual(up.system, [{ type: "text", text: "a".repeat(2000), cache_control: { type: "ephemeral" } }]);
+    assert.equal(up.temperature, 1);
+    assert.equal(up.top_p, undefined);
+    assert.deepEqual(up.metadata, { user_id: "u1" });
   } finally {
     scripted.close();
   }

@@ -140,6 +140,17 @@ test("no credentials: 402 with a quote for both networks, the call's ceiling", a
   const both = chat("quote me", { max_completion_tokens: 4, max_tokens: 30 });
   assert.equal((await quoteOf(both)).required.accepts[0].amount,
     String(Math.ceil(Buffer.byteLength(both) * 150000 / 1e6) + Math.ceil(30 * 600000 / 1e6)));
+  // tools on an Anthropic model: 400 tokens more input, the tool prompt that provider adds (not on an
+  // OpenAI model, nor without tools)
+  const tools = [{ type: "function", function: { name: "f", parameters: { type: "object" } } }];
+  const claude = (extra) => JSON.stringify({ model: "claude-3-5-haiku-20241022", max_tokens: 8,
+    messages: [{ role: "user", content: "quote me" }], ...extra });
+  for (const [b, extraInput] of [[claude({ tools }), 400], [claude({}), 0]])
+    assert.equal((await quoteOf(b)).required.accepts[0].amount,
+      String(Math.ceil((Buffer.byteLength(b) + extraInput) * 800000 / 1e6) + Math.ceil(8 * 4000000 / 1e6)), b);
+  const gptTools = chat("quote me", { tools });
+  assert.equal((await quoteOf(gptTools)).required.accepts[0].amount,
+    String(Math.ceil(Buffer.byteLength(gptTools) * 150000 / 1e6) + Math.ceil(8 * 600000 / 1e6)));
 });
 
 test("@x402/fetch with @x402/evm pays a chat completion on anvil, and a stream", async () => {
