@@ -59,6 +59,9 @@ typedef struct {
     uv_tcp_t tcp;
     h2o_linklist_t link;
     fb_http_conns_t *owner;
+    bool admitted; /* owner->admit took it: owner->left is told when it closes */
+    int token;
+    struct sockaddr_storage peer;
 } s_conn_t;
 
 static void s_conn_closed(uv_handle_t *h)
@@ -67,6 +70,8 @@ static void s_conn_closed(uv_handle_t *h)
     if (c->owner) {
         h2o_linklist_unlink(&c->link);
         c->owner->count--;
+        if (c->admitted)
+            c->owner->left(c->owner->arg, (const struct sockaddr *)&c->peer, c->token);
     }
     free(c);
 }
@@ -82,6 +87,15 @@ static void s_on_accept(uv_stream_t *listener, int status)
         uv_close((uv_handle_t *)&conn->tcp, s_conn_closed);
         return;
     }
+    if (l->conns && l->conns->admit) {
+        int len = (int)sizeof(conn->peer);
+        if (uv_tcp_getpeername(&conn->tcp, (struct sockaddr *)&conn->peer, &len) != 0 ||
+            (conn->token = l->conns->admit(l->conns->arg, (const struct sockaddr *)&conn->peer)) < 0) {
+            uv_close((uv_handle_t *)&conn->tcp, s_conn_closed);
+            return;
+        }
+        conn->admitted = true;
+    }
     if (l->conns) {
         conn->owner = l->conns;
         h2o_linklist_insert(&l->conns->list, &conn->link);
@@ -94,8 +108,8 @@ static void s_on_accept(uv_stream_t *listener, int status)
 
 void fb_http_conns_init(fb_http_conns_t *conns)
 {
+    memset(conns, 0, sizeof(*conns));
     h2o_linklist_init_anchor(&conns->list);
-    conns->count = 0;
 }
 
 void fb_http_conns_shutdown(fb_http_conns_t *conns)

@@ -15,11 +15,21 @@
  * addresses (IPv4, [IPv6] or a name; port 0 picks a free port). */
 int fb_http_check_hostport(const char *text, char *err, size_t errlen);
 
+/* admit - asked for each accepted connection with its peer's address: a
+ * negative answer closes it at once; anything else is a token handed back
+ * to left when the connection closes. */
+typedef int(fb_http_admit_fn)(void *arg, const struct sockaddr *peer);
+typedef void(fb_http_left_fn)(void *arg, const struct sockaddr *peer, int token);
+
 /* The connections a server has open, so that a stop can end idle keep-alive
- * ones (h2o 2.2 has no way to close HTTP/1 connections it is not using). */
+ * ones (h2o 2.2 has no way to close HTTP/1 connections it is not using), and
+ * optionally who may open one. */
 typedef struct {
     h2o_linklist_t list; /* open connections */
     size_t count;
+    fb_http_admit_fn *admit; /* NULL: every connection is taken */
+    fb_http_left_fn *left;
+    void *arg;
 } fb_http_conns_t;
 
 void fb_http_conns_init(fb_http_conns_t *conns);

@@ -10,12 +10,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define SLOTS     (1u << 16) /* buckets kept at once */
-#define PROBE     4          /* slots tried for one caller */
-#define STRIPES   64         /* mutexes over the slots */
-#define KEY_SLOTS (1u << 14) /* keys with calls in flight at once */
-#define KEY_PROBE 8
-#define MILLI     1000 /* a token, in the buckets' unit */
+#define SLOTS      (1u << 16) /* buckets kept at once */
+#define PROBE      4          /* slots tried for one caller */
+#define STRIPES    64         /* mutexes over the slots */
+#define KEY_SLOTS  (1u << 14) /* keys with calls in flight at once */
+#define KEY_PROBE  8
+#define MILLI      1000       /* a token, in the buckets' unit */
+#define PEER_SLOTS (1u << 14) /* addresses with connections open at once, counted */
+#define PEER_PROBE 8
 
 typedef struct {
     uint64_t hash;   /* 0: free */
@@ -27,6 +29,11 @@ typedef struct {
     int64_t key_id; /* 0: free */
     int64_t count;
 } s_inflight_t;
+
+typedef struct {
+    uint64_t hash; /* of the address; 0: free */
+    int64_t count; /* its open connections */
+} s_peer_t;
 
 #define TRUSTED_MAX 16
 
@@ -46,6 +53,10 @@ struct edge_limit_t {
     pthread_mutex_t stripes[STRIPES];
     s_inflight_t *inflight;
     pthread_mutex_t inflight_lock;
+    int64_t conn_max, conn_per_peer; /* 0: no cap */
+    int64_t conns;                   /* open in the process */
+    s_peer_t *peers;
+    pthread_mutex_t peers_lock;
 };
 
 edge_limit_t *edge_limit_new(edge_bucket_conf_t ip, edge_bucket_conf_t key, int64_t key_concurrency)
@@ -60,6 +71,8 @@ edge_limit_t *edge_limit_new(edge_bucket_conf_t ip, edge_bucket_conf_t key, int6
         pthread_mutex_init(&self->stripes[i], NULL);
     self->inflight = fb_calloc(KEY_SLOTS, sizeof(*self->inflight));
     pthread_mutex_init(&self->inflight_lock, NULL);
+    self->peers = fb_calloc(PEER_SLOTS, sizeof(*self->peers));
+    pthread_mutex_init(&self->peers_lock, NULL);
     return self;
 }
 
@@ -72,8 +85,10 @@ void edge_limit_destroy(edge_limit_t **self_p)
     for (int i = 0; i < STRIPES; i++)
         pthread_mutex_destroy(&self->stripes[i]);
     pthread_mutex_destroy(&self->inflight_lock);
+    pthread_mutex_destroy(&self->peers_lock);
     free(self->slots);
     free(self->inflight);
+    free(self->peers);
     free(self);
     *self_p = NULL;
 }
@@ -183,6 +198,103 @@ void edge_limit_leave(edge_limit_t *self, int64_t key_id)
         }
     }
     pthread_mutex_unlock(&self->inflight_lock);
+}
+
+void edge_limit_connections(edge_limit_t *self, int64_t max, int64_t per_peer)
+{
+    self->conn_max = max;
+    self->conn_per_peer = per_peer;
+}
+
+static bool s_trusted(const edge_limit_t *self, const uint8_t *addr, size_t len);
+
+/* The hash a peer's connections are counted under: of its IPv4 address (an
+ * IPv4-mapped IPv6 one too) or its IPv6 /64. 0 when it has none, or is a
+ * trusted proxy (whose connections carry many clients). */
+static uint64_t s_peer_hash(const edge_limit_t *self, const struct sockaddr *peer)
+{
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    uint8_t in[1 + 16];
+    size_t n, counted;
+    in[0] = 2;
+    if (peer->sa_family == AF_INET) {
+        memcpy(in + 1, &((const struct sockaddr_in *)peer)->sin_addr, 4);
+        n = counted = 4;
+    } else if (peer->sa_family == AF_INET6) {
+        const uint8_t *a = ((const struct sockaddr_in6 *)peer)->sin6_addr.s6_addr;
+        bool v4 = memcmp(a, mapped, sizeof(mapped)) == 0;
+        memcpy(in + 1, v4 ? a + 12 : a, v4 ? 4 : 16);
+        n = v4 ? 4 : 16;
+        counted = v4 ? 4 : 8;
+    } else {
+        return 0;
+    }
+    if (s_trusted(self, in + 1, n))
+        return 0;
+    uint64_t h;
+    crypto_shorthash((uint8_t *)&h, in, counted + 1, self->hash_key);
+    return h | 1;
+}
+
+/* The slot of h among the counted peers (with add, a free one taken), or
+ * NULL. Under peers_lock. */
+static s_peer_t *s_peer_slot(edge_limit_t *self, uint64_t h, bool add)
+{
+    uint32_t base = (uint32_t)(h >> 32) & (PEER_SLOTS - 1);
+    s_peer_t *free_slot = NULL;
+    for (uint32_t i = 0; i < PEER_PROBE; i++) {
+        s_peer_t *p = &self->peers[(base + i) & (PEER_SLOTS - 1)];
+        if (p->hash == h)
+            return p;
+        if (!free_slot && p->hash == 0)
+            free_slot = p;
+    }
+    if (!add || !free_slot)
+        return NULL;
+    free_slot->hash = h;
+    free_slot->count = 0;
+    return free_slot;
+}
+
+/* tokens: 0 counted in the process only, 1 also under its address */
+int edge_limit_connect(edge_limit_t *self, const struct sockaddr *peer)
+{
+    uint64_t h = self->conn_per_peer > 0 ? s_peer_hash(self, peer) : 0;
+    int token = -1;
+    pthread_mutex_lock(&self->peers_lock);
+    if (self->conn_max <= 0 || self->conns < self->conn_max) {
+        /* no slot at all (thousands of addresses at once): the process's cap alone */
+        s_peer_t *slot = h ? s_peer_slot(self, h, true) : NULL;
+        if (!slot)
+            token = 0;
+        else if (slot->count < self->conn_per_peer) {
+            slot->count++;
+            token = 1;
+        }
+        if (token >= 0)
+            self->conns++;
+    }
+    pthread_mutex_unlock(&self->peers_lock);
+    return token;
+}
+
+void edge_limit_disconnect(edge_limit_t *self, const struct sockaddr *peer, int token)
+{
+    uint64_t h = token == 1 ? s_peer_hash(self, peer) : 0;
+    pthread_mutex_lock(&self->peers_lock);
+    self->conns--;
+    s_peer_t *slot = h ? s_peer_slot(self, h, false) : NULL;
+    if (slot && --slot->count <= 0)
+        slot->hash = 0;
+    pthread_mutex_unlock(&self->peers_lock);
+}
+
+int64_t edge_limit_open_connections(edge_limit_t *self)
+{
+    pthread_mutex_lock(&self->peers_lock);
+    int64_t n = self->conns;
+    pthread_mutex_unlock(&self->peers_lock);
+    return n;
 }
 
 /* An address (4 or 16 bytes) from text. Returns its length or 0. */
@@ -338,6 +450,43 @@ int edge_limit_test(bool verbose)
     FB_ASSERT(memcmp(out, &direct.sin_addr, 4) == 0); /* an untrusted peer's header is ignored */
     FB_ASSERT(edge_limit_client(l, (struct sockaddr *)&proxy, "junk", 4, out) == 4);
     FB_ASSERT(memcmp(out, &proxy.sin_addr, 4) == 0);
+
+    /* connections: two per address (an IPv6 /64, an IPv4-mapped one as IPv4), a trusted proxy
+     * uncapped, five in all */
+    edge_limit_connections(l, 5, 2);
+    struct sockaddr_in6 v6a = {.sin6_family = AF_INET6}, v6b = {.sin6_family = AF_INET6},
+                        v6c = {.sin6_family = AF_INET6}, mapped = {.sin6_family = AF_INET6};
+    inet_pton(AF_INET6, "2001:db8:1:2::1", &v6a.sin6_addr);
+    inet_pton(AF_INET6, "2001:db8:1:2:ffff::9", &v6b.sin6_addr); /* the same /64 */
+    inet_pton(AF_INET6, "2001:db8:1:3::1", &v6c.sin6_addr);      /* another */
+    inet_pton(AF_INET6, "::ffff:192.0.2.7", &mapped.sin6_addr);  /* direct's address */
+    const struct sockaddr *sa_direct = (const struct sockaddr *)&direct,
+                          *sa_mapped = (const struct sockaddr *)&mapped,
+                          *sa_proxy = (const struct sockaddr *)&proxy;
+    int t1 = edge_limit_connect(l, sa_direct), t2 = edge_limit_connect(l, sa_mapped);
+    FB_ASSERT(t1 == 1 && t2 == 1);
+    FB_ASSERT(edge_limit_connect(l, sa_direct) == -1);
+    int t3 = edge_limit_connect(l, (const struct sockaddr *)&v6a),
+        t4 = edge_limit_connect(l, (const struct sockaddr *)&v6b);
+    FB_ASSERT(t3 == 1 && t4 == 1);
+    FB_ASSERT(edge_limit_connect(l, (const struct sockaddr *)&v6c) == 1); /* five open */
+    FB_ASSERT(edge_limit_open_connections(l) == 5);
+    FB_ASSERT(edge_limit_connect(l, sa_proxy) == -1); /* the process's cap binds a proxy too */
+    edge_limit_disconnect(l, (const struct sockaddr *)&v6c, 1);
+    int tp = edge_limit_connect(l, sa_proxy);
+    FB_ASSERT(tp == 0); /* a trusted proxy is not counted under its address */
+    edge_limit_disconnect(l, sa_proxy, tp);
+    FB_ASSERT(edge_limit_connect(l, (const struct sockaddr *)&v6b) == -1); /* its /64 is full */
+    edge_limit_disconnect(l, (const struct sockaddr *)&v6a, t3);
+    t3 = edge_limit_connect(l, (const struct sockaddr *)&v6b);
+    FB_ASSERT(t3 == 1);
+    edge_limit_disconnect(l, sa_direct, t1);
+    edge_limit_disconnect(l, sa_mapped, t2);
+    edge_limit_disconnect(l, (const struct sockaddr *)&v6b, t3);
+    edge_limit_disconnect(l, (const struct sockaddr *)&v6b, t4);
+    FB_ASSERT(edge_limit_open_connections(l) == 0);
+    for (int i = 0; i < 2; i++)
+        FB_ASSERT(edge_limit_connect(l, sa_direct) == 1); /* its slot freed and taken again */
     edge_limit_destroy(&l);
     FB_ASSERT(!l);
     return 0;

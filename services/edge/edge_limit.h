@@ -37,6 +37,21 @@ int64_t edge_limit_take(edge_limit_t *self, int kind, const void *who, size_t le
 bool edge_limit_enter(edge_limit_t *self, int64_t key_id);
 void edge_limit_leave(edge_limit_t *self, int64_t key_id);
 
+/* edge_limit_connections - caps on open client connections: max in the
+ * whole process, per_peer from one address (an IPv4 address, or an IPv6 /64:
+ * one host's usual share) unless it is a trusted proxy. 0 turns a cap off.
+ * Set before the workers start. */
+void edge_limit_connections(edge_limit_t *self, int64_t max, int64_t per_peer);
+
+/* edge_limit_connect - count a new connection from peer. Returns -1 when a
+ * cap is reached (the connection is to be closed), else a token for
+ * edge_limit_disconnect, which must follow when it closes. */
+int edge_limit_connect(edge_limit_t *self, const struct sockaddr *peer);
+void edge_limit_disconnect(edge_limit_t *self, const struct sockaddr *peer, int token);
+
+/* edge_limit_open_connections - the connections counted now. */
+int64_t edge_limit_open_connections(edge_limit_t *self);
+
 /* edge_limit_trust - the proxies whose X-Forwarded-For names the client: a
  * comma-separated list of addresses or CIDR blocks (IPv4 or IPv6, at most
  * 16). Returns 0, or -1 with the offending entry in err. self may be NULL to

@@ -1,5 +1,6 @@
 /* edge_metrics - per-worker counters, summed at scrape time. */
 #include "edge_metrics.h"
+#include "edge_limit.h"
 #include "fb_http.h"
 #include "fb_util.h"
 
@@ -40,6 +41,7 @@ struct edge_metrics_t {
     s_hist_t journal_sync[2]; /* ok, failed */
     uint64_t journal_synced_calls;
     int64_t open_streams;
+    uint64_t conns_refused;
 };
 
 static __thread edge_metrics_t *s_mine;
@@ -172,6 +174,13 @@ void edge_metrics_journal_sync(int64_t us, bool ok, size_t calls)
         ADD(m->journal_synced_calls, calls);
 }
 
+void edge_metrics_connection_refused(void)
+{
+    edge_metrics_t *m = s_mine;
+    if (m)
+        ADD(m->conns_refused, 1);
+}
+
 void edge_metrics_streams(int delta)
 {
     edge_metrics_t *m = s_mine;
@@ -250,7 +259,7 @@ static void s_render(const edge_t *edge, fb_buf_t *b)
     memset(rpc, 0, sizeof(rpc));
     uint64_t failures[2] = {0}, fallbacks[2] = {0}, money[EDGE_MONEY_KINDS] = {0},
              idem[EDGE_IDEM_KINDS] = {0}, keys[EDGE_KEY_KINDS] = {0}, slices[EDGE_SLICE_KINDS] = {0},
-             in_flight = 0, journal_synced_calls = 0;
+             in_flight = 0, journal_synced_calls = 0, conns_refused = 0;
     int64_t streams = 0;
     for (int w = 0; w < edge->worker_count; w++) {
         edge_worker_t *wk = edge->workers[w];
@@ -280,6 +289,7 @@ static void s_render(const edge_t *edge, fb_buf_t *b)
             s_sum_hist(&journal_sync[k], &m->journal_sync[k]);
         journal_synced_calls += GET(m->journal_synced_calls);
         streams += GET(m->open_streams);
+        conns_refused += GET(m->conns_refused);
         in_flight += GET(wk->active_requests);
     }
     s_printf(b, "# HELP farebox_edge_requests_total HTTP requests answered, by route and status.\n"
@@ -366,6 +376,14 @@ static void s_render(const edge_t *edge, fb_buf_t *b)
              "# HELP farebox_edge_open_streams Streams being answered now.\n# TYPE farebox_edge_open_streams "
              "gauge\nfarebox_edge_open_streams %" PRId64 "\n",
              streams);
+    s_printf(b,
+             "# HELP farebox_edge_connections_open Client connections open now.\n"
+             "# TYPE farebox_edge_connections_open gauge\nfarebox_edge_connections_open %" PRId64 "\n"
+             "# HELP farebox_edge_connections_refused_total Client connections closed as they came, over "
+             "FAREBOX_HTTP_MAX_CONNECTIONS or its per-address cap.\n"
+             "# TYPE farebox_edge_connections_refused_total counter\n"
+             "farebox_edge_connections_refused_total %" PRIu64 "\n",
+             edge->limits ? edge_limit_open_connections(edge->limits) : 0, conns_refused);
     s_printf(b,
              "# HELP farebox_edge_requests_in_flight Requests received and not finished (paid calls until "
              "their money is resolved).\n# TYPE farebox_edge_requests_in_flight gauge\n"

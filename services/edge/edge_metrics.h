@@ -78,6 +78,7 @@ void edge_metrics_upstream_fallback(int provider);
 void edge_metrics_rpc(const void *client, int64_t us);
 void edge_metrics_money(edge_money_t kind, int64_t micro);
 void edge_metrics_streams(int delta);
+void edge_metrics_connection_refused(void);
 void edge_metrics_idem(edge_idem_outcome_t outcome);
 void edge_metrics_key(edge_key_outcome_t outcome);
 void edge_metrics_slice(edge_slice_outcome_t outcome);

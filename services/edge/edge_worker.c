@@ -2,6 +2,7 @@
 #include "edge_worker.h"
 #include "edge_auth.h"
 #include "edge_chat.h"
+#include "edge_limit.h"
 #include "edge_metrics.h"
 #include "edge_purse.h"
 #include "edge_x402.h"
@@ -101,6 +102,22 @@ static void s_on_wake(uv_async_t *h)
     s_begin_stop(h->data);
 }
 
+/* A client connection is taken under the process's caps (edge_limit). */
+static int s_admit(void *arg, const struct sockaddr *peer)
+{
+    edge_worker_t *self = arg;
+    int token = edge_limit_connect(self->edge->limits, peer);
+    if (token < 0)
+        edge_metrics_connection_refused();
+    return token;
+}
+
+static void s_left(void *arg, const struct sockaddr *peer, int token)
+{
+    edge_worker_t *self = arg;
+    edge_limit_disconnect(self->edge->limits, peer, token);
+}
+
 edge_worker_t *edge_worker_new(edge_t *edge, int index, char *err, size_t errlen)
 {
     edge_worker_t *self = fb_calloc(1, sizeof(*self));
@@ -118,6 +135,9 @@ edge_worker_t *edge_worker_new(edge_t *edge, int index, char *err, size_t errlen
     self->drain.data = self;
     h2o_context_init(&self->ctx, self->loop, &edge->h2o);
     fb_http_conns_init(&self->conns);
+    self->conns.admit = s_admit;
+    self->conns.left = s_left;
+    self->conns.arg = self;
     self->accept_plain.ctx = &self->ctx;
     self->accept_plain.hosts = edge->h2o.hosts;
     self->accept_tls = self->accept_plain;

@@ -154,6 +154,11 @@ static const fb_config_var_t s_vars[] = {
      "x402: a paid call's first byte waits for its transfer's receipt (confirmed), or only for the transfer "
      "to be sent, its hash in PAYMENT-RESPONSE (broadcast: faster; a payer who empties the wallet first is "
      "served unpaid)"},
+    {"FAREBOX_HTTP_MAX_CONNECTIONS", FB_CFG_INT, "16384", 0, 10000000, NULL, NULL,
+     "client connections the edge keeps open at once; more are closed as they come (0: no cap)"},
+    {"FAREBOX_HTTP_MAX_CONNECTIONS_PER_IP", FB_CFG_INT, "256", 0, 10000000, NULL, NULL,
+     "client connections one address (an IPv6 /64) may have open at once; trusted proxies are not "
+     "capped (0: no cap)"},
     {"FAREBOX_RATE_IP_PER_S", FB_CFG_INT, "100", 0, 1000000, NULL, NULL,
      "requests per second one client IP may make, sustained (0: no limit)"},
     {"FAREBOX_RATE_IP_BURST", FB_CFG_INT, "200", 1, 10000000, NULL, NULL, "... and in a burst"},
@@ -411,6 +416,8 @@ int main(int argc, char **argv)
                                  edge.key_concurrency);
     FB_ASSERT(
         edge_limit_trust(edge.limits, fb_config_str(cfg, "FAREBOX_TRUSTED_PROXIES"), err, sizeof(err)) == 0);
+    edge_limit_connections(edge.limits, fb_config_int(cfg, "FAREBOX_HTTP_MAX_CONNECTIONS"),
+                           fb_config_int(cfg, "FAREBOX_HTTP_MAX_CONNECTIONS_PER_IP"));
     edge.upstream_timeout_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_UPSTREAM_TIMEOUT_MS");
     edge.upstream_connect_ms = (uint32_t)fb_config_int(cfg, "FAREBOX_UPSTREAM_CONNECT_MS");
     edge.upstream_keepalive = (size_t)fb_config_int(cfg, "FAREBOX_UPSTREAM_KEEPALIVE");

@@ -4,11 +4,12 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
+import net from "node:net";
 import path from "node:path";
 import { freePort, startService, tmpDir, waitUntil, run, stopAll } from "../lib/harness.mjs";
 import { startPostgres } from "../lib/pg.mjs";
 
-let pg, db, ledger, verifier, edge, dir, httpPort, httpsPort, ledgerBind;
+let pg, db, ledger, verifier, edge, dir, httpPort, httpsPort, ledgerBind, verifierBind;
 const SECRET = "0123456789abcdef0123456789abcdef-http-test";
 
 function curl(args) {
@@ -39,7 +40,8 @@ before(async () => {
   const lp = await freePort(), vp = await freePort();
   ledgerBind = `tcp://127.0.0.1:${lp}`;
   ledger = await startService("ledger", { FAREBOX_RPC_BIND: ledgerBind, FAREBOX_DATABASE_URL: db.url, FAREBOX_KEY_HMAC_SECRET: SECRET });
-  verifier = await startService("verifier", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${vp}`, FAREBOX_LEDGER_ENDPOINT: ledgerBind });
+  verifierBind = `tcp://127.0.0.1:${vp}`;
+  verifier = await startService("verifier", { FAREBOX_RPC_BIND: verifierBind, FAREBOX_LEDGER_ENDPOINT: ledgerBind });
   httpPort = await freePort();
   httpsPort = await freePort();
   edge = await startService("edge", {
@@ -139,4 +141,52 @@ test("/readyz is ready with the ledger and verifier, unready without the ledger,
   // over HTTP/2 as well
   const h2 = get(url, ["--http2-prior-knowledge"]);
   assert.equal(h2.status, 200);
+});
+
+// Connections are capped: per address (here 3) and in all, a connection over the cap closed as it
+// comes and counted; one closing makes room.
+test("connections over FAREBOX_HTTP_MAX_CONNECTIONS_PER_IP are closed as they come, and counted", async () => {
+  const port = await freePort();
+  const capped = await startService("edge", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`,
+    FAREBOX_HTTP_LISTEN: `127.0.0.1:${port}`, FAREBOX_LEDGER_ENDPOINT: ledgerBind, FAREBOX_VERIFIER_ENDPOINT: verifierBind,
+    FAREBOX_HTTP_MAX_CONNECTIONS_PER_IP: "3", FAREBOX_EDGE_THREADS: "2" });
+  const open = () => new Promise((resolve) => {
+    const sock = net.connect(port, "127.0.0.1");
+    let data = "";
+    sock.on("data", (d) => { data += d; });
+    sock.on("error", () => {});
+    sock.on("close", () => { sock.closedWith = data; });
+    sock.ask = (pathName) => new Promise((res) => {
+      const before = data.length;
+      sock.write(`GET ${pathName} HTTP/1.1\r\nHost: x\r\n\r\n`);
+      const check = setInterval(() => {
+        if (data.length > before || sock.closedWith !== undefined) { clearInterval(check); res(data.slice(before)); }
+      }, 20);
+    });
+    sock.on("connect", () => resolve(sock));
+  });
+  try {
+    const held = [];
+    for (let i = 0; i < 3; i++) {
+      const s = await open();
+      assert.match(await s.ask("/healthz"), /^HTTP\/1.1 200/);
+      held.push(s);
+    }
+    const over = await open();
+    await waitUntil(() => over.closedWith !== undefined, { what: "the fourth connection closed", timeoutMs: 5000 });
+    assert.equal(over.closedWith, "", "nothing answered");
+    held.pop().destroy();
+    let metrics = "";
+    await waitUntil(async () => {
+      const s = await open();
+      metrics = await s.ask("/metrics");
+      s.destroy();
+      return /^HTTP\/1.1 200/.test(metrics);
+    }, { what: "room for a new connection", timeoutMs: 5000 });
+    assert.match(metrics, /^farebox_edge_connections_refused_total [1-9]/m);
+    assert.match(metrics, /^farebox_edge_connections_open [1-9]/m);
+    for (const s of held) s.destroy();
+  } finally {
+    assert.equal((await capped.stop()).code, 0);
+  }
 });
