@@ -847,12 +847,16 @@ static int s_on_event(void *arg, const edge_sse_event_t *ev)
                 forward = false;
             }
         }
-        if (forward && c->reverse && json_is_object(d))
-            edge_rev_stream_chunk(&c->rev, d, &c->out);
-        else if (forward && !c->reverse)
+        int rc = 0;
+        if (forward && c->reverse && json_is_object(d) && edge_rev_stream_chunk(&c->rev, d, &c->out) != 0) {
+            snprintf(c->up_error, sizeof(c->up_error),
+                     "the provider's stream made more than %d tool calls or content blocks", EDGE_REV_TOOLS);
+            rc = -1;
+        } else if (forward && !c->reverse) {
             fb_buf_append(&c->out, ev->raw, ev->raw_len);
+        }
         json_decref(d);
-        return 0;
+        return rc;
     }
     json_t *d = json_loadb(ev->data, ev->data_len, JSON_ALLOW_NUL, &jerr);
     if (json_is_object(d)) {

@@ -367,7 +367,14 @@ int edge_rev_stream_chunk(edge_rev_stream_t *st, json_t *chunk, fb_buf_t *out)
     json_t *choice = json_array_get(json_object_get(chunk, "choices"), 0);
     json_t *delta = json_object_get(choice, "delta");
     json_t *text = json_object_get(delta, "content");
+    /* each tool call entry may open a block: a chunk carries at most the
+     * calls an answer may make, and an answer at most that many blocks (text
+     * between them included) */
+    if (json_array_size(json_object_get(delta, "tool_calls")) > EDGE_REV_TOOLS)
+        return -1;
     if (json_is_string(text) && json_string_length(text)) {
+        if ((st->block < 0 || st->tool_of_block >= 0) && st->next_block >= EDGE_REV_BLOCKS)
+            return -1;
         if (st->block < 0 || st->tool_of_block >= 0) {
             s_close_block(st, out);
             st->block = st->next_block++;
@@ -386,6 +393,8 @@ int edge_rev_stream_chunk(edge_rev_stream_t *st, json_t *chunk, fb_buf_t *out)
         int tool = (int)json_integer_value(json_object_get(call, "index"));
         json_t *fn = json_object_get(call, "function");
         if (st->block < 0 || st->tool_of_block != tool) {
+            if (st->next_block >= EDGE_REV_BLOCKS)
+                return -1;
             s_close_block(st, out);
             st->block = st->next_block++;
             st->tool_of_block = tool;
@@ -492,6 +501,32 @@ int edge_reverse_test(bool verbose)
     FB_ASSERT(strstr(buf.data, "\"stop_reason\":\"tool_use\""));
     FB_ASSERT(strstr(buf.data, "\"output_tokens\":6"));
     FB_ASSERT(strstr(buf.data, "event: message_stop"));
+    fb_buf_free(&buf);
+
+    /* a provider's stream opening block after block is broken off at the
+     * cap, and one chunk cannot carry more calls than an answer may make */
+    edge_rev_stream_init(&st, "gpt");
+    int opened = 0, rc = 0;
+    for (int i = 0; rc == 0 && i < 1000; i++) {
+        char text[160];
+        snprintf(text, sizeof(text),
+                 "{\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":%d,\"id\":\"t\",\"function\":{"
+                 "\"name\":\"f\",\"arguments\":\"{}\"}}]}}]}",
+                 i % 2);
+        json_t *c = s_json(text);
+        if ((rc = edge_rev_stream_chunk(&st, c, &buf)) == 0)
+            opened++;
+        json_decref(c);
+    }
+    FB_ASSERT(rc == -1 && opened == EDGE_REV_BLOCKS);
+    fb_buf_free(&buf);
+    edge_rev_stream_init(&st, "gpt");
+    json_t *calls = json_array();
+    for (int i = 0; i <= EDGE_REV_TOOLS; i++)
+        json_array_append_new(calls, json_pack("{si s{ss}}", "index", 0, "function", "arguments", "x"));
+    json_t *many = json_pack("{s[{s{so}}]}", "choices", "delta", "tool_calls", calls);
+    FB_ASSERT(edge_rev_stream_chunk(&st, many, &buf) == -1);
+    json_decref(many);
     fb_buf_free(&buf);
     return 0;
 }

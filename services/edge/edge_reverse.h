@@ -26,7 +26,8 @@ json_t *edge_rev_response(json_t *openai, const char *model);
 /* edge_rev_stop_reason - Anthropic's stop_reason for a finish_reason. */
 const char *edge_rev_stop_reason(const char *finish_reason);
 
-#define EDGE_REV_TOOLS 64 /* tool calls one streamed answer may make */
+#define EDGE_REV_TOOLS  64                       /* tool calls one streamed answer may make */
+#define EDGE_REV_BLOCKS (2 * EDGE_REV_TOOLS + 1) /* its content blocks: text between the calls */
 
 typedef struct {
     char id[128];
@@ -44,7 +45,9 @@ typedef struct {
 void edge_rev_stream_init(edge_rev_stream_t *st, const char *model);
 
 /* edge_rev_stream_chunk - one OpenAI chunk (parsed), or NULL for "[DONE]",
- * as Anthropic events appended to out. Returns 0. */
+ * as Anthropic events appended to out. Returns 0, or -1 for a chunk with
+ * more tool calls than EDGE_REV_TOOLS, or one opening more content blocks
+ * than an answer may have (the stream is then broken off). */
 int edge_rev_stream_chunk(edge_rev_stream_t *st, json_t *chunk, fb_buf_t *out);
 
 int edge_reverse_test(bool verbose);

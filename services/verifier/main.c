@@ -21,6 +21,11 @@
 #include <stdio.h>
 #include <string.h>
 
+/* The verifier's chain calls answer a few kilobytes (a latest block's header
+ * with its transaction hashes at most): a larger answer is a broken node, not
+ * parsed (a JSON document takes ~20 times its text in memory). */
+#define CHAIN_ANSWER_MAX (2u << 20)
+
 static int s_check_key_hex(const char *value, char *err, size_t errlen)
 {
     uint8_t k[32];
@@ -161,7 +166,8 @@ static void s_config_evm(verifier_t *v, const fb_config_t *cfg)
     }
     fb_jsonrpc_config_t rc = {.chain = e->caip2,
                               .urls = fb_config_str(cfg, "FAREBOX_EVM_RPC_URLS"),
-                              .timeout_ms = v->chain_timeout_ms};
+                              .timeout_ms = v->chain_timeout_ms,
+                              .max_response = CHAIN_ANSWER_MAX};
     char err[256];
     e->rpc = fb_jsonrpc_new(v->loop, &rc, err, sizeof(err));
     if (!e->rpc)
@@ -202,7 +208,8 @@ static void s_config_svm(verifier_t *v, const fb_config_t *cfg)
     }
     fb_jsonrpc_config_t rc = {.chain = s->caip2,
                               .urls = fb_config_str(cfg, "FAREBOX_SOLANA_RPC_URLS"),
-                              .timeout_ms = v->chain_timeout_ms};
+                              .timeout_ms = v->chain_timeout_ms,
+                              .max_response = CHAIN_ANSWER_MAX};
     char err[256];
     s->rpc = fb_jsonrpc_new(v->loop, &rc, err, sizeof(err));
     if (!s->rpc)
