@@ -10,6 +10,7 @@
 
 typedef struct {
     const unsigned char *p, *end;
+    uint64_t objects; /* left to read: each becomes a msgpack_object when unpacked */
 } s_cursor_t;
 
 static int s_need(s_cursor_t *c, uint64_t n)
@@ -58,8 +59,9 @@ static int s_walk_items(s_cursor_t *c, uint64_t count, int depth)
 
 static int s_walk(s_cursor_t *c, int depth)
 {
-    if (s_need(c, 1) != 0)
+    if (s_need(c, 1) != 0 || c->objects == 0)
         return -1;
+    c->objects--;
     unsigned char t = *c->p++;
     uint64_t n;
     if (t <= 0x7f || t >= 0xe0)
@@ -117,7 +119,7 @@ int fb_mp_check(const char *buf, size_t len, int max_depth)
 {
     if (buf == NULL || len == 0)
         return -1;
-    s_cursor_t c = {(const unsigned char *)buf, (const unsigned char *)buf + len};
+    s_cursor_t c = {(const unsigned char *)buf, (const unsigned char *)buf + len, FB_MP_MAX_OBJECTS};
     if (s_walk(&c, max_depth) != 0)
         return -1;
     return c.p == c.end ? 0 : -1;
@@ -498,6 +500,17 @@ int fb_msgpack_test(bool verbose)
     FB_ASSERT(fb_mp_check(deep, sizeof(deep), FB_MP_MAX_DEPTH) != 0);
     FB_ASSERT(fb_mp_check(deep, sizeof(deep), 32) == 0);
     FB_ASSERT(fb_mp_check(NULL, 0, 4) != 0);
+    /* an array of FB_MP_MAX_OBJECTS - 1 empty arrays passes; one more is too many */
+    for (uint32_t extra_one = 0; extra_one <= 1; extra_one++) {
+        uint32_t count = FB_MP_MAX_OBJECTS - 1 + extra_one;
+        char *many = fb_malloc(5 + count);
+        many[0] = (char)0xdd;
+        for (int i = 0; i < 4; i++)
+            many[1 + i] = (char)(count >> (24 - 8 * i));
+        memset(many + 5, 0x90, count);
+        FB_ASSERT((fb_mp_check(many, 5 + count, FB_MP_MAX_DEPTH) == 0) == (extra_one == 0));
+        free(many);
+    }
 
     /* JSON in, msgpack out, JSON back: integers stay exact */
     json_error_t jerr;

@@ -14,9 +14,13 @@
 #include <stdint.h>
 
 #define FB_MP_MAX_DEPTH 16
+/* values one message may hold, keys and elements counted: each unpacks to a
+ * 24-byte msgpack_object, where the smallest takes one byte on the wire */
+#define FB_MP_MAX_OBJECTS (1u << 18)
 
-/* fb_mp_check - validate untrusted msgpack bytes.
- * Returns 0 when buf holds exactly one acceptable object, -1 otherwise. */
+/* fb_mp_check - validate untrusted msgpack bytes: nesting up to max_depth,
+ * at most FB_MP_MAX_OBJECTS values. Returns 0 when buf holds exactly one
+ * acceptable object, -1 otherwise. */
 int fb_mp_check(const char *buf, size_t len, int max_depth);
 
 /* fb_mp_unpack - check, then unpack buf into out using zone for storage.
