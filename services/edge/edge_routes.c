@@ -258,12 +258,13 @@ static bool s_method_matches(const s_route_t *r, h2o_iovec_t method)
     return fb_streq_n(method.base, method.len, r->method);
 }
 
-/* The client IP's token bucket; health checks and metrics are not counted.
- * Returns true when the request may go on (else 429 was answered). */
+/* The client IP's token bucket; /healthz and /metrics (answered from the
+ * edge's memory) are not counted, /readyz (an RPC to the ledger and one to
+ * the verifier) is. Returns true when the request may go on (else 429 was
+ * answered). */
 static bool s_ip_allowed(edge_worker_t *w, h2o_req_t *req, h2o_iovec_t path)
 {
     if (h2o_memis(path.base, path.len, H2O_STRLIT("/healthz")) ||
-        h2o_memis(path.base, path.len, H2O_STRLIT("/readyz")) ||
         h2o_memis(path.base, path.len, H2O_STRLIT("/metrics")))
         return true;
     struct sockaddr_storage sa;

@@ -1015,7 +1015,7 @@ test("a stream whose provider fails after a role-only first chunk failed before 
 });
 
 test("rate limits per IP and per key, and the in-flight cap per key: 429 with Retry-After, nothing charged", async () => {
-  // per IP: a burst of 2, then one a second; health checks are not counted
+  // per IP: a burst of 2, then one a second; /healthz is not counted
   const ipEdge = await startEdge({ FAREBOX_RATE_IP_PER_S: "1", FAREBOX_RATE_IP_BURST: "2" });
   const codes = [];
   for (let i = 0; i < 3; i++) codes.push((await fetch(`${ipEdge}/v1/models`)).status);
@@ -1024,6 +1024,8 @@ test("rate limits per IP and per key, and the in-flight cap per key: 429 with Re
   assert.equal(limited.status, 429);
   assert.ok(Number(limited.headers.get("retry-after")) >= 1);
   assert.equal((await limited.json()).error.code, "rate_limited");
+  // /readyz asks the ledger and the verifier: counted like any call; /healthz is not
+  assert.equal((await fetch(`${ipEdge}/readyz`)).status, 429);
   assert.equal((await fetch(`${ipEdge}/healthz`)).status, 200);
   const anthropicShape = await fetch(`${ipEdge}/v1/messages`, { method: "POST", body: "{}" });
   assert.equal((await anthropicShape.json()).error.type, "rate_limit_error");
