@@ -251,7 +251,13 @@ json_t *edge_tr_request(json_t *in, const char *upstream_model, int64_t max_toke
         } else if (strcmp(role, "system") == 0 || strcmp(role, "developer") == 0) {
             rc = s_system_text(content, sys, err, errlen);
         } else if (strcmp(role, "user") == 0) {
-            rc = s_content(content, s_message_for(msgs, "user"), err, errlen);
+            /* an empty one is left out: Anthropic refuses a message with no
+             * content, and joins the turns around it */
+            json_t *blocks = json_array();
+            rc = s_content(content, blocks, err, errlen);
+            if (rc == 0 && json_array_size(blocks) > 0)
+                json_array_extend(s_message_for(msgs, "user"), blocks);
+            json_decref(blocks);
         } else if (strcmp(role, "assistant") == 0) {
             json_t *blocks = json_array();
             rc = s_content(content, blocks, err, errlen);
@@ -657,6 +663,14 @@ int edge_translate_test(bool verbose)
     json_decref(out);
     json_decref(in);
     FB_ASSERT(strcmp(edge_tr_finish_reason("model_context_window_exceeded"), "length") == 0);
+    /* an empty user message is left out */
+    in = s_json(
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"\"},{\"role\":\"assistant\",\"content\":\"a\"},"
+        "{\"role\":\"user\",\"content\":\"b\"}]}");
+    out = edge_tr_request(in, "m", 10, err, sizeof(err));
+    FB_ASSERT(out && json_array_size(json_object_get(out, "messages")) == 2);
+    json_decref(out);
+    json_decref(in);
 
     /* refusals */
     const char *bad[] = {
