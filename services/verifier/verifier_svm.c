@@ -595,6 +595,24 @@ static void s_track_sent(void *arg, json_t *result, const char *error, int64_t c
     s_track_free(arg);
 }
 
+/* Sends the settlement's recorded transaction (again); t is done with. */
+static void s_track_send(s_track_t *t)
+{
+    fb_jsonrpc_call(t->v->svm.rpc, "sendTransaction",
+                    json_pack("[s {ss sb}]", t->raw, "encoding", "base64", "skipPreflight", 1), s_track_sent,
+                    t);
+}
+
+/* The endpoint's height from a getBlockHeight answer; when there is none,
+ * t is freed (the next round asks again) and -1 returned. */
+static int64_t s_track_height_of(s_track_t *t, json_t *result, const char *error)
+{
+    int64_t height = error ? -1 : s_height(result);
+    if (height < 0)
+        s_track_free(t);
+    return height;
+}
+
 static void s_track_status(void *arg, json_t *result, const char *error, int64_t code, const char *message)
 {
     FB_UNUSED(code);
@@ -620,9 +638,7 @@ static void s_track_status(void *arg, json_t *result, const char *error, int64_t
         s_track_record(t, "failed", "invalid_exact_svm_blockhash_expired");
         return;
     }
-    fb_jsonrpc_call(t->v->svm.rpc, "sendTransaction",
-                    json_pack("[s {ss sb}]", t->raw, "encoding", "base64", "skipPreflight", 1), s_track_sent,
-                    t);
+    s_track_send(t);
 }
 
 static void s_track_statuses(s_track_t *t)
@@ -636,11 +652,9 @@ static void s_track_height(void *arg, json_t *result, const char *error, int64_t
     FB_UNUSED(code);
     FB_UNUSED(message);
     s_track_t *t = arg;
-    int64_t height = error ? -1 : s_height(result);
-    if (height < 0) {
-        s_track_free(t);
+    int64_t height = s_track_height_of(t, result, error);
+    if (height < 0)
         return;
-    }
     t->expired = height > t->last_valid;
     if (!t->expired)
         fb_log(FB_LOG_INFO, NULL,
@@ -706,9 +720,7 @@ static void s_unsigned_recorded(void *arg, const fb_rpc_reply_t *reply)
     fb_log(FB_LOG_INFO, NULL,
            "unsigned settlement found; its replica stopped before sending it: recorded and sent",
            "network=%s tx=%s id=%lld", t->v->svm.caip2, t->sig, (long long)t->id);
-    fb_jsonrpc_call(t->v->svm.rpc, "sendTransaction",
-                    json_pack("[s {ss sb}]", t->raw, "encoding", "base64", "skipPreflight", 1), s_track_sent,
-                    t);
+    s_track_send(t);
 }
 
 static void s_unsigned_height(void *arg, json_t *result, const char *error, int64_t code, const char *message)
@@ -716,11 +728,9 @@ static void s_unsigned_height(void *arg, json_t *result, const char *error, int6
     FB_UNUSED(code);
     FB_UNUSED(message);
     s_track_t *t = arg;
-    int64_t height = error ? -1 : s_height(result);
-    if (height < 0) {
-        s_track_free(t);
+    int64_t height = s_track_height_of(t, result, error);
+    if (height < 0)
         return;
-    }
     json_t *body = json_pack("{sI ss ss sI}", "settlement_id", (json_int_t)t->id, "tx_hash", t->sig, "raw_tx",
                              t->raw, "last_valid_height", (json_int_t)(height + VALID_BLOCKS_MARGIN));
     verifier_ledger_call(t->v, "ledger.settlement_signed", body, true, NULL, s_unsigned_recorded, t);
