@@ -17,23 +17,23 @@ static const char s_builtin[] =
     "{\"id\":\"gpt-4o-mini\",\"provider\":\"openai\",\"display_name\":\"GPT-4o mini\","
     "\"aliases\":[\"openai/"
     "gpt-4o-mini\"],\"input_price\":150000,\"cache_read_price\":75000,\"output_price\":600000,"
-    "\"context_tokens\":128000,\"max_output_tokens\":16384},"
+    "\"context_tokens\":128000,\"max_output_tokens\":16384,\"image_tokens\":48169},"
     "{\"id\":\"gpt-4o\",\"provider\":\"openai\",\"display_name\":\"GPT-4o\","
     "\"aliases\":[\"openai/gpt-4o\"],\"input_price\":2500000,\"cache_read_price\":1250000,"
     "\"output_price\":10000000,"
-    "\"context_tokens\":128000,\"max_output_tokens\":16384},"
+    "\"context_tokens\":128000,\"max_output_tokens\":16384,\"image_tokens\":1445},"
     "{\"id\":\"gpt-4.1-mini\",\"provider\":\"openai\",\"display_name\":\"GPT-4.1 mini\","
     "\"aliases\":[\"openai/gpt-4.1-mini\"],\"input_price\":400000,\"cache_read_price\":100000,"
     "\"output_price\":1600000,"
-    "\"context_tokens\":1047576,\"max_output_tokens\":32768},"
+    "\"context_tokens\":1047576,\"max_output_tokens\":32768,\"image_tokens\":2489},"
     "{\"id\":\"claude-3-5-haiku-20241022\",\"provider\":\"anthropic\",\"display_name\":\"Claude Haiku 3.5\","
     "\"aliases\":[\"claude-3-5-haiku-latest\",\"anthropic/claude-3.5-haiku\"],\"input_price\":800000,"
     "\"cache_read_price\":80000,\"cache_write_price\":1000000,\"output_price\":4000000,"
-    "\"context_tokens\":200000,\"max_output_tokens\":8192},"
+    "\"context_tokens\":200000,\"max_output_tokens\":8192,\"image_tokens\":1600},"
     "{\"id\":\"claude-sonnet-4-20250514\",\"provider\":\"anthropic\",\"display_name\":\"Claude Sonnet 4\","
     "\"aliases\":[\"claude-sonnet-4-0\",\"anthropic/claude-sonnet-4\"],\"input_price\":3000000,"
     "\"cache_read_price\":300000,\"cache_write_price\":3750000,\"output_price\":15000000,"
-    "\"context_tokens\":200000,\"max_output_tokens\":64000}"
+    "\"context_tokens\":200000,\"max_output_tokens\":64000,\"image_tokens\":1600}"
     "]}";
 
 typedef struct {
@@ -269,7 +269,8 @@ static int s_parse_model(json_t *m, size_t index, const edge_catalog_t *c, edge_
                                         "cache_write_1h_price",
                                         "output_price",
                                         "context_tokens",
-                                        "max_output_tokens"};
+                                        "max_output_tokens",
+                                        "image_tokens"};
     if (s_known_fields(m, known, FB_ARRAY_SIZE(known), "models", index, err, errlen) != 0)
         return -1;
     json_t *v;
@@ -312,7 +313,9 @@ static int s_parse_model(json_t *m, size_t index, const edge_catalog_t *c, edge_
         s_int_field(m, "context_tokens", 1, EDGE_TOKENS_MAX, true, &out->context_tokens, out->id, err,
                     errlen) != 0 ||
         s_int_field(m, "max_output_tokens", 1, EDGE_TOKENS_MAX, true, &out->max_output_tokens, out->id, err,
-                    errlen) != 0)
+                    errlen) != 0 ||
+        s_int_field(m, "image_tokens", 1, EDGE_TOKENS_MAX, false, &out->image_tokens, out->id, err, errlen) !=
+            0)
         return -1;
     if (out->cache_read_price < 0)
         out->cache_read_price = out->input_price;
@@ -325,6 +328,8 @@ static int s_parse_model(json_t *m, size_t index, const edge_catalog_t *c, edge_
                       out->id);
     if (out->max_output_tokens > out->context_tokens)
         return s_fail(err, errlen, "model \"%s\": max_output_tokens is above context_tokens", out->id);
+    if (out->image_tokens > out->context_tokens)
+        return s_fail(err, errlen, "model \"%s\": image_tokens is above context_tokens", out->id);
     json_t *aliases = json_object_get(m, "aliases");
     if (aliases && (!json_is_array(aliases) || json_array_size(aliases) > EDGE_MODEL_ALIASES))
         return s_fail(err, errlen, "model \"%s\": aliases must be a list of at most %d names", out->id,
@@ -411,6 +416,12 @@ static json_t *s_aliases_json(const edge_model_t *m)
     return a;
 }
 
+/* The most one image costs, or null when the catalog does not say. */
+static json_t *s_image_json(const edge_model_t *m)
+{
+    return m->image_tokens > 0 ? json_integer(m->image_tokens) : json_null();
+}
+
 static const char *s_provider_name(edge_provider_t p)
 {
     return p == EDGE_PROVIDER_ANTHROPIC ? "anthropic" : "openai";
@@ -430,20 +441,21 @@ static void s_prepare(edge_catalog_t *c)
     json_t *openai = json_array(), *anthropic = json_array(), *pricing = json_array();
     for (size_t i = 0; i < c->count; i++) {
         const edge_model_t *m = &c->models[i];
-        json_array_append_new(openai,
-                              json_pack("{ss ss si ss ss so sI sI so}", "id", m->id, "object", "model",
-                                        "created", 0, "owned_by", s_provider_name(m->provider),
-                                        "display_name", m->display_name, "aliases", s_aliases_json(m),
-                                        "context_length", (json_int_t)m->context_tokens, "max_output_tokens",
-                                        (json_int_t)m->max_output_tokens, "pricing", s_price_json(m)));
+        json_array_append_new(
+            openai, json_pack("{ss ss si ss ss so sI sI so so}", "id", m->id, "object", "model", "created", 0,
+                              "owned_by", s_provider_name(m->provider), "display_name", m->display_name,
+                              "aliases", s_aliases_json(m), "context_length", (json_int_t)m->context_tokens,
+                              "max_output_tokens", (json_int_t)m->max_output_tokens, "image_tokens",
+                              s_image_json(m), "pricing", s_price_json(m)));
         json_array_append_new(anthropic,
                               json_pack("{ss ss ss ss}", "type", "model", "id", m->id, "display_name",
                                         m->display_name, "created_at", "1970-01-01T00:00:00Z"));
         json_t *p = s_price_json(m);
         json_object_update_new(
-            p, json_pack("{ss ss so sI sI sI}", "id", m->id, "provider", s_provider_name(m->provider),
+            p, json_pack("{ss ss so sI sI so sI}", "id", m->id, "provider", s_provider_name(m->provider),
                          "aliases", s_aliases_json(m), "context_tokens", (json_int_t)m->context_tokens,
-                         "max_output_tokens", (json_int_t)m->max_output_tokens, "max_output_cost_micro",
+                         "max_output_tokens", (json_int_t)m->max_output_tokens, "image_tokens",
+                         s_image_json(m), "max_output_cost_micro",
                          (json_int_t)edge_cost_micro(m->max_output_tokens, m->output_price)));
         json_array_append_new(pricing, p);
     }
@@ -458,7 +470,9 @@ static void s_prepare(edge_catalog_t *c)
             "micro-USDC per million tokens, costs rounded up to a whole micro-USDC", "quote",
             "a call holds (or, paid with x402, is quoted) ceil(request body bytes x input price / 10^6) (the "
             "model's context_tokens instead of the body bytes when the request has media, inline or by URL, "
-            "documents, audio, files by id or server tools, whose tokens its bytes do not bound; 400 more "
+            "documents, audio, files by id or server tools, whose tokens its bytes do not bound; when its "
+            "only such input is images and the model has image_tokens, the bytes of everything but the "
+            "images' data or URLs plus image_tokens per image, if that is less; 400 more "
             "with tools on an Anthropic model, for the tool prompt that provider adds) + "
             "ceil(n x max_tokens x output price / 10^6), max_tokens being the model's max_output_tokens when "
             "the request sets none and n the choices asked (1 unless set); it is charged ceil(input tokens x "
@@ -681,6 +695,8 @@ int edge_catalog_test(bool verbose)
         {"{\"models\":[{\"id\":\"a\",\"provider\":\"openai\",\"input_price\":1,\"output_price\":1,"
          "\"context_tokens\":10,\"max_output_tokens\":50}]}",
          "above context_tokens"},
+        {"{\"models\":[" M ",\"image_tokens\":11}]}", "image_tokens is above context_tokens"},
+        {"{\"models\":[" M ",\"image_tokens\":0}]}", "image_tokens must be an integer in 1.."},
         {"{\"models\":[{\"id\":\"a\",\"provider\":\"openai\",\"input_price\":1,\"output_price\":1,"
          "\"context_tokens\":10,\"max_output_tokens\":5,\"aliases\":[\"b\"]},"
          "{\"id\":\"b\",\"provider\":\"openai\",\"input_price\":1,\"output_price\":1,"

@@ -52,6 +52,8 @@ typedef struct {
     int64_t cache_write_price;         /* ... of input tokens written to it (Anthropic) */
     int64_t cache_write_1h_price;      /* ... written to it for an hour (Anthropic's "ttl": "1h") */
     int64_t context_tokens, max_output_tokens;
+    int64_t image_tokens; /* the most input tokens one image costs (0: not known, an image makes a
+                           * call's input the whole context) */
     size_t naliases;
     char aliases[EDGE_MODEL_ALIASES][EDGE_MODEL_NAME_MAX + 1];
 } edge_model_t;

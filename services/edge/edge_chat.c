@@ -1944,6 +1944,109 @@ bool edge_chat_input_unbounded(const char *body, size_t len)
     return unbounded;
 }
 
+/* Whether o is an object holding only keys of keys[] (n of them), the first among them. */
+static bool s_only_keys(json_t *o, const char *const *keys, size_t n)
+{
+    if (!json_is_object(o) || !json_object_get(o, keys[0]))
+        return false;
+    const char *k;
+    json_t *v;
+    json_object_foreach(o, k, v)
+    {
+        size_t i = 0;
+        while (i < n && strcmp(k, keys[i]) != 0)
+            i++;
+        if (i == n)
+            return false;
+    }
+    return true;
+}
+
+static bool s_str_is(json_t *v, const char *s)
+{
+    return json_is_string(v) && strcmp(json_string_value(v), s) == 0;
+}
+
+/* Whether part is an image, and nothing else, in a shape a provider reads:
+ * OpenAI's {"type": "image_url", "image_url": {"url", "detail"}} or
+ * Anthropic's {"type": "image", "source": {base64 data, a URL or a file id},
+ * "cache_control"}; *payload: the bytes of its data or URL. */
+static bool s_image_part(json_t *part, size_t *payload)
+{
+    static const char *const openai[] = {"image_url", "type"}, *const image_url[] = {"url", "detail"},
+                             *const anthropic[] = {"source", "type", "cache_control"},
+                             *const base64[] = {"type", "media_type", "data"}, *const url[] = {"type", "url"},
+                             *const file[] = {"type", "file_id"};
+    json_t *type = json_object_get(part, "type");
+    if (s_str_is(type, "image_url") && s_only_keys(part, openai, 2)) {
+        json_t *iu = json_object_get(part, "image_url"), *u = json_object_get(iu, "url"),
+               *detail = json_object_get(iu, "detail");
+        if (!s_only_keys(iu, image_url, 2) || !json_is_string(u) || (detail && !json_is_string(detail)))
+            return false;
+        *payload = json_string_length(u);
+        return true;
+    }
+    if (!s_str_is(type, "image") || !s_only_keys(part, anthropic, 3))
+        return false;
+    json_t *src = json_object_get(part, "source"), *st = json_object_get(src, "type");
+    if (s_str_is(st, "base64") && s_only_keys(src, base64, 3) &&
+        json_is_string(json_object_get(src, "media_type")) && json_is_string(json_object_get(src, "data"))) {
+        *payload = json_string_length(json_object_get(src, "data"));
+        return true;
+    }
+    if (s_str_is(st, "url") && s_only_keys(src, url, 2) && json_is_string(json_object_get(src, "url"))) {
+        *payload = json_string_length(json_object_get(src, "url"));
+        return true;
+    }
+    if (s_str_is(st, "file") && s_only_keys(src, file, 2) &&
+        json_is_string(json_object_get(src, "file_id"))) {
+        *payload = 0;
+        return true;
+    }
+    return false;
+}
+
+/* Replaces by null every image part in an array under v, counting them and
+ * their payloads' bytes. */
+static void s_take_images(json_t *v, size_t *count, size_t *bytes)
+{
+    size_t i, payload;
+    const char *k;
+    json_t *x;
+    if (json_is_array(v)) {
+        json_array_foreach(v, i, x)
+        {
+            if (s_image_part(x, &payload)) {
+                (*count)++;
+                *bytes += payload;
+                json_array_set_new(v, i, json_null());
+            } else {
+                s_take_images(x, count, bytes);
+            }
+        }
+    } else if (json_is_object(v)) {
+        json_object_foreach(v, k, x) s_take_images(x, count, bytes);
+    }
+}
+
+int64_t edge_chat_image_input(const char *body, size_t len, int64_t image_tokens)
+{
+    if (!body || image_tokens <= 0)
+        return -1;
+    json_t *doc = json_loadb(body, len, 0, NULL);
+    size_t count = 0, bytes = 0;
+    s_take_images(doc, &count, &bytes);
+    /* what is left is read as edge_chat_input_unbounded reads an escaped body: its strings as they read */
+    char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+    bool other = !text || s_input_marks(text, strlen(text));
+    free(text);
+    json_decref(doc);
+    if (other || bytes > len)
+        return -1;
+    /* a payload's bytes as it reads are at most its bytes in the body (escapes only lengthen it) */
+    return (int64_t)(len - bytes) + (int64_t)count * image_tokens;
+}
+
 static int s_begin(edge_worker_t *w, h2o_req_t *req, const char *rid, s_route_t route)
 {
     edge_dialect_t dialect = route == ROUTE_MESSAGES ? EDGE_ANTHROPIC
@@ -1967,11 +2070,15 @@ static int s_begin(edge_worker_t *w, h2o_req_t *req, const char *rid, s_route_t 
         c->anthropic_version = s_header_copy(req, "anthropic-version", 64);
         c->anthropic_beta = s_header_copy(req, "anthropic-beta", 512);
     }
-    c->input_estimate = (int64_t)req->entity.len;
-    if (c->tool_prompt)
-        c->input_estimate += ANTHROPIC_TOOL_PROMPT_TOKENS;
-    if (edge_chat_input_unbounded(req->entity.base, req->entity.len) && m->context_tokens > c->input_estimate)
-        c->input_estimate = m->context_tokens; /* the model's whole context: the most input it can take */
+    int64_t tool_prompt = c->tool_prompt ? ANTHROPIC_TOOL_PROMPT_TOKENS : 0;
+    c->input_estimate = (int64_t)req->entity.len + tool_prompt;
+    if (edge_chat_input_unbounded(req->entity.base, req->entity.len)) {
+        /* the model's whole context: the most input it can take; less when only images, of a known
+         * most each, are beyond the bytes */
+        int64_t most = m->context_tokens > c->input_estimate ? m->context_tokens : c->input_estimate;
+        int64_t images = edge_chat_image_input(req->entity.base, req->entity.len, m->image_tokens);
+        c->input_estimate = images >= 0 && images + tool_prompt < most ? images + tool_prompt : most;
+    }
     int64_t a = edge_cost_micro(c->input_estimate, m->input_price),
             b = edge_cost_micro(c->max_output * c->choices, m->output_price);
     c->hold_micro = edge_add_micro(a, b);
@@ -2109,5 +2216,54 @@ int edge_chat_test(bool verbose)
         }
     }
     FB_ASSERT(!edge_chat_input_unbounded(NULL, 0) && !edge_chat_input_unbounded("\"url\"", 5));
+    /* images of a known most each: the bytes less their payloads, plus that most per image; -1
+     * when anything else is beyond the bytes, or the part has more than an image in it */
+    static const struct {
+        const char *body;
+        int64_t payload; /* the images' payload bytes, or -1 */
+        int64_t images;
+    } images[] = {
+        {"{\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,AAAA\"}}]}",
+         26, 1},
+        {"{\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"https://x/"
+         "y.png\",\"detail\":\"low\"}},"
+         "{\"type\":\"text\",\"text\":\"and\"},{\"type\":\"image_url\",\"image_url\":{\"url\":\"\\u0068ttps:/"
+         "/x\"}}]}",
+         24, 2},
+        {"{\"messages\":[{\"content\":[{\"type\":\"tool_result\",\"content\":[{\"type\":\"image\",\"source\":"
+         "{\"type\":\"base64\",\"media_type\":\"image/png\",\"data\":\"AAAAAAAA\"},\"cache_control\":{}}]}]},"
+         "{\"content\":[{\"type\":\"image\",\"source\":{\"type\":\"url\",\"url\":\"https://x/a.png\"}},"
+         "{\"type\":\"image\",\"source\":{\"type\":\"file\",\"file_id\":\"file_1\"}}]}]}",
+         23, 3},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", 0, 0},
+        /* other input beyond the bytes, beside an image or in its place */
+        {"{\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:,A\"}},"
+         "{\"type\":\"input_audio\",\"input_audio\":{\"data\":\"AAAA\"}}]}",
+         -1, 0},
+        {"{\"content\":[{\"type\":\"document\",\"source\":{\"type\":\"url\",\"url\":\"http://x/a.pdf\"}}]}",
+         -1, 0},
+        {"{\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:,A\"}}],"
+         "\"tools\":[{\"type\":\"web_search_20250305\"}]}",
+         -1, 0},
+        {"{\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:,A\",\"url2\":\"x\"}}]}", -1,
+         0},
+        {"{\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"https://x\"},\"extra\":1}]}", -1, 0},
+        {"{\"content\":[{\"type\":\"image\",\"source\":{\"type\":\"base64\",\"data\":\"AAAA\"}}]}", -1, 0},
+        {"{\"content\":{\"type\":\"image_url\",\"image_url\":{\"url\":\"https://x\"}}}", -1, 0},
+        {"{\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":7}}]}", -1, 0},
+        {"{\"content\":[{\"type\":\"image_url\"", -1, 0},
+    };
+    for (size_t i = 0; i < FB_ARRAY_SIZE(images); i++) {
+        size_t len = strlen(images[i].body);
+        int64_t want =
+            images[i].payload < 0 ? -1 : (int64_t)len - images[i].payload + images[i].images * 1000;
+        if (edge_chat_image_input(images[i].body, len, 1000) != want) {
+            fprintf(stderr, "image case %zu: %s: %" PRId64 "\n", i, images[i].body,
+                    edge_chat_image_input(images[i].body, len, 1000));
+            FB_ASSERT(0);
+        }
+    }
+    FB_ASSERT(edge_chat_image_input(images[0].body, strlen(images[0].body), 0) == -1);
+    FB_ASSERT(edge_chat_image_input(NULL, 0, 1000) == -1);
     return 0;
 }

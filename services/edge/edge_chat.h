@@ -44,6 +44,13 @@ int64_t edge_chat_output_estimate(int64_t events, int64_t bytes);
  * context as input. */
 bool edge_chat_input_unbounded(const char *body, size_t len);
 
+/* edge_chat_image_input - the input tokens a request's body bounds when the
+ * only input it has beyond its bytes is images (OpenAI's image_url parts,
+ * Anthropic's image blocks, nothing else in them), each costing at most
+ * image_tokens: its bytes less the images' data or URLs, plus image_tokens
+ * per image. -1 when it has other such input, or image_tokens is 0. */
+int64_t edge_chat_image_input(const char *body, size_t len, int64_t image_tokens);
+
 int edge_chat_test(bool verbose);
 
 #endif

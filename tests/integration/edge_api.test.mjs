@@ -76,6 +76,7 @@ test("the catalog through the official clients: /v1/models in both dialects, /v1
     cache_read_micro_per_mtok: 75000, cache_write_micro_per_mtok: 150000, cache_write_1h_micro_per_mtok: 300000,
     input_usd_per_mtok: "0.15", output_usd_per_mtok: "0.6", cache_read_usd_per_mtok: "0.075",
     cache_write_usd_per_mtok: "0.15", cache_write_1h_usd_per_mtok: "0.3" });
+  assert.equal(mini.image_tokens, 48169); // 2833 + 8 tiles x 5667: the most one image costs it
 
   const anthropic = new Anthropic({ baseURL: url, apiKey: "fbx_unused" });
   const page = await anthropic.models.list();
@@ -90,6 +91,8 @@ test("the catalog through the official clients: /v1/models in both dialects, /v1
   assert.equal(sonnet.output_micro_per_mtok, 15000000);
   assert.equal(sonnet.max_output_cost_micro, 960000); // 64000 tokens at $15 per million
   assert.equal(sonnet.provider, "anthropic");
+  assert.equal(sonnet.image_tokens, 1600);
+  assert.match(pricing.quote, /image_tokens per image/);
 });
 
 test("admin API: accounts, keys shown once, credits applied once, balance through the key, revocation", async () => {
@@ -239,6 +242,7 @@ test("a catalog file replaces the built-in one; a bad one stops the edge with on
     cache_read_micro_per_mtok: 1, cache_write_micro_per_mtok: 1, cache_write_1h_micro_per_mtok: 2,
     input_usd_per_mtok: "0.000001", output_usd_per_mtok: "0.000003", cache_read_usd_per_mtok: "0.000001",
     cache_write_usd_per_mtok: "0.000001", cache_write_1h_usd_per_mtok: "0.000002" });
+  assert.equal(models.data[0].image_tokens, null); // not said: an image makes the call's input its whole context
 
   fs.writeFileSync(file, JSON.stringify({ models: [{ id: "x", provider: "openai", input_price: 1.5 }] }));
   for (const [value, re] of [[file, /FAREBOX_CATALOG_FILE: .*model "x": input_price must be an integer/],

@@ -48,8 +48,8 @@ function evmClient(i) {
   return client;
 }
 
-async function quoteOf(body) {
-  const r = await fetch(`${url}/v1/chat/completions`, { method: "POST", headers: json, body });
+async function quoteOf(body, path = "/v1/chat/completions", headers = json) {
+  const r = await fetch(`${url}${path}`, { method: "POST", headers, body });
   assert.equal(r.status, 402);
   return { r, required: JSON.parse(Buffer.from(r.headers.get("payment-required"), "base64").toString()),
     body: await r.json() };
@@ -124,19 +124,38 @@ test("no credentials: 402 with a quote for both networks, the call's ceiling", a
   assert.equal(s.extra.feePayer, sol.payer.address);
   assert.equal(err.error.code, "payment_required");
   assert.equal(err.error.accepts.length, 2);
-  // an image by URL (the provider fetches it: its tokens are not bounded by the body's bytes), or both
-  // max_tokens and max_completion_tokens (the larger): the model's context counts as input
-  const byUrl = JSON.stringify({ model: "gpt-4o-mini", max_tokens: 8, messages: [{ role: "user", content: [
-    { type: "text", text: "what is this?" }, { type: "image_url", image_url: { url: "https://example.com/a.png" } }] }] });
-  const wide = (await quoteOf(byUrl)).required.accepts[0].amount;
-  assert.equal(wide, String(Math.ceil(128000 * 150000 / 1e6) + Math.ceil(8 * 600000 / 1e6)));
-  // so does an image sent inline (billed by its pixels, not its bytes), and a URL spelled with JSON
-  // escapes (the provider reads the URL; the body's bytes do not show it)
-  const inline = JSON.stringify({ model: "gpt-4o-mini", max_tokens: 8, messages: [{ role: "user", content: [
-    { type: "image_url", image_url: { url: "data:image/png;base64,iVBORw0KGgo=" } }] }] });
+  // an image by URL (the provider fetches it and bills it by its pixels, not the body's bytes): the body's
+  // other bytes, plus the model's image_tokens (GPT-4o mini: 48,169) per image
+  const quoted = (inputTokens) => String(Math.ceil(inputTokens * 150000 / 1e6) + Math.ceil(8 * 600000 / 1e6));
+  const withParts = (...parts) => JSON.stringify({ model: "gpt-4o-mini", max_tokens: 8, messages: [{ role: "user",
+    content: [{ type: "text", text: "what is this?" }, ...parts] }] });
+  const urlPart = { type: "image_url", image_url: { url: "https://example.com/a.png" } };
+  const byUrl = withParts(urlPart);
+  assert.equal((await quoteOf(byUrl)).required.accepts[0].amount,
+    quoted(Buffer.byteLength(byUrl) - "https://example.com/a.png".length + 48169));
+  // so is an image sent inline (its data's bytes are not its tokens), and a URL spelled with JSON escapes
+  // (the provider reads the URL as it reads)
+  const data = "data:image/png;base64,iVBORw0KGgo=";
+  const inline = withParts({ type: "image_url", image_url: { url: data, detail: "high" } });
+  assert.equal((await quoteOf(inline)).required.accepts[0].amount,
+    quoted(Buffer.byteLength(inline) - data.length + 48169));
   const escaped = byUrl.replace('"url":"https', '"\\u0075rl":"\\u0068ttps');
   assert.notEqual(escaped, byUrl);
-  for (const b of [inline, escaped]) assert.equal((await quoteOf(b)).required.accepts[0].amount, wide, b);
+  assert.equal((await quoteOf(escaped)).required.accepts[0].amount,
+    quoted(Buffer.byteLength(escaped) - "https://example.com/a.png".length + 48169));
+  // three images would cost more than the whole context: the context it is; audio (or a part with more than
+  // an image in it) beside an image: the whole context too
+  const whole = quoted(128000);
+  for (const b of [withParts(urlPart, urlPart, urlPart),
+    withParts(urlPart, { type: "input_audio", input_audio: { data: "AAAA", format: "wav" } }),
+    withParts({ ...urlPart, image_url: { ...urlPart.image_url, extra: 1 } })])
+    assert.equal((await quoteOf(b)).required.accepts[0].amount, whole, b);
+  // an Anthropic image block on a Claude model, through /v1/messages: 1,600 tokens an image
+  const claudeImage = JSON.stringify({ model: "claude-3-5-haiku-20241022", max_tokens: 8, messages: [{ role: "user",
+    content: [{ type: "image", source: { type: "base64", media_type: "image/png", data: "iVBORw0KGgo=" } }] }] });
+  const anthropicHeaders = { ...json, "anthropic-version": "2023-06-01" };
+  assert.equal((await quoteOf(claudeImage, "/v1/messages", anthropicHeaders)).required.accepts[0].amount,
+    String(Math.ceil((Buffer.byteLength(claudeImage) - 12 + 1600) * 800000 / 1e6) + Math.ceil(8 * 4000000 / 1e6)));
   const both = chat("quote me", { max_completion_tokens: 4, max_tokens: 30 });
   assert.equal((await quoteOf(both)).required.accepts[0].amount,
     String(Math.ceil(Buffer.byteLength(both) * 150000 / 1e6) + Math.ceil(30 * 600000 / 1e6)));
