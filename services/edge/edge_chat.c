@@ -75,6 +75,7 @@ struct s_chat {
     json_t *pay_req;    /* the requirements it meets */
     char *resource_url; /* this call's URL, for the quote */
     int64_t authorization_id;
+    const char *earlier_settle; /* served again for an earlier try's payment: "was" or "may be" settled */
     bool settling, settled;
     int settle_asks;      /* settles asked again after an unknown outcome */
     char *pay_response;   /* the PAYMENT-RESPONSE value */
@@ -275,6 +276,15 @@ static void s_set_error(s_chat_t *c, int status, const char *code, json_t *detai
     va_start(ap, fmt);
     vsnprintf(c->err_msg, sizeof(c->err_msg), fmt, ap);
     va_end(ap);
+    static const char nothing[] = "; nothing was charged";
+    size_t n = strlen(c->err_msg), k = sizeof(nothing) - 1;
+    if (c->earlier_settle && n >= k && strcmp(c->err_msg + n - k, nothing) == 0)
+        /* its payment is an earlier try's, which a retry with it and the same Idempotency-Key is
+         * served for again */
+        snprintf(c->err_msg + n - k, sizeof(c->err_msg) - (n - k),
+                 "; this call's payment %s settled by an earlier try: retry with the same payment and "
+                 "Idempotency-Key",
+                 c->earlier_settle);
 }
 
 static void s_send_error(s_chat_t *c)
@@ -1272,6 +1282,11 @@ static bool s_model_allowed(s_chat_t *c, json_t *models)
 
 /* --- idempotent calls: the name is claimed before any money moves --------------------- */
 
+static bool s_str_is(json_t *v, const char *s)
+{
+    return json_is_string(v) && strcmp(json_string_value(v), s) == 0;
+}
+
 static void s_quote(s_chat_t *c, const char *code, const char *reason, const char *message);
 
 static void s_on_claim(void *arg, const fb_rpc_reply_t *reply)
@@ -1297,6 +1312,10 @@ static void s_on_claim(void *arg, const fb_rpc_reply_t *reply)
         /* nothing was held */
     } else if (!reply->ok) {
         edge_idem_refused(c->req, c->dialect, reply);
+    } else if (!claimed && c->x402 && s_str_is(json_object_get(b, "authorization_state"), "failed")) {
+        /* served before its transfer was final (broadcast), and the transfer failed: unpaid */
+        s_quote(c, "payment_invalid", "invalid_payment",
+                "this payment's transfer failed on chain: the answer kept for it is not given again");
     } else if (!claimed) {
         fb_log(FB_LOG_INFO, c->rid, "a retried call: its kept answer is sent again", "scope=%s",
                c->idem.scope);
@@ -1306,11 +1325,13 @@ static void s_on_claim(void *arg, const fb_rpc_reply_t *reply)
          * answer: serve it again; its settlement (done, or not yet) is asked
          * again and found, never made twice */
         const char *state = json_string_value(json_object_get(b, "authorization_state"));
-        if (state && strcmp(state, "failed") == 0) {
+        if (s_str_is(json_object_get(b, "authorization_state"), "failed")) {
             s_quote(c, "payment_invalid", "invalid_payment",
                     "this payment was not settled by an earlier try of this call and cannot be used again");
         } else {
             c->authorization_id = json_integer_value(json_object_get(b, "authorization_id"));
+            c->earlier_settle =
+                s_str_is(json_object_get(b, "authorization_state"), "settled") ? "was" : "may be";
             fb_log(FB_LOG_INFO, c->rid, "a retried x402 call is served again without a new payment",
                    "authorization_id=%" PRId64 " state=%s", c->authorization_id, state ? state : "");
             s_call_upstream(c);
@@ -1960,11 +1981,6 @@ static bool s_only_keys(json_t *o, const char *const *keys, size_t n)
             return false;
     }
     return true;
-}
-
-static bool s_str_is(json_t *v, const char *s)
-{
-    return json_is_string(v) && strcmp(json_string_value(v), s) == 0;
 }
 
 /* Whether part is an image, and nothing else, in a shape a provider reads:

@@ -500,11 +500,12 @@ test("FAREBOX_X402_SETTLE=broadcast: a call is served once its transfer is sent;
   };
   const state = async (i, nonce) => (await ledgerRpc.call("ledger.authorization", { network: evm.network,
     payer: evm.accounts[i].address.toLowerCase(), nonce })).body?.state;
-  const send = (h, body) => fetch(`${furl}/v1/chat/completions`, { method: "POST",
-    headers: { ...json, "payment-signature": h.value }, body });
+  const send = (h, body, extra = {}) => fetch(`${furl}/v1/chat/completions`, { method: "POST",
+    headers: { ...json, "payment-signature": h.value, ...extra }, body });
+  const unpaidKey = { "idempotency-key": "broadcast-unpaid-1" };
   try {
     await ethRpc(evm.rpcUrl, "evm_setAutomine", [false]);
-    let paid, failed;
+    let paid, failed, failedHeader;
     try {
       const payer = evm.accounts[5].address, before = await balance(payer);
       const body = chat("sent [mock:tokens=3]");
@@ -527,7 +528,11 @@ test("FAREBOX_X402_SETTLE=broadcast: a call is served once its transfer is sent;
       const loser = evm.accounts[4].address;
       const fbody = chat("unpaid");
       const fh = await header(4, fbody);
-      assert.equal((await send(fh, fbody)).status, 200);
+      assert.equal((await send(fh, fbody, unpaidKey)).status, 200);
+      // retried with its Idempotency-Key while its transfer is pending: the kept answer
+      const kept = await send(fh, fbody, unpaidKey);
+      assert.equal(kept.status, 200);
+      assert.equal(kept.headers.get("idempotent-replayed"), "true");
       const drain = encodeFunctionData({ abi: parseAbi(["function transfer(address,uint256) returns (bool)"]),
         functionName: "transfer", args: [evm.accounts[1].address, await balance(loser)] });
       await ethRpc(evm.rpcUrl, "eth_sendTransaction", [{ from: loser, to: evm.token, data: drain, gas: "0x30000",
@@ -536,6 +541,7 @@ test("FAREBOX_X402_SETTLE=broadcast: a call is served once its transfer is sent;
       assert.equal(await balance(payer), before - h.amount - sh.amount);
       paid = [h.nonce, sh.nonce];
       failed = fh.nonce;
+      failedHeader = fh.value;
     } finally {
       await ethRpc(evm.rpcUrl, "evm_setAutomine", [true]);
     }
@@ -543,6 +549,10 @@ test("FAREBOX_X402_SETTLE=broadcast: a call is served once its transfer is sent;
     for (let i = 0; i < 60 && (await state(4, failed)) !== "failed"; i++) await sleep(500);
     assert.equal(await state(4, failed), "failed");
     for (const n of paid) assert.equal(await state(5, n), "settled");
+    // once its transfer failed, the kept answer is not given for that payment again
+    const again = await send({ value: failedHeader }, chat("unpaid"), unpaidKey);
+    assert.equal(again.status, 402);
+    assert.equal((await again.json()).error.code, "payment_invalid");
     await audit();
   } finally {
     assert.deepEqual(await stopAll([fast, quick]), []);
@@ -631,28 +641,33 @@ test("Idempotency-Key with x402: a retry of a paid call gets its kept answer; a 
 
   // a serving that accepted and settled the payment, then died before it answered (played here through the
   // RPCs the edge uses, with a 1 s lease): the retry after the lease is served without paying again
-  const body2 = chat("died [mock:tokens=3]");
-  const header2 = await paymentHeader(evmClient(2), body2);
-  const requirements = JSON.parse(Buffer.from(header2, "base64").toString()).accepted;
   const sha = (s) => crypto.createHash("sha256").update(s).digest("hex");
-  const name = { scope: `x402:${sha(header2)}`, idem_key: "x402-died-1", claim: "dead-serving" };
-  const claimed = await ledgerRpc.call("ledger.call_claim", { ...name, request_hash: sha(`chat\n${body2}`),
-    lease_ms: 1000, keep_ms: 600_000 }, { idem: "died-claim" });
-  assert.equal(claimed.body.claimed, true, JSON.stringify(claimed));
   const verifierRpc = new RpcClient(verifier.endpoint);
-  try {
-    const v = await verifierRpc.call("verifier.verify", { header: header2, requirements, record: true,
+  // a try that claimed the name, had the payment verified, linked and settled, then died: what it paid
+  const died = async (body, key) => {
+    const h = await paymentHeader(evmClient(2), body);
+    const requirements = JSON.parse(Buffer.from(h, "base64").toString()).accepted;
+    const name = { scope: `x402:${sha(h)}`, idem_key: key, claim: `dead-serving-${key}` };
+    const claimed = await ledgerRpc.call("ledger.call_claim", { ...name, request_hash: sha(`chat\n${body}`),
+      lease_ms: 1000, keep_ms: 600_000 }, { idem: `died-claim-${key}` });
+    assert.equal(claimed.body.claimed, true, JSON.stringify(claimed));
+    const v = await verifierRpc.call("verifier.verify", { header: h, requirements, record: true,
       resource: `${url}/v1/chat/completions` }, { deadlineMs: 15000 });
     assert.equal(v.body.isValid, true, JSON.stringify(v.body));
     await ledgerRpc.call("ledger.call_link", { ...name, authorization_id: v.body.authorizationId },
-      { idem: "died-link" });
+      { idem: `died-link-${key}` });
     const mid = await balance(payer.address);
-    const st = await verifierRpc.call("verifier.settle", { header: header2, requirements },
+    const st = await verifierRpc.call("verifier.settle", { header: h, requirements },
       { idem: `x402-settle:${v.body.authorizationId}`, deadlineMs: 30000 });
     assert.equal(st.body.success, true, JSON.stringify(st.body));
     const paid = mid - await balance(payer.address);
     assert.ok(paid > 0n);
     await sleep(1100);
+    return { header: h, st, mid, paid };
+  };
+  const body2 = chat("died [mock:tokens=3]");
+  try {
+    const { header: header2, st, mid, paid } = await died(body2, "x402-died-1");
     const retry = await fetch(`${url}/v1/chat/completions`, { method: "POST",
       headers: { ...json, "payment-signature": header2, "idempotency-key": "x402-died-1" }, body: body2 });
     assert.equal(retry.status, 200, await retry.clone().text());
@@ -670,6 +685,18 @@ test("Idempotency-Key with x402: a retry of a paid call gets its kept answer; a 
       await sleep(100);
     }
     assert.equal(third.headers.get("idempotent-replayed"), "true");
+    // served again, its provider fails: the error says the payment was settled, and a retry with it is
+    // served again (not refused as used), still paid once
+    const bodyF = chat("died, then failed [mock:fail=500]");
+    const f = await died(bodyF, "x402-died-2");
+    for (let i = 0; i < 2; i++) {
+      const r = await fetch(`${url}/v1/chat/completions`, { method: "POST",
+        headers: { ...json, "payment-signature": f.header, "idempotency-key": "x402-died-2" }, body: bodyF });
+      assert.equal(r.status, 502);
+      assert.match((await r.json()).error.message,
+        /this call's payment was settled by an earlier try: retry with the same payment and Idempotency-Key/);
+    }
+    assert.equal(await balance(payer.address), f.mid - f.paid, "paid once");
   } finally {
     verifierRpc.close();
   }
