@@ -30,9 +30,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define S_MARGIN_S  6       /* validBefore must be at least now + this */
-#define S_MAX_PRICE 5000000 /* compute unit price cap, micro-lamports */
-#define S_SLICE_US  20000   /* the cases take turns this long each */
+#define S_MARGIN_S 6     /* validBefore must be at least now + this */
+#define S_SLICE_US 20000 /* the cases take turns this long each */
+
+static const svm_limits_t s_limits = {.max_price = 5000000, .max_fee = 110000}; /* the verifier's defaults */
 
 /* The payloads and the baselines' raw material, all read before timing. */
 typedef struct {
@@ -226,7 +227,7 @@ static bool s_svm_raw(s_bench_t *b, size_t i)
 static bool s_svm_farebox(s_bench_t *b, size_t i)
 {
     svm_check_t c;
-    svm_exact_check(&b->svm[i], &b->svm[i].accepted, &b->fee_payer, S_MAX_PRICE, &c);
+    svm_exact_check(&b->svm[i], &b->svm[i].accepted, &b->fee_payer, &s_limits, &c);
     bool ok = c.reason == NULL;
     svm_check_free(&c);
     return ok;
@@ -261,7 +262,7 @@ static void s_agree(s_bench_t *b)
     }
     for (size_t i = 0; i < b->nsvm; i++) {
         svm_check_t c;
-        svm_exact_check(&b->svm[i], &b->svm[i].accepted, &b->fee_payer, S_MAX_PRICE, &c);
+        svm_exact_check(&b->svm[i], &b->svm[i].accepted, &b->fee_payer, &s_limits, &c);
         if (c.reason)
             s_die("svm_exact_check refused payload %zu: %s (%s)", i, c.reason, c.message);
         if (c.tx.message_len != b->msg_len[i] || memcmp(c.tx.message, b->msg[i], b->msg_len[i]) != 0 ||

@@ -112,6 +112,10 @@ static const fb_config_var_t s_vars[] = {
      "for settlements (unset: verify only)"},
     {"FAREBOX_SOLANA_MAX_PRICE", FB_CFG_INT, "5000000", 0, 1000000000, NULL, NULL,
      "highest compute unit price (micro-lamports) the fee payer accepts to pay"},
+    {"FAREBOX_SOLANA_MAX_FEE_LAMPORTS", FB_CFG_INT, "110000", 5000, 1000000000, NULL, NULL,
+     "most lamports the fee payer pays for one settlement: 5,000 a signature plus the compute unit limit "
+     "the payer asked at its price (Solana charges the limit, not the units used); the default lets two "
+     "signatures and the x402 client's 20,000 units at the highest price through"},
     {"FAREBOX_MESSAGE_MAX_AGE_S", FB_CFG_INT, "300", 1, 86400, NULL, NULL,
      "signed-message proofs: the oldest timestamp accepted, in seconds before now"},
     {"FAREBOX_MESSAGE_MAX_SKEW_S", FB_CFG_INT, "60", 0, 3600, NULL, NULL,
@@ -199,7 +203,8 @@ static void s_config_svm(verifier_t *v, const fb_config_t *cfg)
     const char *mint = fb_config_str(cfg, "FAREBOX_SOLANA_MINT");
     FB_ASSERT(fb_sol_key_parse(&s->mint, mint, strlen(mint)) == 0);
     fb_sol_key_format(s->mint_text, &s->mint);
-    s->max_price_micro_lamports = (uint64_t)fb_config_int(cfg, "FAREBOX_SOLANA_MAX_PRICE");
+    s->limits.max_price = (uint64_t)fb_config_int(cfg, "FAREBOX_SOLANA_MAX_PRICE");
+    s->limits.max_fee = (uint64_t)fb_config_int(cfg, "FAREBOX_SOLANA_MAX_FEE_LAMPORTS");
     const char *key = fb_config_str(cfg, "FAREBOX_SOLANA_FEE_PAYER_KEY");
     if (key[0]) {
         FB_ASSERT(fb_sol_secret_parse(s->secret, &s->fee_payer, key) == 0);

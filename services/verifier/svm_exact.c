@@ -135,7 +135,7 @@ void svm_check_free(svm_check_t *c)
 }
 
 void svm_exact_check(const fb_x402_payload_t *p, const fb_x402_requirements_t *r,
-                     const fb_sol_key_t *fee_payer, uint64_t max_price, svm_check_t *out)
+                     const fb_sol_key_t *fee_payer, const svm_limits_t *limits, svm_check_t *out)
 {
     memset(out, 0, sizeof(*out));
     bool v1 = p->version == 1;
@@ -224,10 +224,23 @@ void svm_exact_check(const fb_x402_payload_t *p, const fb_x402_requirements_t *r
     }
     out->stage = 7;
     out->price = s_le64(ix1->data + 1);
-    if (out->price > max_price) {
+    if (out->price > limits->max_price) {
         s_fail(out, "invalid_exact_svm_payload_transaction_instructions_compute_price_instruction_too_high",
                "compute unit price %llu is above %llu micro-lamports", (unsigned long long)out->price,
-               (unsigned long long)max_price);
+               (unsigned long long)limits->max_price);
+        return;
+    }
+    out->units = (uint32_t)ix0->data[1] | (uint32_t)ix0->data[2] << 8 | (uint32_t)ix0->data[3] << 16 |
+                 (uint32_t)ix0->data[4] << 24;
+    /* at most 2^32 units x 10^9 micro-lamports: no overflow in 128 bits, nor in 64 once divided */
+    unsigned __int128 priority = ((unsigned __int128)out->units * out->price + 999999) / 1000000;
+    out->fee = (uint64_t)priority + (uint64_t)tx->num_required_signatures * SVM_SIGNATURE_LAMPORTS;
+    if (priority > limits->max_fee || out->fee > limits->max_fee) {
+        s_fail(out, "invalid_exact_svm_payload_transaction_fee_too_high",
+               "the transaction costs its fee payer %llu lamports (%d signatures, %u compute units at %llu "
+               "micro-lamports), above %llu",
+               (unsigned long long)out->fee, tx->num_required_signatures, out->units,
+               (unsigned long long)out->price, (unsigned long long)limits->max_fee);
         return;
     }
     out->stage = 8;
@@ -334,14 +347,15 @@ int svm_exact_test(bool verbose)
     char err[256];
     FB_ASSERT(fb_x402_parse_payload(j, &p, err, sizeof(err)) == 0);
     svm_check_t c;
-    svm_exact_check(&p, &p.accepted, NULL, 5000000, &c);
+    const svm_limits_t limits = {.max_price = 5000000, .max_fee = 110000};
+    svm_exact_check(&p, &p.accepted, NULL, &limits, &c);
     FB_ASSERT(c.reason &&
               strcmp(c.reason, "invalid_exact_svm_payload_transaction_could_not_be_decoded") == 0);
     svm_check_free(&c);
     /* no fee payer in the requirements */
     json_object_del(json_object_get(json_object_get(j, "accepted"), "extra"), "feePayer");
     FB_ASSERT(fb_x402_parse_payload(j, &p, err, sizeof(err)) == 0);
-    svm_exact_check(&p, &p.accepted, NULL, 5000000, &c);
+    svm_exact_check(&p, &p.accepted, NULL, &limits, &c);
     FB_ASSERT(c.reason && strcmp(c.reason, "invalid_exact_svm_payload_missing_fee_payer") == 0);
     svm_check_free(&c);
     json_decref(j);

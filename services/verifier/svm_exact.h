@@ -29,6 +29,8 @@ typedef struct {
     char authority_text[48];
     uint64_t amount;
     uint64_t price; /* compute unit price, micro-lamports */
+    uint32_t units; /* compute unit limit */
+    uint64_t fee;   /* lamports the fee payer pays: each signature's, and the units at the price */
     fb_sol_key_t mint, destination, token_program;
     int stage; /* index in svm_exact_checks of the check that failed; all passed: their count */
 } svm_check_t;
@@ -36,11 +38,20 @@ typedef struct {
 /* The offline checks in the order they run (NULL-terminated). */
 extern const char *const svm_exact_checks[];
 
+#define SVM_SIGNATURE_LAMPORTS 5000 /* Solana's base fee, a signature */
+
+/* What the fee payer accepts to pay for a transaction. */
+typedef struct {
+    uint64_t max_price; /* the compute unit price, micro-lamports */
+    uint64_t max_fee;   /* lamports in all: SVM_SIGNATURE_LAMPORTS a signature plus the
+                         * compute unit limit at the price (Solana charges the limit asked, not
+                         * the units used) */
+} svm_limits_t;
+
 /* svm_exact_check - run the offline checks. fee_payer is the facilitator's
- * key (NULL: only "present" is checked, as farebox-inspect does);
- * max_price caps the compute unit price. */
+ * key (NULL: only "present" is checked, as farebox-inspect does). */
 void svm_exact_check(const fb_x402_payload_t *p, const fb_x402_requirements_t *r,
-                     const fb_sol_key_t *fee_payer, uint64_t max_price, svm_check_t *out);
+                     const fb_sol_key_t *fee_payer, const svm_limits_t *limits, svm_check_t *out);
 
 void svm_check_free(svm_check_t *c);
 

@@ -13,6 +13,7 @@
 #include "fb_rpc_client.h"
 #include "fb_solana.h"
 #include "fb_x402.h"
+#include "svm_exact.h"
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -50,7 +51,7 @@ typedef struct {
     uint8_t secret[64]; /* fee payer's ed25519 secret key (wiped on exit) */
     fb_sol_key_t fee_payer;
     char fee_payer_text[48];
-    uint64_t max_price_micro_lamports; /* compute unit price cap */
+    svm_limits_t limits; /* what the fee payer accepts to pay */
     /* the endpoints must serve the cluster (fb_sol_cluster_checked): getGenesisHash is asked
      * with the chain checks and before tracking, again after a minute */
     char genesis[64];           /* the genesis hash expected (FAREBOX_SOLANA_GENESIS_HASH), or "" */

@@ -508,8 +508,7 @@ void verifier_svm_run(verifier_t *v, bool settle, uint32_t wait_ms, json_t *payl
         s_fail(j, "invalid_network", "farebox does not serve %s", r->network);
         return;
     }
-    svm_exact_check(&j->p, &j->r, v->svm.has_key ? &v->svm.fee_payer : NULL, v->svm.max_price_micro_lamports,
-                    &j->chk);
+    svm_exact_check(&j->p, &j->r, v->svm.has_key ? &v->svm.fee_payer : NULL, &v->svm.limits, &j->chk);
     snprintf(j->res.payer, sizeof(j->res.payer), "%s", j->chk.authority_text);
     if (j->chk.reason) {
         s_fail(j, j->chk.reason, "%s", j->chk.message);

@@ -10,6 +10,7 @@
 
 #define FUZZ_ACCEPTS_MAX 8     /* requirements of one PaymentRequired tried */
 #define FUZZ_MAX_PRICE   50000 /* compute unit price cap, micro-lamports */
+#define FUZZ_MAX_FEE     20000 /* lamports the fee payer pays, in all */
 
 /* the fee payer of the Solana known-answer transactions (tests/vectors) */
 static const char s_fee_payer_text[] = "8WwmAjk9cWEYRJkuweQaThCz6FMtELztsozE1bjsmuVh";
@@ -44,12 +45,13 @@ void fuzz_x402_check(const fb_x402_payload_t *p, const fb_x402_requirements_t *r
     FUZZ_ASSERT(fb_sol_key_parse(&fee_payer, s_fee_payer_text, strlen(s_fee_payer_text)) == 0);
     for (int with_fee_payer = 0; with_fee_payer < 2; with_fee_payer++) {
         svm_check_t c;
-        svm_exact_check(p, r, with_fee_payer ? &fee_payer : NULL, FUZZ_MAX_PRICE, &c);
+        const svm_limits_t limits = {.max_price = FUZZ_MAX_PRICE, .max_fee = FUZZ_MAX_FEE};
+        svm_exact_check(p, r, with_fee_payer ? &fee_payer : NULL, &limits, &c);
         FUZZ_ASSERT(c.stage >= 0 && (size_t)c.stage < s_count(svm_exact_checks));
         FUZZ_ASSERT((svm_exact_checks[c.stage] == NULL) == (c.reason == NULL));
         if (!c.reason) {
             /* a good payment: decoded, exactly the amount asked, price capped */
-            FUZZ_ASSERT(c.decoded && c.price <= FUZZ_MAX_PRICE);
+            FUZZ_ASSERT(c.decoded && c.price <= FUZZ_MAX_PRICE && c.fee <= FUZZ_MAX_FEE);
             char amount[24];
             snprintf(amount, sizeof(amount), "%" PRIu64, c.amount);
             FUZZ_ASSERT(strcmp(amount, r->amount) == 0);

@@ -47,7 +47,8 @@ async function officialHeader(wallet, req = requirements()) {
 }
 
 /** A transaction built with @solana/kit the way the client builds it, with any part changed. */
-async function kitPayload(wallet, { req = requirements(), amount = BigInt(req.amount), price = 1n, feePayer = req.extra.feePayer,
+async function kitPayload(wallet, { req = requirements(), amount = BigInt(req.amount), price = 1n, units = 20000,
+  feePayer = req.extra.feePayer,
   blockhash, extra = [], memoAccounts = [], payTo = req.payTo, mint = req.asset, authority } = {}) {
   const payer = await signer(wallet);
   const [source] = await findAssociatedTokenPda({ mint: address(mint), owner: payer.address, tokenProgram: TOKEN_PROGRAM_ADDRESS });
@@ -57,7 +58,7 @@ async function kitPayload(wallet, { req = requirements(), amount = BigInt(req.am
   const msg = pipe(createTransactionMessage({ version: 0 }),
     (m) => setTransactionMessageFeePayer(address(feePayer), m),
     (m) => appendTransactionMessageInstructions([
-      getSetComputeUnitLimitInstruction({ units: 20000 }),
+      getSetComputeUnitLimitInstruction({ units }),
       getSetComputeUnitPriceInstruction({ microLamports: price }),
       getTransferCheckedInstruction({ source, mint: address(mint), destination, authority: authority ?? payer, amount, decimals: 6 },
         { programAddress: TOKEN_PROGRAM_ADDRESS }),
@@ -190,6 +191,10 @@ test("every bad payment gets its own reason and settles nothing", async () => {
     ["fee payer differs from the requirements", await kitPayload(wallet, { feePayer: stranger }), requirements(), "invalid_exact_svm_fee_payer_mismatch"],
     ["tampered signature", tamper(await kitPayload(wallet)), requirements(), "invalid_exact_svm_payload_signature_invalid"],
     ["compute price too high", await kitPayload(wallet, { price: 10_000_000n }), requirements(), "invalid_exact_svm_payload_transaction_instructions_compute_price_instruction_too_high"],
+    // Solana charges the units asked at the price, paid by farebox's fee payer: 1,400,000 units at the highest
+    // price would cost it 7,000,000 lamports, above FAREBOX_SOLANA_MAX_FEE_LAMPORTS (110,000)
+    ["fee too high (the units asked)", await kitPayload(wallet, { price: 5_000_000n, units: 1_400_000 }), requirements(), "invalid_exact_svm_payload_transaction_fee_too_high"],
+    ["fee just too high", await kitPayload(wallet, { price: 5_000_000n, units: 20_001 }), requirements(), "invalid_exact_svm_payload_transaction_fee_too_high"],
     ["unknown extra instruction", await kitPayload(wallet, { extra: [{ programAddress: SYSTEM_PROGRAM, accounts: [], data: new Uint8Array([2, 0, 0, 0]) }] }), requirements(), "invalid_exact_svm_payload_unknown_fifth_instruction"],
     ["fee payer named by an instruction", await kitPayload(wallet, { memoAccounts: [{ address: address(sol.payer.address), role: AccountRole.READONLY }] }), requirements(), "invalid_exact_svm_fee_payer_not_isolated"],
     ["blockhash unknown to the chain", await kitPayload(wallet, { blockhash: "4uQeVj5tqViQh7yWWGStvkEG1Zmhx6uasJtWCJziofM" }), requirements(), "invalid_exact_svm_blockhash_expired"],
@@ -208,6 +213,10 @@ test("every bad payment gets its own reason and settles nothing", async () => {
     assert.equal(s.errorReason, reason, `${name} (settle): ${s.errorReason} (${s.errorMessage})`);
     assert.equal(s.transaction, "");
   }
+  // at the fee cap exactly (20,000 units at 5 lamports, two signatures): valid
+  const atCap = await verify({ payload: await kitPayload(wallet, { price: 5_000_000n, units: 20_000 }),
+    requirements: requirements() });
+  assert.equal(atCap.isValid, true, JSON.stringify(atCap));
   // undecodable transactions
   const good = await kitPayload(wallet);
   for (const transaction of ["AQID", "!!!", good.payload.transaction.slice(0, 40)]) {

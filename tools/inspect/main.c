@@ -2,7 +2,7 @@
  * thinks of it, offline.
  *
  *   farebox-inspect [--now UNIX_SECONDS] [--requirements JSON|@FILE] [--margin S]
- *                   [--max-price MICRO_LAMPORTS] [HEADER_VALUE]
+ *                   [--max-price MICRO_LAMPORTS] [--max-fee LAMPORTS] [HEADER_VALUE]
  *
  * HEADER_VALUE (or stdin when absent) is a PAYMENT-SIGNATURE, X-PAYMENT,
  * PAYMENT-REQUIRED or PAYMENT-RESPONSE value; a leading "Name:" is ignored.
@@ -31,16 +31,17 @@
 typedef struct {
     int64_t now;
     int64_t margin;
-    uint64_t max_price;
+    svm_limits_t limits;      /* the verifier's defaults unless given */
     const char *requirements; /* JSON text or @file */
     const char *value;
 } s_opts_t;
 
 static void s_usage(void)
 {
-    fprintf(stderr, "usage: farebox-inspect [--now UNIX_SECONDS] [--requirements JSON|@FILE] [--margin S]\n"
-                    "                       [--max-price MICRO_LAMPORTS] [HEADER_VALUE]\n"
-                    "reads the header value from stdin when it is not given\n");
+    fprintf(stderr,
+            "usage: farebox-inspect [--now UNIX_SECONDS] [--requirements JSON|@FILE] [--margin S]\n"
+            "                       [--max-price MICRO_LAMPORTS] [--max-fee LAMPORTS] [HEADER_VALUE]\n"
+            "reads the header value from stdin when it is not given\n");
     exit(2);
 }
 
@@ -161,7 +162,7 @@ static void s_inspect_svm(json_t *out, const fb_x402_payload_t *p, const fb_x402
                                         "blockhash still valid (isBlockhashValid)",
                                         "simulation (simulateTransaction)", NULL};
     svm_check_t c;
-    svm_exact_check(p, r, NULL, o->max_price, &c);
+    svm_exact_check(p, r, NULL, &o->limits, &c);
     json_object_set_new(out, "payer", c.authority_text[0] ? json_string(c.authority_text) : json_null());
     json_object_set_new(out, "digest", json_null());
     json_t *signers = json_array();
@@ -305,7 +306,8 @@ static int s_required(json_t *out, json_t *doc)
 int main(int argc, char **argv)
 {
     FB_ASSERT(sodium_init() >= 0);
-    s_opts_t o = {.now = (int64_t)time(NULL), .margin = 6, .max_price = 5000000};
+    s_opts_t o = {
+        .now = (int64_t)time(NULL), .margin = 6, .limits = {.max_price = 5000000, .max_fee = 110000}};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         bool has = i + 1 < argc;
@@ -314,7 +316,9 @@ int main(int argc, char **argv)
         else if (strcmp(a, "--margin") == 0 && has)
             o.margin = s_num(argv[++i], 0, 86400);
         else if (strcmp(a, "--max-price") == 0 && has)
-            o.max_price = (uint64_t)s_num(argv[++i], 0, INT64_MAX);
+            o.limits.max_price = (uint64_t)s_num(argv[++i], 0, INT64_MAX);
+        else if (strcmp(a, "--max-fee") == 0 && has)
+            o.limits.max_fee = (uint64_t)s_num(argv[++i], 0, INT64_MAX);
         else if (strcmp(a, "--requirements") == 0 && has)
             o.requirements = argv[++i];
         else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0 || a[0] == '-' || o.value)
