@@ -64,8 +64,9 @@ static void s_call(edge_worker_t *w, h2o_req_t *req, const char *rid, const char
     s_call_t *c = fb_calloc(1, sizeof(*c));
     c->guard = fb_http_guard_new(req);
     c->what = what;
-    /* one attempt per replica while it lives: a settle may take long, and is
-     * idempotent by its authorization when a replica dies and it moves on */
+    /* one attempt per replica while it lives: a settle may take long (a
+     * replica that dies in it leaves the settlement begun: the next one's
+     * settle is told duplicate_settlement, and the tracker finishes it) */
     fb_rpc_call_opts_t o = {
         .method = method, .trace = rid, .deadline_ms = deadline_ms, .attempt_ms = deadline_ms};
     fb_rpc_client_call(w->verifier, &o, body, len, s_on_reply, c);
@@ -105,6 +106,8 @@ static int s_payment(edge_worker_t *w, h2o_req_t *req, const char *rid, bool set
         return 0;
     }
     json_t *body = json_pack("{sO sO}", "payload", payload, "requirements", reqs);
+    if (settle) /* only the first settle of a payment is answered its settlement, as on chain */
+        json_object_set_new(body, "once", json_true());
     msgpack_sbuffer sb;
     msgpack_sbuffer_init(&sb);
     msgpack_packer pk;

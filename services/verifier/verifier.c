@@ -8,8 +8,8 @@
 #include <stdio.h>
 #include <string.h>
 
-static void s_run(verifier_t *v, bool settle, uint32_t wait_ms, json_t *payload, json_t *requirements,
-                  const char *trace, verifier_done_fn *done, void *arg)
+static void s_run(verifier_t *v, verifier_mode_t mode, uint32_t wait_ms, json_t *payload,
+                  json_t *requirements, const char *trace, verifier_done_fn *done, void *arg)
 {
     verifier_result_t res;
     memset(&res, 0, sizeof(res));
@@ -30,21 +30,22 @@ static void s_run(verifier_t *v, bool settle, uint32_t wait_ms, json_t *payload,
         return;
     }
     if (r.net.family == FB_X402_EVM)
-        verifier_evm_run(v, settle, wait_ms, payload, requirements, &p, &r, trace, done, arg);
+        verifier_evm_run(v, mode, wait_ms, payload, requirements, &p, &r, trace, done, arg);
     else
-        verifier_svm_run(v, settle, wait_ms, payload, requirements, &p, &r, trace, done, arg);
+        verifier_svm_run(v, mode, wait_ms, payload, requirements, &p, &r, trace, done, arg);
 }
 
 void verifier_verify(verifier_t *v, json_t *payload, json_t *requirements, const char *trace,
                      verifier_done_fn *done, void *arg)
 {
-    s_run(v, false, 0, payload, requirements, trace, done, arg);
+    s_run(v, VERIFIER_VERIFY, 0, payload, requirements, trace, done, arg);
 }
 
-void verifier_settle(verifier_t *v, json_t *payload, json_t *requirements, bool wait, const char *trace,
-                     verifier_done_fn *done, void *arg)
+void verifier_settle(verifier_t *v, json_t *payload, json_t *requirements, bool wait, bool once,
+                     const char *trace, verifier_done_fn *done, void *arg)
 {
-    s_run(v, true, wait ? v->settle_wait_ms : 0, payload, requirements, trace, done, arg);
+    s_run(v, once ? VERIFIER_SETTLE_ONCE : VERIFIER_SETTLE, wait ? v->settle_wait_ms : 0, payload,
+          requirements, trace, done, arg);
 }
 
 void verifier_result_key(verifier_result_t *res, json_t *key, int64_t amount_micro, const char *pay_to)

@@ -107,7 +107,13 @@ void verifier_result_recorded(verifier_result_t *res, const msgpack_object *view
  * the chain decided at once); the tracker follows it either way. */
 void verifier_verify(verifier_t *v, json_t *payload, json_t *requirements, const char *trace,
                      verifier_done_fn *done, void *arg);
-void verifier_settle(verifier_t *v, json_t *payload, json_t *requirements, bool wait, const char *trace,
-                     verifier_done_fn *done, void *arg);
+
+/* What a run does: verify, settle, or settle once — only the settle that begins the payment's
+ * settlement answers it; a later one (another caller presenting the same payment) is told
+ * duplicate_settlement, as a second settle of a used authorization fails on chain. */
+typedef enum { VERIFIER_VERIFY = 0, VERIFIER_SETTLE, VERIFIER_SETTLE_ONCE } verifier_mode_t;
+
+void verifier_settle(verifier_t *v, json_t *payload, json_t *requirements, bool wait, bool once,
+                     const char *trace, verifier_done_fn *done, void *arg);
 
 #endif

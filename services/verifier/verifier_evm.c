@@ -45,6 +45,7 @@ typedef struct s_job {
     verifier_t *v;
     verifier_evm_t *net;
     bool settle;
+    bool once;                     /* VERIFIER_SETTLE_ONCE */
     json_t *doc_payload, *doc_req; /* references held for the job */
     fb_x402_payload_t p;
     fb_x402_requirements_t r;
@@ -926,6 +927,13 @@ static void s_on_begin(void *arg, const fb_rpc_reply_t *reply)
         s_unavailable(j, "the ledger did not begin the settlement");
         return;
     }
+    bool created = false;
+    fb_mp_get_bool(reply->body, "created", &created);
+    if (j->once && !created) {
+        s_settle_fail(j, "duplicate_settlement",
+                      "this payment's settlement was begun by an earlier settle: a payment settles once");
+        return;
+    }
     const char *state, *hash, *raw;
     size_t sl, hl, rl;
     int64_t nonce = 0;
@@ -1105,14 +1113,15 @@ static void s_settle_chain(s_job_t *j)
 
 /* --- entry ----------------------------------------------------------------------------------------- */
 
-void verifier_evm_run(verifier_t *v, bool settle, uint32_t wait_ms, json_t *payload, json_t *requirements,
-                      const fb_x402_payload_t *p, const fb_x402_requirements_t *r, const char *trace,
-                      verifier_done_fn *done, void *arg)
+void verifier_evm_run(verifier_t *v, verifier_mode_t mode, uint32_t wait_ms, json_t *payload,
+                      json_t *requirements, const fb_x402_payload_t *p, const fb_x402_requirements_t *r,
+                      const char *trace, verifier_done_fn *done, void *arg)
 {
     s_job_t *j = fb_calloc(1, sizeof(*j));
     j->v = v;
     j->net = &v->evm;
-    j->settle = settle;
+    j->settle = mode != VERIFIER_VERIFY;
+    j->once = mode == VERIFIER_SETTLE_ONCE;
     j->wait_ms = wait_ms;
     j->doc_payload = json_incref(payload);
     j->doc_req = json_incref(requirements);
@@ -1158,7 +1167,7 @@ void verifier_evm_run(verifier_t *v, bool settle, uint32_t wait_ms, json_t *payl
                "the token's EIP-712 domain is \"%s\", version \"%s\"", v->evm.name, v->evm.version);
         return;
     }
-    if (settle) {
+    if (j->settle) {
         if (!v->evm.has_key) {
             s_fail(j, "settlement_not_configured", "no settlement key is configured for %s", v->evm.caip2);
             return;

@@ -7,18 +7,18 @@
 
 /* verifier_evm_run - verify or settle a parsed EVM payment (verifier_evm.c);
  * a settlement waits up to wait_ms for its receipt (0: answers once broadcast). */
-void verifier_evm_run(verifier_t *v, bool settle, uint32_t wait_ms, json_t *payload, json_t *requirements,
-                      const fb_x402_payload_t *p, const fb_x402_requirements_t *r, const char *trace,
-                      verifier_done_fn *done, void *arg);
+void verifier_evm_run(verifier_t *v, verifier_mode_t mode, uint32_t wait_ms, json_t *payload,
+                      json_t *requirements, const fb_x402_payload_t *p, const fb_x402_requirements_t *r,
+                      const char *trace, verifier_done_fn *done, void *arg);
 
 /* verifier_evm_track - one round of following settlements left pending. */
 void verifier_evm_track(verifier_t *v);
 
 /* verifier_svm_run - verify or settle a parsed Solana payment (verifier_svm.c),
  * waiting as verifier_evm_run does. */
-void verifier_svm_run(verifier_t *v, bool settle, uint32_t wait_ms, json_t *payload, json_t *requirements,
-                      const fb_x402_payload_t *p, const fb_x402_requirements_t *r, const char *trace,
-                      verifier_done_fn *done, void *arg);
+void verifier_svm_run(verifier_t *v, verifier_mode_t mode, uint32_t wait_ms, json_t *payload,
+                      json_t *requirements, const fb_x402_payload_t *p, const fb_x402_requirements_t *r,
+                      const char *trace, verifier_done_fn *done, void *arg);
 
 /* verifier_ledger_call - call the ledger with a JSON body (the reference is
  * stolen); writes get a fresh idempotency key (the operations themselves are

@@ -186,9 +186,11 @@ static void s_handle(verifier_t *v, fb_rpc_call_t *call, bool settle)
     if (fb_mp_str(fb_mp_get(body, "resource"), &res, &n) && n < sizeof(pend->resource))
         memcpy(pend->resource, res, n);
     const msgpack_object *wait = fb_mp_get(body, "wait");
+    bool once = false;
+    fb_mp_get_bool(body, "once", &once);
     if (settle)
         verifier_settle(v, payload, req,
-                        !(wait && wait->type == MSGPACK_OBJECT_BOOLEAN && !wait->via.boolean),
+                        !(wait && wait->type == MSGPACK_OBJECT_BOOLEAN && !wait->via.boolean), once,
                         fb_rpc_call_trace(call), s_done, pend);
     else
         verifier_verify(v, payload, req, fb_rpc_call_trace(call), s_done, pend);

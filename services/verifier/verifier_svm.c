@@ -36,6 +36,7 @@ typedef struct s_job {
     verifier_t *v;
     verifier_svm_t *net;
     bool settle;
+    bool once; /* VERIFIER_SETTLE_ONCE */
     json_t *doc_payload, *doc_req;
     fb_x402_payload_t p;
     fb_x402_requirements_t r;
@@ -432,6 +433,13 @@ static void s_on_begin(void *arg, const fb_rpc_reply_t *reply)
         s_unavailable(j, "the ledger did not begin the settlement");
         return;
     }
+    bool created = false;
+    fb_mp_get_bool(reply->body, "created", &created);
+    if (j->once && !created) {
+        s_fail(j, "duplicate_settlement",
+               "this payment's settlement was begun by an earlier settle: a payment settles once");
+        return;
+    }
     const char *state;
     size_t sl;
     fb_mp_get_int64(reply->body, "settlement_id", &j->settlement_id);
@@ -487,14 +495,15 @@ static void s_settle_begin(s_job_t *j)
 
 /* --- entry --------------------------------------------------------------------------------- */
 
-void verifier_svm_run(verifier_t *v, bool settle, uint32_t wait_ms, json_t *payload, json_t *requirements,
-                      const fb_x402_payload_t *p, const fb_x402_requirements_t *r, const char *trace,
-                      verifier_done_fn *done, void *arg)
+void verifier_svm_run(verifier_t *v, verifier_mode_t mode, uint32_t wait_ms, json_t *payload,
+                      json_t *requirements, const fb_x402_payload_t *p, const fb_x402_requirements_t *r,
+                      const char *trace, verifier_done_fn *done, void *arg)
 {
     s_job_t *j = fb_calloc(1, sizeof(*j));
     j->v = v;
     j->net = &v->svm;
-    j->settle = settle;
+    j->settle = mode != VERIFIER_VERIFY;
+    j->once = mode == VERIFIER_SETTLE_ONCE;
     j->wait_ms = wait_ms;
     j->doc_payload = json_incref(payload);
     j->doc_req = json_incref(requirements);
@@ -523,7 +532,7 @@ void verifier_svm_run(verifier_t *v, bool settle, uint32_t wait_ms, json_t *payl
         return;
     }
     s_sign(j); /* deterministic: this is the transaction's id */
-    if (settle) {
+    if (j->settle) {
         j->wait_until = fb_mono_ms() + j->wait_ms;
         j->after = s_settle_begin;
         s_chain_checks(j, false);

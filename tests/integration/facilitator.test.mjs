@@ -15,6 +15,7 @@ import { HTTPFacilitatorClient } from "@x402/core/server";
 import { ExactEvmScheme } from "@x402/evm/exact/server";
 import { registerExactEvmScheme } from "@x402/evm/exact/client";
 import { wrapFetchWithPayment, x402Client } from "@x402/fetch";
+import { x402HTTPClient } from "@x402/core/client";
 import { freePort, startService, stopAll } from "../lib/harness.mjs";
 import { startPostgres } from "../lib/pg.mjs";
 import { startChains, ethRpc } from "../lib/chains.mjs";
@@ -71,8 +72,11 @@ before(async () => {
   app.use(paymentMiddleware({
     "GET /weather": { accepts: { scheme: "exact", network: NETWORK, payTo: treasury,
       price: { amount: "10000", asset: evm.token, extra: { name: "USDC", version: "2" } } }, description: "weather" },
+    "GET /slow": { accepts: { scheme: "exact", network: NETWORK, payTo: treasury,
+      price: { amount: "10000", asset: evm.token, extra: { name: "USDC", version: "2" } } }, description: "slow" },
   }, server));
   app.get("/weather", (req, res) => res.json({ weather: "sunny" }));
+  app.get("/slow", (req, res) => { app.slowServed = (app.slowServed ?? 0) + 1; setTimeout(() => res.json({ slow: true }), 1500); });
   const port = await freePort();
   await new Promise((resolve) => { appServer = app.listen(port, "127.0.0.1", resolve); });
   app.url = `http://127.0.0.1:${port}`;
@@ -115,6 +119,38 @@ test("an @x402/express server using farebox as facilitator is paid by @x402/fetc
   const audit = await l.call("ledger.audit", {});
   l.close();
   assert.equal(audit.body.ok, true, JSON.stringify(audit.body.checks.filter((c) => !c.ok)));
+});
+
+test("one payment presented to an @x402/express server five times at once is served once: only the first settle succeeds", async () => {
+  // the middleware verifies, runs the handler, then settles: all five pass verify while the handlers run, and
+  // a settle of a payment whose settlement an earlier settle began answers duplicate_settlement (as the chain
+  // would refuse the authorization a second time), so the four other answers are withheld
+  const payer = privateKeyToAccount(evm.accounts[7].privateKey);
+  const before = await balance(payer.address);
+  const unpaid = await fetch(`${app.url}/slow`);
+  assert.equal(unpaid.status, 402);
+  const required = JSON.parse(Buffer.from(unpaid.headers.get("payment-required"), "base64").toString());
+  const client = registerExactEvmScheme(new x402Client(), { signer: payer });
+  client.setSpendControls(false);
+  const h = new x402HTTPClient(client);
+  const header = h.encodePaymentSignatureHeader(await h.createPaymentPayload(required))["PAYMENT-SIGNATURE"];
+  app.slowServed = 0;
+  const answers = await Promise.all(Array.from({ length: 5 }, () =>
+    fetch(`${app.url}/slow`, { headers: { "payment-signature": header } })));
+  assert.equal(app.slowServed, 5, "every copy passed verify");
+  const statuses = answers.map((r) => r.status).sort();
+  assert.deepEqual(statuses, [200, 402, 402, 402, 402], JSON.stringify(statuses));
+  const served = answers.find((r) => r.status === 200);
+  assert.deepEqual(await served.json(), { slow: true });
+  assert.equal(await balance(payer.address), before - 10000n, "paid once");
+  // and settled directly again: refused the same way
+  const body = JSON.stringify({ x402Version: 2, paymentPayload: JSON.parse(Buffer.from(header, "base64").toString()),
+    paymentRequirements: required.accepts[0] });
+  const again = await (await fetch(`${base}/settle`, { method: "POST", headers: { "content-type": "application/json",
+    ...auth }, body })).json();
+  assert.equal(again.success, false, JSON.stringify(again));
+  assert.equal(again.errorReason, "duplicate_settlement");
+  assert.equal(await balance(payer.address), before - 10000n);
 });
 
 test("supported is public and lists the network; verify and settle need the token", async () => {
@@ -174,10 +210,10 @@ test("two authorizations sharing a payer and nonce: the second is refused as use
   }
   assert.equal(await balance(other), 0n);
   assert.equal(await balance(treasury), treasuryBefore + 10000n);
-  // the first one settled again: its own answer
+  // the first one settled again: a payment settles once
   const again = await (await post("settle", first)).json();
-  assert.equal(again.success, true);
-  assert.equal(again.transaction, s1.transaction);
+  assert.equal(again.success, false);
+  assert.equal(again.errorReason, "duplicate_settlement");
   const l = new RpcClient(ledger.endpoint);
   try {
     const a = await l.call("ledger.audit", {});
@@ -286,11 +322,21 @@ test("a settlement whose authorization another transaction executes first is con
     assert.equal(a3.state, "settled", JSON.stringify(a3));
     assert.equal(a3.settlement_tx, late.other);
     assert.equal(await balance(treasury), late.before + 10000n);
-    // asked again: the recorded answer, naming the other transaction
-    for (const r of [paid, late]) {
-      const again = await (await post("settle", r.body)).json();
-      assert.equal(again.success, true, JSON.stringify(again));
-      assert.equal(again.transaction, r.other);
+    // asked again through the verifier's RPC (as the edge's own paid calls re-ask): the recorded answer,
+    // naming the other transaction; through the facilitator API, a payment settles once
+    const v = new RpcClient(verifier.endpoint);
+    try {
+      for (const r of [paid, late]) {
+        const { paymentPayload, paymentRequirements } = JSON.parse(r.body);
+        const again = (await v.call("verifier.settle", { payload: paymentPayload, requirements: paymentRequirements },
+          { deadlineMs: 30000 })).body;
+        assert.equal(again.success, true, JSON.stringify(again));
+        assert.equal(again.transaction, r.other);
+        const http = await (await post("settle", r.body)).json();
+        assert.equal(http.errorReason, "duplicate_settlement", JSON.stringify(http));
+      }
+    } finally {
+      v.close();
     }
     assert.equal(await balance(treasury), late.before + 10000n);
     const a = await l.call("ledger.audit", {});
@@ -485,8 +531,11 @@ async function settleDisturbed(payer, interfere) {
     assert.equal((await ethRpc(evm.rpcUrl, "eth_getTransactionReceipt", [st.resigned_tx])).status, "0x1");
     assert.equal(await ethRpc(evm.rpcUrl, "eth_getTransactionReceipt", [first]), null, "the first never mined");
     assert.equal(await balance(treasury), before + 10000n, "paid once");
-    // settle asked again: the recorded answer, naming the transaction that moved the money
-    const again = await (await post("settle", body)).json();
+    // settle asked again (the verifier's RPC): the recorded answer, naming the transaction that moved the money
+    const { paymentPayload, paymentRequirements } = JSON.parse(body);
+    const v = new RpcClient(verifier.endpoint);
+    const again = (await v.call("verifier.settle", { payload: paymentPayload, requirements: paymentRequirements },
+      { deadlineMs: 30000 }).finally(() => v.close())).body;
     assert.equal(again.success, true, JSON.stringify(again));
     assert.equal(again.transaction, st.resigned_tx);
     assert.equal(await balance(treasury), before + 10000n);
