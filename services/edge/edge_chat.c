@@ -74,6 +74,7 @@ struct s_chat {
     int pay_version;    /* 1 or 2 */
     json_t *pay_req;    /* the requirements it meets */
     char *resource_url; /* this call's URL, for the quote */
+    int64_t key_cap;    /* the key's spend cap in its lookup (-1: none) */
     int64_t authorization_id;
     const char *earlier_settle; /* served again for an earlier try's payment: "was" or "may be" settled */
     bool settling, settled;
@@ -1214,7 +1215,7 @@ static void s_on_reserved(void *arg, const fb_rpc_reply_t *reply)
 static void s_hold(s_chat_t *c)
 {
     c->pending++;
-    if (edge_purse_reserve(c->w->purse, c->account_id, c->key_id, c->hold_micro, c->rid, &c->res,
+    if (edge_purse_reserve(c->w->purse, c->account_id, c->key_id, c->key_cap, c->hold_micro, c->rid, &c->res,
                            s_on_reserved, c)) {
         c->pending--;
         s_reserved(c);
@@ -1394,6 +1395,8 @@ static void s_on_key(void *arg, const edge_key_t *k)
         c->entered = true;
         c->account_id = k->account_id;
         c->key_id = k->key_id;
+        json_t *cap = json_object_get(k->view, "spend_cap_micro");
+        c->key_cap = json_is_integer(cap) ? json_integer_value(cap) : -1;
         memcpy(c->mac, k->mac, sizeof(c->mac));
         s_watch(c);
         if (c->idem.named) {
@@ -2159,30 +2162,45 @@ static void s_on_watch(void *arg, const edge_key_t *k)
     free(wt);
 }
 
+static int s_mac_cmp(const void *a, const void *b)
+{
+    return memcmp(a, b, 32);
+}
+
 void edge_chat_watch_keys(edge_worker_t *w)
 {
-    enum { MAX_KEYS = 256 };
-    static __thread uint8_t seen[MAX_KEYS][32];
+    /* keys looked up each second: past that many keys in flight, the rest are looked up in turn */
+    enum { KEYS_PER_TICK = 1024 };
+    static __thread size_t turn;
+    size_t n = 0, cap = 0;
     for (s_chat_t *c = w->chats, *next; c; c = next) {
         next = c->next; /* c stays listed until h2o disposes of its request */
         s_check_client(c);
     }
-    int n = 0;
     int64_t now = fb_mono_ms();
-    for (s_chat_t *c = w->chats; c && n < MAX_KEYS; c = c->next) {
-        if (c->x402 || !c->call || now - c->t0_ms < 1000)
-            continue;
-        bool dup = false;
-        for (int i = 0; i < n && !dup; i++)
-            dup = memcmp(seen[i], c->mac, 32) == 0;
-        if (dup)
-            continue;
-        memcpy(seen[n++], c->mac, 32);
+    for (s_chat_t *c = w->chats; c; c = c->next)
+        if (!c->x402 && c->call && now - c->t0_ms >= 1000)
+            cap++;
+    if (cap == 0)
+        return;
+    uint8_t(*macs)[32] = fb_malloc(cap * 32);
+    for (s_chat_t *c = w->chats; c && n < cap; c = c->next)
+        if (!c->x402 && c->call && now - c->t0_ms >= 1000)
+            memcpy(macs[n++], c->mac, 32);
+    qsort(macs, n, 32, s_mac_cmp);
+    size_t keys = 0;
+    for (size_t i = 0; i < n; i++)
+        if (keys == 0 || memcmp(macs[keys - 1], macs[i], 32) != 0)
+            memcpy(macs[keys++], macs[i], 32);
+    size_t ask = keys < KEYS_PER_TICK ? keys : KEYS_PER_TICK;
+    for (size_t i = 0; i < ask; i++) {
         s_watch_t *wt = fb_calloc(1, sizeof(*wt));
         wt->w = w;
-        memcpy(wt->mac, c->mac, 32);
-        edge_auth_lookup(w, c->mac, true, NULL, s_on_watch, wt);
+        memcpy(wt->mac, macs[(turn + i) % keys], 32);
+        edge_auth_lookup(w, wt->mac, true, NULL, s_on_watch, wt);
     }
+    turn = (turn + ask) % keys;
+    free(macs);
 }
 
 int edge_chat_test(bool verbose)

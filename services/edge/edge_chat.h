@@ -29,7 +29,8 @@ int edge_chat_prompt(edge_worker_t *w, h2o_req_t *req, const char *rid);
 
 /* edge_chat_watch_keys - look up again (uncached) the keys of this worker's
  * prepaid calls running for more than a second, and cut the calls of a key
- * found revoked (run every second by the worker). */
+ * found revoked (run every second by the worker): every key each second up to
+ * 1,024 keys, more in turn. */
 void edge_chat_watch_keys(edge_worker_t *w);
 
 /* edge_chat_output_estimate - the conservative output token count of a

@@ -99,6 +99,7 @@ struct s_key {
     s_wait_t *waiters, **waiters_tail;
     int64_t factor; /* ceilings per slice */
     uint64_t gen;   /* counts the times its slices were all closed (revoked, changed, stopping) */
+    int64_t cap;    /* the key's spend cap its slices were opened under (-1: none) */
     size_t slices;  /* its slices not yet closed */
 };
 
@@ -198,9 +199,17 @@ static void s_rehash(edge_purse_t *self, size_t n)
     free(old);
 }
 
-static s_key_t *s_key_get(edge_purse_t *self, int64_t key_id, int64_t account_id)
+static s_key_t *s_key_get(edge_purse_t *self, int64_t key_id, int64_t account_id, int64_t cap)
 {
     s_key_t *k = s_key_find(self, key_id);
+    if (k && k->cap != cap) {
+        /* its cap changed (through any edge: this call's lookup is at most a second old): no
+         * slice opened under the old one takes another call; the next hold is checked against
+         * the new one */
+        edge_purse_retire_key(self, key_id);
+        if ((k = s_key_find(self, key_id))) /* (retiring may have freed it) */
+            k->cap = cap;
+    }
     if (k)
         return k;
     if (self->nkeys >= self->nbuckets * 2)
@@ -210,6 +219,7 @@ static s_key_t *s_key_get(edge_purse_t *self, int64_t key_id, int64_t account_id
     k->account_id = account_id;
     k->waiters_tail = &k->waiters;
     k->factor = self->conf.slice_calls;
+    k->cap = cap;
     size_t b = s_bucket(self, key_id);
     k->next = self->buckets[b];
     self->buckets[b] = k;
@@ -552,7 +562,7 @@ static void s_open(edge_purse_t *self, s_key_t *k, int64_t first, const char *ri
     s_ledger(self, "ledger.hold", json_incref(o->body), o->idem, rid, s_on_hold, o);
 }
 
-bool edge_purse_reserve(edge_purse_t *self, int64_t account_id, int64_t key_id, int64_t amount,
+bool edge_purse_reserve(edge_purse_t *self, int64_t account_id, int64_t key_id, int64_t cap, int64_t amount,
                         const char *rid, edge_purse_res_t *res, edge_purse_fn *fn, void *arg)
 {
     FB_ASSERT(amount > 0);
@@ -563,7 +573,7 @@ bool edge_purse_reserve(edge_purse_t *self, int64_t account_id, int64_t key_id, 
         self->epoch = epoch;
         edge_purse_drain(self);
     }
-    s_key_t *k = s_key_get(self, key_id, account_id);
+    s_key_t *k = s_key_get(self, key_id, account_id, cap);
     if (!k->waiters && k->current && !s_fits(k->current, amount) && k->ahead && s_fits(k->ahead, amount))
         s_retire(self, k->current); /* the ahead slice takes over */
     if (!k->waiters && k->current && s_fits(k->current, amount)) {

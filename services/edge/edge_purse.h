@@ -72,12 +72,14 @@ void edge_purse_destroy(edge_purse_t **self_p);
 /* edge_purse_alive - false once shut down: the worker's ledger client is going. */
 bool edge_purse_alive(const edge_purse_t *self);
 
-/* edge_purse_reserve - reserve amount for a call of key (on account). Returns
+/* edge_purse_reserve - reserve amount for a call of key (on account), whose
+ * spend cap is cap (-1: none) in the key's lookup for this call: a cap other
+ * than the one the key's slices were opened under retires them. Returns
  * true when it is reserved at once (res filled, fn not called); false when a
  * slice is being opened: fn runs later, with res filled when reply->ok, or
  * with the ledger's refusal (insufficient_balance, spend_limit_exceeded,
  * key_revoked, ... with their bodies). */
-bool edge_purse_reserve(edge_purse_t *self, int64_t account_id, int64_t key_id, int64_t amount,
+bool edge_purse_reserve(edge_purse_t *self, int64_t account_id, int64_t key_id, int64_t cap, int64_t amount,
                         const char *rid, edge_purse_res_t *res, edge_purse_fn *fn, void *arg);
 
 /* edge_purse_charge - charge cost (0..res->amount) for the call, with rid as

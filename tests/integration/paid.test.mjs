@@ -538,6 +538,23 @@ test("refused and failed calls charge nothing and surface as the SDK's exception
   await audit();
 });
 
+test("a spend cap lowered through one edge stops the key's calls on another within a second, its open slice notwithstanding", async () => {
+  const { id, key, keyId } = await account(10_000_000);
+  const other = await startEdge({ FAREBOX_PREPAID_SLICE_IDLE_MS: "600000" });
+  const client = new OpenAI({ baseURL: `${other}/v1`, apiKey: key, maxRetries: 0 });
+  const ask = (i) => client.chat.completions.create({ model: "gpt-4o-mini", max_tokens: 2,
+    messages: [{ role: "user", content: `cap ${i}` }] });
+  for (let i = 0; i < 2; i++) await ask(i);
+  assert.equal((await holds(id))[0].state, "open", "the other edge's slice is open");
+  // through this edge (the other one drops nothing itself): a cap below what the key spent
+  const patched = await call("PATCH", `/admin/keys/${keyId}`, { spend_cap_micro: 1 });
+  assert.equal(patched.status, 200, JSON.stringify(patched.body));
+  await sleep(1100); // the other edge's lookups are at most a second old
+  await assert.rejects(ask(2), (e) => e instanceof OpenAI.PermissionDeniedError && e.code === "spend_limit_exceeded");
+  assert.equal((await settled(id)).length, 2, "nothing charged past the cap");
+  await audit();
+});
+
 test("HTTP/2 (h2c): the same paid calls, whole and streamed", async () => {
   const { id, key } = await account(10_000_000);
   const session = http2.connect(url);
@@ -1117,6 +1134,54 @@ test("a key revoked while its stream runs: the stream is cut within seconds and 
   assert.ok(Date.now() - revokedAt < 5000, "cut within a few seconds, not after the 20 s stream");
   const [h] = await settled(id);
   assert.ok(h.amount_micro > 0 && h.amount_micro < cost("gpt-4o-mini", 0, 400) / 2, JSON.stringify(h));
+  await audit();
+});
+
+test("the revocation watch covers every key in flight: a key revoked among 300 other keys' streams is cut", async () => {
+  // one worker with 301 keys streaming: each second every key is looked up again (the watch once stopped
+  // at the 256 newest, and the oldest stream of a revoked key ran to its end)
+  const busy = await startEdge({ FAREBOX_RATE_IP_PER_S: "0", FAREBOX_HTTP_MAX_CONNECTIONS_PER_IP: "0",
+    FAREBOX_PREPAID_SLICE_IDLE_MS: "50" });
+  const victim = await account(10_000_000);
+  const crowd = await account(10_000_000); // 300 more keys of one account, minted through the busy edge
+  const others = [];
+  for (let i = 0; i < 300; i += 25)
+    others.push(...await Promise.all(Array.from({ length: 25 }, async () => {
+      const r = await fetch(`${busy}/admin/accounts/${crowd.id}/keys`, { method: "POST", headers: admin, body: "{}" });
+      assert.equal(r.status, 201);
+      return (await r.json());
+    })));
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 400 });
+  const open = (key) => new Promise((resolve, reject) => {
+    const req = http.request(`${busy}/v1/chat/completions`, { method: "POST", agent, headers: {
+      authorization: `Bearer ${key}`, "content-type": "application/json" } }, (res) => {
+      let text = "";
+      res.on("data", (d) => (text += d));
+      resolve({ res, ended: new Promise((done) => res.on("end", () => done(text)).on("close", () => done(text))) });
+    });
+    req.on("error", reject);
+    req.end(JSON.stringify({ model: "gpt-4o-mini", stream: true, max_tokens: 40,
+      messages: [{ role: "user", content: "[mock:tokens=40][mock:rate=2]" }] }));
+  });
+  const first = await open(victim.key); // the oldest call on the worker
+  const rest = await Promise.all(others.map((o) => open(o.key)));
+  assert.equal(first.res.statusCode, 200);
+  assert.ok(rest.every((r) => r.res.statusCode === 200));
+  await sleep(1200); // every call over a second old: all watched
+  assert.equal((await call("POST", `/admin/keys/${victim.keyId}/revoke`)).status, 200);
+  const revokedAt = Date.now();
+  const text = await first.ended;
+  assert.ok(Date.now() - revokedAt < 5000, `cut within seconds, not after the 20 s stream (${Date.now() - revokedAt} ms)`);
+  assert.match(text, /revoked/);
+  for (const r of rest) r.res.destroy(); // the others leave: each charged what it was sent
+  agent.destroy();
+  const delivered = (text.match(/"content":"[^"]+"/g) ?? []).length;
+  assert.ok(delivered > 0 && delivered < 40, `${delivered} tokens delivered of 40`);
+  const [h] = await settled(victim.id);
+  assert.ok(h.amount_micro > 0, JSON.stringify(h));
+  await waitUntil(async () => (await holds(crowd.id)).every((x) => x.state !== "open") &&
+    (await chargesOf(crowd.id)).length === 300,
+    { what: "every other stream charged once", timeoutMs: 20000 });
   await audit();
 });
 
