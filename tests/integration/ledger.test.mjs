@@ -1044,6 +1044,19 @@ test("bad input answers a clear error and changes nothing", async () => {
   await audit();
 });
 
+test("a chain-watcher's cursor: block 0 recorded (a watch from the genesis block), then moved only forward", async () => {
+  const network = "eip155:31337-cursor";
+  const at0 = await ok("ledger.advance_cursor", { network, block: 0, hash: "0xgenesis" });
+  assert.equal(at0.block, 0);
+  assert.equal((await ok("ledger.advance_cursor", { network, block: 5, hash: "0x5" })).block, 5);
+  assert.equal((await ok("ledger.advance_cursor", { network, block: 3, hash: "0x3" })).block, 5, "never back");
+  for (const block of [-1, 1.5, "7"]) {
+    const r = await call("ledger.advance_cursor", { network, block }, idem());
+    assert.equal(r.code, "bad_request", `${block}: ${r.code}`);
+  }
+  assert.equal((await ok("ledger.advance_cursor", { network, block: 5 })).block, 5);
+});
+
 test("postings and transfers cannot be changed, even by hand", () => {
   for (const sql of ["UPDATE postings SET amount = amount + 1", "DELETE FROM postings", "DELETE FROM transfers",
     "TRUNCATE postings CASCADE"]) {
