@@ -23,6 +23,7 @@ typedef struct {
     int64_t rest_ms;    /* next backoff */
     uint64_t calls, failures;
     int64_t last_latency_us;
+    bool barred; /* fb_jsonrpc_bar: never picked */
 } s_endpoint_t;
 
 typedef struct s_request {
@@ -41,6 +42,7 @@ typedef struct s_request {
     uint32_t attempt;
     uint32_t tried; /* bit per endpoint tried */
     int64_t started_us;
+    bool held; /* every endpoint barred: sent once one is not */
 } s_request_t;
 
 struct fb_jsonrpc_t {
@@ -127,13 +129,14 @@ int fb_jsonrpc_check_urls(const char *text, char *err, size_t errlen)
 }
 
 /* The next endpoint for a request: healthy ones not tried yet, in order; if
- * none, the one that comes out of rest first. */
+ * none, the one that comes out of rest first; never a barred one (-1 when
+ * every one is). */
 static int s_pick(fb_jsonrpc_t *self, s_request_t *r)
 {
     int64_t now = fb_mono_ms();
     int best = -1;
     for (int i = 0; i < self->nendpoints; i++) {
-        if (r->tried & (1u << i))
+        if ((r->tried & (1u << i)) || self->endpoints[i].barred)
             continue;
         if (self->endpoints[i].rest_until <= now)
             return i;
@@ -145,7 +148,8 @@ static int s_pick(fb_jsonrpc_t *self, s_request_t *r)
     /* every endpoint tried once: start over with the least rested */
     r->tried = 0;
     for (int i = 0; i < self->nendpoints; i++)
-        if (best < 0 || self->endpoints[i].rest_until < self->endpoints[best].rest_until)
+        if (!self->endpoints[i].barred &&
+            (best < 0 || self->endpoints[i].rest_until < self->endpoints[best].rest_until))
             best = i;
     return best;
 }
@@ -209,6 +213,9 @@ static void s_transfer_done(void *arg, CURL *easy, CURLcode cc);
 static void s_attempt(fb_jsonrpc_t *self, s_request_t *r)
 {
     r->endpoint = s_pick(self, r);
+    r->held = r->endpoint < 0;
+    if (r->held)
+        return; /* sent by fb_jsonrpc_bar once an endpoint may take it (or failed by destroy) */
     r->tried |= 1u << r->endpoint;
     r->attempt++;
     r->resp_len = 0;
@@ -348,6 +355,19 @@ void fb_jsonrpc_call(fb_jsonrpc_t *self, const char *method, json_t *params, fb_
     r->next = self->requests;
     self->requests = r;
     s_attempt(self, r);
+}
+
+void fb_jsonrpc_bar(fb_jsonrpc_t *self, size_t i, bool barred)
+{
+    if (i >= (size_t)self->nendpoints || self->endpoints[i].barred == barred)
+        return;
+    self->endpoints[i].barred = barred;
+    if (barred)
+        return;
+    /* (sending finishes nothing at once: the list stays as it is) */
+    for (s_request_t *r = self->requests; r; r = r->next)
+        if (r->held)
+            s_attempt(self, r);
 }
 
 void fb_jsonrpc_destroy(fb_jsonrpc_t **self_p)

@@ -60,6 +60,11 @@ void fb_jsonrpc_destroy(fb_jsonrpc_t **self_p);
 void fb_jsonrpc_call(fb_jsonrpc_t *self, const char *method, json_t *params, fb_jsonrpc_done_fn *done,
                      void *arg);
 
+/* fb_jsonrpc_bar - endpoint i (in the order of the URLs) is never used while
+ * barred (it serves another chain, or it was not checked yet); calls made
+ * while every endpoint is barred wait until one is not. */
+void fb_jsonrpc_bar(fb_jsonrpc_t *self, size_t i, bool barred);
+
 /* fb_jsonrpc_stats - per-endpoint figures; returns the count written. */
 size_t fb_jsonrpc_stats(const fb_jsonrpc_t *self, fb_jsonrpc_endpoint_stat_t *out, size_t max);
 

@@ -55,6 +55,13 @@ typedef struct {
     int64_t head;    /* -1 until it answered */
     int64_t head_ms; /* when it last answered its head */
     bool asking;
+    /* its own chain id, asked before it is used and every CHAIN_CHECK_MS after: until it
+     * answers the network's, the scanner's client does not use it (fb_jsonrpc_bar) */
+    size_t index;       /* its place among the URLs */
+    int chain_state;    /* 0 not answered yet, 1 the network's, -1 another */
+    int64_t chain_seen; /* its last answer (-1 before) */
+    int64_t chain_ms;   /* when it last answered the network's */
+    bool chain_asking;
 } s_provider_t;
 
 struct watch_evm_t {
@@ -276,8 +283,17 @@ static void s_on_cursor(void *arg, const fb_rpc_reply_t *reply)
  * kept), so a long backfill watches new addresses too. */
 static void s_round(watch_evm_t *self)
 {
-    if (self->chain_seen != self->chain_id || fb_mono_ms() - self->chain_check_ms >= CHAIN_CHECK_MS)
+    if (self->nproviders > 1) {
+        /* each endpoint is checked on its own (s_probe_providers): scanned through those that
+         * answered the network's chain id */
+        bool any = false;
+        for (size_t i = 0; i < self->nproviders; i++)
+            any = any || self->providers[i].chain_state == 1;
+        if (!any)
+            return s_done(self); /* none answered yet (or each another chain: in last_error) */
+    } else if (self->chain_seen != self->chain_id || fb_mono_ms() - self->chain_check_ms >= CHAIN_CHECK_MS) {
         return fb_jsonrpc_call(self->rpc, "eth_chainId", json_array(), s_on_chain_id, self);
+    }
     if (self->next_range)
         return s_addresses_read(self);
     if (!self->have_cursor) {
@@ -328,13 +344,51 @@ static void s_on_provider_head(void *arg, json_t *result, const char *error, int
 }
 
 /* every poll, each provider's own head (one call each, skipped while one is out) */
+static void s_on_provider_chain(void *arg, json_t *result, const char *error, int64_t code,
+                                const char *message)
+{
+    FB_UNUSED(code);
+    FB_UNUSED(message);
+    s_provider_t *p = arg;
+    watch_evm_t *self = p->owner;
+    p->chain_asking = false;
+    int64_t id;
+    if (self->stopping || error || s_qty(result, &id) != 0)
+        return; /* not answered: it stays as it was */
+    p->chain_seen = id;
+    bool ok = id == self->chain_id;
+    if (ok)
+        p->chain_ms = fb_mono_ms();
+    if (!ok && p->chain_state != -1) {
+        /* a deposit read from another chain would be credited for nothing, and a range read
+         * there would be passed as empty */
+        self->errors++;
+        snprintf(self->last_error, sizeof(self->last_error),
+                 "the chain endpoint %s serves chain id %lld, not %lld: it is not used", p->shown,
+                 (long long)id, (long long)self->chain_id);
+        fb_log(FB_LOG_ERROR, NULL, "evm endpoint serves another chain; it is not used",
+               "network=%s endpoint=%s chain_id=%lld", self->network, p->shown, (long long)id);
+    }
+    p->chain_state = ok ? 1 : -1;
+    self->chain_seen = id;
+    for (size_t i = 0; i < self->nproviders; i++)
+        if (self->providers[i].chain_state == -1)
+            self->chain_seen = self->providers[i].chain_seen; /* a mismatch shows */
+    fb_jsonrpc_bar(self->rpc, p->index, !ok);
+}
+
 static void s_probe_providers(watch_evm_t *self)
 {
+    int64_t now = fb_mono_ms();
     for (size_t i = 0; i < self->nproviders; i++) {
         s_provider_t *p = &self->providers[i];
         if (!p->asking && p->rpc) {
             p->asking = true;
             fb_jsonrpc_call(p->rpc, "eth_blockNumber", json_array(), s_on_provider_head, p);
+        }
+        if (!p->chain_asking && p->rpc && (p->chain_state != 1 || now - p->chain_ms >= CHAIN_CHECK_MS)) {
+            p->chain_asking = true;
+            fb_jsonrpc_call(p->rpc, "eth_chainId", json_array(), s_on_provider_chain, p);
         }
     }
 }
@@ -914,9 +968,11 @@ watch_evm_t *watch_evm_new(watcher_t *w, const watch_evm_config_t *config, char 
         size_t len = strcspn(p, ", ");
         if (len == 0)
             break;
-        s_provider_t *pr = &self->providers[self->nproviders++];
+        s_provider_t *pr = &self->providers[self->nproviders];
         pr->owner = self;
+        pr->index = self->nproviders++;
         pr->head = -1;
+        pr->chain_seen = -1;
         snprintf(pr->url, sizeof(pr->url), "%.*s", (int)len, p);
         fb_jsonrpc_url_shown(pr->url, pr->shown, sizeof(pr->shown));
         p += len;
@@ -930,6 +986,7 @@ watch_evm_t *watch_evm_new(watcher_t *w, const watch_evm_config_t *config, char 
                                        .attempts = 1,
                                        .max_response = 4096};
             pr->rpc = fb_jsonrpc_new(w->loop, &one, err, errlen);
+            fb_jsonrpc_bar(self->rpc, i, true); /* until it answers the network's chain id */
         }
     }
     uv_timer_init(w->loop, &self->timer);
@@ -980,9 +1037,11 @@ void watch_evm_status(const watch_evm_t *self, msgpack_packer *pk)
     fb_mp_pack_cstr(pk, "providers");
     msgpack_pack_array(pk, (uint32_t)self->nproviders);
     for (size_t i = 0; i < self->nproviders; i++) {
-        msgpack_pack_map(pk, 2);
+        msgpack_pack_map(pk, 3);
         fb_mp_pack_kv_cstr(pk, "url", self->providers[i].shown);
         fb_mp_pack_kv_int(pk, "head", self->nproviders > 1 ? self->providers[i].head : self->head);
+        fb_mp_pack_kv_int(pk, "chain_id",
+                          self->nproviders > 1 ? self->providers[i].chain_seen : self->chain_seen);
     }
     fb_mp_pack_kv_cstr(pk, "network", self->network);
     fb_mp_pack_kv_cstr(pk, "token", self->token_hex);

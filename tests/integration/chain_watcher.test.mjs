@@ -579,3 +579,59 @@ test("an endpoint serving another chain: nothing is scanned or credited, and it 
   assert.ok(wrong.lines.some((e) => e.json?.level === "error" && /another chain/.test(e.json.msg)));
   await audit();
 });
+
+test("two endpoints, one serving another chain: that one is never used (no range passed as empty), the deposit is credited through the other", async () => {
+  for (const w of watchers) assert.equal((await w.stop()).code, 0);
+  wat.close();
+  // the right chain's endpoint: answers its chain id, and (until opened) fails everything else; the other
+  // chain's: chain id 1, no logs for any range, everything else from the right chain (heights overlap)
+  let open = false;
+  const proxy = (handle) => {
+    const server = nodeHttp.createServer(async (req, res) => {
+      const chunks = [];
+      for await (const c of req) chunks.push(c);
+      const body = Buffer.concat(chunks).toString();
+      const call = JSON.parse(body);
+      const answer = (result) => res.writeHead(200, { "content-type": "application/json" })
+        .end(JSON.stringify({ jsonrpc: "2.0", id: call.id, result }));
+      if (handle(call, answer, res)) return;
+      const up = await fetch(evm.rpcUrl, { method: "POST", headers: { "content-type": "application/json" }, body });
+      res.writeHead(up.status, { "content-type": "application/json" }).end(await up.text());
+    });
+    return new Promise((r) => server.listen(0, "127.0.0.1", () => r({ url: `http://127.0.0.1:${server.address().port}`,
+      close: () => new Promise((c) => { server.closeAllConnections(); server.close(c); }) })));
+  };
+  const right = await proxy((call, answer, res) => {
+    if (call.method === "eth_chainId" || open) return false;
+    res.writeHead(503).end();
+    return true;
+  });
+  const other = await proxy((call, answer) => {
+    if (call.method === "eth_chainId") return answer("0x1"), true;
+    if (call.method === "eth_getLogs") return answer([]), true;
+    return false;
+  });
+  try {
+    const two = await startService("chain-watcher", { ...watcherEnv("watcher-two-chains"),
+      FAREBOX_EVM_RPC_URLS: `${right.url},${other.url}`, FAREBOX_CHAIN_TIMEOUT_MS: "1000" });
+    watchers = [two];
+    wat = new RpcClient(two.endpoint);
+    const a = await account();
+    const block = Number((await transfer(3, a.address, 55_000)).blockNumber);
+    await mine(CONFIRMATIONS + 2);
+    await waitUntil(async () => (await watcherStatus()).providers[1].chain_id === 1,
+      { what: "the other chain's endpoint found out" });
+    assert.ok(two.lines.some((e) => e.json?.level === "error" && /another chain; it is not used/.test(e.json.msg)));
+    await sleep(1500); // several polls: the right endpoint fails, the other is not used
+    const s = await watcherStatus();
+    assert.deepEqual(s.providers.map((p) => p.chain_id), [84532, 1]);
+    assert.ok(s.cursor < block, `no range passed through the other chain's endpoint (cursor ${s.cursor}, block ${block})`);
+    assert.equal(await balance(a.id), 0);
+    open = true;
+    await waitUntil(async () => (await balance(a.id)) === 55_000, { what: "the deposit credited through the right endpoint" });
+  } finally {
+    await right.close();
+    await other.close();
+  }
+  await audit();
+});
