@@ -41,6 +41,20 @@ typedef struct {
     bool trimmed; /* more than one poll handles: the newest were left for the next */
 } s_job_t;
 
+#define ENDPOINTS_MAX 8
+
+/* With several endpoints, each one's genesis hash asked on its own: until it
+ * answers the cluster's, the scanner's client does not use it (fb_jsonrpc_bar). */
+typedef struct {
+    struct watch_svm_t *owner;
+    size_t index; /* its place among the URLs */
+    char shown[256];
+    fb_jsonrpc_t *rpc;
+    int state;     /* 0 not answered yet, 1 the cluster's, -1 another */
+    int64_t ok_ms; /* when it last answered the cluster's */
+    bool asking;
+} s_endpoint_t;
+
 struct watch_svm_t {
     watcher_t *w;
     char network[64];
@@ -54,6 +68,8 @@ struct watch_svm_t {
     char genesis[64];
     bool cluster_check;
     int64_t cluster_checked_ms; /* 0: not (or no longer) confirmed */
+    s_endpoint_t endpoints[ENDPOINTS_MAX];
+    size_t nendpoints; /* checked one by one (2 or more URLs), else 0 */
     fb_jsonrpc_t *rpc;
     uint32_t poll_ms;
     size_t signatures_max; /* new signatures of one account handled in one poll */
@@ -522,14 +538,61 @@ static void s_on_genesis(void *arg, json_t *result, const char *error, int64_t c
     s_poll(self);
 }
 
+static void s_on_endpoint_genesis(void *arg, json_t *result, const char *error, int64_t code,
+                                  const char *message)
+{
+    FB_UNUSED(code);
+    FB_UNUSED(message);
+    s_endpoint_t *e = arg;
+    watch_svm_t *self = e->owner;
+    e->asking = false;
+    const char *hash = json_string_value(result);
+    if (self->stopping || error || !hash)
+        return; /* not answered: it stays as it was */
+    bool ok = fb_sol_cluster_ok(self->network, self->genesis, hash);
+    if (ok)
+        e->ok_ms = fb_mono_ms();
+    if (!ok && e->state != -1) {
+        /* a deposit read from another cluster would be credited for nothing */
+        self->errors++;
+        snprintf(self->last_error, sizeof(self->last_error),
+                 "the chain endpoint %.80s serves another cluster (genesis hash %.60s): it is not used",
+                 e->shown, hash);
+        fb_log(FB_LOG_ERROR, NULL, "solana endpoint serves another cluster; it is not used",
+               "network=%s endpoint=%s genesis_hash=%s", self->network, e->shown, hash);
+    }
+    e->state = ok ? 1 : -1;
+    fb_jsonrpc_bar(self->rpc, e->index, !ok);
+}
+
+/* Each endpoint's cluster, asked before it is used and every CLUSTER_CHECK_MS after; true when
+ * one may be used. */
+static bool s_check_endpoints(watch_svm_t *self)
+{
+    int64_t now = fb_mono_ms();
+    bool any = false;
+    for (size_t i = 0; i < self->nendpoints; i++) {
+        s_endpoint_t *e = &self->endpoints[i];
+        if (!e->asking && (e->state != 1 || now - e->ok_ms >= CLUSTER_CHECK_MS)) {
+            e->asking = true;
+            fb_jsonrpc_call(e->rpc, "getGenesisHash", json_array(), s_on_endpoint_genesis, e);
+        }
+        any = any || e->state == 1;
+    }
+    return any;
+}
+
 static void s_on_timer(uv_timer_t *t)
 {
     watch_svm_t *self = t->data;
-    if (self->busy || self->stopping)
+    if (self->stopping)
+        return;
+    bool usable = self->nendpoints == 0 || s_check_endpoints(self);
+    if (self->busy || !usable)
         return;
     self->busy = true;
     self->polls++;
-    if (self->cluster_check &&
+    if (self->nendpoints == 0 && self->cluster_check &&
         (!self->cluster_checked_ms || fb_mono_ms() - self->cluster_checked_ms >= CLUSTER_CHECK_MS))
         return fb_jsonrpc_call(self->rpc, "getGenesisHash", json_array(), s_on_genesis, self);
     s_poll(self);
@@ -585,6 +648,41 @@ watch_svm_t *watch_svm_new(watcher_t *w, const watch_svm_config_t *config, char 
         free(self);
         return NULL;
     }
+    /* with several endpoints and a cluster to check, each one is checked on its own */
+    size_t n = 0;
+    char urls[ENDPOINTS_MAX][256];
+    for (const char *p = config->rpc_urls; *p && n < ENDPOINTS_MAX;) {
+        p += strspn(p, ", ");
+        size_t len = strcspn(p, ", ");
+        if (len == 0 || len >= sizeof(urls[0]))
+            break;
+        snprintf(urls[n++], sizeof(urls[0]), "%.*s", (int)len, p);
+        p += len;
+    }
+    if (self->cluster_check && n > 1) {
+        for (size_t i = 0; i < n; i++) {
+            s_endpoint_t *e = &self->endpoints[self->nendpoints];
+            fb_jsonrpc_config_t one = {.chain = self->network,
+                                       .urls = urls[i],
+                                       .timeout_ms = config->timeout_ms,
+                                       .attempts = 1,
+                                       .max_response = 4096};
+            e->rpc = fb_jsonrpc_new(w->loop, &one, err, errlen);
+            if (!e->rpc)
+                break;
+            e->owner = self;
+            e->index = self->nendpoints++;
+            fb_jsonrpc_url_shown(urls[i], e->shown, sizeof(e->shown));
+            fb_jsonrpc_bar(self->rpc, i, true); /* until it answers the cluster's genesis hash */
+        }
+        if (self->nendpoints < n) {
+            for (size_t i = 0; i < self->nendpoints; i++)
+                fb_jsonrpc_destroy(&self->endpoints[i].rpc);
+            fb_jsonrpc_destroy(&self->rpc);
+            free(self);
+            return NULL;
+        }
+    }
     uv_timer_init(w->loop, &self->timer);
     self->timer.data = self;
     uv_timer_start(&self->timer, s_on_timer, 0, self->poll_ms);
@@ -596,6 +694,8 @@ void watch_svm_stop(watch_svm_t *self)
     self->stopping = true;
     uv_timer_stop(&self->timer);
     fb_jsonrpc_destroy(&self->rpc);
+    for (size_t i = 0; i < self->nendpoints; i++)
+        fb_jsonrpc_destroy(&self->endpoints[i].rpc);
 }
 
 static void s_on_closed(uv_handle_t *h)

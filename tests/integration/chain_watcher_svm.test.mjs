@@ -7,6 +7,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import crypto from "node:crypto";
+import nodeHttp from "node:http";
 import {
   address, appendTransactionMessageInstructions, createKeyPairSignerFromBytes, createSolanaRpc, createTransactionMessage,
   getBase58Encoder, getBase64EncodedWireTransaction, getSignatureFromTransaction, pipe,
@@ -252,5 +253,61 @@ test("sweep: every deposit token account's balance moves to the treasury, which 
   assert.equal(again.status, 0, again.stderr);
   assert.ok(again.lines.every((l) => l.status === "nothing"), JSON.stringify(again.lines));
   assert.equal(await units(treasuryAta), before + total);
+  await audit();
+});
+
+test("two endpoints, one serving another cluster: it is asked nothing but its genesis hash, and deposits are credited through the other", async () => {
+  for (const w of watchers) assert.equal((await w.stop()).code, 0);
+  wat.close();
+  // the cluster's endpoint: answers its genesis hash and (until opened) fails everything else; the other
+  // cluster's: devnet's genesis hash, anything else recorded and passed on
+  let open = false;
+  const otherCalls = [];
+  const proxy = (handle) => {
+    const server = nodeHttp.createServer(async (req, res) => {
+      const chunks = [];
+      for await (const c of req) chunks.push(c);
+      const body = Buffer.concat(chunks).toString();
+      const call = JSON.parse(body);
+      if (handle(call, res)) return;
+      const up = await fetch(sol.rpcUrl, { method: "POST", headers: { "content-type": "application/json" }, body });
+      res.writeHead(up.status, { "content-type": "application/json" }).end(await up.text());
+    });
+    return new Promise((r) => server.listen(0, "127.0.0.1", () => r({ url: `http://127.0.0.1:${server.address().port}`,
+      close: () => new Promise((c) => { server.closeAllConnections(); server.close(c); }) })));
+  };
+  const right = await proxy((call, res) => {
+    if (call.method === "getGenesisHash" || open) return false;
+    res.writeHead(503).end();
+    return true;
+  });
+  const other = await proxy((call, res) => {
+    if (call.method !== "getGenesisHash") {
+      otherCalls.push(call.method);
+      return false;
+    }
+    res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ jsonrpc: "2.0", id: call.id,
+      result: "EtWTRABZaYq6iMfeYKouRu166VU2xqa1wcaWoxPkrZBG" })); // devnet's
+    return true;
+  });
+  try {
+    const two = await startService("chain-watcher", watcherEnv("watcher-two-clusters",
+      { FAREBOX_SOLANA_RPC_URLS: `${right.url},${other.url}`, FAREBOX_CHAIN_TIMEOUT_MS: "1000" }));
+    watchers = [two];
+    wat = new RpcClient(two.endpoint);
+    const a = await account();
+    const { err } = await send([{ wallet: 0, to: a.ata, amount: 700_000 }]);
+    assert.equal(err, null);
+    await two.waitForMsg("solana endpoint serves another cluster; it is not used");
+    await sleep(1500); // several polls: the cluster's endpoint fails, the other is not used
+    assert.equal(await balance(a.id), 0);
+    open = true;
+    await waitUntil(async () => (await balance(a.id)) === 700_000, { timeoutMs: 20000,
+      what: "the deposit credited through the cluster's endpoint" });
+    assert.deepEqual(otherCalls, [], "the other cluster's endpoint was asked nothing but its genesis hash");
+  } finally {
+    await right.close();
+    await other.close();
+  }
   await audit();
 });
