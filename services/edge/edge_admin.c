@@ -163,8 +163,35 @@ static int s_query(h2o_req_t *req, const s_route_t *r, json_t *body, char *err, 
     return 0;
 }
 
+/* A key's model allowlist: each a model of the catalog (id or alias), once; a typo would lock the key
+ * out of every model without a word. */
+static int s_models(const edge_catalog_t *catalog, json_t *models, char *err, size_t errlen)
+{
+    size_t i, j;
+    json_t *m, *n;
+    json_array_foreach(models, i, m)
+    {
+        if (!json_is_string(m))
+            continue; /* the ledger says what a model must be */
+        if (!edge_catalog_find(catalog, json_string_value(m), json_string_length(m))) {
+            snprintf(err, errlen, "models[%zu]: \"%.128s\" is not a model of this catalog (GET /v1/models)",
+                     i, json_string_value(m));
+            return -1;
+        }
+        json_array_foreach(models, j, n)
+        {
+            if (j < i && json_equal(m, n)) {
+                snprintf(err, errlen, "models[%zu]: \"%.128s\" is listed twice", i, json_string_value(m));
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
 /* The request body's fields, each allowed by the route. */
-static int s_body(h2o_req_t *req, const s_route_t *r, json_t *body, char *err, size_t errlen)
+static int s_body(h2o_req_t *req, const s_route_t *r, const edge_catalog_t *catalog, json_t *body, char *err,
+                  size_t errlen)
 {
     if (req->entity.base == NULL || req->entity.len == 0)
         return 0;
@@ -186,6 +213,11 @@ static int s_body(h2o_req_t *req, const s_route_t *r, json_t *body, char *err, s
         if (!s_in_list(r->body_fields, key, strlen(key))) {
             snprintf(err, errlen, "unknown field \"%.64s\"%s%s%s", key, r->body_fields[0] ? " (known: " : "",
                      r->body_fields, r->body_fields[0] ? ")" : "");
+            json_decref(doc);
+            return -1;
+        }
+        if (strcmp(key, "models") == 0 && json_is_array(v) && json_array_size(v) <= EDGE_ADMIN_MODELS_MAX &&
+            s_models(catalog, v, err, errlen) != 0) {
             json_decref(doc);
             return -1;
         }
@@ -298,7 +330,8 @@ int edge_admin(edge_worker_t *w, h2o_req_t *req, const char *rid)
     json_t *body = json_object();
     if (route->id_field)
         json_object_set_new(body, route->id_field, json_integer(id));
-    if (s_query(req, route, body, err, sizeof(err)) != 0 || s_body(req, route, body, err, sizeof(err)) != 0) {
+    if (s_query(req, route, body, err, sizeof(err)) != 0 ||
+        s_body(req, route, w->edge->catalog, body, err, sizeof(err)) != 0) {
         json_decref(body);
         edge_error(req, EDGE_OPENAI, 400, "invalid_request", NULL, "%s", err);
         return 0;

@@ -9,6 +9,8 @@
 #include "edge.h"
 
 #define EDGE_ADMIN_MAX_BODY 65536
+#define EDGE_ADMIN_MODELS_MAX                                                                                \
+    256 /* a key's allowlist (the ledger's limit): checked against the catalog up to it */
 
 int edge_admin(edge_worker_t *w, h2o_req_t *req, const char *rid);
 

@@ -207,6 +207,10 @@ test("refusals: no token, wrong token, admin off, bad ids, bodies and queries, u
     ["GET", "/admin/accounts/1/history?colour=red", undefined, 400, "invalid_request"],
     ["POST", "/admin/accounts/1/credits", { amount_micro: 5 }, 400, "invalid_request"],
     ["POST", "/admin/accounts/1/credits", { amount_micro: -5, reference: "neg" }, 400, "invalid_request"],
+    // a key's allowlist: models of the catalog (ids or aliases), each once — a typo would lock the key out
+    ["POST", "/admin/accounts/1/keys", { models: ["gpt-4o-mini", "gpt-4o-mnii"] }, 400, "invalid_request"],
+    ["POST", "/admin/accounts/1/keys", { models: ["gpt-4o-mini", "gpt-4o-mini"] }, 400, "invalid_request"],
+    ["PATCH", "/admin/keys/1", { models: ["no-such-model"] }, 400, "invalid_request"],
   ];
   for (const [method, p, body, status, code] of cases) {
     const r = await call(method, p, body);
@@ -311,6 +315,14 @@ test("fareboxctl drives the admin API with run.env's variables", () => {
   assert.equal(missing.status, 1);
   assert.equal(missing.json.error.code, "account_not_found");
   assert.equal(ctl(["key", "cap", kid, "lots"]).status, 2);
+  // text that is not UTF-8, and a model list naming no model: refused here, nothing sent
+  const latin = spawnSync("sh", ["-c", `"$0" account create "$(printf 'bad\\377')"`, bin("fareboxctl")],
+    { encoding: "utf8", env: { ...process.env, FAREBOX_URL: url, FAREBOX_ADMIN_TOKEN: ADMIN } });
+  assert.equal(latin.status, 2, latin.stdout + latin.stderr);
+  assert.match(latin.stderr, /not UTF-8/);
+  for (const list of ["", ","]) assert.equal(ctl(["key", "models", kid, list]).status, 2, JSON.stringify(list));
+  assert.equal(ctl(["key", "mint", id, "--models", ""]).status, 2);
+  assert.equal(ctl(["key", "list", id]).json.keys.length, 1, "no key minted");
   assert.equal(ctl(["nonsense"]).status, 2);
   const noEnv = ctl(["audit"], { FAREBOX_URL: "", FAREBOX_ADMIN_TOKEN: "" });
   assert.equal(noEnv.status, 2);

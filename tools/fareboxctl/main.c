@@ -97,6 +97,8 @@ static bool s_digits(const char *s)
     return true;
 }
 
+/* A model list: "all" (null), or names separated by commas; NULL (a usage
+ * error, said) when it names none: an empty allowlist would allow no model. */
 static json_t *s_models(const char *list)
 {
     if (strcmp(list, "all") == 0)
@@ -106,6 +108,11 @@ static json_t *s_models(const char *list)
     for (char *m = strtok_r(copy, ",", &save); m; m = strtok_r(NULL, ",", &save))
         json_array_append_new(a, json_string(m));
     free(copy);
+    if (json_array_size(a) == 0) {
+        fprintf(stderr, "fareboxctl: a model list names at least one model (or is \"all\")\n");
+        json_decref(a);
+        return NULL;
+    }
     return a;
 }
 
@@ -220,7 +227,12 @@ static int s_key(int argc, char **argv)
             } else if (strcmp(argv[i], "--cap") == 0 && s_digits(argv[i + 1])) {
                 json_object_set_new(body, "spend_cap_micro", json_integer(strtoll(argv[i + 1], NULL, 10)));
             } else if (strcmp(argv[i], "--models") == 0) {
-                json_object_set_new(body, "models", s_models(argv[i + 1]));
+                json_t *models = s_models(argv[i + 1]);
+                if (!models) {
+                    json_decref(body);
+                    return 2;
+                }
+                json_object_set_new(body, "models", models);
             } else {
                 json_decref(body);
                 return s_usage();
@@ -244,8 +256,10 @@ static int s_key(int argc, char **argv)
         return s_call("PATCH", path,
                       json_pack("{sI}", "spend_cap_micro", (json_int_t)strtoll(argv[2], NULL, 10)));
     }
-    if (strcmp(argv[0], "models") == 0 && argc == 3)
-        return s_call("PATCH", path, json_pack("{so}", "models", s_models(argv[2])));
+    if (strcmp(argv[0], "models") == 0 && argc == 3) {
+        json_t *models = s_models(argv[2]);
+        return models ? s_call("PATCH", path, json_pack("{so}", "models", models)) : 2;
+    }
     return s_usage();
 }
 
@@ -253,6 +267,15 @@ int main(int argc, char **argv)
 {
     if (argc < 2)
         return s_usage();
+    for (int i = 1; i < argc; i++) {
+        /* what goes into a JSON body must be UTF-8: jansson makes no string of anything else */
+        json_t *s = json_string(argv[i]);
+        if (!s) {
+            fprintf(stderr, "fareboxctl: argument %d is not UTF-8 text\n", i);
+            return 2;
+        }
+        json_decref(s);
+    }
     curl_global_init(CURL_GLOBAL_DEFAULT);
     int rc;
     const char *cmd = argv[1];
