@@ -19,7 +19,7 @@ import { HDKey, privateKeyToAccount } from "viem/accounts";
 import { createKeyPairFromPrivateKeyBytes, getAddressFromPublicKey } from "@solana/kit";
 import { bin, freePort, sleep, startService, waitUntil, stopAll } from "../lib/harness.mjs";
 import { startPostgres } from "../lib/pg.mjs";
-import { startChains, ethRpc } from "../lib/chains.mjs";
+import { startChains, ethRpc, rpcProxy } from "../lib/chains.mjs";
 import { RpcClient } from "../lib/rpc.mjs";
 
 const SECRET = crypto.randomBytes(32).toString("hex");
@@ -586,21 +586,7 @@ test("two endpoints, one serving another chain: that one is never used (no range
   // the right chain's endpoint: answers its chain id, and (until opened) fails everything else; the other
   // chain's: chain id 1, no logs for any range, everything else from the right chain (heights overlap)
   let open = false;
-  const proxy = (handle) => {
-    const server = nodeHttp.createServer(async (req, res) => {
-      const chunks = [];
-      for await (const c of req) chunks.push(c);
-      const body = Buffer.concat(chunks).toString();
-      const call = JSON.parse(body);
-      const answer = (result) => res.writeHead(200, { "content-type": "application/json" })
-        .end(JSON.stringify({ jsonrpc: "2.0", id: call.id, result }));
-      if (handle(call, answer, res)) return;
-      const up = await fetch(evm.rpcUrl, { method: "POST", headers: { "content-type": "application/json" }, body });
-      res.writeHead(up.status, { "content-type": "application/json" }).end(await up.text());
-    });
-    return new Promise((r) => server.listen(0, "127.0.0.1", () => r({ url: `http://127.0.0.1:${server.address().port}`,
-      close: () => new Promise((c) => { server.closeAllConnections(); server.close(c); }) })));
-  };
+  const proxy = (handle) => rpcProxy(evm.rpcUrl, handle);
   const right = await proxy((call, answer, res) => {
     if (call.method === "eth_chainId" || open) return false;
     res.writeHead(503).end();

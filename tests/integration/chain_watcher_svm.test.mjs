@@ -7,7 +7,6 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import crypto from "node:crypto";
-import nodeHttp from "node:http";
 import {
   address, appendTransactionMessageInstructions, createKeyPairSignerFromBytes, createSolanaRpc, createTransactionMessage,
   getBase58Encoder, getBase64EncodedWireTransaction, getSignatureFromTransaction, pipe,
@@ -17,7 +16,7 @@ import { TOKEN_PROGRAM_ADDRESS, findAssociatedTokenPda, getTransferCheckedInstru
 import { spawnSync } from "node:child_process";
 import { bin, freePort, sleep, startService, waitUntil, stopAll } from "../lib/harness.mjs";
 import { startPostgres } from "../lib/pg.mjs";
-import { startChains } from "../lib/chains.mjs";
+import { startChains, rpcProxy } from "../lib/chains.mjs";
 import { RpcClient } from "../lib/rpc.mjs";
 
 const SECRET = crypto.randomBytes(32).toString("hex");
@@ -263,31 +262,18 @@ test("two endpoints, one serving another cluster: it is asked nothing but its ge
   // cluster's: devnet's genesis hash, anything else recorded and passed on
   let open = false;
   const otherCalls = [];
-  const proxy = (handle) => {
-    const server = nodeHttp.createServer(async (req, res) => {
-      const chunks = [];
-      for await (const c of req) chunks.push(c);
-      const body = Buffer.concat(chunks).toString();
-      const call = JSON.parse(body);
-      if (handle(call, res)) return;
-      const up = await fetch(sol.rpcUrl, { method: "POST", headers: { "content-type": "application/json" }, body });
-      res.writeHead(up.status, { "content-type": "application/json" }).end(await up.text());
-    });
-    return new Promise((r) => server.listen(0, "127.0.0.1", () => r({ url: `http://127.0.0.1:${server.address().port}`,
-      close: () => new Promise((c) => { server.closeAllConnections(); server.close(c); }) })));
-  };
-  const right = await proxy((call, res) => {
+  const proxy = (handle) => rpcProxy(sol.rpcUrl, handle);
+  const right = await proxy((call, answer, res) => {
     if (call.method === "getGenesisHash" || open) return false;
     res.writeHead(503).end();
     return true;
   });
-  const other = await proxy((call, res) => {
+  const other = await proxy((call, answer) => {
     if (call.method !== "getGenesisHash") {
       otherCalls.push(call.method);
       return false;
     }
-    res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ jsonrpc: "2.0", id: call.id,
-      result: "EtWTRABZaYq6iMfeYKouRu166VU2xqa1wcaWoxPkrZBG" })); // devnet's
+    answer("EtWTRABZaYq6iMfeYKouRu166VU2xqa1wcaWoxPkrZBG"); // devnet's
     return true;
   });
   try {
