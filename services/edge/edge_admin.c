@@ -144,11 +144,12 @@ static int s_query(h2o_req_t *req, const s_route_t *r, json_t *body, char *err, 
         key[klen] = '\0';
         int64_t v;
         if (strcmp(key, "state") == 0) {
-            bool word = val.len > 0 && val.len <= 16;
-            for (size_t i = 0; i < val.len && word; i++)
-                word = val.base[i] >= 'a' && val.base[i] <= 'z';
-            if (!word) {
-                snprintf(err, errlen, "state must be a word (open, committed, voided, expired)");
+            static const char *const states[] = {"open", "committed", "voided", "expired"};
+            bool known = false;
+            for (size_t i = 0; i < FB_ARRAY_SIZE(states) && !known; i++)
+                known = val.len == strlen(states[i]) && memcmp(val.base, states[i], val.len) == 0;
+            if (!known) {
+                snprintf(err, errlen, "state must be open, committed, voided or expired");
                 return -1;
             }
             json_object_set_new(body, key, json_stringn(val.base, val.len));

@@ -205,6 +205,7 @@ test("refusals: no token, wrong token, admin off, bad ids, bodies and queries, u
     ["POST", "/admin/accounts", { label: 7 }, 400, "invalid_request"],
     ["GET", "/admin/accounts/1/history?limit=abc", undefined, 400, "invalid_request"],
     ["GET", "/admin/accounts/1/history?colour=red", undefined, 400, "invalid_request"],
+    ["GET", "/admin/accounts/1/holds?state=bogus", undefined, 400, "invalid_request"],
     ["POST", "/admin/accounts/1/credits", { amount_micro: 5 }, 400, "invalid_request"],
     ["POST", "/admin/accounts/1/credits", { amount_micro: -5, reference: "neg" }, 400, "invalid_request"],
     // a key's allowlist: models of the catalog (ids or aliases), each once — a typo would lock the key out
