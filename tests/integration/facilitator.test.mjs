@@ -151,6 +151,10 @@ test("one payment presented to an @x402/express server five times at once is ser
   assert.equal(again.success, false, JSON.stringify(again));
   assert.equal(again.errorReason, "duplicate_settlement");
   assert.equal(await balance(payer.address), before - 10000n);
+  const l = new RpcClient(ledger.endpoint);
+  const audit = await l.call("ledger.audit", {});
+  l.close();
+  assert.equal(audit.body.ok, true, JSON.stringify(audit.body.checks.filter((c) => !c.ok)));
 });
 
 test("supported is public and lists the network; verify and settle need the token", async () => {
