@@ -29,11 +29,11 @@ static const s_route_t s_routes[] = {
     {"GET", "accounts/#", "ledger.balance", "account_id", false, 200, "", ""},
     {"POST", "accounts/#/keys", "ledger.mint_key", "account_id", true, 201, "label spend_cap_micro models",
      ""},
-    {"GET", "accounts/#/keys", "ledger.keys", "account_id", false, 200, "", ""},
+    {"GET", "accounts/#/keys", "ledger.keys", "account_id", false, 200, "", "after_id limit"},
     {"GET", "accounts/#/history", "ledger.history", "account_id", false, 200, "", "before_id limit"},
     {"GET", "accounts/#/holds", "ledger.holds", "account_id", false, 200, "", "state before_id limit"},
     {"GET", "accounts/#/charges", "ledger.charges", "account_id", false, 200, "", "hold_id before_id limit"},
-    {"GET", "accounts/#/advances", "ledger.advances", "account_id", false, 200, "", ""},
+    {"GET", "accounts/#/advances", "ledger.advances", "account_id", false, 200, "", "before_id limit"},
     {"POST", "accounts/#/credits", "ledger.credit", "account_id", true, 201, "amount_micro reference", ""},
     {"POST", "accounts/#/deposit-addresses", "chain_watcher.deposit_address", "account_id", false, 200, "",
      ""},
@@ -228,21 +228,26 @@ static int s_body(h2o_req_t *req, const s_route_t *r, const edge_catalog_t *cata
     return 0;
 }
 
+/* The status of a ledger's or chain-watcher's refusal. A code this edge does not know is the
+ * dependency's answer it cannot vouch for: 502, the code passed on. */
 static int s_status_of(const char *code)
 {
+    static const char *const conflicts[] = {"idempotency_conflict", "idempotency_in_progress",
+                                            "invalid_state", "key_revoked", "advance_refused"};
     size_t n = strlen(code);
     if (n > 10 && strcmp(code + n - 10, "_not_found") == 0)
         return 404;
     if (strcmp(code, "bad_request") == 0)
         return 400;
-    if (strcmp(code, "idempotency_conflict") == 0)
-        return 409;
+    for (size_t i = 0; i < FB_ARRAY_SIZE(conflicts); i++)
+        if (strcmp(code, conflicts[i]) == 0)
+            return 409;
     if (strcmp(code, "not_configured") == 0 || strcmp(code, "not_implemented") == 0)
         return 501;
     if (strcmp(code, "unavailable") == 0 || strcmp(code, "deadline_exceeded") == 0 ||
         strcmp(code, "overloaded") == 0 || strcmp(code, "internal") == 0)
         return 503;
-    return 409;
+    return 502;
 }
 
 typedef struct {
@@ -260,18 +265,35 @@ static void s_on_reply(void *arg, const fb_rpc_reply_t *reply)
         edge_keys_changed(c->edge); /* this edge forgets what it knew of keys at once */
     if (req) {
         if (reply->ok) {
-            edge_send_json(req, c->route->status, edge_reply_json(reply));
+            json_t *body = edge_reply_json(reply);
+            if (strcmp(c->route->rpc, "ledger.mint_key") == 0 && !json_object_get(body, "key")) {
+                /* the key was minted by an earlier request under this Idempotency-Key (or an RPC try
+                 * whose answer was lost), and the ledger keeps only its HMAC */
+                json_object_set_new(body, "key", json_null());
+                json_object_set_new(
+                    body, "key_note",
+                    json_sprintf("this key was minted by an earlier request with this Idempotency-Key and is "
+                                 "shown only once; if that answer was lost, revoke key %" JSON_INTEGER_FORMAT
+                                 " and mint another",
+                                 json_integer_value(json_object_get(body, "key_id"))));
+            }
+            edge_send_json(req, c->route->status, body);
         } else {
             int status = s_status_of(reply->code);
             const char *code = status == 400   ? "invalid_request"
                                : status == 503 ? "unavailable"
+                               : status == 502 ? "upstream_error"
                                                : reply->code;
             json_t *details = edge_reply_json(reply);
             if (json_object_size(details) == 0) {
                 json_decref(details);
                 details = NULL;
             }
-            edge_error(req, EDGE_OPENAI, status, code, details, "%s", reply->message);
+            if (status == 502)
+                edge_error(req, EDGE_OPENAI, status, code, details, "%s answered %s: %s", c->route->rpc,
+                           reply->code, reply->message);
+            else
+                edge_error(req, EDGE_OPENAI, status, code, details, "%s", reply->message);
         }
     }
     fb_http_guard_release(&c->guard);
@@ -305,7 +327,10 @@ int edge_admin(edge_worker_t *w, h2o_req_t *req, const char *rid)
         if (!s_match(&s_routes[i], seg, nseg, &got, &bad))
             continue;
         path_match = &s_routes[i];
-        if (fb_streq_n(req->method.base, req->method.len, s_routes[i].method)) {
+        /* HEAD is GET without the body (h2o sends none) */
+        if (fb_streq_n(req->method.base, req->method.len, s_routes[i].method) ||
+            (fb_streq_n(req->method.base, req->method.len, "HEAD") &&
+             strcmp(s_routes[i].method, "GET") == 0)) {
             route = &s_routes[i];
             id = got;
             bad_id = bad;
@@ -401,6 +426,7 @@ int edge_admin_test(bool verbose)
     FB_ASSERT(!s_in_list("label spend_cap_micro models", "model", 5));
     FB_ASSERT(s_status_of("account_not_found") == 404 && s_status_of("bad_request") == 400 &&
               s_status_of("unavailable") == 503 && s_status_of("idempotency_conflict") == 409 &&
-              s_status_of("not_configured") == 501);
+              s_status_of("not_configured") == 501 && s_status_of("invalid_state") == 409 &&
+              s_status_of("unknown_method") == 502 && s_status_of("something_new") == 502);
     return 0;
 }

@@ -6,16 +6,17 @@
  *
  *   fareboxctl account create [LABEL]
  *   fareboxctl account show ACCOUNT
- *   fareboxctl account history ACCOUNT [LIMIT]
- *   fareboxctl account holds ACCOUNT [STATE]
- *   fareboxctl account charges ACCOUNT [LIMIT]
- *   fareboxctl account advances ACCOUNT           (topups credited before settlement)
+ *   fareboxctl account history ACCOUNT [LIMIT] [--before ID] [--limit N]
+ *   fareboxctl account holds ACCOUNT [STATE] [--state S] [--before ID] [--limit N]
+ *   fareboxctl account charges ACCOUNT [LIMIT] [--hold ID] [--before ID] [--limit N]
+ *   fareboxctl account advances ACCOUNT [--before ID] [--limit N]  (topups credited before settlement)
  *   fareboxctl account deposit-address ACCOUNT    (made on first use)
  *   fareboxctl account pending ACCOUNT            (deposits not confirmed yet)
  *   fareboxctl credit ACCOUNT AMOUNT_MICRO REFERENCE
  *   fareboxctl key mint ACCOUNT [--label L] [--cap MICRO] [--models a,b]
- *   fareboxctl key list ACCOUNT
- *   fareboxctl key cap KEY MICRO|none
+ *   fareboxctl key list ACCOUNT [--after ID] [--limit N]
+ * A list answers one page; its next_before_id (next_after_id) is the --before
+ * (--after) of the next.  *   fareboxctl key cap KEY MICRO|none
  *   fareboxctl key models KEY a,b|all
  *   fareboxctl key revoke KEY
  *   fareboxctl audit
@@ -53,14 +54,15 @@ static size_t s_write(char *p, size_t size, size_t n, void *arg)
 static int s_usage(void)
 {
     fprintf(stderr,
-            "usage: fareboxctl account create [LABEL] | account show ACCOUNT | account history ACCOUNT "
-            "[LIMIT]\n"
-            "                  | account holds ACCOUNT [STATE] | account charges ACCOUNT [LIMIT]\n"
-            "                  | account advances ACCOUNT\n"
+            "usage: fareboxctl account create [LABEL] | account show ACCOUNT\n"
+            "                  | account history ACCOUNT [LIMIT] [--before ID] [--limit N]\n"
+            "                  | account holds ACCOUNT [STATE] [--state S] [--before ID] [--limit N]\n"
+            "                  | account charges ACCOUNT [LIMIT] [--hold ID] [--before ID] [--limit N]\n"
+            "                  | account advances ACCOUNT [--before ID] [--limit N]\n"
             "                  | account deposit-address ACCOUNT | account pending ACCOUNT\n"
             "                  | credit ACCOUNT AMOUNT_MICRO REFERENCE\n"
-            "                  | key mint ACCOUNT [--label L] [--cap MICRO] [--models a,b] | key list "
-            "ACCOUNT\n"
+            "                  | key mint ACCOUNT [--label L] [--cap MICRO] [--models a,b]\n"
+            "                  | key list ACCOUNT [--after ID] [--limit N]\n"
             "                  | key cap KEY MICRO|none | key models KEY a,b|all | key revoke KEY | audit | "
             "watcher\n"
             "environment: FAREBOX_URL, FAREBOX_ADMIN_TOKEN (or FAREBOX_ADMIN_TOKEN_FILE)\n");
@@ -114,6 +116,48 @@ static json_t *s_models(const char *list)
         return NULL;
     }
     return a;
+}
+
+/* The query parameter an option names in opts ("--option=parameter ...", and
+ * "=parameter" for the one argument that may stand alone, first), or NULL. */
+static const char *s_option(const char *opts, const char *option, size_t *plen)
+{
+    size_t olen = strlen(option);
+    for (const char *t = opts; *t;) {
+        size_t tlen = strcspn(t, " ");
+        const char *eq = memchr(t, '=', tlen);
+        if (eq && (size_t)(eq - t) == olen && memcmp(t, option, olen) == 0) {
+            *plen = tlen - olen - 1;
+            return eq + 1;
+        }
+        t += tlen + (t[tlen] == ' ');
+    }
+    return NULL;
+}
+
+/* A list's page: base with the query its options make (see s_option). Values
+ * are digits, or lowercase letters for state. Returns false on a usage error. */
+static bool s_list_path(char *path, size_t size, const char *base, int argc, char **argv, const char *opts)
+{
+    size_t n = (size_t)snprintf(path, size, "%s", base);
+    for (int i = 0; i < argc && n < size; i++) {
+        bool named = strncmp(argv[i], "--", 2) == 0;
+        if ((named && i + 1 >= argc) || (!named && i != 0))
+            return false;
+        size_t plen;
+        const char *param = s_option(opts, named ? argv[i] : "", &plen);
+        const char *value = named ? argv[++i] : argv[i];
+        if (!param)
+            return false;
+        bool word = plen == 5 && memcmp(param, "state", 5) == 0;
+        if (word ? !value[0] || strlen(value) > 16 ||
+                       strspn(value, "abcdefghijklmnopqrstuvwxyz") != strlen(value)
+                 : !s_digits(value))
+            return false;
+        n += (size_t)snprintf(path + n, size - n, "%c%.*s=%s", strchr(path, '?') ? '&' : '?', (int)plen,
+                              param, value);
+    }
+    return n < size;
 }
 
 /* One admin call; prints the answer. */
@@ -181,30 +225,29 @@ static int s_account(int argc, char **argv)
         snprintf(path, sizeof(path), "/admin/accounts/%s", argv[1]);
         return s_call("GET", path, NULL);
     }
-    if ((strcmp(argv[0], "history") == 0 || strcmp(argv[0], "charges") == 0) && argc <= 3) {
-        if (argc == 3 && (!s_digits(argv[2]) || strlen(argv[2]) > 4))
+    static const struct {
+        const char *word, *opts;
+    } lists[] = {
+        {"history", "=limit --before=before_id --limit=limit"},
+        {"charges", "=limit --hold=hold_id --before=before_id --limit=limit"},
+        {"holds", "=state --state=state --before=before_id --limit=limit"},
+        {"advances", "--before=before_id --limit=limit"},
+    };
+    for (size_t i = 0; i < FB_ARRAY_SIZE(lists); i++) {
+        if (strcmp(argv[0], lists[i].word) != 0)
+            continue;
+        char base[128];
+        snprintf(base, sizeof(base), "/admin/accounts/%s/%s", argv[1], argv[0]);
+        if (!s_list_path(path, sizeof(path), base, argc - 2, argv + 2, lists[i].opts))
             return s_usage();
-        snprintf(path, sizeof(path), "/admin/accounts/%s/%s%s%s", argv[1], argv[0],
-                 argc == 3 ? "?limit=" : "", argc == 3 ? argv[2] : "");
         return s_call("GET", path, NULL);
     }
     if (strcmp(argv[0], "deposit-address") == 0 && argc == 2) {
         snprintf(path, sizeof(path), "/admin/accounts/%s/deposit-addresses", argv[1]);
         return s_call("POST", path, json_object());
     }
-    if (strcmp(argv[0], "advances") == 0 && argc == 2) {
-        snprintf(path, sizeof(path), "/admin/accounts/%s/advances", argv[1]);
-        return s_call("GET", path, NULL);
-    }
     if (strcmp(argv[0], "pending") == 0 && argc == 2) {
         snprintf(path, sizeof(path), "/admin/accounts/%s/deposits/pending", argv[1]);
-        return s_call("GET", path, NULL);
-    }
-    if (strcmp(argv[0], "holds") == 0 && argc <= 3) {
-        if (argc == 3 && strspn(argv[2], "abcdefghijklmnopqrstuvwxyz") != strlen(argv[2]))
-            return s_usage();
-        snprintf(path, sizeof(path), "/admin/accounts/%s/holds%s%.16s", argv[1], argc == 3 ? "?state=" : "",
-                 argc == 3 ? argv[2] : "");
         return s_call("GET", path, NULL);
     }
     return s_usage();
@@ -241,8 +284,11 @@ static int s_key(int argc, char **argv)
         snprintf(path, sizeof(path), "/admin/accounts/%s/keys", argv[1]);
         return s_call("POST", path, body);
     }
-    if (strcmp(argv[0], "list") == 0 && argc == 2) {
-        snprintf(path, sizeof(path), "/admin/accounts/%s/keys", argv[1]);
+    if (strcmp(argv[0], "list") == 0) {
+        char base[128];
+        snprintf(base, sizeof(base), "/admin/accounts/%s/keys", argv[1]);
+        if (!s_list_path(path, sizeof(path), base, argc - 2, argv + 2, "--after=after_id --limit=limit"))
+            return s_usage();
         return s_call("GET", path, NULL);
     }
     snprintf(path, sizeof(path), "/admin/keys/%s", argv[1]);
