@@ -92,7 +92,8 @@ static const fb_config_var_t s_vars[] = {
     {"FAREBOX_EVM_VALID_BEFORE_MARGIN_S", FB_CFG_INT, "6", 0, 3600, NULL, NULL,
      "an authorization must stay valid at least this many seconds after now"},
     {"FAREBOX_VERIFY_CHAIN_CHECKS", FB_CFG_BOOL, "true", 0, 0, NULL, NULL,
-     "verify asks the chain: authorization state, balance, code, simulation"},
+     "verify asks the chain: authorization state, balance, code, simulation (false: only the signature, the "
+     "payment's terms and the ledger's record of it are checked)"},
     {"FAREBOX_SETTLE_WAIT_MS", FB_CFG_INT, "30000", 1000, 50000, NULL, NULL,
      "settle waits this long for the receipt, then answers settlement_pending (at most 50 s: the edge "
      "gives a settle 60 s)"},

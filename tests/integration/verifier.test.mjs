@@ -315,7 +315,7 @@ test("an endpoint serving another chain id: verify and settle answer unavailable
   }
 });
 
-test("FAREBOX_VERIFY_CHAIN_CHECKS=false: a verify that records the payment (the edge's) records it, without asking the chain", async () => {
+test("FAREBOX_VERIFY_CHAIN_CHECKS=false: a verify that records the payment (the edge's) records it, without asking the chain; any verify of a recorded one is refused", async () => {
   const offline = await startService("verifier", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`,
     FAREBOX_REPLICA: "verifier-no-chain-checks", FAREBOX_LEDGER_ENDPOINT: ledger.endpoint,
     FAREBOX_EVM_NETWORK: NETWORK, FAREBOX_EVM_RPC_URLS: evm.rpcUrl, FAREBOX_EVM_TOKEN: evm.token,
@@ -334,6 +334,14 @@ test("FAREBOX_VERIFY_CHAIN_CHECKS=false: a verify that records the payment (the 
       resource: "http://farebox.test/r" }, { deadlineMs: 15000 });
     assert.equal(again.body.isValid, false);
     assert.equal(again.body.invalidReason, "invalid_exact_evm_nonce_already_used");
+    // a plain verify (the facilitator's) asks the ledger too, though not the chain
+    const plain = await client.call("verifier.verify", { payload: p, requirements: requirements() },
+      { deadlineMs: 15000 });
+    assert.equal(plain.body.isValid, false, JSON.stringify(plain.body));
+    assert.equal(plain.body.invalidReason, "invalid_exact_evm_nonce_already_used");
+    const fresh = await client.call("verifier.verify", { payload: await viemPayload(payer), requirements: requirements() },
+      { deadlineMs: 15000 });
+    assert.equal(fresh.body.isValid, true, JSON.stringify(fresh.body));
   } finally {
     client.close();
     assert.equal((await offline.stop()).code, 0);
