@@ -23,7 +23,11 @@ typedef struct {
     int64_t rest_ms;    /* next backoff */
     uint64_t calls, failures;
     int64_t last_latency_us;
-    bool barred; /* fb_jsonrpc_bar: never picked */
+    bool barred;   /* fb_jsonrpc_bar: never picked */
+    int check;     /* fb_jsonrpc_check's verdict: 1 passed, -1 failed, 0 not yet */
+    char why[160]; /* the last failed verdict's */
+    bool checking;
+    int64_t check_due; /* monotonic ms */
 } s_endpoint_t;
 
 typedef struct s_request {
@@ -39,6 +43,8 @@ typedef struct s_request {
     bool too_large;
     int64_t retry_after_ms; /* from a 429's Retry-After */
     int endpoint;           /* index of the endpoint of this attempt */
+    int pinned;             /* 1 + the only endpoint this request may use (a check's); 0: any */
+    int64_t held_since;     /* monotonic ms */
     uint32_t attempt;
     uint32_t tried; /* bit per endpoint tried */
     int64_t started_us;
@@ -46,6 +52,7 @@ typedef struct s_request {
 } s_request_t;
 
 struct fb_jsonrpc_t {
+    uv_loop_t *loop;
     fb_curlm_t *curlm; /* the transfers, on the loop */
     char *chain;
     s_endpoint_t endpoints[ENDPOINTS_MAX];
@@ -56,7 +63,16 @@ struct fb_jsonrpc_t {
     s_request_t *requests; /* in flight */
     uint64_t next_id;
     bool dead;
+    /* fb_jsonrpc_check */
+    char *check_method, *check_params;
+    fb_jsonrpc_verdict_fn *verdict;
+    void *verdict_arg;
+    uint32_t check_every_ms;
+    uv_timer_t *timer; /* checks due, held calls' ends */
 };
+
+#define CHECK_TICK_MS  200
+#define CHECK_RETRY_MS 1000
 
 /* --- endpoints ------------------------------------------------------------------- */
 
@@ -212,10 +228,12 @@ static void s_transfer_done(void *arg, CURL *easy, CURLcode cc);
 /* Starts an attempt on the next endpoint. */
 static void s_attempt(fb_jsonrpc_t *self, s_request_t *r)
 {
-    r->endpoint = s_pick(self, r);
+    r->endpoint = r->pinned ? r->pinned - 1 : s_pick(self, r);
+    if (r->endpoint < 0 && !r->held)
+        r->held_since = fb_mono_ms();
     r->held = r->endpoint < 0;
     if (r->held)
-        return; /* sent by fb_jsonrpc_bar once an endpoint may take it (or failed by destroy) */
+        return; /* sent once an endpoint may take it (or failed by the check's timer, or destroy) */
     r->tried |= 1u << r->endpoint;
     r->attempt++;
     r->resp_len = 0;
@@ -293,7 +311,7 @@ static void s_transfer_done(void *arg, CURL *easy, CURLcode cc)
     if (!doc) {
         s_rest(self, r->endpoint, status == 429 ? (r->retry_after_ms ? r->retry_after_ms : REST_MIN_MS) : 0,
                why);
-        if (r->attempt < self->attempts && !self->dead) {
+        if (r->attempt < self->attempts && !self->dead && !r->pinned) {
             s_attempt(self, r);
             return;
         }
@@ -319,6 +337,23 @@ static void s_transfer_done(void *arg, CURL *easy, CURLcode cc)
     json_decref(doc);
 }
 
+static s_request_t *s_request_new(fb_jsonrpc_t *self, const char *method, json_t *params,
+                                  fb_jsonrpc_done_fn *done, void *arg)
+{
+    s_request_t *r = fb_calloc(1, sizeof(*r));
+    r->client = self;
+    r->done = done;
+    r->arg = arg;
+    r->method = fb_strdup(method);
+    json_t *req = json_pack("{ss sI ss so}", "jsonrpc", "2.0", "id", (json_int_t)++self->next_id, "method",
+                            method, "params", params ? params : json_array());
+    r->body = json_dumps(req, JSON_COMPACT);
+    json_decref(req);
+    r->next = self->requests;
+    self->requests = r;
+    return r;
+}
+
 /* --- public ------------------------------------------------------------------------- */
 
 fb_jsonrpc_t *fb_jsonrpc_new(uv_loop_t *loop, const fb_jsonrpc_config_t *config, char *err, size_t errlen)
@@ -335,6 +370,7 @@ fb_jsonrpc_t *fb_jsonrpc_new(uv_loop_t *loop, const fb_jsonrpc_config_t *config,
     self->attempts = config->attempts ? config->attempts : (uint32_t)n + 1;
     self->max_response = config->max_response ? config->max_response : 16u << 20;
     self->headers = curl_slist_append(NULL, "Content-Type: application/json");
+    self->loop = loop;
     self->curlm = fb_curlm_new(loop);
     return self;
 }
@@ -343,18 +379,108 @@ void fb_jsonrpc_call(fb_jsonrpc_t *self, const char *method, json_t *params, fb_
                      void *arg)
 {
     FB_ASSERT(!self->dead && method && done);
-    s_request_t *r = fb_calloc(1, sizeof(*r));
-    r->client = self;
-    r->done = done;
-    r->arg = arg;
-    r->method = fb_strdup(method);
-    json_t *req = json_pack("{ss sI ss so}", "jsonrpc", "2.0", "id", (json_int_t)++self->next_id, "method",
-                            method, "params", params ? params : json_array());
-    r->body = json_dumps(req, JSON_COMPACT);
-    json_decref(req);
-    r->next = self->requests;
-    self->requests = r;
-    s_attempt(self, r);
+    s_attempt(self, s_request_new(self, method, params, done, arg));
+}
+
+/* --- per-endpoint checks (fb_jsonrpc_check) ------------------------------------------------- */
+
+typedef struct {
+    fb_jsonrpc_t *self;
+    int i;
+} s_probe_t;
+
+static void s_on_check(void *arg, json_t *result, const char *error, int64_t code, const char *message)
+{
+    FB_UNUSED(code);
+    s_probe_t *probe = arg;
+    fb_jsonrpc_t *self = probe->self;
+    int i = probe->i;
+    free(probe);
+    if (self->dead)
+        return;
+    s_endpoint_t *e = &self->endpoints[i];
+    e->checking = false;
+    char why[200] = "";
+    int verdict;
+    if (error && strcmp(error, "rpc_error") != 0) {
+        e->check_due = fb_mono_ms() + CHECK_RETRY_MS; /* not answered: its last verdict stands */
+        return;
+    }
+    if (error)
+        snprintf(why, sizeof(why), "%s answered an error: %s", self->check_method, message ? message : "");
+    verdict = !error && self->verdict(self->verdict_arg, result, why, sizeof(why)) ? 1 : -1;
+    e->check_due = fb_mono_ms() + self->check_every_ms;
+    if (verdict != e->check) {
+        if (verdict < 0)
+            fb_log(FB_LOG_ERROR, NULL, "chain endpoint failed its check; it is not used",
+                   "chain=%s url=%s why=%s", self->chain, e->shown, why);
+        else if (e->check < 0)
+            fb_log(FB_LOG_INFO, NULL, "chain endpoint passed its check; it is used again", "chain=%s url=%s",
+                   self->chain, e->shown);
+    }
+    e->check = verdict;
+    snprintf(e->why, sizeof(e->why), "%s", verdict < 0 ? why : "");
+    fb_jsonrpc_bar(self, (size_t)i, verdict < 0);
+}
+
+/* Every tick: checks due are sent; held calls end when every endpoint failed
+ * its check, or when they waited their whole time. */
+static void s_on_tick(uv_timer_t *t)
+{
+    fb_jsonrpc_t *self = t->data;
+    int64_t now = fb_mono_ms();
+    bool all_failed = true;
+    for (int i = 0; i < self->nendpoints; i++) {
+        s_endpoint_t *e = &self->endpoints[i];
+        all_failed = all_failed && e->check < 0;
+        if (e->checking || now < e->check_due)
+            continue;
+        e->checking = true;
+        s_probe_t *probe = fb_calloc(1, sizeof(*probe));
+        probe->self = self;
+        probe->i = i;
+        s_request_t *r = s_request_new(self, self->check_method, json_loads(self->check_params, 0, NULL),
+                                       s_on_check, probe);
+        r->pinned = i + 1;
+        s_attempt(self, r);
+    }
+    int64_t wait_ms = (int64_t)self->timeout_ms * self->attempts;
+    for (s_request_t *r = self->requests, *next; r; r = next) {
+        next = r->next;
+        if (r->held && (all_failed || now - r->held_since >= wait_ms)) {
+            char why[400];
+            if (all_failed)
+                snprintf(why, sizeof(why), "no endpoint of %s passed its check (%s: %s)", self->chain,
+                         self->endpoints[0].shown, self->endpoints[0].why);
+            else
+                snprintf(why, sizeof(why), "no endpoint of %s passed its check in time", self->chain);
+            s_finish(self, r, NULL, "unavailable", 0, why);
+        }
+    }
+}
+
+void fb_jsonrpc_check(fb_jsonrpc_t *self, const fb_jsonrpc_check_t *check)
+{
+    FB_ASSERT(!self->timer && check->method && check->verdict);
+    json_t *params = json_loads(check->params ? check->params : "[]", 0, NULL);
+    FB_ASSERT(json_is_array(params));
+    json_decref(params);
+    self->check_method = fb_strdup(check->method);
+    self->check_params = fb_strdup(check->params ? check->params : "[]");
+    self->verdict = check->verdict;
+    self->verdict_arg = check->arg;
+    self->check_every_ms = check->every_ms ? check->every_ms : 60000;
+    for (int i = 0; i < self->nendpoints; i++)
+        self->endpoints[i].barred = true; /* until it passes */
+    self->timer = fb_calloc(1, sizeof(*self->timer));
+    uv_timer_init(self->loop, self->timer);
+    self->timer->data = self;
+    uv_timer_start(self->timer, s_on_tick, 0, CHECK_TICK_MS);
+}
+
+static void s_timer_free(uv_handle_t *h)
+{
+    free(h);
 }
 
 void fb_jsonrpc_bar(fb_jsonrpc_t *self, size_t i, bool barred)
@@ -377,6 +503,10 @@ void fb_jsonrpc_destroy(fb_jsonrpc_t **self_p)
     if (!self)
         return;
     self->dead = true;
+    if (self->timer) {
+        uv_timer_stop(self->timer);
+        uv_close((uv_handle_t *)self->timer, s_timer_free);
+    }
     while (self->requests) {
         s_request_t *r = self->requests;
         if (r->easy) {
@@ -389,6 +519,8 @@ void fb_jsonrpc_destroy(fb_jsonrpc_t **self_p)
     fb_curlm_destroy(&self->curlm);
     curl_slist_free_all(self->headers);
     free(self->chain);
+    free(self->check_method);
+    free(self->check_params);
     free(self);
     *self_p = NULL;
 }
@@ -404,6 +536,7 @@ size_t fb_jsonrpc_stats(const fb_jsonrpc_t *self, fb_jsonrpc_endpoint_stat_t *ou
         out[n].calls = e->calls;
         out[n].failures = e->failures;
         out[n].last_latency_us = e->last_latency_us;
+        out[n].check = e->check;
     }
     return n;
 }

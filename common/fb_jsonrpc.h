@@ -36,6 +36,7 @@ typedef struct {
 typedef struct {
     char url[256];
     bool resting; /* in backoff now */
+    int check;    /* fb_jsonrpc_check's verdict: 1 passed, -1 failed, 0 none yet (or no check) */
     uint64_t calls, failures;
     int64_t last_latency_us;
 } fb_jsonrpc_endpoint_stat_t;
@@ -64,6 +65,27 @@ void fb_jsonrpc_call(fb_jsonrpc_t *self, const char *method, json_t *params, fb_
  * barred (it serves another chain, or it was not checked yet); calls made
  * while every endpoint is barred wait until one is not. */
 void fb_jsonrpc_bar(fb_jsonrpc_t *self, size_t i, bool barred);
+
+/* A check's verdict on one endpoint's answer: true when the endpoint may be
+ * used; false (why said) when it must not (it serves another chain). */
+typedef bool(fb_jsonrpc_verdict_fn)(void *arg, json_t *result, char *why, size_t whylen);
+
+typedef struct {
+    const char *method;             /* asked of each endpoint on its own, no failover */
+    const char *params;             /* its params: JSON array text */
+    fb_jsonrpc_verdict_fn *verdict; /* judges each answer */
+    void *arg;
+    uint32_t every_ms; /* each endpoint asked again this often; one that failed to answer, each second */
+} fb_jsonrpc_check_t;
+
+/* fb_jsonrpc_check - from now on, each endpoint is barred until its own
+ * answer to the check passes the verdict, and again whenever a later answer
+ * does not (one that fails to answer keeps its last verdict). A call made
+ * while every endpoint is barred waits for one to pass, up to timeout_ms ×
+ * attempts, and fails at once ("unavailable") when every endpoint has been
+ * judged and none passed. Call once, before any call; the check's strings are
+ * copied. Not with fb_jsonrpc_bar. */
+void fb_jsonrpc_check(fb_jsonrpc_t *self, const fb_jsonrpc_check_t *check);
 
 /* fb_jsonrpc_stats - per-endpoint figures; returns the count written. */
 size_t fb_jsonrpc_stats(const fb_jsonrpc_t *self, fb_jsonrpc_endpoint_stat_t *out, size_t max);

@@ -7,6 +7,7 @@
  *   tracker        follows settlements left pending, in every replica
  *   stop           SIGTERM: stop taking calls, exit */
 #include "fb_codec.h"
+#include "fb_evm.h"
 #include "fb_jsonrpc.h"
 #include "fb_log.h"
 #include "fb_secp.h"
@@ -140,6 +141,52 @@ static void s_on_tracker(uv_timer_t *t)
     verifier_svm_track(t->data);
 }
 
+/* With several endpoints, each one's chain is checked on its own and an
+ * endpoint is used only once it answered the network's (fb_jsonrpc_check): the
+ * per-call checks of verifier_evm.c and verifier_svm.c see only the endpoint
+ * that answers them. One endpoint is left to those (they say what it serves). */
+#define ENDPOINT_CHECK_MS 60000
+
+static bool s_evm_chain_verdict(void *arg, json_t *result, char *why, size_t whylen)
+{
+    const verifier_evm_t *e = arg;
+    const char *text = json_string_value(result);
+    fb_u256_t n;
+    uint64_t id = 0;
+    if (!text || fb_u256_from_hex(&n, text, strlen(text)) != 0 || !fb_u256_to_u64(&n, &id)) {
+        snprintf(why, whylen, "eth_chainId did not answer a quantity");
+        return false;
+    }
+    if (id != e->chain_id) {
+        snprintf(why, whylen, "it serves chain id %llu, not %llu", (unsigned long long)id,
+                 (unsigned long long)e->chain_id);
+        return false;
+    }
+    return true;
+}
+
+static bool s_svm_cluster_verdict(void *arg, json_t *result, char *why, size_t whylen)
+{
+    const verifier_svm_t *s = arg;
+    const char *hash = json_string_value(result);
+    if (hash && fb_sol_cluster_ok(s->caip2, s->genesis, hash))
+        return true;
+    snprintf(why, whylen, "its genesis hash is %.64s, not %s's", hash ? hash : "(not a string)",
+             s->genesis[0] ? s->genesis : s->caip2);
+    return false;
+}
+
+static void s_check_endpoints(fb_jsonrpc_t *rpc, const char *method, fb_jsonrpc_verdict_fn *verdict,
+                              void *arg)
+{
+    fb_jsonrpc_endpoint_stat_t st[2];
+    if (fb_jsonrpc_stats(rpc, st, 2) < 2)
+        return;
+    fb_jsonrpc_check_t check = {
+        .method = method, .params = "[]", .verdict = verdict, .arg = arg, .every_ms = ENDPOINT_CHECK_MS};
+    fb_jsonrpc_check(rpc, &check);
+}
+
 static void s_config_evm(verifier_t *v, const fb_config_t *cfg)
 {
     verifier_evm_t *e = &v->evm;
@@ -177,6 +224,7 @@ static void s_config_evm(verifier_t *v, const fb_config_t *cfg)
     e->rpc = fb_jsonrpc_new(v->loop, &rc, err, sizeof(err));
     if (!e->rpc)
         fb_service_fail_config("invalid configuration: FAREBOX_EVM_RPC_URLS");
+    s_check_endpoints(e->rpc, "eth_chainId", s_evm_chain_verdict, e);
     fb_log(FB_LOG_INFO, NULL, "evm network served", "network=%s token=%s settlement_wallet=%s", e->caip2,
            e->token_text, e->has_key ? e->sender_text : "none");
 }
@@ -220,6 +268,8 @@ static void s_config_svm(verifier_t *v, const fb_config_t *cfg)
     s->rpc = fb_jsonrpc_new(v->loop, &rc, err, sizeof(err));
     if (!s->rpc)
         fb_service_fail_config("invalid configuration: FAREBOX_SOLANA_RPC_URLS");
+    if (s->cluster_check)
+        s_check_endpoints(s->rpc, "getGenesisHash", s_svm_cluster_verdict, s);
     fb_log(FB_LOG_INFO, NULL, "solana network served", "network=%s mint=%s fee_payer=%s", s->caip2,
            s->mint_text, s->has_key ? s->fee_payer_text : "none");
 }

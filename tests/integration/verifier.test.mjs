@@ -13,7 +13,7 @@ import { registerExactEvmScheme } from "@x402/evm/exact/client";
 import { freePort, sleep, startService, stopAll, withOwnLedger } from "../lib/harness.mjs";
 import nodeHttp from "node:http";
 import { startPostgres } from "../lib/pg.mjs";
-import { startChains, ethRpc } from "../lib/chains.mjs";
+import { startChains, ethRpc, rpcProxy } from "../lib/chains.mjs";
 import { RpcClient } from "../lib/rpc.mjs";
 
 const SECRET = crypto.randomBytes(32).toString("hex");
@@ -314,6 +314,66 @@ test("an endpoint serving another chain id: verify and settle answer unavailable
     assert.equal((await wrong.stop()).code, 0);
   }
 });
+
+// With several endpoints each one's chain id is asked on its own
+// (fb_jsonrpc_check): the per-call check sees only the endpoint that answers.
+// The first endpoint here says it serves mainnet (and would pass every other
+// call on to anvil): without the check it answers every call, and each verify
+// is refused as unavailable.
+test("several endpoints: each one's chain id is checked on its own, one serving another chain is never used", async () => {
+  const asked = [];
+  const mainnet = (call, answer) => {
+    asked.push(call.method);
+    if (call.method !== "eth_chainId") return false;
+    answer("0x1");
+    return true;
+  };
+  const liar = await rpcProxy(evm.rpcUrl, mainnet), liar2 = await rpcProxy(evm.rpcUrl, mainnet);
+  try {
+    await twoEndpoints(liar, liar2, asked);
+  } finally {
+    await liar.close();
+    await liar2.close();
+  }
+  await ledgerAudit();
+});
+
+async function twoEndpoints(liar, liar2, asked) {
+  const env = { FAREBOX_LEDGER_ENDPOINT: ledger.endpoint, FAREBOX_EVM_NETWORK: NETWORK, FAREBOX_EVM_TOKEN: evm.token,
+    FAREBOX_SETTLEMENT_KEY: evm.deployer.privateKey, FAREBOX_SOLANA_NETWORK: "off" };
+  const two = await startService("verifier", { ...env, FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`,
+    FAREBOX_REPLICA: "verifier-two-endpoints", FAREBOX_EVM_RPC_URLS: `${liar.url},${evm.rpcUrl}` });
+  const client = new RpcClient(two.endpoint);
+  try {
+    const payer = privateKeyToAccount(evm.accounts[6].privateKey);
+    const before = await balance(payer.address);
+    const p = await viemPayload(payer);
+    const v = await client.call("verifier.verify", { payload: p, requirements: requirements() }, { deadlineMs: 15000 });
+    assert.equal(v.body?.isValid, true, `${v.code}: ${v.message} ${JSON.stringify(v.body)}`);
+    const s = await client.call("verifier.settle", { payload: p, requirements: requirements() }, { deadlineMs: 40000 });
+    assert.equal(s.body?.success, true, `${s.code}: ${s.message} ${JSON.stringify(s.body)}`);
+    assert.equal(await balance(payer.address), before - BigInt(requirements().amount));
+    assert.deepEqual([...new Set(asked)], ["eth_chainId"], "the other chain's endpoint is asked nothing else");
+    assert.ok(two.lines.some((e) => e.json?.msg === "chain endpoint failed its check; it is not used" &&
+      /serves chain id 1, not 84532/.test(e.json.why)));
+  } finally {
+    client.close();
+    assert.equal((await two.stop()).code, 0);
+  }
+  // every endpoint on another chain: a call is refused as unavailable, saying why
+  const none = await startService("verifier", { ...env, FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`,
+    FAREBOX_REPLICA: "verifier-no-endpoint", FAREBOX_EVM_RPC_URLS: `${liar.url},${liar2.url}` });
+  const c2 = new RpcClient(none.endpoint);
+  try {
+    const p = await viemPayload(privateKeyToAccount(evm.accounts[6].privateKey));
+    const r = await c2.call("verifier.verify", { payload: p, requirements: requirements() }, { deadlineMs: 15000 });
+    assert.equal(r.code, "unavailable", JSON.stringify(r));
+    assert.match(r.message, /passed its check.*serves chain id 1, not 84532/);
+  } finally {
+    c2.close();
+    assert.equal((await none.stop()).code, 0);
+  }
+}
 
 test("FAREBOX_VERIFY_CHAIN_CHECKS=false: a verify that records the payment (the edge's) records it, without asking the chain; any verify of a recorded one is refused", async () => {
   const offline = await startService("verifier", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`,
