@@ -450,7 +450,8 @@ typedef struct {
     uint64_t block;      /* of the reverted receipt, or the head */
     bool unused_verdict; /* an unused authorization is VERDICT_UNUSED, not a failure */
     char other_tx[67];
-    uint64_t decisive; /* the highest block the verdict rests on (0: none) */
+    uint64_t used_index; /* the logIndex of other_tx's AuthorizationUsed of this authorization */
+    uint64_t decisive;   /* the highest block the verdict rests on (0: none) */
     s_verdict_t verdict;
     char settled_by[67];
     const char *reason;
@@ -541,8 +542,10 @@ static void s_topic_addr(char out[67], const fb_addr_t *a)
     fb_hex_encode(out + 26, a->b, 20);
 }
 
-/* Does the receipt carry the token's Transfer(from, to, value)? */
-static bool s_transfer_logged(const verifier_evm_t *net, const fb_eip3009_t *auth, json_t *receipt)
+/* Does the receipt carry the token's Transfer(from, to, value)? With at set,
+ * only its log of that logIndex counts. */
+static bool s_transfer_logged(const verifier_evm_t *net, const fb_eip3009_t *auth, json_t *receipt,
+                              const uint64_t *at)
 {
     char from[67], to[67], token[43];
     s_topic_addr(from, &auth->from);
@@ -556,6 +559,9 @@ static bool s_transfer_logged(const verifier_evm_t *net, const fb_eip3009_t *aut
         const char *addr = json_string_value(json_object_get(log, "address"));
         const char *data = json_string_value(json_object_get(log, "data"));
         fb_u256_t v;
+        uint64_t index;
+        if (at && (!s_quantity(json_string_value(json_object_get(log, "logIndex")), &index) || index != *at))
+            continue;
         if (!addr || strcasecmp(addr, token) != 0 || json_array_size(topics) != 3 || !data)
             continue;
         if (strcasecmp(s_jstr(json_array_get(topics, 0)), TRANSFER_TOPIC) == 0 &&
@@ -586,8 +592,14 @@ static void s_on_other_receipt(void *arg, json_t *result, const char *error, int
     uint64_t block = s_block_of(result);
     if (block > g->decisive)
         g->decisive = block;
+    /* the Transfer of this authorization's own execution: the token logs it right after the
+     * execution's AuthorizationUsed (FiatToken: mark used, then transfer). Any Transfer of the
+     * receipt would do otherwise, and one transaction executing this authorization's nonce
+     * with a zero transfer beside another authorization's real one to the payee would have
+     * that one payment confirm each settlement whose nonce it used. */
+    uint64_t transfer_at = g->used_index + 1;
     const char *status = json_string_value(json_object_get(result, "status"));
-    if (status && strcmp(status, "0x1") == 0 && s_transfer_logged(g->net, &g->auth, result)) {
+    if (status && strcmp(status, "0x1") == 0 && s_transfer_logged(g->net, &g->auth, result, &transfer_at)) {
         char tx[67];
         memcpy(tx, g->other_tx, sizeof(tx));
         s_judged(g, VERDICT_CONFIRMED, tx, NULL, NULL);
@@ -624,7 +636,9 @@ static void s_on_used_logs(void *arg, json_t *result, const char *error, int64_t
             if (s_block_of(log) > g->decisive)
                 g->decisive = s_block_of(log);
         } else if (strcasecmp(topic, USED_TOPIC) == 0 && tx && strlen(tx) == 66 && tx[0] == '0' &&
-                   tx[1] == 'x' && strspn(tx + 2, "0123456789abcdefABCDEF") == 64) {
+                   tx[1] == 'x' && strspn(tx + 2, "0123456789abcdefABCDEF") == 64 &&
+                   s_quantity(json_string_value(json_object_get(log, "logIndex")), &g->used_index) &&
+                   g->used_index < UINT64_MAX) {
             for (size_t k = 0; k < 66; k++)
                 g->other_tx[k] = (char)(tx[k] >= 'A' && tx[k] <= 'F' ? tx[k] + 32 : tx[k]);
             g->other_tx[66] = '\0';
@@ -726,7 +740,7 @@ static void s_judge_receipt(verifier_evm_t *net, const fb_eip3009_t *auth, json_
     g->decisive = block;
     const char *status = json_string_value(json_object_get(receipt, "status"));
     if (status && strcmp(status, "0x1") == 0) {
-        if (s_transfer_logged(net, auth, receipt))
+        if (s_transfer_logged(net, auth, receipt, NULL)) /* its own transaction: one transfer */
             s_judged(g, VERDICT_CONFIRMED, NULL, NULL, NULL);
         else
             s_judged(g, VERDICT_FAILED, NULL, "invalid_exact_evm_transfer_event_mismatch",

@@ -10,8 +10,9 @@ import { createWalletClient, createPublicClient, http, keccak256, toHex, encodeF
 import { privateKeyToAccount } from "viem/accounts";
 import { x402Client, x402HTTPClient } from "@x402/core/client";
 import { registerExactEvmScheme } from "@x402/evm/exact/client";
-import { freePort, sleep, startService, stopAll, withOwnLedger } from "../lib/harness.mjs";
+import { freePort, sleep, startService, stopAll, waitUntil, withOwnLedger } from "../lib/harness.mjs";
 import nodeHttp from "node:http";
+import { createRequire } from "node:module";
 import { startPostgres } from "../lib/pg.mjs";
 import { startChains, ethRpc, rpcProxy } from "../lib/chains.mjs";
 import { RpcClient } from "../lib/rpc.mjs";
@@ -313,6 +314,76 @@ test("an endpoint serving another chain id: verify and settle answer unavailable
     client.close();
     assert.equal((await wrong.stop()).code, 0);
   }
+});
+
+// A transaction of anyone's can execute a payer's authorizations: when farebox's
+// own settlement reverts because the nonce was used, the transaction that used
+// it is found by its AuthorizationUsed event, and the payment stands if that
+// execution moved the money to the payee. Only the Transfer right after that
+// event is that execution's: a batch executing authorization 1 (V to the
+// treasury) beside a 0-value self-transfer under authorization 2's nonce holds
+// one Transfer to the treasury, which must confirm settlement 1 only. Taking any
+// Transfer of the receipt confirmed both (and a topup paid by them was credited
+// twice for one payment).
+const BATCH_SOURCE = `// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.0;
+contract Batch {
+  function run(address t, bytes[] calldata calls) external {
+    for (uint i = 0; i < calls.length; i++) { (bool ok, ) = t.call(calls[i]); require(ok, "call failed"); }
+  }
+}`;
+
+test("one transaction executing two authorizations' nonces with one transfer to the payee confirms one settlement, not both", async () => {
+  const solc = createRequire(import.meta.url)("solc");
+  const out = JSON.parse(solc.compile(JSON.stringify({ language: "Solidity", sources: { "Batch.sol": { content: BATCH_SOURCE } },
+    settings: { evmVersion: "cancun", outputSelection: { "*": { Batch: ["evm.bytecode.object"] } } } })));
+  const deployer = evm.accounts[1].address;
+  const deployed = await ethRpc(evm.rpcUrl, "eth_sendTransaction", [{ from: deployer, gas: "0x200000",
+    data: "0x" + out.contracts["Batch.sol"].Batch.evm.bytecode.object }]);
+  const batch = (await ethRpc(evm.rpcUrl, "eth_getTransactionReceipt", [deployed])).contractAddress;
+  assert.ok(batch, "the batch contract is deployed");
+
+  const payer = privateKeyToAccount(evm.accounts[7].privateKey);
+  const p1 = await viemPayload(payer), p2 = await viemPayload(payer, { auth: { validBefore: BigInt(Math.floor(Date.now() / 1000) + 600) } });
+  const twa = parseAbi(["function transferWithAuthorization(address from, address to, uint256 value, uint256 validAfter, uint256 validBefore, bytes32 nonce, bytes signature)"]);
+  const call = (a, signature) => encodeFunctionData({ abi: twa, functionName: "transferWithAuthorization",
+    args: [a.from, a.to, BigInt(a.value), BigInt(a.validAfter), BigInt(a.validBefore), a.nonce, signature] });
+  // the payer's own 0-value transfer to itself under authorization 2's nonce
+  const self0 = { from: payer.address, to: payer.address, value: 0n, validAfter: 0n,
+    validBefore: BigInt(Math.floor(Date.now() / 1000) + 600), nonce: p2.payload.authorization.nonce };
+  const selfSig = await payer.signTypedData({ domain: { name: requirements().extra.name,
+    version: requirements().extra.version, chainId: 84532, verifyingContract: evm.token },
+  types: { TransferWithAuthorization: [
+    { name: "from", type: "address" }, { name: "to", type: "address" }, { name: "value", type: "uint256" },
+    { name: "validAfter", type: "uint256" }, { name: "validBefore", type: "uint256" }, { name: "nonce", type: "bytes32" }] },
+  primaryType: "TransferWithAuthorization", message: self0 });
+  const batchBatch = parseAbi(["function run(address t, bytes[] calls)"]);
+  const data = encodeFunctionData({ abi: batchBatch, functionName: "run", args: [evm.token,
+    [call(p1.payload.authorization, p1.payload.signature), call({ ...self0 }, selfSig)]] });
+
+  const payerBefore = await balance(payer.address), treasuryBefore = await balance(treasury);
+  await ethRpc(evm.rpcUrl, "evm_setAutomine", [false]);
+  let s1, s2;
+  try {
+    // both settlements sent, not mined; then the batch, with a higher tip, mined first in the same block
+    s1 = settle({ payload: p1, requirements: requirements() });
+    s2 = settle({ payload: p2, requirements: requirements() });
+    await waitUntil(async () => Number((await ethRpc(evm.rpcUrl, "txpool_status", [])).pending) >= 2,
+      { timeoutMs: 15000, what: "both settlements sent" });
+    const tx = await ethRpc(evm.rpcUrl, "eth_sendTransaction", [{ from: deployer, to: batch, data, gas: "0x100000",
+      maxPriorityFeePerGas: "0x174876e800", maxFeePerGas: "0x2540be4000" }]);
+    await ethRpc(evm.rpcUrl, "evm_mine", []);
+    assert.equal((await ethRpc(evm.rpcUrl, "eth_getTransactionReceipt", [tx])).status, "0x1", "the batch went through");
+  } finally {
+    await ethRpc(evm.rpcUrl, "evm_setAutomine", [true]);
+  }
+  const [r1, r2] = await Promise.all([s1, s2]);
+  assert.equal(r1.success, true, JSON.stringify(r1));
+  assert.equal(r2.success, false, JSON.stringify(r2));
+  assert.equal(r2.errorReason, "invalid_exact_evm_nonce_already_used", JSON.stringify(r2));
+  assert.equal(await balance(treasury) - treasuryBefore, BigInt(requirements().amount), "one payment reached the treasury");
+  assert.equal(payerBefore - await balance(payer.address), BigInt(requirements().amount));
+  await ledgerAudit();
 });
 
 // With several endpoints each one's chain id is asked on its own
