@@ -303,10 +303,14 @@ void edge_rev_stream_init(edge_rev_stream_t *st, const char *model)
     st->tool_of_block = -1;
 }
 
+/* One event; data NULL (json_pack refused a value) leaves it out, as in
+ * edge_translate.c. */
 static void s_event(fb_buf_t *out, const char *name, json_t *data)
 {
-    char *text = json_dumps(data, JSON_COMPACT);
+    char *text = data ? json_dumps(data, JSON_COMPACT) : NULL;
     json_decref(data);
+    if (!text)
+        return;
     fb_buf_append_str(out, "event: ");
     fb_buf_append_str(out, name);
     fb_buf_append_str(out, "\ndata: ");
@@ -354,7 +358,7 @@ int edge_rev_stream_chunk(edge_rev_stream_t *st, json_t *chunk, fb_buf_t *out)
         return 0;
     }
     const char *id = json_string_value(json_object_get(chunk, "id"));
-    if (id && !st->started)
+    if (id && !st->started && strlen(id) < sizeof(st->id)) /* whole or not at all */
         snprintf(st->id, sizeof(st->id), "%s", id);
     s_start(st, out);
     json_t *usage = json_object_get(chunk, "usage");

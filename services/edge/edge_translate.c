@@ -477,10 +477,14 @@ void edge_tr_stream_init(edge_tr_stream_t *st, const char *model, bool include_u
         st->block_tool[i] = -1;
 }
 
+/* One event. doc is NULL when json_pack refused what it was given (a value
+ * missing or not UTF-8): the provider's odd event is left out, never a crash. */
 static void s_data(fb_buf_t *out, json_t *doc)
 {
-    char *text = json_dumps(doc, JSON_COMPACT);
+    char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
     json_decref(doc);
+    if (!text)
+        return;
     fb_buf_append_str(out, "data: ");
     fb_buf_append_str(out, text);
     fb_buf_append_str(out, "\n\n");
@@ -514,7 +518,7 @@ int edge_tr_stream_event(edge_tr_stream_t *st, const char *name, json_t *data, f
     if (strcmp(type, "message_start") == 0) {
         json_t *msg = json_object_get(data, "message");
         const char *id = json_string_value(json_object_get(msg, "id"));
-        if (id)
+        if (id && strlen(id) < sizeof(st->id)) /* whole or not at all: cut, it may end mid-character */
             snprintf(st->id, sizeof(st->id), "%s", id);
         edge_tr_usage_running(json_object_get(msg, "usage"), &st->input_tokens, &st->cached_tokens,
                               &st->cache_written, &st->input_seen);
@@ -526,12 +530,13 @@ int edge_tr_stream_event(edge_tr_stream_t *st, const char *name, json_t *data, f
         if (idx < 0)
             return -1;
         if (bt && strcmp(bt, "tool_use") == 0) {
+            const char *tid = json_string_value(json_object_get(block, "id"));
+            const char *tname = json_string_value(json_object_get(block, "name"));
             st->block_tool[idx] = (int16_t)st->next_tool++;
             s_chunk(st, out,
-                    json_pack("{s[{sI sO ss s{sO ss}}]}", "tool_calls", "index",
-                              (json_int_t)st->block_tool[idx], "id", json_object_get(block, "id"), "type",
-                              "function", "function", "name", json_object_get(block, "name"), "arguments",
-                              ""),
+                    json_pack("{s[{sI ss ss s{ss ss}}]}", "tool_calls", "index",
+                              (json_int_t)st->block_tool[idx], "id", tid ? tid : "", "type", "function",
+                              "function", "name", tname ? tname : "", "arguments", ""),
                     NULL);
         } else if (bt && strcmp(bt, "text") == 0) {
             const char *t = json_string_value(json_object_get(block, "text"));
@@ -546,7 +551,8 @@ int edge_tr_stream_event(edge_tr_stream_t *st, const char *name, json_t *data, f
             return -1;
         if (strcmp(dt, "text_delta") == 0 && json_is_string(json_object_get(delta, "text"))) {
             s_chunk(st, out, json_pack("{sO}", "content", json_object_get(delta, "text")), NULL);
-        } else if (strcmp(dt, "input_json_delta") == 0 && st->block_tool[idx] >= 0) {
+        } else if (strcmp(dt, "input_json_delta") == 0 && st->block_tool[idx] >= 0 &&
+                   json_is_string(json_object_get(delta, "partial_json"))) {
             s_chunk(st, out,
                     json_pack("{s[{sI s{sO}}]}", "tool_calls", "index", (json_int_t)st->block_tool[idx],
                               "function", "arguments", json_object_get(delta, "partial_json")),

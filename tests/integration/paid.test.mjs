@@ -1031,6 +1031,76 @@ test("a stream whose provider fails after a role-only first chunk failed before 
   await audit();
 });
 
+// A provider is trusted for its usage, not for the shape of its events: a
+// translated stream's event missing a field, or an id longer than farebox keeps
+// (cut, it ended inside a UTF-8 character), could not be encoded and took the
+// whole edge down. Those events are now translated without what they lack, and
+// the call is charged its usage.
+test("odd provider streams (a tool block without id or name, a delta without partial_json, long non-ASCII ids) are translated, never a crash, and charged their usage", async () => {
+  const longId = "é".repeat(100);
+  const scripted = http.createServer((req, res) => {
+    req.resume();
+    req.on("end", () => {
+      res.writeHead(200, { "content-type": "text/event-stream" });
+      const send = (name, data) => res.write(`${name ? `event: ${name}\n` : ""}data: ${typeof data === "string" ? data : JSON.stringify(data)}\n\n`);
+      if (req.url.endsWith("/messages")) {
+        send("message_start", { type: "message_start", message: { id: longId, type: "message", role: "assistant",
+          model: "claude-odd", content: [], stop_reason: null, usage: { input_tokens: 10, output_tokens: 1 } } });
+        send("content_block_start", { type: "content_block_start", index: 0, content_block: { type: "text", text: "" } });
+        send("content_block_delta", { type: "content_block_delta", index: 0, delta: { type: "text_delta", text: "hi" } });
+        send("content_block_start", { type: "content_block_start", index: 1, content_block: { type: "tool_use", input: {} } });
+        send("content_block_delta", { type: "content_block_delta", index: 1, delta: { type: "input_json_delta" } });
+        send("message_delta", { type: "message_delta", delta: { stop_reason: "tool_use" }, usage: { output_tokens: 5 } });
+        send("message_stop", { type: "message_stop" });
+      } else {
+        const chunk = (delta, extra = {}) => ({ id: longId, object: "chat.completion.chunk", created: 0, model: "gpt-odd",
+          choices: delta ? [{ index: 0, delta, finish_reason: null }] : [], ...extra });
+        send(null, chunk({ role: "assistant", content: "" }));
+        send(null, chunk({ content: "hi" }));
+        send(null, chunk(null, { usage: { prompt_tokens: 10, completion_tokens: 5, total_tokens: 15 } }));
+        send(null, "[DONE]");
+      }
+      res.end();
+    });
+  });
+  await new Promise((r) => scripted.listen(0, "127.0.0.1", r));
+  const base = `http://127.0.0.1:${scripted.address().port}`;
+  const catalog = path.join(tmpDir("odd"), "catalog.json");
+  fs.writeFileSync(catalog, JSON.stringify({
+    routes: [{ name: "oa", provider: "anthropic", base_url: base }, { name: "oo", provider: "openai", base_url: base }],
+    models: [
+      { id: "claude-odd", provider: "anthropic", route: "oa", input_price: 1000000, output_price: 2000000,
+        context_tokens: 10000, max_output_tokens: 100 },
+      { id: "gpt-odd", provider: "openai", route: "oo", input_price: 1000000, output_price: 2000000,
+        context_tokens: 10000, max_output_tokens: 100 }] }));
+  const edgeUrl = await startEdge({ FAREBOX_CATALOG_FILE: catalog, FAREBOX_PREPAID_SLICE_IDLE_MS: "50" });
+  try {
+    const { id, key } = await account(10_000_000);
+    const openai = new OpenAI({ baseURL: `${edgeUrl}/v1`, apiKey: key, maxRetries: 0 });
+    const chunks = [];
+    for await (const c of await openai.chat.completions.create({ model: "claude-odd", stream: true, max_tokens: 10,
+      messages: [{ role: "user", content: "x" }], tools: [{ type: "function", function: { name: "f", parameters: { type: "object" } } }] }))
+      chunks.push(c);
+    assert.equal(chunks.map((c) => c.choices[0]?.delta?.content ?? "").join(""), "hi");
+    const call = chunks.find((c) => c.choices[0]?.delta?.tool_calls)?.choices[0].delta.tool_calls[0];
+    assert.deepEqual([call?.id, call?.function?.name], ["", ""], "a tool block without id or name: empty strings");
+    assert.equal(chunks.at(-1).choices[0]?.finish_reason, "tool_calls");
+    const anthropic = new Anthropic({ baseURL: edgeUrl, apiKey: key, maxRetries: 0 });
+    const events = [];
+    for await (const e of await anthropic.messages.create({ model: "gpt-odd", stream: true, max_tokens: 10,
+      messages: [{ role: "user", content: "x" }] }))
+      events.push(e);
+    assert.equal(events.filter((e) => e.type === "content_block_delta").map((e) => e.delta.text).join(""), "hi");
+    assert.equal(events[0].message.id, "msg", "an id too long to keep whole is not kept");
+    assert.equal((await fetch(`${edgeUrl}/healthz`)).status, 200, "the edge is up");
+    // each call: 10 input tokens at 1 micro-USDC and 5 output tokens at 2
+    assert.deepEqual((await settled(id)).map((c) => c.amount_micro), [20, 20]);
+  } finally {
+    scripted.close();
+  }
+  await audit();
+});
+
 test("rate limits per IP and per key, and the in-flight cap per key: 429 with Retry-After, nothing charged", async () => {
   // per IP: a burst of 2, then one a second; /healthz is not counted
   const ipEdge = await startEdge({ FAREBOX_RATE_IP_PER_S: "1", FAREBOX_RATE_IP_BURST: "2" });
