@@ -1455,7 +1455,15 @@ static void s_on_verified(void *arg, const fb_rpc_reply_t *reply)
     s_chat_t *c = arg;
     c->pending--;
     json_t *b = edge_reply_json(reply);
-    if (!reply->ok) {
+    if (!reply->ok && strcmp(reply->code, "bad_request") == 0) {
+        /* the verifier could not take the payment as it is (a reserved resource, say): the
+         * payer's to change, not a reason to try again later */
+        if (c->req) {
+            char text[400];
+            snprintf(text, sizeof(text), "the payment was refused: invalid_payload: %s", reply->message);
+            s_quote(c, "payment_invalid", "invalid_payload", text);
+        }
+    } else if (!reply->ok) {
         if (c->req)
             s_refuse(c, 503, "unavailable", NULL,
                      "the payment could not be checked now; nothing was charged");

@@ -173,8 +173,9 @@ const char *edge_journal_path(const edge_journal_t *j)
 
 void edge_journal_charge(edge_journal_t *j, uint64_t uid, int64_t hold_id, int64_t amount, const char *ref)
 {
+    /* "=" for no ref: a request id is never "=" (edge_id_text_ok), though it may be "-" */
     s_append(j, "C %" PRIu64 " %" PRId64 " %" PRId64 " %s\n", uid, hold_id, amount,
-             ref && ref[0] ? ref : "-");
+             ref && ref[0] ? ref : "=");
 }
 
 void edge_journal_hold(edge_journal_t *j, int64_t hold_id)
@@ -254,9 +255,16 @@ void edge_journal_close(edge_journal_t **j_p, bool remove)
     if (!j)
         return;
     *j_p = NULL;
-    if (remove)
+    if (remove) {
+        /* emptied on the disk first: a journal given up after a write failed may lack a write's
+         * record, and if its unlink were lost in a crash, a recovery of what the disk kept would
+         * charge that write's calls again (best effort: the disk is failing) */
+        if (ftruncate(j->fd, 0) == 0)
+            fdatasync(j->fd);
         unlink(j->path); /* before the lock goes: nobody can claim it in between */
-    else
+        if (j->durable)
+            s_sync_dir(j->dir);
+    } else
         edge_journal_sync(j);
     close(j->fd);
     free(j->buf);
@@ -474,7 +482,7 @@ int edge_journal_plan(const char *text, size_t len, const char *token, edge_jour
                 c->hold == 0)
                 rc = s_fail(err, errlen, line, "a bad charge");
             c->uid = (uint64_t)uid;
-            if (strcmp(c->ref, "-") == 0)
+            if (strcmp(c->ref, "=") == 0)
                 c->ref[0] = '\0';
             ncharges++;
         } else if (p[0] == 'W') {
@@ -615,14 +623,19 @@ int edge_journal_claim(const char *dir, const char *ledger_id, edge_journal_clai
         char path[sizeof(claim->path)];
         if ((size_t)snprintf(path, sizeof(path), "%s/%s", dir, e->d_name) >= sizeof(path))
             continue;
-        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        /* only regular files: not blocking, since opening a FIFO by that name to read would wait
+         * for a writer on the loop (O_NONBLOCK changes nothing for a regular file's reads) */
+        if (e->d_type != DT_REG && e->d_type != DT_UNKNOWN)
+            continue;
+        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
         if (fd < 0)
             continue;
         /* its owner holds the lock while it lives; a file it replaced has no
          * name any more (the lock was on the old one) */
         struct stat a, b;
-        if (flock(fd, LOCK_EX | LOCK_NB) != 0 || fstat(fd, &a) != 0 || !S_ISREG(a.st_mode) ||
-            a.st_nlink == 0 || stat(path, &b) != 0 || a.st_ino != b.st_ino || a.st_dev != b.st_dev) {
+        if (fstat(fd, &a) != 0 || !S_ISREG(a.st_mode) || flock(fd, LOCK_EX | LOCK_NB) != 0 ||
+            a.st_nlink == 0 || fstat(fd, &a) != 0 || stat(path, &b) != 0 || a.st_ino != b.st_ino ||
+            a.st_dev != b.st_dev) {
             close(fd);
             continue;
         }
@@ -824,6 +837,13 @@ int edge_journal_test(bool verbose)
     FB_ASSERT(edge_journal_plan(opened, strlen(opened), "t", &plan, err, sizeof(err)) == 0);
     FB_ASSERT(plan.nsends == 1 && plan.sends[0].hold_id == 6 && plan.sends[0].amount == 3);
     FB_ASSERT(plan.nholds == 3 && plan.holds[0] == 6 && plan.holds[1] == 5 && plan.holds[2] == 4);
+    edge_journal_plan_free(&plan);
+    /* "=" is no ref; "-" is a request id like any other */
+    static const char refs[] = "farebox-charge-journal 1 ledger-1\nC 1 6 3 -\nC 2 6 4 =\n";
+    FB_ASSERT(edge_journal_plan(refs, strlen(refs), "t", &plan, err, sizeof(err)) == 0);
+    FB_ASSERT(plan.nsends == 1 &&
+              strcmp(plan.sends[0].body, "{\"hold_id\":6,\"charges\":[{\"amount_micro\":3,"
+                                         "\"ref\":\"-\"},{\"amount_micro\":4,\"ref\":\"\"}]}") == 0);
     edge_journal_plan_free(&plan);
     /* many slices, their charges interleaved: one write a slice, in the
      * order the slices were first named, its charges by uid */

@@ -231,6 +231,12 @@ static void s_on_verified(void *arg, const fb_rpc_reply_t *reply)
     const char *recorded = json_string_value(json_object_get(b, "authorizationResource"));
     if (!req) {
         s_free(t);
+    } else if (!reply->ok && strcmp(reply->code, "bad_request") == 0) {
+        /* the payment as it is cannot be taken (a reserved resource, say): not worth a retry */
+        char msg[400];
+        snprintf(msg, sizeof(msg), "the payment was refused: invalid_payload: %s", reply->message);
+        s_quote(t, "payment_invalid", "invalid_payload", msg);
+        s_free(t);
     } else if (!reply->ok) {
         edge_error(req, EDGE_OPENAI, 503, "unavailable", NULL, "the payment could not be checked now");
         s_free(t);

@@ -1651,7 +1651,8 @@ test("FAREBOX_PREPAID_CHARGE_DEFER_MS: answers go before their charges, which fo
 test("FAREBOX_PREPAID_JOURNAL_DIR: a killed edge's deferred charges are written by another edge, exactly and once; a live edge's journal, another ledger's, and an unreadable one are left alone", async () => {
   const ask = (client, i, extra) => miniCall(client, `journaled ${i}`, extra);
   const priced = miniCost, charges = chargesOf;
-  const journals = (dir) => fs.readdirSync(dir).filter((f) => f.endsWith(".journal")).sort();
+  const journals = (dir) => fs.readdirSync(dir).filter((f) => f.endsWith(".journal") &&
+    fs.lstatSync(path.join(dir, f)).isFile()).sort();
   const dir = path.join(tmpDir("journal"), "charges");
   const ledgerId = (await ledgerRpc.call("ledger.identity", {})).body.ledger_id;
   assert.match(ledgerId, /^[0-9a-f-]{36}$/);
@@ -1664,6 +1665,8 @@ test("FAREBOX_PREPAID_JOURNAL_DIR: a killed edge's deferred charges are written 
   fs.mkdirSync(dir);
   fs.writeFileSync(path.join(dir, "charges-foreign.journal"), "farebox-charge-journal 1 another-ledger\nC 1 1 5 r\n");
   fs.writeFileSync(path.join(dir, "charges-broken.journal"), `farebox-charge-journal 1 ${ledgerId}\nC one 1 5 r\n`);
+  // and a FIFO by a journal's name: opening it to read would wait for a writer, on the edge's loop
+  assert.equal(spawnSync("mkfifo", [path.join(dir, "charges-fifo.journal")]).status, 0);
   // the edge that will be killed, and another one beside it (not deferring, looking after the directory)
   const doomedUrl = await startEdge(env);
   const doomed = extraEdges.at(-1); // left in extraEdges until it is killed: a failure before stops it

@@ -266,6 +266,17 @@ test("a call whose provider fails is not settled, and its payment cannot be used
   const junk = await fetch(`${url}/v1/chat/completions`, { method: "POST", headers: { ...json, "payment-signature": "bm90IGpzb24=" }, body });
   assert.equal(junk.status, 402);
   assert.equal((await junk.json()).error.code, "payment_invalid");
+  // a payment naming a reserved resource (topups are paid through /v1/topup): refused for good, 402
+  // payment_invalid, not 503 as if it might pass later
+  const reserved = (h) => {
+    const p = JSON.parse(Buffer.from(h, "base64").toString());
+    p.resource = { ...(p.resource ?? {}), url: "topup:account:1" };
+    return Buffer.from(JSON.stringify(p)).toString("base64");
+  };
+  const named = await fetch(`${url}/v1/chat/completions`, { method: "POST",
+    headers: { ...json, "payment-signature": reserved(await paymentHeader(evmClient(2), chat("reserved"))) }, body: chat("reserved") });
+  assert.equal(named.status, 402);
+  assert.match((await named.json()).error.message, /invalid_payload: .*reserved/);
   await audit();
 });
 
@@ -285,6 +296,13 @@ test("/v1/topup: an x402 payment credits the key's account once; the key then pa
   assert.equal((await topup({ "content-type": "text/plain" }).then((r) => r.status)), 402);
   const bad = await fetch(`${url}/v1/topup`, { method: "POST", headers: auth, body: JSON.stringify({ amount_micro: 0 }) });
   assert.equal(bad.status, 400);
+  // a payment naming the reserved resource itself: refused for good (402), not 503
+  const forged = new x402HTTPClient(evmClient(3));
+  const fp = await forged.createPaymentPayload(required);
+  fp.resource = { ...(fp.resource ?? {}), url: `topup:account:${acct.account_id}` };
+  const selfNamed = await topup({ "payment-signature": Buffer.from(JSON.stringify(fp)).toString("base64") });
+  assert.equal(selfNamed.status, 402, await selfNamed.clone().text());
+  assert.match((await selfNamed.json()).error.message, /invalid_payload: .*reserved/);
 
   // the official client pays the quote; the account is credited once
   const payer = privateKeyToAccount(evm.accounts[3].privateKey);
