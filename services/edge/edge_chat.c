@@ -1609,6 +1609,23 @@ static bool s_body_as_sent(s_chat_t *c, json_t *body)
     return true;
 }
 
+/* OpenAI's service tiers farebox's prices hold for: a tier billed above the
+ * list price (priority, scale) would cost the operator more than the catalog
+ * charges. */
+static int s_service_tier(s_chat_t *c, json_t *tier)
+{
+    static const char *const priced[] = {"auto", "default", "flex"};
+    if (!tier || json_is_null(tier))
+        return 0;
+    for (size_t i = 0; json_is_string(tier) && i < FB_ARRAY_SIZE(priced); i++)
+        if (strcmp(json_string_value(tier), priced[i]) == 0)
+            return 0;
+    s_set_error(c, 400, "invalid_request", NULL,
+                "service_tier must be auto, default or flex here: another tier is billed above this "
+                "catalog's prices");
+    return -1;
+}
+
 static int s_read_chat(s_chat_t *c, json_t *body)
 {
     if (!json_is_array(json_object_get(body, "messages")) ||
@@ -1660,8 +1677,13 @@ static int s_read_chat(s_chat_t *c, json_t *body)
         json_decref(up);
         return 0;
     }
-    if ((!c->stream || c->caller_usage) && s_body_as_sent(c, body))
+    if (s_service_tier(c, json_object_get(body, "service_tier")) != 0)
+        return -1;
+    bool no_max = (!mt || json_is_null(mt)) && (!mct || json_is_null(mct));
+    if (!no_max && (!c->stream || c->caller_usage) && s_body_as_sent(c, body))
         return 0;
+    if (no_max) /* the ceiling counted the model's output cap: the provider is told it */
+        json_object_set_new(body, "max_completion_tokens", json_integer(c->max_output));
     json_object_set_new(body, "model", json_string(c->model->upstream));
     if (c->stream) {
         /* the usage chunk is how a stream's cost is known */
@@ -1761,8 +1783,9 @@ static int s_read_prompt(s_chat_t *c, json_t *body)
         if (sys)
             json_object_set(up, "system", sys);
     } else {
-        if (mt)
-            json_object_set(up, "max_tokens", mt);
+        /* the ceiling's output, told to the provider (the model's cap when none was asked) */
+        json_object_set_new(up, mt && !json_is_null(mt) ? "max_tokens" : "max_completion_tokens",
+                            json_integer(c->max_output));
         if (sys)
             json_array_append_new(msgs, json_pack("{ss sO}", "role", "system", "content", sys));
     }
@@ -1854,15 +1877,32 @@ static s_chat_t *s_scanned_chat(edge_worker_t *w, h2o_req_t *req, const char *ri
             max_output = other;
     }
     int64_t choices = s_scanned_count(q.n, 1, MAX_CHOICES);
-    if (max_output < 0 || choices < 0)
+    /* a max given as null, or a service tier named (the full parse reads them) */
+    if (max_output < 0 || choices < 0 || (!has_mct && !has_mt && mct.kind != EDGE_SCAN_ABSENT) ||
+        memmem(req->entity.base, req->entity.len, "service_tier", 12))
         return NULL;
     s_chat_t *c = s_new_chat(w, req, rid, ROUTE_CHAT, EDGE_OPENAI, m, q.model, q.model_len);
     c->stream = stream;
     c->caller_usage = q.include_usage.kind == EDGE_SCAN_TRUE;
     c->max_output = max_output;
     c->choices = choices;
-    c->up_body = fb_strndup(req->entity.base, req->entity.len);
-    c->up_len = req->entity.len;
+    if (has_mct || has_mt) {
+        c->up_body = fb_strndup(req->entity.base, req->entity.len);
+        c->up_len = req->entity.len;
+    } else {
+        /* no max asked: the ceiling counted the model's output cap, and the provider is told it
+         * (first in the object, which has members: messages at least) */
+        const char *open = memchr(req->entity.base, '{', req->entity.len); /* the scan read an object */
+        FB_ASSERT(open);
+        char head[48];
+        int n = snprintf(head, sizeof(head), "{\"max_completion_tokens\":%" PRId64 ",", max_output);
+        size_t rest = req->entity.len - (size_t)(open + 1 - req->entity.base);
+        c->up_len = (size_t)n + rest;
+        c->up_body = fb_malloc(c->up_len + 1);
+        memcpy(c->up_body, head, (size_t)n);
+        memcpy(c->up_body + n, open + 1, rest);
+        c->up_body[c->up_len] = '\0';
+    }
     return c;
 }
 
@@ -2096,6 +2136,14 @@ static int s_begin(edge_worker_t *w, h2o_req_t *req, const char *rid, s_route_t 
     if (route == ROUTE_MESSAGES) {
         c->anthropic_version = s_header_copy(req, "anthropic-version", 64);
         c->anthropic_beta = s_header_copy(req, "anthropic-beta", 512);
+        /* a beta that changes the price (the 1M context: input over 200k billed at about twice
+         * the price) is not this catalog's */
+        if (c->anthropic_beta && strstr(c->anthropic_beta, "context-1m")) {
+            s_refuse(c, 400, "invalid_request", NULL,
+                     "anthropic-beta context-1m is not offered here: its long-context prices are not "
+                     "this catalog's");
+            return 0;
+        }
     }
     int64_t tool_prompt = c->tool_prompt ? ANTHROPIC_TOOL_PROMPT_TOKENS : 0;
     c->input_estimate = (int64_t)req->entity.len + tool_prompt;

@@ -1101,6 +1101,83 @@ test("odd provider streams (a tool block without id or name, a delta without par
   await audit();
 });
 
+// What the provider is told: a call without a max gets the model's output cap
+// (what its ceiling counted), whichever way the edge read the request; a
+// service tier or an Anthropic beta billed above the catalog's prices is
+// refused before anything is held.
+test("the provider is told the max the ceiling counted; tiers and betas priced above the catalog are refused, nothing charged", async () => {
+  const seen = [];
+  const scripted = http.createServer((req, res) => {
+    let data = "";
+    req.on("data", (c) => { data += c; });
+    req.on("end", () => {
+      seen.push({ path: req.url, headers: req.headers, body: JSON.parse(data) });
+      res.writeHead(200, { "content-type": "application/json" });
+      if (req.url.endsWith("/messages")) {
+        res.end(JSON.stringify({ id: "msg_1", type: "message", role: "assistant", model: "claude-cap", content: [{ type: "text", text: "ok" }],
+          stop_reason: "end_turn", stop_sequence: null, usage: { input_tokens: 3, output_tokens: 2 } }));
+      } else {
+        res.end(JSON.stringify({ id: "c", object: "chat.completion", created: 0, model: "gpt-cap",
+          choices: [{ index: 0, message: { role: "assistant", content: "ok" }, finish_reason: "stop" }],
+          usage: { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 } }));
+      }
+    });
+  });
+  await new Promise((r) => scripted.listen(0, "127.0.0.1", r));
+  const base = `http://127.0.0.1:${scripted.address().port}`;
+  const catalog = path.join(tmpDir("cap"), "catalog.json");
+  fs.writeFileSync(catalog, JSON.stringify({
+    routes: [{ name: "ca", provider: "anthropic", base_url: base }, { name: "co", provider: "openai", base_url: base }],
+    models: [
+      { id: "claude-cap", provider: "anthropic", route: "ca", input_price: 1000000, output_price: 2000000,
+        context_tokens: 10000, max_output_tokens: 77 },
+      { id: "gpt-cap", provider: "openai", route: "co", input_price: 1000000, output_price: 2000000,
+        context_tokens: 10000, max_output_tokens: 55 }] }));
+  const edgeUrl = await startEdge({ FAREBOX_CATALOG_FILE: catalog, FAREBOX_PREPAID_SLICE_IDLE_MS: "50" });
+  try {
+    const { id, key } = await account(10_000_000);
+    const openai = new OpenAI({ baseURL: `${edgeUrl}/v1`, apiKey: key, maxRetries: 0 });
+    const msg = [{ role: "user", content: "x" }];
+    // no max: the scanned request, the parsed one (an escape in it), and /api/v1/prompt
+    await openai.chat.completions.create({ model: "gpt-cap", messages: msg });
+    await openai.chat.completions.create({ model: "gpt-cap", messages: [{ role: "user", content: "\u00e9" }] });
+    await openai.chat.completions.create({ model: "gpt-cap", messages: msg, max_tokens: null });
+    const prompt = await fetch(`${edgeUrl}/api/v1/prompt`, { method: "POST",
+      headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
+      body: JSON.stringify({ model: "gpt-cap", prompt: "x" }) });
+    assert.equal(prompt.status, 200, await prompt.clone().text());
+    assert.deepEqual(seen.map((q) => q.body.max_completion_tokens), [55, 55, 55, 55]);
+    assert.equal(seen[0].body.messages[0].content, "x", "the rest of the body as sent");
+    // a max asked: as asked, and the body untouched
+    await openai.chat.completions.create({ model: "gpt-cap", messages: msg, max_tokens: 9 });
+    assert.deepEqual([seen.at(-1).body.max_tokens, seen.at(-1).body.max_completion_tokens], [9, undefined]);
+    // tiers: those the catalog's prices hold for pass, others are refused
+    await openai.chat.completions.create({ model: "gpt-cap", messages: msg, max_tokens: 9, service_tier: "flex" });
+    assert.equal(seen.at(-1).body.service_tier, "flex");
+    const calls = seen.length;
+    for (const tier of ["priority", "scale", 7]) {
+      await assert.rejects(openai.chat.completions.create({ model: "gpt-cap", messages: msg, service_tier: tier }),
+        (e) => e instanceof OpenAI.BadRequestError && /service_tier/.test(e.message), String(tier));
+    }
+    // an Anthropic beta priced above the catalog (the 1M context) is refused; others pass as sent
+    const anthropic = new Anthropic({ baseURL: edgeUrl, apiKey: key, maxRetries: 0 });
+    await assert.rejects(anthropic.messages.create({ model: "claude-cap", max_tokens: 5, messages: msg },
+      { headers: { "anthropic-beta": "prompt-caching-2024-07-31,context-1m-2025-08-07" } }),
+    (e) => e instanceof Anthropic.BadRequestError && /context-1m/.test(e.message));
+    assert.equal(seen.length, calls, "nothing refused reached the provider");
+    await anthropic.messages.create({ model: "claude-cap", max_tokens: 5, messages: msg },
+      { headers: { "anthropic-beta": "token-efficient-tools-2025-02-19" } });
+    assert.equal(seen.at(-1).headers["anthropic-beta"], "token-efficient-tools-2025-02-19");
+    // charged: 7 answered calls at 3 input and 2 output tokens (7 micro-USDC each); the refused ones nothing
+    const charges = await settled(id);
+    assert.equal(charges.length, 7);
+    assert.ok(charges.every((c) => c.amount_micro === 7), JSON.stringify(charges));
+  } finally {
+    scripted.close();
+  }
+  await audit();
+});
+
 test("rate limits per IP and per key, and the in-flight cap per key: 429 with Retry-After, nothing charged", async () => {
   // per IP: a burst of 2, then one a second; /healthz is not counted
   const ipEdge = await startEdge({ FAREBOX_RATE_IP_PER_S: "1", FAREBOX_RATE_IP_BURST: "2" });
