@@ -633,9 +633,11 @@ int edge_journal_claim(const char *dir, const char *ledger_id, edge_journal_clai
         /* its owner holds the lock while it lives; a file it replaced has no
          * name any more (the lock was on the old one) */
         struct stat a, b;
-        if (fstat(fd, &a) != 0 || !S_ISREG(a.st_mode) || flock(fd, LOCK_EX | LOCK_NB) != 0 ||
-            a.st_nlink == 0 || fstat(fd, &a) != 0 || stat(path, &b) != 0 || a.st_ino != b.st_ino ||
-            a.st_dev != b.st_dev) {
+        /* and only this user's: edges write their journals as themselves (0600), and a file
+         * another user put there is not a journal of theirs to charge from */
+        if (fstat(fd, &a) != 0 || !S_ISREG(a.st_mode) || a.st_uid != geteuid() ||
+            flock(fd, LOCK_EX | LOCK_NB) != 0 || a.st_nlink == 0 || fstat(fd, &a) != 0 ||
+            stat(path, &b) != 0 || a.st_ino != b.st_ino || a.st_dev != b.st_dev) {
             close(fd);
             continue;
         }
@@ -862,6 +864,14 @@ int edge_journal_test(bool verbose)
     }
     edge_journal_plan_free(&plan);
     free(many);
+
+    /* a journal another user owns is not claimed (the test can give one away as root only) */
+    snprintf(path, sizeof(path), "%s/" PREFIX "theirs" SUFFIX, sub);
+    f = fopen(path, "wb");
+    FB_ASSERT(f && fputs("farebox-charge-journal 1 ledger-1\nC 1 6 3 r\n", f) >= 0 && fclose(f) == 0);
+    if (chown(path, geteuid() + 1, (gid_t)-1) == 0)
+        FB_ASSERT(edge_journal_claim(sub, "ledger-1", &claim, &foreign) == 0);
+    unlink(path);
 
     /* a file that is not a journal's, or has a line it cannot read, is set aside */
     static const char *bad[] = {"hello\n",
