@@ -762,6 +762,10 @@ static void s_openai_delta(s_chat_t *c, json_t *chunk)
         json_t *delta = json_object_get(choice, "delta");
         s_count_text(c, json_object_get(delta, "content"));
         s_count_text(c, json_object_get(delta, "refusal"));
+        s_count_text(c, json_object_get(delta, "reasoning_content")); /* compatible providers' reasoning */
+        json_t *legacy = json_object_get(delta, "function_call");     /* the functions API's one call */
+        s_count_text(c, json_object_get(legacy, "arguments"));
+        s_count_text(c, json_object_get(legacy, "name"));
         size_t k;
         json_t *call;
         json_array_foreach(json_object_get(delta, "tool_calls"), k, call)
@@ -1008,7 +1012,16 @@ static void s_whole_answer(s_chat_t *c)
         json_t *content = json_object_get(msg, "content");
         if (json_is_string(content))
             fb_buf_append(&text, json_string_value(content), json_string_length(content));
-        json_t *as_chunk = json_pack("{s[{sO}]}", "choices", "delta", msg ? msg : json_null());
+        /* counted as a stream's chunk of every answer (n of them) would be */
+        json_t *as_chunk = json_object(), *deltas = json_array(), *choice;
+        size_t i;
+        json_array_foreach(json_object_get(d, "choices"), i, choice)
+        {
+            json_t *m = json_object_get(choice, "message");
+            if (json_is_object(m))
+                json_array_append_new(deltas, json_pack("{sO}", "delta", m));
+        }
+        json_object_set_new(as_chunk, "choices", deltas);
         s_openai_delta(c, as_chunk);
         json_decref(as_chunk);
     } else {

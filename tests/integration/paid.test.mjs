@@ -1116,6 +1116,12 @@ test("the provider is told the max the ceiling counted; tiers and betas priced a
       if (req.url.endsWith("/messages")) {
         res.end(JSON.stringify({ id: "msg_1", type: "message", role: "assistant", model: "claude-cap", content: [{ type: "text", text: "ok" }],
           stop_reason: "end_turn", stop_sequence: null, usage: { input_tokens: 3, output_tokens: 2 } }));
+      } else if (String(JSON.parse(data).messages[0].content).startsWith("nousage:")) {
+        // no usage reported: k answers of 60 bytes each
+        const k = Number(JSON.parse(data).messages[0].content.slice(8));
+        res.end(JSON.stringify({ id: "c", object: "chat.completion", created: 0, model: "gpt-cap",
+          choices: Array.from({ length: k }, (_, i) => ({ index: i, message: { role: "assistant", content: "y".repeat(60) },
+            finish_reason: "stop" })) }));
       } else {
         res.end(JSON.stringify({ id: "c", object: "chat.completion", created: 0, model: "gpt-cap",
           choices: [{ index: 0, message: { role: "assistant", content: "ok" }, finish_reason: "stop" }],
@@ -1172,6 +1178,12 @@ test("the provider is told the max the ceiling counted; tiers and betas priced a
     const charges = await settled(id);
     assert.equal(charges.length, 7);
     assert.ok(charges.every((c) => c.amount_micro === 7), JSON.stringify(charges));
+    // an answer without usage is counted from every one of its n answers: the same request (n = 2)
+    // answered once and twice, 60 bytes each (20 tokens, counted as 3 bytes each), differs by 40 micro-USDC
+    for (const k of [1, 2])
+      await openai.chat.completions.create({ model: "gpt-cap", n: 2, max_tokens: 50, messages: [{ role: "user", content: `nousage:${k}` }] });
+    const [two, one] = (await settled(id)).slice(0, 2).map((c) => c.amount_micro);
+    assert.equal(two - one, 40, JSON.stringify([one, two]));
   } finally {
     scripted.close();
   }
