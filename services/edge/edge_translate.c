@@ -385,13 +385,15 @@ static bool s_count(json_t *v, int64_t *out)
 
 void edge_tr_usage_running(json_t *usage, int64_t *input, int64_t *read, int64_t *write, bool *seen)
 {
-    int64_t in, r, w;
+    int64_t in = 0, r = 0, w = 0;
     bool has_in = s_count(json_object_get(usage, "input_tokens"), &in),
          has_r = s_count(json_object_get(usage, "cache_read_input_tokens"), &r),
          has_w = s_count(json_object_get(usage, "cache_creation_input_tokens"), &w);
     if (!has_in && !has_r && !has_w)
         return;
-    int64_t raw = *seen ? *input - *read - *write : 0;
+    int64_t raw = 0; /* the uncached input so far: counts are 0 or more, so no subtraction overflows */
+    if (*seen && *input > *read)
+        raw = *input - *read > *write ? *input - *read - *write : 0;
     if (has_in)
         raw = in;
     if (has_r)
