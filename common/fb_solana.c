@@ -128,6 +128,14 @@ int fb_sol_tx_decode(fb_sol_tx_t *tx, const uint8_t *buf, size_t len, const char
         if (s_take(&r, 32, &p) != 0)
             return -1;
         memcpy(tx->keys[i].b, p, 32);
+        /* each key once, as the runtime requires: a key's second index would escape checks made by
+         * index (the fee payer's, say) */
+        for (int k = 0; k < i; k++) {
+            if (memcmp(tx->keys[k].b, p, 32) == 0) {
+                *why = "an account key is listed twice";
+                return -1;
+            }
+        }
     }
     /* at least one signer, and the first one (the fee payer) writable */
     if (tx->num_required_signatures == 0 || tx->num_required_signatures > tx->nkeys ||

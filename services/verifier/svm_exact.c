@@ -281,6 +281,13 @@ void svm_exact_check(const fb_x402_payload_t *p, const fb_x402_requirements_t *r
                "the destination is not payTo's associated token account for the mint");
         return;
     }
+    /* the token program takes a transfer to its own source as done, moving nothing: a delegate of
+     * payTo's account would pay with payTo's own money */
+    if (fb_sol_key_eq(&tx->keys[ix2->accounts[0]], &out->destination)) {
+        s_fail(out, "invalid_exact_svm_payload_source_is_destination",
+               "the transfer's source is payTo's own token account");
+        return;
+    }
     uint64_t want;
     if (s_u64(r->amount, &want) != 0 || out->amount != want) {
         s_fail(out, "invalid_exact_svm_payload_amount_mismatch", "transfer of %llu, required %s",

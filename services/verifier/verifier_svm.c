@@ -265,7 +265,9 @@ static void s_chain_checks(s_job_t *j, bool with_ledger)
     fb_jsonrpc_call(j->net->rpc, "isBlockhashValid",
                     json_pack("[s {ss}]", blockhash, "commitment", "processed"), s_on_blockhash, j);
     fb_jsonrpc_call(j->net->rpc, "simulateTransaction",
-                    json_pack("[s {ss sb sb ss}]", j->p.transaction, "encoding", "base64", "sigVerify", 0,
+                    /* the bytes farebox checked, in its own encoding (the payer's text may be base64
+                     * the node reads otherwise, or refuses: unpadded) */
+                    json_pack("[s {ss sb sb ss}]", j->signed_b64, "encoding", "base64", "sigVerify", 0,
                               "replaceRecentBlockhash", 0, "commitment", "confirmed"),
                     s_on_simulation, j);
 }

@@ -49,12 +49,13 @@ async function officialHeader(wallet, req = requirements()) {
 /** A transaction built with @solana/kit the way the client builds it, with any part changed. */
 async function kitPayload(wallet, { req = requirements(), amount = BigInt(req.amount), price = 1n, units = 20000,
   feePayer = req.extra.feePayer,
-  blockhash, extra = [], memoAccounts = [], payTo = req.payTo, mint = req.asset, authority } = {}) {
+  blockhash, extra = [], memoAccounts = [], payTo = req.payTo, mint = req.asset, authority, fromPayTo = false, memoText = crypto.randomBytes(16).toString("hex") } = {}) {
   const payer = await signer(wallet);
-  const [source] = await findAssociatedTokenPda({ mint: address(mint), owner: payer.address, tokenProgram: TOKEN_PROGRAM_ADDRESS });
   const [destination] = await findAssociatedTokenPda({ mint: address(mint), owner: address(payTo), tokenProgram: TOKEN_PROGRAM_ADDRESS });
+  const [source] = fromPayTo ? [destination]
+    : await findAssociatedTokenPda({ mint: address(mint), owner: payer.address, tokenProgram: TOKEN_PROGRAM_ADDRESS });
   const latest = blockhash ? { blockhash, lastValidBlockHeight: 1000000n } : (await solRpc.getLatestBlockhash().send()).value;
-  const memo = { programAddress: MEMO_PROGRAM, accounts: memoAccounts, data: new TextEncoder().encode(crypto.randomBytes(16).toString("hex")) };
+  const memo = { programAddress: MEMO_PROGRAM, accounts: memoAccounts, data: new TextEncoder().encode(memoText) };
   const msg = pipe(createTransactionMessage({ version: 0 }),
     (m) => setTransactionMessageFeePayer(address(feePayer), m),
     (m) => appendTransactionMessageInstructions([
@@ -67,6 +68,24 @@ async function kitPayload(wallet, { req = requirements(), amount = BigInt(req.am
   const tx = await partiallySignTransactionMessageWithSigners(msg);
   return { x402Version: 2, resource: { url: "http://farebox.test/r" }, accepted: req,
     payload: { transaction: getBase64EncodedWireTransaction(tx) } };
+}
+
+/** A payment whose message lists the fee payer's key a second time (in place of an account a memo
+ * names), signed again by the wallet: the runtime refuses such a message, and checks made by account
+ * index would not see the fee payer there. */
+async function duplicateFeePayer(wallet) {
+  const marker = address("Sysvar1nstructions1111111111111111111111111");
+  const payload = await kitPayload(wallet, { memoAccounts: [{ address: marker, role: AccountRole.READONLY }] });
+  const tx = getTransactionDecoder().decode(getBase64Encoder().encode(payload.payload.transaction));
+  const msg = Uint8Array.from(tx.messageBytes);
+  const mk = Buffer.from(getBase58Encoder().encode(marker));
+  const at = msg.findIndex((_, i) => i + 32 <= msg.length && mk.equals(Buffer.from(msg.subarray(i, i + 32))));
+  assert.ok(at > 0);
+  msg.set(getBase58Encoder().encode(payload.accepted.extra.feePayer), at);
+  const keys = await createKeyPairFromBytes(getBase58Encoder().encode(wallet.secretKey));
+  const sigs = { ...tx.signatures, [wallet.address]: new Uint8Array(await signBytes(keys.privateKey, msg)) };
+  const wire = getTransactionEncoder().encode({ messageBytes: msg, signatures: sigs });
+  return { ...payload, payload: { transaction: Buffer.from(wire).toString("base64") } };
 }
 
 /** The same payload with one byte of the payer's signature flipped. */
@@ -197,6 +216,10 @@ test("every bad payment gets its own reason and settles nothing", async () => {
     ["fee just too high", await kitPayload(wallet, { price: 5_000_000n, units: 20_001 }), requirements(), "invalid_exact_svm_payload_transaction_fee_too_high"],
     ["unknown extra instruction", await kitPayload(wallet, { extra: [{ programAddress: SYSTEM_PROGRAM, accounts: [], data: new Uint8Array([2, 0, 0, 0]) }] }), requirements(), "invalid_exact_svm_payload_unknown_fifth_instruction"],
     ["fee payer named by an instruction", await kitPayload(wallet, { memoAccounts: [{ address: address(sol.payer.address), role: AccountRole.READONLY }] }), requirements(), "invalid_exact_svm_fee_payer_not_isolated"],
+    ["fee payer's key listed twice", await duplicateFeePayer(wallet), requirements(), "invalid_exact_svm_payload_transaction_could_not_be_decoded"],
+    // the token program takes a transfer to its own source as done: a delegate of payTo's account
+    // would pay with payTo's own money, and payTo would receive nothing
+    ["a transfer from payTo's own token account", await kitPayload(wallet, { fromPayTo: true }), requirements(), "invalid_exact_svm_payload_source_is_destination"],
     ["blockhash unknown to the chain", await kitPayload(wallet, { blockhash: "4uQeVj5tqViQh7yWWGStvkEG1Zmhx6uasJtWCJziofM" }), requirements(), "invalid_exact_svm_blockhash_expired"],
     ["payer without the tokens", await kitPayload(wallet, { req: bigReq }), bigReq, "invalid_exact_svm_transaction_simulation_failed"],
     ["payer without a token account", await kitPayload(broke), requirements(), "invalid_exact_svm_transaction_simulation_failed"],
@@ -217,6 +240,14 @@ test("every bad payment gets its own reason and settles nothing", async () => {
   const atCap = await verify({ payload: await kitPayload(wallet, { price: 5_000_000n, units: 20_000 }),
     requirements: requirements() });
   assert.equal(atCap.isValid, true, JSON.stringify(atCap));
+  // a transaction in base64 without its padding: decoded, and simulated as farebox encodes it (the
+  // node refuses unpadded text: the payment was answered unavailable)
+  let padded; // one of three lengths in a row is not a multiple of 3 bytes: its base64 ends with "="
+  for (let extra = 0; !padded?.payload.transaction.endsWith("="); extra++)
+    padded = await kitPayload(wallet, { memoText: crypto.randomBytes(16).toString("hex") + "x".repeat(extra) });
+  const unpadded = await verify({ payload: { ...padded, payload: { transaction: padded.payload.transaction.replace(/=+$/, "") } },
+    requirements: requirements() });
+  assert.equal(unpadded.isValid, true, JSON.stringify(unpadded));
   // undecodable transactions
   const good = await kitPayload(wallet);
   for (const transaction of ["AQID", "!!!", good.payload.transaction.slice(0, 40)]) {
