@@ -2,6 +2,7 @@
 #include "fb_util.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -89,6 +90,46 @@ bool fb_memeq_ct(const void *a, const void *b, size_t len)
     for (size_t i = 0; i < len; i++)
         diff |= x[i] ^ y[i];
     return diff == 0;
+}
+
+/* The length of the well-formed UTF-8 sequence at p (RFC 3629), 0 if none. */
+static size_t s_utf8_len(const unsigned char *p)
+{
+    unsigned char c = p[0];
+    if (c < 0x80)
+        return 1;
+    size_t n = c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+    if (n == 0)
+        return 0;
+    /* the second byte's range rules out overlong forms, surrogates and values above U+10FFFF */
+    unsigned char lo = c == 0xe0   ? 0xa0
+                       : c == 0xf0 ? 0x90
+                                   : 0x80,
+                  hi = c == 0xed   ? 0x9f
+                       : c == 0xf4 ? 0x8f
+                                   : 0xbf;
+    if (p[1] < lo || p[1] > hi)
+        return 0;
+    for (size_t i = 2; i < n; i++)
+        if (p[i] < 0x80 || p[i] > 0xbf)
+            return 0;
+    return n;
+}
+
+size_t fb_utf8_clean(char *s)
+{
+    size_t replaced = 0;
+    unsigned char *p = (unsigned char *)s;
+    while (*p) {
+        size_t n = s_utf8_len(p); /* a NUL inside a sequence fails its range check */
+        if (n == 0) {
+            *p++ = '?';
+            replaced++;
+        } else {
+            p += n;
+        }
+    }
+    return replaced;
 }
 
 bool fb_streq_n(const char *s, size_t len, const char *z)
@@ -223,6 +264,33 @@ void fb_buf_free(fb_buf_t *b)
 
 int fb_util_test(bool verbose)
 {
+    {
+        static const struct {
+            const char *in, *out;
+            size_t replaced;
+        } utf8[] = {
+            {"plain", "plain", 0},
+            {"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", 0},
+            {"a\xff"
+             "b",
+             "a?b", 1},
+            {"cut \xc3", "cut ?", 1},        /* a character cut by truncation */
+            {"cut \xe2\x82", "cut ??", 2},   /* its bytes each replaced */
+            {"\xc0\xaf", "??", 2},           /* an overlong '/' */
+            {"\xed\xa0\x80", "???", 3},      /* a surrogate */
+            {"\xf4\x90\x80\x80", "????", 4}, /* above U+10FFFF */
+            {"\x80x", "?x", 1},              /* a lone continuation byte */
+        };
+        for (size_t i = 0; i < FB_ARRAY_SIZE(utf8); i++) {
+            char buf[32];
+            fb_copy_str(buf, sizeof(buf), utf8[i].in);
+            FB_ASSERT(fb_utf8_clean(buf) == utf8[i].replaced);
+            FB_ASSERT(strcmp(buf, utf8[i].out) == 0);
+            json_t *j = json_string(buf);
+            FB_ASSERT(j); /* what jansson takes */
+            json_decref(j);
+        }
+    }
     {
         char d[4];
         FB_ASSERT(fb_copy_str(d, sizeof(d), "ab") == 2 && strcmp(d, "ab") == 0);

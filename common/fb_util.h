@@ -44,6 +44,13 @@ bool fb_memeq_ct(const void *a, const void *b, size_t len);
 /* fb_streq_n - true when the counted string (s, len) equals the C string z. */
 bool fb_streq_n(const char *s, size_t len, const char *z);
 
+/* fb_utf8_clean - s made valid UTF-8 in place: each byte that does not start
+ * or continue a well-formed sequence (overlong forms, surrogates, above
+ * U+10FFFF, a sequence cut short, as at the end of a truncated buffer) becomes
+ * '?'. Text from outside goes through it before jansson, which refuses
+ * anything else. Returns how many bytes were replaced. */
+size_t fb_utf8_clean(char *s);
+
 /* fb_copy_str - copy the C string src (NULL: "") into dst of cap bytes
  * (cap >= 1), cut to cap - 1 bytes, always terminated; returns the length
  * copied. What snprintf(dst, cap, "%s", src) does, without its formatting. */

@@ -375,6 +375,7 @@ static void s_start_stream(s_chat_t *c)
 static void s_stream_tail(s_chat_t *c, fb_buf_t *out)
 {
     if (c->up_error[0]) {
+        fb_utf8_clean(c->up_error); /* a provider's words, cut to fit */
         char esc[600];
         edge_json_escape(esc, sizeof(esc), c->up_error, strlen(c->up_error));
         char ev[800];

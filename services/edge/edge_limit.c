@@ -367,8 +367,20 @@ static bool s_trusted(const edge_limit_t *self, const uint8_t *addr, size_t len)
     return false;
 }
 
-size_t edge_limit_client(const edge_limit_t *self, const struct sockaddr *peer, const char *xff, size_t len,
-                         uint8_t out[16])
+/* An IPv4 address a dual-stack socket shows as ::ffff:a.b.c.d, as IPv4 (as the
+ * trusted list and the buckets name it). */
+static size_t s_unmapped(uint8_t *a, size_t n)
+{
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (n == 16 && memcmp(a, mapped, 12) == 0) {
+        memmove(a, a + 12, 4);
+        return 4;
+    }
+    return n;
+}
+
+static size_t s_client(const edge_limit_t *self, const struct sockaddr *peer, const char *xff, size_t len,
+                       uint8_t out[16])
 {
     size_t n = 0;
     if (peer->sa_family == AF_INET) {
@@ -376,7 +388,7 @@ size_t edge_limit_client(const edge_limit_t *self, const struct sockaddr *peer, 
         n = 4;
     } else if (peer->sa_family == AF_INET6) {
         memcpy(out, &((const struct sockaddr_in6 *)peer)->sin6_addr, 16);
-        n = 16;
+        n = s_unmapped(out, 16);
     }
     if (!n || !self->ntrusted || !xff || !s_trusted(self, out, n))
         return n;
@@ -390,7 +402,7 @@ size_t edge_limit_client(const edge_limit_t *self, const struct sockaddr *peer, 
             }
         const char *item = comma ? comma + 1 : xff;
         uint8_t a[16];
-        size_t alen = s_parse_ip(item, (size_t)(xff + len - item), a);
+        size_t alen = s_unmapped(a, s_parse_ip(item, (size_t)(xff + len - item), a));
         if (!alen)
             return n; /* garbage: the last trusted hop is the client we know */
         memcpy(out, a, alen);
@@ -399,6 +411,15 @@ size_t edge_limit_client(const edge_limit_t *self, const struct sockaddr *peer, 
             return n;
         len = comma ? (size_t)(comma - xff) : 0;
     }
+    return n;
+}
+
+size_t edge_limit_client(const edge_limit_t *self, const struct sockaddr *peer, const char *xff, size_t len,
+                         uint8_t out[16])
+{
+    size_t n = s_client(self, peer, xff, len, out);
+    if (n == 16)
+        memset(out + 8, 0, 8); /* an IPv6 host has a /64 to itself: one bucket for all of it */
     return n;
 }
 
@@ -450,6 +471,20 @@ int edge_limit_test(bool verbose)
     FB_ASSERT(memcmp(out, &direct.sin_addr, 4) == 0); /* an untrusted peer's header is ignored */
     FB_ASSERT(edge_limit_client(l, (struct sockaddr *)&proxy, "junk", 4, out) == 4);
     FB_ASSERT(memcmp(out, &proxy.sin_addr, 4) == 0);
+    /* a trusted proxy seen through a dual-stack socket (::ffff:10.1.2.3) is trusted: its header is
+     * read; an IPv6 client is its /64 */
+    struct sockaddr_in6 proxy6 = {.sin6_family = AF_INET6}, host6 = {.sin6_family = AF_INET6};
+    inet_pton(AF_INET6, "::ffff:10.1.2.3", &proxy6.sin6_addr);
+    FB_ASSERT(edge_limit_client(l, (struct sockaddr *)&proxy6, xff, strlen(xff), out) == 4);
+    FB_ASSERT(memcmp(out, want, 4) == 0);
+    inet_pton(AF_INET6, "2001:db8:1:2:aaaa:bbbb:cccc:dddd", &host6.sin6_addr);
+    uint8_t net64[16];
+    inet_pton(AF_INET6, "2001:db8:1:2::", net64);
+    FB_ASSERT(edge_limit_client(l, (struct sockaddr *)&host6, NULL, 0, out) == 16 &&
+              memcmp(out, net64, 16) == 0);
+    const char *xff6 = "2001:db8:1:2::77, ::ffff:10.9.9.9";
+    FB_ASSERT(edge_limit_client(l, (struct sockaddr *)&proxy, xff6, strlen(xff6), out) == 16 &&
+              memcmp(out, net64, 16) == 0);
 
     /* connections: two per address (an IPv6 /64, an IPv4-mapped one as IPv4), a trusted proxy
      * uncapped, five in all */

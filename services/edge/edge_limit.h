@@ -64,6 +64,8 @@ int edge_limit_trust(edge_limit_t *self, const char *list, char *err, size_t err
  * returns their count, or 0 when there is no usable address. */
 size_t edge_limit_client(const edge_limit_t *self, const struct sockaddr *peer, const char *xff, size_t len,
                          uint8_t out[16]);
+/* (IPv4 shown as IPv6 by a dual-stack socket, ::ffff:a.b.c.d, is IPv4; an
+ * IPv6 address is its /64, the rest zero.) */
 
 int edge_limit_test(bool verbose);
 

@@ -72,6 +72,9 @@ void edge_error(h2o_req_t *req, edge_dialect_t dialect, int status, const char *
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    /* messages quote the caller (a path, a method, a model's name), possibly cut mid-character:
+     * jansson takes only valid UTF-8 */
+    fb_utf8_clean(msg);
     json_t *doc;
     if (dialect == EDGE_CHAT402) {
         doc = json_pack("{sb ss ss}", "success", 0, "error", msg, "code", code);

@@ -120,6 +120,32 @@ test("unknown routes, wrong methods and unbuilt routes answer clear JSON errors"
   assert.equal(JSON.parse(off.body).error.code, "unavailable");
 });
 
+// Error messages quote the caller (a path, a method, a model's name), cut to fit: bytes that are
+// not UTF-8, or a character cut in half, made jansson refuse the message and the edge abort.
+test("errors quoting bytes that are not UTF-8 (a path, a method, a model, a field) are answered, the edge up", async () => {
+  const base = `http://127.0.0.1:${httpPort}`;
+  const cases = [
+    [["--path-as-is", `${base}/%ff`], 404],
+    [["--http2-prior-knowledge", `${base}/%C0`], 404],
+    [[`${base}/${"%C3%A9".repeat(400)}`], 404],
+    [["-X", "POST", "-H", "content-type: application/json", "-d", JSON.stringify({ model: "a" + "é".repeat(100), messages: [{ role: "user", content: "x" }] }), `${base}/v1/chat/completions`], 404],
+    [["-X", "POST", "-H", "content-type: application/json", "-d", JSON.stringify({ model: "gpt-4o-mini", prompt: "x", ["a" + "é".repeat(60)]: 1 }), `${base}/api/v1/prompt`], 400],
+  ];
+  // a method with a byte that is not UTF-8 (through sh: node's arguments are UTF-8)
+  cases.push([["-X", "$(printf 'G\\351T')", `${base}/v1/models`], 405]);
+  for (const [args, status] of cases) {
+    const quoted = args.map((a) => a.startsWith("$(") ? `"${a}"` : `'${a.replaceAll("'", "'\\''")}'`).join(" ");
+    const r = spawnSync("sh", ["-c", `curl -sS -w '\\n%{http_code}' ${quoted}`], { encoding: "latin1" });
+    const lines = r.stdout.trimEnd().split("\n");
+    assert.equal(Number(lines.at(-1)), status, `${args.join(" ").slice(0, 120)}: ${r.stdout.slice(0, 300)} ${r.stderr}`);
+    let body;
+    assert.doesNotThrow(() => { body = JSON.parse(Buffer.from(lines.slice(0, -1).join("\n"), "latin1").toString("utf8")); },
+      `${quoted.slice(0, 120)}: ${JSON.stringify(r.stdout.slice(0, 300))}`);
+    assert.ok(body.error?.message ?? body.error, JSON.stringify(body));
+    assert.equal(get(`${base}/healthz`).status, 200, "the edge is up");
+  }
+});
+
 test("/readyz is ready with the ledger and verifier, unready without the ledger, ready again when it is back", async () => {
   const url = `http://127.0.0.1:${httpPort}/readyz`;
   await waitUntil(() => get(url).status === 200, { what: "ready", timeoutMs: 10000 });
