@@ -25,6 +25,7 @@
 #include "fb_evm.h"
 #include "fb_solana.h"
 #include "fb_http.h"
+#include "fb_jsonrpc.h"
 #include "fb_log.h"
 #include "fb_util.h"
 
@@ -423,8 +424,10 @@ int main(int argc, char **argv)
     edge.upstream_keepalive = (size_t)fb_config_int(cfg, "FAREBOX_UPSTREAM_KEEPALIVE");
     for (int i = 0; i < edge.route_count; i++) {
         const edge_route_t *r = &edge.routes[i];
+        char shown[300]; /* scheme, host and port: a URL may carry a credential */
+        fb_jsonrpc_url_shown(r->base_url, shown, sizeof(shown));
         fb_log(FB_LOG_INFO, NULL, "provider route", "name=%s dialect=%s url=%s key=%s fallback=%s", r->name,
-               r->provider == EDGE_PROVIDER_ANTHROPIC ? "anthropic" : "openai", r->base_url,
+               r->provider == EDGE_PROVIDER_ANTHROPIC ? "anthropic" : "openai", shown,
                r->api_key ? "set" : "none", r->fallback >= 0 ? edge.routes[r->fallback].name : "none");
     }
     edge.workers = fb_calloc((size_t)edge.worker_count, sizeof(*edge.workers));
