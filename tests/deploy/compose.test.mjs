@@ -193,6 +193,8 @@ test("compose.yaml validates, with and without the dev profile", async () => {
 test("scaled replicas: every service runs its count, and calls spread over them", async () => {
   for (const [s, n] of Object.entries(SCALE)) assert.equal((await stack.containers(s)).length, n, s);
   const count = (list) => list.reduce((m, k) => m.set(k, (m.get(k) ?? 0) + 1), new Map());
+  // the edges' metrics are for a scraper inside the network: the balancer refuses them
+  assert.equal((await fetch(`${url}/metrics`)).status, 404);
   const edges = [], ledgers = [], verifiers = [];
   // in batches of 6 at once: HAProxy balances each request, but a client's kept-alive connection
   // stays with the edge that served it while it is reusable, so one sequential client sees one edge
