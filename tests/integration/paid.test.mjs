@@ -1031,6 +1031,22 @@ test("a stream whose provider fails after a role-only first chunk failed before 
   await audit();
 });
 
+/** An edge whose two models (`claude-NAME` in Anthropic's dialect, `gpt-NAME` in OpenAI's, 1 and 2
+ * micro-USDC per input and output token) are served by a scripted provider, handler(req, res). */
+async function scriptedEdge(name, handler, { claudeMax = 100, gptMax = 100 } = {}) {
+  const scripted = http.createServer(handler);
+  await new Promise((r) => scripted.listen(0, "127.0.0.1", r));
+  const base = `http://127.0.0.1:${scripted.address().port}`;
+  const catalog = path.join(tmpDir(name), "catalog.json");
+  const model = (id, provider, route, max) => ({ id, provider, route, input_price: 1000000, output_price: 2000000,
+    context_tokens: 10000, max_output_tokens: max });
+  fs.writeFileSync(catalog, JSON.stringify({
+    routes: [{ name: "a", provider: "anthropic", base_url: base }, { name: "o", provider: "openai", base_url: base }],
+    models: [model(`claude-${name}`, "anthropic", "a", claudeMax), model(`gpt-${name}`, "openai", "o", gptMax)] }));
+  const edgeUrl = await startEdge({ FAREBOX_CATALOG_FILE: catalog, FAREBOX_PREPAID_SLICE_IDLE_MS: "50" });
+  return { edgeUrl, close: () => scripted.close() };
+}
+
 // A provider is trusted for its usage, not for the shape of its events: a
 // translated stream's event missing a field, or an id longer than farebox keeps
 // (cut, it ended inside a UTF-8 character), could not be encoded and took the
@@ -1038,7 +1054,7 @@ test("a stream whose provider fails after a role-only first chunk failed before 
 // the call is charged its usage.
 test("odd provider streams (a tool block without id or name, a delta without partial_json, long non-ASCII ids) are translated, never a crash, and charged their usage", async () => {
   const longId = "é".repeat(100);
-  const scripted = http.createServer((req, res) => {
+  const { edgeUrl, close } = await scriptedEdge("odd", (req, res) => {
     req.resume();
     req.on("end", () => {
       res.writeHead(200, { "content-type": "text/event-stream" });
@@ -1063,17 +1079,6 @@ test("odd provider streams (a tool block without id or name, a delta without par
       res.end();
     });
   });
-  await new Promise((r) => scripted.listen(0, "127.0.0.1", r));
-  const base = `http://127.0.0.1:${scripted.address().port}`;
-  const catalog = path.join(tmpDir("odd"), "catalog.json");
-  fs.writeFileSync(catalog, JSON.stringify({
-    routes: [{ name: "oa", provider: "anthropic", base_url: base }, { name: "oo", provider: "openai", base_url: base }],
-    models: [
-      { id: "claude-odd", provider: "anthropic", route: "oa", input_price: 1000000, output_price: 2000000,
-        context_tokens: 10000, max_output_tokens: 100 },
-      { id: "gpt-odd", provider: "openai", route: "oo", input_price: 1000000, output_price: 2000000,
-        context_tokens: 10000, max_output_tokens: 100 }] }));
-  const edgeUrl = await startEdge({ FAREBOX_CATALOG_FILE: catalog, FAREBOX_PREPAID_SLICE_IDLE_MS: "50" });
   try {
     const { id, key } = await account(10_000_000);
     const openai = new OpenAI({ baseURL: `${edgeUrl}/v1`, apiKey: key, maxRetries: 0 });
@@ -1096,7 +1101,7 @@ test("odd provider streams (a tool block without id or name, a delta without par
     // each call: 10 input tokens at 1 micro-USDC and 5 output tokens at 2
     assert.deepEqual((await settled(id)).map((c) => c.amount_micro), [20, 20]);
   } finally {
-    scripted.close();
+    close();
   }
   await audit();
 });
@@ -1107,7 +1112,7 @@ test("odd provider streams (a tool block without id or name, a delta without par
 // refused before anything is held.
 test("the provider is told the max the ceiling counted; tiers and betas priced above the catalog are refused, nothing charged", async () => {
   const seen = [];
-  const scripted = http.createServer((req, res) => {
+  const { edgeUrl, close } = await scriptedEdge("cap", (req, res) => {
     let data = "";
     req.on("data", (c) => { data += c; });
     req.on("end", () => {
@@ -1128,18 +1133,7 @@ test("the provider is told the max the ceiling counted; tiers and betas priced a
           usage: { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 } }));
       }
     });
-  });
-  await new Promise((r) => scripted.listen(0, "127.0.0.1", r));
-  const base = `http://127.0.0.1:${scripted.address().port}`;
-  const catalog = path.join(tmpDir("cap"), "catalog.json");
-  fs.writeFileSync(catalog, JSON.stringify({
-    routes: [{ name: "ca", provider: "anthropic", base_url: base }, { name: "co", provider: "openai", base_url: base }],
-    models: [
-      { id: "claude-cap", provider: "anthropic", route: "ca", input_price: 1000000, output_price: 2000000,
-        context_tokens: 10000, max_output_tokens: 77 },
-      { id: "gpt-cap", provider: "openai", route: "co", input_price: 1000000, output_price: 2000000,
-        context_tokens: 10000, max_output_tokens: 55 }] }));
-  const edgeUrl = await startEdge({ FAREBOX_CATALOG_FILE: catalog, FAREBOX_PREPAID_SLICE_IDLE_MS: "50" });
+  }, { claudeMax: 77, gptMax: 55 });
   try {
     const { id, key } = await account(10_000_000);
     const openai = new OpenAI({ baseURL: `${edgeUrl}/v1`, apiKey: key, maxRetries: 0 });
@@ -1185,7 +1179,7 @@ test("the provider is told the max the ceiling counted; tiers and betas priced a
     const [two, one] = (await settled(id)).slice(0, 2).map((c) => c.amount_micro);
     assert.equal(two - one, 40, JSON.stringify([one, two]));
   } finally {
-    scripted.close();
+    close();
   }
   await audit();
 });
