@@ -93,6 +93,7 @@ struct s_chat {
     edge_rev_stream_t rev;
     bool up_ended;      /* [DONE] or message_stop seen */
     char up_error[256]; /* why the stream ended badly, for the caller */
+    bool up_transient;  /* ... an error event the provider may not repeat (overloaded, its own fault) */
     int64_t in_tokens, out_tokens;
     int64_t cache_read, cache_write; /* of in_tokens: read from / written to the provider's prompt cache */
     int64_t cache_write_1h;          /* of cache_write: written for an hour (priced apart) */
@@ -778,6 +779,22 @@ static void s_openai_delta(s_chat_t *c, json_t *chunk)
 }
 
 /* What an Anthropic event tells: usage, delivered content, errors, the end. */
+/* An error event inside a stream (both dialects put it under "error"). The
+ * provider's own trouble — overloaded, its server failing, its rate limit —
+ * is worth the second route when it comes before any output; a refusal of
+ * the request is not. */
+static void s_stream_error(s_chat_t *c, json_t *e)
+{
+    static const char *const transient[] = {"overloaded_error", "api_error", "rate_limit_error",
+                                            "server_error", "timeout_error"};
+    const char *msg = json_string_value(json_object_get(e, "message"));
+    const char *type = json_string_value(json_object_get(e, "type"));
+    snprintf(c->up_error, sizeof(c->up_error), "the provider failed mid-stream: %s", msg ? msg : "error");
+    c->up_transient = false;
+    for (size_t i = 0; type && i < FB_ARRAY_SIZE(transient); i++)
+        c->up_transient |= strcmp(type, transient[i]) == 0;
+}
+
 static void s_anthropic_event(s_chat_t *c, json_t *d)
 {
     const char *type = json_string_value(json_object_get(d, "type"));
@@ -824,8 +841,7 @@ static void s_anthropic_event(s_chat_t *c, json_t *d)
     } else if (strcmp(type, "message_stop") == 0) {
         c->up_ended = true;
     } else if (strcmp(type, "error") == 0) {
-        const char *msg = json_string_value(json_object_get(json_object_get(d, "error"), "message"));
-        snprintf(c->up_error, sizeof(c->up_error), "the provider failed mid-stream: %s", msg ? msg : "error");
+        s_stream_error(c, json_object_get(d, "error"));
     }
 }
 
@@ -857,9 +873,7 @@ static int s_on_event(void *arg, const edge_sse_event_t *ev)
             s_openai_delta(c, d);
             json_t *e = json_object_get(d, "error");
             if (e && !json_is_null(e)) {
-                const char *msg = json_string_value(json_object_get(e, "message"));
-                snprintf(c->up_error, sizeof(c->up_error), "the provider failed mid-stream: %s",
-                         msg ? msg : "error");
+                s_stream_error(c, e);
                 forward = false;
             }
         }
@@ -1109,6 +1123,24 @@ static void s_upstream_failed(s_chat_t *c, edge_call_result_t result, long statu
 
 static void s_call_upstream(s_chat_t *c);
 
+/* A stream that began and failed before any output, read again from the
+ * start of the second route's: what the first told is forgotten. */
+static void s_stream_restart(s_chat_t *c)
+{
+    edge_sse_free(&c->sse);
+    memset(&c->sse, 0, sizeof(c->sse));
+    if (c->translate)
+        edge_tr_stream_init(&c->tr, c->requested, c->caller_usage);
+    if (c->reverse)
+        edge_rev_stream_init(&c->rev, c->requested);
+    fb_buf_reset(&c->out);
+    c->up_ended = c->up_transient = false;
+    c->up_error[0] = '\0';
+    c->in_tokens = c->out_tokens = c->cache_read = c->cache_write = c->cache_write_1h = 0;
+    c->in_seen = c->out_seen = false;
+    c->out_events = c->out_bytes = 0;
+}
+
 static void s_on_call_done(void *arg, edge_call_result_t result, long status, const char *why)
 {
     s_chat_t *c = arg;
@@ -1126,28 +1158,45 @@ static void s_on_call_done(void *arg, edge_call_result_t result, long status, co
         s_resolve(c, s_cost(c), s_close_stream);
         return;
     }
-    if (result != EDGE_CALL_OK || status < 200 || status > 299) {
+    /* a stream that began (2xx) yet failed or ended before any output: nothing reached the caller */
+    bool began = c->stream && c->up_status >= 200 && c->up_status <= 299;
+    if (began || result != EDGE_CALL_OK || status < 200 || status > 299) {
         int64_t elapsed = fb_mono_ms() - c->call_t0_ms;
-        if (!c->retried && edge_call_has_fallback(c->w, c->model->route) &&
-            edge_call_retryable(result, c->up_status ? c->up_status : status, elapsed,
-                                (int64_t)c->w->edge->upstream_timeout_ms - 1000)) {
+        int64_t deadline = (int64_t)c->w->edge->upstream_timeout_ms - 1000;
+        bool again =
+            began ? result != EDGE_CALL_ABORTED && elapsed < deadline && (!c->up_error[0] || c->up_transient)
+                  : edge_call_retryable(result, c->up_status ? c->up_status : status, elapsed, deadline);
+        if (!c->retried && edge_call_has_fallback(c->w, c->model->route) && again) {
             /* nothing reached the caller: the provider's second route gets the call, once */
+            const char *reason = c->up_error[0]  ? c->up_error
+                                 : why && why[0] ? why
+                                 : began         ? "the stream ended before any output"
+                                                 : "error status";
             fb_log(FB_LOG_WARN, c->rid, "provider call failed; trying its second route",
-                   "model=%s status=%ld reason=%s", c->model->id, status,
-                   why && why[0] ? why : "error status");
+                   "model=%s status=%ld reason=%s", c->model->id, status, reason);
             edge_metrics_upstream_fallback(c->model->provider);
             c->retried = true;
             c->up_status = 0;
             fb_buf_reset(&c->answer);
+            if (began)
+                s_stream_restart(c);
             s_call_upstream(c);
             return;
         }
-        s_upstream_failed(c, result, status, why);
-        return;
+        if (!began || result != EDGE_CALL_OK) {
+            s_upstream_failed(c, result, status, why);
+            return;
+        }
     }
     if (c->stream) {
-        s_set_error(c, 502, "upstream_error", NULL,
-                    "the provider's stream ended without output; nothing was charged");
+        if (c->up_error[0]) {
+            fb_utf8_clean(c->up_error);
+            s_set_error(c, 502, "upstream_error", NULL, "%s, before any output; nothing was charged",
+                        c->up_error);
+        } else {
+            s_set_error(c, 502, "upstream_error", NULL,
+                        "the provider's stream ended without output; nothing was charged");
+        }
         s_resolve(c, -1, s_send_error);
         return;
     }

@@ -1033,7 +1033,7 @@ test("a stream whose provider fails after a role-only first chunk failed before 
 
 /** An edge whose two models (`claude-NAME` in Anthropic's dialect, `gpt-NAME` in OpenAI's, 1 and 2
  * micro-USDC per input and output token) are served by a scripted provider, handler(req, res). */
-async function scriptedEdge(name, handler, { claudeMax = 100, gptMax = 100 } = {}) {
+async function scriptedEdge(name, handler, { claudeMax = 100, gptMax = 100, fallback = false } = {}) {
   const scripted = http.createServer(handler);
   await new Promise((r) => scripted.listen(0, "127.0.0.1", r));
   const base = `http://127.0.0.1:${scripted.address().port}`;
@@ -1041,7 +1041,8 @@ async function scriptedEdge(name, handler, { claudeMax = 100, gptMax = 100 } = {
   const model = (id, provider, route, max) => ({ id, provider, route, input_price: 1000000, output_price: 2000000,
     context_tokens: 10000, max_output_tokens: max });
   fs.writeFileSync(catalog, JSON.stringify({
-    routes: [{ name: "a", provider: "anthropic", base_url: base }, { name: "o", provider: "openai", base_url: base }],
+    routes: [{ name: "a", provider: "anthropic", base_url: base, ...(fallback && { fallback: "anthropic" }) },
+      { name: "o", provider: "openai", base_url: base, ...(fallback && { fallback: "openai" }) }],
     models: [model(`claude-${name}`, "anthropic", "a", claudeMax), model(`gpt-${name}`, "openai", "o", gptMax)] }));
   const edgeUrl = await startEdge({ FAREBOX_CATALOG_FILE: catalog, FAREBOX_PREPAID_SLICE_IDLE_MS: "50" });
   return { edgeUrl, close: () => scripted.close() };
@@ -1100,6 +1101,85 @@ test("odd provider streams (a tool block without id or name, a delta without par
     assert.equal((await fetch(`${edgeUrl}/healthz`)).status, 200, "the edge is up");
     // each call: 10 input tokens at 1 micro-USDC and 5 output tokens at 2
     assert.deepEqual((await settled(id)).map((c) => c.amount_micro), [20, 20]);
+  } finally {
+    close();
+  }
+  await audit();
+});
+
+// A provider whose stream began (200) and then failed before any output — an
+// Anthropic overloaded_error event, an OpenAI error chunk, a stream cut or
+// ended early — has sent the caller nothing: the second route takes the call,
+// as it does for a 5xx. An error refusing the request is the caller's answer.
+test("a stream failing before any output (overloaded, cut, ended early) is served by the second route; a refusal is not retried", async () => {
+  const seen = [];
+  let mode = "overloaded";
+  const { edgeUrl, close } = await scriptedEdge("flaky", (req, res) => {
+    req.resume();
+    req.on("end", () => {
+      seen.push(`${req.url.endsWith("/messages") ? "a" : "o"}:${mode}`);
+      res.writeHead(200, { "content-type": "text/event-stream" });
+      const send = (name, data) => res.write(`${name ? `event: ${name}\n` : ""}data: ${JSON.stringify(data)}\n\n`);
+      const type = mode === "refused" ? "invalid_request_error" : mode === "overloaded" ? "overloaded_error" : "api_error";
+      if (req.url.endsWith("/messages")) {
+        send("message_start", { type: "message_start", message: { id: "msg_f", type: "message", role: "assistant",
+          model: "claude-flaky", content: [], stop_reason: null, usage: { input_tokens: 900, output_tokens: 1 } } });
+        if (mode !== "cut" && mode !== "early")
+          send("error", { type: "error", error: { type, message: `scripted ${mode}` } });
+      } else {
+        send(null, { id: "c", object: "chat.completion.chunk", created: 0, model: "gpt-flaky",
+          choices: [{ index: 0, delta: { role: "assistant", content: "" }, finish_reason: null }] });
+        if (mode !== "cut" && mode !== "early")
+          send(null, { error: { type: mode === "refused" ? "invalid_request_error" : "server_error", message: `scripted ${mode}` } });
+      }
+      if (mode === "cut") setTimeout(() => res.destroy(), 50); // once what was written has left
+      else res.end();
+    });
+  }, { fallback: true });
+  try {
+    const { id, key } = await account(10_000_000);
+    const openai = new OpenAI({ baseURL: `${edgeUrl}/v1`, apiKey: key, maxRetries: 0 });
+    const anthropic = new Anthropic({ baseURL: edgeUrl, apiKey: key, maxRetries: 0 });
+    const msg = [{ role: "user", content: "x" }];
+    const expected = [];
+    // usage reported by the mock, which served the call: 1 micro-USDC an input token, 2 an output token
+    const viaOpenAI = async (model) => {
+      let text = "", usage;
+      for await (const c of await openai.chat.completions.create({ model, stream: true, max_tokens: 6, messages: msg,
+        stream_options: { include_usage: true } })) {
+        text += c.choices[0]?.delta?.content ?? "";
+        if (c.usage) usage = c.usage;
+      }
+      assert.ok(text.length > 0, model);
+      expected.push(usage.prompt_tokens + 2 * usage.completion_tokens);
+    };
+    const viaAnthropic = async (model) => {
+      const stream = anthropic.messages.stream({ model, max_tokens: 6, messages: msg });
+      const m = await stream.finalMessage();
+      assert.ok(m.content[0].text.length > 0, model);
+      assert.notEqual(m.usage.input_tokens, 900, "the first route's counts are forgotten");
+      expected.push(m.usage.input_tokens + 2 * m.usage.output_tokens);
+    };
+    for (mode of ["overloaded", "api", "cut", "early"]) {
+      await viaAnthropic("claude-flaky");
+      await viaOpenAI("claude-flaky"); // translated
+      await viaOpenAI("gpt-flaky");
+      await viaAnthropic("gpt-flaky"); // translated
+    }
+    assert.equal(seen.length, 16, JSON.stringify(seen));
+    // a refusal inside the stream: not retried, the caller's 502 says why, nothing charged
+    mode = "refused";
+    await assert.rejects(anthropic.messages.stream({ model: "claude-flaky", max_tokens: 6, messages: msg }).finalMessage(),
+      (e) => e instanceof Anthropic.InternalServerError && e.status === 502 && /scripted refused/.test(e.message));
+    await assert.rejects((async () => {
+      for await (const c of await openai.chat.completions.create({ model: "gpt-flaky", stream: true, messages: msg })) void c;
+    })(), (e) => e instanceof OpenAI.InternalServerError && e.status === 502 && /scripted refused/.test(e.message));
+    assert.equal(seen.length, 18);
+    const metrics = await (await fetch(`${edgeUrl}/metrics`)).text();
+    assert.match(metrics, /^farebox_edge_upstream_fallbacks_total\{provider="anthropic"\} 8$/m);
+    assert.match(metrics, /^farebox_edge_upstream_fallbacks_total\{provider="openai"\} 8$/m);
+    const charges = (await settled(id)).map((c) => c.amount_micro);
+    assert.deepEqual(charges.slice().sort((a, b) => a - b), expected.slice().sort((a, b) => a - b));
   } finally {
     close();
   }
