@@ -92,6 +92,7 @@ struct s_chat {
     edge_tr_stream_t tr;
     edge_rev_stream_t rev;
     bool up_ended;      /* [DONE] or message_stop seen */
+    bool up_final;      /* the stream's last event before its end marker seen (usage, a stop reason) */
     char up_error[256]; /* why the stream ended badly, for the caller */
     bool up_transient;  /* ... an error event the provider may not repeat (overloaded, its own fault) */
     int64_t in_tokens, out_tokens;
@@ -826,6 +827,8 @@ static void s_anthropic_event(s_chat_t *c, json_t *d)
         s_count_text(c, json_object_get(block, "text"));
         s_count_text(c, json_object_get(block, "name"));
     } else if (strcmp(type, "message_delta") == 0) {
+        if (json_is_string(json_object_get(json_object_get(d, "delta"), "stop_reason")))
+            c->up_final = true;
         json_t *usage = json_object_get(d, "usage");
         json_t *o = json_object_get(usage, "output_tokens");
         if (json_is_integer(o) && json_integer_value(o) >= 0) {
@@ -866,6 +869,7 @@ static int s_on_event(void *arg, const edge_sse_event_t *ev)
             json_t *usage = json_object_get(d, "usage");
             if (json_is_object(usage)) {
                 s_openai_usage(c, usage);
+                c->up_final = true; /* asked for: the last chunk */
                 /* the usage chunk farebox asked for and the caller did not */
                 if (!c->caller_usage && !c->reverse && json_array_size(json_object_get(d, "choices")) == 0)
                     forward = false;
@@ -1134,7 +1138,7 @@ static void s_stream_restart(s_chat_t *c)
     if (c->reverse)
         edge_rev_stream_init(&c->rev, c->requested);
     fb_buf_reset(&c->out);
-    c->up_ended = c->up_transient = false;
+    c->up_ended = c->up_transient = c->up_final = false;
     c->up_error[0] = '\0';
     c->in_tokens = c->out_tokens = c->cache_read = c->cache_write = c->cache_write_1h = 0;
     c->in_seen = c->out_seen = false;
@@ -1151,6 +1155,16 @@ static void s_on_call_done(void *arg, edge_call_result_t result, long status, co
     }
     if (c->produced) {
         /* output was delivered: charge it, whatever happened after */
+        if (result == EDGE_CALL_OK && c->up_final && !c->up_ended && !c->up_error[0]) {
+            /* closed after its last event: only the end marker is missing, the caller gets it */
+            static const char stop_data[] = "{\"type\":\"message_stop\"}",
+                              stop_raw[] = "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+                              done_raw[] = "data: [DONE]\n\n";
+            static const edge_sse_event_t done = {"", "[DONE]", 6, done_raw, sizeof(done_raw) - 1},
+                                          stop = {"message_stop", stop_data, sizeof(stop_data) - 1, stop_raw,
+                                                  sizeof(stop_raw) - 1};
+            s_on_event(c, c->model->provider == EDGE_PROVIDER_OPENAI ? &done : &stop);
+        }
         if (result != EDGE_CALL_OK && !c->up_error[0])
             snprintf(c->up_error, sizeof(c->up_error), "the provider's stream broke off: %s", why);
         else if (result == EDGE_CALL_OK && !c->up_ended && !c->up_error[0])

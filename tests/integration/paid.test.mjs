@@ -1111,7 +1111,7 @@ test("odd provider streams (a tool block without id or name, a delta without par
 // Anthropic overloaded_error event, an OpenAI error chunk, a stream cut or
 // ended early — has sent the caller nothing: the second route takes the call,
 // as it does for a 5xx. An error refusing the request is the caller's answer.
-test("a stream failing before any output (overloaded, cut, ended early) is served by the second route; a refusal is not retried", async () => {
+test("a stream failing before any output (overloaded, cut, ended early) is served by the second route; a refusal is not retried; one missing only its end marker is whole", async () => {
   const seen = [];
   let mode = "overloaded";
   const { edgeUrl, close } = await scriptedEdge("flaky", (req, res) => {
@@ -1121,7 +1121,24 @@ test("a stream failing before any output (overloaded, cut, ended early) is serve
       res.writeHead(200, { "content-type": "text/event-stream" });
       const send = (name, data) => res.write(`${name ? `event: ${name}\n` : ""}data: ${JSON.stringify(data)}\n\n`);
       const type = mode === "refused" ? "invalid_request_error" : mode === "overloaded" ? "overloaded_error" : "api_error";
-      if (req.url.endsWith("/messages")) {
+      if (mode === "nodone" && req.url.endsWith("/messages")) {
+        // whole but for message_stop
+        send("message_start", { type: "message_start", message: { id: "msg_n", type: "message", role: "assistant",
+          model: "claude-flaky", content: [], stop_reason: null, usage: { input_tokens: 10, output_tokens: 1 } } });
+        send("content_block_start", { type: "content_block_start", index: 0, content_block: { type: "text", text: "" } });
+        send("content_block_delta", { type: "content_block_delta", index: 0, delta: { type: "text_delta", text: "hi" } });
+        send("content_block_stop", { type: "content_block_stop", index: 0 });
+        send("message_delta", { type: "message_delta", delta: { stop_reason: "end_turn" }, usage: { output_tokens: 5 } });
+      } else if (mode === "nodone") {
+        // whole but for [DONE]
+        const chunk = (delta, finish = null) => ({ id: "c", object: "chat.completion.chunk", created: 0, model: "gpt-flaky",
+          choices: [{ index: 0, delta, finish_reason: finish }] });
+        send(null, chunk({ role: "assistant", content: "" }));
+        send(null, chunk({ content: "hi" }));
+        send(null, chunk({}, "stop"));
+        send(null, { id: "c", object: "chat.completion.chunk", created: 0, model: "gpt-flaky", choices: [],
+          usage: { prompt_tokens: 10, completion_tokens: 5, total_tokens: 15 } });
+      } else if (req.url.endsWith("/messages")) {
         send("message_start", { type: "message_start", message: { id: "msg_f", type: "message", role: "assistant",
           model: "claude-flaky", content: [], stop_reason: null, usage: { input_tokens: 900, output_tokens: 1 } } });
         if (mode !== "cut" && mode !== "early")
@@ -1157,7 +1174,7 @@ test("a stream failing before any output (overloaded, cut, ended early) is serve
       const stream = anthropic.messages.stream({ model, max_tokens: 6, messages: msg });
       const m = await stream.finalMessage();
       assert.ok(m.content[0].text.length > 0, model);
-      assert.notEqual(m.usage.input_tokens, 900, "the first route's counts are forgotten");
+      assert.ok(m.usage.input_tokens !== 900, "the first route's counts are forgotten");
       expected.push(m.usage.input_tokens + 2 * m.usage.output_tokens);
     };
     for (mode of ["overloaded", "api", "cut", "early"]) {
@@ -1175,6 +1192,19 @@ test("a stream failing before any output (overloaded, cut, ended early) is serve
       for await (const c of await openai.chat.completions.create({ model: "gpt-flaky", stream: true, messages: msg })) void c;
     })(), (e) => e instanceof OpenAI.InternalServerError && e.status === 502 && /scripted refused/.test(e.message));
     assert.equal(seen.length, 18);
+    // a stream closed after its last event (the usage chunk, the stop reason) but before its end
+    // marker is whole: the caller gets the marker, not an error, and it is charged its usage
+    mode = "nodone";
+    const before = seen.length;
+    const fromScript = expected.length;
+    await viaOpenAI("gpt-flaky");
+    await viaOpenAI("claude-flaky");
+    await viaAnthropic("gpt-flaky");
+    const m = await anthropic.messages.stream({ model: "claude-flaky", max_tokens: 6, messages: msg }).finalMessage();
+    assert.deepEqual([m.content[0].text, m.stop_reason, m.usage.output_tokens], ["hi", "end_turn", 5]);
+    expected.push(20);
+    assert.equal(seen.length, before + 4, "served by the first route");
+    assert.deepEqual(expected.slice(fromScript), [20, 20, 20, 20], "10 input tokens at 1 micro-USDC, 5 output at 2");
     const metrics = await (await fetch(`${edgeUrl}/metrics`)).text();
     assert.match(metrics, /^farebox_edge_upstream_fallbacks_total\{provider="anthropic"\} 8$/m);
     assert.match(metrics, /^farebox_edge_upstream_fallbacks_total\{provider="openai"\} 8$/m);
