@@ -180,7 +180,7 @@ void fb_http_close(uv_tcp_t **listener_p)
     }
 }
 
-SSL_CTX *fb_http_tls_new(const char *cert_file, const char *key_file, char *err, size_t errlen)
+SSL_CTX *fb_http_tls_new(const char *cert_file, const char *key_file, bool http2, char *err, size_t errlen)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
     FB_ASSERT(ctx);
@@ -199,7 +199,8 @@ SSL_CTX *fb_http_tls_new(const char *cert_file, const char *key_file, char *err,
         SSL_CTX_free(ctx);
         return NULL;
     }
-    h2o_ssl_register_alpn_protocols(ctx, h2o_http2_alpn_protocols);
+    static const h2o_iovec_t http1_only[] = {{H2O_STRLIT("http/1.1")}, {NULL, 0}};
+    h2o_ssl_register_alpn_protocols(ctx, http2 ? h2o_http2_alpn_protocols : http1_only);
     return ctx;
 }
 

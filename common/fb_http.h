@@ -51,8 +51,9 @@ uv_tcp_t *fb_http_listen(uv_loop_t *loop, h2o_accept_ctx_t *actx, fb_http_conns_
 void fb_http_close(uv_tcp_t **listener_p);
 
 /* fb_http_tls_new - a server TLS context from PEM certificate chain and key
- * files, offering h2 and http/1.1 by ALPN. Returns NULL with err filled. */
-SSL_CTX *fb_http_tls_new(const char *cert_file, const char *key_file, char *err, size_t errlen);
+ * files, offering h2 (when http2) and http/1.1 by ALPN. Returns NULL with err
+ * filled. */
+SSL_CTX *fb_http_tls_new(const char *cert_file, const char *key_file, bool http2, char *err, size_t errlen);
 
 /* fb_http_send - send a complete response: status, content type and body (the
  * body is copied into the request's pool). */

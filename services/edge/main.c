@@ -95,6 +95,10 @@ static const fb_config_var_t s_vars[] = {
     {"FAREBOX_TLS_CERT_FILE", FB_CFG_STRING, "", 0, 0, NULL, NULL,
      "PEM certificate chain for the TLS listener (unset: no TLS listener)"},
     {"FAREBOX_TLS_KEY_FILE", FB_CFG_STRING, "", 0, 0, NULL, NULL, "PEM private key of the TLS certificate"},
+    {"FAREBOX_HTTP2", FB_CFG_BOOL, "true", 0, 0, NULL, NULL,
+     "speak HTTP/2 to clients (h2 by ALPN, h2c by prior knowledge or Upgrade); false: HTTP/1.1 only — for an "
+     "edge facing untrusted clients without a load balancer ending HTTP/2 (h2o 2.2's HTTP/2 lets one "
+     "request's headers grow about 100x in memory, and 100 streams of a connection each buffer a body)"},
     {"FAREBOX_EDGE_THREADS", FB_CFG_INT, "1", 1, 64, NULL, NULL,
      "HTTP worker threads (each has its own loop)"},
     {"FAREBOX_HTTP_MAX_BODY", FB_CFG_INT, "1048576", 1024, 67108864, NULL, NULL,
@@ -317,6 +321,8 @@ int main(int argc, char **argv)
     uint64_t idle_ms = (uint64_t)fb_config_int(cfg, "FAREBOX_HTTP_IDLE_TIMEOUT_MS");
     edge.h2o.http1.req_timeout = idle_ms;
     edge.h2o.http2.idle_timeout = idle_ms;
+    bool http2 = fb_config_bool(cfg, "FAREBOX_HTTP2");
+    edge.h2o.http1.upgrade_to_http2 = http2; /* Upgrade: h2c, and the prior-knowledge preface */
     edge_routes_register(&edge);
 
     const char *cert = fb_config_str(cfg, "FAREBOX_TLS_CERT_FILE"),
@@ -325,7 +331,7 @@ int main(int argc, char **argv)
         if (!cert[0] || !key[0])
             fb_service_fail_config(
                 "invalid configuration: FAREBOX_TLS_CERT_FILE and FAREBOX_TLS_KEY_FILE go together");
-        edge.tls = fb_http_tls_new(cert, key, err, sizeof(err));
+        edge.tls = fb_http_tls_new(cert, key, http2, err, sizeof(err));
         if (!edge.tls) {
             char line[700];
             snprintf(line, sizeof(line), "invalid configuration: FAREBOX_TLS_CERT_FILE: %s", err);

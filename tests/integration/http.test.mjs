@@ -171,6 +171,27 @@ test("/readyz is ready with the ledger and verifier, unready without the ledger,
 
 // Connections are capped: per address (here 3) and in all, a connection over the cap closed as it
 // comes and counted; one closing makes room.
+test("FAREBOX_HTTP2=false: HTTP/1.1 only — h2 not offered by ALPN, no h2c upgrade, the prior-knowledge preface refused", async () => {
+  const port = await freePort(), tlsPort = await freePort();
+  const h1 = await startService("edge", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`,
+    FAREBOX_HTTP_LISTEN: `127.0.0.1:${port}`, FAREBOX_HTTPS_LISTEN: `127.0.0.1:${tlsPort}`,
+    FAREBOX_TLS_CERT_FILE: path.join(dir, "cert.pem"), FAREBOX_TLS_KEY_FILE: path.join(dir, "key.pem"),
+    FAREBOX_LEDGER_ENDPOINT: ledgerBind, FAREBOX_VERIFIER_ENDPOINT: verifierBind, FAREBOX_HTTP2: "false" });
+  try {
+    const tls = get(`https://127.0.0.1:${tlsPort}/healthz`, ["--http2", "-k"]);
+    assert.deepEqual([tls.version, tls.status], ["HTTP/1.1", 200]);
+    const upgrade = get(`http://127.0.0.1:${port}/healthz`, ["--http2"]);
+    assert.deepEqual([upgrade.version, upgrade.status], ["HTTP/1.1", 200]);
+    assert.equal(upgrade.headers.upgrade, undefined);
+    const prior = curl(["-i", "--http2-prior-knowledge", `http://127.0.0.1:${port}/healthz`]);
+    assert.notEqual(prior.status, 0, "the HTTP/2 preface is not answered");
+    assert.doesNotMatch(prior.stdout, /HTTP\/2/);
+    assert.equal(get(`http://127.0.0.1:${port}/healthz`, ["--http1.1"]).status, 200, "the edge is up");
+  } finally {
+    assert.equal((await h1.stop()).code, 0);
+  }
+});
+
 test("connections over FAREBOX_HTTP_MAX_CONNECTIONS_PER_IP are closed as they come, and counted", async () => {
   const port = await freePort();
   const capped = await startService("edge", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`,
