@@ -255,9 +255,11 @@ void fb_mp_pack_kv_bool(msgpack_packer *pk, const char *key, bool value)
         msgpack_pack_false(pk);
 }
 
+/* depth: the containers around v in its message; a container is one more,
+ * and fb_mp_unpack reads FB_MP_MAX_DEPTH of them */
 static int s_pack_json(msgpack_packer *pk, const json_t *v, int depth)
 {
-    if (depth > FB_MP_MAX_DEPTH)
+    if ((json_is_object(v) || json_is_array(v)) && depth >= FB_MP_MAX_DEPTH)
         return -1;
     switch (json_typeof(v)) {
     case JSON_OBJECT: {
@@ -307,7 +309,7 @@ static int s_pack_json(msgpack_packer *pk, const json_t *v, int depth)
 
 int fb_mp_pack_json(msgpack_packer *pk, const json_t *value)
 {
-    return s_pack_json(pk, value, 0);
+    return s_pack_json(pk, value, 1); /* inside its message's map */
 }
 
 /* --- JSON rendering for tools ------------------------------------------- */

@@ -57,7 +57,9 @@ void fb_mp_pack_kv_uint(msgpack_packer *pk, const char *key, uint64_t value);
 void fb_mp_pack_kv_bool(msgpack_packer *pk, const char *key, bool value);
 
 /* fb_mp_pack_json - pack a jansson value (integers stay integers, reals become
- * float64). Returns 0, or -1 when nesting exceeds FB_MP_MAX_DEPTH. */
+ * float64). Returns 0, or -1 when it nests too deep to be an RPC message's
+ * body: the body sits one level inside its message, which fb_mp_unpack reads
+ * to FB_MP_MAX_DEPTH. */
 struct json_t;
 int fb_mp_pack_json(msgpack_packer *pk, const struct json_t *value);
 

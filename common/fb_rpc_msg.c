@@ -3,6 +3,8 @@
 #include "fb_msgpack.h"
 #include "fb_util.h"
 
+#include <jansson.h>
+
 #include <stdio.h>
 #include <string.h>
 
@@ -278,6 +280,27 @@ int fb_rpc_msg_test(bool verbose)
         FB_ASSERT(strcmp(code, cases[i].expect_code) == 0 && msg[0]);
         if (i >= 1)
             FB_ASSERT(req.id != NULL); /* the error reply can name the request */
+    }
+
+    /* a JSON body fb_mp_pack_json takes, nested as deep as it goes, makes a
+     * message fb_mp_unpack reads; one level more is refused when packed */
+    for (int depth = FB_MP_MAX_DEPTH - 3; depth <= FB_MP_MAX_DEPTH; depth++) {
+        json_t *doc = json_object(), *at = doc; /* depth nested objects */
+        for (int d = 1; d < depth; d++) {
+            json_t *inner = json_object();
+            json_object_set_new(at, "x", inner);
+            at = inner;
+        }
+        msgpack_sbuffer_clear(&body);
+        msgpack_packer_init(&pk, &body, msgpack_sbuffer_write);
+        int packed = fb_mp_pack_json(&pk, doc);
+        json_decref(doc);
+        FB_ASSERT((packed == 0) == (depth < FB_MP_MAX_DEPTH)); /* the message's map is one more */
+        if (packed != 0)
+            continue;
+        msgpack_sbuffer_clear(&sb);
+        fb_rpc_request_pack(&sb, 7, "verifier.verify", NULL, NULL, 1000, body.data, body.size);
+        FB_ASSERT(fb_mp_unpack(sb.data, sb.size, &zone, &root) == 0);
     }
     msgpack_zone_destroy(&zone);
     msgpack_sbuffer_destroy(&sb);

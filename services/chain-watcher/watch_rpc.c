@@ -64,7 +64,12 @@ void watch_ledger_call(watcher_t *w, const char *method, json_t *body, const cha
     msgpack_sbuffer_init(&sb);
     msgpack_packer pk;
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    fb_mp_pack_json(&pk, body);
+    if (fb_mp_pack_json(&pk, body) != 0) {
+        msgpack_sbuffer_destroy(&sb);
+        json_decref(body);
+        fb_rpc_client_refuse(w->ledger, method, FB_RPC_E_BAD_REQUEST, "the request nests too deep", cb, arg);
+        return;
+    }
     fb_rpc_call_opts_t o = {.method = method, .idem = idem, .deadline_ms = 15000};
     fb_rpc_client_call(w->ledger, &o, sb.data, sb.size, cb, arg);
     msgpack_sbuffer_destroy(&sb);

@@ -105,16 +105,25 @@ static int s_payment(edge_worker_t *w, h2o_req_t *req, const char *rid, bool set
                 doc ? "Missing paymentPayload or paymentRequirements" : "the body is not valid JSON");
         return 0;
     }
-    json_t *body = json_pack("{sO sO}", "payload", payload, "requirements", reqs);
-    if (settle) /* only the first settle of a payment is answered its settlement, as on chain */
+    /* the extensions a client copies from the server's 402 (bazaar's schemas) are not the
+     * verifier's to read, and may nest deeper than an RPC message can */
+    json_t *bare = json_deep_copy(payload);
+    json_object_del(bare, "extensions");
+    json_t *body = json_pack("{so sO}", "payload", bare, "requirements", reqs);
+    if (settle) /* one settle of a payment is answered its success, as on chain */
         json_object_set_new(body, "once", json_true());
     msgpack_sbuffer sb;
     msgpack_sbuffer_init(&sb);
     msgpack_packer pk;
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    fb_mp_pack_json(&pk, body);
+    int packed = fb_mp_pack_json(&pk, body);
     json_decref(body);
     json_decref(doc);
+    if (packed != 0) {
+        msgpack_sbuffer_destroy(&sb);
+        s_error(req, 400, "the paymentPayload or paymentRequirements nests too deep");
+        return 0;
+    }
     if (settle)
         s_call(w, req, rid, "settle", "verifier.settle", SETTLE_DEADLINE_MS, sb.data, sb.size);
     else

@@ -51,7 +51,7 @@ typedef struct {
     ledger_op_kind_t kind;
     s_lock_t lock;
     const char *lock_code; /* a system account the operation posts to */
-    s_field_t fields[12];
+    s_field_t fields[13];
 } s_method_t;
 
 #define END                                                                                                  \
@@ -265,6 +265,7 @@ static const s_method_t s_methods[] = {
       {"chain_nonce", F_INT, false, 0},
       {"calldata", F_STR, false, 20000},
       {"existing_only", F_BOOL, false, 0},
+      {"answer_once", F_BOOL, false, 0}, /* 0030: its success is answered to one settle */
       END}},
     {"ledger.settlement_signed",
      LEDGER_OP_WRITE,
@@ -286,6 +287,11 @@ static const s_method_t s_methods[] = {
       {"keep_nonce", F_BOOL, false, 0},
       END}},
     {"ledger.settlement_broadcast", LEDGER_OP_WRITE, L_NONE, NULL, {{"settlement_id", F_INT, true, 0}, END}},
+    {"ledger.settlement_answer", /* 0030: take a confirmed settlement's one success answer */
+     LEDGER_OP_WRITE,
+     L_NONE,
+     NULL,
+     {{"settlement_id", F_INT, true, 0}, END}},
     {"ledger.settlement_result",
      LEDGER_OP_WRITE,
      L_NONE,

@@ -73,6 +73,31 @@ void verifier_result_recorded(verifier_result_t *res, const msgpack_object *view
     }
 }
 
+void verifier_answer_ask(verifier_t *v, int64_t settlement_id, const char *trace, fb_rpc_done_fn *cb,
+                         void *arg)
+{
+    verifier_ledger_call(v, "ledger.settlement_answer",
+                         json_pack("{sI}", "settlement_id", (json_int_t)settlement_id), true, trace, cb, arg);
+}
+
+void verifier_answer_apply(verifier_result_t *res, const fb_rpc_reply_t *reply)
+{
+    bool claimed = false;
+    if (!reply->ok) {
+        res->ok = false;
+        res->reason = "settlement_pending";
+        snprintf(res->message, sizeof(res->message),
+                 "the settlement is confirmed, but the ledger could not say whether this settle answers it "
+                 "(%s): ask again",
+                 reply->message);
+    } else if (!fb_mp_get_bool(reply->body, "claimed", &claimed) || !claimed) {
+        res->ok = false;
+        res->reason = "duplicate_settlement";
+        snprintf(res->message, sizeof(res->message),
+                 "this payment's settlement was answered to an earlier settle: a payment settles once");
+    }
+}
+
 void verifier_ledger_call(verifier_t *v, const char *method, json_t *body, bool write, const char *trace,
                           fb_rpc_done_fn *cb, void *arg)
 {
@@ -80,7 +105,12 @@ void verifier_ledger_call(verifier_t *v, const char *method, json_t *body, bool 
     msgpack_sbuffer_init(&sb);
     msgpack_packer pk;
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    fb_mp_pack_json(&pk, body);
+    if (fb_mp_pack_json(&pk, body) != 0) {
+        msgpack_sbuffer_destroy(&sb);
+        json_decref(body);
+        fb_rpc_client_refuse(v->ledger, method, FB_RPC_E_BAD_REQUEST, "the request nests too deep", cb, arg);
+        return;
+    }
     char idem[80] = "";
     if (write) {
         char rnd[33];

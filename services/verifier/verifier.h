@@ -108,12 +108,23 @@ void verifier_result_recorded(verifier_result_t *res, const msgpack_object *view
 void verifier_verify(verifier_t *v, json_t *payload, json_t *requirements, const char *trace,
                      verifier_done_fn *done, void *arg);
 
-/* What a run does: verify, settle, or settle once — only the settle that begins the payment's
- * settlement answers it; a later one (another caller presenting the same payment) is told
- * duplicate_settlement, as a second settle of a used authorization fails on chain. */
+/* What a run does: verify, settle, or settle once — the payment's success is answered to one
+ * settle only (the first to see it confirmed, the ledger deciding: a settle answered
+ * settlement_pending leaves it to the next); any other is told duplicate_settlement, as a
+ * second settle of a used authorization fails on chain. */
 typedef enum { VERIFIER_VERIFY = 0, VERIFIER_SETTLE, VERIFIER_SETTLE_ONCE } verifier_mode_t;
 
 void verifier_settle(verifier_t *v, json_t *payload, json_t *requirements, bool wait, bool once,
                      const char *trace, verifier_done_fn *done, void *arg);
+
+/* verifier_answer_ask - a settle-once run whose settlement is confirmed asks
+ * the ledger for its one success answer (ledger.settlement_answer). */
+void verifier_answer_ask(verifier_t *v, int64_t settlement_id, const char *trace, fb_rpc_done_fn *cb,
+                         void *arg);
+
+/* verifier_answer_apply - the ledger's reply applied to that successful
+ * result: kept when this settle took the answer; else duplicate_settlement,
+ * or settlement_pending (ask again) when the ledger could not say. */
+void verifier_answer_apply(verifier_result_t *res, const fb_rpc_reply_t *reply);
 
 #endif

@@ -46,6 +46,7 @@ typedef struct s_job {
     verifier_evm_t *net;
     bool settle;
     bool once;                     /* VERIFIER_SETTLE_ONCE */
+    bool answer_asked;             /* ... and its success asked of the ledger */
     json_t *doc_payload, *doc_req; /* references held for the job */
     fb_x402_payload_t p;
     fb_x402_requirements_t r;
@@ -137,8 +138,21 @@ static void s_closed(uv_handle_t *h)
     free(h->data);
 }
 
+static void s_on_answer(void *arg, const fb_rpc_reply_t *reply)
+{
+    s_job_t *j = arg;
+    verifier_answer_apply(&j->res, reply);
+    s_finish(j);
+}
+
 static void s_finish(s_job_t *j)
 {
+    if (j->res.ok && j->once && !j->answer_asked) {
+        /* the payment's success is answered to one settle: is it this one? */
+        j->answer_asked = true;
+        verifier_answer_ask(j->v, j->settlement_id, j->trace, s_on_answer, j);
+        return;
+    }
     if (j->res.ok) {
         j->res.reason = NULL;
         j->res.message[0] = '\0';
@@ -941,13 +955,6 @@ static void s_on_begin(void *arg, const fb_rpc_reply_t *reply)
         s_unavailable(j, "the ledger did not begin the settlement");
         return;
     }
-    bool created = false;
-    fb_mp_get_bool(reply->body, "created", &created);
-    if (j->once && !created) {
-        s_settle_fail(j, "duplicate_settlement",
-                      "this payment's settlement was begun by an earlier settle: a payment settles once");
-        return;
-    }
     const char *state, *hash, *raw;
     size_t sl, hl, rl;
     int64_t nonce = 0;
@@ -1050,6 +1057,7 @@ static void s_settle_begin(s_job_t *j)
     s_lower_addr(sender, &j->net->sender);
     json_object_set_new(body, "sender", json_string(sender));
     json_object_set_new(body, "existing_only", json_boolean(existing_only));
+    json_object_set_new(body, "answer_once", json_boolean(j->once));
     s_auth_key(j, body);
     s_ledger_call(j, "ledger.settlement_begin", body, true, s_on_begin);
 }

@@ -36,7 +36,8 @@ typedef struct s_job {
     verifier_t *v;
     verifier_svm_t *net;
     bool settle;
-    bool once; /* VERIFIER_SETTLE_ONCE */
+    bool once;         /* VERIFIER_SETTLE_ONCE */
+    bool answer_asked; /* ... and its success asked of the ledger */
     json_t *doc_payload, *doc_req;
     fb_x402_payload_t p;
     fb_x402_requirements_t r;
@@ -65,8 +66,23 @@ static void s_closed(uv_handle_t *h)
     free(h->data);
 }
 
+static void s_finish(s_job_t *j);
+
+static void s_on_answer(void *arg, const fb_rpc_reply_t *reply)
+{
+    s_job_t *j = arg;
+    verifier_answer_apply(&j->res, reply);
+    s_finish(j);
+}
+
 static void s_finish(s_job_t *j)
 {
+    if (j->res.ok && j->once && !j->answer_asked) {
+        /* the payment's success is answered to one settle: is it this one? */
+        j->answer_asked = true;
+        verifier_answer_ask(j->v, j->settlement_id, j->trace, s_on_answer, j);
+        return;
+    }
     if (j->res.ok) {
         j->res.reason = NULL;
         j->res.message[0] = '\0';
@@ -435,13 +451,6 @@ static void s_on_begin(void *arg, const fb_rpc_reply_t *reply)
         s_unavailable(j, "the ledger did not begin the settlement");
         return;
     }
-    bool created = false;
-    fb_mp_get_bool(reply->body, "created", &created);
-    if (j->once && !created) {
-        s_fail(j, "duplicate_settlement",
-               "this payment's settlement was begun by an earlier settle: a payment settles once");
-        return;
-    }
     const char *state;
     size_t sl;
     fb_mp_get_int64(reply->body, "settlement_id", &j->settlement_id);
@@ -491,6 +500,7 @@ static void s_settle_begin(s_job_t *j)
         json_pack("{sI ss ss ss sb sb ss}", "amount_micro", (json_int_t)j->chk.amount, "pay_to", j->r.pay_to,
                   "resource", j->p.resource_url ? j->p.resource_url : "", "sender", j->net->fee_payer_text,
                   "evm", 0, "existing_only", existing_only, "calldata", j->signed_b64);
+    json_object_set_new(body, "answer_once", json_boolean(j->once));
     s_auth_key(j, body);
     verifier_ledger_call(j->v, "ledger.settlement_begin", body, true, j->trace, s_on_begin, j);
 }

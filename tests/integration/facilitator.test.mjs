@@ -6,6 +6,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import crypto from "node:crypto";
+import http from "node:http";
 import { spawnSync } from "node:child_process";
 import express from "express";
 import { encodeFunctionData, parseAbi, parseSignature, parseTransaction, toHex } from "viem";
@@ -155,6 +156,76 @@ test("one payment presented to an @x402/express server five times at once is ser
   const audit = await l.call("ledger.audit", {});
   l.close();
   assert.equal(audit.body.ok, true, JSON.stringify(audit.body.checks.filter((c) => !c.ok)));
+});
+
+// A settle that has to answer settlement_pending (no receipt within the wait) leaves the payment's
+// success to be answered: the official resource server asks settle again at once for the same payment,
+// expecting the broadcast transaction's outcome. It gets it, serves, and a later copy is told
+// duplicate_settlement. (Until stop 35 the retry was told duplicate_settlement: not served, yet paid.)
+test("a settle answered settlement_pending is answered its success when the resource server asks again; the payment serves once", async () => {
+  const payer = privateKeyToAccount(evm.accounts[6].privateKey);
+  const before = await balance(payer.address), tBefore = await balance(treasury);
+  // in front of the facilitator: a pending answer is held until the settlement's block is mined
+  const seen = [];
+  const proxy = http.createServer(async (req, res) => {
+    let body = "";
+    for await (const chunk of req) body += chunk;
+    const up = await fetch(`${base}${req.url}`, { method: req.method, headers: { "content-type": "application/json",
+      authorization: req.headers.authorization ?? "" }, body: req.method === "POST" ? body : undefined });
+    const text = await up.text();
+    if (req.url === "/settle") {
+      seen.push(JSON.parse(text));
+      if (JSON.parse(text).errorReason === "settlement_pending") await ethRpc(evm.rpcUrl, "evm_mine", []);
+    }
+    res.writeHead(up.status, { "content-type": "application/json" });
+    res.end(text);
+  });
+  await new Promise((r) => proxy.listen(0, "127.0.0.1", r));
+  const server = new x402ResourceServer(new HTTPFacilitatorClient({ url: `http://127.0.0.1:${proxy.address().port}`,
+    createAuthHeaders: async () => ({ verify: auth, settle: auth, supported: {} }) })).register(NETWORK, new ExactEvmScheme());
+  const late = express();
+  let served = 0;
+  late.use(paymentMiddleware({ "GET /late": { accepts: { scheme: "exact", network: NETWORK, payTo: treasury,
+    price: { amount: "10000", asset: evm.token, extra: { name: "USDC", version: "2" } } }, description: "late" } }, server));
+  late.get("/late", (req, res) => { served++; res.json({ late: true }); });
+  const lateServer = await new Promise((r) => { const s = late.listen(0, "127.0.0.1", () => r(s)); });
+  const url = `http://127.0.0.1:${lateServer.address().port}/late`;
+  try {
+    const required = JSON.parse(Buffer.from((await fetch(url)).headers.get("payment-required"), "base64").toString());
+    const client = registerExactEvmScheme(new x402Client(), { signer: payer });
+    client.setSpendControls(false);
+    const h = new x402HTTPClient(client);
+    const header = h.encodePaymentSignatureHeader(await h.createPaymentPayload(required))["PAYMENT-SIGNATURE"];
+    await ethRpc(evm.rpcUrl, "evm_setAutomine", [false]);
+    let r;
+    try {
+      r = await fetch(url, { headers: { "payment-signature": header } });
+    } finally {
+      await ethRpc(evm.rpcUrl, "evm_setAutomine", [true]);
+    }
+    assert.equal(r.status, 200, await r.clone().text());
+    assert.deepEqual(await r.json(), { late: true });
+    assert.deepEqual(seen.map((x) => [x.success, x.errorReason ?? null]),
+      [[false, "settlement_pending"], [true, null]], JSON.stringify(seen));
+    const receipt = JSON.parse(Buffer.from(r.headers.get("payment-response"), "base64").toString());
+    assert.deepEqual([receipt.success, receipt.transaction], [true, seen[0].transaction]);
+    assert.equal((await ethRpc(evm.rpcUrl, "eth_getTransactionReceipt", [receipt.transaction])).status, "0x1");
+    assert.equal(served, 1);
+    // the same payment again: refused (its authorization is used on chain), not served
+    const again = await fetch(url, { headers: { "payment-signature": header } });
+    assert.equal(again.status, 402);
+    assert.equal(served, 1);
+    assert.equal(seen.length, 2, "no settle for it");
+    assert.equal(await balance(payer.address), before - 10000n, "paid once");
+    assert.equal(await balance(treasury), tBefore + 10000n);
+    const l = new RpcClient(ledger.endpoint);
+    const audit = await l.call("ledger.audit", {});
+    l.close();
+    assert.equal(audit.body.ok, true, JSON.stringify(audit.body.checks.filter((c) => !c.ok)));
+  } finally {
+    proxy.close();
+    lateServer.close();
+  }
 });
 
 test("supported is public and lists the network; verify and settle need the token", async () => {
@@ -327,7 +398,8 @@ test("a settlement whose authorization another transaction executes first is con
     assert.equal(a3.settlement_tx, late.other);
     assert.equal(await balance(treasury), late.before + 10000n);
     // asked again through the verifier's RPC (as the edge's own paid calls re-ask): the recorded answer,
-    // naming the other transaction; through the facilitator API, a payment settles once
+    // naming the other transaction; through the facilitator API, a payment's success is answered once: the
+    // one answered success is told duplicate_settlement, the one answered pending gets its success now, once
     const v = new RpcClient(verifier.endpoint);
     try {
       for (const r of [paid, late]) {
@@ -337,7 +409,13 @@ test("a settlement whose authorization another transaction executes first is con
         assert.equal(again.success, true, JSON.stringify(again));
         assert.equal(again.transaction, r.other);
         const http = await (await post("settle", r.body)).json();
-        assert.equal(http.errorReason, "duplicate_settlement", JSON.stringify(http));
+        if (r === paid) {
+          assert.equal(http.errorReason, "duplicate_settlement", JSON.stringify(http));
+        } else {
+          assert.deepEqual([http.success, http.transaction], [true, r.other], JSON.stringify(http));
+          const third = await (await post("settle", r.body)).json();
+          assert.equal(third.errorReason, "duplicate_settlement", JSON.stringify(third));
+        }
       }
     } finally {
       v.close();
@@ -382,6 +460,16 @@ test("bad bodies are 400 and refused payments are 200 with their reason, over HT
   assert.equal(sb.errorReason, "invalid_exact_evm_signature");
   assert.equal(sb.transaction, "");
   assert.equal(sb.network, NETWORK);
+  // extensions a client copied from the server's 402 (bazaar's schemas nest deep) are not the verifier's to
+  // read: the same verdict, at once; requirements nested deeper than a message can carry: 400, at once
+  const nest = (n) => (n === 0 ? "leaf" : { in: nest(n - 1) });
+  const ext = await (await post("verify", JSON.stringify({ x402Version: 2, paymentRequirements: requirements,
+    paymentPayload: { ...paymentPayload, extensions: { bazaar: nest(30) } } }))).json();
+  assert.deepEqual([ext.isValid, ext.invalidReason], [false, "invalid_exact_evm_signature"], JSON.stringify(ext));
+  const deep = await post("settle", JSON.stringify({ x402Version: 2, paymentPayload,
+    paymentRequirements: { ...requirements, extra: { ...requirements.extra, deep: nest(30) } } }));
+  assert.equal(deep.status, 400);
+  assert.match((await deep.json()).error, /nests too deep/);
 
   // a valid payment naming a topup's resource (what has the ledger credit an account once the
   // settlement confirms): refused as a bad request, nothing settled or recorded (settled, it credited
