@@ -431,17 +431,53 @@ static void s_on_anchor(void *arg, json_t *result, const char *error, int64_t co
     s_scan(self);
 }
 
+static void s_on_started(void *arg, const fb_rpc_reply_t *reply)
+{
+    watch_evm_t *self = arg;
+    if (self->stopping)
+        return s_done(self);
+    int64_t block;
+    if (!reply->ok || !fb_mp_get_int64(reply->body, "block", &block)) {
+        s_error(self, "advance_cursor (start)", reply->ok ? "no block" : reply->message);
+        return s_done(self);
+    }
+    /* the ledger's: this one's, or a replica's that wrote first */
+    const char *hash;
+    size_t len;
+    self->have_cursor = true;
+    self->cursor = block;
+    self->cursor_hash[0] = '\0';
+    if (fb_mp_get_str(reply->body, "hash", &hash, &len) && len < sizeof(self->cursor_hash)) {
+        memcpy(self->cursor_hash, hash, len);
+        self->cursor_hash[len] = '\0';
+    }
+    fb_log(FB_LOG_INFO, NULL, "evm watch starts", "network=%s after_block=%lld", self->network,
+           (long long)block);
+    s_addresses_read(self);
+}
+
 /* The confirmed head is known: a network never scanned starts here (or at
- * the configured block); then the addresses. */
+ * the configured block), written to the ledger first — a watcher restarted
+ * before its first range went through starts there again, not at a later
+ * head; then the addresses. */
 static void s_confirmed(watch_evm_t *self, int64_t confirmed)
 {
     self->confirmed = confirmed;
     if (!self->have_cursor) {
-        self->have_cursor = true;
-        self->cursor = self->start >= 0 ? self->start - 1 : confirmed;
+        int64_t start = self->start >= 0 ? self->start - 1 : confirmed;
+        if (start >= 0) {
+            json_t *body = json_pack("{s:s, s:I, s:b}", "network", self->network, "block", (json_int_t)start,
+                                     "start", 1);
+            char idem[64], block[24];
+            snprintf(block, sizeof(block), "%lld", (long long)start);
+            watch_idem(self->w, "cursor-start", self->network, block, "", idem);
+            return watch_ledger_call(self->w, "ledger.advance_cursor", body, idem, s_on_started, self);
+        }
+        self->have_cursor = true; /* from the genesis block: nothing before it to keep */
+        self->cursor = start;
         self->cursor_hash[0] = '\0';
         fb_log(FB_LOG_INFO, NULL, "evm watch starts", "network=%s after_block=%lld", self->network,
-               (long long)self->cursor);
+               (long long)start);
     }
     s_addresses_read(self);
 }
@@ -483,8 +519,8 @@ static void s_on_head(void *arg, json_t *result, const char *error, int64_t code
         fb_mono_ms() - 5 * (int64_t)self->poll_ms - 10000; /* a provider gone quiet is left out */
     for (size_t i = 0; i < self->nproviders; i++) {
         const s_provider_t *p = &self->providers[i];
-        if (p->head > 0 && p->head_ms >= recent && p->head < head)
-            head = p->head;
+        if (p->chain_state == 1 && p->head > 0 && p->head_ms >= recent && p->head < head)
+            head = p->head; /* another chain's endpoint is not used, nor its head */
     }
     self->head = head;
     if (self->tag[0]) {

@@ -154,7 +154,11 @@ static const s_method_t s_methods[] = {
      LEDGER_OP_WRITE,
      L_NONE,
      NULL,
-     {{"network", F_STR, true, 100}, {"block", F_INT, true, 0}, {"hash", F_STR, false, 100}, END}},
+     {{"network", F_STR, true, 100},
+      {"block", F_INT, true, 0},
+      {"hash", F_STR, false, 100},
+      {"start", F_BOOL, false, 0}, /* 0032: set only where there is none */
+      END}},
     {"ledger.deposit_addresses",
      LEDGER_OP_READ,
      L_NONE,

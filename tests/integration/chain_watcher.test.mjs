@@ -281,6 +281,50 @@ test("a reorg that replaces a pending transfer with another: only the survivor i
   await audit();
 });
 
+// A reorg deeper than the confirmations (evm_revert to before a credited transfer) and the same signed
+// transaction mined again in a later block, behind another transfer: its Transfer log has another index
+// there, a new source. Credited once: the ledger refuses a transaction credited from another block
+// (0031). Until stop 35 it was credited twice.
+test("a credited transaction dropped by a reorg deeper than the confirmations and mined again in a later block: credited once", async () => {
+  const a = await account();
+  const other = evm.accounts[4];
+  const wallet = createWalletClient({ account: privateKeyToAccount(other.privateKey), transport: http(evm.rpcUrl) });
+  const nonce = Number(await ethRpc(evm.rpcUrl, "eth_getTransactionCount", [other.address, "latest"]));
+  const raw = await wallet.signTransaction({ to: evm.token, nonce, gas: 100000n, maxFeePerGas: 50_000_000_000n,
+    maxPriorityFeePerGas: 1_000_000_000n, chain: { id: 84532, name: "anvil", nativeCurrency: { name: "Ether", symbol: "ETH", decimals: 18 }, rpcUrls: { default: { http: [evm.rpcUrl] } } },
+    data: encodeFunctionData({ abi: erc20, functionName: "transfer", args: [a.address, 100_000n] }) });
+  const snapshot = await ethRpc(evm.rpcUrl, "evm_snapshot", []);
+  const hash = await ethRpc(evm.rpcUrl, "eth_sendRawTransaction", [raw]);
+  const first = await ethRpc(evm.rpcUrl, "eth_getTransactionReceipt", [hash]);
+  await mine(CONFIRMATIONS + 1);
+  await waitUntil(async () => (await balance(a.id)) === 100_000, { what: "the first credit" });
+  await scannedTo(Number(first.blockNumber) + 1);
+  const { cursor, conflicts } = await watcherStatus();
+  // the deep reorg: a longer branch without it, up to the cursor, then it again behind another transfer
+  await ethRpc(evm.rpcUrl, "evm_revert", [snapshot]);
+  await mine(cursor - await head());
+  await ethRpc(evm.rpcUrl, "evm_setAutomine", [false]);
+  try {
+    await ethRpc(evm.rpcUrl, "eth_sendTransaction", [{ from: evm.accounts[5].address, to: evm.token,
+      maxFeePerGas: "0x2540be4000", maxPriorityFeePerGas: "0x174876e800",
+      data: encodeFunctionData({ abi: erc20, functionName: "transfer", args: ["0x000000000000000000000000000000000000dEaD", 1n] }) }]);
+    await ethRpc(evm.rpcUrl, "eth_sendRawTransaction", [raw]);
+    await ethRpc(evm.rpcUrl, "evm_mine", []);
+  } finally {
+    await ethRpc(evm.rpcUrl, "evm_setAutomine", [true]);
+  }
+  const again = await ethRpc(evm.rpcUrl, "eth_getTransactionReceipt", [hash]);
+  assert.ok(Number(again.blockNumber) > cursor, "mined again above the cursor");
+  assert.notEqual(again.logs[0].logIndex, first.logs[0].logIndex, "its log has another index");
+  await mine(CONFIRMATIONS + 1);
+  await scannedTo(Number(again.blockNumber));
+  assert.equal(await balance(a.id), 100_000, "credited once");
+  const s = await watcherStatus();
+  assert.equal(s.conflicts, conflicts + 1, "the second sighting refused as credited before");
+  assert.ok(s.deep_reorgs >= 1, "the deep reorg was seen");
+  await audit();
+});
+
 test("transfers made while the watcher is down are credited after its restart", async () => {
   const a = await account();
   await scannedTo(await head() - CONFIRMATIONS + 1);
@@ -580,6 +624,53 @@ test("an endpoint serving another chain: nothing is scanned or credited, and it 
   await audit();
 });
 
+// A watcher starting on a network the ledger has no cursor for (FAREBOX_EVM_START_BLOCK=latest) writes its
+// start first: restarted before any range went through (its endpoint refused eth_getLogs), it starts there
+// again, and the deposit made meanwhile is credited. Until stop 35 the start reached the ledger only with
+// the first scanned range, and the restart began at the new head: that deposit was never credited.
+test("a watcher starting at the latest block records its start first: restarted before any range passed, it misses nothing", async () => {
+  const db = pg.createDatabase("watcher_start");
+  const ownLp = await freePort();
+  const own = await startService("ledger", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${ownLp}`, FAREBOX_DATABASE_URL: db.url,
+    FAREBOX_KEY_HMAC_SECRET: SECRET, FAREBOX_REPLICA: "ledger-start" });
+  const ownLed = new RpcClient(own.endpoint);
+  const refusing = await rpcProxy(evm.rpcUrl, (call, answer, res) => {
+    if (call.method !== "eth_getLogs") return false;
+    res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ jsonrpc: "2.0", id: call.id,
+      error: { code: -32601, message: "method eth_getLogs not allowed" } }));
+    return true;
+  });
+  const start = async (urls, replica) => startService("chain-watcher", { ...watcherEnv(replica),
+    FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`, FAREBOX_LEDGER_ENDPOINT: `tcp://127.0.0.1:${ownLp}`,
+    FAREBOX_EVM_RPC_URLS: urls, FAREBOX_EVM_START_BLOCK: "latest", FAREBOX_METRICS_LISTEN: "" });
+  let w = await start(refusing.url, "watcher-start-1");
+  try {
+    const ownWat = new RpcClient(w.endpoint);
+    const opened = await ok(ownLed, "ledger.open_account", { label: "late" }, { idem: crypto.randomUUID() });
+    const address = (await ok(ownWat, "chain_watcher.deposit_address", { account_id: opened.account_id })).evm.address;
+    ownWat.close();
+    await waitUntil(async () => (await ok(ownLed, "ledger.watch_cursor", { network: NETWORK })).block !== null,
+      { what: "the start in the ledger" });
+    const started = (await ok(ownLed, "ledger.watch_cursor", { network: NETWORK })).block;
+    const receipt = await transfer(2, address, 250_000);
+    assert.ok(Number(receipt.blockNumber) > started);
+    await mine(CONFIRMATIONS + 5);
+    await sleep(1000); // polls whose ranges fail
+    assert.equal((await ok(ownLed, "ledger.watch_cursor", { network: NETWORK })).block, started, "no range passed");
+    assert.equal((await w.stop()).code, 0);
+    // the endpoint fixed, the watcher started again: from where it started, not from the new head
+    w = await start(evm.rpcUrl, "watcher-start-2");
+    await waitUntil(async () => (await ok(ownLed, "ledger.balance", { account_id: opened.account_id })).balance_micro === 250_000,
+      { what: "the deposit made while no range passed" });
+    const a = await ok(ownLed, "ledger.audit", {});
+    assert.equal(a.ok, true, JSON.stringify(a.checks.filter((c) => !c.ok)));
+  } finally {
+    ownLed.close();
+    await refusing.close();
+    assert.deepEqual(await stopAll([w, own]), []);
+  }
+});
+
 test("two endpoints, one serving another chain: that one is never used (no range passed as empty), the deposit is credited through the other", async () => {
   for (const w of watchers) assert.equal((await w.stop()).code, 0);
   wat.close();
@@ -595,6 +686,7 @@ test("two endpoints, one serving another chain: that one is never used (no range
   const other = await proxy((call, answer) => {
     if (call.method === "eth_chainId") return answer("0x1"), true;
     if (call.method === "eth_getLogs") return answer([]), true;
+    if (call.method === "eth_blockNumber") return answer("0x3"), true; // its chain is shorter: not our head
     return false;
   });
   try {

@@ -39,15 +39,19 @@ export async function ethRpc(url, method, params = []) {
  */
 export function rpcProxy(target, handle) {
   const server = http.createServer(async (req, res) => {
-    const chunks = [];
-    for await (const c of req) chunks.push(c);
-    const body = Buffer.concat(chunks).toString();
-    const call = JSON.parse(body);
-    const answer = (result) => res.writeHead(200, { "content-type": "application/json" })
-      .end(JSON.stringify({ jsonrpc: "2.0", id: call.id, result }));
-    if (handle(call, answer, res)) return;
-    const up = await fetch(target, { method: "POST", headers: { "content-type": "application/json" }, body });
-    res.writeHead(up.status, { "content-type": "application/json" }).end(await up.text());
+    try {
+      const chunks = [];
+      for await (const c of req) chunks.push(c);
+      const body = Buffer.concat(chunks).toString();
+      const call = JSON.parse(body);
+      const answer = (result) => res.writeHead(200, { "content-type": "application/json" })
+        .end(JSON.stringify({ jsonrpc: "2.0", id: call.id, result }));
+      if (handle(call, answer, res)) return;
+      const up = await fetch(target, { method: "POST", headers: { "content-type": "application/json" }, body });
+      res.writeHead(up.status, { "content-type": "application/json" }).end(await up.text());
+    } catch {
+      res.destroy(); // a call cut off (the proxy closed under it, the caller gone): nothing to answer
+    }
   });
   return new Promise((r) => server.listen(0, "127.0.0.1", () => r({ url: `http://127.0.0.1:${server.address().port}`,
     close: () => new Promise((c) => { server.closeAllConnections(); server.close(c); }) })));
