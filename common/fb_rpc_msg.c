@@ -39,6 +39,15 @@ static int s_opt_str(const msgpack_object *root, const char *key, const char **s
         snprintf(msg, msglen, "%s must be a string of at most %d bytes", key, FB_RPC_STR_MAX);
         return -1;
     }
+    /* services copy it into C strings and Postgres text: a NUL would cut
+     * it short (two keys one), bytes that are not UTF-8 fail a whole batch */
+    char text[FB_RPC_STR_MAX + 1];
+    memcpy(text, *s, *n);
+    text[*n] = '\0';
+    if (memchr(*s, '\0', *n) != NULL || fb_utf8_clean(text) != 0) {
+        snprintf(msg, msglen, "%s must be UTF-8 text without NUL", key);
+        return -1;
+    }
     return 0;
 }
 
@@ -238,7 +247,8 @@ int fb_rpc_msg_test(bool verbose)
     } cases[] = {
         {"no version", 0, "bad_request"},   {"version 2", 1, "unsupported_version"},
         {"bad method", 2, "bad_request"},   {"no deadline", 3, "bad_request"},
-        {"body not map", 4, "bad_request"},
+        {"body not map", 4, "bad_request"}, {"idem with NUL", 5, "bad_request"},
+        {"trace not UTF-8", 6, "bad_request"},
     };
     for (size_t i = 0; i < FB_ARRAY_SIZE(cases); i++) {
         msgpack_sbuffer_clear(&sb);
@@ -273,6 +283,16 @@ int fb_rpc_msg_test(bool verbose)
             fb_mp_pack_kv_cstr(&pk, "method", "health");
             fb_mp_pack_kv_uint(&pk, "deadline_ms", 10);
             fb_mp_pack_kv_int(&pk, "body", 3);
+            break;
+        case 5:
+        case 6:
+            msgpack_pack_map(&pk, 5);
+            fb_mp_pack_kv_uint(&pk, "v", 1);
+            fb_mp_pack_kv_uint(&pk, "id", 1);
+            fb_mp_pack_kv_cstr(&pk, "method", "health");
+            fb_mp_pack_kv_uint(&pk, "deadline_ms", 10);
+            fb_mp_pack_cstr(&pk, i == 5 ? "idem" : "trace");
+            fb_mp_pack_strn(&pk, i == 5 ? "k\0A" : "k\xff", 3);
             break;
         }
         FB_ASSERT(fb_mp_unpack(sb.data, sb.size, &zone, &root) == 0);

@@ -1339,8 +1339,9 @@ static void s_check_proof(s_chat_t *c)
     json_t *body = json_deep_copy(c->proof);
     json_object_set_new(body, "consume", json_true());
     c->pending++;
-    edge_rpc_json(c->w->verifier, "verifier.verify_message", body, NULL, c->rid, MONEY_DEADLINE_MS,
-                  s_on_proof, c);
+    /* consuming the proof is not idempotent (a second try finds its request id used): one attempt */
+    edge_rpc_json_long(c->w->verifier, "verifier.verify_message", body, NULL, c->rid, MONEY_DEADLINE_MS,
+                       s_on_proof, c);
 }
 
 static bool s_model_allowed(s_chat_t *c, json_t *models)

@@ -73,6 +73,16 @@ static const fb_pg_statement_t s_statements[] = {
      * connection lingers, and its row locks (an account's, revenue's) would
      * stall every replica until TCP gave up on it */
     {NULL, "SET idle_in_transaction_session_timeout = '15s'", 0},
+    /* ... which holds only once a batch's end (its Sync) has arrived: a
+     * ledger host that dies or is cut off mid-batch leaves its backend
+     * reading, its locks held, until TCP gives up on the connection — two
+     * hours by the system's defaults. The backend's socket is probed after
+     * 10 s of silence and given up after 3 probes 5 s apart, or 20 s of
+     * unacknowledged data */
+    {NULL, "SET tcp_keepalives_idle = 10", 0},
+    {NULL, "SET tcp_keepalives_interval = 5", 0},
+    {NULL, "SET tcp_keepalives_count = 3", 0},
+    {NULL, "SET tcp_user_timeout = 20000", 0},
     {"apply", "SELECT ledger_apply($1, $2, $3::bytea, $4::jsonb)::text", 4},
     /* ledger.charge: its own entry (0013), which gives every answer
      * ledger_apply would */
