@@ -53,6 +53,7 @@ typedef struct s_call {
     void *arg;
     int64_t deadline;     /* monotonic ms */
     uint32_t attempt_ms;  /* per-attempt timeout */
+    bool once;            /* one attempt for the whole deadline: sent elsewhere only if its replica is gone */
     s_replica_t *replica; /* current assignment, NULL when queued */
     s_replica_t *tried[MAX_TRIED];
     int tried_count;
@@ -148,12 +149,15 @@ static void s_add_replica(fb_rpc_client_t *self, int target, const char *ep)
         fb_log(FB_LOG_DEBUG, NULL, "rpc replica added", "service=%s endpoint=%s", self->service, r->endpoint);
 }
 
-/* Sends every call assigned to r elsewhere (r went away or went silent). */
-static void s_reassign_from(fb_rpc_client_t *self, s_replica_t *r)
+/* Sends the calls assigned to r elsewhere: all of them when r went away
+ * (disconnected, retired), those that may run twice when it only went
+ * silent — a call made for one attempt stays, and ends at its deadline if r
+ * never answers (a replica busy with it, or draining, may still finish it). */
+static void s_reassign_from(fb_rpc_client_t *self, s_replica_t *r, bool gone)
 {
     for (uint32_t i = 0; i < self->call_cap; i++) {
         s_call_t *c = self->calls[i];
-        if (c && c->active && c->replica == r) {
+        if (c && c->active && c->replica == r && (gone || !c->once)) {
             r->inflight--;
             c->replica = NULL;
             uv_timer_stop(&c->timer);
@@ -170,7 +174,7 @@ static void s_replica_down(fb_rpc_client_t *self, s_replica_t *r, const char *wh
     r->ping_sent = 0;
     fb_log(FB_LOG_INFO, NULL, "rpc replica down", "service=%s endpoint=%s reason=%s inflight=%u",
            self->service, r->endpoint, why, r->inflight);
-    s_reassign_from(self, r);
+    s_reassign_from(self, r, true);
 }
 
 static void s_replica_up(fb_rpc_client_t *self, s_replica_t *r)
@@ -470,7 +474,7 @@ static void s_on_call_timer(uv_timer_t *t)
             r->responsive = false;
             fb_log(FB_LOG_WARN, NULL, "rpc replica unresponsive", "service=%s endpoint=%s reason=%s",
                    self->service, r->endpoint, "attempt timeouts");
-            s_reassign_from(self, r);
+            s_reassign_from(self, r, false);
         }
     }
     s_dispatch(self, c);
@@ -486,6 +490,7 @@ void fb_rpc_client_call(fb_rpc_client_t *self, const fb_rpc_call_opts_t *opts, c
     c->attempt_ms = opts->attempt_ms ? opts->attempt_ms : self->attempt_ms;
     uint32_t budget = opts->deadline_ms ? opts->deadline_ms : 5000;
     c->deadline = fb_mono_ms() + budget;
+    c->once = c->attempt_ms >= budget;
     fb_copy_str(c->method, sizeof(c->method), opts->method);
     fb_copy_str(c->trace, sizeof(c->trace), opts->trace);
     msgpack_sbuffer_clear(&self->sb);
@@ -657,7 +662,7 @@ static void s_on_heartbeat(uv_timer_t *t)
             fb_log(FB_LOG_WARN, NULL, "rpc replica unresponsive",
                    "service=%s endpoint=%s reason=%s silent_ms=%lld", self->service, r->endpoint,
                    "no heartbeat answer", (long long)(now - r->last_heard));
-            s_reassign_from(self, r);
+            s_reassign_from(self, r, false);
         }
     }
     s_prune_replicas(self);
@@ -682,7 +687,7 @@ static void s_apply_resolution(fb_rpc_client_t *self, int target, char (*eps)[12
             bool was = r->connected;
             r->connected = false;
             if (was)
-                s_reassign_from(self, r);
+                s_reassign_from(self, r, true);
         }
     }
     for (size_t k = 0; k < count; k++)

@@ -245,9 +245,9 @@ int fb_rpc_msg_test(bool verbose)
         int pairs;
         const char *expect_code;
     } cases[] = {
-        {"no version", 0, "bad_request"},   {"version 2", 1, "unsupported_version"},
-        {"bad method", 2, "bad_request"},   {"no deadline", 3, "bad_request"},
-        {"body not map", 4, "bad_request"}, {"idem with NUL", 5, "bad_request"},
+        {"no version", 0, "bad_request"},      {"version 2", 1, "unsupported_version"},
+        {"bad method", 2, "bad_request"},      {"no deadline", 3, "bad_request"},
+        {"body not map", 4, "bad_request"},    {"idem with NUL", 5, "bad_request"},
         {"trace not UTF-8", 6, "bad_request"},
     };
     for (size_t i = 0; i < FB_ARRAY_SIZE(cases); i++) {

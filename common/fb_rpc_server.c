@@ -26,6 +26,7 @@ struct fb_rpc_server_t {
     zsock_t *sock;         /* ROUTER socket */
     void *zs;              /* raw handle of sock */
     fb_zuv_t *watch;       /* readability of sock */
+    bool paused;           /* stopping: new calls refused as overloaded, health still answered */
     char *service;         /* service name */
     char *replica;         /* replica name */
     char endpoint[320];    /* bound endpoint */
@@ -252,6 +253,12 @@ static int s_receive_one(fb_rpc_server_t *self)
         call->trace[call->req.trace_len] = '\0';
     }
     call->deadline = fb_mono_ms() + (int64_t)call->req.deadline_ms;
+    if (self->paused && !fb_streq_n(call->req.method, call->req.method_len, "health")) {
+        /* stopping: new work goes to another replica (clients take overloaded as "try
+         * another"), while health answers keep the calls in flight here waited for */
+        fb_rpc_call_error(&call, FB_RPC_E_OVERLOADED, NULL, 0, "replica %s is stopping", self->replica);
+        return 1;
+    }
 
     if (self->inflight > self->max_inflight) {
         fb_rpc_call_error(&call, FB_RPC_E_OVERLOADED, NULL, 0, "replica %s has %zu calls in flight",
@@ -393,7 +400,7 @@ void fb_rpc_server_on_health(fb_rpc_server_t *self, fb_rpc_health_fn *fn, void *
 
 void fb_rpc_server_pause(fb_rpc_server_t *self)
 {
-    fb_zuv_destroy(&self->watch);
+    self->paused = true;
 }
 
 size_t fb_rpc_server_inflight(const fb_rpc_server_t *self)

@@ -60,8 +60,9 @@ void fb_rpc_server_on_batch(fb_rpc_server_t *self, fb_rpc_batch_fn *fn, void *ar
 void fb_rpc_server_on_health(fb_rpc_server_t *self, fb_rpc_health_fn *fn, void *arg);
 
 /* fb_rpc_server_pause - stop taking new requests (for a graceful stop): calls
- * already received can still be answered; what waits in the socket is left to
- * the callers' retries on other replicas. */
+ * already received are still answered, and health (so that callers wait for
+ * them, not send them elsewhere); any other request is answered overloaded,
+ * which callers take as "try another replica". */
 void fb_rpc_server_pause(fb_rpc_server_t *self);
 
 /* fb_rpc_server_inflight - calls received and not yet answered. */

@@ -132,8 +132,8 @@ static void s_on_drain_tick(uv_timer_t *t)
 }
 
 /* The first SIGTERM or SIGINT runs the service's own stop, or by default takes
- * no new call and exits once the calls in flight are answered (callers retry
- * what waits in the socket on other replicas); a second one exits at once. */
+ * no new call (fb_rpc_server_pause: callers send it to other replicas) and
+ * exits once the calls in flight are answered; a second one exits at once. */
 static void s_on_signal(uv_signal_t *h, int signum)
 {
     fb_service_t *self = h->data;

@@ -82,6 +82,44 @@ test("killing a replica mid-flight loses no call", async () => {
   }
 });
 
+// A call made for one attempt (attempt = deadline: the edge's settles, verifies and proof checks, which must
+// not run twice) stays with a replica that is stopping: the replica keeps answering health while it drains, so
+// the caller waits for it, and new calls meanwhile go to another replica. Until stop 35 a stopping replica
+// stopped reading its socket: after three silent heartbeats the caller sent the call to another replica too,
+// and it ran twice.
+test("SIGTERM with another replica up: a one-attempt call is answered once, by the stopping replica; new calls go to the other", async () => {
+  const base = await freePort();
+  const range = `tcp://127.0.0.1:${base}-${base + 9}`;
+  const first = await startService("test-echo", { FAREBOX_RPC_BIND: range, FAREBOX_REPLICA: "echo-0",
+    FAREBOX_LOG_LEVEL: "debug" });
+  const procs = [first];
+  try {
+    const call = rpcToolAsync(["call", "--endpoint", range, "--deadline", "15000", "--attempt", "15000", "sleep",
+      '{"ms":5000}']);
+    await sleep(500); // on echo-0, the only replica
+    const second = await startService("test-echo", { FAREBOX_RPC_BIND: range, FAREBOX_REPLICA: "echo-1",
+      FAREBOX_LOG_LEVEL: "debug" });
+    procs.push(second);
+    await sleep(500);
+    const stopped = first.stop();
+    await sleep(500);
+    // a new call while echo-0 drains: echo-1's
+    const during = await rpcToolAsync(["call", "--endpoint", range, "--deadline", "5000", "echo", '{"x":1}']);
+    assert.equal(during.status, "ok", JSON.stringify(during));
+    assert.equal(during.replica, "echo-1");
+    const r = await call;
+    assert.equal(r.status, "ok", JSON.stringify(r));
+    assert.equal(r.replica, "echo-0");
+    assert.equal((await stopped).code, 0);
+    await sleep(5500); // a copy sent to echo-1 when echo-0 went silent would have ended by now
+    const ranSleep = (p) => p.lines.some((e) => e.json?.msg === "rpc call answered" && /sleep/.test(e.line));
+    assert.ok(ranSleep(first), "echo-0 ran it");
+    assert.ok(!ranSleep(second), "echo-1 did not run it too");
+  } finally {
+    await stopAll(procs);
+  }
+});
+
 test("a hung replica's calls are retried on another", async () => {
   const { range, procs } = await replicas(2);
   try {
