@@ -171,9 +171,38 @@ int fb_bytes32_parse(uint8_t out[32], const char *text, size_t len)
     return fb_hex_decode(out, 32, text + 2, 64);
 }
 
+bool fb_evm_dev_account(const fb_addr_t *a)
+{
+    static const char *const dev[] = {
+        "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266", "0x70997970c51812dc3a010c7d01b50e0d17dc79c8",
+        "0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc", "0x90f79bf6eb2c4f870365e785982e1f101e93b906",
+        "0x15d34aaf54267db7d7c367839aaf71a00a2c6a65", "0x9965507d1a55bcc2695c58ba16fb37d819b0a4dc",
+        "0x976ea74026e726554db657fa54763abd0c3a0aa9", "0x14dc79964da2c08b23698b3d3cc7ca32193d9955",
+        "0x23618e81e3f5cdf7f54c3d65f7fbc0abf5b21e8f", "0xa0ee7a142d267c1f36714e4a8f75612f20a79720"};
+    for (size_t i = 0; i < FB_ARRAY_SIZE(dev); i++) {
+        fb_addr_t d;
+        FB_ASSERT(fb_addr_parse(&d, dev[i], 42) == 0);
+        if (fb_addr_eq(a, &d))
+            return true;
+    }
+    return false;
+}
+
+bool fb_evm_test_chain(uint64_t chain_id)
+{
+    return chain_id == 31337 || chain_id == 1337 || chain_id == 11155111 || chain_id == 84532;
+}
+
 int fb_evm_test(bool verbose)
 {
     FB_UNUSED(verbose);
+    /* the development mnemonic's accounts (viem's mnemonicToAccount), and only those */
+    fb_addr_t dev, other;
+    FB_ASSERT(fb_addr_parse(&dev, "0xa0Ee7A142d267C1f36714E4a8F75612F20a79720", 42) == 0);
+    FB_ASSERT(fb_addr_parse(&other, "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed", 42) == 0);
+    FB_ASSERT(fb_evm_dev_account(&dev) && !fb_evm_dev_account(&other));
+    FB_ASSERT(fb_evm_test_chain(84532) && fb_evm_test_chain(31337) && !fb_evm_test_chain(8453) &&
+              !fb_evm_test_chain(1));
     /* EIP-55's own examples */
     static const char *eip55[] = {
         "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed", "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359",

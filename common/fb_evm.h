@@ -31,6 +31,15 @@ void fb_addr_lower(char out[43], const fb_addr_t *a);
 
 bool fb_addr_eq(const fb_addr_t *a, const fb_addr_t *b);
 
+/* fb_evm_dev_account - one of the ten accounts of the development mnemonic
+ * ("test test ... junk") that anvil and hardhat fund: their keys are public,
+ * and anything sent to them on a real chain can be taken by anyone. */
+bool fb_evm_dev_account(const fb_addr_t *a);
+
+/* fb_evm_test_chain - a chain id whose money is not real: anvil's and
+ * hardhat's (31337, 1337), Sepolia (11155111), Base Sepolia (84532). */
+bool fb_evm_test_chain(uint64_t chain_id);
+
 /* fb_u256_from_dec - decimal digits only (no sign, no spaces, no leading '+'),
  * at most 78 of them, value below 2^256. Returns 0 or -1. */
 int fb_u256_from_dec(fb_u256_t *out, const char *text, size_t len);

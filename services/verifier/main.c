@@ -215,6 +215,9 @@ static void s_config_evm(verifier_t *v, const fb_config_t *cfg)
         FB_ASSERT(fb_secp_address(&e->sender, e->key) == 0);
         fb_addr_checksum(e->sender_text, &e->sender);
         e->has_key = true;
+        if (fb_evm_dev_account(&e->sender) && !fb_evm_test_chain(e->chain_id))
+            fb_service_fail_config("invalid configuration: FAREBOX_SETTLEMENT_KEY is a public development "
+                                   "account's key (anvil's), on a chain whose money is real");
     }
     fb_jsonrpc_config_t rc = {.chain = e->caip2,
                               .urls = fb_config_str(cfg, "FAREBOX_EVM_RPC_URLS"),

@@ -28,6 +28,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import crypto from "node:crypto";
+import http from "node:http";
 import fs from "node:fs";
 import path from "node:path";
 import { encodeFunctionData, parseAbi } from "viem";
@@ -193,8 +194,15 @@ test("compose.yaml validates, with and without the dev profile", async () => {
 test("scaled replicas: every service runs its count, and calls spread over them", async () => {
   for (const [s, n] of Object.entries(SCALE)) assert.equal((await stack.containers(s)).length, n, s);
   const count = (list) => list.reduce((m, k) => m.set(k, (m.get(k) ?? 0) + 1), new Map());
-  // the edges' metrics are for a scraper inside the network: the balancer refuses them
+  // the edges' metrics are for a scraper inside the network: the balancer refuses them, under every
+  // spelling the edges read as /metrics (sent as is: node's URL would normalize the dot segments)
   assert.equal((await fetch(`${url}/metrics`)).status, 404);
+  const raw = (p) => new Promise((resolve, reject) => {
+    const u = new URL(url);
+    http.get({ host: u.hostname, port: u.port, path: p }, (res) => { res.resume(); resolve(res.statusCode); })
+      .on("error", reject);
+  });
+  for (const p of ["/%6detrics", "/./metrics", "/x/../metrics", "//metrics"]) assert.equal(await raw(p), 404, p);
   const edges = [], ledgers = [], verifiers = [];
   // in batches of 6 at once: HAProxy balances each request, but a client's kept-alive connection
   // stays with the edge that served it while it is reusable, so one sequential client sees one edge

@@ -83,6 +83,21 @@ test("an @x402/evm payment: fields, viem's EIP-712 digest, the signer, every che
   // checked against other requirements: another amount
   const other = inspect(["--now", String(now), "--requirements", JSON.stringify(requirements({ amount: "20000" })), header]);
   assert.equal(other.out.reason, "invalid_exact_evm_payload_authorization_value_mismatch");
+  // payTo one of the development mnemonic's public accounts: fine on this test chain, refused on a real
+  // one (Base: 8453), where anyone holding the well-known key could take the payment
+  const anvil9 = "0xa0Ee7A142d267C1f36714E4a8F75612F20a79720";
+  const devPayload = async (network) => {
+    const client = registerExactEvmScheme(new x402Client(), { signer: account });
+    client.setSpendControls(false);
+    const h = new x402HTTPClient(client);
+    const req = requirements({ network, payTo: anvil9 });
+    const p = await h.createPaymentPayload({ x402Version: 2, resource: { url: "http://farebox.test/r" }, accepts: [req] });
+    return inspect(["--now", String(now), h.encodePaymentSignatureHeader(p)["PAYMENT-SIGNATURE"]]).out;
+  };
+  assert.equal((await devPayload("eip155:84532")).valid, true);
+  const real = await devPayload("eip155:8453");
+  assert.equal(real.reason, "invalid_payment_requirements");
+  assert.match(real.message, /public development account/);
   // a tampered amount in the authorization no longer matches the signature
   const tampered = structuredClone(payload);
   tampered.payload.authorization.value = "20000";

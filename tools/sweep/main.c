@@ -452,6 +452,13 @@ static void s_sweep_evm(s_sweep_t *s)
         exit(2);
     }
     json_decref(id);
+    if (fb_evm_dev_account(&treasury) && !fb_evm_test_chain(dom.chain_id)) {
+        fprintf(stderr,
+                "farebox-sweep: FAREBOX_SWEEP_EVM_TO is a public development account (anvil's): "
+                "refused on chain %llu, where anyone could take what it is sent\n",
+                (unsigned long long)dom.chain_id);
+        exit(2);
+    }
     json_t *list = s_addresses(fb_config_str(cfg, "FAREBOX_LEDGER_ENDPOINT"), "evm", why, sizeof(why));
     if (!list) {
         fprintf(stderr, "farebox-sweep: %s\n", why);
