@@ -979,6 +979,30 @@ test("topup advances: credited before settlement within a limit, settled as is, 
   assert.equal(b6.balance_micro, 0);
   assert.equal(b6.available_micro, 0);
   await audit();
+  // money that comes after the reversal is not the advance's: a deposit, then a hold of it voided (0033)
+  const deposit = (acct, amount) => ok("ledger.credit", { account_id: acct, amount_micro: amount, kind: "deposit",
+    source: { chain: network, tx: `0x${crypto.randomBytes(32).toString("hex")}`, index: "0" } });
+  await deposit(third, 500000);
+  const later = await ok("ledger.hold", { account_id: third, amount_micro: 400000, expires_in_ms: 60000 });
+  await ok("ledger.void", { hold_id: later.hold_id });
+  assert.equal((await ok("ledger.balance", { account_id: third })).balance_micro, 500000, "the deposit stays");
+  [r6] = (await ok("ledger.advances", { account_id: third })).advances;
+  assert.equal(r6.recovered_later_micro, 2100000);
+  // a hold already charged in full when the advance fails: nothing of it is recoverable (spent), so a
+  // deposit after, and the hold's end, take nothing (0012 counted the charged hold as recoverable and
+  // took the deposit)
+  const fourth = await newAccount();
+  const s7 = await settlement(fourth, 1000);
+  assert.equal((await advance(fourth, s7, 1000)).body.advance.state, "open");
+  const spentHold = await ok("ledger.hold", { account_id: fourth, amount_micro: 1000, expires_in_ms: 60000 });
+  await ok("ledger.charge", { hold_id: spentHold.hold_id, charges: [{ amount_micro: 1000, ref: "all" }] });
+  await ok("ledger.settlement_result", { settlement_id: s7.id, state: "failed", reason: "reverted" });
+  const [r7] = (await ok("ledger.advances", { account_id: fourth })).advances;
+  assert.deepEqual([r7.written_off_micro, r7.recoverable_micro], [1000, 0]);
+  await deposit(fourth, 500);
+  await ok("ledger.void", { hold_id: spentHold.hold_id });
+  assert.equal((await ok("ledger.balance", { account_id: fourth })).balance_micro, 500, "the deposit stays");
+  await audit();
   // a recovery the advance does not record is caught
   pg.psql(db.name, `UPDATE topup_advances SET recovered_later = recovered_later - 1 WHERE credit_id = ${r6.credit_id}`);
   assert.deepEqual((await call("ledger.audit", {})).body.checks.find((x) => x.name === "advances_follow_settlements").detail,
