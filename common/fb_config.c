@@ -3,6 +3,7 @@
 #include "fb_log.h"
 #include "fb_util.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -22,7 +23,8 @@ struct fb_config_t {
 
 static int s_parse_int(const char *text, int64_t *out)
 {
-    if (!*text)
+    /* digits, with a '-' where one fits: strtoll would also take spaces and a '+' */
+    if (!(isdigit((unsigned char)text[0]) || (text[0] == '-' && isdigit((unsigned char)text[1]))))
         return -1;
     errno = 0;
     char *end = NULL;
@@ -89,6 +91,13 @@ char *fb_config_read_secret(const char *name, bool *failed, char *err, size_t er
     }
     while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == '\r' || text[len - 1] == ' '))
         text[--len] = '\0';
+    if (len == 0) {
+        /* a secret file made and left empty would turn its feature off without a word */
+        snprintf(err, errlen, "invalid configuration: %s: the file \"%s\" is empty", fname, path);
+        *failed = true;
+        free(text);
+        return NULL;
+    }
     return text;
 }
 
@@ -295,6 +304,9 @@ int fb_config_test(bool verbose)
     } bad[] = {
         {"FBT_PORT", "70000", "FBT_PORT=70000 is out of range 1..65535"},
         {"FBT_PORT", "12x", "FBT_PORT=\"12x\" is not an integer"},
+        {"FBT_PORT", " 90", "FBT_PORT=\" 90\" is not an integer"},
+        {"FBT_PORT", "+90", "FBT_PORT=\"+90\" is not an integer"},
+        {"FBT_PORT", "99999999999999999999", "is not an integer"},
         {"FBT_FLAG", "maybe", "FBT_FLAG=\"maybe\" is not a boolean"},
         {"FBT_LEVEL", "loud", "FBT_LEVEL=\"loud\" is not one of debug|info|warn|error"},
         {"FBT_NAME", "", "FBT_NAME must not be empty"},
@@ -321,6 +333,12 @@ int fb_config_test(bool verbose)
     setenv("FBT_TOKEN_FILE", "/nonexistent/secret", 1);
     FB_ASSERT(fb_config_load(vars, FB_ARRAY_SIZE(vars), err, sizeof(err)) == NULL);
     FB_ASSERT(strstr(err, "FBT_TOKEN_FILE: could not read file \"/nonexistent/secret\""));
+    /* a secret file left empty (or only a newline) is an error, not "unset" */
+    FILE *empty = fopen(path, "w");
+    FB_ASSERT(empty && fputs("\n", empty) >= 0 && fclose(empty) == 0);
+    setenv("FBT_TOKEN_FILE", path, 1);
+    FB_ASSERT(fb_config_load(vars, FB_ARRAY_SIZE(vars), err, sizeof(err)) == NULL);
+    FB_ASSERT(strstr(err, "FBT_TOKEN_FILE: the file") && strstr(err, "is empty"));
 
     /* a required variable */
     static const fb_config_var_t req[] = {{"FBT_REQ", FB_CFG_STRING, NULL, 0, 0, NULL, NULL, "needed"}};
