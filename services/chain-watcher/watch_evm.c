@@ -8,6 +8,8 @@
 #include "fb_util.h"
 #include "fb_x402.h"
 
+#include <ctype.h>
+#include <errno.h>
 #include <sodium.h>
 
 #include <stdio.h>
@@ -958,9 +960,10 @@ watch_evm_t *watch_evm_new(watcher_t *w, const watch_evm_config_t *config, char 
         snprintf(self->tag, sizeof(self->tag), "%s", config->confirm);
     } else {
         char *end;
+        errno = 0;
         long long d = strtoll(config->confirm, &end, 10);
         /* 1: the head block itself (0 would name a block that is not there yet) */
-        if (!config->confirm[0] || *end || d < 1 || d > 100000) {
+        if (!isdigit((unsigned char)config->confirm[0]) || *end || errno || d < 1 || d > 100000) {
             snprintf(err, errlen,
                      "FAREBOX_EVM_CONFIRMATIONS: must be a block count (1..100000), safe or finalized");
             free(self);
@@ -972,8 +975,9 @@ watch_evm_t *watch_evm_new(watcher_t *w, const watch_evm_config_t *config, char 
         self->start = -1;
     } else {
         char *end;
+        errno = 0;
         long long s = strtoll(config->start, &end, 10);
-        if (!config->start[0] || *end || s < 0) {
+        if (!isdigit((unsigned char)config->start[0]) || *end || errno || s < 0) {
             snprintf(err, errlen, "FAREBOX_EVM_START_BLOCK: must be latest or a block number");
             free(self);
             return NULL;
