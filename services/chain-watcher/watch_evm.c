@@ -251,6 +251,24 @@ static void s_addresses_read(watch_evm_t *self)
     watch_ledger_call(self->w, "ledger.deposit_addresses", body, NULL, s_on_addresses, self);
 }
 
+/* The ledger's cursor of the network ({block, hash}) taken as this watcher's; false when it has none. */
+static bool s_take_cursor(watch_evm_t *self, const msgpack_object *body)
+{
+    int64_t block;
+    const char *hash;
+    size_t len;
+    if (!fb_mp_get_int64(body, "block", &block))
+        return false;
+    self->have_cursor = true;
+    self->cursor = block;
+    self->cursor_hash[0] = '\0';
+    if (fb_mp_get_str(body, "hash", &hash, &len) && len < sizeof(self->cursor_hash)) {
+        memcpy(self->cursor_hash, hash, len);
+        self->cursor_hash[len] = '\0';
+    }
+    return true;
+}
+
 static void s_on_cursor(void *arg, const fb_rpc_reply_t *reply)
 {
     watch_evm_t *self = arg;
@@ -260,20 +278,9 @@ static void s_on_cursor(void *arg, const fb_rpc_reply_t *reply)
         s_error(self, "watch_cursor", reply->message);
         return s_done(self);
     }
-    int64_t block;
-    const char *hash;
-    size_t len;
-    if (fb_mp_get_int64(reply->body, "block", &block)) {
-        self->have_cursor = true;
-        self->cursor = block;
-        self->cursor_hash[0] = '\0';
-        if (fb_mp_get_str(reply->body, "hash", &hash, &len) && len < sizeof(self->cursor_hash)) {
-            memcpy(self->cursor_hash, hash, len);
-            self->cursor_hash[len] = '\0';
-        }
+    if (s_take_cursor(self, reply->body))
         fb_log(FB_LOG_INFO, NULL, "evm watch resumes", "network=%s cursor=%lld", self->network,
-               (long long)block);
-    }
+               (long long)self->cursor);
     fb_jsonrpc_call(self->rpc, "eth_blockNumber", json_array(), s_on_head, self);
 }
 
@@ -438,23 +445,13 @@ static void s_on_started(void *arg, const fb_rpc_reply_t *reply)
     watch_evm_t *self = arg;
     if (self->stopping)
         return s_done(self);
-    int64_t block;
-    if (!reply->ok || !fb_mp_get_int64(reply->body, "block", &block)) {
+    /* the ledger's: this one's, or a replica's that wrote first */
+    if (!reply->ok || !s_take_cursor(self, reply->body)) {
         s_error(self, "advance_cursor (start)", reply->ok ? "no block" : reply->message);
         return s_done(self);
     }
-    /* the ledger's: this one's, or a replica's that wrote first */
-    const char *hash;
-    size_t len;
-    self->have_cursor = true;
-    self->cursor = block;
-    self->cursor_hash[0] = '\0';
-    if (fb_mp_get_str(reply->body, "hash", &hash, &len) && len < sizeof(self->cursor_hash)) {
-        memcpy(self->cursor_hash, hash, len);
-        self->cursor_hash[len] = '\0';
-    }
     fb_log(FB_LOG_INFO, NULL, "evm watch starts", "network=%s after_block=%lld", self->network,
-           (long long)block);
+           (long long)self->cursor);
     s_addresses_read(self);
 }
 
