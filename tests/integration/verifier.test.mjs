@@ -292,21 +292,22 @@ test("signed-message proofs (EIP-191): verified, stale or reused ones refused, e
 });
 
 test("an endpoint serving another chain id: verify and settle answer unavailable, nothing moves", async () => {
+  // configured for Sepolia (a test chain: anvil's development key is allowed there), served Base Sepolia's
   const wrong = await startService("verifier", { FAREBOX_RPC_BIND: `tcp://127.0.0.1:${await freePort()}`,
     FAREBOX_REPLICA: "verifier-wrong-chain", FAREBOX_LEDGER_ENDPOINT: ledger.endpoint,
-    FAREBOX_EVM_NETWORK: "eip155:1", FAREBOX_EVM_RPC_URLS: evm.rpcUrl, FAREBOX_EVM_TOKEN: evm.token,
+    FAREBOX_EVM_NETWORK: "eip155:11155111", FAREBOX_EVM_RPC_URLS: evm.rpcUrl, FAREBOX_EVM_TOKEN: evm.token,
     FAREBOX_SETTLEMENT_KEY: evm.deployer.privateKey, FAREBOX_SOLANA_NETWORK: "off" });
   const client = new RpcClient(wrong.endpoint);
   try {
     const payer = privateKeyToAccount(evm.accounts[4].privateKey);
-    const req = requirements({ network: "eip155:1" });
-    const p = await viemPayload(payer, { req, domain: { chainId: 1 } });
+    const req = requirements({ network: "eip155:11155111" });
+    const p = await viemPayload(payer, { req, domain: { chainId: 11155111 } });
     const before = await balance(payer.address);
     for (const method of ["verifier.verify", "verifier.settle"]) {
       const r = await client.call(method, { payload: p, requirements: req }, { deadlineMs: 15000 });
       assert.equal(r.status, "error", `${method}: ${JSON.stringify(r.body)}`);
       assert.equal(r.code, "unavailable");
-      assert.match(r.message, /serves chain id 84532, not 1/);
+      assert.match(r.message, /serves chain id 84532, not 11155111/);
     }
     assert.equal(await balance(payer.address), before);
     assert.ok(wrong.lines.some((e) => e.json?.level === "error" && e.json.msg === "evm endpoint serves another chain"));
