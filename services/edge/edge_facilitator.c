@@ -107,9 +107,8 @@ static int s_payment(edge_worker_t *w, h2o_req_t *req, const char *rid, bool set
     }
     /* the extensions a client copies from the server's 402 (bazaar's schemas) are not the
      * verifier's to read, and may nest deeper than an RPC message can */
-    json_t *bare = json_deep_copy(payload);
-    json_object_del(bare, "extensions");
-    json_t *body = json_pack("{so sO}", "payload", bare, "requirements", reqs);
+    json_object_del(payload, "extensions");
+    json_t *body = json_pack("{sO sO}", "payload", payload, "requirements", reqs);
     if (settle) /* one settle of a payment is answered its success, as on chain */
         json_object_set_new(body, "once", json_true());
     msgpack_sbuffer sb;

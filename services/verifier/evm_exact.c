@@ -123,7 +123,7 @@ void evm_exact_check(const fb_x402_payload_t *p, const fb_x402_requirements_t *r
         return;
     }
     out->chain_id = req->chain_id;
-    if (fb_evm_dev_account(&req->pay_to) && !fb_evm_test_chain(req->chain_id)) {
+    if (!fb_evm_test_chain(req->chain_id) && fb_evm_dev_account(&req->pay_to)) {
         /* a dev default left in a real deployment: what it is paid anyone can take */
         s_fail(out, "invalid_payment_requirements",
                "requirements.payTo is a public development account (its key is known to all): refused on "
